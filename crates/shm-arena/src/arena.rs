@@ -1,0 +1,808 @@
+//! [`Arena`]: a segment, its buddy tree, its owner table and this process's block cache.
+//!
+//! Invariants:
+//! 1. Each `Arena` value holds one owner slot of its segment, registered by the process using
+//!    it. A forked child notices (through [`crate::process::fork_generation`]) before its first
+//!    operation, forgets the parent's cache and takes a slot of its own: parent and child never
+//!    act under one tag.
+//! 2. Blocks this arena allocates carry its tag until freed, [`Arena::disown`]ed, or recovered;
+//!    when the arena is dropped (or its process dies) every block still tagged with it is freed.
+//!    A block meant to outlive its allocator must be disowned (or adopted by another arena).
+//! 3. The fast paths (allocate, free, validate, pointer) make no syscall and take no lock; the
+//!    slow paths (exhaustion, re-registration after a fork, recovery) may.
+
+// `registration` is a process-local atomic (never in shared memory, never loom-modelled).
+#![allow(clippy::disallowed_types)]
+
+use std::os::fd::OwnedFd;
+use std::ptr::NonNull;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use core::sync::atomic::Ordering::Relaxed;
+
+use crate::block::Block;
+use crate::cache::LocalCache;
+use crate::error::{AllocError, BlockError, CreateError, OpenError, RegisterError};
+use crate::layout::Layout;
+use crate::owners::{OwnerInfo, OwnerSlot, OwnerTable};
+use crate::process::{fork_generation, ProcessIdentity};
+use crate::segment::{Segment, SegmentName};
+use crate::sync::local::AtomicU64;
+use crate::sync::{SharedU32, SharedU64};
+use crate::tree::node::SHARED_OWNER;
+use crate::tree::{BuddyTree, NodeRef, TreeReport, TreeViolation};
+
+/// Default minimum block: 64 bytes.
+pub const DEFAULT_MIN_BLOCK: u64 = 64;
+/// Default number of owner slots.
+pub const DEFAULT_OWNER_SLOTS: u32 = 128;
+/// Default time an opener waits for a segment's creator to finish.
+pub const DEFAULT_OPEN_WAIT: Duration = Duration::from_secs(2);
+const CACHE_SHARDS: usize = 8;
+const CACHE_SLOTS: usize = 8;
+
+/// How to create an arena.
+///
+/// # Examples
+///
+/// ```
+/// use shm_arena::ArenaOptions;
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let arena = ArenaOptions::new(1 << 20).min_block(256).create_anonymous()?;
+/// assert_eq!(arena.capacity(), 1 << 20);
+/// assert_eq!(arena.min_block(), 256);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct ArenaOptions {
+    capacity: u64,
+    min_block: u64,
+    owner_slots: u32,
+    name: Option<String>,
+    populate: bool,
+    cache_max_block: Option<u64>,
+}
+
+impl ArenaOptions {
+    /// Options for an arena of `capacity` bytes (rounded up to the minimum block).
+    pub fn new(capacity: u64) -> Self {
+        Self {
+            capacity,
+            min_block: DEFAULT_MIN_BLOCK,
+            owner_slots: DEFAULT_OWNER_SLOTS,
+            name: None,
+            populate: false,
+            cache_max_block: None,
+        }
+    }
+
+    /// Minimum block size and alignment: a power of two from 16 bytes to 1 MiB (default 64).
+    pub fn min_block(mut self, bytes: u64) -> Self {
+        self.min_block = bytes;
+        self
+    }
+
+    /// How many arenas (processes, or handles within one) may use the segment at once.
+    pub fn owner_slots(mut self, slots: u32) -> Self {
+        self.owner_slots = slots;
+        self
+    }
+
+    /// A chosen segment name (`pyshm-` then letters, digits, `.`, `_`, `-`) instead of a
+    /// random one. Only for named segments ([`ArenaOptions::create`]).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Prefault the whole mapping at creation (`MAP_POPULATE`).
+    pub fn populate(mut self, populate: bool) -> Self {
+        self.populate = populate;
+        self
+    }
+
+    /// Largest block size this process caches after a free (0 disables the cache).
+    /// Default: 4 KiB, or capacity / 4096 when that is smaller.
+    pub fn cache_max_block(mut self, bytes: u64) -> Self {
+        self.cache_max_block = Some(bytes);
+        self
+    }
+
+    fn layout(&self) -> Result<Layout, CreateError> {
+        Ok(Layout::new(self.min_block, self.capacity, self.owner_slots)?)
+    }
+
+    /// Creates a named segment (`/dev/shm/<name>`) that other processes can [`Arena::open`].
+    ///
+    /// # Errors
+    ///
+    /// [`CreateError`]: bad geometry or name, name taken, no room in /dev/shm, syscalls.
+    pub fn create(&self) -> Result<Arena, CreateError> {
+        let name = match &self.name {
+            Some(n) => n.clone(),
+            None => SegmentName::random()?,
+        };
+        self.create_in(SegmentName::Named(name))
+    }
+
+    /// Creates an anonymous (memfd) segment, shared with children across `fork` or by passing
+    /// its descriptor ([`Arena::fd`], [`Arena::open_fd`]).
+    ///
+    /// # Errors
+    ///
+    /// As for [`ArenaOptions::create`].
+    pub fn create_anonymous(&self) -> Result<Arena, CreateError> {
+        self.create_in(SegmentName::Anonymous)
+    }
+
+    fn create_in(&self, name: SegmentName) -> Result<Arena, CreateError> {
+        let layout = self.layout()?;
+        let segment = Segment::create(name, layout, self.populate, |seg| {
+            let tree = tree_of(seg);
+            tree.reserve_tail(layout.capacity_leaves());
+        })?;
+        let arena = Arena::from_segment(segment, self.cache_max_block);
+        match arena {
+            Ok(a) => Ok(a),
+            Err((segment, e)) => {
+                if let SegmentName::Named(n) = segment.name() {
+                    let _ = crate::segment::unlink(n);
+                }
+                Err(e.into())
+            }
+        }
+    }
+}
+
+/// How to open an existing arena.
+#[derive(Clone, Debug)]
+pub struct OpenOptions {
+    populate: bool,
+    wait: Duration,
+    cache_max_block: Option<u64>,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        Self { populate: false, wait: DEFAULT_OPEN_WAIT, cache_max_block: None }
+    }
+}
+
+impl OpenOptions {
+    /// Default options: no prefaulting, wait up to 2 s for the creator.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Prefault the whole mapping (`MAP_POPULATE`): fewer page faults later.
+    pub fn populate(mut self, populate: bool) -> Self {
+        self.populate = populate;
+        self
+    }
+    /// How long to wait for a creator still initialising the segment.
+    pub fn wait(mut self, wait: Duration) -> Self {
+        self.wait = wait;
+        self
+    }
+    /// As [`ArenaOptions::cache_max_block`].
+    pub fn cache_max_block(mut self, bytes: u64) -> Self {
+        self.cache_max_block = Some(bytes);
+        self
+    }
+}
+
+/// This process's registration: its tag and the fork generation it was taken in.
+struct Registration {
+    identity: ProcessIdentity,
+}
+
+/// A shared-memory arena as seen by this process.
+///
+/// `Arena` is `Send + Sync`: threads share one value (and its cache shards). See the module
+/// invariants for ownership of blocks.
+///
+/// # Examples
+///
+/// The whole lifecycle: create, allocate, write, free, unlink.
+///
+/// ```
+/// use shm_arena::ArenaOptions;
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let arena = ArenaOptions::new(1 << 20).create()?;
+/// let block = arena.alloc(1000)?;
+/// assert_eq!(block.size(), 1024);
+/// let ptr = arena.as_ptr(block)?;
+/// // SAFETY: the block is ours alone until freed, and 1024 bytes long.
+/// unsafe { ptr.as_ptr().write_bytes(0xAB, 1024) };
+/// arena.free(block)?;
+/// arena.unlink()?;
+/// # Ok(())
+/// # }
+/// ```
+pub struct Arena {
+    segment: Segment,
+    /// `fork_generation << 16 | tag` of the current registration; 0 when none.
+    registration: AtomicU64,
+    identity: Mutex<Registration>,
+    cache: LocalCache,
+}
+
+fn tree_of(segment: &Segment) -> BuddyTree<'_, [SharedU32]> {
+    let l = segment.layout();
+    // SAFETY: the layout was computed (create) or recomputed and validated (open) for this
+    // segment, so both regions lie inside the mapping, 4-byte aligned (page / 128 aligned),
+    // and every process accesses them only atomically (module invariant 1 of `sync::words`).
+    let nodes = unsafe { segment.atomics::<SharedU32>(l.tree_offset, BuddyTree::<[SharedU32]>::node_words(l.depth)) };
+    // SAFETY: as above, for the search region.
+    let search =
+        unsafe { segment.atomics::<SharedU32>(l.search_offset, BuddyTree::<[SharedU32]>::search_words(l.depth)) };
+    BuddyTree::new(nodes, search, l.depth).expect("layout sized the stores for this depth")
+}
+
+fn owners_of(segment: &Segment) -> OwnerTable<'_> {
+    let l = segment.layout();
+    // SAFETY: the owner region lies inside the validated layout, 128-byte aligned, and
+    // `OwnerSlot` is a repr(C) struct of atomics accessed only atomically.
+    OwnerTable::new(unsafe { segment.atomics::<OwnerSlot>(l.owners_offset, l.owner_slots as usize) })
+}
+
+/// Takes a slot for `identity`, recovering dead owners if the table is full.
+fn register_in(segment: &Segment, identity: ProcessIdentity) -> Result<u16, RegisterError> {
+    let owners = owners_of(segment);
+    if let Some(tag) = owners.register(identity) {
+        return Ok(tag);
+    }
+    recover_in(segment, identity, None);
+    owners.register(identity).ok_or(RegisterError::Full { slots: owners.len() as u32 })
+}
+
+/// Recovers every dead owner of `segment`, acting as `me` (with `rescuer_tag` when we have one).
+fn recover_in(segment: &Segment, me: ProcessIdentity, rescuer_tag: Option<u16>) -> Recovery {
+    let owners = owners_of(segment);
+    let tree = tree_of(segment);
+    let mut out = Recovery::default();
+    for tag in 1..=owners.len() as u16 {
+        if let Some(dead) = owners.claim_dead(tag, me) {
+            // Without a tag of our own (registration pending), act under the dead tag itself.
+            let r = tree.recover_owner(tag, rescuer_tag.unwrap_or(tag));
+            out.owners += 1;
+            out.dead.push(dead);
+            out.blocks_freed += r.blocks_freed;
+            out.frees_finished += r.frees_finished;
+            out.claims_undone += r.claims_undone;
+            out.bytes_freed += r.leaves_freed << segment.layout().min_block_shift;
+            owners.finish_recovery(tag, me);
+        }
+    }
+    if out.owners > 0 {
+        out.marks_repaired = tree.repair();
+    }
+    out
+}
+
+impl Arena {
+    /// Opens the named arena `name` with default [`OpenOptions`].
+    ///
+    /// # Errors
+    ///
+    /// [`OpenError`]: not found, not a pyshm segment, other version, truncated, corrupt, not
+    /// initialised in time, no free owner slot, syscalls.
+    pub fn open(name: &str) -> Result<Self, OpenError> {
+        Self::open_with(name, &OpenOptions::default())
+    }
+
+    /// Opens the named arena `name`.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Arena::open`].
+    pub fn open_with(name: &str, options: &OpenOptions) -> Result<Self, OpenError> {
+        let segment = Segment::open(name, options.populate, options.wait)?;
+        Self::from_segment(segment, options.cache_max_block).map_err(|(_, e)| e.into())
+    }
+
+    /// Opens an arena from a descriptor of its segment (for instance a memfd received from
+    /// another process).
+    ///
+    /// # Errors
+    ///
+    /// As for [`Arena::open`].
+    pub fn open_fd(fd: OwnedFd, options: &OpenOptions) -> Result<Self, OpenError> {
+        let segment = Segment::open_fd(fd, SegmentName::Anonymous, options.populate, options.wait)?;
+        Self::from_segment(segment, options.cache_max_block).map_err(|(_, e)| e.into())
+    }
+
+    #[allow(clippy::result_large_err)] // cold path; the segment is handed back for cleanup
+    fn from_segment(segment: Segment, cache_max_block: Option<u64>) -> Result<Self, (Segment, RegisterError)> {
+        let layout = *segment.layout();
+        let max = cache_max_block.unwrap_or_else(|| 4096.min(layout.capacity >> 12));
+        let orders = if max < layout.min_block() { 0 } else { (63 - max.leading_zeros()) - layout.min_block_shift + 1 };
+        let identity = match ProcessIdentity::current() {
+            Ok(i) => i,
+            Err(e) => return Err((segment, e.into())),
+        };
+        let tag = match register_in(&segment, identity) {
+            Ok(tag) => tag,
+            Err(e) => return Err((segment, e)),
+        };
+        Ok(Arena {
+            segment,
+            registration: AtomicU64::new((fork_generation() << 16) | u64::from(tag)),
+            identity: Mutex::new(Registration { identity }),
+            cache: LocalCache::new(orders.min(layout.depth + 1), CACHE_SLOTS, CACHE_SHARDS),
+        })
+    }
+
+    fn tree(&self) -> BuddyTree<'_, [SharedU32]> {
+        tree_of(&self.segment)
+    }
+
+    fn owners(&self) -> OwnerTable<'_> {
+        owners_of(&self.segment)
+    }
+
+    /// This arena's owner tag, registering again first if we are a forked child (invariant 1).
+    #[inline]
+    fn tag(&self) -> Result<u16, RegisterError> {
+        // Relaxed: written by this process only (registration), read by its threads; a stale
+        // read only sends us to the locked slow path, which reads again.
+        let r = self.registration.load(Relaxed);
+        if r >> 16 == fork_generation() && r != 0 {
+            return Ok((r & 0xFFFF) as u16);
+        }
+        self.reregister()
+    }
+
+    #[cold]
+    fn reregister(&self) -> Result<u16, RegisterError> {
+        let mut reg = self.identity.lock().unwrap_or_else(|p| p.into_inner());
+        let r = self.registration.load(Relaxed);
+        if r >> 16 == fork_generation() && r != 0 {
+            return Ok((r & 0xFFFF) as u16);
+        }
+        // A forked child: the cache entries and the tag are the parent's.
+        self.cache.forget_all();
+        self.registration.store(0, Relaxed);
+        reg.identity = ProcessIdentity::current()?;
+        let tag = register_in(&self.segment, reg.identity)?;
+        self.registration.store((fork_generation() << 16) | u64::from(tag), Relaxed);
+        Ok(tag)
+    }
+
+    /// The owner tag this arena allocates under (1-based slot number).
+    ///
+    /// # Errors
+    ///
+    /// [`RegisterError`] if, in a forked child, no slot could be taken.
+    pub fn owner_tag(&self) -> Result<u16, RegisterError> {
+        self.tag()
+    }
+
+    /// Usable bytes.
+    pub fn capacity(&self) -> u64 {
+        self.segment.layout().capacity
+    }
+
+    /// Minimum block size (and the alignment every block has at least).
+    pub fn min_block(&self) -> u64 {
+        self.segment.layout().min_block()
+    }
+
+    /// Largest block an allocation can get.
+    pub fn max_block(&self) -> u64 {
+        self.segment.layout().max_block()
+    }
+
+    /// Bytes the segment occupies in /dev/shm (capacity plus metadata).
+    pub fn segment_size(&self) -> u64 {
+        self.segment.layout().segment_size
+    }
+
+    /// The segment's name, `None` for an anonymous one.
+    pub fn name(&self) -> Option<&str> {
+        match self.segment.name() {
+            SegmentName::Named(n) => Some(n),
+            SegmentName::Anonymous => None,
+        }
+    }
+
+    /// The segment's descriptor (to pass an anonymous arena to another process).
+    pub fn fd(&self) -> &OwnedFd {
+        self.segment.fd()
+    }
+
+    /// 128 random bits chosen at creation; the same in every process.
+    pub fn segment_id(&self) -> [u8; 16] {
+        self.segment.segment_id()
+    }
+
+    /// The process that created the segment.
+    pub fn creator(&self) -> Option<ProcessIdentity> {
+        self.segment.creator()
+    }
+
+    /// A 64-bit word in the header for the layer above (zero in a new arena), for instance to
+    /// publish the [`Block::to_bits`] of its own directory.
+    pub fn root_word(&self) -> &SharedU64 {
+        self.segment.root_word()
+    }
+
+    /// Removes the segment's name from /dev/shm. Processes that have it mapped keep using it;
+    /// the memory goes back to the system when the last one unmaps it.
+    ///
+    /// # Errors
+    ///
+    /// [`OpenError::NotFound`] if already unlinked; [`OpenError::Sys`] otherwise. An anonymous
+    /// arena has no name: `Ok(())`.
+    pub fn unlink(&self) -> Result<(), OpenError> {
+        match self.segment.name() {
+            SegmentName::Named(n) => crate::segment::unlink(n),
+            SegmentName::Anonymous => Ok(()),
+        }
+    }
+
+    fn block_of(&self, r: NodeRef) -> Block {
+        let tree = self.tree();
+        let l = self.segment.layout();
+        Block::from_raw(
+            tree.first_leaf(r.index) << l.min_block_shift,
+            tree.order_of(r.index) + l.min_block_shift,
+            r.generation,
+        )
+    }
+
+    fn node_of(&self, block: Block) -> Result<NodeRef, BlockError> {
+        let l = self.segment.layout();
+        let (offset, size) = (block.offset(), block.size());
+        if offset.checked_add(size).is_none_or(|end| end > l.capacity) {
+            return Err(BlockError::OutOfBounds { offset, size, capacity: l.capacity });
+        }
+        let shift = block.size_log2();
+        if shift < l.min_block_shift || shift > l.min_block_shift + l.depth || offset & (size - 1) != 0 {
+            return Err(BlockError::Misaligned { offset, size });
+        }
+        let level = l.depth - (shift - l.min_block_shift);
+        let index =
+            self.tree().node_at(level, offset >> l.min_block_shift).ok_or(BlockError::Misaligned { offset, size })?;
+        Ok(NodeRef { index, generation: u32::from(block.generation()) })
+    }
+
+    /// Allocates a block of at least `size` bytes (a power of two, at least the minimum block,
+    /// aligned to its size within the arena).
+    ///
+    /// # Errors
+    ///
+    /// [`AllocError::TooLarge`] beyond the largest block; [`AllocError::Exhausted`] when no
+    /// block is free even after emptying this process's cache and recovering dead owners.
+    pub fn alloc(&self, size: u64) -> Result<Block, AllocError> {
+        self.alloc_aligned(size, 1)
+    }
+
+    /// Allocates a block of at least `size` bytes whose offset is a multiple of `align`.
+    ///
+    /// In memory, blocks are aligned to `min(block size, page size)` (mappings are page aligned).
+    ///
+    /// # Errors
+    ///
+    /// As for [`Arena::alloc`], plus [`AllocError::BadAlignment`].
+    pub fn alloc_aligned(&self, size: u64, align: u64) -> Result<Block, AllocError> {
+        if !align.is_power_of_two() {
+            return Err(AllocError::BadAlignment(align));
+        }
+        let l = self.segment.layout();
+        let want = size.max(align).max(l.min_block());
+        let block_size = want.checked_next_power_of_two().unwrap_or(u64::MAX);
+        if block_size > l.max_block() {
+            return Err(AllocError::TooLarge { requested: size, max_block: l.max_block() });
+        }
+        let order = block_size.trailing_zeros() - l.min_block_shift;
+        let tag = self.tag().map_err(|e| AllocError::Register(e.into()))?;
+        let tree = self.tree();
+        if self.cache.caches(order) {
+            while let Some(parked) = self.cache.pop(order) {
+                if let Ok(r) = tree.unpark(parked, tag) {
+                    return Ok(self.block_of(r));
+                }
+            }
+        }
+        if let Some(r) = tree.alloc(l.depth - order, tag) {
+            self.owners().account(tag, block_size as i64);
+            return Ok(self.block_of(r));
+        }
+        self.alloc_slow(size, order, tag)
+    }
+
+    #[cold]
+    fn alloc_slow(&self, requested: u64, order: u32, tag: u16) -> Result<Block, AllocError> {
+        let l = *self.segment.layout();
+        let tree = self.tree();
+        self.flush_cache(tag);
+        if let Some(r) = tree.alloc(l.depth - order, tag) {
+            self.owners().account(tag, 1i64 << (order + l.min_block_shift));
+            return Ok(self.block_of(r));
+        }
+        if self.recover_dead_owners().owners > 0 {
+            if let Some(r) = tree.alloc(l.depth - order, tag) {
+                self.owners().account(tag, 1i64 << (order + l.min_block_shift));
+                return Ok(self.block_of(r));
+            }
+        }
+        let s = tree.summarize();
+        Err(AllocError::Exhausted {
+            requested,
+            block: 1 << (order + l.min_block_shift),
+            free: s.leaves_free << l.min_block_shift,
+            largest_free: s.largest_free_order.map_or(0, |o| 1u64 << (o + l.min_block_shift)),
+        })
+    }
+
+    /// Frees `block`. Any process may free any block it has a valid reference to.
+    ///
+    /// # Errors
+    ///
+    /// [`BlockError`] when `block` is out of bounds, misaligned, not allocated, stale, or freed
+    /// already; nothing is changed then.
+    pub fn free(&self, block: Block) -> Result<(), BlockError> {
+        let r = self.node_of(block)?;
+        let tag =
+            self.tag().map_err(|_| BlockError::State(crate::tree::BlockStateError::NotAllocated { index: r.index }))?;
+        let tree = self.tree();
+        let order = block.size_log2() - self.segment.layout().min_block_shift;
+        let owners = self.owners();
+        if self.cache.caches(order) {
+            let freed = tree.park(r, tag)?;
+            if freed.previous_owner != tag {
+                owners.account(freed.previous_owner, -(block.size() as i64));
+                owners.account(tag, block.size() as i64);
+            }
+            if !self.cache.push(order, r) {
+                tree.free_parked(r, tag)?;
+                owners.account(tag, -(block.size() as i64));
+            }
+            return Ok(());
+        }
+        let freed = tree.free(r, tag)?;
+        owners.account(freed.previous_owner, -(block.size() as i64));
+        Ok(())
+    }
+
+    /// Checks that `block` is, right now, an allocated block of this arena with its generation.
+    ///
+    /// # Errors
+    ///
+    /// The [`BlockError`] that says what is wrong.
+    pub fn validate(&self, block: Block) -> Result<(), BlockError> {
+        let r = self.node_of(block)?;
+        self.tree().validate(r)?;
+        Ok(())
+    }
+
+    /// Pointer to the first byte of a validated `block` in this process's mapping.
+    ///
+    /// The pointer stays valid while `self` lives; what it points to is the block's until the
+    /// block is freed (by anyone). Aligned to `min(block size, page size)`.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Arena::validate`].
+    pub fn as_ptr(&self, block: Block) -> Result<NonNull<u8>, BlockError> {
+        self.validate(block)?;
+        let offset = self.segment.layout().data_offset + block.offset();
+        // SAFETY: `validate` checked offset + size <= capacity, and the data region of
+        // `capacity` bytes starts at `data_offset` inside the mapping (layout invariant 1).
+        Ok(unsafe { self.segment.base().add(offset as usize) })
+    }
+
+    /// The block's bytes.
+    ///
+    /// # Safety
+    ///
+    /// For the lifetime of the slice, no process may write the block and it must not be freed.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Arena::validate`].
+    pub unsafe fn bytes(&self, block: Block) -> Result<&[u8], BlockError> {
+        let p = self.as_ptr(block)?;
+        // SAFETY: `as_ptr` validated `size` bytes inside the mapping; the caller guarantees
+        // no writer and no free while the slice lives.
+        Ok(unsafe { std::slice::from_raw_parts(p.as_ptr(), block.size() as usize) })
+    }
+
+    /// The block's bytes, writable.
+    ///
+    /// # Safety
+    ///
+    /// For the lifetime of the slice, no other reference to the block's bytes exists in any
+    /// process and the block is not freed.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Arena::validate`].
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn bytes_mut(&self, block: Block) -> Result<&mut [u8], BlockError> {
+        let p = self.as_ptr(block)?;
+        // SAFETY: as in `bytes`, with exclusivity guaranteed by the caller.
+        Ok(unsafe { std::slice::from_raw_parts_mut(p.as_ptr(), block.size() as usize) })
+    }
+
+    /// Gives up ownership of `block`: it stays allocated until someone frees it, whatever
+    /// happens to this process.
+    ///
+    /// # Errors
+    ///
+    /// [`BlockError`]; `WrongOwner` inside it if this arena does not own the block.
+    pub fn disown(&self, block: Block) -> Result<(), BlockError> {
+        let r = self.node_of(block)?;
+        let tag =
+            self.tag().map_err(|_| BlockError::State(crate::tree::BlockStateError::NotAllocated { index: r.index }))?;
+        self.tree().change_owner(r, tag, SHARED_OWNER)?;
+        self.owners().account(tag, -(block.size() as i64));
+        Ok(())
+    }
+
+    /// Takes ownership of a disowned `block`: it is freed if this arena goes away.
+    ///
+    /// # Errors
+    ///
+    /// [`BlockError`]; `WrongOwner` inside it if the block has an owner already.
+    pub fn adopt(&self, block: Block) -> Result<(), BlockError> {
+        let r = self.node_of(block)?;
+        let tag =
+            self.tag().map_err(|_| BlockError::State(crate::tree::BlockStateError::NotAllocated { index: r.index }))?;
+        self.tree().change_owner(r, SHARED_OWNER, tag)?;
+        self.owners().account(tag, block.size() as i64);
+        Ok(())
+    }
+
+    fn flush_cache(&self, tag: u16) {
+        let tree = self.tree();
+        let owners = self.owners();
+        let min_shift = self.segment.layout().min_block_shift;
+        self.cache.drain(|order, r| {
+            if tree.free_parked(r, tag).is_ok() {
+                owners.account(tag, -(1i64 << (order + min_shift)));
+            }
+        });
+    }
+
+    /// Frees everything held by owners whose processes are dead, then repairs the tree.
+    ///
+    /// Runs by itself when an allocation would otherwise fail and when the owner table is
+    /// full. Linear in the size of the tree per dead owner found.
+    pub fn recover_dead_owners(&self) -> Recovery {
+        let me = self.identity.lock().unwrap_or_else(|p| p.into_inner()).identity;
+        let tag = self.tag().ok();
+        recover_in(&self.segment, me, tag)
+    }
+
+    /// Usage of the arena (a walk of the tree; safe while others allocate, then approximate).
+    pub fn stats(&self) -> ArenaStats {
+        let l = self.segment.layout();
+        let s = self.tree().summarize();
+        let shift = l.min_block_shift;
+        ArenaStats {
+            capacity: l.capacity,
+            segment_size: l.segment_size,
+            in_use_bytes: s.leaves_in_use << shift,
+            cached_bytes: s.leaves_cached << shift,
+            free_bytes: s.leaves_free << shift,
+            largest_free_block: s.largest_free_order.map_or(0, |o| 1u64 << (o + shift)),
+            free_blocks: s
+                .free_by_order
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| **n > 0)
+                .map(|(o, n)| (1u64 << (o as u32 + shift), *n))
+                .collect(),
+            blocks_in_use: s.blocks_in_use,
+            live_owners: self
+                .owners()
+                .info()
+                .iter()
+                .filter(|o| matches!(o.state, crate::owners::SlotState::Live(_)))
+                .count(),
+        }
+    }
+
+    /// Checks every invariant of the tree and that each owner's byte count matches the tree.
+    /// Meaningful when no operation is in flight in any process.
+    ///
+    /// # Errors
+    ///
+    /// [`CheckError`] listing every violation.
+    pub fn check(&self) -> Result<TreeReport, CheckError> {
+        let report = self.tree().check().map_err(|violations| CheckError { violations, owner_mismatches: vec![] })?;
+        let shift = self.segment.layout().min_block_shift;
+        let mut owner_mismatches = Vec::new();
+        for info in self.owners().info() {
+            let counted = report.leaves_by_owner.get(&info.tag).copied().unwrap_or(0) << shift;
+            if counted != info.owned_bytes && !matches!(info.state, crate::owners::SlotState::Free) {
+                owner_mismatches.push((info.tag, info.owned_bytes, counted));
+            }
+        }
+        if owner_mismatches.is_empty() {
+            Ok(report)
+        } else {
+            Err(CheckError { violations: vec![], owner_mismatches })
+        }
+    }
+
+    /// Every owner slot and its state.
+    pub fn owner_slots(&self) -> Vec<OwnerInfo> {
+        self.owners().info()
+    }
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        let r = self.registration.load(Relaxed);
+        if r == 0 || r >> 16 != fork_generation() {
+            return; // a forked child that never used the arena: nothing here is ours
+        }
+        let tag = (r & 0xFFFF) as u16;
+        self.flush_cache(tag);
+        let owners = self.owners();
+        if owners.owned_bytes(tag) != 0 {
+            // Invariant 2: what we still own dies with us.
+            self.tree().recover_owner(tag, tag);
+        }
+        let me = self.identity.lock().unwrap_or_else(|p| p.into_inner()).identity;
+        owners.unregister(tag, me);
+    }
+}
+
+/// What [`Arena::recover_dead_owners`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Dead owners recovered.
+    pub owners: usize,
+    /// Their identities.
+    pub dead: Vec<ProcessIdentity>,
+    /// Blocks freed (in use or cached by the dead).
+    pub blocks_freed: u64,
+    /// Frees the dead had begun, finished.
+    pub frees_finished: u64,
+    /// Allocations the dead had begun and that could not complete, undone.
+    pub claims_undone: u64,
+    /// Bytes returned.
+    pub bytes_freed: u64,
+    /// Stale marks cleared by the repair pass.
+    pub marks_repaired: u64,
+}
+
+/// Usage figures from [`Arena::stats`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArenaStats {
+    /// Usable bytes.
+    pub capacity: u64,
+    /// Bytes of the whole segment.
+    pub segment_size: u64,
+    /// Bytes in blocks in use.
+    pub in_use_bytes: u64,
+    /// Bytes in blocks parked in process caches (free for use, not yet coalesced).
+    pub cached_bytes: u64,
+    /// Bytes in free blocks of the tree.
+    pub free_bytes: u64,
+    /// Size of the largest free block.
+    pub largest_free_block: u64,
+    /// Free blocks: (size, count), ascending size.
+    pub free_blocks: Vec<(u64, u64)>,
+    /// Number of blocks in use.
+    pub blocks_in_use: u64,
+    /// Owner slots held by live (or not yet recovered) processes.
+    pub live_owners: usize,
+}
+
+/// Violations found by [`Arena::check`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("arena check failed: {} tree violations ({:?}...), {} owner byte counts off", violations.len(), violations.first(), owner_mismatches.len())]
+pub struct CheckError {
+    /// Tree invariants broken.
+    pub violations: Vec<TreeViolation>,
+    /// (tag, bytes the slot says, bytes the tree holds for it).
+    pub owner_mismatches: Vec<(u16, u64, u64)>,
+}

@@ -1,0 +1,81 @@
+//! A segment of shared memory and a lock-free, crash-safe buddy allocator whose whole state lives
+//! inside the segment.
+//!
+//! # Why
+//!
+//! Handing data to another process through a segment per object costs a `shm_open`, an
+//! `ftruncate`, an `mmap` and fresh page faults every time (tens of microseconds, plus two file
+//! descriptors). An arena is mapped once per process; allocating and freeing blocks inside it
+//! takes tens of nanoseconds, makes no syscall, and hands freed blocks out again while their
+//! pages are still warm.
+//!
+//! # What holds
+//!
+//! 1. Any number of processes (and threads) allocate and free concurrently without a lock:
+//!    every state change is one atomic operation on a word of the segment ([`tree`]).
+//! 2. Blocks are named by offset, size and generation ([`Block`]), never by pointer; every
+//!    reference from outside is validated before memory is touched, and a double free or a stale
+//!    reference is a typed error ([`BlockError`]), never corruption.
+//! 3. A process killed at any instruction never corrupts the tree for the others and never
+//!    causes a block to be handed out twice. Its blocks carry its owner tag, so a survivor's
+//!    [`Arena::recover_dead_owners`] gets every byte back, including blocks caught mid-allocation
+//!    or mid-free.
+//! 4. A segment is created exclusively, mode 0600, under an unguessable name, with its pages
+//!    reserved up front: a full `/dev/shm` is [`CreateError::NoSpace`], never a `SIGBUS`.
+//!    Opening validates the header completely; a foreign, truncated, corrupt or other-version
+//!    segment is an [`OpenError`].
+//!
+//! # Example
+//!
+//! ```
+//! use shm_arena::{Arena, ArenaOptions};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Process A creates a named arena and allocates a block.
+//! let a = ArenaOptions::new(16 << 20).create()?;
+//! let block = a.alloc(4096)?;
+//! // SAFETY: the block is ours alone until freed.
+//! unsafe { a.bytes_mut(block)?.fill(7) };
+//! a.disown(block)?; // it must outlive A's handle
+//!
+//! // Process B (here the same process) opens it by name and reads the block.
+//! let b = Arena::open(a.name().unwrap())?;
+//! // SAFETY: nobody writes the block meanwhile.
+//! assert!(unsafe { b.bytes(block)? }.iter().all(|x| *x == 7));
+//! b.free(block)?;
+//! a.unlink()?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Layers
+//!
+//! [`sync::AtomicWords`] is the store of atomic words every algorithm is written against, so the
+//! same [`tree::BuddyTree`] runs over a mapping, over heap memory (tests) and under loom.
+//! [`process::ProcessIdentity`] tells a live process from a dead one across pid reuse. The
+//! segment layout is in [`layout`]; `docs/architecture.md` describes the protocols.
+#![deny(unsafe_code)]
+
+#[allow(unsafe_code)] // views of the validated layout, and block pointers
+mod arena;
+mod block;
+mod cache;
+pub mod error;
+pub mod layout;
+mod owners;
+pub mod process;
+#[allow(unsafe_code)] // the mapping and the typed views into it
+mod segment;
+pub mod sync;
+#[allow(unsafe_code)] // thin syscall wrappers (rustix) and the futex on mapped words
+pub(crate) mod sys;
+pub mod tree;
+
+pub use arena::{
+    Arena, ArenaOptions, ArenaStats, CheckError, OpenOptions, Recovery, DEFAULT_MIN_BLOCK, DEFAULT_OPEN_WAIT,
+    DEFAULT_OWNER_SLOTS,
+};
+pub use block::Block;
+pub use error::{AllocError, BlockError, CreateError, OpenError, RegisterError};
+pub use owners::{OwnerInfo, SlotState};
+pub use segment::{SegmentName, LAYOUT_VERSION, MAGIC, NAME_PREFIX};

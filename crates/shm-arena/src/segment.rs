@@ -1,0 +1,479 @@
+//! A segment: a named POSIX shared-memory object or an anonymous memfd, reserved, mapped once.
+//!
+//! Invariants:
+//! 1. A named segment is created exclusively, mode 0600, under `pyshm-` plus 128 random bits
+//!    unless the caller names it; its pages are reserved with `fallocate` before anyone can use
+//!    them, so a full `/dev/shm` is an error at creation, never a `SIGBUS` later.
+//! 2. Nothing in a segment is trusted before the header validates: the opener checks the size
+//!    of the object, then the magic, version, checksum and a recomputed [`Layout`], and only then
+//!    maps the whole segment. Every later access stays inside that layout.
+//! 3. A segment is usable once its init word reads `READY` (`Acquire`, pairing with the
+//!    creator's `Release` store after it wrote the header and the tree's tail). An opener waits
+//!    on that word (a shared futex) for a bounded time.
+//! 4. The immutable header is read once, with a volatile copy, and validated as a copy: another
+//!    process writing to it later cannot change what this process believes.
+//!
+//! The header page:
+//!
+//! ```text
+//! 0    ImmutableHeader (magic, version, id, creator, geometry, derived offsets, checksum)
+//! 512  init word (u32): 0 while being built, READY once usable
+//! 520  root word (u64): free for the layer above (e.g. the block holding its own directory)
+//! ```
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::ptr::NonNull;
+use std::time::{Duration, Instant};
+
+use memmap2::{MmapOptions, MmapRaw};
+
+use crate::error::{CreateError, OpenError, SysOp};
+use crate::layout::{Layout, HEADER_SIZE};
+use crate::process::ProcessIdentity;
+use crate::sync::{SharedU32, SharedU64};
+use crate::sys;
+
+/// Every segment name starts with this.
+pub const NAME_PREFIX: &str = "pyshm-";
+/// Magic at offset 0.
+pub const MAGIC: [u8; 8] = *b"PYSHMSEG";
+/// Version of the layout described in this module and in `layout`.
+pub const LAYOUT_VERSION: u32 = 1;
+const READY: u32 = 0x5245_4459; // "READY" in spirit: any non-zero value other than garbage zero
+const INIT_OFFSET: usize = 512;
+const ROOT_OFFSET: usize = 520;
+const MAX_NAME_LEN: usize = 200;
+
+/// The part of the header written once by the creator.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ImmutableHeader {
+    pub(crate) magic: [u8; 8],
+    pub(crate) layout_version: u32,
+    pub(crate) header_size: u32,
+    pub(crate) segment_id: [u8; 16],
+    pub(crate) creator: u64,
+    pub(crate) min_block_shift: u32,
+    pub(crate) depth: u32,
+    pub(crate) capacity: u64,
+    pub(crate) owner_slots: u32,
+    pub(crate) reserved0: u32,
+    pub(crate) owners_offset: u64,
+    pub(crate) search_offset: u64,
+    pub(crate) tree_offset: u64,
+    pub(crate) data_offset: u64,
+    pub(crate) segment_size: u64,
+    pub(crate) checksum: u64,
+}
+
+const _: () = assert!(std::mem::size_of::<ImmutableHeader>() <= INIT_OFFSET);
+const _: () = assert!(std::mem::size_of::<ImmutableHeader>() == 112);
+const _: () = assert!(ROOT_OFFSET % 8 == 0 && ROOT_OFFSET + 8 <= HEADER_SIZE as usize);
+
+impl ImmutableHeader {
+    fn new(layout: &Layout, segment_id: [u8; 16], creator: u64) -> Self {
+        let mut h = Self {
+            magic: MAGIC,
+            layout_version: LAYOUT_VERSION,
+            header_size: HEADER_SIZE as u32,
+            segment_id,
+            creator,
+            min_block_shift: layout.min_block_shift,
+            depth: layout.depth,
+            capacity: layout.capacity,
+            owner_slots: layout.owner_slots,
+            reserved0: 0,
+            owners_offset: layout.owners_offset,
+            search_offset: layout.search_offset,
+            tree_offset: layout.tree_offset,
+            data_offset: layout.data_offset,
+            segment_size: layout.segment_size,
+            checksum: 0,
+        };
+        h.checksum = h.compute_checksum();
+        h
+    }
+
+    /// FNV-1a over every field before the checksum, field by field (no padding is hashed).
+    fn compute_checksum(&self) -> u64 {
+        let mut hash = 0xcbf2_9ce4_8422_2325u64;
+        let mut eat = |bytes: &[u8]| {
+            for b in bytes {
+                hash ^= u64::from(*b);
+                hash = hash.wrapping_mul(0x0100_0000_01b3);
+            }
+        };
+        eat(&self.magic);
+        eat(&self.layout_version.to_le_bytes());
+        eat(&self.header_size.to_le_bytes());
+        eat(&self.segment_id);
+        eat(&self.creator.to_le_bytes());
+        eat(&self.min_block_shift.to_le_bytes());
+        eat(&self.depth.to_le_bytes());
+        eat(&self.capacity.to_le_bytes());
+        eat(&self.owner_slots.to_le_bytes());
+        eat(&self.reserved0.to_le_bytes());
+        for v in [self.owners_offset, self.search_offset, self.tree_offset, self.data_offset, self.segment_size] {
+            eat(&v.to_le_bytes());
+        }
+        hash
+    }
+
+    /// Validates a header copy against invariant 2 and returns its layout.
+    fn validate(&self, name: &str, object_len: u64) -> Result<Layout, OpenError> {
+        let corrupt = |what: &'static str| OpenError::Corrupt { name: name.to_owned(), what };
+        if self.magic != MAGIC {
+            return Err(OpenError::Foreign { name: name.to_owned(), magic: self.magic });
+        }
+        if self.layout_version != LAYOUT_VERSION {
+            return Err(OpenError::Version {
+                name: name.to_owned(),
+                found: self.layout_version,
+                expected: LAYOUT_VERSION,
+            });
+        }
+        if self.checksum != self.compute_checksum() {
+            return Err(corrupt("header checksum does not match"));
+        }
+        if self.header_size != HEADER_SIZE as u32 {
+            return Err(corrupt("header size"));
+        }
+        let min_block = 1u64.checked_shl(self.min_block_shift).unwrap_or(0);
+        let layout =
+            Layout::new(min_block, self.capacity, self.owner_slots).map_err(|_| corrupt("geometry out of range"))?;
+        let recorded = Layout {
+            min_block_shift: self.min_block_shift,
+            capacity: self.capacity,
+            depth: self.depth,
+            owner_slots: self.owner_slots,
+            owners_offset: self.owners_offset,
+            search_offset: self.search_offset,
+            tree_offset: self.tree_offset,
+            data_offset: self.data_offset,
+            segment_size: self.segment_size,
+        };
+        if recorded != layout {
+            return Err(corrupt("recorded layout differs from the one its geometry implies"));
+        }
+        if object_len < layout.segment_size {
+            return Err(OpenError::Truncated {
+                name: name.to_owned(),
+                size: object_len,
+                expected: layout.segment_size,
+            });
+        }
+        Ok(layout)
+    }
+}
+
+/// What a segment is called, or that it has no name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SegmentName {
+    /// A POSIX shared-memory object, `/dev/shm/<name>`.
+    Named(String),
+    /// An anonymous memfd, shared by inheritance (fork) or by passing its descriptor.
+    Anonymous,
+}
+
+impl SegmentName {
+    /// Checks a caller-chosen name: the prefix `pyshm-`, then 1 to 200 of `[A-Za-z0-9._-]`.
+    ///
+    /// # Errors
+    ///
+    /// [`CreateError::InvalidName`] naming the rule broken.
+    pub fn validate(name: &str) -> Result<(), CreateError> {
+        let bad = |why: &'static str| CreateError::InvalidName { name: name.to_owned(), why };
+        let Some(rest) = name.strip_prefix(NAME_PREFIX) else {
+            return Err(bad("must start with \"pyshm-\""));
+        };
+        if rest.is_empty() || name.len() > MAX_NAME_LEN {
+            return Err(bad("length must be 1..=200 characters after the prefix"));
+        }
+        if !rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-') {
+            return Err(bad("only letters, digits, '.', '_' and '-' are allowed"));
+        }
+        Ok(())
+    }
+
+    /// A fresh unguessable name: the prefix and 32 hex digits from the kernel's random source.
+    ///
+    /// # Errors
+    ///
+    /// [`CreateError::Sys`] if `getrandom` fails.
+    pub fn random() -> Result<String, CreateError> {
+        let mut bytes = [0u8; 16];
+        sys::fill_random(&mut bytes).map_err(|e| CreateError::Sys {
+            op: SysOp::GetRandom,
+            name: String::new(),
+            source: e,
+        })?;
+        Ok(format!("{NAME_PREFIX}{}", hex(&bytes)))
+    }
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A mapped, validated segment.
+pub(crate) struct Segment {
+    map: MmapRaw,
+    fd: OwnedFd,
+    name: SegmentName,
+    layout: Layout,
+    header: ImmutableHeader,
+}
+
+impl Segment {
+    /// Creates, reserves, maps and initialises a segment; `init` runs before it is published.
+    pub(crate) fn create(
+        name: SegmentName,
+        layout: Layout,
+        populate: bool,
+        init: impl FnOnce(&Segment),
+    ) -> Result<Self, CreateError> {
+        let label = match &name {
+            SegmentName::Named(n) => n.clone(),
+            SegmentName::Anonymous => "(anonymous)".to_owned(),
+        };
+        let sys_err = |op, source| CreateError::Sys { op, name: label.clone(), source };
+        let fd = match &name {
+            SegmentName::Named(n) => {
+                SegmentName::validate(n)?;
+                sys::shm_create_exclusive(n).map_err(|e| {
+                    if e == rustix::io::Errno::EXIST {
+                        CreateError::AlreadyExists { name: n.clone() }
+                    } else {
+                        sys_err(SysOp::ShmOpen, e)
+                    }
+                })?
+            }
+            SegmentName::Anonymous => sys::memfd_create("pyshm").map_err(|e| sys_err(SysOp::MemfdCreate, e))?,
+        };
+        // From here on a failure must not leave a named object behind.
+        let unlink_on_error = |e: CreateError| {
+            if let SegmentName::Named(n) = &name {
+                let _ = sys::shm_unlink(n);
+            }
+            e
+        };
+        let size = layout.segment_size;
+        sys::set_len(fd.as_fd(), size).map_err(|e| unlink_on_error(sys_err(SysOp::Ftruncate, e)))?;
+        if let Err(e) = sys::reserve(fd.as_fd(), size) {
+            let err = if e == rustix::io::Errno::NOSPC {
+                CreateError::NoSpace { name: label.clone(), requested: size, available: sys::shm_free_bytes().ok() }
+            } else {
+                sys_err(SysOp::Fallocate, e)
+            };
+            return Err(unlink_on_error(err));
+        }
+        if name == SegmentName::Anonymous {
+            sys::seal_size(fd.as_fd()).map_err(|e| sys_err(SysOp::Seal, e))?;
+        }
+        let map = map(&fd, size, populate)
+            .map_err(|e| unlink_on_error(CreateError::Map { name: label.clone(), source: e }))?;
+        let mut segment_id = [0u8; 16];
+        sys::fill_random(&mut segment_id).map_err(|e| unlink_on_error(sys_err(SysOp::GetRandom, e)))?;
+        let creator = ProcessIdentity::current().map(ProcessIdentity::to_bits).unwrap_or(0);
+        let header = ImmutableHeader::new(&layout, segment_id, creator);
+        let segment = Segment { map, fd, name, layout, header };
+        // SAFETY: the mapping is at least HEADER_SIZE bytes (layout invariant) and page
+        // aligned, so the header fits and is aligned; nobody else uses the object before the
+        // init word reads READY (invariant 3), so this plain write races with no one.
+        unsafe { std::ptr::write_volatile(segment.base().as_ptr().cast::<ImmutableHeader>(), header) };
+        init(&segment);
+        // Release: pairs with the Acquire in `wait_ready`; publishes the header and `init`'s writes.
+        segment.init_word().store(READY, std::sync::atomic::Ordering::Release);
+        let _ = sys::futex_wake(segment.init_word(), u32::MAX);
+        Ok(segment)
+    }
+
+    /// Opens and validates the named segment `name` (invariant 2), waiting up to `wait` for
+    /// its creator to finish.
+    pub(crate) fn open(name: &str, populate: bool, wait: Duration) -> Result<Self, OpenError> {
+        let fd = sys::shm_open_existing(name).map_err(|e| {
+            if e == rustix::io::Errno::NOENT {
+                OpenError::NotFound { name: name.to_owned() }
+            } else {
+                OpenError::Sys { op: SysOp::ShmOpen, name: name.to_owned(), source: e }
+            }
+        })?;
+        Self::open_fd(fd, SegmentName::Named(name.to_owned()), populate, wait)
+    }
+
+    /// Validates and maps a segment from its descriptor (named or memfd).
+    pub(crate) fn open_fd(fd: OwnedFd, name: SegmentName, populate: bool, wait: Duration) -> Result<Self, OpenError> {
+        let label = match &name {
+            SegmentName::Named(n) => n.clone(),
+            SegmentName::Anonymous => "(anonymous)".to_owned(),
+        };
+        let deadline = Instant::now() + wait;
+        // The creator sizes the object right after creating it: a short object may be new.
+        let len = loop {
+            let len = sys::file_len(fd.as_fd()).map_err(|e| OpenError::Sys {
+                op: SysOp::Fstat,
+                name: label.clone(),
+                source: e,
+            })?;
+            if len >= HEADER_SIZE {
+                break len;
+            }
+            if Instant::now() >= deadline {
+                return Err(OpenError::Truncated { name: label, size: len, expected: HEADER_SIZE });
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        let head = map(&fd, HEADER_SIZE, false).map_err(|e| OpenError::Map { name: label.clone(), source: e })?;
+        wait_ready(&head, &label, deadline)?;
+        // SAFETY: `head` maps HEADER_SIZE bytes, page aligned; ImmutableHeader is plain data of
+        // 112 bytes at offset 0. The volatile copy is what invariant 4 validates.
+        let header = unsafe { std::ptr::read_volatile(head.as_ptr().cast::<ImmutableHeader>()) };
+        drop(head);
+        let layout = header.validate(&label, len)?;
+        let map = map(&fd, layout.segment_size, populate).map_err(|e| OpenError::Map { name: label, source: e })?;
+        Ok(Segment { map, fd, name, layout, header })
+    }
+
+    pub(crate) fn base(&self) -> NonNull<u8> {
+        NonNull::new(self.map.as_mut_ptr()).expect("a mapping is never at address 0")
+    }
+
+    pub(crate) fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    pub(crate) fn name(&self) -> &SegmentName {
+        &self.name
+    }
+
+    pub(crate) fn fd(&self) -> &OwnedFd {
+        &self.fd
+    }
+
+    pub(crate) fn segment_id(&self) -> [u8; 16] {
+        self.header.segment_id
+    }
+
+    pub(crate) fn creator(&self) -> Option<ProcessIdentity> {
+        ProcessIdentity::from_bits(self.header.creator)
+    }
+
+    fn init_word(&self) -> &SharedU32 {
+        // SAFETY: INIT_OFFSET + 4 <= HEADER_SIZE <= mapping length, 4-byte aligned on a page
+        // aligned base; the word is only ever accessed atomically (words invariant 1); the
+        // reference lives no longer than `self`, which keeps the mapping.
+        unsafe { &*self.base().as_ptr().wrapping_add(INIT_OFFSET).cast::<SharedU32>() }
+    }
+
+    /// The root word: 64 bits for the layer above, zero in a new segment.
+    pub(crate) fn root_word(&self) -> &SharedU64 {
+        // SAFETY: as for `init_word`, at ROOT_OFFSET (8-byte aligned, inside the header page).
+        unsafe { &*self.base().as_ptr().wrapping_add(ROOT_OFFSET).cast::<SharedU64>() }
+    }
+
+    /// `count` atomic words of `T` at `offset`.
+    ///
+    /// # Safety
+    ///
+    /// - `offset + count * size_of::<T>()` lies within the segment and `offset` is aligned
+    ///   for `T`;
+    /// - `T` is an atomic type (or a `repr(C)` struct of atomics) that every process accesses
+    ///   only atomically at that offset.
+    pub(crate) unsafe fn atomics<T>(&self, offset: u64, count: usize) -> &[T] {
+        debug_assert!(offset as usize + count * std::mem::size_of::<T>() <= self.layout.segment_size as usize);
+        debug_assert_eq!(offset as usize % std::mem::align_of::<T>(), 0);
+        // SAFETY: the caller guarantees bounds, alignment and atomic-only access; the mapping
+        // outlives the returned slice because the slice borrows `self`.
+        unsafe { std::slice::from_raw_parts(self.base().as_ptr().wrapping_add(offset as usize).cast::<T>(), count) }
+    }
+}
+
+fn map(fd: &OwnedFd, len: u64, populate: bool) -> std::io::Result<MmapRaw> {
+    let mut options = MmapOptions::new();
+    options.len(len as usize);
+    if populate {
+        options.populate();
+    }
+    options.map_raw(fd)
+}
+
+/// Waits for the creator's READY (invariant 3).
+fn wait_ready(head: &MmapRaw, label: &str, deadline: Instant) -> Result<(), OpenError> {
+    // SAFETY: `head` maps HEADER_SIZE bytes; INIT_OFFSET is 4-byte aligned inside them; the
+    // word is only accessed atomically; the reference does not outlive `head`.
+    let word = unsafe { &*head.as_ptr().wrapping_add(INIT_OFFSET).cast::<SharedU32>() };
+    loop {
+        // Acquire: pairs with the creator's Release store of READY.
+        let state = word.load(std::sync::atomic::Ordering::Acquire);
+        if state == READY {
+            return Ok(());
+        }
+        // SAFETY: as above; the magic is plain bytes at offset 0.
+        let magic = unsafe { std::ptr::read_volatile(head.as_ptr().cast::<[u8; 8]>()) };
+        if magic != MAGIC && magic != [0; 8] {
+            return Err(OpenError::Foreign { name: label.to_owned(), magic });
+        }
+        if state != 0 {
+            return Err(OpenError::Corrupt { name: label.to_owned(), what: "init word holds an unknown value" });
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(OpenError::NotInitialized { name: label.to_owned() });
+        }
+        let _ = sys::futex_wait(word, state, (deadline - now).min(Duration::from_millis(50)));
+    }
+}
+
+/// Removes the named segment `name` from `/dev/shm` (mappings stay valid until unmapped).
+pub(crate) fn unlink(name: &str) -> Result<(), OpenError> {
+    sys::shm_unlink(name).map_err(|e| {
+        if e == rustix::io::Errno::NOENT {
+            OpenError::NotFound { name: name.to_owned() }
+        } else {
+            OpenError::Sys { op: SysOp::ShmUnlink, name: name.to_owned(), source: e }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout() -> Layout {
+        Layout::new(64, 1 << 16, 4).unwrap()
+    }
+
+    #[test]
+    fn header_round_trips_and_detects_tampering() {
+        let l = layout();
+        let h = ImmutableHeader::new(&l, [7; 16], 42);
+        assert_eq!(h.validate("x", l.segment_size).unwrap(), l);
+        let mut bad = h;
+        bad.capacity += 64;
+        assert!(matches!(bad.validate("x", l.segment_size), Err(OpenError::Corrupt { .. })));
+        let mut bad = h;
+        bad.magic = *b"NOTPYSHM";
+        assert!(matches!(bad.validate("x", l.segment_size), Err(OpenError::Foreign { .. })));
+        let mut bad = h;
+        bad.layout_version = 2;
+        assert!(matches!(bad.validate("x", l.segment_size), Err(OpenError::Version { found: 2, .. })));
+        let mut bad = h;
+        bad.tree_offset += 4096;
+        bad.checksum = bad.compute_checksum();
+        assert!(matches!(bad.validate("x", l.segment_size), Err(OpenError::Corrupt { .. })), "layout recomputed");
+        assert!(matches!(h.validate("x", l.segment_size - 1), Err(OpenError::Truncated { .. })));
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(SegmentName::validate("pyshm-abc_1.2-x").is_ok());
+        assert!(SegmentName::validate("other").is_err());
+        assert!(SegmentName::validate("pyshm-").is_err());
+        assert!(SegmentName::validate("pyshm-a/b").is_err());
+        assert!(SegmentName::validate(&format!("pyshm-{}", "a".repeat(300))).is_err());
+        let r = SegmentName::random().unwrap();
+        assert!(SegmentName::validate(&r).is_ok());
+        assert_eq!(r.len(), NAME_PREFIX.len() + 32);
+        assert_ne!(r, SegmentName::random().unwrap());
+    }
+}

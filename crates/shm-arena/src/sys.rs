@@ -1,0 +1,620 @@
+//! Thin, typed wrappers over the Linux syscalls that `shm-arena` needs.
+//!
+//! Invariants:
+//!
+//! 1. This module is the only place in the crate that calls rustix or libc functions, so every
+//!    syscall the crate makes can be found, reviewed and faked here (house style 9).
+//! 2. Every wrapper returns [`rustix::io::Result`] (an [`Errno`]) untouched, except where the
+//!    doc says an errno is an expected outcome and is mapped to a value; callers add context
+//!    (segment name, size, pid) when they wrap it in their own error enum.
+//! 3. Every futex operation here is the *shared* futex (`Flags::empty()`): the words live in
+//!    memory mapped by several processes, and a private (`FUTEX_PRIVATE_FLAG`) wake sent by one
+//!    process never reaches a private waiter in another.
+//! 4. Every file descriptor is created close-on-exec, so a worker started with `exec` inherits
+//!    no segment.
+//!
+//! The wrappers fall into four groups: naming and sizing shared-memory files (`shm_*`,
+//! [`memfd_create`], [`seal_size`], [`set_len`], [`reserve`], [`file_len`], [`file_mode`],
+//! [`shm_free_bytes`], [`list_shm_names`]), randomness for segment names ([`fill_random`]),
+//! waiting on words in mapped memory ([`futex_wait`], [`futex_wake`]), and process identity
+//! ([`process_exists`], [`current_pid`], [`install_fork_hook`]).
+//!
+//! Names of POSIX shared-memory objects are passed in *without* the leading slash
+//! (`"pyshm-abc"`), and are the file names that appear in [`shm_dir`].
+
+// The wrappers land before the segment, lock and recovery modules that call them. Until each
+// has a caller outside the tests, an unused one is not an error; remove this then.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use rustix::fd::{BorrowedFd, OwnedFd};
+use rustix::fs::{FallocateFlags, MemfdFlags, Mode, SealFlags};
+use rustix::io::{self, Errno};
+use rustix::process::Pid;
+use rustix::rand::GetRandomFlags;
+use rustix::shm;
+use rustix::thread::futex;
+
+/// The tmpfs mount where Linux keeps POSIX shared-memory objects.
+const SHM_DIR: &str = "/dev/shm";
+
+/// Turns a segment name without a leading slash into the name `shm_open(3)` expects.
+///
+/// rustix's raw-syscall backend (the default on Linux) does not call glibc's `shm_open`: it
+/// opens `/dev/shm/` followed by the name it is given, slashes included, and glibc strips
+/// leading slashes itself. A leading slash therefore works with both backends, and is what
+/// POSIX asks for. A name that already contains a slash is refused here, so that `"a"` and
+/// `"/a"` can never silently name the same object.
+fn shm_object_name(name: &str) -> io::Result<String> {
+    if name.contains('/') {
+        return Err(Errno::INVAL);
+    }
+    Ok(format!("/{name}"))
+}
+
+/// `O_NOFOLLOW` as a `shm_open` flag.
+///
+/// glibc's `shm_open` always adds `O_NOFOLLOW`; rustix's raw-syscall backend does not, so it is
+/// added here to keep a symlink planted in the world-writable `/dev/shm` from redirecting an
+/// open to another file.
+fn shm_nofollow() -> shm::OFlags {
+    shm::OFlags::from_bits_retain(rustix::fs::OFlags::NOFOLLOW.bits())
+}
+
+/// `shm_open(3)` with `O_CREAT | O_EXCL | O_RDWR | O_NOFOLLOW | O_CLOEXEC`, mode `0600`:
+/// creates a new shared-memory object and fails if the name is taken.
+///
+/// `name` has no leading slash (`"pyshm-abc"`). The process umask applies to the mode, as with
+/// `open(2)`; it can only narrow `0600`.
+///
+/// # Errors
+///
+/// `EEXIST` if the name is taken, `EINVAL` if `name` is empty or contains `/`, `ENAMETOOLONG`
+/// if it is longer than 254 bytes, and the errors of `open(2)` on `/dev/shm` (`EACCES`,
+/// `EMFILE`, `ENOSPC`, ...).
+///
+/// # References
+///
+/// - `shm_open(3)`, `open(2)`, `shm_overview(7)`
+pub(crate) fn shm_create_exclusive(name: &str) -> io::Result<OwnedFd> {
+    let name = shm_object_name(name)?;
+    shm::open(
+        name.as_str(),
+        shm::OFlags::CREATE | shm::OFlags::EXCL | shm::OFlags::RDWR | shm_nofollow(),
+        Mode::RUSR | Mode::WUSR,
+    )
+}
+
+/// `shm_open(3)` with `O_RDWR | O_NOFOLLOW | O_CLOEXEC`: opens an existing shared-memory
+/// object for reading and writing.
+///
+/// # Errors
+///
+/// `ENOENT` if no object has that name, `EACCES` if it belongs to someone else, `ELOOP` if
+/// the name is a symlink, `EINVAL` if `name` is empty or contains `/`, and the other errors of
+/// `open(2)`.
+///
+/// # References
+///
+/// - `shm_open(3)`, `open(2)`
+pub(crate) fn shm_open_existing(name: &str) -> io::Result<OwnedFd> {
+    let name = shm_object_name(name)?;
+    shm::open(name.as_str(), shm::OFlags::RDWR | shm_nofollow(), Mode::empty())
+}
+
+/// `shm_unlink(3)`: removes the name of a shared-memory object. Mappings and descriptors that
+/// are already open keep the memory alive until they are closed.
+///
+/// # Errors
+///
+/// `ENOENT` if no object has that name, `EACCES`/`EPERM` if the caller may not remove it,
+/// `EINVAL` if `name` is empty or contains `/`.
+///
+/// # References
+///
+/// - `shm_unlink(3)`, `unlink(2)`
+pub(crate) fn shm_unlink(name: &str) -> io::Result<()> {
+    let name = shm_object_name(name)?;
+    shm::unlink(name.as_str())
+}
+
+/// `memfd_create(2)` with `MFD_CLOEXEC | MFD_ALLOW_SEALING`: an anonymous shared-memory file
+/// with no name in any directory, freed when its last descriptor and mapping go away.
+///
+/// `debug_name` only shows up in `/proc/<pid>/fd` and `/proc/<pid>/maps` (prefixed with
+/// `memfd:`).
+///
+/// # Errors
+///
+/// `EINVAL` if `debug_name` is longer than 249 bytes or contains a NUL, `EMFILE`/`ENFILE`,
+/// `ENOMEM`.
+///
+/// # References
+///
+/// - `memfd_create(2)`
+pub(crate) fn memfd_create(debug_name: &str) -> io::Result<OwnedFd> {
+    rustix::fs::memfd_create(debug_name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+}
+
+/// `fcntl(2)` `F_ADD_SEALS` with `F_SEAL_SHRINK | F_SEAL_GROW`: freezes the size of a memfd.
+///
+/// After this no process can shrink the file under another's mapping (which would turn its
+/// accesses into `SIGBUS`) or grow it. Writes stay allowed (no `F_SEAL_WRITE`).
+///
+/// # Errors
+///
+/// `EINVAL` if `fd` is not a memfd created with `MFD_ALLOW_SEALING` (or not a tmpfs file),
+/// `EPERM` if `F_SEAL_SEAL` is already set.
+///
+/// # References
+///
+/// - `fcntl(2)` ("File Sealing"), `memfd_create(2)`
+pub(crate) fn seal_size(fd: BorrowedFd<'_>) -> io::Result<()> {
+    rustix::fs::fcntl_add_seals(fd, SealFlags::SHRINK | SealFlags::GROW)
+}
+
+/// `ftruncate(2)`: sets the file's size to `len` bytes.
+///
+/// On tmpfs this reserves nothing: pages are allocated on first touch, and when `/dev/shm` is
+/// full that first touch is a `SIGBUS`. Follow it with [`reserve`].
+///
+/// # Errors
+///
+/// `EINVAL` if `len` is too large, `EPERM` if a size seal forbids the change, `EFBIG`.
+///
+/// # References
+///
+/// - `ftruncate(2)`
+pub(crate) fn set_len(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
+    rustix::fs::ftruncate(fd, len)
+}
+
+/// `fallocate(2)` with mode 0 over `[0, len)`: allocates every page of the file now.
+///
+/// This is what turns a full `/dev/shm` (Docker's default is 64 MB) into `ENOSPC` at creation
+/// instead of a `SIGBUS` at the first write to an unbacked page. It also extends the file to
+/// `len` if it is shorter. `len == 0` is a no-op (the syscall itself rejects it).
+///
+/// # Errors
+///
+/// `ENOSPC` if the filesystem cannot back `len` bytes, `EPERM` if a seal forbids growing,
+/// `EFBIG`, `EINTR` (the allocation can be retried).
+///
+/// # References
+///
+/// - `fallocate(2)`, `posix_fallocate(3)`
+pub(crate) fn reserve(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    rustix::fs::fallocate(fd, FallocateFlags::empty(), 0, len)
+}
+
+/// `fstat(2)` `st_size`: the file's current size in bytes.
+///
+/// # Errors
+///
+/// `EBADF`, and `EOVERFLOW` if the kernel reported a negative size.
+///
+/// # References
+///
+/// - `fstat(2)`, `inode(7)`
+pub(crate) fn file_len(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let stat = rustix::fs::fstat(fd)?;
+    u64::try_from(stat.st_size).map_err(|_| Errno::OVERFLOW)
+}
+
+/// `fstat(2)` `st_mode & 0o7777`: the file's permission bits (with setuid, setgid, sticky),
+/// without the file type.
+///
+/// # Errors
+///
+/// `EBADF`.
+///
+/// # References
+///
+/// - `fstat(2)`, `inode(7)`
+pub(crate) fn file_mode(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    let stat = rustix::fs::fstat(fd)?;
+    Ok(stat.st_mode & 0o7777)
+}
+
+/// `statvfs(3)` on `/dev/shm`: bytes an unprivileged process can still allocate there
+/// (`f_bavail * f_frsize`).
+///
+/// Only a hint: other processes allocate concurrently. [`reserve`] is the real check.
+///
+/// # Errors
+///
+/// `ENOENT` if `/dev/shm` does not exist, `EACCES`.
+///
+/// # References
+///
+/// - `statvfs(3)`, `statfs(2)`
+pub(crate) fn shm_free_bytes() -> io::Result<u64> {
+    let vfs = rustix::fs::statvfs(SHM_DIR)?;
+    Ok(vfs.f_bavail.saturating_mul(vfs.f_frsize))
+}
+
+/// The directory where POSIX shared-memory objects appear as files: `/dev/shm`.
+///
+/// # References
+///
+/// - `shm_overview(7)`
+pub(crate) fn shm_dir() -> &'static Path {
+    Path::new(SHM_DIR)
+}
+
+/// `getdents64(2)` (through [`std::fs::read_dir`]) on `/dev/shm`: the names of the
+/// shared-memory objects that start with `prefix`, sorted.
+///
+/// Names that are not UTF-8 cannot be ours and are skipped. The listing is a snapshot: objects
+/// can be created or removed while it is taken.
+///
+/// # Errors
+///
+/// The errors of opening and reading `/dev/shm` (`ENOENT`, `EACCES`).
+///
+/// # References
+///
+/// - `getdents64(2)`, `readdir(3)`, `shm_overview(7)`
+pub(crate) fn list_shm_names(prefix: &str) -> std::io::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(SHM_DIR)? {
+        let entry = entry?;
+        if let Ok(name) = entry.file_name().into_string() {
+            if name.starts_with(prefix) {
+                names.push(name);
+            }
+        }
+    }
+    names.sort_unstable();
+    Ok(names)
+}
+
+/// `getrandom(2)` with no flags: fills `buf` with bytes from the kernel's CSPRNG.
+///
+/// Loops until the whole buffer is filled (the syscall may return fewer bytes, and large
+/// requests can be interrupted) and retries `EINTR`.
+///
+/// # Errors
+///
+/// `ENOSYS` on kernels older than 3.17, `EFAULT`.
+///
+/// # References
+///
+/// - `getrandom(2)`, `random(7)`
+pub(crate) fn fill_random(buf: &mut [u8]) -> io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match rustix::rand::getrandom(&mut buf[filled..], GetRandomFlags::empty()) {
+            Ok(written) => filled += written,
+            Err(Errno::INTR) => continue,
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
+}
+
+/// How a [`futex_wait`] ended. Each is a normal outcome; the caller re-checks the word.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum FutexWaitOutcome {
+    /// The thread slept and was woken by a `FUTEX_WAKE` (or, rarely, spuriously).
+    Woken,
+    /// The word did not hold `expected` when the kernel checked it (`EAGAIN`); the thread did
+    /// not sleep.
+    ValueChanged,
+    /// The timeout elapsed (`ETIMEDOUT`).
+    TimedOut,
+    /// A signal handler ran (`EINTR`).
+    Interrupted,
+}
+
+/// `futex(2)` `FUTEX_WAIT` (shared, relative timeout): sleeps while `word` holds `expected`,
+/// for at most `timeout`.
+///
+/// The futex is the shared one (no `FUTEX_PRIVATE_FLAG`), keyed by the physical page, so a
+/// wake from any process that maps the same word reaches this waiter (invariant 3). A
+/// `timeout` too large for a `timespec` is clamped to the largest one.
+///
+/// # Errors
+///
+/// `EINVAL` (misaligned word or bad timeout), `EFAULT`, `ENOSYS`. The expected errnos are
+/// outcomes (see [`FutexWaitOutcome`]).
+///
+/// # References
+///
+/// - `futex(2)`, `futex(7)`
+// The word lives in mapped shared memory, where loom's handle-based atomics cannot go; it is
+// never loom-modelled (loom models the futex as a Mutex + Condvar instead), so it is the core
+// type, not the `sync` facade's.
+#[allow(clippy::disallowed_types)]
+pub(crate) fn futex_wait(
+    word: &core::sync::atomic::AtomicU32,
+    expected: u32,
+    timeout: Duration,
+) -> io::Result<FutexWaitOutcome> {
+    let timeout = futex::Timespec::try_from(timeout)
+        .unwrap_or(futex::Timespec { tv_sec: futex::Secs::MAX, tv_nsec: 999_999_999 });
+    match futex::wait(word, futex::Flags::empty(), expected, Some(&timeout)) {
+        Ok(()) => Ok(FutexWaitOutcome::Woken),
+        Err(Errno::AGAIN) => Ok(FutexWaitOutcome::ValueChanged),
+        Err(Errno::TIMEDOUT) => Ok(FutexWaitOutcome::TimedOut),
+        Err(Errno::INTR) => Ok(FutexWaitOutcome::Interrupted),
+        Err(err) => Err(err),
+    }
+}
+
+/// `futex(2)` `FUTEX_WAKE` (shared): wakes at most `count` threads, in any process, waiting on
+/// `word`, and returns how many it woke.
+///
+/// The kernel reads the count as a signed `int`, so `count` is clamped to `i32::MAX`:
+/// `u32::MAX` means "wake all" (unclamped it would read as -1 and wake one).
+///
+/// # Errors
+///
+/// `EINVAL` (misaligned word), `EFAULT`, `ENOSYS`.
+///
+/// # References
+///
+/// - `futex(2)`, `futex(7)`
+// Same reason as `futex_wait`: a word in mapped shared memory, never loom-modelled.
+#[allow(clippy::disallowed_types)]
+pub(crate) fn futex_wake(word: &core::sync::atomic::AtomicU32, count: u32) -> io::Result<u32> {
+    let count = count.min(i32::MAX as u32);
+    let woken = futex::wake(word, futex::Flags::empty(), count)?;
+    Ok(u32::try_from(woken).unwrap_or(u32::MAX))
+}
+
+/// `kill(2)` with signal 0: whether a process with this pid exists.
+///
+/// `Ok` and `EPERM` (it exists but belongs to another user) mean yes, `ESRCH` means no. A
+/// zombie still exists here; [`crate::process`] reads its state to tell. Pid 0 and pids above
+/// `i32::MAX` name no process (and `kill` would read them as "my process group" or a negative
+/// group), so they answer no without a syscall.
+///
+/// # Errors
+///
+/// Any other errno from `kill(2)`; none is expected for signal 0.
+///
+/// # References
+///
+/// - `kill(2)`
+pub(crate) fn process_exists(pid: u32) -> io::Result<bool> {
+    let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
+        return Ok(false);
+    };
+    match rustix::process::test_kill_process(pid) {
+        Ok(()) | Err(Errno::PERM) => Ok(true),
+        Err(Errno::SRCH) => Ok(false),
+        Err(err) => Err(err),
+    }
+}
+
+/// `getpid(2)`: the calling process's id (in the caller's pid namespace).
+///
+/// # References
+///
+/// - `getpid(2)`
+pub(crate) fn current_pid() -> u32 {
+    // Pids are positive, so the cast keeps the value.
+    rustix::process::getpid().as_raw_pid() as u32
+}
+
+/// `pthread_atfork(3)` with only a child handler: after every `fork()` made through libc, the
+/// child runs `child` before `fork` returns in it.
+///
+/// The handler runs in the child of a possibly multithreaded process, where only
+/// async-signal-safe work is allowed: it must not allocate, lock or panic (touching atomics is
+/// fine). Raw `clone(2)`/`vfork(2)` and `posix_spawn(3)` do not run it.
+///
+/// # Errors
+///
+/// `ENOMEM` if libc cannot record the handler.
+///
+/// # References
+///
+/// - `pthread_atfork(3)`, `fork(2)`, `signal-safety(7)`
+pub(crate) fn install_fork_hook(child: extern "C" fn()) -> io::Result<()> {
+    // SAFETY: `pthread_atfork` only records the three pointers; the two `None`s are allowed,
+    // and `child` is a valid `extern "C" fn()` for the life of the program (glibc unregisters
+    // handlers of a shared object when it is unloaded). What the handler may do in the child
+    // is this function's documented contract, not a memory-safety precondition of the call.
+    let rc = unsafe { libc::pthread_atfork(None, None, Some(child)) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(Errno::from_raw_os_error(rc))
+    }
+}
+
+#[cfg(test)]
+// Futex words in these tests are plain heap words, the stand-in for mapped memory, not loom.
+#[allow(clippy::disallowed_types)]
+mod tests {
+    use super::*;
+    use core::sync::atomic::{AtomicU32, Ordering};
+    use rustix::fd::AsFd;
+    use std::sync::mpsc;
+    use std::time::Instant;
+
+    /// Unlinks its segment when dropped, so that no test leaves a file in `/dev/shm`, even when
+    /// an assertion fails.
+    struct UnlinkGuard(String);
+
+    impl UnlinkGuard {
+        fn new_name() -> Self {
+            let mut bytes = [0u8; 8];
+            fill_random(&mut bytes).expect("getrandom");
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            Self(format!("pyshm-test-{hex}"))
+        }
+    }
+
+    impl Drop for UnlinkGuard {
+        fn drop(&mut self) {
+            // ENOENT is fine: the test may have unlinked it already, or never created it.
+            let _ = shm_unlink(&self.0);
+        }
+    }
+
+    #[test]
+    fn named_segment_create_open_unlink() {
+        let guard = UnlinkGuard::new_name();
+        let name = guard.0.as_str();
+
+        let created = shm_create_exclusive(name).expect("create");
+        assert_eq!(file_mode(created.as_fd()).unwrap(), 0o600);
+        assert_eq!(file_len(created.as_fd()).unwrap(), 0);
+        assert!(list_shm_names("pyshm-test-").unwrap().iter().any(|n| n == name));
+        assert!(shm_dir().join(name).exists());
+
+        assert_eq!(shm_create_exclusive(name).unwrap_err(), Errno::EXIST);
+
+        reserve(created.as_fd(), 3 * 4096).expect("fallocate");
+        let opened = shm_open_existing(name).expect("open");
+        assert_eq!(file_len(opened.as_fd()).unwrap(), 3 * 4096);
+        set_len(opened.as_fd(), 4096).expect("ftruncate");
+        assert_eq!(file_len(created.as_fd()).unwrap(), 4096);
+
+        shm_unlink(name).expect("unlink");
+        assert_eq!(shm_open_existing(name).unwrap_err(), Errno::NOENT);
+        assert_eq!(shm_unlink(name).unwrap_err(), Errno::NOENT);
+        assert!(!list_shm_names("pyshm-test-").unwrap().iter().any(|n| n == name));
+    }
+
+    #[test]
+    fn names_with_slashes_are_refused() {
+        assert_eq!(shm_create_exclusive("/pyshm-test-x").unwrap_err(), Errno::INVAL);
+        assert_eq!(shm_open_existing("a/b").unwrap_err(), Errno::INVAL);
+        assert_eq!(shm_unlink("/").unwrap_err(), Errno::INVAL);
+    }
+
+    #[test]
+    fn open_does_not_follow_symlinks() {
+        let guard = UnlinkGuard::new_name();
+        std::os::unix::fs::symlink("/dev/null", shm_dir().join(&guard.0)).expect("symlink");
+        assert_eq!(shm_open_existing(&guard.0).unwrap_err(), Errno::LOOP);
+        assert_eq!(shm_create_exclusive(&guard.0).unwrap_err(), Errno::EXIST);
+    }
+
+    #[test]
+    fn sealed_memfd_cannot_change_size() {
+        let fd = memfd_create("pyshm-test").expect("memfd_create");
+        set_len(fd.as_fd(), 2 * 4096).unwrap();
+        reserve(fd.as_fd(), 2 * 4096).unwrap();
+        seal_size(fd.as_fd()).expect("seal");
+        assert_eq!(set_len(fd.as_fd(), 4096).unwrap_err(), Errno::PERM);
+        assert_eq!(set_len(fd.as_fd(), 4 * 4096).unwrap_err(), Errno::PERM);
+        assert_eq!(file_len(fd.as_fd()).unwrap(), 2 * 4096);
+    }
+
+    #[test]
+    fn reserve_zero_is_a_no_op() {
+        let fd = memfd_create("pyshm-test").unwrap();
+        reserve(fd.as_fd(), 0).unwrap();
+        assert_eq!(file_len(fd.as_fd()).unwrap(), 0);
+    }
+
+    #[test]
+    fn free_bytes_is_readable() {
+        // The value depends on the machine; the call must work.
+        shm_free_bytes().expect("statvfs /dev/shm");
+    }
+
+    #[test]
+    fn fill_random_fills_large_buffers() {
+        let mut buf = vec![0u8; 1 << 20];
+        fill_random(&mut buf).unwrap();
+        // 1 MiB of zeros from a CSPRNG does not happen.
+        assert!(buf.iter().any(|&b| b != 0));
+        fill_random(&mut []).unwrap();
+    }
+
+    #[test]
+    fn futex_wait_on_changed_value_returns_at_once() {
+        let word = AtomicU32::new(1);
+        assert_eq!(futex_wait(&word, 0, Duration::from_secs(30)).unwrap(), FutexWaitOutcome::ValueChanged);
+    }
+
+    #[test]
+    fn futex_wait_times_out() {
+        let word = AtomicU32::new(0);
+        let outcome = loop {
+            match futex_wait(&word, 0, Duration::from_millis(10)).unwrap() {
+                FutexWaitOutcome::Interrupted => continue,
+                other => break other,
+            }
+        };
+        assert_eq!(outcome, FutexWaitOutcome::TimedOut);
+    }
+
+    #[test]
+    fn futex_wake_without_waiters_wakes_none() {
+        let word = AtomicU32::new(0);
+        assert_eq!(futex_wake(&word, u32::MAX).unwrap(), 0);
+    }
+
+    #[test]
+    fn futex_wake_from_another_thread_wakes_the_waiter() {
+        // The word never changes, so the waiter can only leave through a wake: a broken wake
+        // shows up as `TimedOut` after the watchdog, not as a silent pass.
+        const WATCHDOG: Duration = Duration::from_secs(30);
+        let word = AtomicU32::new(0);
+        let (done_tx, done_rx) = mpsc::channel();
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let outcome = loop {
+                    match futex_wait(&word, 0, WATCHDOG).unwrap() {
+                        FutexWaitOutcome::Interrupted => continue,
+                        other => break other,
+                    }
+                };
+                done_tx.send(outcome).unwrap();
+            });
+            // The waker cannot know when the waiter is asleep, so it keeps waking until the
+            // waiter reports back.
+            let deadline = Instant::now() + WATCHDOG + Duration::from_secs(5);
+            let mut woken_total = 0;
+            let outcome = loop {
+                woken_total += futex_wake(&word, 1).unwrap();
+                match done_rx.recv_timeout(Duration::from_millis(1)) {
+                    Ok(outcome) => break outcome,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        assert!(Instant::now() < deadline, "watchdog: waiter never reported");
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => panic!("waiter panicked"),
+                }
+            };
+            assert_eq!(outcome, FutexWaitOutcome::Woken);
+            assert!(woken_total >= 1);
+            assert_eq!(word.load(Ordering::Relaxed), 0);
+        });
+    }
+
+    #[test]
+    fn current_process_exists() {
+        assert_eq!(current_pid(), std::process::id());
+        assert!(process_exists(current_pid()).unwrap());
+        // pid 1 exists in every pid namespace; it may belong to another user (EPERM).
+        assert!(process_exists(1).unwrap());
+    }
+
+    #[test]
+    fn reaped_child_does_not_exist() {
+        let mut child = std::process::Command::new("true").spawn().expect("spawn true");
+        let pid = child.id();
+        child.wait().expect("wait");
+        // The pid could in principle be reused in between; on a test machine it is not.
+        assert!(!process_exists(pid).unwrap());
+    }
+
+    #[test]
+    fn impossible_pids_do_not_exist() {
+        assert!(!process_exists(0).unwrap());
+        assert!(!process_exists(u32::MAX).unwrap());
+        assert!(!process_exists(i32::MAX as u32 + 1).unwrap());
+    }
+}

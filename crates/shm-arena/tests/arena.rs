@@ -1,0 +1,264 @@
+//! The arena through its public API, in one process.
+
+use shm_arena::tree::BlockStateError;
+use shm_arena::{AllocError, Arena, ArenaOptions, Block, BlockError, OpenError, OpenOptions};
+use std::time::Duration;
+
+/// Unlinks a named arena when the test ends, pass or fail.
+struct Unlink(String);
+impl Drop for Unlink {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(format!("/dev/shm/{}", self.0));
+    }
+}
+
+fn named(capacity: u64) -> (Arena, Unlink) {
+    let a = ArenaOptions::new(capacity).create().unwrap();
+    let guard = Unlink(a.name().unwrap().to_owned());
+    (a, guard)
+}
+
+fn fill(arena: &Arena, b: Block, byte: u8) {
+    // SAFETY: the test owns `b` exclusively until it frees it.
+    unsafe { arena.bytes_mut(b).unwrap().fill(byte) };
+}
+
+fn all_equal(arena: &Arena, b: Block, byte: u8) -> bool {
+    // SAFETY: nobody writes `b` while the test reads it.
+    unsafe { arena.bytes(b).unwrap().iter().all(|x| *x == byte) }
+}
+
+#[test]
+fn create_is_private_reserved_and_unguessable() {
+    let (a, _g) = named(1 << 20);
+    let name = a.name().unwrap();
+    assert!(name.starts_with("pyshm-") && name.len() == 6 + 32);
+    let meta = std::fs::metadata(format!("/dev/shm/{name}")).unwrap();
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!(meta.len(), a.segment_size());
+    assert!(meta.blocks() * 512 >= a.segment_size(), "pages are reserved at creation");
+    let (b, _g2) = named(1 << 20);
+    assert_ne!(a.name(), b.name());
+    assert_ne!(a.segment_id(), b.segment_id());
+}
+
+#[test]
+fn two_handles_see_the_same_blocks() {
+    let (a, _g) = named(1 << 20);
+    let b = Arena::open(a.name().unwrap()).unwrap();
+    assert_eq!(a.segment_id(), b.segment_id());
+    assert_ne!(a.owner_tag().unwrap(), b.owner_tag().unwrap());
+    let block = a.alloc(3000).unwrap();
+    assert_eq!(block.size(), 4096);
+    fill(&a, block, 0x5A);
+    assert!(all_equal(&b, block, 0x5A));
+    b.validate(block).unwrap();
+    b.free(block).unwrap();
+    assert!(matches!(a.validate(block), Err(BlockError::State(_))));
+    a.check().unwrap();
+    b.check().unwrap();
+}
+
+#[test]
+fn blocks_are_aligned_sized_and_disjoint() {
+    let (a, _g) = named(4 << 20);
+    let mut blocks = Vec::new();
+    for (i, size) in [1u64, 64, 65, 200, 1024, 5000, 70_000].iter().cycle().take(60).enumerate() {
+        let b = a.alloc(*size).unwrap();
+        assert!(b.size() >= *size && b.size() >= a.min_block());
+        assert_eq!(b.offset() % b.size(), 0);
+        assert_eq!(a.as_ptr(b).unwrap().as_ptr() as usize % b.size().min(4096) as usize, 0);
+        fill(&a, b, i as u8);
+        blocks.push((b, i as u8));
+    }
+    for (b, byte) in &blocks {
+        assert!(all_equal(&a, *b, *byte), "block {b:?} was overwritten by another");
+    }
+    let aligned = a.alloc_aligned(100, 8192).unwrap();
+    assert_eq!(aligned.offset() % 8192, 0);
+    assert_eq!(a.alloc_aligned(10, 3), Err(AllocError::BadAlignment(3)));
+    for (b, _) in blocks {
+        a.free(b).unwrap();
+    }
+    a.free(aligned).unwrap();
+    let report = a.check().unwrap();
+    assert_eq!(report.leaves_in_use, 0);
+}
+
+#[test]
+fn bad_references_are_typed_errors() {
+    let (a, _g) = named(1 << 16);
+    let b = a.alloc(256).unwrap();
+    a.free(b).unwrap();
+    assert!(matches!(a.free(b), Err(BlockError::State(_))), "double free");
+    let c = a.alloc(256).unwrap();
+    if c.offset() == b.offset() {
+        assert!(
+            matches!(a.free(b), Err(BlockError::State(BlockStateError::StaleGeneration { .. }))),
+            "stale reference to a reused place"
+        );
+    }
+    assert!(matches!(a.free(Block::from_parts(1 << 40, 64, 0)), Err(BlockError::OutOfBounds { .. })));
+    assert!(matches!(a.free(Block::from_parts(64, 128, 0)), Err(BlockError::Misaligned { .. })));
+    assert!(matches!(a.as_ptr(Block::from_parts(0, 1 << 17, 0)), Err(BlockError::OutOfBounds { .. })));
+    for bits in [0u64, u64::MAX, 0xDEAD_BEEF_0000_0000, 0x0000_0000_FFFF_FFFF] {
+        assert!(a.validate(Block::from_bits(bits)).is_err() || Block::from_bits(bits) == c);
+    }
+    a.free(c).unwrap();
+    a.check().unwrap();
+}
+
+#[test]
+fn exhaustion_is_an_error_that_says_why_and_memory_comes_back() {
+    let (a, _g) = named(64 * 1024);
+    assert!(matches!(a.alloc(128 * 1024), Err(AllocError::TooLarge { .. })));
+    let mut held = Vec::new();
+    loop {
+        match a.alloc(4096) {
+            Ok(b) => held.push(b),
+            Err(AllocError::Exhausted { requested, block, free, largest_free }) => {
+                assert_eq!((requested, block, free, largest_free), (4096, 4096, 0, 0));
+                break;
+            }
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!(held.len(), 16);
+    for b in held.drain(..) {
+        a.free(b).unwrap();
+    }
+    // Freed small blocks sit in the cache; a big request still succeeds (the cache is flushed).
+    let whole = a.alloc(64 * 1024).unwrap();
+    a.free(whole).unwrap();
+    assert_eq!(a.stats().largest_free_block + a.stats().cached_bytes, 64 * 1024);
+}
+
+#[test]
+fn freed_blocks_are_reused_first() {
+    let (a, _g) = named(16 << 20);
+    for size in [64u64, 4096, 1 << 20] {
+        let first = a.alloc(size).unwrap();
+        a.free(first).unwrap();
+        let again = a.alloc(size).unwrap();
+        assert_eq!(again.offset(), first.offset(), "size {size}: the warm block comes back");
+        a.free(again).unwrap();
+    }
+}
+
+#[test]
+fn dropping_an_arena_frees_what_it_owns_unless_disowned() {
+    let (a, _g) = named(1 << 20);
+    let b = Arena::open(a.name().unwrap()).unwrap();
+    let owned = b.alloc(1000).unwrap();
+    let kept = b.alloc(1000).unwrap();
+    b.disown(kept).unwrap();
+    assert!(b.disown(kept).is_err(), "already disowned");
+    drop(b);
+    assert!(a.validate(owned).is_err(), "owned blocks die with their owner");
+    a.validate(kept).unwrap();
+    a.adopt(kept).unwrap();
+    a.free(kept).unwrap();
+    a.check().unwrap();
+}
+
+#[test]
+fn stats_add_up() {
+    let (a, _g) = named(1 << 20);
+    let blocks: Vec<_> = (0..10).map(|_| a.alloc(10_000).unwrap()).collect();
+    let s = a.stats();
+    assert_eq!(s.capacity, 1 << 20);
+    assert_eq!(s.in_use_bytes, 10 * 16384);
+    assert_eq!(s.blocks_in_use, 10);
+    assert_eq!(s.in_use_bytes + s.cached_bytes + s.free_bytes, s.capacity);
+    assert_eq!(s.free_blocks.iter().map(|(size, n)| size * n).sum::<u64>(), s.free_bytes);
+    assert_eq!(s.largest_free_block, 512 * 1024);
+    assert_eq!(s.live_owners, 1);
+    for b in blocks {
+        a.free(b).unwrap();
+    }
+}
+
+#[test]
+fn odd_capacity_uses_exactly_what_was_asked() {
+    let a = ArenaOptions::new(100 * 1024).min_block(1024).create_anonymous().unwrap();
+    assert_eq!(a.capacity(), 100 * 1024);
+    assert_eq!(a.max_block(), 64 * 1024);
+    let mut n = 0;
+    while a.alloc(1024).is_ok() {
+        n += 1;
+    }
+    assert_eq!(n, 100);
+}
+
+#[test]
+fn opening_refuses_what_is_not_a_valid_segment() {
+    assert!(matches!(Arena::open("pyshm-does-not-exist-anywhere"), Err(OpenError::NotFound { .. })));
+    let name = format!("pyshm-test-foreign-{}", std::process::id());
+    let _g = Unlink(name.clone());
+    let fast = OpenOptions::new().wait(Duration::from_millis(50));
+    // Not a pyshm segment at all.
+    std::fs::write(format!("/dev/shm/{name}"), vec![0x41u8; 8192]).unwrap();
+    assert!(matches!(Arena::open_with(&name, &fast), Err(OpenError::Foreign { .. })));
+    // Too short to hold a header.
+    std::fs::write(format!("/dev/shm/{name}"), b"PYSHMSEG").unwrap();
+    assert!(matches!(Arena::open_with(&name, &fast), Err(OpenError::Truncated { .. })));
+    // A header nobody finished writing.
+    std::fs::write(format!("/dev/shm/{name}"), vec![0u8; 8192]).unwrap();
+    assert!(matches!(Arena::open_with(&name, &fast), Err(OpenError::NotInitialized { .. })));
+}
+
+#[test]
+fn opening_refuses_truncated_and_tampered_segments() {
+    let (a, g) = named(1 << 20);
+    let path = format!("/dev/shm/{}", g.0);
+    let original = std::fs::read(&path).unwrap();
+    let fast = OpenOptions::new().wait(Duration::from_millis(50));
+    // Truncated: a copy cut short.
+    let short = format!("{}-short", g.0);
+    let _gs = Unlink(short.clone());
+    std::fs::write(format!("/dev/shm/{short}"), &original[..original.len() / 2]).unwrap();
+    assert!(matches!(Arena::open_with(&short, &fast), Err(OpenError::Truncated { .. })));
+    // Tampered: one byte of the geometry changed.
+    let bad = format!("{}-bad", g.0);
+    let _gb = Unlink(bad.clone());
+    let mut tampered = original.clone();
+    tampered[48] ^= 1;
+    std::fs::write(format!("/dev/shm/{bad}"), &tampered).unwrap();
+    assert!(matches!(Arena::open_with(&bad, &fast), Err(OpenError::Corrupt { .. })));
+    // Another layout version.
+    let mut newer = original;
+    newer[8] = 99;
+    std::fs::write(format!("/dev/shm/{bad}"), &newer).unwrap();
+    assert!(matches!(Arena::open_with(&bad, &fast), Err(OpenError::Version { found: 99, .. })));
+    drop(a);
+}
+
+#[test]
+fn unlink_removes_the_name_but_not_the_mapping() {
+    let a = ArenaOptions::new(1 << 16).create().unwrap();
+    let name = a.name().unwrap().to_owned();
+    let b = a.alloc(64).unwrap();
+    a.unlink().unwrap();
+    assert!(!std::path::Path::new(&format!("/dev/shm/{name}")).exists());
+    assert!(matches!(a.unlink(), Err(OpenError::NotFound { .. })));
+    fill(&a, b, 1);
+    a.free(b).unwrap();
+}
+
+#[test]
+fn a_full_dev_shm_is_an_error_at_creation() {
+    // Ask for more than /dev/shm has: the reservation fails cleanly and leaves nothing behind.
+    let free = rustix::fs::statvfs("/dev/shm").map(|s| s.f_bavail * s.f_frsize).unwrap();
+    let name = format!("pyshm-test-nospace-{}", std::process::id());
+    let huge = (free + (1 << 30)).min(16 << 40);
+    match ArenaOptions::new(huge).min_block(1 << 20).name(&name).create() {
+        Err(shm_arena::CreateError::NoSpace { requested, available, .. }) => {
+            assert!(requested > free);
+            assert!(available.is_some());
+        }
+        Err(shm_arena::CreateError::Layout(_)) => {} // larger than a tree can address here
+        other => panic!("expected NoSpace, got {:?}", other.map(|a| a.capacity())),
+    }
+    assert!(!std::path::Path::new(&format!("/dev/shm/{name}")).exists(), "nothing left behind");
+}
