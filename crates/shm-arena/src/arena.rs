@@ -519,15 +519,25 @@ impl Arena {
     fn alloc_slow(&self, requested: u64, order: u32, tag: u16) -> Result<Block, AllocError> {
         let l = *self.segment.layout();
         let tree = self.tree();
-        self.flush_cache(tag);
-        if let Some(r) = tree.alloc(l.depth - order, tag) {
+        let retry = || {
+            let r = tree.alloc(l.depth - order, tag)?;
             self.owners().account(tag, 1i64 << (order + l.min_block_shift));
-            return Ok(self.block_of(r));
+            Some(self.block_of(r))
+        };
+        // Each step gives memory back in its own way: our cached blocks, conservative marks
+        // left by NBBS (tree::check explains them), then the blocks of dead owners.
+        self.flush_cache(tag);
+        if let Some(b) = retry() {
+            return Ok(b);
+        }
+        if tree.repair() > 0 {
+            if let Some(b) = retry() {
+                return Ok(b);
+            }
         }
         if self.recover_dead_owners().owners > 0 {
-            if let Some(r) = tree.alloc(l.depth - order, tag) {
-                self.owners().account(tag, 1i64 << (order + l.min_block_shift));
-                return Ok(self.block_of(r));
+            if let Some(b) = retry() {
+                return Ok(b);
             }
         }
         let s = tree.summarize();

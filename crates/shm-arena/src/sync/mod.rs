@@ -30,3 +30,19 @@ pub type SharedU32 = core::sync::atomic::AtomicU32;
 /// A 64-bit word inside mapped shared memory: always a real atomic, never loom's (invariant 2).
 #[allow(clippy::disallowed_types)]
 pub type SharedU64 = core::sync::atomic::AtomicU64;
+
+/// Orders a Dekker pair for loom: a no-op in real builds.
+///
+/// The tree's protocols contain Dekker-style pairs across two words: one side writes word A
+/// then reads word B, the other writes B then reads A, and at least one must see the other's
+/// write. Every tree access is `SeqCst`, and the single total order of `SeqCst` operations
+/// guarantees exactly that (C++20 [atomics.order]). loom, however, models `SeqCst` accesses as
+/// `AcqRel` (tokio-rs/loom#180) while it does model `SeqCst` fences, which give the same
+/// guarantee when placed between the write and the read. So under loom this is
+/// `fence(SeqCst)`, placed at each such point, and loom checks the same reasoning the real
+/// build relies on. (A fence in the real build would be a redundant `mfence` on x86-64.)
+#[inline(always)]
+pub(crate) fn dekker_fence() {
+    #[cfg(all(shm_loom, feature = "loom"))]
+    loom::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+}

@@ -6,8 +6,8 @@
 use core::sync::atomic::Ordering::SeqCst;
 
 use super::node::{buddy, coal_bit_for, occ_bit_for, NodeWord, CACHED, FREEING, GEN_MAX, OCC, RESERVED_OWNER};
-use super::{BlockStateError, BuddyTree, Freed, NodeRef};
-use crate::sync::AtomicWords;
+use super::{trace_event, BlockStateError, BuddyTree, Freed, NodeRef};
+use crate::sync::{dekker_fence, AtomicWords};
 
 /// Where a failed claim or climb stopped: the node the caller's scan should skip past.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,8 +30,10 @@ impl<N: ?Sized + AtomicWords, S: ?Sized + AtomicWords> BuddyTree<'_, N, S> {
         let claimed = NodeWord::block(owner, generation);
         // Invariant 2: the claim is a CAS from a vacant word.
         if self.nodes.compare_exchange(node, w.0, claimed.0, SeqCst, SeqCst).is_err() {
+            trace_event!("claim {node} lost");
             return Err(Blocked { at: node });
         }
+        trace_event!("claim {node} ok");
         match self.climb(node) {
             Ok(()) => Ok(NodeRef { index: node, generation }),
             Err(blocked) => {
@@ -50,17 +52,25 @@ impl<N: ?Sized + AtomicWords, S: ?Sized + AtomicWords> BuddyTree<'_, N, S> {
             let parent = child >> 1;
             let occ = occ_bit_for(child);
             let coal = coal_bit_for(child);
+            // Dekker pair with the repair pass and with frees: our last write (the claim, or
+            // the mark one level down) against their mark here and their read of that level.
+            dekker_fence();
             let mut v = self.nodes.load(parent, SeqCst);
             loop {
                 if v & OCC != 0 {
+                    trace_event!("climb {node}: {parent} is a block {:?}", NodeWord(v));
                     return Err(Blocked { at: parent });
                 }
                 let nv = (v & !coal) | occ;
                 if nv == v {
+                    trace_event!("climb {node}: skip {parent} {:?}", NodeWord(v));
                     break;
                 }
                 match self.nodes.compare_exchange(parent, v, nv, SeqCst, SeqCst) {
-                    Ok(_) => break,
+                    Ok(_) => {
+                        trace_event!("climb {node}: mark {parent} {:?} -> {:?}", NodeWord(v), NodeWord(nv));
+                        break;
+                    }
                     Err(now) => v = now,
                 }
             }
@@ -80,6 +90,7 @@ impl<N: ?Sized + AtomicWords, S: ?Sized + AtomicWords> BuddyTree<'_, N, S> {
         while runner != top {
             let parent = runner >> 1;
             let old = self.nodes.fetch_or(parent, coal_bit_for(runner), SeqCst);
+            trace_event!("free {node} p1: or {parent} old {:?}", NodeWord(old));
             let other = buddy(runner);
             if old & occ_bit_for(other) != 0 && old & coal_bit_for(other) == 0 {
                 break;
@@ -89,6 +100,7 @@ impl<N: ?Sized + AtomicWords, S: ?Sized + AtomicWords> BuddyTree<'_, N, S> {
         // Release: the block word goes back to vacant, keeping its generation.
         let generation = self.word(node).generation();
         self.nodes.store(node, NodeWord::empty(generation).0, SeqCst);
+        trace_event!("free {node}: released");
         if node == top {
             return Some(node);
         }
@@ -102,11 +114,15 @@ impl<N: ?Sized + AtomicWords, S: ?Sized + AtomicWords> BuddyTree<'_, N, S> {
             let nv = loop {
                 if v & coal == 0 {
                     // Someone allocated below since our mark: they own these bits now.
+                    trace_event!("free {node} p2: {parent} mark gone {:?}", NodeWord(v));
                     return None;
                 }
                 let nv = v & !(coal | occ);
                 match self.nodes.compare_exchange(parent, v, nv, SeqCst, SeqCst) {
-                    Ok(_) => break nv,
+                    Ok(_) => {
+                        trace_event!("free {node} p2: {parent} {:?} -> {:?}", NodeWord(v), NodeWord(nv));
+                        break nv;
+                    }
                     Err(now) => v = now,
                 }
             };

@@ -51,6 +51,17 @@ mod climb;
 pub mod node;
 mod recover;
 mod search;
+#[cfg(all(shm_loom, feature = "loom"))]
+pub mod trace;
+
+/// Records a tree event for loom models; nothing otherwise.
+macro_rules! trace_event {
+    ($($arg:tt)*) => {
+        #[cfg(all(shm_loom, feature = "loom"))]
+        $crate::tree::trace::record(format!($($arg)*));
+    };
+}
+pub(crate) use trace_event;
 
 use crate::sync::AtomicWords;
 pub use check::{TreeReport, TreeViolation};

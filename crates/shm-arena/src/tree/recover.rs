@@ -21,7 +21,7 @@ use core::sync::atomic::Ordering::SeqCst;
 use super::climb::child_towards;
 use super::node::{coal_bit_for, occ_bit_for, NodeWord, CACHED, FREEING, OCC, RESERVED_OWNER};
 use super::BuddyTree;
-use crate::sync::AtomicWords;
+use crate::sync::{dekker_fence, AtomicWords};
 
 /// What a recovery pass did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -93,10 +93,11 @@ impl<N: ?Sized + AtomicWords, S: ?Sized + AtomicWords> BuddyTree<'_, N, S> {
         }
     }
 
-    /// Clears `OCC_*` marks that stand above a vacant child (invariant 3).
+    /// Clears `OCC_*` marks that stand above a vacant child (invariant 3), whether a dead
+    /// process's phase 2 or an NBBS mark ABA (see `check`) left them.
     ///
     /// Returns the number of marks cleared. Safe to run at any time, concurrently with
-    /// allocations and frees; it finds nothing to do in a tree whose every operation completed.
+    /// allocations and frees. Linear in the number of inner nodes.
     pub fn repair(&self) -> u64 {
         let mut repaired = 0;
         let inner = 1usize << self.depth;
@@ -110,6 +111,8 @@ impl<N: ?Sized + AtomicWords, S: ?Sized + AtomicWords> BuddyTree<'_, N, S> {
                 }
                 // The handshake of a free: mark, look at the child again, clear if still marked.
                 self.nodes.fetch_or(parent, coal, SeqCst);
+                // Dekker pair with the climb: our mark against its write one level down.
+                dekker_fence();
                 if self.word(child).status() != 0 {
                     continue;
                 }

@@ -27,7 +27,11 @@ use super::{BuddyTree, NodeRef};
 use crate::sync::AtomicWords;
 
 /// Hint slots per level.
+#[cfg(not(shm_loom))]
 pub const HINT_SLOTS: usize = 8;
+/// Hint slots per level (fewer under loom, so models explore fewer states; the logic is the same).
+#[cfg(shm_loom)]
+pub const HINT_SLOTS: usize = 1;
 
 const SUMMARY: usize = 0;
 
