@@ -668,6 +668,16 @@ impl Arena {
         Ok(())
     }
 
+    /// Returns the small blocks this process keeps cached after frees to the shared tree, so
+    /// that they coalesce and other processes can use them (like `malloc_trim`).
+    ///
+    /// The allocator does this by itself before it reports exhaustion.
+    pub fn trim(&self) {
+        if let Ok(tag) = self.tag() {
+            self.flush_cache(tag);
+        }
+    }
+
     fn flush_cache(&self, tag: u16) {
         let tree = self.tree();
         let owners = self.owners();

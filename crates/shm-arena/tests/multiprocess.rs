@@ -1,0 +1,233 @@
+//! Real processes sharing arenas: forked children, separately started programs, and processes
+//! killed with SIGKILL at random moments, after which a survivor recovers everything and the
+//! tree checks clean.
+//!
+//! The separately started process is this crate's `shm-arena stress` tool, which fills every
+//! block it allocates with its own pattern and verifies it before freeing: a block handed to
+//! two processes at once shows up as exit code 3.
+#![allow(unsafe_code)] // fork, kill and waitpid in the tests themselves
+
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use shm_arena::{Arena, ArenaOptions, Block};
+
+const TOOL: &str = env!("CARGO_BIN_EXE_shm-arena");
+
+/// Unlinks a named arena when the test ends, pass or fail.
+struct Unlink(String);
+impl Drop for Unlink {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(format!("/dev/shm/{}", self.0));
+    }
+}
+
+/// Kills and reaps a child if the test fails before it exits.
+struct Reap(Option<Child>);
+impl Drop for Reap {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn stress(name: &str, seconds: u64, seed: u64) -> Reap {
+    let child = Command::new(TOOL)
+        .args(["stress", name, "--seconds", &seconds.to_string(), "--seed", &seed.to_string()])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn shm-arena stress");
+    Reap(Some(child))
+}
+
+fn finish(mut r: Reap) -> i32 {
+    let status = r.0.take().unwrap().wait().unwrap();
+    status.code().unwrap_or(-1)
+}
+
+struct Rng(u64);
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+fn assert_empty(a: &Arena) {
+    a.trim(); // our own cache
+    let report = a.check().unwrap_or_else(|e| panic!("{e}: {:?} {:?}", e.violations, e.owner_mismatches));
+    assert_eq!(report.blocks_in_use, 0, "{report:?}");
+    assert_eq!(report.blocks_cached, 0, "{report:?}");
+}
+
+#[test]
+fn separately_started_processes_share_an_arena_by_name() {
+    let a = ArenaOptions::new(8 << 20).create().unwrap();
+    let name = a.name().unwrap().to_owned();
+    let _g = Unlink(name.clone());
+    let workers: Vec<_> = (0..2).map(|i| stress(&name, 1, 11 + i)).collect();
+    for w in workers {
+        assert_eq!(finish(w), 0, "a stress process saw another one's pattern in its block");
+    }
+    assert_eq!(a.recover_dead_owners().owners, 0, "they unregistered on a clean exit");
+    assert_empty(&a);
+    assert_eq!(a.stats().live_owners, 1);
+}
+
+#[test]
+fn processes_killed_at_random_are_recovered_while_survivors_go_on() {
+    let a = ArenaOptions::new(16 << 20).create().unwrap();
+    let name = a.name().unwrap().to_owned();
+    let _g = Unlink(name.clone());
+    let survivors: Vec<_> = (0..2).map(|i| stress(&name, 3, 100 + i)).collect();
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut kills = 0;
+    let mut recovered = 0;
+    let deadline = Instant::now() + Duration::from_millis(2500);
+    while Instant::now() < deadline {
+        let mut victim = stress(&name, 60, 1000 + kills);
+        std::thread::sleep(Duration::from_micros(2000 + rng.below(40_000)));
+        victim.0.as_mut().unwrap().kill().unwrap(); // SIGKILL
+        victim.0.take().unwrap().wait().unwrap();
+        kills += 1;
+        // Recovery runs while the survivors keep allocating and freeing.
+        recovered += a.recover_dead_owners().owners;
+    }
+    for s in survivors {
+        assert_eq!(finish(s), 0, "a survivor's block was overwritten: two owners of one block");
+    }
+    recovered += a.recover_dead_owners().owners;
+    assert!(kills >= 10, "only {kills} kills");
+    // A victim killed before it opened the arena never registered: nothing to recover.
+    assert!(recovered as u64 <= kills && recovered as u64 >= kills / 2, "{recovered} recovered of {kills} killed");
+    assert_empty(&a);
+    let s = a.stats();
+    assert_eq!(s.free_bytes, s.capacity, "every byte came back");
+}
+
+fn fork(child: impl FnOnce() -> i32) -> libc::pid_t {
+    // SAFETY: the child runs only `child` and then `_exit`s without unwinding or running the
+    // parent's destructors; what it calls (the arena, /proc reads) is safe after fork in a
+    // glibc process because no other thread of this test holds the arena's lock.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(child)).unwrap_or(101);
+        // SAFETY: ends the child immediately, as a forked child of a test must.
+        unsafe { libc::_exit(code) };
+    }
+    pid
+}
+
+fn wait(pid: libc::pid_t) -> i32 {
+    let mut status = 0;
+    // SAFETY: `pid` is our child; `status` is a valid out-pointer.
+    let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert_eq!(r, pid);
+    if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -libc::WTERMSIG(status)
+    }
+}
+
+#[test]
+fn forked_children_share_blocks_with_the_parent() {
+    let a = ArenaOptions::new(1 << 20).create_anonymous().unwrap();
+    let parent_block = a.alloc(4096).unwrap();
+    // SAFETY: the parent holds the block alone until the child reads it after fork.
+    unsafe { a.bytes_mut(parent_block).unwrap().fill(0x11) };
+    let parent_tag = a.owner_tag().unwrap();
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is a valid array of two descriptors.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let pid = fork(|| {
+        // The child has its own owner slot, sees the parent's block, and allocates its own.
+        if a.owner_tag().unwrap() == parent_tag {
+            return 2;
+        }
+        // SAFETY: the parent does not write its block while the child runs.
+        if !unsafe { a.bytes(parent_block).unwrap() }.iter().all(|b| *b == 0x11) {
+            return 3;
+        }
+        let mine = a.alloc(1000).unwrap();
+        // SAFETY: our block, until the parent frees it after we exit.
+        unsafe { a.bytes_mut(mine).unwrap().fill(0x22) };
+        a.disown(mine).unwrap(); // it must outlive this process
+        let bits = mine.to_bits().to_ne_bytes();
+        // SAFETY: writes 8 bytes from a valid buffer to the pipe.
+        unsafe { libc::write(fds[1], bits.as_ptr().cast(), 8) };
+        0
+    });
+    assert_eq!(wait(pid), 0);
+    let mut bits = [0u8; 8];
+    // SAFETY: reads 8 bytes into a valid buffer.
+    assert_eq!(unsafe { libc::read(fds[0], bits.as_mut_ptr().cast(), 8) }, 8);
+    // SAFETY: closing our two pipe descriptors.
+    unsafe {
+        libc::close(fds[0]);
+    }
+    // SAFETY: as above.
+    unsafe {
+        libc::close(fds[1]);
+    }
+    let childs = Block::from_bits(u64::from_ne_bytes(bits));
+    // SAFETY: the child is gone; nobody writes the block.
+    assert!(unsafe { a.bytes(childs).unwrap() }.iter().all(|b| *b == 0x22));
+    let r = a.recover_dead_owners();
+    assert_eq!(r.owners, 1, "the child exited without unregistering");
+    assert_eq!(r.blocks_freed, 0, "its only block was disowned");
+    a.free(childs).unwrap();
+    a.free(parent_block).unwrap();
+    assert_empty(&a);
+}
+
+#[test]
+fn children_killed_mid_operation_never_corrupt_the_tree() {
+    let a = ArenaOptions::new(4 << 20).min_block(64).create_anonymous().unwrap();
+    let mut rng = Rng(0xD1B5_4A32_D192_ED03);
+    let keep: Vec<Block> = (0..8).map(|i| a.alloc(64 << i).unwrap()).collect();
+    for (i, b) in keep.iter().enumerate() {
+        // SAFETY: the parent's blocks; children never free or write them.
+        unsafe { a.bytes_mut(*b).unwrap().fill(i as u8) };
+    }
+    let mut recovered = 0;
+    for round in 0..25u64 {
+        let pid = fork(|| {
+            let mut r = Rng(round * 7919 + 1);
+            let mut live = Vec::new();
+            loop {
+                if live.len() < 64 && r.below(2) == 0 {
+                    if let Ok(b) = a.alloc(16 + r.below(20_000)) {
+                        live.push(b);
+                    }
+                } else if !live.is_empty() {
+                    let b = live.swap_remove(r.below(live.len() as u64) as usize);
+                    a.free(b).unwrap();
+                }
+            }
+        });
+        std::thread::sleep(Duration::from_micros(200 + rng.below(8_000)));
+        // SAFETY: `pid` is our child.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        assert_eq!(wait(pid), -libc::SIGKILL);
+        let r = a.recover_dead_owners();
+        assert!(r.owners <= 1, "one child per round");
+        recovered += r.owners; // 0 when the kill came before the child's first operation
+        let report = a.check().unwrap_or_else(|e| panic!("round {round}: {e}: {:?}", e.violations));
+        assert_eq!(report.blocks_in_use, keep.len() as u64, "round {round}: only the parent's blocks remain");
+    }
+    assert!(recovered >= 10, "only {recovered} of 25 children had started when killed");
+    for (i, b) in keep.iter().enumerate() {
+        // SAFETY: as above.
+        assert!(unsafe { a.bytes(*b).unwrap() }.iter().all(|x| *x == i as u8), "a child wrote into the parent's block");
+        a.free(*b).unwrap();
+    }
+    assert_empty(&a);
+    let s = a.stats();
+    assert_eq!(s.largest_free_block, 4 << 20, "everything coalesced after the kills");
+}
