@@ -262,3 +262,39 @@ fn a_full_dev_shm_is_an_error_at_creation() {
     }
     assert!(!std::path::Path::new(&format!("/dev/shm/{name}")).exists(), "nothing left behind");
 }
+
+#[test]
+fn threads_sharing_one_arena_never_share_a_block() {
+    let a = ArenaOptions::new(8 << 20).create_anonymous().unwrap();
+    std::thread::scope(|scope| {
+        for t in 0..4u64 {
+            let a = &a;
+            scope.spawn(move || {
+                let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ (t << 32) | 1;
+                let mut live: Vec<(Block, u8)> = Vec::new();
+                for step in 0..20_000u32 {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    if live.len() < 48 && (live.is_empty() || rng % 2 == 0) {
+                        let b = a.alloc(1 + rng % 9000).unwrap();
+                        let byte = (t as u8) << 5 | (step % 31) as u8;
+                        fill(a, b, byte);
+                        live.push((b, byte));
+                    } else {
+                        let (b, byte) = live.swap_remove((rng >> 20) as usize % live.len());
+                        assert!(all_equal(a, b, byte), "thread {t}: {b:?} was overwritten");
+                        a.free(b).unwrap();
+                    }
+                }
+                for (b, byte) in live {
+                    assert!(all_equal(a, b, byte));
+                    a.free(b).unwrap();
+                }
+            });
+        }
+    });
+    a.trim();
+    let report = a.check().unwrap();
+    assert_eq!((report.blocks_in_use, report.blocks_cached), (0, 0));
+}
