@@ -61,6 +61,7 @@ mod arena;
 mod block;
 mod cache;
 pub mod error;
+pub mod futex;
 pub mod layout;
 mod owners;
 pub mod process;

@@ -1,0 +1,214 @@
+//! The primitives across real processes: a holder SIGKILLed with the mutex held, mutual
+//! exclusion between processes, an event notified from another process, and a dead process
+//! found in a process table.
+#![allow(unsafe_code)] // mmap, fork, kill and waitpid in the tests themselves
+
+use std::time::{Duration, Instant};
+
+use shm_arena::sync::{SharedU32, SharedU64};
+use shm_sync::{Event, LockError, Locked, ProcessSlot, ProcessTable, RobustMutex, Wait};
+
+/// A page of memory shared with forked children (MAP_SHARED | MAP_ANONYMOUS), zeroed.
+struct Shared(*mut u8);
+impl Shared {
+    fn new() -> Self {
+        // SAFETY: an anonymous shared mapping of one page; no file, no aliasing yet.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        Self(p.cast())
+    }
+    fn at<T>(&self, offset: usize) -> &T {
+        // SAFETY: the page is zeroed and lives as long as `self`; every `T` used here is a
+        // repr(C) struct of atomics for which all-zero is valid, placed at an aligned offset.
+        unsafe { &*self.0.wrapping_add(offset).cast::<T>() }
+    }
+}
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // SAFETY: unmaps the page mapped in `new`; no reference outlives `self`.
+        unsafe { libc::munmap(self.0.cast(), 4096) };
+    }
+}
+
+fn fork(child: impl FnOnce() -> i32) -> libc::pid_t {
+    // SAFETY: the child runs `child` and `_exit`s without unwinding into the test harness.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(child)).unwrap_or(101);
+        // SAFETY: ends the forked child at once.
+        unsafe { libc::_exit(code) };
+    }
+    pid
+}
+
+fn wait(pid: libc::pid_t) -> i32 {
+    let mut status = 0;
+    // SAFETY: `pid` is our child; `status` is a valid out-pointer.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -libc::WTERMSIG(status)
+    }
+}
+
+fn kill(pid: libc::pid_t) {
+    // SAFETY: `pid` is our child.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert_eq!(wait(pid), -libc::SIGKILL);
+}
+
+/// Spins until `cond` holds, failing the test after 10 s (a watchdog, not a timing assertion).
+fn until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "watchdog: {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn a_holder_killed_with_the_lock_held_is_detected_and_poisons_unless_repaired() {
+    let mem = Shared::new();
+    let m: &RobustMutex = mem.at(0);
+    let pid = fork(|| {
+        let guard = m.lock().unwrap().into_guard();
+        std::mem::forget(guard);
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    });
+    until("child takes the lock", || m.holder() == Some(pid as u32));
+    assert_eq!(m.try_lock().unwrap_err(), LockError::WouldBlock { holder: pid as u32 });
+    kill(pid);
+    // Taken over, and told so; dropping without repair poisons the mutex.
+    let guard = match m.lock().unwrap() {
+        Locked::OwnerDied(g) => g,
+        Locked::Acquired(_) => panic!("the holder's death went unnoticed"),
+    };
+    assert!(guard.is_recovering());
+    drop(guard);
+    assert!(m.is_poisoned());
+    assert_eq!(m.lock().unwrap_err(), LockError::Poisoned);
+    assert!(m.reset_poison());
+    assert!(matches!(m.lock().unwrap(), Locked::Acquired(_)));
+}
+
+#[test]
+fn a_waiter_sleeping_on_the_lock_notices_the_holder_die() {
+    let mem = Shared::new();
+    let m: &RobustMutex = mem.at(0);
+    let pid = fork(|| {
+        std::mem::forget(m.lock().unwrap().into_guard());
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    });
+    until("child takes the lock", || m.holder() == Some(pid as u32));
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| match m.lock().unwrap() {
+            Locked::OwnerDied(mut g) => {
+                g.mark_consistent();
+                true
+            }
+            Locked::Acquired(_) => false,
+        });
+        std::thread::sleep(Duration::from_millis(30)); // let it fall asleep on the futex
+        kill(pid);
+        assert!(waiter.join().unwrap(), "the sleeping waiter took the lock over");
+    });
+    assert!(!m.is_poisoned(), "marked consistent");
+    assert!(matches!(m.lock().unwrap(), Locked::Acquired(_)));
+}
+
+#[test]
+fn processes_exclude_each_other() {
+    let mem = Shared::new();
+    let m: &RobustMutex = mem.at(0);
+    let counter: &SharedU64 = mem.at(64);
+    const ROUNDS: u64 = 5_000;
+    let bump = || {
+        for _ in 0..ROUNDS {
+            let _g = m.lock().unwrap().into_guard();
+            // A read-modify-write in two steps: lost updates show if exclusion fails.
+            let v = counter.load(std::sync::atomic::Ordering::Relaxed);
+            std::hint::black_box(v);
+            counter.store(v + 1, std::sync::atomic::Ordering::Relaxed);
+        }
+        0
+    };
+    let children: Vec<_> = (0..2).map(|_| fork(bump)).collect();
+    bump();
+    for c in children {
+        assert_eq!(wait(c), 0);
+    }
+    assert_eq!(counter.load(std::sync::atomic::Ordering::Relaxed), 3 * ROUNDS);
+}
+
+#[test]
+fn an_event_is_notified_across_processes() {
+    let mem = Shared::new();
+    let e: &Event = mem.at(0);
+    let flag: &SharedU32 = mem.at(64);
+    let seen = e.sequence();
+    let pid = fork(|| {
+        // Registered before checking the flag: no notification can slip between.
+        let l = e.listen();
+        let seen = l.sequence();
+        if flag.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            match l.wait(seen, Some(Duration::from_secs(10))) {
+                Wait::Changed(_) => {}
+                Wait::TimedOut => return 1,
+            }
+        }
+        i32::from(flag.load(std::sync::atomic::Ordering::SeqCst) != 7)
+    });
+    std::thread::sleep(Duration::from_millis(20));
+    flag.store(7, std::sync::atomic::Ordering::SeqCst);
+    e.notify_if_waiting();
+    assert_eq!(wait(pid), 0);
+    assert_ne!(e.sequence(), seen);
+}
+
+#[test]
+fn a_dead_process_is_found_and_its_slot_recycled() {
+    let mem = Shared::new();
+    let slots: &[ProcessSlot; 4] = mem.at(0);
+    let table = ProcessTable::new(slots);
+    let me = table.register().unwrap();
+    let pid = fork(|| {
+        let t = ProcessTable::new(slots);
+        let r = t.register().unwrap();
+        t.user_words(r.index).unwrap()[0].store(42, std::sync::atomic::Ordering::Relaxed);
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    });
+    until("child registers", || table.occupied() == 2);
+    assert!(table.find_dead().is_empty(), "the child is alive");
+    kill(pid);
+    let dead = table.find_dead();
+    assert_eq!(dead.len(), 1);
+    let claimed = table.claim_dead(dead[0]).unwrap();
+    assert_eq!(table.user_words(claimed.index).unwrap()[0].load(std::sync::atomic::Ordering::Relaxed), 42);
+    assert!(table.claim_dead(dead[0]).is_none(), "one rescuer at a time");
+    assert!(table.release_dead(claimed));
+    assert_eq!(table.occupied(), 1);
+    let again = table.register().unwrap();
+    assert_eq!(
+        table.user_words(again.index).unwrap()[0].load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "user words are reset"
+    );
+    assert!(table.is_current(me) && table.is_current(again));
+}
