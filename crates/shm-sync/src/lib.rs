@@ -10,6 +10,10 @@
 //!   that lets a free path skip the notification when nobody listens.
 //! - [`ProcessTable`]: slots naming processes by an identity that survives pid reuse, so
 //!   anyone can find the dead and recycle their slots.
+//! - [`RefCount`]: a reference count kept per holder process (a bitmap of process slots), so a
+//!   survivor can drop exactly what a dead process held; with [`TokenTable`] transfer tokens
+//!   that keep a block alive while its handle is in flight, refuse a stale claim, and can be
+//!   reclaimed when they are never claimed.
 //!
 //! Every primitive is a `repr(C)` struct of atomics meant to be placed in shared memory (zeroed
 //! memory is a valid initial state) and written so that loom can check it: build with
@@ -23,11 +27,15 @@
 mod event;
 mod mutex;
 mod process_table;
+mod refcount;
 mod sync;
+mod transfer;
 
 pub use event::{Event, Listener, Wait};
 pub use mutex::{LockError, Locked, MutexGuard, RobustMutex, RECHECK};
 pub use process_table::{DeadProcess, ProcessSlot, ProcessTable, Registration, SlotState, TableFull};
+pub use refcount::{Acquired, RefCount, RefError, Released};
+pub use transfer::{PendingToken, Token, TokenError, TokenSlot, TokenTable};
 
 /// Support for loom models: declare the calling model thread's process dead, and let timed
 /// waits time out at once.

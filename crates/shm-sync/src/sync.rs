@@ -101,6 +101,12 @@ mod imp {
     pub(crate) fn pid_is_dead(pid: u32) -> bool {
         matches!(ProcessIdentity::of_pid(pid), Ok(None))
     }
+
+    /// `CLOCK_MONOTONIC` in nanoseconds: one clock for every process of the machine.
+    pub(crate) fn now_ns() -> u64 {
+        let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+        (t.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(t.tv_nsec as u64)
+    }
 }
 
 #[cfg(all(shm_loom, feature = "loom"))]
@@ -172,6 +178,11 @@ mod imp {
 
     pub(crate) fn pid_is_dead(pid: u32) -> bool {
         MODEL.dead.lock().unwrap().contains(&pid)
+    }
+
+    /// Model time: always 1 s (ages are exercised by the real tests).
+    pub(crate) fn now_ns() -> u64 {
+        1_000_000_000
     }
 
     /// Model support: the calling loom thread's "process" is now dead.

@@ -127,3 +127,106 @@ fn a_listener_never_misses_a_condition_changed_before_notify_if_waiting() {
         notifier.join().unwrap();
     });
 }
+
+mod refcounts {
+    use super::*;
+    use shm_sync::{Acquired, RefCount, RefError, Released, TokenSlot, TokenTable};
+
+    struct Fixture {
+        rc: RefCount<1>,
+        slots: Vec<TokenSlot>,
+    }
+
+    fn fixture(holders: &[u32]) -> Arc<Fixture> {
+        let f = Fixture { rc: RefCount::new(), slots: (0..2).map(|_| TokenSlot::new()).collect() };
+        f.rc.init(7, holders[0]);
+        let t = TokenTable::new(&f.slots);
+        for h in &holders[1..] {
+            f.rc.acquire(*h, &t).unwrap();
+        }
+        Arc::new(f)
+    }
+
+    #[test]
+    fn two_holders_releasing_at_once_make_exactly_one_last() {
+        model(|| {
+            let f = fixture(&[0, 1]);
+            let f1 = f.clone();
+            let other = thread::spawn(move || f1.rc.release(1, &TokenTable::new(&f1.slots)).unwrap());
+            let mine = f.rc.release(0, &TokenTable::new(&f.slots)).unwrap();
+            let other = other.join().unwrap();
+            assert_eq!([mine, other].iter().filter(|r| **r == Released::Last).count(), 1);
+            assert!(f.rc.is_dead());
+        });
+    }
+
+    #[test]
+    fn a_token_keeps_the_record_alive_after_its_sender_lets_go() {
+        model(|| {
+            let f = fixture(&[0]);
+            let token = f.rc.send(&TokenTable::new(&f.slots)).unwrap();
+            let f1 = f.clone();
+            let sender = thread::spawn(move || f1.rc.release(0, &TokenTable::new(&f1.slots)).unwrap());
+            let t = TokenTable::new(&f.slots);
+            assert_eq!(f.rc.claim(token, 1, &t).unwrap(), Acquired::First, "the block outlived its sender");
+            assert_eq!(sender.join().unwrap(), Released::Remaining);
+            assert_eq!(f.rc.release(1, &t).unwrap(), Released::Last);
+        });
+    }
+
+    #[test]
+    fn claim_and_cancel_race_and_exactly_one_wins() {
+        model(|| {
+            let f = fixture(&[0]);
+            let t = TokenTable::new(&f.slots);
+            let token = f.rc.send(&t).unwrap();
+            f.rc.release(0, &t).unwrap();
+            let f1 = f.clone();
+            let canceller = thread::spawn(move || f1.rc.cancel(token, &TokenTable::new(&f1.slots)));
+            let claimed = f.rc.claim(token, 1, &t);
+            let cancelled = canceller.join().unwrap();
+            match (claimed, cancelled) {
+                (Ok(_), Err(RefError::Token(_))) => {
+                    assert!(!f.rc.is_dead());
+                    assert_eq!(f.rc.release(1, &t).unwrap(), Released::Last);
+                }
+                (Err(RefError::Token(_)), Ok(Released::Last)) => assert!(f.rc.is_dead()),
+                other => panic!("both or neither won: {other:?}"),
+            }
+        });
+    }
+
+    #[test]
+    fn a_holder_dying_inside_a_change_is_repaired_by_the_next() {
+        model(|| {
+            shm_sync::loom_support::timeouts_fire(true);
+            let f = fixture(&[0, 1]);
+            let f1 = f.clone();
+            let dying = thread::spawn(move || {
+                // Holder 1 dies in the middle of a change, lock held.
+                f1.rc.lock_and_abandon();
+                shm_sync::loom_support::die();
+            });
+            dying.join().unwrap();
+            let t = TokenTable::new(&f.slots);
+            // The survivor drops the dead holder's reference, then its own.
+            assert_eq!(f.rc.drop_holder(1, &t).unwrap(), Released::Remaining);
+            assert_eq!(f.rc.release(0, &t).unwrap(), Released::Last);
+        });
+    }
+
+    #[test]
+    fn a_record_released_last_is_never_revived() {
+        model(|| {
+            let f = fixture(&[0]);
+            let f1 = f.clone();
+            let late = thread::spawn(move || f1.rc.acquire(1, &TokenTable::new(&f1.slots)));
+            let released = f.rc.release(0, &TokenTable::new(&f.slots)).unwrap();
+            match (released, late.join().unwrap()) {
+                (Released::Last, Err(RefError::Dead)) => {}
+                (Released::Remaining, Ok(Acquired::First)) => assert!(!f.rc.is_dead()),
+                other => panic!("a freed block was revived, or a held one freed: {other:?}"),
+            }
+        });
+    }
+}

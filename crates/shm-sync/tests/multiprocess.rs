@@ -212,3 +212,123 @@ fn a_dead_process_is_found_and_its_slot_recycled() {
     );
     assert!(table.is_current(me) && table.is_current(again));
 }
+
+mod refcounts {
+    use super::*;
+    use shm_sync::{Acquired, RefCount, RefError, Released, Token, TokenError, TokenSlot, TokenTable};
+
+    struct Layout<'a> {
+        table: ProcessTable<'a>,
+        tokens: TokenTable<'a>,
+        rc: &'a RefCount<1>,
+    }
+
+    fn layout(mem: &Shared) -> Layout<'_> {
+        let slots: &[ProcessSlot; 4] = mem.at(0);
+        let tokens: &[TokenSlot; 8] = mem.at(256);
+        Layout { table: ProcessTable::new(slots), tokens: TokenTable::new(tokens), rc: mem.at(512) }
+    }
+
+    #[test]
+    fn a_holder_killed_holding_references_is_dropped_by_a_survivor() {
+        let mem = Shared::new();
+        let l = layout(&mem);
+        let me = l.table.register().unwrap();
+        l.rc.init(1, me.index);
+        let pid = fork(|| {
+            let l = layout(&mem);
+            let r = l.table.register().unwrap();
+            assert_eq!(l.rc.acquire(r.index, &l.tokens).unwrap(), Acquired::First);
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        });
+        until("the child holds the block", || l.rc.holders().len() == 2);
+        assert_eq!(l.rc.release(me.index, &l.tokens).unwrap(), Released::Remaining, "the child still holds it");
+        kill(pid);
+        let dead = l.table.find_dead();
+        assert_eq!(dead.len(), 1);
+        let claimed = l.table.claim_dead(dead[0]).unwrap();
+        assert_eq!(l.rc.drop_holder(claimed.index, &l.tokens).unwrap(), Released::Last, "the survivor frees it");
+        assert!(l.table.release_dead(claimed));
+        assert!(l.rc.is_dead());
+    }
+
+    #[test]
+    fn a_sent_handle_outlives_its_sender() {
+        let mem = Shared::new();
+        let l = layout(&mem);
+        let token_word: &shm_arena::sync::SharedU64 = mem.at(1024);
+        let pid = fork(|| {
+            let l = layout(&mem);
+            let r = l.table.register().unwrap();
+            l.rc.init(1, r.index);
+            let token = l.rc.send(&l.tokens).unwrap();
+            token_word.store(u64::from(token.index) << 32 | token.generation, std::sync::atomic::Ordering::SeqCst);
+            // The sender lets go and exits cleanly before anyone claims.
+            assert_eq!(l.rc.release(r.index, &l.tokens).unwrap(), Released::Remaining);
+            l.table.unregister(r);
+            0
+        });
+        assert_eq!(wait(pid), 0);
+        let bits = token_word.load(std::sync::atomic::Ordering::SeqCst);
+        let token = Token { index: (bits >> 32) as u32, generation: bits & 0xFFFF_FFFF };
+        assert!(!l.rc.is_dead(), "the token keeps it alive");
+        let me = l.table.register().unwrap();
+        assert_eq!(l.rc.claim(token, me.index, &l.tokens).unwrap(), Acquired::First);
+        assert!(matches!(l.rc.claim(token, me.index, &l.tokens), Err(RefError::Token(TokenError::Stale { .. }))));
+        assert_eq!(l.rc.release(me.index, &l.tokens).unwrap(), Released::Last);
+        assert!(
+            matches!(l.rc.claim(token, me.index, &l.tokens), Err(RefError::Token(TokenError::Stale { .. }))),
+            "claimed after the free: refused"
+        );
+    }
+
+    #[test]
+    fn unclaimed_tokens_are_listed_with_their_age_and_reclaimed() {
+        let mem = Shared::new();
+        let l = layout(&mem);
+        let me = l.table.register().unwrap();
+        l.rc.init(1, me.index);
+        let lost = l.rc.send(&l.tokens).unwrap();
+        l.rc.release(me.index, &l.tokens).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        let pending = l.tokens.pending();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].token, lost);
+        assert!(pending[0].age_ns >= 5_000_000);
+        assert_eq!(l.rc.cancel(lost, &l.tokens).unwrap(), Released::Last, "the lost message's block is freed");
+        assert!(l.tokens.pending().is_empty());
+    }
+
+    #[test]
+    fn tokens_of_a_killed_sender_stay_claimable_until_reclaimed() {
+        let mem = Shared::new();
+        let l = layout(&mem);
+        let pid = fork(|| {
+            let l = layout(&mem);
+            // Hold every token slot's reservation by sending and never letting go, then die.
+            let r = l.table.register().unwrap();
+            l.rc.init(1, r.index);
+            while l.rc.send(&l.tokens).is_ok() {}
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        });
+        until("the child fills the table", || l.tokens.pending().len() == 8);
+        kill(pid);
+        // Tokens of a dead sender stay claimable (a receiver may still have the handle), so a
+        // survivor reclaims them by age; the dead holder's bit goes with its process slot.
+        let dead = l.table.claim_dead(l.table.find_dead()[0]).unwrap();
+        assert_eq!(l.rc.drop_holder(dead.index, &l.tokens).unwrap(), Released::Remaining);
+        let mut last = 0;
+        for p in l.tokens.pending() {
+            if l.rc.cancel(p.token, &l.tokens).unwrap() == Released::Last {
+                last += 1;
+            }
+        }
+        assert_eq!(last, 1);
+        assert_eq!(l.tokens.free_dead_reservations(), 0);
+        assert!(l.rc.is_dead());
+    }
+}

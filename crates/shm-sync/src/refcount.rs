@@ -1,0 +1,372 @@
+//! Holder-tracked reference counts that survive a holder's death.
+//!
+//! # Why not one shared integer
+//!
+//! A single shared count cannot be repaired after a holder dies: nobody knows how much of it
+//! was the dead process's. Here every process that holds a block has one bit in the record's
+//! holder bitmap (its [`ProcessTable`](crate::ProcessTable) slot), and references in flight are
+//! tokens in a [`TokenTable`]. Counting within a process stays in that process; the shared
+//! record changes only when a process starts or stops holding the block, or a token is sent,
+//! claimed or cancelled.
+//!
+//! # Invariants
+//!
+//! 1. Every change happens under the record's [`RobustMutex`], so the bitmap, the token count,
+//!    the `DEAD` flag and the record's token slots move together.
+//! 2. The bitmap and the token table are the truth; the token count is derived. Whoever takes
+//!    the lock over from a holder that died mid-change ([`Locked::OwnerDied`]) recomputes the
+//!    count from the table and marks the state consistent, so the lock is never left poisoned.
+//! 3. A record is `DEAD` exactly when it has no holder and no pending token, and it never
+//!    comes back: acquire, send and claim refuse a dead record, so nobody can revive a block
+//!    that is being freed. Exactly one caller learns that the record died ([`Released::Last`],
+//!    or [`RefError::Orphaned`] for the one whose repair found it dead), and that caller frees
+//!    the block.
+//! 4. A dead process's references are dropped by [`RefCount::drop_holder`] for its slot; its
+//!    tokens stay pending until claimed or reclaimed, because a receiver may still claim them.
+//!
+//! Fields under the lock are `Relaxed`: the lock's Acquire/Release orders them. Readers outside
+//! the lock ([`RefCount::is_dead`], [`RefCount::holders`]) get a racy snapshot.
+
+use crate::mutex::{LockError, Locked, RobustMutex};
+use crate::sync::{AtomicU64, Ordering};
+use crate::transfer::{Token, TokenError, TokenTable};
+
+const DEAD: u64 = 1 << 63;
+const TOKENS: u64 = u32::MAX as u64;
+
+/// A reference-count record with room for `64 * W` holder processes.
+///
+/// Lives in shared memory beside the data it counts (zeroed memory is a record with no holder
+/// that is not dead; [`RefCount::init`] makes the creator its first holder).
+///
+/// # Examples
+///
+/// ```
+/// use shm_sync::{Released, RefCount, TokenSlot, TokenTable};
+///
+/// let slots: Vec<TokenSlot> = (0..8).map(|_| TokenSlot::new()).collect();
+/// let tokens = TokenTable::new(&slots);
+/// let rc: RefCount = RefCount::new();
+/// rc.init(42, 0); // target id 42, holder: process slot 0
+/// let token = rc.send(&tokens).unwrap(); // a handle in flight
+/// assert_eq!(rc.release(0, &tokens).unwrap(), Released::Remaining); // the token keeps it alive
+/// rc.claim(token, 1, &tokens).unwrap(); // process slot 1 received it
+/// assert_eq!(rc.release(1, &tokens).unwrap(), Released::Last); // free the block now
+/// assert!(rc.is_dead());
+/// ```
+#[repr(C)]
+pub struct RefCount<const W: usize = 2> {
+    lock: RobustMutex,
+    /// Bit 63: `DEAD`; bits 0..32: pending tokens.
+    state: AtomicU64,
+    /// The caller's id for this record, as stored in its tokens.
+    target: AtomicU64,
+    holders: [AtomicU64; W],
+}
+
+/// What [`RefCount::acquire`] or [`RefCount::claim`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Acquired {
+    /// This process now holds the record.
+    First,
+    /// It held it already (a claim then just consumed the token).
+    Already,
+}
+
+/// What a release did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Released {
+    /// That was the last reference: the record is dead, free what it counts.
+    Last,
+    /// Others still hold it, or tokens are in flight.
+    Remaining,
+    /// The process did not hold it (for [`RefCount::drop_holder`] during recovery).
+    NotHeld,
+}
+
+/// Why a reference operation was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RefError {
+    /// The record is dead: the block is freed or being freed.
+    #[error("the reference count is dead: its block was freed")]
+    Dead,
+    /// The caller's repair of a holder's half-done change found the record without holder or
+    /// token: it is dead now and the caller must free the block.
+    #[error("a holder died mid-change and left the block unreferenced: the caller must free it")]
+    Orphaned,
+    /// The process releasing does not hold the record.
+    #[error("process slot {holder} does not hold this reference")]
+    NotHolder {
+        /// The slot given.
+        holder: u32,
+    },
+    /// The slot number does not fit the bitmap.
+    #[error("process slot {holder} is beyond this record's {capacity} holders")]
+    HolderOutOfRange {
+        /// The slot given.
+        holder: u32,
+        /// Holders the record can name.
+        capacity: u32,
+    },
+    /// A token problem (stale, table full).
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// The token belongs to another record.
+    #[error("the token does not belong to this reference")]
+    ForeignToken,
+}
+
+impl<const W: usize> RefCount<W> {
+    /// A record with no holder.
+    pub fn new() -> Self {
+        Self {
+            lock: RobustMutex::new(),
+            state: AtomicU64::new(0),
+            target: AtomicU64::new(0),
+            holders: core::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+
+    /// Makes a fresh record (not yet visible to others) held by `holder`, known to tokens as
+    /// `target`.
+    ///
+    /// # Panics
+    ///
+    /// If `holder >= 64 * W` (a caller bug: slots come from a table the caller sized).
+    pub fn init(&self, target: u64, holder: u32) {
+        assert!((holder as usize) < 64 * W, "holder slot {holder} beyond {} holders", 64 * W);
+        self.target.store(target, Ordering::Relaxed);
+        self.state.store(0, Ordering::Relaxed);
+        for (i, w) in self.holders.iter().enumerate() {
+            w.store(if i == holder as usize / 64 { 1 << (holder % 64) } else { 0 }, Ordering::Relaxed);
+        }
+    }
+
+    /// Starts holding the record for process slot `holder`.
+    ///
+    /// # Errors
+    ///
+    /// [`RefError::Dead`], [`RefError::Orphaned`], [`RefError::HolderOutOfRange`].
+    pub fn acquire(&self, holder: u32, tokens: &TokenTable<'_>) -> Result<Acquired, RefError> {
+        let (word, bit) = self.bit(holder)?;
+        self.locked(tokens, |s| {
+            if s.state.load(Ordering::Relaxed) & DEAD != 0 {
+                return Err(RefError::Dead);
+            }
+            let before = s.holders[word].fetch_or(bit, Ordering::Relaxed);
+            Ok(if before & bit == 0 { Acquired::First } else { Acquired::Already })
+        })
+    }
+
+    /// Stops holding the record for process slot `holder`.
+    ///
+    /// # Errors
+    ///
+    /// [`RefError::NotHolder`], [`RefError::Dead`], [`RefError::Orphaned`],
+    /// [`RefError::HolderOutOfRange`].
+    pub fn release(&self, holder: u32, tokens: &TokenTable<'_>) -> Result<Released, RefError> {
+        let (word, bit) = self.bit(holder)?;
+        self.locked(tokens, |s| {
+            if s.state.load(Ordering::Relaxed) & DEAD != 0 {
+                return Err(RefError::Dead);
+            }
+            if s.holders[word].fetch_and(!bit, Ordering::Relaxed) & bit == 0 {
+                return Err(RefError::NotHolder { holder });
+            }
+            Ok(s.die_if_unreferenced())
+        })
+    }
+
+    /// Drops the reference a dead process in slot `holder` held (recovery, invariant 4).
+    ///
+    /// # Errors
+    ///
+    /// [`RefError::Orphaned`], [`RefError::HolderOutOfRange`]; a dead record gives
+    /// `Ok(Released::NotHeld)`.
+    pub fn drop_holder(&self, holder: u32, tokens: &TokenTable<'_>) -> Result<Released, RefError> {
+        let (word, bit) = self.bit(holder)?;
+        self.locked(tokens, |s| {
+            if s.state.load(Ordering::Relaxed) & DEAD != 0
+                || s.holders[word].fetch_and(!bit, Ordering::Relaxed) & bit == 0
+            {
+                return Ok(Released::NotHeld);
+            }
+            Ok(s.die_if_unreferenced())
+        })
+    }
+
+    /// Sends a reference: a pending token that keeps the record alive until claimed or
+    /// cancelled, whatever happens to the sender.
+    ///
+    /// # Errors
+    ///
+    /// [`RefError::Dead`], [`RefError::Orphaned`], [`TokenError::Full`].
+    pub fn send(&self, tokens: &TokenTable<'_>) -> Result<Token, RefError> {
+        let index = tokens.reserve()?;
+        let result = self.locked(tokens, |s| {
+            if s.state.load(Ordering::Relaxed) & DEAD != 0 {
+                return Err(RefError::Dead);
+            }
+            // Invariant 2: the slot and the count change together, under the lock.
+            let token = tokens.publish(index, s.target.load(Ordering::Relaxed));
+            s.state.fetch_add(1, Ordering::Relaxed);
+            Ok(token)
+        });
+        if result.is_err() {
+            tokens.unreserve(index);
+        }
+        result
+    }
+
+    /// Claims a token for process slot `holder`, which then holds the record.
+    ///
+    /// # Errors
+    ///
+    /// [`TokenError::Stale`] for a token already claimed or cancelled (also after the block was
+    /// freed), [`RefError::ForeignToken`], [`RefError::Orphaned`], [`RefError::HolderOutOfRange`].
+    pub fn claim(&self, token: Token, holder: u32, tokens: &TokenTable<'_>) -> Result<Acquired, RefError> {
+        let (word, bit) = self.bit(holder)?;
+        self.locked(tokens, |s| {
+            s.take_token(token, tokens)?;
+            let before = s.holders[word].fetch_or(bit, Ordering::Relaxed);
+            Ok(if before & bit == 0 { Acquired::First } else { Acquired::Already })
+        })
+    }
+
+    /// Cancels a token that will never be claimed (a lost message, or one older than the
+    /// caller's limit).
+    ///
+    /// # Errors
+    ///
+    /// As for [`RefCount::claim`].
+    pub fn cancel(&self, token: Token, tokens: &TokenTable<'_>) -> Result<Released, RefError> {
+        self.locked(tokens, |s| {
+            s.take_token(token, tokens)?;
+            Ok(s.die_if_unreferenced())
+        })
+    }
+
+    /// Whether the record is dead (a snapshot).
+    pub fn is_dead(&self) -> bool {
+        self.state.load(Ordering::Acquire) & DEAD != 0
+    }
+
+    /// Pending tokens (a snapshot).
+    pub fn pending_tokens(&self) -> u64 {
+        self.state.load(Ordering::Acquire) & TOKENS
+    }
+
+    /// Process slots holding the record (a snapshot).
+    pub fn holders(&self) -> Vec<u32> {
+        let mut out = Vec::new();
+        for (i, w) in self.holders.iter().enumerate() {
+            let mut bits = w.load(Ordering::Acquire);
+            while bits != 0 {
+                out.push(i as u32 * 64 + bits.trailing_zeros());
+                bits &= bits - 1;
+            }
+        }
+        out
+    }
+
+    /// Whether slot `holder` holds the record (a snapshot).
+    pub fn is_held_by(&self, holder: u32) -> bool {
+        self.bit(holder).is_ok_and(|(w, b)| self.holders[w].load(Ordering::Acquire) & b != 0)
+    }
+
+    fn bit(&self, holder: u32) -> Result<(usize, u64), RefError> {
+        if holder as usize >= 64 * W {
+            return Err(RefError::HolderOutOfRange { holder, capacity: 64 * W as u32 });
+        }
+        Ok((holder as usize / 64, 1 << (holder % 64)))
+    }
+
+    fn take_token(&self, token: Token, tokens: &TokenTable<'_>) -> Result<(), RefError> {
+        if self.state.load(Ordering::Relaxed) & DEAD != 0 {
+            return Err(TokenError::Stale { index: token.index, generation: token.generation }.into());
+        }
+        if !tokens.is_pending_for(token, self.target.load(Ordering::Relaxed)) {
+            return Err(match tokens.target_of(token) {
+                Some(_) => RefError::ForeignToken,
+                None => TokenError::Stale { index: token.index, generation: token.generation }.into(),
+            });
+        }
+        tokens.retire(token)?;
+        self.state.fetch_sub(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Under the lock: if nothing references the record any more, it dies (invariant 3).
+    fn die_if_unreferenced(&self) -> Released {
+        let unheld = self.holders.iter().all(|w| w.load(Ordering::Relaxed) == 0);
+        if unheld && self.state.load(Ordering::Relaxed) & TOKENS == 0 {
+            self.state.fetch_or(DEAD, Ordering::Relaxed);
+            Released::Last
+        } else {
+            Released::Remaining
+        }
+    }
+
+    /// Runs `f` under the lock, repairing first if the previous holder died (invariant 2).
+    fn locked<R>(&self, tokens: &TokenTable<'_>, f: impl FnOnce(&Self) -> Result<R, RefError>) -> Result<R, RefError> {
+        let guard = loop {
+            match self.lock.lock() {
+                Ok(Locked::Acquired(g)) => break g,
+                Ok(Locked::OwnerDied(mut g)) => {
+                    let orphaned = self.repair(tokens);
+                    g.mark_consistent();
+                    if orphaned {
+                        return Err(RefError::Orphaned);
+                    }
+                    break g;
+                }
+                // Only a holder outside this module could poison it; our repair rebuilds the
+                // state from its truth, so clear the poison and take the lock again.
+                Err(LockError::Poisoned) => {
+                    self.lock.reset_poison();
+                }
+                Err(_) => unreachable!("lock() without a timeout only fails with Poisoned"),
+            }
+        };
+        let result = f(self);
+        drop(guard);
+        result
+    }
+
+    /// Rebuilds the token count from the table; returns whether the record died of it.
+    fn repair(&self, tokens: &TokenTable<'_>) -> bool {
+        let state = self.state.load(Ordering::Relaxed);
+        if state & DEAD != 0 {
+            return false;
+        }
+        let pending = tokens.count_pending(self.target.load(Ordering::Relaxed));
+        self.state.store(pending.min(TOKENS), Ordering::Relaxed);
+        self.die_if_unreferenced() == Released::Last
+    }
+}
+
+#[cfg(all(shm_loom, feature = "loom"))]
+impl<const W: usize> RefCount<W> {
+    /// Model support: take the record's lock and never release it, as a process killed inside
+    /// a change would.
+    #[doc(hidden)]
+    pub fn lock_and_abandon(&self) {
+        std::mem::forget(self.lock.lock().map(Locked::into_guard));
+    }
+}
+
+impl<const W: usize> Default for RefCount<W> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const W: usize> core::fmt::Debug for RefCount<W> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("RefCount")
+            .field("holders", &self.holders())
+            .field("tokens", &self.pending_tokens())
+            .field("dead", &self.is_dead())
+            .finish()
+    }
+}

@@ -1,0 +1,264 @@
+//! Transfer tokens: references in flight between a sender and a receiver.
+//!
+//! # Invariants
+//!
+//! 1. A token is a slot of a [`TokenTable`] in shared memory; a handle names it by index and
+//!    generation ([`Token`]). The generation changes every time the slot is released, so a
+//!    handle whose token was claimed or cancelled (and its slot perhaps reused) never matches:
+//!    it is refused as stale.
+//! 2. A token slot changes between `Pending` and `Free` only under the lock of the
+//!    [`RefCount`](crate::RefCount) it points at, together with that record's token count.
+//!    The slots are therefore the truth the count is recomputed from when a lock holder dies
+//!    in the middle (see `refcount`).
+//! 3. Reserving a slot (`Free -> Reserved`) names the reserving process, so a slot reserved by
+//!    a process that died before publishing it is found and freed.
+//!
+//! | state | word | next |
+//! |---|---|---|
+//! | `Free(g)` | `g << 2` | `Reserved` (reserve) |
+//! | `Reserved(g)` | `g << 2 \| 1`, reserver in `sender` | `Pending` (publish, under the record's lock), `Free(g+1)` (reserver dead) |
+//! | `Pending(g)` | `g << 2 \| 2`, target, time, sender | `Free(g+1)` (claim or cancel, under the record's lock) |
+//!
+//! Slot words are `AcqRel`/`Acquire`; the record's lock orders the publish, claim and cancel.
+
+use crate::sync::{self, AtomicU64, Ordering};
+
+const FREE: u64 = 0;
+const RESERVED: u64 = 1;
+const PENDING: u64 = 2;
+const KIND_MASK: u64 = 3;
+
+/// One token slot (32 bytes).
+#[repr(C)]
+pub struct TokenSlot {
+    state: AtomicU64,
+    target: AtomicU64,
+    created_ns: AtomicU64,
+    sender: AtomicU64,
+}
+
+#[cfg(not(all(shm_loom, feature = "loom")))]
+const _: () = assert!(core::mem::size_of::<TokenSlot>() == 32);
+
+impl TokenSlot {
+    /// A free slot (all zero).
+    pub fn new() -> Self {
+        Self {
+            state: AtomicU64::new(0),
+            target: AtomicU64::new(0),
+            created_ns: AtomicU64::new(0),
+            sender: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Default for TokenSlot {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A token as a handle carries it: slot index and generation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Token {
+    /// Slot index.
+    pub index: u32,
+    /// Slot generation when the token was made.
+    pub generation: u64,
+}
+
+/// A token that has not been claimed yet, as [`TokenTable::pending`] reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingToken {
+    /// The token.
+    pub token: Token,
+    /// What it keeps alive (the caller's opaque reference to a [`RefCount`](crate::RefCount)).
+    pub target: u64,
+    /// Nanoseconds since it was sent (`CLOCK_MONOTONIC`).
+    pub age_ns: u64,
+    /// Identity bits of the sender.
+    pub sender: u64,
+}
+
+/// Why a token operation was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// No free slot in the table.
+    #[error("all {slots} transfer token slots are in use; reclaim old tokens or enlarge the table")]
+    Full {
+        /// Number of slots.
+        slots: usize,
+    },
+    /// The token was claimed or cancelled already (or never existed).
+    #[error("token {index} (generation {generation}) is stale: it was claimed or cancelled already")]
+    Stale {
+        /// Slot index given.
+        index: u32,
+        /// Generation given.
+        generation: u64,
+    },
+}
+
+/// A table of token slots in shared memory.
+pub struct TokenTable<'a> {
+    slots: &'a [TokenSlot],
+}
+
+impl<'a> TokenTable<'a> {
+    /// A table over `slots` (zeroed slots are free).
+    pub fn new(slots: &'a [TokenSlot]) -> Self {
+        Self { slots }
+    }
+
+    /// Number of slots.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether the table has no slots.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Reserves a free slot for a token about to be sent (invariant 3).
+    pub(crate) fn reserve(&self) -> Result<u32, TokenError> {
+        let me = sync::current_identity();
+        for (i, slot) in self.slots.iter().enumerate() {
+            let w = slot.state.load(Ordering::Relaxed);
+            if w & KIND_MASK == FREE
+                && slot.state.compare_exchange(w, w | RESERVED, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+            {
+                slot.sender.store(me, Ordering::Relaxed);
+                return Ok(i as u32);
+            }
+        }
+        Err(TokenError::Full { slots: self.slots.len() })
+    }
+
+    /// Gives back a reserved slot that was not published.
+    pub(crate) fn unreserve(&self, index: u32) {
+        if let Some(slot) = self.slots.get(index as usize) {
+            let w = slot.state.load(Ordering::Relaxed);
+            if w & KIND_MASK == RESERVED {
+                let _ = slot.state.compare_exchange(w, next_free(w), Ordering::AcqRel, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Publishes reserved slot `index` as a pending token for `target` (under the record's lock).
+    pub(crate) fn publish(&self, index: u32, target: u64) -> Token {
+        let slot = &self.slots[index as usize];
+        slot.target.store(target, Ordering::Relaxed);
+        slot.created_ns.store(sync::now_ns(), Ordering::Relaxed);
+        let w = slot.state.load(Ordering::Relaxed);
+        let pending = (w & !KIND_MASK) | PENDING;
+        // Release: a claimer's Acquire load of the state sees target and time.
+        slot.state.store(pending, Ordering::Release);
+        Token { index, generation: w >> 2 }
+    }
+
+    /// Whether `token` is pending for `target` right now.
+    pub(crate) fn is_pending_for(&self, token: Token, target: u64) -> bool {
+        self.slots.get(token.index as usize).is_some_and(|slot| {
+            slot.state.load(Ordering::Acquire) == (token.generation << 2 | PENDING)
+                && slot.target.load(Ordering::Relaxed) == target
+        })
+    }
+
+    /// Retires a pending token (claimed or cancelled; under the record's lock).
+    pub(crate) fn retire(&self, token: Token) -> Result<(), TokenError> {
+        let stale = TokenError::Stale { index: token.index, generation: token.generation };
+        let slot = self.slots.get(token.index as usize).ok_or(stale)?;
+        let w = token.generation << 2 | PENDING;
+        slot.state.compare_exchange(w, next_free(w), Ordering::AcqRel, Ordering::Relaxed).map(|_| ()).map_err(|_| stale)
+    }
+
+    /// Number of pending tokens for `target` (the truth a record's count is rebuilt from).
+    pub(crate) fn count_pending(&self, target: u64) -> u64 {
+        self.slots
+            .iter()
+            .filter(|s| {
+                s.state.load(Ordering::Acquire) & KIND_MASK == PENDING && s.target.load(Ordering::Relaxed) == target
+            })
+            .count() as u64
+    }
+
+    /// The target a pending `token` keeps alive, if it is pending.
+    pub fn target_of(&self, token: Token) -> Option<u64> {
+        let slot = self.slots.get(token.index as usize)?;
+        let target = slot.target.load(Ordering::Relaxed);
+        (slot.state.load(Ordering::Acquire) == (token.generation << 2 | PENDING)).then_some(target)
+    }
+
+    /// Every pending token with its age, oldest first.
+    pub fn pending(&self) -> Vec<PendingToken> {
+        let now = sync::now_ns();
+        let mut out: Vec<_> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let w = s.state.load(Ordering::Acquire);
+                (w & KIND_MASK == PENDING).then(|| PendingToken {
+                    token: Token { index: i as u32, generation: w >> 2 },
+                    target: s.target.load(Ordering::Relaxed),
+                    age_ns: now.saturating_sub(s.created_ns.load(Ordering::Relaxed)),
+                    sender: s.sender.load(Ordering::Relaxed),
+                })
+            })
+            .collect();
+        out.sort_by_key(|p| std::cmp::Reverse(p.age_ns));
+        out
+    }
+
+    /// Frees slots reserved by processes that died before publishing them. Returns how many.
+    pub fn free_dead_reservations(&self) -> usize {
+        let mut freed = 0;
+        for slot in self.slots {
+            let w = slot.state.load(Ordering::Acquire);
+            if w & KIND_MASK == RESERVED
+                && sync::is_dead(slot.sender.load(Ordering::Relaxed))
+                && slot.state.compare_exchange(w, next_free(w), Ordering::AcqRel, Ordering::Relaxed).is_ok()
+            {
+                freed += 1;
+            }
+        }
+        freed
+    }
+}
+
+/// The free state after `w`, with the next generation (invariant 1).
+fn next_free(w: u64) -> u64 {
+    ((w >> 2).wrapping_add(1) << 2) | FREE
+}
+
+#[cfg(all(test, not(all(shm_loom, feature = "loom"))))]
+mod tests {
+    use super::*;
+
+    fn dead_identity() -> u64 {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        u64::from(pid) | (1 << shm_arena::process::PID_BITS) // some start time; the pid is gone
+    }
+
+    #[test]
+    fn reservations_of_dead_senders_are_freed_and_generations_move_on() {
+        let slots: Vec<TokenSlot> = (0..2).map(|_| TokenSlot::new()).collect();
+        let t = TokenTable::new(&slots);
+        let a = t.reserve().unwrap();
+        let b = t.reserve().unwrap();
+        assert_eq!(t.reserve(), Err(TokenError::Full { slots: 2 }));
+        slots[a as usize].sender.store(dead_identity(), Ordering::Relaxed);
+        assert_eq!(t.free_dead_reservations(), 1, "only the dead sender's reservation");
+        let token = t.publish(b, 9);
+        assert!(t.is_pending_for(token, 9) && !t.is_pending_for(token, 8));
+        assert_eq!(t.count_pending(9), 1);
+        t.retire(token).unwrap();
+        assert_eq!(t.retire(token), Err(TokenError::Stale { index: b, generation: token.generation }));
+        let again = t.reserve().unwrap();
+        let token2 = t.publish(again, 9);
+        assert_ne!((token2.index, token2.generation), (token.index, token.generation), "a new generation");
+    }
+}
