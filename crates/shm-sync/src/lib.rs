@@ -7,7 +7,8 @@
 //!   holder dead takes the mutex over and is told so ([`Locked::OwnerDied`]); uncontended
 //!   lock and unlock make no syscall.
 //! - [`Event`]: wait until a sequence word changes, notify one or all, with a registration
-//!   that lets a free path skip the notification when nobody listens.
+//!   that lets a free path skip the notification when nobody listens; [`Semaphore`]: counted
+//!   permits across processes.
 //! - [`ProcessTable`]: slots naming processes by an identity that survives pid reuse, so
 //!   anyone can find the dead and recycle their slots.
 //! - [`RefCount`]: a reference count kept per holder process (a bitmap of process slots), so a
@@ -28,6 +29,7 @@ mod event;
 mod mutex;
 mod process_table;
 mod refcount;
+mod semaphore;
 mod sync;
 mod transfer;
 
@@ -35,6 +37,7 @@ pub use event::{Event, Listener, Wait};
 pub use mutex::{LockError, Locked, MutexGuard, RobustMutex, RECHECK};
 pub use process_table::{DeadProcess, ProcessSlot, ProcessTable, Registration, SlotState, TableFull};
 pub use refcount::{Acquired, RefCount, RefError, Released};
+pub use semaphore::Semaphore;
 pub use transfer::{PendingToken, Token, TokenError, TokenSlot, TokenTable};
 
 /// Support for loom models: declare the calling model thread's process dead, and let timed

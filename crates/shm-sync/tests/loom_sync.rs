@@ -230,3 +230,28 @@ mod refcounts {
         });
     }
 }
+
+#[test]
+fn a_semaphore_hands_each_permit_to_one_taker_and_wakes_sleepers() {
+    use shm_sync::Semaphore;
+    model(|| {
+        let s = Arc::new(Semaphore::with_permits(0));
+        let taken = Arc::new(AtomicU32::new(0));
+        let takers: Vec<_> = (0..2)
+            .map(|_| {
+                let (s, taken) = (s.clone(), taken.clone());
+                thread::spawn(move || {
+                    s.acquire(); // untimed: a lost wakeup deadlocks the model
+                    taken.fetch_add(1, SeqCst);
+                })
+            })
+            .collect();
+        s.release(1);
+        s.release(1);
+        for t in takers {
+            t.join().unwrap();
+        }
+        assert_eq!(taken.load(SeqCst), 2);
+        assert_eq!(s.available(), 0);
+    });
+}
