@@ -751,6 +751,15 @@ impl Arena {
         }
     }
 
+    /// Every block in use, in address order (a walk of the tree; blocks allocated or freed
+    /// during the walk may or may not appear). For sweeps by the layer above, such as finding
+    /// the blocks of dead owners' arrays.
+    pub fn blocks_in_use(&self) -> Vec<Block> {
+        let mut out = Vec::new();
+        self.tree().for_each_block_in_use(|r| out.push(self.block_of(r)));
+        out
+    }
+
     /// Every owner slot and its state.
     pub fn owner_slots(&self) -> Vec<OwnerInfo> {
         self.owners().info()

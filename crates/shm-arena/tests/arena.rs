@@ -298,3 +298,15 @@ fn threads_sharing_one_arena_never_share_a_block() {
     let report = a.check().unwrap();
     assert_eq!((report.blocks_in_use, report.blocks_cached), (0, 0));
 }
+
+#[test]
+fn blocks_in_use_lists_exactly_the_live_blocks_in_address_order() {
+    let (a, _g) = named(1 << 20);
+    let mut live: Vec<Block> = (0..20).map(|i| a.alloc(100 + i * 900).unwrap()).collect();
+    let freed: Vec<Block> = live.drain(..5).collect();
+    for b in freed {
+        a.free(b).unwrap(); // small ones go to the cache: cached blocks are not "in use"
+    }
+    live.sort_by_key(|b| b.offset());
+    assert_eq!(a.blocks_in_use(), live);
+}

@@ -26,7 +26,7 @@
 use std::collections::BTreeMap;
 
 use super::node::{level_of, NodeWord, COAL_LEFT, COAL_RIGHT, OCC, OCC_LEFT, OCC_RIGHT, RESERVED_OWNER, SPARE};
-use super::BuddyTree;
+use super::{BuddyTree, NodeRef};
 use crate::sync::AtomicWords;
 
 /// Usage of a tree, by walking it.
@@ -130,6 +130,27 @@ impl<N: ?Sized + AtomicWords, S: ?Sized + AtomicWords> BuddyTree<'_, N, S> {
     /// Safe to call while other processes allocate: the numbers are then a blend of moments.
     pub fn summarize(&self) -> TreeReport {
         self.walk(None)
+    }
+
+    /// Calls `f` for every block in use (not cached, not being freed, not the reserved tail),
+    /// in address order. Safe while others allocate: blocks allocated or freed meanwhile may or
+    /// may not be reported.
+    pub fn for_each_block_in_use(&self, mut f: impl FnMut(NodeRef)) {
+        let mut stack = vec![1usize];
+        while let Some(index) = stack.pop() {
+            let w = self.word(index);
+            if w.is_block() {
+                if w.is_block_in_use() && w.owner() != RESERVED_OWNER {
+                    f(NodeRef { index, generation: w.generation() });
+                }
+                continue;
+            }
+            if w.0 & (OCC_LEFT | OCC_RIGHT) != 0 && self.order_of(index) > 0 {
+                // Right first on the stack, so the left subtree (lower addresses) comes out first.
+                stack.push(2 * index + 1);
+                stack.push(2 * index);
+            }
+        }
     }
 
     fn walk(&self, mut violations: Option<&mut Vec<TreeViolation>>) -> TreeReport {
