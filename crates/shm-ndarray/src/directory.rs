@@ -1,0 +1,175 @@
+//! The pool directory: the block in metadata segment 0 that every process of the pool shares.
+//!
+//! Invariants:
+//! 1. Its layout is a pure function of four counts (segments, process slots, token slots, name
+//!    slots) recorded at its start; an opener recomputes the offsets and checks the block is
+//!    large enough before it touches any of them.
+//! 2. The directory is created once, before the root word of segment 0 publishes it, and lives
+//!    as long as the pool; only its atomics change afterwards.
+//! 3. Segment entries are appended under the directory lock and published by `segment_count`
+//!    (`Release` after the entry is written, `Acquire` by readers): an index below the count
+//!    names a segment that exists (or existed, until teardown).
+//!
+//! ```text
+//! DirHeader (256 bytes): magic, version, id, flags, config, counts, lock, freed event
+//! segments   MAX_SEGMENTS x SegmentEntry (kind, capacity)
+//! processes  process_slots x ProcessSlot (64 bytes)
+//! tokens     token_slots x TokenSlot (32 bytes)
+//! names      name_slots x NameEntry (128 bytes)
+//! ```
+
+use shm_sync::{Event, ProcessSlot, RobustMutex, TokenSlot};
+
+use crate::sync::SharedU64;
+
+pub(crate) const DIR_MAGIC: u64 = u64::from_le_bytes(*b"PYSHMPOL");
+pub(crate) const DIR_VERSION: u64 = 1;
+/// Most segments a pool can have.
+pub const MAX_SEGMENTS: usize = 256;
+/// Most bytes of an array name.
+pub const MAX_NAME_LEN: usize = 88;
+
+pub(crate) const FLAG_PERSISTENT: u64 = 1;
+pub(crate) const FLAG_TORN_DOWN: u64 = 2;
+
+pub(crate) const KIND_META: u64 = 1;
+pub(crate) const KIND_DATA: u64 = 2;
+
+#[repr(C)]
+pub(crate) struct DirHeader {
+    pub(crate) magic: SharedU64,
+    pub(crate) version: SharedU64,
+    pub(crate) id: [SharedU64; 2],
+    pub(crate) flags: SharedU64,
+    pub(crate) data_segment_capacity: SharedU64,
+    pub(crate) max_size: SharedU64,
+    pub(crate) data_min_block: SharedU64,
+    pub(crate) process_slots: SharedU64,
+    pub(crate) token_slots: SharedU64,
+    pub(crate) name_slots: SharedU64,
+    pub(crate) segment_count: SharedU64,
+    pub(crate) lock: RobustMutex,
+    pub(crate) freed: Event,
+    pub(crate) reserved: [SharedU64; 16],
+}
+
+const _: () = assert!(core::mem::size_of::<DirHeader>() <= 256);
+
+#[repr(C)]
+pub(crate) struct SegmentEntry {
+    pub(crate) kind: SharedU64,
+    pub(crate) capacity: SharedU64,
+}
+
+#[repr(C)]
+pub(crate) struct NameEntry {
+    /// 0 free, 1 in use.
+    pub(crate) state: SharedU64,
+    pub(crate) meta_segment: SharedU64,
+    pub(crate) header: SharedU64,
+    pub(crate) nonce: SharedU64,
+    pub(crate) name_len: SharedU64,
+    pub(crate) name: [SharedU64; MAX_NAME_LEN / 8],
+}
+
+const _: () = assert!(core::mem::size_of::<NameEntry>() == 128);
+
+/// Offsets of the directory's regions, from the block start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct DirLayout {
+    pub(crate) segments: usize,
+    pub(crate) processes: usize,
+    pub(crate) tokens: usize,
+    pub(crate) names: usize,
+    pub(crate) size: usize,
+    pub(crate) process_slots: usize,
+    pub(crate) token_slots: usize,
+    pub(crate) name_slots: usize,
+}
+
+impl DirLayout {
+    pub(crate) fn new(process_slots: usize, token_slots: usize, name_slots: usize) -> Self {
+        let segments = 256;
+        let processes = (segments + MAX_SEGMENTS * 16).next_multiple_of(64);
+        let tokens = processes + process_slots * 64;
+        let names = tokens + token_slots * 32;
+        let size = names + name_slots * 128;
+        Self { segments, processes, tokens, names, size, process_slots, token_slots, name_slots }
+    }
+}
+
+/// A typed view of a directory block.
+pub(crate) struct Directory<'a> {
+    base: *const u8,
+    layout: DirLayout,
+    _lifetime: core::marker::PhantomData<&'a u8>,
+}
+
+impl<'a> Directory<'a> {
+    /// A view of the directory at `base`.
+    ///
+    /// # Safety
+    ///
+    /// - `base` points to a mapped block of at least `layout.size` bytes, 64-byte aligned, that
+    ///   stays mapped for `'a`;
+    /// - every process accesses its words only atomically (they are all atomics or shm-sync
+    ///   primitives).
+    pub(crate) unsafe fn new(base: *const u8, layout: DirLayout) -> Self {
+        Self { base, layout, _lifetime: core::marker::PhantomData }
+    }
+
+    fn at<T>(&self, offset: usize) -> &'a T {
+        // SAFETY: `new`'s contract: offsets within `layout.size` of a live, aligned block of
+        // atomics; callers pass offsets computed from the layout.
+        unsafe { &*self.base.wrapping_add(offset).cast::<T>() }
+    }
+
+    fn slice<T>(&self, offset: usize, count: usize) -> &'a [T] {
+        // SAFETY: as in `at`, for `count` consecutive values.
+        unsafe { core::slice::from_raw_parts(self.base.wrapping_add(offset).cast::<T>(), count) }
+    }
+
+    pub(crate) fn header(&self) -> &'a DirHeader {
+        self.at(0)
+    }
+
+    pub(crate) fn segments(&self) -> &'a [SegmentEntry] {
+        self.slice(self.layout.segments, MAX_SEGMENTS)
+    }
+
+    pub(crate) fn processes(&self) -> &'a [ProcessSlot] {
+        self.slice(self.layout.processes, self.layout.process_slots)
+    }
+
+    pub(crate) fn tokens(&self) -> &'a [TokenSlot] {
+        self.slice(self.layout.tokens, self.layout.token_slots)
+    }
+
+    pub(crate) fn names(&self) -> &'a [NameEntry] {
+        self.slice(self.layout.names, self.layout.name_slots)
+    }
+}
+
+/// Packs a name into words (zero padded).
+pub(crate) fn store_name(entry: &NameEntry, name: &str) {
+    let bytes = name.as_bytes();
+    for (i, w) in entry.name.iter().enumerate() {
+        let mut chunk = [0u8; 8];
+        let start = (i * 8).min(bytes.len());
+        let end = (start + 8).min(bytes.len());
+        chunk[..end - start].copy_from_slice(&bytes[start..end]);
+        w.store(u64::from_le_bytes(chunk), core::sync::atomic::Ordering::Relaxed);
+    }
+    entry.name_len.store(bytes.len() as u64, core::sync::atomic::Ordering::Relaxed);
+}
+
+/// Reads a name back (lossy for invalid UTF-8, which only a foreign writer could leave).
+pub(crate) fn load_name(entry: &NameEntry) -> String {
+    let len = (entry.name_len.load(core::sync::atomic::Ordering::Relaxed) as usize).min(MAX_NAME_LEN);
+    let mut bytes = Vec::with_capacity(MAX_NAME_LEN);
+    for w in &entry.name {
+        bytes.extend_from_slice(&w.load(core::sync::atomic::Ordering::Relaxed).to_le_bytes());
+    }
+    bytes.truncate(len);
+    String::from_utf8_lossy(&bytes).into_owned()
+}

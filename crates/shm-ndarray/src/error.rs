@@ -1,0 +1,117 @@
+//! Errors of the pool and its arrays: one enum per operation, each variant actionable.
+
+use shm_arena::{AllocError, CreateError, OpenError};
+
+use crate::dtype::DTypeError;
+
+/// Why a pool could not be created or opened.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// The pool name breaks the naming rule.
+    #[error("invalid pool name {name:?}: use 1 to 100 letters, digits, '_' or '.'")]
+    InvalidName {
+        /// The name given.
+        name: String,
+    },
+    /// No pool of that name exists (it was never created, or it was torn down).
+    #[error("no pool named {name:?}: it does not exist (any more)")]
+    NotFound {
+        /// The pool name.
+        name: String,
+    },
+    /// The pool's last process detached and it was torn down while we opened it.
+    #[error("pool {name:?} was torn down")]
+    Gone {
+        /// The pool name.
+        name: String,
+    },
+    /// The segment exists but is not a pyshm pool (or another version).
+    #[error("{name:?} is not a pyshm pool: {why}")]
+    NotAPool {
+        /// The segment name.
+        name: String,
+        /// What was found.
+        why: &'static str,
+    },
+    /// Every process slot is taken by a live process.
+    #[error("pool {name:?} has all {slots} process slots taken by live processes")]
+    Full {
+        /// The pool name.
+        name: String,
+        /// Number of slots.
+        slots: u32,
+    },
+    /// Options out of range.
+    #[error("invalid pool options: {0}")]
+    Options(&'static str),
+    /// Creating a segment failed (for instance, no room in /dev/shm).
+    #[error(transparent)]
+    Create(#[from] CreateError),
+    /// Opening a segment failed.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// Allocating the pool's own metadata failed.
+    #[error("allocating pool metadata: {0}")]
+    Alloc(#[from] AllocError),
+}
+
+/// Why an array could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum ArrayError {
+    /// The element type cannot live in shared memory.
+    #[error(transparent)]
+    DType(#[from] DTypeError),
+    /// More dimensions than numpy supports, or a size that overflows.
+    #[error("invalid shape {shape:?}: {why}")]
+    Shape {
+        /// The shape given.
+        shape: Vec<u64>,
+        /// What is wrong.
+        why: &'static str,
+    },
+    /// The pool is full and cannot grow, even after waiting.
+    #[error("pool {pool:?} is out of memory: {requested} bytes requested, {free} bytes free, largest free block {largest_free} bytes, /dev/shm has {shm_free} bytes free; raise max_size (PYSHM_MAX_SIZE), free arrays, or wait for other processes (wait=)")]
+    OutOfMemory {
+        /// The pool name.
+        pool: String,
+        /// Bytes requested (data).
+        requested: u64,
+        /// Free bytes in the pool's segments.
+        free: u64,
+        /// Largest free block.
+        largest_free: u64,
+        /// Free bytes in /dev/shm.
+        shm_free: u64,
+    },
+    /// Growing the pool failed for a system reason.
+    #[error(transparent)]
+    Grow(#[from] PoolError),
+    /// The pool was torn down.
+    #[error("the pool was torn down")]
+    PoolGone,
+}
+
+/// Why a handle could not be attached.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandleError {
+    /// The bytes are not a handle of this library.
+    #[error("not a pyshm handle: {0}")]
+    Malformed(&'static str),
+    /// The handle is for another pool.
+    #[error("the handle belongs to pool {handle_pool}, not {this_pool}")]
+    WrongPool {
+        /// Pool id in the handle (hex).
+        handle_pool: String,
+        /// This pool's id (hex).
+        this_pool: String,
+    },
+    /// The array the handle named was freed (or its place now holds another array).
+    #[error("stale handle: the array was freed (its memory may now hold another array)")]
+    Stale,
+    /// The handle names places outside its array: corrupted or crafted.
+    #[error("invalid handle: {0}")]
+    Invalid(&'static str),
+    /// The pool's segment could not be opened.
+    #[error("cannot open the pool segment the handle names: {0}")]
+    Segment(String),
+}

@@ -1,0 +1,212 @@
+//! The array header: a block of its own in a metadata segment of the pool.
+//!
+//! # Invariants
+//!
+//! 1. Every block of a metadata segment starts with a kind magic ([`ARRAY_MAGIC`] for headers,
+//!    the pool directory's own magic for the directory), and no user data ever lives in a
+//!    metadata segment: a sweep that finds a block there can trust what its magic says.
+//! 2. A header is written completely by its creator before any handle to it exists; after
+//!    that only its [`RefCount`] changes (under its lock). Readers that have pinned the array
+//!    (they hold it, or claimed a token) therefore read stable fields.
+//! 3. The nonce is 64 random-ish bits chosen at creation and also the refcount's token
+//!    target: a handle, a token or a named entry whose nonce differs names another array,
+//!    even if it has the same place.
+//!
+//! ```text
+//! 0    magic            "PYSHMARR"
+//! 8    nonce
+//! 16   refcount         RefCount<4>: lock, state, target (= nonce), 256 holder bits
+//! 80   data segment     u32, then u32 reserved
+//! 88   data block       Block::to_bits
+//! 96   data length      bytes
+//! 104  itemsize
+//! 112  meta             ndim (8 bits) | kind (8) | descr length (16) | flags (32)
+//! 120  (reserved)
+//! 128  shape            u64 x ndim
+//!      strides          i64 x ndim (bytes)
+//!      descr            descr length bytes (numpy's description)
+//! ```
+
+use shm_sync::RefCount;
+
+use crate::dtype::{DType, DTypeKind};
+use crate::sync::SharedU64;
+
+/// Magic of an array header.
+pub(crate) const ARRAY_MAGIC: u64 = u64::from_le_bytes(*b"PYSHMARR");
+/// Words of holder bits in a header's refcount: 256 holders (255 processes and the directory).
+pub(crate) const HOLDER_WORDS: usize = 4;
+/// The refcount of an array.
+pub(crate) type ArrayRefCount = RefCount<HOLDER_WORDS>;
+/// Largest number of dimensions (numpy 2's `NPY_MAXDIMS`).
+pub const MAX_DIMS: usize = 64;
+/// Bytes of the fixed part.
+pub(crate) const FIXED: usize = 128;
+
+/// Flag: the base array is Fortran-ordered.
+pub(crate) const FLAG_FORTRAN: u32 = 1;
+
+#[repr(C)]
+pub(crate) struct ArrayHeader {
+    pub(crate) magic: SharedU64,
+    pub(crate) nonce: SharedU64,
+    pub(crate) refcount: ArrayRefCount,
+    pub(crate) data_segment: SharedU64,
+    pub(crate) data_block: SharedU64,
+    pub(crate) data_len: SharedU64,
+    pub(crate) itemsize: SharedU64,
+    pub(crate) meta: SharedU64,
+    pub(crate) reserved: SharedU64,
+}
+
+const _: () = assert!(core::mem::size_of::<ArrayHeader>() == FIXED);
+
+/// The geometry and type of an array as its header records them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ArrayMeta {
+    pub(crate) dtype: DType,
+    pub(crate) shape: Vec<u64>,
+    pub(crate) strides: Vec<i64>,
+    pub(crate) fortran: bool,
+}
+
+/// Bytes a header with `ndim` dimensions and a description of `descr_len` bytes takes.
+pub(crate) fn header_size(ndim: usize, descr_len: usize) -> u64 {
+    (FIXED + ndim * 16 + descr_len).next_multiple_of(64) as u64
+}
+
+impl ArrayHeader {
+    fn tail(&self) -> *mut u8 {
+        (self as *const Self as *mut u8).wrapping_add(FIXED)
+    }
+
+    /// Writes a new header into a block of `block_len` bytes that nobody else can see yet.
+    ///
+    /// # Safety
+    ///
+    /// - `self` is the start of a block of at least `header_size(ndim, descr_len)` bytes that
+    ///   this process allocated and has not published (invariant 2: no other reader or writer).
+    pub(crate) unsafe fn init(&self, nonce: u64, holder: u32, data: (u16, u64, u64), meta: &ArrayMeta) {
+        let descr = meta.dtype.descr().as_bytes();
+        let ndim = meta.shape.len();
+        self.nonce.store(nonce, core::sync::atomic::Ordering::Relaxed);
+        self.refcount.init(nonce, holder);
+        self.data_segment.store(u64::from(data.0), core::sync::atomic::Ordering::Relaxed);
+        self.data_block.store(data.1, core::sync::atomic::Ordering::Relaxed);
+        self.data_len.store(data.2, core::sync::atomic::Ordering::Relaxed);
+        self.itemsize.store(meta.dtype.itemsize(), core::sync::atomic::Ordering::Relaxed);
+        let flags = if meta.fortran { FLAG_FORTRAN } else { 0 };
+        let packed =
+            ndim as u64 | (meta.dtype.kind() as u64) << 8 | (descr.len() as u64) << 16 | u64::from(flags) << 32;
+        self.meta.store(packed, core::sync::atomic::Ordering::Relaxed);
+        self.reserved.store(0, core::sync::atomic::Ordering::Relaxed);
+        let tail = self.tail();
+        for (i, (s, st)) in meta.shape.iter().zip(&meta.strides).enumerate() {
+            // SAFETY: the caller guarantees the block holds the tail (header_size), which has
+            // room for ndim shapes, ndim strides and the description; unaligned writes because
+            // the tail is only 8-byte aligned by construction (FIXED is a multiple of 8).
+            unsafe {
+                tail.wrapping_add(i * 8).cast::<u64>().write_unaligned(*s);
+            }
+            // SAFETY: as above, the strides follow the shapes.
+            unsafe {
+                tail.wrapping_add((ndim + i) * 8).cast::<i64>().write_unaligned(*st);
+            }
+        }
+        // SAFETY: as above, the description follows the strides.
+        unsafe { core::ptr::copy_nonoverlapping(descr.as_ptr(), tail.wrapping_add(ndim * 16), descr.len()) };
+        // Release: a reader that loads the magic with Acquire sees every field above. (Pinning
+        // through the refcount's lock orders them as well; this covers sweeps.)
+        self.magic.store(ARRAY_MAGIC, core::sync::atomic::Ordering::Release);
+    }
+
+    /// Reads the geometry and type of a pinned array whose block is `block_len` bytes long,
+    /// validating everything against the block.
+    ///
+    /// # Safety
+    ///
+    /// - `self` is the start of a mapped block of `block_len` bytes;
+    /// - the array is pinned (invariant 2), so no one writes these fields meanwhile.
+    pub(crate) unsafe fn read_meta(&self, block_len: u64) -> Option<ArrayMeta> {
+        let packed = self.meta.load(core::sync::atomic::Ordering::Relaxed);
+        let ndim = (packed & 0xFF) as usize;
+        let kind = DTypeKind::from_u8((packed >> 8) as u8)?;
+        let descr_len = ((packed >> 16) & 0xFFFF) as usize;
+        let flags = (packed >> 32) as u32;
+        if ndim > MAX_DIMS || header_size(ndim, descr_len) > block_len {
+            return None;
+        }
+        let tail = self.tail();
+        let mut shape = Vec::with_capacity(ndim);
+        let mut strides = Vec::with_capacity(ndim);
+        for i in 0..ndim {
+            // SAFETY: header_size(ndim, descr_len) <= block_len was checked just above.
+            shape.push(unsafe { tail.wrapping_add(i * 8).cast::<u64>().read_unaligned() });
+            // SAFETY: as above.
+            strides.push(unsafe { tail.wrapping_add((ndim + i) * 8).cast::<i64>().read_unaligned() });
+        }
+        let mut descr = vec![0u8; descr_len];
+        // SAFETY: as above; `descr` has descr_len bytes.
+        unsafe { core::ptr::copy_nonoverlapping(tail.wrapping_add(ndim * 16), descr.as_mut_ptr(), descr_len) };
+        let dtype =
+            DType::new(core::str::from_utf8(&descr).ok()?, self.itemsize.load(core::sync::atomic::Ordering::Relaxed))
+                .ok()?;
+        if dtype.kind() != kind {
+            return None;
+        }
+        Some(ArrayMeta { dtype, shape, strides, fortran: flags & FLAG_FORTRAN != 0 })
+    }
+}
+
+/// Strides (in bytes) of a contiguous array.
+pub(crate) fn contiguous_strides(shape: &[u64], itemsize: u64, fortran: bool) -> Vec<i64> {
+    let mut strides = vec![0i64; shape.len()];
+    let mut step = itemsize as i64;
+    let order: Vec<usize> = if fortran { (0..shape.len()).collect() } else { (0..shape.len()).rev().collect() };
+    for i in order {
+        strides[i] = step;
+        step = step.saturating_mul(shape[i].max(1) as i64);
+    }
+    strides
+}
+
+/// Whether a view of `shape`/`strides` starting `offset` bytes into the data stays inside
+/// `len` bytes, with every element fully inside. Overflow-safe.
+pub(crate) fn view_fits(offset: u64, shape: &[u64], strides: &[i64], itemsize: u64, len: u64) -> bool {
+    if shape.len() != strides.len() {
+        return false;
+    }
+    if shape.contains(&0) {
+        return offset <= len;
+    }
+    let (mut lo, mut hi) = (offset as i128, offset as i128);
+    for (&n, &s) in shape.iter().zip(strides) {
+        let span = (n as i128 - 1) * s as i128;
+        if span < 0 {
+            lo += span;
+        } else {
+            hi += span;
+        }
+    }
+    lo >= 0 && hi + itemsize as i128 <= len as i128
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strides_and_bounds() {
+        assert_eq!(contiguous_strides(&[2, 3, 4], 8, false), vec![96, 32, 8]);
+        assert_eq!(contiguous_strides(&[2, 3, 4], 8, true), vec![8, 16, 48]);
+        assert_eq!(contiguous_strides(&[], 8, false), Vec::<i64>::new());
+        assert!(view_fits(0, &[2, 3], &[24, 8], 8, 48));
+        assert!(!view_fits(8, &[2, 3], &[24, 8], 8, 48));
+        assert!(view_fits(40, &[6], &[-8], 8, 48), "a reversed view");
+        assert!(!view_fits(32, &[6], &[-8], 8, 48));
+        assert!(view_fits(48, &[0, 3], &[24, 8], 8, 48), "empty views fit anywhere inside");
+        assert!(!view_fits(0, &[u64::MAX], &[i64::MAX], 8, 48), "overflow is refused");
+        assert!(view_fits(0, &[], &[], 8, 8), "0-d");
+        assert!(!view_fits(0, &[2], &[8, 8], 8, 48), "mismatched lengths");
+    }
+}

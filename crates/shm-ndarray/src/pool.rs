@@ -1,0 +1,1458 @@
+//! The pool: arena segments, a process table, transfer tokens and named arrays, opened by name
+//! from any process.
+//!
+//! # Invariants
+//!
+//! 1. A pool is a set of arena segments named `pyshm-<pool>` (metadata segment 0) and
+//!    `pyshm-<pool>-<n>`. Metadata segments hold only the directory and array headers; data
+//!    segments hold only array data (see `header`, invariant 1).
+//! 2. A process is a member of the pool while it holds a slot of the directory's process
+//!    table; that slot's index is its holder bit in every array's refcount. A forked child
+//!    takes a slot of its own before its first operation and re-acquires, under its own slot,
+//!    every array it inherited.
+//! 3. An array is freed when its refcount dies (no holder process, no pending token, no name);
+//!    exactly one process learns it and frees the data block, then the header block.
+//! 4. `collect` drops everything dead processes held (their holder bits, their arena blocks),
+//!    frees orphaned arrays, and recycles their slots. It runs by itself when an allocation
+//!    would otherwise fail and when a process joins or leaves the pool.
+//! 5. A pool that is not persistent is torn down (every segment unlinked) by the last process
+//!    that leaves it; a process opening it afterwards gets [`PoolError::Gone`].
+//! 6. In the common case, creating an array, making a handle and attaching one make no
+//!    syscall: segments are mapped once per process, the pool itself once per process.
+
+use std::collections::HashMap;
+use std::ptr::NonNull;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use shm_arena::process::fork_generation;
+use shm_arena::{AllocError, Arena, ArenaOptions, Block, CreateError, OpenError, OpenOptions};
+use shm_sync::{Locked, ProcessTable, RefError, Registration, Released, TokenTable};
+
+use crate::directory::{
+    load_name, store_name, DirLayout, Directory, DIR_MAGIC, DIR_VERSION, FLAG_PERSISTENT, FLAG_TORN_DOWN, KIND_DATA,
+    KIND_META, MAX_NAME_LEN, MAX_SEGMENTS,
+};
+use crate::error::{ArrayError, HandleError, PoolError};
+use crate::handle::Handle;
+use crate::header::{contiguous_strides, header_size, view_fits, ArrayHeader, ArrayMeta, ARRAY_MAGIC, MAX_DIMS};
+use crate::DType;
+
+/// Holder bit of the named-array directory (never a process slot).
+pub(crate) const DIRECTORY_HOLDER: u32 = 255;
+/// Most processes a pool can have at once.
+pub const MAX_PROCESSES: u32 = 255;
+const ORD: core::sync::atomic::Ordering = core::sync::atomic::Ordering::Relaxed;
+
+/// How to create (or open) a pool.
+#[derive(Clone, Debug)]
+pub struct PoolOptions {
+    pub(crate) name: Option<String>,
+    pub(crate) segment_capacity: u64,
+    pub(crate) max_size: u64,
+    pub(crate) min_block: u64,
+    pub(crate) meta_capacity: u64,
+    pub(crate) process_slots: u32,
+    pub(crate) token_slots: u32,
+    pub(crate) name_slots: u32,
+    pub(crate) persistent: Option<bool>,
+    pub(crate) wait: Option<Duration>,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        Self {
+            name: None,
+            segment_capacity: 64 << 20,
+            max_size: default_max_size(),
+            min_block: 256,
+            meta_capacity: 16 << 20,
+            process_slots: 128,
+            token_slots: 8192,
+            name_slots: 256,
+            persistent: None,
+            wait: None,
+        }
+    }
+}
+
+/// Half of /dev/shm, at least 256 MiB: a pool should not starve the rest of the machine.
+fn default_max_size() -> u64 {
+    rustix::fs::statvfs("/dev/shm").map(|s| s.f_blocks * s.f_frsize / 2).unwrap_or(1 << 30).max(256 << 20)
+}
+
+impl PoolOptions {
+    /// Defaults: unnamed, 64 MiB data segments, grows to half of /dev/shm, 256-byte blocks.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// A named pool (`pyshm-<name>` in /dev/shm), which unrelated programs can open.
+    /// Named pools are persistent unless told otherwise.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+    /// Capacity of each data segment (a larger array gets a segment of its own size).
+    pub fn segment_capacity(mut self, bytes: u64) -> Self {
+        self.segment_capacity = bytes;
+        self
+    }
+    /// Most bytes of data segments the pool may reserve in all.
+    pub fn max_size(mut self, bytes: u64) -> Self {
+        self.max_size = bytes;
+        self
+    }
+    /// Smallest data block (and alignment of array data), a power of two from 64.
+    pub fn min_block(mut self, bytes: u64) -> Self {
+        self.min_block = bytes;
+        self
+    }
+    /// Process slots (at most 255).
+    pub fn process_slots(mut self, slots: u32) -> Self {
+        self.process_slots = slots;
+        self
+    }
+    /// Transfer token slots (handles in flight at once).
+    pub fn token_slots(mut self, slots: u32) -> Self {
+        self.token_slots = slots;
+        self
+    }
+    /// Whether the pool outlives its last process (until unlinked).
+    pub fn persistent(mut self, persistent: bool) -> Self {
+        self.persistent = Some(persistent);
+        self
+    }
+    /// How long an allocation waits for other processes to free memory before it fails.
+    pub fn wait(mut self, wait: Option<Duration>) -> Self {
+        self.wait = wait;
+        self
+    }
+}
+
+/// Checks a pool name: 1 to 100 of letters, digits, '_' and '.'.
+fn valid_pool_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 100 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+}
+
+fn segment_name(pool: &str, index: usize) -> String {
+    if index == 0 {
+        format!("pyshm-{pool}")
+    } else {
+        format!("pyshm-{pool}-{index}")
+    }
+}
+
+/// What this process knows of its membership.
+struct Membership {
+    registration: Option<Registration>,
+    fork_generation: u64,
+}
+
+/// A pool as this process sees it. Cheap to clone (an `Arc`).
+#[derive(Clone)]
+pub struct Pool {
+    pub(crate) shared: Arc<PoolShared>,
+}
+
+pub(crate) struct PoolShared {
+    name: String,
+    id: [u8; 16],
+    dir_block: Block,
+    layout: DirLayout,
+    segments: Box<[OnceLock<Arena>]>,
+    open_lock: Mutex<()>,
+    membership: Mutex<Membership>,
+    /// `fork_generation << 16 | slot + 1` of the current membership; 0 when none.
+    fast_slot: shm_arena::sync::SharedU64,
+    locals: Mutex<HashMap<(u16, u64), Weak<LocalArray>>>,
+    wait: Option<Duration>,
+    nonce_state: shm_arena::sync::SharedU64,
+}
+
+/// Pools already open in this process, by name (invariant 6).
+fn registry() -> &'static Mutex<HashMap<String, Weak<PoolShared>>> {
+    static REGISTRY: OnceLock<Mutex<HashMap<String, Weak<PoolShared>>>> = OnceLock::new();
+    REGISTRY.get_or_init(Default::default)
+}
+
+impl Pool {
+    /// Creates a pool with these options, or opens it if a pool of that name exists.
+    ///
+    /// # Errors
+    ///
+    /// [`PoolError`].
+    pub fn create(options: &PoolOptions) -> Result<Pool, PoolError> {
+        let name = match &options.name {
+            Some(n) if !valid_pool_name(n) => return Err(PoolError::InvalidName { name: n.clone() }),
+            Some(n) => n.clone(),
+            None => {
+                let random = shm_arena::SegmentName::random()?;
+                random.trim_start_matches(shm_arena::NAME_PREFIX).to_owned()
+            }
+        };
+        if let Some(existing) = Self::from_registry(&name) {
+            return Ok(existing);
+        }
+        if options.process_slots == 0 || options.process_slots > MAX_PROCESSES {
+            return Err(PoolError::Options("process_slots must be 1..=255"));
+        }
+        if options.token_slots == 0 || options.name_slots == 0 {
+            return Err(PoolError::Options("token_slots and name_slots must be positive"));
+        }
+        let layout =
+            DirLayout::new(options.process_slots as usize, options.token_slots as usize, options.name_slots as usize);
+        let meta_capacity = options.meta_capacity.max((layout.size as u64 * 2).next_power_of_two());
+        let seg0 = match ArenaOptions::new(meta_capacity).min_block(128).name(segment_name(&name, 0)).create() {
+            Ok(a) => a,
+            Err(CreateError::AlreadyExists { .. }) => return Self::open(&name),
+            Err(e) => return Err(e.into()),
+        };
+        let dir_block = match seg0.alloc(layout.size as u64) {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = seg0.unlink();
+                return Err(e.into());
+            }
+        };
+        seg0.disown(dir_block).expect("a block we just allocated");
+        let base = seg0.as_ptr(dir_block).expect("a block we just allocated");
+        // SAFETY: the block is `layout.size` bytes (or more), 128-byte aligned, mapped while
+        // `seg0` lives, and nobody else can see it before the root word publishes it.
+        let dir = unsafe { Directory::new(base.as_ptr(), layout) };
+        let h = dir.header();
+        let id = seg0.segment_id();
+        h.version.store(DIR_VERSION, ORD);
+        h.id[0].store(u64::from_le_bytes(id[..8].try_into().unwrap()), ORD);
+        h.id[1].store(u64::from_le_bytes(id[8..].try_into().unwrap()), ORD);
+        let persistent = options.persistent.unwrap_or(options.name.is_some());
+        h.flags.store(if persistent { FLAG_PERSISTENT } else { 0 }, ORD);
+        h.data_segment_capacity.store(options.segment_capacity, ORD);
+        h.max_size.store(options.max_size, ORD);
+        h.data_min_block.store(options.min_block, ORD);
+        h.process_slots.store(u64::from(options.process_slots), ORD);
+        h.token_slots.store(u64::from(options.token_slots), ORD);
+        h.name_slots.store(u64::from(options.name_slots), ORD);
+        dir.segments()[0].kind.store(KIND_META, ORD);
+        dir.segments()[0].capacity.store(meta_capacity, ORD);
+        h.segment_count.store(1, ORD);
+        // Release: publishes every directory field before an opener can find the directory.
+        h.magic.store(DIR_MAGIC, core::sync::atomic::Ordering::Release);
+        seg0.root_word().store(dir_block.to_bits(), core::sync::atomic::Ordering::Release);
+        let pool = Self::assemble(name, seg0, dir_block, layout, options.wait)?;
+        Ok(pool)
+    }
+
+    /// Opens the pool named `name` (the part after `pyshm-`).
+    ///
+    /// # Errors
+    ///
+    /// [`PoolError::NotFound`], [`PoolError::NotAPool`], [`PoolError::Gone`], [`PoolError::Full`].
+    pub fn open(name: &str) -> Result<Pool, PoolError> {
+        if !valid_pool_name(name) {
+            return Err(PoolError::InvalidName { name: name.to_owned() });
+        }
+        if let Some(existing) = Self::from_registry(name) {
+            return Ok(existing);
+        }
+        let seg0 = Arena::open(&segment_name(name, 0)).map_err(|e| match e {
+            OpenError::NotFound { .. } => PoolError::NotFound { name: name.to_owned() },
+            e => PoolError::Open(e),
+        })?;
+        let not_a_pool = |why| PoolError::NotAPool { name: segment_name(name, 0), why };
+        // The creator publishes the directory right after creating the segment: wait a little.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let root = loop {
+            let r = seg0.root_word().load(core::sync::atomic::Ordering::Acquire);
+            if r != 0 {
+                break r;
+            }
+            if Instant::now() >= deadline {
+                return Err(not_a_pool("its directory was never published"));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        let dir_block = Block::from_bits(root);
+        let base = seg0.as_ptr(dir_block).map_err(|_| not_a_pool("its root word names no block"))?;
+        if dir_block.size() < 256 {
+            return Err(not_a_pool("its directory block is too small"));
+        }
+        // SAFETY: the block is validated, at least 256 bytes (the header), mapped while `seg0`
+        // lives; the header is all atomics.
+        let probe = unsafe { Directory::new(base.as_ptr(), DirLayout::new(0, 0, 0)) };
+        let h = probe.header();
+        if h.magic.load(core::sync::atomic::Ordering::Acquire) != DIR_MAGIC {
+            return Err(not_a_pool("no directory magic"));
+        }
+        if h.version.load(ORD) != DIR_VERSION {
+            return Err(not_a_pool("another directory version"));
+        }
+        let counts = (h.process_slots.load(ORD), h.token_slots.load(ORD), h.name_slots.load(ORD));
+        if counts.0 == 0 || counts.0 > u64::from(MAX_PROCESSES) || counts.1 > 1 << 24 || counts.2 > 1 << 20 {
+            return Err(not_a_pool("directory counts out of range"));
+        }
+        let layout = DirLayout::new(counts.0 as usize, counts.1 as usize, counts.2 as usize);
+        if (layout.size as u64) > dir_block.size() {
+            return Err(not_a_pool("directory larger than its block"));
+        }
+        if h.flags.load(ORD) & FLAG_TORN_DOWN != 0 {
+            return Err(PoolError::Gone { name: name.to_owned() });
+        }
+        Self::assemble(name.to_owned(), seg0, dir_block, layout, None)
+    }
+
+    fn from_registry(name: &str) -> Option<Pool> {
+        let reg = registry().lock().unwrap_or_else(|p| p.into_inner());
+        reg.get(name).and_then(Weak::upgrade).map(|shared| Pool { shared })
+    }
+
+    fn assemble(
+        name: String,
+        seg0: Arena,
+        dir_block: Block,
+        layout: DirLayout,
+        wait: Option<Duration>,
+    ) -> Result<Pool, PoolError> {
+        let id = seg0.segment_id();
+        let segments: Box<[OnceLock<Arena>]> = (0..MAX_SEGMENTS).map(|_| OnceLock::new()).collect();
+        let _ = segments[0].set(seg0);
+        let mut seed = [0u8; 8];
+        let _ = rustix::rand::getrandom(&mut seed, rustix::rand::GetRandomFlags::empty());
+        let shared = Arc::new(PoolShared {
+            name: name.clone(),
+            id,
+            dir_block,
+            layout,
+            segments,
+            open_lock: Mutex::new(()),
+            membership: Mutex::new(Membership { registration: None, fork_generation: 0 }),
+            fast_slot: shm_arena::sync::SharedU64::new(0),
+            locals: Mutex::new(HashMap::new()),
+            wait,
+            nonce_state: shm_arena::sync::SharedU64::new(u64::from_le_bytes(seed) | 1),
+        });
+        let pool = Pool { shared };
+        pool.shared.slot()?;
+        pool.collect();
+        registry().lock().unwrap_or_else(|p| p.into_inner()).insert(name, Arc::downgrade(&pool.shared));
+        Ok(pool)
+    }
+
+    /// The pool's name (the part after `pyshm-`).
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// 128 random bits that identify the pool in handles.
+    pub fn id(&self) -> [u8; 16] {
+        self.shared.id
+    }
+
+    /// Frees what dead processes held and recycles their slots (invariant 4).
+    pub fn collect(&self) -> CollectReport {
+        self.shared.collect()
+    }
+
+    /// Usage figures (walks the trees of every segment).
+    pub fn stats(&self) -> PoolStats {
+        self.shared.stats()
+    }
+
+    /// Creates an array of `shape` elements of `dtype`, C or Fortran ordered, with
+    /// unspecified contents.
+    ///
+    /// # Errors
+    ///
+    /// [`ArrayError`]: bad shape, out of memory (after collecting, growing and waiting).
+    pub fn empty(&self, dtype: &DType, shape: &[u64], fortran: bool) -> Result<SharedArray, ArrayError> {
+        self.shared.create_array(dtype, shape, fortran)
+    }
+
+    /// Attaches a handle made by any process of this pool.
+    ///
+    /// # Errors
+    ///
+    /// [`HandleError`]: malformed, another pool, stale (the array was freed), invalid view.
+    pub fn attach(&self, handle: &Handle) -> Result<SharedArray, HandleError> {
+        self.shared.attach(handle)
+    }
+
+    /// Registers `array` under `name` (the name then holds a reference until deleted).
+    ///
+    /// # Errors
+    ///
+    /// [`NameError`].
+    pub fn publish(&self, name: &str, array: &SharedArray) -> Result<(), NameError> {
+        self.shared.publish(name, array)
+    }
+
+    /// The array registered under `name`.
+    ///
+    /// # Errors
+    ///
+    /// [`NameError::NotFound`], or a handle error if the named array is unusable.
+    pub fn lookup(&self, name: &str) -> Result<SharedArray, NameError> {
+        self.shared.lookup(name)
+    }
+
+    /// Removes `name`; the array is freed once nobody else holds it.
+    ///
+    /// # Errors
+    ///
+    /// [`NameError::NotFound`].
+    pub fn unpublish(&self, name: &str) -> Result<(), NameError> {
+        self.shared.unpublish(name)
+    }
+
+    /// Every registered name.
+    pub fn names(&self) -> Vec<String> {
+        self.shared.names()
+    }
+
+    /// Unlinks every segment of the pool now (processes that have it mapped keep working).
+    pub fn unlink(&self) {
+        self.shared.teardown();
+    }
+
+    /// Checks every segment's tree (meaningful when nothing is in flight).
+    ///
+    /// # Errors
+    ///
+    /// The first segment's violations.
+    pub fn check(&self) -> Result<(), shm_arena::CheckError> {
+        for seg in self.shared.open_segments() {
+            seg.1.check()?;
+        }
+        Ok(())
+    }
+
+    /// Process slots in use (live or being recovered).
+    pub fn live_processes(&self) -> usize {
+        ProcessTable::new(self.shared.dir().processes()).occupied()
+    }
+
+    /// Cancels tokens older than `age` (handles sent and never attached); returns how many.
+    pub fn reclaim_tokens_older_than(&self, age: Duration) -> usize {
+        self.shared.reclaim_tokens(age)
+    }
+}
+
+/// A pool found in /dev/shm by [`list_pools`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolInfo {
+    /// The pool's name.
+    pub name: String,
+    /// Bytes its segments take in /dev/shm.
+    pub bytes: u64,
+    /// Bytes of data blocks in use (0 if it could not be read).
+    pub used: u64,
+    /// Processes registered that are alive.
+    pub live_processes: usize,
+    /// Whether it outlives its processes.
+    pub persistent: bool,
+}
+
+/// Every pool in /dev/shm, without joining any of them.
+pub fn list_pools() -> Vec<PoolInfo> {
+    let Ok(entries) = std::fs::read_dir("/dev/shm") else { return Vec::new() };
+    let mut sizes: HashMap<String, u64> = HashMap::new();
+    let mut roots = Vec::new();
+    for e in entries.flatten() {
+        let file = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = file.strip_prefix("pyshm-") else { continue };
+        let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+        let pool = match rest.rsplit_once('-') {
+            Some((p, n)) if !p.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => p.to_owned(),
+            _ => {
+                roots.push(rest.to_owned());
+                rest.to_owned()
+            }
+        };
+        *sizes.entry(pool).or_default() += len;
+    }
+    roots.sort();
+    roots.into_iter().filter_map(|name| inspect(&name, sizes.get(&name).copied().unwrap_or(0))).collect()
+}
+
+/// Reads a pool's directory without registering in it.
+fn inspect(name: &str, bytes: u64) -> Option<PoolInfo> {
+    let seg0 = Arena::open_with(&segment_name(name, 0), &OpenOptions::new().wait(Duration::from_millis(10))).ok()?;
+    let root = seg0.root_word().load(core::sync::atomic::Ordering::Acquire);
+    let block = Block::from_bits(root);
+    let base = seg0.as_ptr(block).ok()?;
+    if block.size() < 256 {
+        return None;
+    }
+    // SAFETY: a validated block of at least 256 bytes, mapped while `seg0` lives; header only.
+    let probe = unsafe { Directory::new(base.as_ptr(), DirLayout::new(0, 0, 0)) };
+    let h = probe.header();
+    if h.magic.load(core::sync::atomic::Ordering::Acquire) != DIR_MAGIC {
+        return None;
+    }
+    let layout = DirLayout::new(
+        h.process_slots.load(ORD) as usize,
+        h.token_slots.load(ORD) as usize,
+        h.name_slots.load(ORD) as usize,
+    );
+    if layout.size as u64 > block.size() || layout.process_slots > MAX_PROCESSES as usize {
+        return None;
+    }
+    // SAFETY: as above, now with the layout checked against the block size.
+    let dir = unsafe { Directory::new(base.as_ptr(), layout) };
+    let table = ProcessTable::new(dir.processes());
+    let live = (0..layout.process_slots as u32)
+        .filter(|i| matches!(table.state(*i), Some(shm_sync::SlotState::Live(_) | shm_sync::SlotState::Recovering(_))))
+        .count()
+        - table.find_dead().len();
+    let mut used = 0;
+    let count = h.segment_count.load(core::sync::atomic::Ordering::Acquire).min(MAX_SEGMENTS as u64);
+    for i in 1..count as usize {
+        if dir.segments()[i].kind.load(ORD) == KIND_DATA {
+            if let Ok(a) = Arena::open_with(&segment_name(name, i), &OpenOptions::new().wait(Duration::from_millis(10)))
+            {
+                used += a.stats().in_use_bytes;
+            }
+        }
+    }
+    Some(PoolInfo {
+        name: name.to_owned(),
+        bytes,
+        used,
+        live_processes: live,
+        persistent: h.flags.load(ORD) & FLAG_PERSISTENT != 0,
+    })
+}
+
+/// Removes every non-persistent pool whose processes are all dead (and, with
+/// `include_persistent`, persistent ones too), and segments left of pools that are gone. Never
+/// touches a pool with a live process. Returns the names removed.
+pub fn clean_dead_pools(include_persistent: bool) -> Vec<String> {
+    let mut removed = Vec::new();
+    for info in list_pools() {
+        if info.live_processes > 0 || (info.persistent && !include_persistent) {
+            continue;
+        }
+        remove_segments(&info.name);
+        removed.push(info.name);
+    }
+    // Data segments whose metadata segment 0 is gone.
+    if let Ok(entries) = std::fs::read_dir("/dev/shm") {
+        for e in entries.flatten() {
+            let file = e.file_name().to_string_lossy().into_owned();
+            let Some(rest) = file.strip_prefix("pyshm-") else { continue };
+            if let Some((pool, n)) = rest.rsplit_once('-') {
+                if n.bytes().all(|b| b.is_ascii_digit())
+                    && !std::path::Path::new(&format!("/dev/shm/pyshm-{pool}")).exists()
+                {
+                    let _ = std::fs::remove_file(e.path());
+                    if !removed.contains(&pool.to_owned()) {
+                        removed.push(pool.to_owned());
+                    }
+                }
+            }
+        }
+    }
+    removed
+}
+
+fn remove_segments(pool: &str) {
+    if let Ok(entries) = std::fs::read_dir("/dev/shm") {
+        for e in entries.flatten() {
+            let file = e.file_name().to_string_lossy().into_owned();
+            let root = format!("pyshm-{pool}");
+            if file == root
+                || file.strip_prefix(&format!("{root}-")).is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+/// What [`Pool::collect`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CollectReport {
+    /// Dead processes whose slots were recycled.
+    pub dead_processes: usize,
+    /// Arrays freed because their last holder was dead (or a holder died mid-change).
+    pub arrays_freed: usize,
+    /// Arena blocks freed because their allocating process died before publishing them.
+    pub blocks_recovered: u64,
+}
+
+/// Usage figures of a pool.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Bytes of data capacity (all data segments).
+    pub capacity: u64,
+    /// Bytes of data blocks in use.
+    pub used: u64,
+    /// Bytes free in data segments (including blocks cached by processes).
+    pub free: u64,
+    /// Largest free data block.
+    pub largest_free: u64,
+    /// Arrays alive (headers in use).
+    pub arrays: u64,
+    /// Segments (metadata and data).
+    pub segments: usize,
+    /// Processes registered.
+    pub processes: usize,
+}
+
+/// Why a named-array operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NameError {
+    /// The name is empty, too long or has '/'.
+    #[error("invalid array name {0:?}: 1 to 88 bytes, no '/'")]
+    Invalid(String),
+    /// No array has that name.
+    #[error("no array named {0:?} in this pool")]
+    NotFound(String),
+    /// The name is taken.
+    #[error("an array named {0:?} exists already")]
+    Exists(String),
+    /// The name table is full.
+    #[error("the pool's name table is full")]
+    Full,
+    /// The named array is unusable.
+    #[error(transparent)]
+    Handle(#[from] HandleError),
+}
+
+impl PoolShared {
+    fn dir(&self) -> Directory<'_> {
+        let seg0 = self.segments[0].get().expect("segment 0 is set at assembly");
+        let base = seg0.as_ptr(self.dir_block).expect("the directory block lives as long as the pool");
+        // SAFETY: validated at open (size and layout), mapped while segment 0 lives (as long
+        // as `self`), all atomics.
+        unsafe { Directory::new(base.as_ptr(), self.layout) }
+    }
+
+    fn processes(&self) -> ProcessTable<'_> {
+        ProcessTable::new(self.dir().processes())
+    }
+
+    fn tokens(&self) -> TokenTable<'_> {
+        TokenTable::new(self.dir().tokens())
+    }
+
+    /// This process's slot, registering first (and re-acquiring inherited arrays) after a fork.
+    fn slot(&self) -> Result<u32, PoolError> {
+        let fast = self.fast_slot.load(ORD);
+        if fast != 0 && fast >> 16 == fork_generation() {
+            return Ok((fast & 0xFFFF) as u32 - 1);
+        }
+        self.register_slow()
+    }
+
+    #[cold]
+    fn register_slow(&self) -> Result<u32, PoolError> {
+        let mut m = self.membership.lock().unwrap_or_else(|p| p.into_inner());
+        let generation = fork_generation();
+        if let Some(reg) = m.registration {
+            if m.fork_generation == generation {
+                return Ok(reg.index);
+            }
+        }
+        let inherited = m.registration.is_some();
+        let table = self.processes();
+        let reg = match table.register() {
+            Ok(r) => r,
+            Err(_) => {
+                drop(m);
+                self.collect();
+                m = self.membership.lock().unwrap_or_else(|p| p.into_inner());
+                table.register().map_err(|e| PoolError::Full { name: self.name.clone(), slots: e.slots as u32 })?
+            }
+        };
+        m.registration = Some(reg);
+        m.fork_generation = generation;
+        self.fast_slot.store(generation << 16 | u64::from(reg.index + 1), ORD);
+        drop(m);
+        if inherited {
+            self.reacquire_inherited(reg.index);
+        }
+        Ok(reg.index)
+    }
+
+    /// After a fork: hold, under our own slot, every array this process inherited (inv. 2).
+    fn reacquire_inherited(&self, slot: u32) {
+        let locals = self.locals.lock().unwrap_or_else(|p| p.into_inner());
+        let tokens = self.tokens();
+        for weak in locals.values() {
+            if let Some(local) = weak.upgrade() {
+                if local.header().refcount.acquire(slot, &tokens).is_ok() {
+                    local.holder.store(u64::from(slot) << 32 | fork_generation() & 0xFFFF_FFFF, ORD);
+                }
+            }
+        }
+    }
+
+    fn segment(&self, index: u16) -> Result<&Arena, PoolError> {
+        let i = index as usize;
+        if let Some(a) = self.segments.get(i).and_then(OnceLock::get) {
+            return Ok(a);
+        }
+        if i >= MAX_SEGMENTS
+            || i as u64 >= self.dir().header().segment_count.load(core::sync::atomic::Ordering::Acquire)
+        {
+            return Err(PoolError::NotFound { name: segment_name(&self.name, i) });
+        }
+        let _guard = self.open_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(a) = self.segments[i].get() {
+            return Ok(a);
+        }
+        let arena = Arena::open_with(&segment_name(&self.name, i), &OpenOptions::new())?;
+        let _ = self.segments[i].set(arena);
+        Ok(self.segments[i].get().expect("just set"))
+    }
+
+    fn open_segments(&self) -> Vec<(u16, &Arena, u64)> {
+        let dir = self.dir();
+        let count = dir.header().segment_count.load(core::sync::atomic::Ordering::Acquire).min(MAX_SEGMENTS as u64);
+        (0..count as u16)
+            .filter_map(|i| self.segment(i).ok().map(|a| (i, a, dir.segments()[i as usize].kind.load(ORD))))
+            .collect()
+    }
+
+    fn next_nonce(&self) -> u64 {
+        // splitmix64 over a process-local counter seeded from getrandom: no shared write.
+        let mut z = self.nonce_state.fetch_add(0x9E37_79B9_7F4A_7C15, ORD);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) | 1
+    }
+
+    /// Allocates `size` bytes in a segment of `kind`, collecting, growing and waiting as needed.
+    fn alloc_in(&self, kind: u64, size: u64) -> Result<(u16, Block), ArrayError> {
+        let deadline = self.wait.map(|w| Instant::now() + w);
+        let mut collected = false;
+        loop {
+            for (i, arena, k) in self.open_segments() {
+                if k == kind && arena.max_block() >= size {
+                    match arena.alloc(size) {
+                        Ok(b) => return Ok((i, b)),
+                        Err(AllocError::Exhausted { .. } | AllocError::TooLarge { .. }) => {}
+                        Err(e) => return Err(ArrayError::Grow(e.into())),
+                    }
+                }
+            }
+            if !collected {
+                collected = true;
+                if self.collect() != CollectReport::default() {
+                    continue;
+                }
+            }
+            match self.grow(kind, size) {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => return Err(ArrayError::Grow(e)),
+            }
+            // Full and cannot grow: wait for a free, if allowed.
+            let dir = self.dir();
+            let listener = dir.header().freed.listen();
+            let seen = listener.sequence();
+            let left = deadline.and_then(|d| d.checked_duration_since(Instant::now()));
+            match left {
+                Some(left) if !left.is_zero() => {
+                    // Look once more after registering (the Event's invariant 2), then sleep.
+                    if self.open_segments().iter().any(|(_, a, k)| *k == kind && a.stats().largest_free_block >= size) {
+                        continue;
+                    }
+                    listener.wait(seen, Some(left));
+                    collected = false;
+                }
+                _ => return Err(self.out_of_memory(size)),
+            }
+        }
+    }
+
+    fn out_of_memory(&self, requested: u64) -> ArrayError {
+        let s = self.stats();
+        let shm_free = rustix::fs::statvfs("/dev/shm").map(|v| v.f_bavail * v.f_frsize).unwrap_or(0);
+        ArrayError::OutOfMemory {
+            pool: self.name.clone(),
+            requested,
+            free: s.free,
+            largest_free: s.largest_free,
+            shm_free,
+        }
+    }
+
+    /// Adds a segment of `kind` able to hold `size` bytes, if the limits allow (invariant 1).
+    /// Returns false when the pool may not grow.
+    fn grow(&self, kind: u64, size: u64) -> Result<bool, PoolError> {
+        let dir = self.dir();
+        let h = dir.header();
+        let guard = match h.lock.lock() {
+            Ok(Locked::Acquired(g)) => g,
+            Ok(Locked::OwnerDied(mut g)) => {
+                // The directory's protected state is append-only: an entry past the count is
+                // ignored, so there is nothing to repair.
+                g.mark_consistent();
+                g
+            }
+            Err(_) => {
+                h.lock.reset_poison();
+                return Ok(true);
+            }
+        };
+        let count = h.segment_count.load(ORD) as usize;
+        // Someone else may have grown the pool while we waited for the lock.
+        for i in 0..count {
+            let e = &dir.segments()[i];
+            if e.kind.load(ORD) == kind {
+                if let Ok(a) = self.segment(i as u16) {
+                    if a.stats().largest_free_block >= size {
+                        return Ok(true);
+                    }
+                }
+            }
+        }
+        if count >= MAX_SEGMENTS {
+            return Ok(false);
+        }
+        let (capacity, min_block) = if kind == KIND_META {
+            (16 << 20, 128)
+        } else {
+            let base = h.data_segment_capacity.load(ORD);
+            let used: u64 = (0..count)
+                .filter(|i| dir.segments()[*i].kind.load(ORD) == KIND_DATA)
+                .map(|i| dir.segments()[i].capacity.load(ORD))
+                .sum();
+            let capacity = base.max(size.next_power_of_two());
+            if used + capacity > h.max_size.load(ORD) {
+                return Ok(false);
+            }
+            (capacity, h.data_min_block.load(ORD))
+        };
+        let arena =
+            match ArenaOptions::new(capacity).min_block(min_block).name(segment_name(&self.name, count)).create() {
+                Ok(a) => a,
+                Err(CreateError::NoSpace { .. }) => return Ok(false),
+                Err(CreateError::AlreadyExists { .. }) => {
+                    // Left by a process that died between creating it and recording it: replace it.
+                    let _ = shm_arena::Arena::open(&segment_name(&self.name, count)).map(|a| a.unlink());
+                    return Ok(true);
+                }
+                Err(e) => return Err(e.into()),
+            };
+        let entry = &dir.segments()[count];
+        entry.kind.store(kind, ORD);
+        entry.capacity.store(arena.capacity(), ORD);
+        let _guard = self.open_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = self.segments[count].set(arena);
+        // Release: invariant 3, the entry before the count.
+        h.segment_count.store(count as u64 + 1, core::sync::atomic::Ordering::Release);
+        drop(guard);
+        Ok(true)
+    }
+
+    fn create_array(self: &Arc<Self>, dtype: &DType, shape: &[u64], fortran: bool) -> Result<SharedArray, ArrayError> {
+        if shape.len() > MAX_DIMS {
+            return Err(ArrayError::Shape { shape: shape.to_vec(), why: "more than 64 dimensions" });
+        }
+        let elements = shape.iter().try_fold(1u64, |acc, n| acc.checked_mul(*n));
+        let data_len = elements
+            .and_then(|n| n.checked_mul(dtype.itemsize()))
+            .filter(|n| *n <= 1 << 46)
+            .ok_or_else(|| ArrayError::Shape { shape: shape.to_vec(), why: "size overflows" })?;
+        let slot = self.slot().map_err(ArrayError::Grow)?;
+        let strides = contiguous_strides(shape, dtype.itemsize(), fortran);
+        let meta = ArrayMeta { dtype: dtype.clone(), shape: shape.to_vec(), strides, fortran };
+        let (data_seg, data_block) = self.alloc_in(KIND_DATA, data_len.max(1))?;
+        let header_len = header_size(shape.len(), dtype.descr().len());
+        let (meta_seg, header_block) = match self.alloc_in(KIND_META, header_len) {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = self.segment(data_seg).map(|a| a.free(data_block));
+                return Err(e);
+            }
+        };
+        let meta_arena = self.segment(meta_seg).map_err(ArrayError::Grow)?;
+        let data_arena = self.segment(data_seg).map_err(ArrayError::Grow)?;
+        let header_ptr = meta_arena.as_ptr(header_block).expect("just allocated");
+        let nonce = self.next_nonce();
+        // SAFETY: a block we just allocated and have not published, of at least header_len
+        // bytes (the header's own size), aligned to 128.
+        let header = unsafe { &*header_ptr.as_ptr().cast::<ArrayHeader>() };
+        // SAFETY: as above; nobody else sees the block until a handle exists.
+        unsafe { header.init(nonce, slot, (data_seg, data_block.to_bits(), data_len), &meta) };
+        // Ownership passes from the arena (our tag) to the refcount (header invariant 2):
+        // header first, so a death in between is recovered by one of the two mechanisms.
+        meta_arena.disown(header_block).expect("our block");
+        data_arena.disown(data_block).expect("our block");
+        let data = data_arena.as_ptr(data_block).expect("just allocated");
+        let local = Arc::new(LocalArray {
+            pool: self.clone(),
+            meta_segment: meta_seg,
+            header_block,
+            header_ptr,
+            nonce,
+            data,
+            data_len,
+            meta,
+            holder: shm_arena::sync::SharedU64::new(u64::from(slot) << 32 | fork_generation() & 0xFFFF_FFFF),
+            borrows: shm_arena::sync::SharedU64::new(0),
+        });
+        self.locals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((meta_seg, header_block.offset()), Arc::downgrade(&local));
+        Ok(SharedArray::whole(local))
+    }
+
+    /// Pins the array at (segment, header block) and checks its nonce (header invariant 3).
+    fn pin(
+        self: &Arc<Self>,
+        meta_seg: u16,
+        header: Block,
+        nonce: u64,
+        how: Pin,
+    ) -> Result<Arc<LocalArray>, HandleError> {
+        let slot = self.slot().map_err(|e| HandleError::Segment(e.to_string()))?;
+        let mut locals = self.locals.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(existing) = locals.get(&(meta_seg, header.offset())).and_then(Weak::upgrade) {
+            if existing.nonce == nonce && existing.header_block == header {
+                if let Pin::Token(token) = how {
+                    // We hold it already: the token is consumed, our hold stays single.
+                    existing.header().refcount.claim(token, slot, &self.tokens()).map_err(ref_to_handle)?;
+                }
+                return Ok(existing);
+            }
+        }
+        let arena = self.segment(meta_seg).map_err(|e| HandleError::Segment(e.to_string()))?;
+        let ptr = arena.as_ptr(header).map_err(|_| HandleError::Stale)?;
+        if header.size() < crate::header::FIXED as u64 {
+            return Err(HandleError::Invalid("header block too small"));
+        }
+        // SAFETY: a validated block of at least FIXED bytes in a metadata segment (only headers
+        // and the directory live there), mapped while the pool lives; we read atomics only
+        // until the array is pinned.
+        let h = unsafe { &*ptr.as_ptr().cast::<ArrayHeader>() };
+        if h.magic.load(core::sync::atomic::Ordering::Acquire) != ARRAY_MAGIC || h.nonce.load(ORD) != nonce {
+            return Err(HandleError::Stale);
+        }
+        let tokens = self.tokens();
+        match how {
+            Pin::Token(token) => h.refcount.claim(token, slot, &tokens).map(|_| ()),
+            Pin::Acquire => h.refcount.acquire(slot, &tokens).map(|_| ()),
+        }
+        .map_err(ref_to_handle)?;
+        // Pinned: the fields are stable now. Check the nonce again (the place may have been
+        // freed and reused between our first look and the pin).
+        let unpin = |h: &ArrayHeader| {
+            if h.refcount.release(slot, &tokens) == Ok(Released::Last) {
+                self.free_array(meta_seg, header, h);
+            }
+        };
+        if h.nonce.load(ORD) != nonce {
+            unpin(h);
+            return Err(HandleError::Stale);
+        }
+        // SAFETY: pinned (header invariant 2), block of header.size() bytes.
+        let Some(meta) = (unsafe { h.read_meta(header.size()) }) else {
+            unpin(h);
+            return Err(HandleError::Invalid("corrupt array header"));
+        };
+        let data_seg = h.data_segment.load(ORD) as u16;
+        let data_block = Block::from_bits(h.data_block.load(ORD));
+        let data_len = h.data_len.load(ORD);
+        let data = match self.segment(data_seg).ok().and_then(|a| a.as_ptr(data_block).ok()) {
+            Some(p) if data_len <= data_block.size() => p,
+            _ => {
+                unpin(h);
+                return Err(HandleError::Invalid("the header names no valid data block"));
+            }
+        };
+        let local = Arc::new(LocalArray {
+            pool: self.clone(),
+            meta_segment: meta_seg,
+            header_block: header,
+            header_ptr: ptr,
+            nonce,
+            data,
+            data_len,
+            meta,
+            holder: shm_arena::sync::SharedU64::new(u64::from(slot) << 32 | fork_generation() & 0xFFFF_FFFF),
+            borrows: shm_arena::sync::SharedU64::new(0),
+        });
+        locals.insert((meta_seg, header.offset()), Arc::downgrade(&local));
+        Ok(local)
+    }
+
+    fn attach(self: &Arc<Self>, handle: &Handle) -> Result<SharedArray, HandleError> {
+        if handle.pool != self.id {
+            return Err(HandleError::WrongPool { handle_pool: hex(&handle.pool), this_pool: hex(&self.id) });
+        }
+        let how = match handle.token {
+            Some(t) => Pin::Token(t),
+            None => Pin::Acquire,
+        };
+        let local = self.pin(handle.meta_segment, handle.header, handle.nonce, how)?;
+        let itemsize = local.meta.dtype.itemsize();
+        if !view_fits(handle.offset, &handle.shape, &handle.strides, itemsize, local.data_len) {
+            return Err(HandleError::Invalid("the view lies outside its array"));
+        }
+        Ok(SharedArray { local, offset: handle.offset, shape: handle.shape.clone(), strides: handle.strides.clone() })
+    }
+
+    /// Frees a dead array's data block, then its header block (invariant 3).
+    fn free_array(&self, meta_seg: u16, header_block: Block, h: &ArrayHeader) {
+        let data_seg = h.data_segment.load(ORD) as u16;
+        let data_block = Block::from_bits(h.data_block.load(ORD));
+        if let Ok(a) = self.segment(data_seg) {
+            let _ = a.free(data_block);
+        }
+        h.magic.store(0, ORD);
+        if let Ok(a) = self.segment(meta_seg) {
+            let _ = a.free(header_block);
+        }
+        self.dir().header().freed.notify_if_waiting();
+    }
+
+    fn release_local(&self, local: &LocalArray) {
+        let (slot, generation) = {
+            let v = local.holder.load(ORD);
+            ((v >> 32) as u32, v & 0xFFFF_FFFF)
+        };
+        if generation != fork_generation() & 0xFFFF_FFFF {
+            return; // inherited across a fork and never re-acquired here: not ours to release
+        }
+        let h = local.header();
+        match h.refcount.release(slot, &self.tokens()) {
+            Ok(Released::Last) | Err(RefError::Orphaned) => self.free_array(local.meta_segment, local.header_block, h),
+            _ => {}
+        }
+    }
+
+    fn collect(&self) -> CollectReport {
+        let mut report = CollectReport::default();
+        let table = self.processes();
+        let tokens = self.tokens();
+        let segments = self.open_segments();
+        let dead: Vec<_> = table.find_dead().into_iter().filter_map(|i| table.claim_dead(i)).collect();
+        for (i, arena, kind) in &segments {
+            report.blocks_recovered += arena.recover_dead_owners().blocks_freed;
+            if *kind != KIND_META {
+                continue;
+            }
+            for block in arena.blocks_in_use() {
+                if block == self.dir_block && *i == 0 {
+                    continue;
+                }
+                let Ok(ptr) = arena.as_ptr(block) else { continue };
+                if block.size() < crate::header::FIXED as u64 {
+                    continue;
+                }
+                // SAFETY: a block in use in a metadata segment (invariant 1): a header or
+                // nothing we read past its magic.
+                let h = unsafe { &*ptr.as_ptr().cast::<ArrayHeader>() };
+                if h.magic.load(core::sync::atomic::Ordering::Acquire) != ARRAY_MAGIC {
+                    continue;
+                }
+                let mut freed = false;
+                for d in &dead {
+                    match h.refcount.drop_holder(d.index, &tokens) {
+                        Ok(Released::Last) | Err(RefError::Orphaned) => freed = true,
+                        _ => {}
+                    }
+                }
+                if !freed && h.refcount.is_dead() {
+                    // Its last holder died between the refcount's death and the free.
+                    freed = true;
+                }
+                if freed {
+                    self.free_array(*i, block, h);
+                    report.arrays_freed += 1;
+                }
+            }
+        }
+        tokens.free_dead_reservations();
+        for d in dead {
+            table.release_dead(d);
+            report.dead_processes += 1;
+        }
+        report
+    }
+
+    fn reclaim_tokens(&self, age: Duration) -> usize {
+        let tokens = self.tokens();
+        let mut cancelled = 0;
+        for p in tokens.pending() {
+            if p.age_ns < age.as_nanos() as u64 {
+                continue;
+            }
+            // Find the header the token keeps alive: a sweep of the metadata segments.
+            for (i, arena, kind) in self.open_segments() {
+                if kind != KIND_META {
+                    continue;
+                }
+                for block in arena.blocks_in_use() {
+                    let Ok(ptr) = arena.as_ptr(block) else { continue };
+                    if block.size() < crate::header::FIXED as u64 || (i == 0 && block == self.dir_block) {
+                        continue;
+                    }
+                    // SAFETY: as in `collect`.
+                    let h = unsafe { &*ptr.as_ptr().cast::<ArrayHeader>() };
+                    if h.magic.load(core::sync::atomic::Ordering::Acquire) == ARRAY_MAGIC
+                        && h.nonce.load(ORD) == p.target
+                    {
+                        match h.refcount.cancel(p.token, &tokens) {
+                            Ok(Released::Last) | Err(RefError::Orphaned) => {
+                                cancelled += 1;
+                                self.free_array(i, block, h);
+                            }
+                            Ok(_) => cancelled += 1,
+                            Err(_) => {}
+                        }
+                    }
+                }
+            }
+        }
+        cancelled
+    }
+
+    fn stats(&self) -> PoolStats {
+        let mut s = PoolStats { processes: self.processes().occupied(), ..PoolStats::default() };
+        for (i, arena, kind) in self.open_segments() {
+            s.segments += 1;
+            let a = arena.stats();
+            if kind == KIND_DATA {
+                s.capacity += a.capacity;
+                s.used += a.in_use_bytes;
+                s.free += a.free_bytes + a.cached_bytes;
+                s.largest_free = s.largest_free.max(a.largest_free_block);
+            } else {
+                s.arrays += a.blocks_in_use - u64::from(i == 0);
+            }
+        }
+        s
+    }
+
+    fn name_lock(&self) -> shm_sync::MutexGuard<'_> {
+        let h = self.dir().header();
+        loop {
+            match h.lock.lock() {
+                Ok(Locked::Acquired(g)) => return g,
+                Ok(Locked::OwnerDied(mut g)) => {
+                    // Name entries are written before they are marked used: nothing to repair.
+                    g.mark_consistent();
+                    return g;
+                }
+                Err(_) => {
+                    h.lock.reset_poison();
+                }
+            }
+        }
+    }
+
+    fn publish(self: &Arc<Self>, name: &str, array: &SharedArray) -> Result<(), NameError> {
+        if name.is_empty() || name.len() > MAX_NAME_LEN || name.contains('/') {
+            return Err(NameError::Invalid(name.to_owned()));
+        }
+        let _guard = self.name_lock();
+        let dir = self.dir();
+        if dir.names().iter().any(|e| e.state.load(ORD) == 1 && load_name(e) == name) {
+            return Err(NameError::Exists(name.to_owned()));
+        }
+        let entry = dir.names().iter().find(|e| e.state.load(ORD) == 0).ok_or(NameError::Full)?;
+        let local = &array.local;
+        local
+            .header()
+            .refcount
+            .acquire(DIRECTORY_HOLDER, &self.tokens())
+            .map_err(|e| NameError::Handle(ref_to_handle(e)))?;
+        store_name(entry, name);
+        entry.meta_segment.store(u64::from(local.meta_segment), ORD);
+        entry.header.store(local.header_block.to_bits(), ORD);
+        entry.nonce.store(local.nonce, ORD);
+        entry.state.store(1, core::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    fn lookup(self: &Arc<Self>, name: &str) -> Result<SharedArray, NameError> {
+        let (seg, header, nonce) = {
+            let _guard = self.name_lock();
+            let dir = self.dir();
+            let e = dir
+                .names()
+                .iter()
+                .find(|e| e.state.load(core::sync::atomic::Ordering::Acquire) == 1 && load_name(e) == name)
+                .ok_or_else(|| NameError::NotFound(name.to_owned()))?;
+            (e.meta_segment.load(ORD) as u16, Block::from_bits(e.header.load(ORD)), e.nonce.load(ORD))
+        };
+        let local = self.pin(seg, header, nonce, Pin::Acquire)?;
+        Ok(SharedArray::whole(local))
+    }
+
+    fn unpublish(&self, name: &str) -> Result<(), NameError> {
+        let _guard = self.name_lock();
+        let dir = self.dir();
+        let e = dir
+            .names()
+            .iter()
+            .find(|e| e.state.load(ORD) == 1 && load_name(e) == name)
+            .ok_or_else(|| NameError::NotFound(name.to_owned()))?;
+        let seg = e.meta_segment.load(ORD) as u16;
+        let header = Block::from_bits(e.header.load(ORD));
+        let nonce = e.nonce.load(ORD);
+        e.state.store(0, core::sync::atomic::Ordering::Release);
+        if let Some(ptr) = self.segment(seg).ok().and_then(|a| a.as_ptr(header).ok()) {
+            // SAFETY: the name held a reference, so the header block is live and a header.
+            let h = unsafe { &*ptr.as_ptr().cast::<ArrayHeader>() };
+            if h.nonce.load(ORD) == nonce {
+                if let Ok(Released::Last) | Err(RefError::Orphaned) =
+                    h.refcount.release(DIRECTORY_HOLDER, &self.tokens())
+                {
+                    self.free_array(seg, header, h);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.dir()
+            .names()
+            .iter()
+            .filter(|e| e.state.load(core::sync::atomic::Ordering::Acquire) == 1)
+            .map(load_name)
+            .collect()
+    }
+
+    /// Marks the pool torn down and unlinks every segment (invariant 5).
+    fn teardown(&self) {
+        let dir = self.dir();
+        dir.header().flags.fetch_or(FLAG_TORN_DOWN, ORD);
+        let count = dir.header().segment_count.load(core::sync::atomic::Ordering::Acquire) as usize;
+        for i in 0..count.min(MAX_SEGMENTS) {
+            let _ = shm_arena::Arena::open(&segment_name(&self.name, i)).map(|a| a.unlink());
+            if let Some(a) = self.segments[i].get() {
+                let _ = a.unlink();
+            }
+        }
+    }
+}
+
+impl Drop for PoolShared {
+    fn drop(&mut self) {
+        // Leave the pool: unregister; the last process out tears a non-persistent pool down.
+        let m = self.membership.get_mut().unwrap_or_else(|p| p.into_inner());
+        let Some(reg) = m.registration else { return };
+        if m.fork_generation != fork_generation() {
+            return;
+        }
+        let dir = self.dir();
+        let h = dir.header();
+        self.processes().unregister(reg);
+        // Dead members do not count: recycle their slots first (invariant 4).
+        self.collect();
+        let guard = h.lock.lock().map(Locked::into_guard);
+        let last = self.processes().occupied() == 0;
+        if last && h.flags.load(ORD) & FLAG_PERSISTENT == 0 {
+            self.teardown();
+        }
+        drop(guard);
+        registry().lock().unwrap_or_else(|p| p.into_inner()).remove(&self.name);
+    }
+}
+
+enum Pin {
+    Token(shm_sync::Token),
+    Acquire,
+}
+
+fn ref_to_handle(e: RefError) -> HandleError {
+    match e {
+        RefError::Dead | RefError::Orphaned | RefError::Token(_) | RefError::ForeignToken => HandleError::Stale,
+        RefError::NotHolder { .. } | RefError::HolderOutOfRange { .. } => HandleError::Invalid("bad holder slot"),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// One array as this process holds it: one shared reference, however many views and clones.
+pub(crate) struct LocalArray {
+    pool: Arc<PoolShared>,
+    meta_segment: u16,
+    header_block: Block,
+    header_ptr: NonNull<u8>,
+    nonce: u64,
+    data: NonNull<u8>,
+    data_len: u64,
+    meta: ArrayMeta,
+    /// `slot << 32 | fork generation` under which this process holds the array.
+    holder: shm_arena::sync::SharedU64,
+    /// Borrows of the data in this process: the number of shared borrows, or `EXCLUSIVE`.
+    pub(crate) borrows: shm_arena::sync::SharedU64,
+}
+
+// SAFETY: the pointers point into mappings owned by `pool` (its arenas), which live as long as
+// the `Arc<PoolShared>` held here; the memory is shared memory that any thread may access; all
+// other fields are plain data or atomics.
+unsafe impl Send for LocalArray {}
+// SAFETY: as for `Send`; `&LocalArray` only reads immutable fields and atomics.
+unsafe impl Sync for LocalArray {}
+
+impl LocalArray {
+    fn header(&self) -> &ArrayHeader {
+        // SAFETY: the header block is pinned by our hold and mapped while `pool` lives.
+        unsafe { &*self.header_ptr.as_ptr().cast::<ArrayHeader>() }
+    }
+}
+
+impl Drop for LocalArray {
+    fn drop(&mut self) {
+        let mut locals = self.pool.locals.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (self.meta_segment, self.header_block.offset());
+        // Between our last `Arc` going and this lock, an attach in this process may have pinned
+        // the same array anew: it found our holder bit set (`Acquired::Already`), so the hold
+        // is its now. Hand it over instead of releasing it.
+        if locals.get(&key).is_some_and(|w| w.strong_count() > 0) {
+            return;
+        }
+        locals.remove(&key);
+        self.pool.release_local(self);
+        drop(locals);
+    }
+}
+
+/// An array (or a view of one) in a pool, as this process holds it.
+#[derive(Clone)]
+pub struct SharedArray {
+    pub(crate) local: Arc<LocalArray>,
+    offset: u64,
+    shape: Vec<u64>,
+    strides: Vec<i64>,
+}
+
+impl core::fmt::Debug for SharedArray {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("SharedArray")
+            .field("dtype", &self.local.meta.dtype.descr())
+            .field("shape", &self.shape)
+            .field("strides", &self.strides)
+            .field("offset", &self.offset)
+            .finish()
+    }
+}
+
+impl SharedArray {
+    fn whole(local: Arc<LocalArray>) -> Self {
+        let shape = local.meta.shape.clone();
+        let strides = local.meta.strides.clone();
+        Self { local, offset: 0, shape, strides }
+    }
+
+    /// The element type.
+    pub fn dtype(&self) -> &DType {
+        &self.local.meta.dtype
+    }
+
+    /// The shape of this view.
+    pub fn shape(&self) -> &[u64] {
+        &self.shape
+    }
+
+    /// Strides of this view, in bytes.
+    pub fn strides(&self) -> &[i64] {
+        &self.strides
+    }
+
+    /// Byte offset of this view from the start of the array's data.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Whether the whole array is Fortran-ordered.
+    pub fn base_is_fortran(&self) -> bool {
+        self.local.meta.fortran
+    }
+
+    /// Bytes of the whole array's data.
+    pub fn base_len(&self) -> u64 {
+        self.local.data_len
+    }
+
+    /// Pointer to the first byte of the whole array's data. Writes from other processes are
+    /// theirs to order with yours; within this process, the usual aliasing rules apply to any
+    /// slice you make from it.
+    pub fn base_ptr(&self) -> NonNull<u8> {
+        self.local.data
+    }
+
+    /// Pointer to this view's first element.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.local.data.as_ptr().wrapping_add(self.offset as usize)
+    }
+
+    /// A view of the same array: `offset` bytes from the data start, with its own shape and
+    /// byte strides.
+    ///
+    /// # Errors
+    ///
+    /// [`HandleError::Invalid`] when the view would reach outside the array.
+    pub fn view(&self, offset: u64, shape: &[u64], strides: &[i64]) -> Result<SharedArray, HandleError> {
+        if shape.len() > MAX_DIMS || !view_fits(offset, shape, strides, self.dtype().itemsize(), self.local.data_len) {
+            return Err(HandleError::Invalid("the view lies outside its array"));
+        }
+        Ok(SharedArray { local: self.local.clone(), offset, shape: shape.to_vec(), strides: strides.to_vec() })
+    }
+
+    pub(crate) fn local(&self) -> &LocalArray {
+        &self.local
+    }
+
+    /// Whether this view covers its whole array, contiguous in memory order.
+    pub fn is_whole(&self) -> bool {
+        self.offset == 0 && self.shape == self.local.meta.shape && self.strides == self.local.meta.strides
+    }
+
+    /// Whether two arrays (or views) share one allocation.
+    pub fn same_array(&self, other: &SharedArray) -> bool {
+        Arc::ptr_eq(&self.local, &other.local)
+    }
+
+    /// A handle to send to another process of the pool: the array stays alive until the
+    /// receiver attaches it (or the token is reclaimed), even if this process lets go first.
+    ///
+    /// # Errors
+    ///
+    /// [`HandleError::Invalid`] if the pool's token table is full.
+    pub fn handle(&self) -> Result<Handle, HandleError> {
+        let token = self
+            .local
+            .header()
+            .refcount
+            .send(&self.local.pool.tokens())
+            .map_err(|_| HandleError::Invalid("the pool's transfer token table is full; reclaim old tokens"))?;
+        Ok(self.handle_with(Some(token)))
+    }
+
+    /// A handle without a transfer token: the receiver can attach it only while some process
+    /// still holds the array (for handles stored in files or sent to unrelated programs that
+    /// must not pin the array).
+    pub fn untracked_handle(&self) -> Handle {
+        self.handle_with(None)
+    }
+
+    fn handle_with(&self, token: Option<shm_sync::Token>) -> Handle {
+        Handle {
+            pool: self.local.pool.id,
+            meta_segment: self.local.meta_segment,
+            header: self.local.header_block,
+            nonce: self.local.nonce,
+            token,
+            offset: self.offset,
+            shape: self.shape.clone(),
+            strides: self.strides.clone(),
+        }
+    }
+
+    /// The pool the array lives in.
+    pub fn pool(&self) -> Pool {
+        Pool { shared: self.local.pool.clone() }
+    }
+}

@@ -1,0 +1,344 @@
+//! The pool through its public API: every dtype, views, handles across fork and across a
+//! separately started process, processes SIGKILLed while holding arrays and while a handle is
+//! in flight, running out of room with and without waiting, growth, stale and crafted handles,
+//! named arrays and teardown.
+#![allow(unsafe_code)] // fork, kill, waitpid
+
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use shm_ndarray::{
+    ArrayError, DType, Handle, HandleError, NameError, Pool, PoolError, PoolOptions, ShmArray, HANDLE_FIXED_LEN,
+};
+
+const TOOL: &str = env!("CARGO_BIN_EXE_shm-ndarray");
+
+fn small() -> PoolOptions {
+    PoolOptions::new().segment_capacity(4 << 20).max_size(16 << 20)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+}
+
+fn leftovers(pool: &str) -> Vec<String> {
+    std::fs::read_dir("/dev/shm")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|f| f.starts_with(&format!("pyshm-{pool}")))
+        .collect()
+}
+
+fn fork(child: impl FnOnce() -> i32) -> libc::pid_t {
+    // SAFETY: the child runs `child` and `_exit`s without unwinding into the harness.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(child)).unwrap_or(101);
+        // SAFETY: ends the forked child at once.
+        unsafe { libc::_exit(code) };
+    }
+    pid
+}
+
+fn wait(pid: libc::pid_t) -> i32 {
+    let mut status = 0;
+    // SAFETY: our child; valid out-pointer.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -libc::WTERMSIG(status)
+    }
+}
+
+#[test]
+fn every_dtype_round_trips_through_a_handle() {
+    let pool = Pool::create(&small()).unwrap();
+    for (descr, size) in [
+        ("|b1", 1),
+        ("|i1", 1),
+        ("|u1", 1),
+        ("<i2", 2),
+        ("<u2", 2),
+        ("<i4", 4),
+        ("<u4", 4),
+        ("<i8", 8),
+        ("<u8", 8),
+        ("<f2", 2),
+        ("<f4", 4),
+        ("<f8", 8),
+        ("<f16", 16),
+        ("<c8", 8),
+        ("<c16", 16),
+        ("<M8[ns]", 8),
+        ("<m8[s]", 8),
+        ("|S5", 5),
+        ("<U3", 12),
+        ("|V7", 7),
+        ("[('x', '<f8'), ('y', '<i2'), ('s', '|S3')]", 13),
+    ] {
+        let dtype = DType::new(descr, size).unwrap();
+        let a = pool.empty(&dtype, &[3, 2], false).unwrap();
+        let b = pool.attach(&Handle::from_bytes(&a.handle().unwrap().to_bytes()).unwrap()).unwrap();
+        assert_eq!(b.dtype(), &dtype, "{descr}");
+        assert_eq!((b.shape(), b.strides()), (&[3, 2][..], &[2 * size as i64, size as i64][..]));
+        assert!(a.same_array(&b));
+    }
+    assert!(DType::new("|O", 8).is_err());
+}
+
+#[test]
+fn views_travel_with_their_own_offset_shape_and_strides() {
+    let pool = Pool::create(&small()).unwrap();
+    let mut a = ShmArray::<f64>::from_slice(&pool, &[4, 5], &(0..20).map(f64::from).collect::<Vec<_>>()).unwrap();
+    // Column 2, rows reversed: offset of element (3, 2), stride -5 elements.
+    let column = a.as_shared().view((3 * 5 + 2) * 8, &[4], &[-40]).unwrap();
+    let got = pool.attach(&Handle::from_bytes(&column.handle().unwrap().to_bytes()).unwrap()).unwrap();
+    assert_eq!((got.offset(), got.shape(), got.strides()), (136, &[4][..], &[-40][..]));
+    // SAFETY: reading 4 elements along the validated view; nobody writes meanwhile.
+    let read = |i: isize| unsafe { got.as_ptr().cast::<f64>().wrapping_offset(-5 * i).read() };
+    assert_eq!((0..4).map(read).collect::<Vec<_>>(), vec![17.0, 12.0, 7.0, 2.0]);
+    a.as_slice_mut().unwrap()[2] = -1.0;
+    assert_eq!(read(3), -1.0, "the same memory");
+    assert!(a.as_shared().view(0, &[21], &[8]).is_err(), "past the end");
+    assert!(a.as_shared().view(8, &[4], &[-40]).is_err(), "before the start");
+}
+
+#[test]
+fn a_forked_child_attaches_writes_and_the_parent_sees_it() {
+    let pool = Pool::create(&small()).unwrap();
+    let a = ShmArray::<f64>::zeros(&pool, &[1000]).unwrap();
+    let bytes = a.handle().unwrap().to_bytes();
+    let pid = fork(|| {
+        let mut b = ShmArray::<f64>::attach(&pool, &Handle::from_bytes(&bytes).unwrap()).unwrap();
+        b.as_slice_mut().unwrap().fill(7.0);
+        0
+    });
+    assert_eq!(wait(pid), 0);
+    assert!(a.to_vec().iter().all(|x| *x == 7.0));
+    let r = pool.collect();
+    assert_eq!(r.dead_processes, 1, "the child left without unregistering");
+    drop(a);
+    assert_eq!(pool.stats().used, 0, "freed once the parent let go");
+}
+
+#[test]
+fn a_separately_started_process_attaches_by_handle() {
+    let pool = Pool::create(&small()).unwrap();
+    let a = ShmArray::<f64>::from_slice(&pool, &[4], &[1.0, 2.0, 3.0, 4.5]).unwrap();
+    let h = hex(&a.handle().unwrap().to_bytes());
+    let out = Command::new(TOOL).args(["sum", pool.name(), &h]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "10.5");
+    let h = hex(&a.handle().unwrap().to_bytes());
+    assert!(Command::new(TOOL).args(["fill", pool.name(), &h, "2"]).status().unwrap().success());
+    assert_eq!(a.to_vec(), vec![2.0; 4]);
+}
+
+#[test]
+fn a_process_killed_holding_arrays_is_collected_and_every_byte_comes_back() {
+    let pool = Pool::create(&small()).unwrap();
+    let before = pool.stats();
+    let mut child = Command::new(TOOL).args(["hold", pool.name(), "3"]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let handles: Vec<String> = (0..3).map(|_| lines.next().unwrap().unwrap()).collect();
+    // We attach one of them too: it must survive the holder's death.
+    let kept = ShmArray::<f64>::attach(&pool, &Handle::from_bytes(&unhex(&handles[0])).unwrap()).unwrap();
+    assert_eq!(pool.stats().used, 3 << 20);
+    child.kill().unwrap(); // SIGKILL with three arrays held and two handles in flight
+    child.wait().unwrap();
+    let r = pool.collect();
+    assert_eq!(r.dead_processes, 1);
+    assert_eq!(r.arrays_freed, 0, "all three are still referenced: one held, two by tokens");
+    assert_eq!(pool.reclaim_tokens_older_than(Duration::ZERO), 2, "the two handles nobody attached");
+    assert_eq!(pool.stats().used, 1 << 20, "only the array we hold remains");
+    assert!(kept.to_vec().iter().all(|x| *x == 0.0));
+    drop(kept);
+    let after = pool.stats();
+    assert_eq!((after.used, after.arrays), (before.used, before.arrays), "every byte came back");
+    pool.check().unwrap();
+}
+
+#[test]
+fn a_handle_sent_by_a_process_that_then_dies_stays_attachable() {
+    let pool = Pool::create(&small()).unwrap();
+    let mut fds = [0; 2];
+    // SAFETY: a valid array of two descriptors.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let pid = fork(|| {
+        let a = ShmArray::<f64>::from_slice(&pool, &[2], &[3.0, 4.0]).unwrap();
+        let bytes = a.handle().unwrap().to_bytes();
+        // SAFETY: writing a valid buffer to our pipe.
+        unsafe { libc::write(fds[1], bytes.as_ptr().cast(), bytes.len()) };
+        drop(a); // the sender lets go before the receiver attaches
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    });
+    let mut buf = vec![0u8; HANDLE_FIXED_LEN + 16];
+    // SAFETY: reading into a valid buffer of that length.
+    assert_eq!(unsafe { libc::read(fds[0], buf.as_mut_ptr().cast(), buf.len()) }, buf.len() as isize);
+    // SAFETY: `pid` is our child.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert_eq!(wait(pid), -libc::SIGKILL);
+    pool.collect();
+    let b = ShmArray::<f64>::attach(&pool, &Handle::from_bytes(&buf).unwrap()).unwrap();
+    assert_eq!(b.to_vec(), vec![3.0, 4.0], "the token kept it alive through the sender's death");
+    let again = ShmArray::<f64>::attach(&pool, &Handle::from_bytes(&buf).unwrap());
+    assert!(again.is_err(), "a token is claimed once");
+    drop(b);
+    assert_eq!(pool.stats().used, 0);
+    for fd in fds {
+        // SAFETY: closing our descriptors.
+        unsafe { libc::close(fd) };
+    }
+}
+
+#[test]
+fn stale_and_crafted_handles_are_refused_without_touching_other_memory() {
+    let pool = Pool::create(&small()).unwrap();
+    let a = ShmArray::<f64>::zeros(&pool, &[16]).unwrap();
+    let untracked = a.as_shared().untracked_handle();
+    drop(a);
+    assert_eq!(pool.attach(&untracked).unwrap_err(), HandleError::Stale, "the array was freed");
+    let b = ShmArray::<f64>::zeros(&pool, &[16]).unwrap(); // likely the same place
+    assert_eq!(pool.attach(&untracked).unwrap_err(), HandleError::Stale, "its place holds another array");
+    let good = b.handle().unwrap().to_bytes();
+    // Every truncation, and every single-byte corruption, is an error or a view of `b` itself.
+    for len in 0..good.len() {
+        assert!(Handle::from_bytes(&good[..len]).is_err());
+    }
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+    for i in 0..good.len() {
+        for bit in [1u8, 0x80, 0xFF] {
+            let mut bad = good.clone();
+            bad[i] ^= bit;
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            if let Ok(h) = Handle::from_bytes(&bad) {
+                if let Ok(view) = pool.attach(&h) {
+                    assert!(view.same_array(b.as_shared()), "byte {i}: attached to another array");
+                }
+            }
+        }
+    }
+    let other = Pool::create(&small()).unwrap();
+    assert!(matches!(other.attach(&Handle::from_bytes(&good).unwrap()), Err(HandleError::WrongPool { .. })));
+}
+
+#[test]
+fn a_full_pool_fails_with_numbers_or_waits_for_a_free() {
+    let pool = Pool::create(&PoolOptions::new().segment_capacity(1 << 20).max_size(1 << 20)).unwrap();
+    let a = ShmArray::<u8>::zeros(&pool, &[1 << 20]).unwrap();
+    match ShmArray::<u8>::zeros(&pool, &[1024]) {
+        Err(ArrayError::OutOfMemory { requested, free, largest_free, .. }) => {
+            assert_eq!((requested, free, largest_free), (1024, 0, 0));
+        }
+        other => panic!("expected OutOfMemory, got {other:?}"),
+    }
+    let err = ShmArray::<u8>::zeros(&pool, &[1024]).unwrap_err().to_string();
+    assert!(err.contains("max_size") && err.contains("/dev/shm"), "says how to fix it: {err}");
+    // With waiting, a free by another process (here, a thread) lets the allocation through.
+    let waiting = Pool::create(
+        &PoolOptions::new().segment_capacity(1 << 20).max_size(1 << 20).wait(Some(Duration::from_secs(10))),
+    )
+    .unwrap();
+    let big = ShmArray::<u8>::zeros(&waiting, &[1 << 20]).unwrap();
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            drop(big);
+        });
+        let got = ShmArray::<u8>::zeros(&waiting, &[1 << 19]).unwrap();
+        assert_eq!(got.len(), 1 << 19);
+    });
+    drop(a);
+}
+
+#[test]
+fn the_pool_grows_by_segments_up_to_its_limit() {
+    let pool = Pool::create(&PoolOptions::new().segment_capacity(1 << 20).max_size(9 << 20)).unwrap();
+    let arrays: Vec<_> = (0..5).map(|_| ShmArray::<u8>::zeros(&pool, &[1 << 20]).unwrap()).collect();
+    let s = pool.stats();
+    assert_eq!(s.capacity, 5 << 20);
+    assert!(s.segments >= 6, "one metadata segment and five data segments");
+    let big = ShmArray::<u8>::zeros(&pool, &[3 << 20]).unwrap(); // its own 4 MiB segment
+    assert_eq!(big.len(), 3 << 20);
+    assert_eq!(pool.stats().capacity, 9 << 20);
+    assert!(matches!(ShmArray::<u8>::zeros(&pool, &[1 << 20]), Err(ArrayError::OutOfMemory { .. })), "10 MiB > 9 MiB");
+    drop(arrays);
+    assert!(ShmArray::<u8>::zeros(&pool, &[1 << 20]).is_ok(), "reuses freed segments");
+}
+
+#[test]
+fn named_arrays_live_until_deleted_and_can_be_listed() {
+    let name = format!("testnamed{}", std::process::id());
+    let pool = Pool::create(&small().name(&name)).unwrap();
+    {
+        let a = ShmArray::<i64>::from_slice(&pool, &[3], &[1, 2, 3]).unwrap();
+        pool.publish("results", a.as_shared()).unwrap();
+        assert!(matches!(pool.publish("results", a.as_shared()), Err(NameError::Exists(_))));
+        assert!(matches!(pool.publish("a/b", a.as_shared()), Err(NameError::Invalid(_))));
+    }
+    assert_eq!(pool.names(), vec!["results".to_owned()]);
+    let found = ShmArray::<i64>::try_from(pool.lookup("results").unwrap()).unwrap();
+    assert_eq!(found.to_vec(), vec![1, 2, 3], "the name kept it alive");
+    drop(found);
+    pool.unpublish("results").unwrap();
+    assert!(matches!(pool.lookup("results"), Err(NameError::NotFound(_))));
+    assert_eq!(pool.stats().used, 0, "freed with its name");
+    pool.unlink();
+    drop(pool);
+    assert!(leftovers(&name).is_empty());
+}
+
+#[test]
+fn the_last_process_out_of_an_unnamed_pool_removes_it() {
+    let pool = Pool::create(&small()).unwrap();
+    let name = pool.name().to_owned();
+    let _a = ShmArray::<u8>::zeros(&pool, &[100]).unwrap();
+    assert!(!leftovers(&name).is_empty());
+    drop(_a);
+    drop(pool);
+    assert!(leftovers(&name).is_empty(), "{:?}", leftovers(&name));
+    assert!(matches!(Pool::open(&name), Err(PoolError::NotFound { .. })));
+}
+
+#[test]
+fn clean_removes_pools_of_dead_processes_and_never_a_live_one() {
+    let live = Pool::create(&small()).unwrap();
+    // A pool whose only process was SIGKILLed: its segments stay behind.
+    let mut child = Command::new(TOOL).args(["hold", live.name(), "1"]).stdout(Stdio::piped()).spawn().unwrap();
+    let _ = std::io::BufReader::new(child.stdout.take().unwrap()).lines().next();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let orphan = {
+        let name = format!("testorphan{}", std::process::id());
+        let pid = fork(|| {
+            let p = Pool::create(&small().name(&name).persistent(false)).unwrap();
+            let _a = ShmArray::<u8>::zeros(&p, &[10]).unwrap();
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        });
+        while leftovers(&name).len() < 2 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // SAFETY: our child.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        wait(pid);
+        name
+    };
+    let removed = shm_ndarray::clean_dead_pools(false);
+    assert!(removed.contains(&orphan), "{removed:?}");
+    assert!(leftovers(&orphan).is_empty());
+    assert!(!removed.contains(&live.name().to_owned()), "a live pool is never touched");
+    assert!(ShmArray::<u8>::zeros(&live, &[10]).is_ok());
+}
