@@ -49,13 +49,15 @@ pub(crate) fn run(options: &Options, steps: &mut Steps) -> Result<()> {
 
     // `--locked` checks that Cargo.lock is up to date, which is only possible when there is one.
     let locked = Path::new("Cargo.lock").exists().then_some("--locked");
-    let clippy =
-        Cmd::cargo().args(["clippy", "--workspace", "--all-targets"]).args(locked).args(["--", "-D", "warnings"]);
+    let clippy = Cmd::cargo()
+        .args(["clippy", "--workspace", "--all-targets", "--all-features"])
+        .args(locked)
+        .args(["--", "-D", "warnings"]);
     steps.cmd("clippy", &clippy)?;
 
     let shm_before = shm_entries(Path::new(SHM_DIR))?;
 
-    steps.cmd("test", &Cmd::cargo().args(["test", "--workspace"]).args(locked))?;
+    steps.cmd("test", &Cmd::cargo().args(["test", "--workspace", "--all-features"]).args(locked))?;
 
     if options.loom {
         run_loom_models(steps)?;

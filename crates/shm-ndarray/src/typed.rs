@@ -176,11 +176,24 @@ impl<T: Element> ShmArray<T> {
         self.as_slice().expect("the array is borrowed mutably").to_vec()
     }
 
-    /// An `ndarray` view of the shared borrow.
+    /// Runs `f` on an `ndarray` view of the elements, borrowed shared; `None` while this
+    /// process borrows them exclusively.
     #[cfg(feature = "ndarray")]
-    pub fn view(&self) -> Option<(SliceRef<'_, T>, Vec<usize>)> {
+    pub fn with_view<R>(&self, f: impl FnOnce(ndarray::ArrayViewD<'_, T>) -> R) -> Option<R> {
         let shape: Vec<usize> = self.shape().iter().map(|n| *n as usize).collect();
-        self.as_slice().map(|s| (s, shape))
+        let slice = self.as_slice()?;
+        let view = ndarray::ArrayViewD::from_shape(shape, &slice[..]).expect("a whole C-contiguous array");
+        Some(f(view))
+    }
+
+    /// Runs `f` on a mutable `ndarray` view of the elements, borrowed exclusively; `None`
+    /// while this process borrows them otherwise.
+    #[cfg(feature = "ndarray")]
+    pub fn with_view_mut<R>(&mut self, f: impl FnOnce(ndarray::ArrayViewMutD<'_, T>) -> R) -> Option<R> {
+        let shape: Vec<usize> = self.shape().iter().map(|n| *n as usize).collect();
+        let mut slice = self.as_slice_mut()?;
+        let view = ndarray::ArrayViewMutD::from_shape(shape, &mut slice[..]).expect("a whole C-contiguous array");
+        Some(f(view))
     }
 }
 
@@ -241,5 +254,24 @@ impl<T: Element> Drop for SliceMut<'_, T> {
     fn drop(&mut self) {
         // Release: publishes our writes to the next borrower in this process.
         self.array.local().borrows.store(0, Ordering::Release);
+    }
+}
+
+#[cfg(all(test, feature = "ndarray"))]
+mod tests {
+    use super::*;
+    use crate::PoolOptions;
+
+    #[test]
+    fn ndarray_views_see_and_change_the_shared_elements() {
+        let pool = Pool::create(&PoolOptions::new().segment_capacity(1 << 20)).unwrap();
+        let mut a = ShmArray::<f64>::from_slice(&pool, &[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
+        assert_eq!(a.with_view(|v| v.sum()), Some(21.0));
+        a.with_view_mut(|mut v| v[[1, 2]] = 60.0).unwrap();
+        let b = ShmArray::<f64>::attach(&pool, &a.handle().unwrap()).unwrap();
+        assert_eq!(b.with_view(|v| v[[1, 2]]), Some(60.0));
+        let reading = b.as_slice().unwrap();
+        assert!(a.with_view_mut(|_| ()).is_none(), "no mutable view while the same array is read");
+        drop(reading);
     }
 }
