@@ -35,6 +35,9 @@ enum Toolchain {
     Nightly,
     /// `cargo fuzz run --sanitizer none`: sanitizers need nightly-only rustc flags.
     Stable,
+    /// No cargo-fuzz at all (it could not be installed): the crate's own `fuzz-stable` runner,
+    /// seeded random inputs with mutation, same artifacts and the same last line.
+    Runner,
 }
 
 /// Runs the chosen targets; see the module doc.
@@ -52,14 +55,20 @@ pub(crate) fn run(options: &Options, steps: &mut Steps) -> Result<()> {
     };
 
     let install = Cmd::cargo().args(["install", "cargo-fuzz", "--locked"]);
-    ensure_tool(steps, "cargo-fuzz", Cmd::cargo().args(["fuzz", "--version"]), install)?;
+    let have_cargo_fuzz = ensure_tool(steps, "cargo-fuzz", Cmd::cargo().args(["fuzz", "--version"]), install).is_ok();
 
     // The probe runs exactly what the fuzz command will run; RUSTUP_AUTO_INSTALL=0 keeps it
     // from downloading a nightly just to answer the question.
     let nightly = Cmd::cargo().args(["+nightly", "--version"]).env("RUSTUP_AUTO_INSTALL", "0");
-    let toolchain = if nightly.probe() { Toolchain::Nightly } else { Toolchain::Stable };
-    if toolchain == Toolchain::Stable {
-        println!("==> stable toolchain: fuzzing without sanitizers");
+    let toolchain = match (have_cargo_fuzz, nightly.probe()) {
+        (false, _) => Toolchain::Runner,
+        (true, true) => Toolchain::Nightly,
+        (true, false) => Toolchain::Stable,
+    };
+    match toolchain {
+        Toolchain::Stable => println!("==> stable toolchain: fuzzing without sanitizers"),
+        Toolchain::Runner => println!("==> cargo-fuzz unavailable: fuzzing with the crate's fuzz-stable runner (no coverage guidance, no sanitizers)"),
+        Toolchain::Nightly => {}
     }
 
     let mut failed = Vec::new();
@@ -101,18 +110,24 @@ fn targets(dir: &Path) -> Result<Vec<String>> {
     Ok(files.iter().map(stem).collect())
 }
 
-/// The command that fuzzes `target` for `seconds`, run from the workspace root.
+/// The command that fuzzes `target` for `seconds`, run from the workspace root. An input that
+/// runs longer than 30 s is a failure (libFuzzer's default would wait 20 minutes).
 fn fuzz_command(toolchain: Toolchain, target: &str, seconds: u64) -> Cmd {
-    let cargo = match toolchain {
-        Toolchain::Nightly => Cmd::cargo().arg("+nightly"),
-        Toolchain::Stable => Cmd::cargo(),
-    };
-    let cmd = cargo.args(["fuzz", "run", "--fuzz-dir", FUZZ_DIR, "--release"]);
     let cmd = match toolchain {
-        Toolchain::Nightly => cmd,
-        Toolchain::Stable => cmd.args(["--sanitizer", "none"]),
+        Toolchain::Nightly => Cmd::cargo().arg("+nightly").args(["fuzz", "run", "--fuzz-dir", FUZZ_DIR, "--release"]),
+        Toolchain::Stable => {
+            Cmd::cargo().args(["fuzz", "run", "--fuzz-dir", FUZZ_DIR, "--release", "--sanitizer", "none"])
+        }
+        Toolchain::Runner => {
+            let manifest = format!("{FUZZ_DIR}/Cargo.toml");
+            return Cmd::cargo()
+                .args(["run", "--release", "--manifest-path", &manifest, "--features", "stable-runner", "--bin"])
+                .args(["fuzz-stable", "--", "--time"])
+                .arg(seconds.to_string())
+                .arg(target);
+        }
     };
-    cmd.args([target, "--"]).arg(format!("-max_total_time={seconds}"))
+    cmd.args([target, "--"]).arg(format!("-max_total_time={seconds}")).arg("-timeout=30")
 }
 
 /// The inputs libFuzzer saved because they failed (`slow-unit-*` files are only reports).
@@ -153,11 +168,15 @@ mod tests {
     fn commands_per_toolchain() {
         assert_eq!(
             fuzz_command(Toolchain::Nightly, "alloc_free", 60).command_line(),
-            "cargo +nightly fuzz run --fuzz-dir fuzz --release alloc_free -- -max_total_time=60"
+            "cargo +nightly fuzz run --fuzz-dir fuzz --release alloc_free -- -max_total_time=60 -timeout=30"
         );
         assert_eq!(
             fuzz_command(Toolchain::Stable, "alloc_free", 5).command_line(),
-            "cargo fuzz run --fuzz-dir fuzz --release --sanitizer none alloc_free -- -max_total_time=5"
+            "cargo fuzz run --fuzz-dir fuzz --release --sanitizer none alloc_free -- -max_total_time=5 -timeout=30"
+        );
+        assert_eq!(
+            fuzz_command(Toolchain::Runner, "alloc_free", 5).command_line(),
+            "cargo run --release --manifest-path fuzz/Cargo.toml --features stable-runner --bin fuzz-stable -- --time 5 alloc_free"
         );
     }
 

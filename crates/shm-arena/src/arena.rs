@@ -228,6 +228,8 @@ pub struct Arena {
     registration: AtomicU64,
     identity: Mutex<Registration>,
     cache: LocalCache,
+    /// The segment's trim epoch as this handle last saw it.
+    seen_trim: crate::sync::local::AtomicU32,
 }
 
 fn tree_of(segment: &Segment) -> BuddyTree<'_, [SharedU32]> {
@@ -333,6 +335,7 @@ impl Arena {
             registration: AtomicU64::new((fork_generation() << 16) | u64::from(tag)),
             identity: Mutex::new(Registration { identity }),
             cache: LocalCache::new(orders.min(layout.depth + 1), CACHE_SLOTS, CACHE_SHARDS),
+            seen_trim: crate::sync::local::AtomicU32::new(0),
         })
     }
 
@@ -500,6 +503,7 @@ impl Arena {
         }
         let order = block_size.trailing_zeros() - l.min_block_shift;
         let tag = self.tag().map_err(|e| AllocError::Register(e.into()))?;
+        self.trim_if_asked(tag);
         let tree = self.tree();
         if self.cache.caches(order) {
             while let Some(parked) = self.cache.pop(order) {
@@ -540,12 +544,16 @@ impl Arena {
                 return Ok(b);
             }
         }
+        // Other handles may have memory parked in their caches: ask them to give it back at
+        // their next operation (a caller that can wait will find it then).
+        self.segment.trim_word().fetch_add(1, Relaxed);
         let s = tree.summarize();
         Err(AllocError::Exhausted {
             requested,
             block: 1 << (order + l.min_block_shift),
             free: s.leaves_free << l.min_block_shift,
             largest_free: s.largest_free_order.map_or(0, |o| 1u64 << (o + l.min_block_shift)),
+            cached: s.leaves_cached << l.min_block_shift,
         })
     }
 
@@ -559,6 +567,7 @@ impl Arena {
         let r = self.node_of(block)?;
         let tag =
             self.tag().map_err(|_| BlockError::State(crate::tree::BlockStateError::NotAllocated { index: r.index }))?;
+        self.trim_if_asked(tag);
         let tree = self.tree();
         let order = block.size_log2() - self.segment.layout().min_block_shift;
         let owners = self.owners();
@@ -676,6 +685,23 @@ impl Arena {
         if let Ok(tag) = self.tag() {
             self.flush_cache(tag);
         }
+    }
+
+    /// Empties our cache if some allocation asked every handle to (the segment's trim epoch).
+    #[inline]
+    fn trim_if_asked(&self, tag: u16) {
+        // Relaxed: a request, not a hand-over of data; the blocks themselves synchronise through
+        // their node words when they are freed to the tree.
+        let epoch = self.segment.trim_word().load(Relaxed);
+        if epoch != self.seen_trim.load(Relaxed) {
+            self.trim_slow(tag, epoch);
+        }
+    }
+
+    #[cold]
+    fn trim_slow(&self, tag: u16, epoch: u32) {
+        self.seen_trim.store(epoch, Relaxed);
+        self.flush_cache(tag);
     }
 
     fn flush_cache(&self, tag: u16) {

@@ -199,8 +199,10 @@ pub enum AllocError {
     /// The alignment is not a power of two.
     #[error("alignment {0} is not a power of two")]
     BadAlignment(u64),
-    /// No free block of that size, even after reclaiming dead owners and this process's cache.
-    #[error("arena exhausted: no free block of {block} bytes for a request of {requested}; {free} bytes free, largest free block {largest_free} bytes")]
+    /// No free block of that size, even after emptying this handle's cache, repairing the tree
+    /// and reclaiming dead owners. Other handles are asked to empty their caches at their next
+    /// operation (`cached` says how much they hold), so a retry may succeed.
+    #[error("arena exhausted: no free block of {block} bytes for a request of {requested}; {free} bytes free, largest free block {largest_free} bytes, {cached} bytes parked in other handles' caches")]
     Exhausted {
         /// Bytes requested.
         requested: u64,
@@ -210,6 +212,8 @@ pub enum AllocError {
         free: u64,
         /// Largest free block.
         largest_free: u64,
+        /// Bytes parked in the caches of other handles (given back at their next operation).
+        cached: u64,
     },
     /// This process lost its owner registration (after a fork) and could not register again.
     #[error(transparent)]

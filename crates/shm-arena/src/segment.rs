@@ -19,6 +19,8 @@
 //! 0    ImmutableHeader (magic, version, id, creator, geometry, derived offsets, checksum)
 //! 512  init word (u32): 0 while being built, READY once usable
 //! 520  root word (u64): free for the layer above (e.g. the block holding its own directory)
+//! 528  trim epoch (u32): bumped by an allocation that failed; every handle empties its cache
+//!      when it sees a new value (zero in a new segment)
 //! ```
 
 use std::os::fd::{AsFd, OwnedFd};
@@ -42,6 +44,7 @@ pub const LAYOUT_VERSION: u32 = 1;
 const READY: u32 = 0x5245_4459; // "READY" in spirit: any non-zero value other than garbage zero
 const INIT_OFFSET: usize = 512;
 const ROOT_OFFSET: usize = 520;
+const TRIM_OFFSET: usize = 528;
 const MAX_NAME_LEN: usize = 200;
 
 /// The part of the header written once by the creator.
@@ -68,7 +71,8 @@ pub(crate) struct ImmutableHeader {
 
 const _: () = assert!(std::mem::size_of::<ImmutableHeader>() <= INIT_OFFSET);
 const _: () = assert!(std::mem::size_of::<ImmutableHeader>() == 112);
-const _: () = assert!(ROOT_OFFSET % 8 == 0 && ROOT_OFFSET + 8 <= HEADER_SIZE as usize);
+const _: () =
+    assert!(ROOT_OFFSET % 8 == 0 && ROOT_OFFSET + 8 <= TRIM_OFFSET && TRIM_OFFSET + 4 <= HEADER_SIZE as usize);
 
 impl ImmutableHeader {
     fn new(layout: &Layout, segment_id: [u8; 16], creator: u64) -> Self {
@@ -369,6 +373,12 @@ impl Segment {
     pub(crate) fn root_word(&self) -> &SharedU64 {
         // SAFETY: as for `init_word`, at ROOT_OFFSET (8-byte aligned, inside the header page).
         unsafe { &*self.base().as_ptr().wrapping_add(ROOT_OFFSET).cast::<SharedU64>() }
+    }
+
+    /// The trim epoch (see the module doc's header page).
+    pub(crate) fn trim_word(&self) -> &SharedU32 {
+        // SAFETY: as for `init_word`, at TRIM_OFFSET (4-byte aligned, inside the header page).
+        unsafe { &*self.base().as_ptr().wrapping_add(TRIM_OFFSET).cast::<SharedU32>() }
     }
 
     /// `count` atomic words of `T` at `offset`.

@@ -117,8 +117,8 @@ fn exhaustion_is_an_error_that_says_why_and_memory_comes_back() {
     loop {
         match a.alloc(4096) {
             Ok(b) => held.push(b),
-            Err(AllocError::Exhausted { requested, block, free, largest_free }) => {
-                assert_eq!((requested, block, free, largest_free), (4096, 4096, 0, 0));
+            Err(AllocError::Exhausted { requested, block, free, largest_free, cached }) => {
+                assert_eq!((requested, block, free, largest_free, cached), (4096, 4096, 0, 0, 0));
                 break;
             }
             Err(e) => panic!("unexpected {e}"),
@@ -309,4 +309,23 @@ fn blocks_in_use_lists_exactly_the_live_blocks_in_address_order() {
     }
     live.sort_by_key(|b| b.offset());
     assert_eq!(a.blocks_in_use(), live);
+}
+
+#[test]
+fn memory_parked_in_another_handles_cache_comes_back_after_a_failed_allocation() {
+    let a = ArenaOptions::new(1 << 20).cache_max_block(1 << 20).create_anonymous().unwrap();
+    let b = Arena::open_fd(a.fd().try_clone().unwrap(), &OpenOptions::new().cache_max_block(1 << 20)).unwrap();
+    let x = a.alloc(1 << 20).unwrap();
+    b.free(x).unwrap(); // parked in b's cache
+    match a.alloc(64) {
+        Err(AllocError::Exhausted { cached, free, .. }) => {
+            assert_eq!((cached, free), (1 << 20, 0), "the error says where the memory is")
+        }
+        other => panic!("expected Exhausted, got {other:?}"),
+    }
+    // b's next operation answers the request to trim; then a's retry succeeds.
+    let _ = b.validate(x);
+    let y = b.alloc(64).unwrap();
+    b.free(y).unwrap();
+    assert!(a.alloc(64).is_ok());
 }

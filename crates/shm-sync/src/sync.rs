@@ -102,6 +102,17 @@ mod imp {
         matches!(ProcessIdentity::of_pid(pid), Ok(None))
     }
 
+    /// Process-local start for the next token-slot scan (a hint; any value is correct).
+    static TOKEN_HINT: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+    pub(crate) fn next_token_hint() -> usize {
+        TOKEN_HINT.load(core::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_token_hint(next: usize) {
+        TOKEN_HINT.store(next, core::sync::atomic::Ordering::Relaxed);
+    }
+
     /// `CLOCK_MONOTONIC` in nanoseconds: one clock for every process of the machine.
     pub(crate) fn now_ns() -> u64 {
         let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
@@ -179,6 +190,12 @@ mod imp {
     pub(crate) fn pid_is_dead(pid: u32) -> bool {
         MODEL.dead.lock().unwrap().contains(&pid)
     }
+
+    pub(crate) fn next_token_hint() -> usize {
+        0
+    }
+
+    pub(crate) fn set_token_hint(_next: usize) {}
 
     /// Model time: always 1 s (ages are exercised by the real tests).
     pub(crate) fn now_ns() -> u64 {

@@ -20,7 +20,7 @@ pub use words::AtomicWords;
 /// that loom checks use [`AtomicWords`] instead.
 #[allow(clippy::disallowed_types)]
 pub(crate) mod local {
-    pub(crate) use core::sync::atomic::{AtomicU64, AtomicUsize};
+    pub(crate) use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize};
 }
 
 /// A 32-bit word inside mapped shared memory: always a real atomic, never loom's (invariant 2).
