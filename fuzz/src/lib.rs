@@ -1,4 +1,4 @@
-//! Fuzzing shm-arena: the logic behind the cargo-fuzz targets and the stable fallback runner.
+//! Fuzzing shm-arena and shm-ndarray: the logic behind the cargo-fuzz targets and the stable fallback runner.
 //!
 //! # What holds
 //!
@@ -24,6 +24,7 @@ use arbitrary::Arbitrary;
 
 #[allow(unsafe_code)] // writes and checks the bytes of live blocks
 pub mod arena_ops;
+pub mod handle_attach;
 #[allow(unsafe_code)] // touches the bytes of blocks of an arena opened from corrupt bytes
 pub mod open_header;
 mod shm_file;
@@ -46,6 +47,15 @@ pub fn run_arena_ops(data: &[u8]) {
 /// create its scratch files (see [`open_header`]).
 pub fn run_open_header(data: &[u8]) {
     open_header::run(data, &mut ());
+}
+
+/// Runs one `handle_attach` iteration: decodes and attaches handle bytes against a live pool.
+///
+/// # Panics
+///
+/// When an attached view reaches outside the pool's arrays (see [`handle_attach`]).
+pub fn run_handle_attach(data: &[u8]) {
+    handle_attach::run(data, &mut ());
 }
 
 /// Receives the features an iteration reached (an operation and its outcome, an open error

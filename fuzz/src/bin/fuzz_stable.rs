@@ -34,9 +34,10 @@ use std::{env, fs, thread};
 /// A target: its name (as in `fuzz_targets/`) and its function.
 type Target = (&'static str, fn(&[u8], &mut HashSet<u32>));
 
-const TARGETS: [Target; 2] = [
+const TARGETS: [Target; 3] = [
     ("arena_ops", |data, seen| shm_arena_fuzz::arena_ops::run(data, seen)),
     ("open_header", |data, seen| shm_arena_fuzz::open_header::run(data, seen)),
+    ("handle_attach", |data, seen| shm_arena_fuzz::handle_attach::run(data, seen)),
 ];
 /// Longest input generated (libFuzzer's default `-max_len` for a new corpus).
 const MAX_LEN: usize = 4096;
