@@ -599,6 +599,20 @@ impl Arena {
         Ok(())
     }
 
+    /// Allocates like [`Arena::alloc`] and also returns the block's address, without the
+    /// validation [`Arena::as_ptr`] does (the block was just allocated by this call).
+    ///
+    /// # Errors
+    ///
+    /// As for [`Arena::alloc`].
+    pub fn alloc_with_ptr(&self, size: u64) -> Result<(Block, NonNull<u8>), AllocError> {
+        let block = self.alloc(size)?;
+        let offset = self.segment.layout().data_offset + block.offset();
+        // SAFETY: a block the tree just handed out lies inside the capacity, and the data region
+        // of `capacity` bytes starts at `data_offset` inside the mapping (layout invariant 1).
+        Ok((block, unsafe { self.segment.base().add(offset as usize) }))
+    }
+
     /// Pointer to the first byte of a validated `block` in this process's mapping.
     ///
     /// The pointer stays valid while `self` lives; what it points to is the block's until the

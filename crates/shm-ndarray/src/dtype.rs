@@ -70,7 +70,7 @@ impl DTypeKind {
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct DType {
-    descr: String,
+    descr: std::sync::Arc<str>,
     itemsize: u64,
     kind: DTypeKind,
 }
@@ -121,7 +121,7 @@ impl DType {
             if itemsize == 0 {
                 return Err(DTypeError::ItemSize { descr: descr.to_owned(), itemsize });
             }
-            return Ok(Self { descr: descr.to_owned(), itemsize, kind: DTypeKind::Void });
+            return Ok(Self { descr: descr.into(), itemsize, kind: DTypeKind::Void });
         }
         let bytes = descr.as_bytes();
         let (order, code) = match bytes {
@@ -170,7 +170,7 @@ impl DType {
         if !size_ok || expected != itemsize {
             return Err(DTypeError::ItemSize { descr: descr.to_owned(), itemsize });
         }
-        Ok(Self { descr: descr.to_owned(), itemsize, kind })
+        Ok(Self { descr: descr.into(), itemsize, kind })
     }
 
     /// The dtype of a Rust element type.
@@ -195,7 +195,7 @@ impl DType {
 
     /// Whether `T` has exactly this layout.
     pub fn is<T: Element>(&self) -> bool {
-        self.descr == T::DESCR && self.itemsize == core::mem::size_of::<T>() as u64
+        &*self.descr == T::DESCR && self.itemsize == core::mem::size_of::<T>() as u64
     }
 }
 

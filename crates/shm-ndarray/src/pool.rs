@@ -158,16 +158,51 @@ pub(crate) struct PoolShared {
     name: String,
     id: [u8; 16],
     dir_block: Block,
+    /// The directory block in segment 0's mapping (validated at assembly).
+    dir_ptr: NonNull<u8>,
+    /// Per segment kind, the segment that served the last allocation (a hint).
+    last_segment: [shm_arena::sync::SharedU64; 3],
     layout: DirLayout,
     segments: Box<[OnceLock<Arena>]>,
     open_lock: Mutex<()>,
     membership: Mutex<Membership>,
     /// `fork_generation << 16 | slot + 1` of the current membership; 0 when none.
     fast_slot: shm_arena::sync::SharedU64,
-    locals: Mutex<HashMap<(u16, u64), Weak<LocalArray>>>,
+    locals: Mutex<HashMap<(u16, u64), Weak<LocalArray>, LocalsHash>>,
     wait: Option<Duration>,
     nonce_state: shm_arena::sync::SharedU64,
 }
+
+// SAFETY: `dir_ptr` points into segment 0's mapping, owned by `segments[0]` for as long as the
+// `PoolShared` lives, and the directory is shared memory made of atomics that any thread may
+// use; every other field is Send + Sync.
+unsafe impl Send for PoolShared {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for PoolShared {}
+
+/// The per-process map's hasher: its keys are (segment, offset) pairs chosen by the allocator,
+/// not by an adversary, so a multiplicative hash is enough (SipHash showed in profiles).
+#[derive(Default)]
+pub(crate) struct LocalsHasher(u64);
+
+impl std::hash::Hasher for LocalsHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn write_u16(&mut self, v: u16) {
+        self.0 = (self.0 ^ u64::from(v)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type LocalsHash = std::hash::BuildHasherDefault<LocalsHasher>;
 
 /// Pools already open in this process, by name (invariant 6).
 fn registry() -> &'static Mutex<HashMap<String, Weak<PoolShared>>> {
@@ -313,6 +348,9 @@ impl Pool {
         wait: Option<Duration>,
     ) -> Result<Pool, PoolError> {
         let id = seg0.segment_id();
+        let dir_ptr = seg0
+            .as_ptr(dir_block)
+            .map_err(|_| PoolError::NotAPool { name: segment_name(&name, 0), why: "directory block" })?;
         let segments: Box<[OnceLock<Arena>]> = (0..MAX_SEGMENTS).map(|_| OnceLock::new()).collect();
         let _ = segments[0].set(seg0);
         let mut seed = [0u8; 8];
@@ -321,12 +359,14 @@ impl Pool {
             name: name.clone(),
             id,
             dir_block,
+            dir_ptr,
+            last_segment: Default::default(),
             layout,
             segments,
             open_lock: Mutex::new(()),
             membership: Mutex::new(Membership { registration: None, fork_generation: 0 }),
             fast_slot: shm_arena::sync::SharedU64::new(0),
-            locals: Mutex::new(HashMap::new()),
+            locals: Mutex::new(HashMap::default()),
             wait,
             nonce_state: shm_arena::sync::SharedU64::new(u64::from_le_bytes(seed) | 1),
         });
@@ -619,12 +659,11 @@ pub enum NameError {
 }
 
 impl PoolShared {
+    #[inline]
     fn dir(&self) -> Directory<'_> {
-        let seg0 = self.segments[0].get().expect("segment 0 is set at assembly");
-        let base = seg0.as_ptr(self.dir_block).expect("the directory block lives as long as the pool");
-        // SAFETY: validated at open (size and layout), mapped while segment 0 lives (as long
-        // as `self`), all atomics.
-        unsafe { Directory::new(base.as_ptr(), self.layout) }
+        // SAFETY: validated at assembly (block, size and layout), mapped while segment 0 lives
+        // (as long as `self`), all atomics.
+        unsafe { Directory::new(self.dir_ptr.as_ptr(), self.layout) }
     }
 
     fn processes(&self) -> ProcessTable<'_> {
@@ -723,14 +762,32 @@ impl PoolShared {
     }
 
     /// Allocates `size` bytes in a segment of `kind`, collecting, growing and waiting as needed.
-    fn alloc_in(&self, kind: u64, size: u64) -> Result<(u16, Block), ArrayError> {
+    #[inline]
+    fn alloc_in(&self, kind: u64, size: u64) -> Result<(u16, Block, NonNull<u8>), ArrayError> {
+        // The common case: the segment that served the last allocation of this kind.
+        let hint = self.last_segment[kind as usize].load(ORD) as u16;
+        if let Some(arena) = self.segments.get(hint as usize).and_then(OnceLock::get) {
+            if self.dir().segments()[hint as usize].kind.load(ORD) == kind && arena.max_block() >= size {
+                if let Ok((b, p)) = arena.alloc_with_ptr(size) {
+                    return Ok((hint, b, p));
+                }
+            }
+        }
+        self.alloc_in_slow(kind, size)
+    }
+
+    #[cold]
+    fn alloc_in_slow(&self, kind: u64, size: u64) -> Result<(u16, Block, NonNull<u8>), ArrayError> {
         let deadline = self.wait.map(|w| Instant::now() + w);
         let mut collected = false;
         loop {
             for (i, arena, k) in self.open_segments() {
                 if k == kind && arena.max_block() >= size {
-                    match arena.alloc(size) {
-                        Ok(b) => return Ok((i, b)),
+                    match arena.alloc_with_ptr(size) {
+                        Ok((b, p)) => {
+                            self.last_segment[kind as usize].store(u64::from(i), ORD);
+                            return Ok((i, b, p));
+                        }
                         Err(AllocError::Exhausted { .. } | AllocError::TooLarge { .. }) => {}
                         Err(e) => return Err(ArrayError::Grow(e.into())),
                     }
@@ -859,9 +916,9 @@ impl PoolShared {
         let slot = self.slot().map_err(ArrayError::Grow)?;
         let strides = contiguous_strides(shape, dtype.itemsize(), fortran);
         let meta = ArrayMeta { dtype: dtype.clone(), shape: shape.to_vec(), strides, fortran };
-        let (data_seg, data_block) = self.alloc_in(KIND_DATA, data_len.max(1))?;
+        let (data_seg, data_block, data) = self.alloc_in(KIND_DATA, data_len.max(1))?;
         let header_len = header_size(shape.len(), dtype.descr().len());
-        let (meta_seg, header_block) = match self.alloc_in(KIND_META, header_len) {
+        let (meta_seg, header_block, header_ptr) = match self.alloc_in(KIND_META, header_len) {
             Ok(x) => x,
             Err(e) => {
                 let _ = self.segment(data_seg).map(|a| a.free(data_block));
@@ -870,7 +927,6 @@ impl PoolShared {
         };
         let meta_arena = self.segment(meta_seg).map_err(ArrayError::Grow)?;
         let data_arena = self.segment(data_seg).map_err(ArrayError::Grow)?;
-        let header_ptr = meta_arena.as_ptr(header_block).expect("just allocated");
         let nonce = self.next_nonce();
         // SAFETY: a block we just allocated and have not published, of at least header_len
         // bytes (the header's own size), aligned to 128.
@@ -881,7 +937,6 @@ impl PoolShared {
         // header first, so a death in between is recovered by one of the two mechanisms.
         meta_arena.disown(header_block).expect("our block");
         data_arena.disown(data_block).expect("our block");
-        let data = data_arena.as_ptr(data_block).expect("just allocated");
         let local = Arc::new(LocalArray {
             pool: self.clone(),
             meta_segment: meta_seg,
@@ -993,7 +1048,7 @@ impl PoolShared {
         if !view_fits(handle.offset, &handle.shape, &handle.strides, itemsize, local.data_len) {
             return Err(HandleError::Invalid("the view lies outside its array"));
         }
-        Ok(SharedArray { local, offset: handle.offset, shape: handle.shape.clone(), strides: handle.strides.clone() })
+        Ok(SharedArray::from_view(local, handle.offset, handle.shape.clone(), handle.strides.clone()))
     }
 
     /// Frees a dead array's data block, then its header block (invariant 3).
@@ -1323,6 +1378,12 @@ impl Drop for LocalArray {
 #[derive(Clone)]
 pub struct SharedArray {
     pub(crate) local: Arc<LocalArray>,
+    /// `None` for the whole array (its geometry is the header's, kept in `local`).
+    view: Option<Arc<View>>,
+}
+
+/// The geometry of a view that is not the whole array.
+struct View {
     offset: u64,
     shape: Vec<u64>,
     strides: Vec<i64>,
@@ -1332,18 +1393,23 @@ impl core::fmt::Debug for SharedArray {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("SharedArray")
             .field("dtype", &self.local.meta.dtype.descr())
-            .field("shape", &self.shape)
-            .field("strides", &self.strides)
-            .field("offset", &self.offset)
+            .field("shape", &self.shape())
+            .field("strides", &self.strides())
+            .field("offset", &self.offset())
             .finish()
     }
 }
 
 impl SharedArray {
     fn whole(local: Arc<LocalArray>) -> Self {
-        let shape = local.meta.shape.clone();
-        let strides = local.meta.strides.clone();
-        Self { local, offset: 0, shape, strides }
+        Self { local, view: None }
+    }
+
+    fn from_view(local: Arc<LocalArray>, offset: u64, shape: Vec<u64>, strides: Vec<i64>) -> Self {
+        if offset == 0 && shape == local.meta.shape && strides == local.meta.strides {
+            return Self::whole(local);
+        }
+        Self { local, view: Some(Arc::new(View { offset, shape, strides })) }
     }
 
     /// The element type.
@@ -1353,17 +1419,17 @@ impl SharedArray {
 
     /// The shape of this view.
     pub fn shape(&self) -> &[u64] {
-        &self.shape
+        self.view.as_ref().map_or(&self.local.meta.shape, |v| &v.shape)
     }
 
     /// Strides of this view, in bytes.
     pub fn strides(&self) -> &[i64] {
-        &self.strides
+        self.view.as_ref().map_or(&self.local.meta.strides, |v| &v.strides)
     }
 
     /// Byte offset of this view from the start of the array's data.
     pub fn offset(&self) -> u64 {
-        self.offset
+        self.view.as_ref().map_or(0, |v| v.offset)
     }
 
     /// Whether the whole array is Fortran-ordered.
@@ -1385,7 +1451,7 @@ impl SharedArray {
 
     /// Pointer to this view's first element.
     pub fn as_ptr(&self) -> *mut u8 {
-        self.local.data.as_ptr().wrapping_add(self.offset as usize)
+        self.local.data.as_ptr().wrapping_add(self.offset() as usize)
     }
 
     /// A view of the same array: `offset` bytes from the data start, with its own shape and
@@ -1398,7 +1464,7 @@ impl SharedArray {
         if shape.len() > MAX_DIMS || !view_fits(offset, shape, strides, self.dtype().itemsize(), self.local.data_len) {
             return Err(HandleError::Invalid("the view lies outside its array"));
         }
-        Ok(SharedArray { local: self.local.clone(), offset, shape: shape.to_vec(), strides: strides.to_vec() })
+        Ok(SharedArray::from_view(self.local.clone(), offset, shape.to_vec(), strides.to_vec()))
     }
 
     pub(crate) fn local(&self) -> &LocalArray {
@@ -1407,7 +1473,7 @@ impl SharedArray {
 
     /// Whether this view covers its whole array, contiguous in memory order.
     pub fn is_whole(&self) -> bool {
-        self.offset == 0 && self.shape == self.local.meta.shape && self.strides == self.local.meta.strides
+        self.view.is_none()
     }
 
     /// Whether two arrays (or views) share one allocation.
@@ -1445,9 +1511,9 @@ impl SharedArray {
             header: self.local.header_block,
             nonce: self.local.nonce,
             token,
-            offset: self.offset,
-            shape: self.shape.clone(),
-            strides: self.strides.clone(),
+            offset: self.offset(),
+            shape: self.shape().to_vec(),
+            strides: self.strides().to_vec(),
         }
     }
 
