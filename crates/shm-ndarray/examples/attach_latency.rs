@@ -11,7 +11,9 @@ use std::time::Instant;
 
 use shm_ndarray::{DType, Handle, Pool, PoolOptions};
 
-const N: usize = 20_000;
+fn n() -> usize {
+    std::env::var("ATTACH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000)
+}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -37,11 +39,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("{per:.3} {total}");
         return Ok(());
     }
-    let pool = Pool::create(&PoolOptions::new().segment_capacity(64 << 20).token_slots(N as u32 + 16))?;
+    let pool = Pool::create(&PoolOptions::new().segment_capacity(64 << 20).token_slots(n() as u32 + 16))?;
     let a = pool.empty(&DType::of::<f64>(), &[1024], false)?;
     let t = Instant::now();
-    let handles: Vec<Vec<u8>> = (0..N).map(|_| a.handle().map(|h| h.to_bytes())).collect::<Result<_, _>>()?;
-    let make = t.elapsed().as_secs_f64() * 1e6 / N as f64;
+    let handles: Vec<Vec<u8>> = (0..n()).map(|_| a.handle().map(|h| h.to_bytes())).collect::<Result<_, _>>()?;
+    let make = t.elapsed().as_secs_f64() * 1e6 / n() as f64;
     let mut child = Command::new(std::env::current_exe()?)
         .args(["--child", pool.name()])
         .stdin(Stdio::piped())
@@ -57,7 +59,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
     child.wait()?;
     let per: f64 = line.split_whitespace().next().ok_or("no answer")?.parse()?;
-    println!("{N} handles of a 1024 x f64 array ({} bytes each)", handles[0].len());
+    println!("{} handles of a 1024 x f64 array ({} bytes each)", n(), handles[0].len());
     println!("make + encode in the sender: {make:.3} µs per handle");
     println!("decode + attach + drop in another process: {per:.3} µs per handle");
     Ok(())
