@@ -11,6 +11,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use shm_arena::{Arena, ArenaOptions, Block};
+use shm_testkit::{fork, wait};
 
 const TOOL: &str = env!("CARGO_BIN_EXE_shm-arena");
 
@@ -107,32 +108,6 @@ fn processes_killed_at_random_are_recovered_while_survivors_go_on() {
     assert_empty(&a);
     let s = a.stats();
     assert_eq!(s.free_bytes, s.capacity, "every byte came back");
-}
-
-fn fork(child: impl FnOnce() -> i32) -> libc::pid_t {
-    // SAFETY: the child runs only `child` and then `_exit`s without unwinding or running the
-    // parent's destructors; what it calls (the arena, /proc reads) is safe after fork in a
-    // glibc process because no other thread of this test holds the arena's lock.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork failed");
-    if pid == 0 {
-        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(child)).unwrap_or(101);
-        // SAFETY: ends the child immediately, as a forked child of a test must.
-        unsafe { libc::_exit(code) };
-    }
-    pid
-}
-
-fn wait(pid: libc::pid_t) -> i32 {
-    let mut status = 0;
-    // SAFETY: `pid` is our child; `status` is a valid out-pointer.
-    let r = unsafe { libc::waitpid(pid, &mut status, 0) };
-    assert_eq!(r, pid);
-    if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else {
-        -libc::WTERMSIG(status)
-    }
 }
 
 #[test]

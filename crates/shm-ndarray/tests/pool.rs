@@ -11,6 +11,7 @@ use std::time::Duration;
 use shm_ndarray::{
     ArrayError, DType, Handle, HandleError, NameError, Pool, PoolError, PoolOptions, ShmArray, HANDLE_FIXED_LEN,
 };
+use shm_testkit::{fork, wait};
 
 const TOOL: &str = env!("CARGO_BIN_EXE_shm-ndarray");
 
@@ -33,29 +34,6 @@ fn leftovers(pool: &str) -> Vec<String> {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|f| f.starts_with(&format!("pyshm-{pool}")))
         .collect()
-}
-
-fn fork(child: impl FnOnce() -> i32) -> libc::pid_t {
-    // SAFETY: the child runs `child` and `_exit`s without unwinding into the harness.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0);
-    if pid == 0 {
-        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(child)).unwrap_or(101);
-        // SAFETY: ends the forked child at once.
-        unsafe { libc::_exit(code) };
-    }
-    pid
-}
-
-fn wait(pid: libc::pid_t) -> i32 {
-    let mut status = 0;
-    // SAFETY: our child; valid out-pointer.
-    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-    if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else {
-        -libc::WTERMSIG(status)
-    }
 }
 
 #[test]

@@ -3,77 +3,22 @@
 //! found in a process table.
 #![allow(unsafe_code)] // mmap, fork, kill and waitpid in the tests themselves
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use shm_arena::sync::{SharedU32, SharedU64};
 use shm_sync::{Event, LockError, Locked, ProcessSlot, ProcessTable, RobustMutex, Wait};
+use shm_testkit::{fork, kill, until, wait, SharedPage};
 
-/// A page of memory shared with forked children (MAP_SHARED | MAP_ANONYMOUS), zeroed.
-struct Shared(*mut u8);
+/// A zeroed page shared with forked children.
+struct Shared(SharedPage);
 impl Shared {
     fn new() -> Self {
-        // SAFETY: an anonymous shared mapping of one page; no file, no aliasing yet.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                4096,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED);
-        Self(p.cast())
+        Self(SharedPage::new())
     }
     fn at<T>(&self, offset: usize) -> &T {
-        // SAFETY: the page is zeroed and lives as long as `self`; every `T` used here is a
-        // repr(C) struct of atomics for which all-zero is valid, placed at an aligned offset.
-        unsafe { &*self.0.wrapping_add(offset).cast::<T>() }
-    }
-}
-impl Drop for Shared {
-    fn drop(&mut self) {
-        // SAFETY: unmaps the page mapped in `new`; no reference outlives `self`.
-        unsafe { libc::munmap(self.0.cast(), 4096) };
-    }
-}
-
-fn fork(child: impl FnOnce() -> i32) -> libc::pid_t {
-    // SAFETY: the child runs `child` and `_exit`s without unwinding into the test harness.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0);
-    if pid == 0 {
-        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(child)).unwrap_or(101);
-        // SAFETY: ends the forked child at once.
-        unsafe { libc::_exit(code) };
-    }
-    pid
-}
-
-fn wait(pid: libc::pid_t) -> i32 {
-    let mut status = 0;
-    // SAFETY: `pid` is our child; `status` is a valid out-pointer.
-    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-    if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else {
-        -libc::WTERMSIG(status)
-    }
-}
-
-fn kill(pid: libc::pid_t) {
-    // SAFETY: `pid` is our child.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
-    assert_eq!(wait(pid), -libc::SIGKILL);
-}
-
-/// Spins until `cond` holds, failing the test after 10 s (a watchdog, not a timing assertion).
-fn until(what: &str, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "watchdog: {what}");
-        std::thread::sleep(Duration::from_millis(1));
+        // SAFETY: every `T` used here is a repr(C) struct of atomics (or an array of them) for
+        // which all-zero is valid, placed at an aligned offset inside the page.
+        unsafe { self.0.at(offset) }
     }
 }
 
