@@ -7,36 +7,22 @@
 //!    `Locked::OwnerDied` (the target is under 100 ms; waiters recheck every `RECHECK`).
 //!
 //! Run with `cargo run --release -p shm-sync --example wake_latency`.
-#![allow(unsafe_code)] // mmap, fork, kill
+#![allow(unsafe_code)] // fork, kill, and typed views of the shared page
 
 use std::time::{Duration, Instant};
 
 use shm_sync::{Event, Locked, RobustMutex, Wait, RECHECK};
+use shm_testkit::SharedPage;
 
-fn shared_page() -> *mut u8 {
-    // SAFETY: an anonymous shared mapping of one page, zeroed, never unmapped (process exit).
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            4096,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    assert_ne!(p, libc::MAP_FAILED);
-    p.cast()
-}
-
-fn at<T>(page: *mut u8, offset: usize) -> &'static T {
+/// The value at `offset` of the shared page.
+fn at<T>(page: &'static SharedPage, offset: usize) -> &'static T {
     // SAFETY: zeroed shared memory is a valid Event/RobustMutex (all-zero atomics) at these
-    // aligned offsets; the page lives for the process.
-    unsafe { &*page.wrapping_add(offset).cast::<T>() }
+    // aligned offsets inside the page, which lives for the whole program (leaked below).
+    unsafe { page.at(offset) }
 }
 
 fn main() {
-    let page = shared_page();
+    let page: &'static SharedPage = Box::leak(Box::new(SharedPage::new()));
     let ping: &Event = at(page, 0);
     let pong: &Event = at(page, 64);
     const ROUNDS: u32 = 20_000;
