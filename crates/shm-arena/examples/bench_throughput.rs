@@ -14,11 +14,16 @@
 //! | `arena-2p` | a named arena, this process and one child process (this program, re-run with `--child`) |
 //! | `arena_nocache-1t`, `-2t` | as `arena`, with `cache_max_block(0)` |
 //! | `tree_mutex-1t`, `-2t` | the same buddy tree over heap words, every call under one `Mutex<()>` |
-//! | `malloc-1t`, `-2t` | `std::alloc::alloc` / `dealloc` (the system allocator) |
+//! | `malloc-1t`, `-2t` | `std::alloc::alloc` / `dealloc` (the system allocator), settled first ([`settle_malloc`]) |
+//!
+//! Each round first measures two controls of the machine, not of the allocators: a compute loop
+//! on 2 threads against 1 ([`two_core_control`]) and the round trip of one cache line between two
+//! threads ([`cache_line_round_trip`]). On a shared VM both move, and the two-worker figures of
+//! the shared-memory variants move with the second.
 //!
 //! ```text
 //! cargo run --release -p shm-arena --example bench_throughput -- \
-//!     [--only LABEL[,LABEL...]] [--duration SECS] [--warmup SECS] [--repeat N]
+//!     [--only LABEL[,LABEL...]] [--duration SECS] [--warmup SECS] [--repeat N] [--seed N]
 //! ```
 //!
 //! `--only` keeps the variants whose label contains one of the given strings. With

@@ -89,6 +89,9 @@ impl ArrayHeader {
     pub(crate) unsafe fn init(&self, nonce: u64, holder: u32, data: (u16, u64, u64), meta: &ArrayMeta) {
         let descr = meta.dtype.descr().as_bytes();
         let ndim = meta.shape.len();
+        // First: a block freed by arena recovery keeps the old magic; no sweep may take the
+        // half-written header for a live one (found in review).
+        self.magic.store(0, core::sync::atomic::Ordering::Release);
         self.nonce.store(nonce, core::sync::atomic::Ordering::Relaxed);
         self.refcount.init(nonce, holder);
         self.data_segment.store(u64::from(data.0), core::sync::atomic::Ordering::Relaxed);
@@ -179,16 +182,20 @@ pub(crate) fn view_fits(offset: u64, shape: &[u64], strides: &[i64], itemsize: u
     if shape.contains(&0) {
         return offset <= len;
     }
-    let (mut lo, mut hi) = (offset as i128, offset as i128);
+    // Every partial sum is checked: a crafted handle's shapes and strides can be any u64/i64
+    // (each product fits i128, but their sum may not).
+    let (mut lo, mut hi) = (i128::from(offset), i128::from(offset));
     for (&n, &s) in shape.iter().zip(strides) {
-        let span = (n as i128 - 1) * s as i128;
+        let Some(span) = (i128::from(n) - 1).checked_mul(i128::from(s)) else { return false };
+        let next = if span < 0 { lo.checked_add(span) } else { hi.checked_add(span) };
+        let Some(next) = next else { return false };
         if span < 0 {
-            lo += span;
+            lo = next;
         } else {
-            hi += span;
+            hi = next;
         }
     }
-    lo >= 0 && hi + itemsize as i128 <= len as i128
+    lo >= 0 && hi.checked_add(i128::from(itemsize)).is_some_and(|end| end <= i128::from(len))
 }
 
 #[cfg(test)]
@@ -208,5 +215,8 @@ mod tests {
         assert!(!view_fits(0, &[u64::MAX], &[i64::MAX], 8, 48), "overflow is refused");
         assert!(view_fits(0, &[], &[], 8, 8), "0-d");
         assert!(!view_fits(0, &[2], &[8, 8], 8, 48), "mismatched lengths");
+        // Found in review: each product fits i128 but their sum overflowed and wrapped.
+        assert!(!view_fits(0, &[u64::MAX, u64::MAX], &[i64::MAX, i64::MAX], 8, 48));
+        assert!(!view_fits(0, &[u64::MAX, u64::MAX], &[i64::MIN, i64::MIN], 8, 48));
     }
 }

@@ -237,7 +237,13 @@ impl Pool {
         let layout =
             DirLayout::new(options.process_slots as usize, options.token_slots as usize, options.name_slots as usize);
         let meta_capacity = options.meta_capacity.max((layout.size as u64 * 2).next_power_of_two());
-        let seg0 = match ArenaOptions::new(meta_capacity).min_block(128).name(segment_name(&name, 0)).create() {
+        let owner_slots = options.process_slots + 8;
+        let seg0 = match ArenaOptions::new(meta_capacity)
+            .min_block(128)
+            .owner_slots(owner_slots)
+            .name(segment_name(&name, 0))
+            .create()
+        {
             Ok(a) => a,
             Err(CreateError::AlreadyExists { .. }) => return Self::open(&name),
             Err(e) => return Err(e.into()),
@@ -528,12 +534,13 @@ fn inspect(name: &str, bytes: u64) -> Option<PoolInfo> {
     if h.magic.load(core::sync::atomic::Ordering::Acquire) != DIR_MAGIC {
         return None;
     }
-    let layout = DirLayout::new(
-        h.process_slots.load(ORD) as usize,
-        h.token_slots.load(ORD) as usize,
-        h.name_slots.load(ORD) as usize,
-    );
-    if layout.size as u64 > block.size() || layout.process_slots > MAX_PROCESSES as usize {
+    let counts = (h.process_slots.load(ORD), h.token_slots.load(ORD), h.name_slots.load(ORD));
+    // The same bounds as `Pool::open`, before any arithmetic on them (found in review).
+    if counts.0 == 0 || counts.0 > u64::from(MAX_PROCESSES) || counts.1 > 1 << 24 || counts.2 > 1 << 20 {
+        return None;
+    }
+    let layout = DirLayout::new(counts.0 as usize, counts.1 as usize, counts.2 as usize);
+    if layout.size as u64 > block.size() {
         return None;
     }
     // SAFETY: as above, now with the layout checked against the block size.
@@ -542,7 +549,7 @@ fn inspect(name: &str, bytes: u64) -> Option<PoolInfo> {
     let live = (0..layout.process_slots as u32)
         .filter(|i| matches!(table.state(*i), Some(shm_sync::SlotState::Live(_) | shm_sync::SlotState::Recovering(_))))
         .count()
-        - table.find_dead().len();
+        .saturating_sub(table.find_dead().len());
     let mut used = 0;
     let count = h.segment_count.load(core::sync::atomic::Ordering::Acquire).min(MAX_SEGMENTS as u64);
     for i in 1..count as usize {
@@ -653,6 +660,9 @@ pub enum NameError {
     /// The name table is full.
     #[error("the pool's name table is full")]
     Full,
+    /// The array has a name already (an array has at most one).
+    #[error("the array has a name already; an array can have one name")]
+    AlreadyNamed,
     /// The named array is unusable.
     #[error(transparent)]
     Handle(#[from] HandleError),
@@ -705,6 +715,12 @@ impl PoolShared {
         };
         m.registration = Some(reg);
         m.fork_generation = generation;
+        if inherited {
+            // A forked child would repeat its parent's nonces (found in review): reseed.
+            let mut seed = [0u8; 8];
+            let _ = rustix::rand::getrandom(&mut seed, rustix::rand::GetRandomFlags::empty());
+            self.nonce_state.store(u64::from_le_bytes(seed) | 1, ORD);
+        }
         self.fast_slot.store(generation << 16 | u64::from(reg.index + 1), ORD);
         drop(m);
         if inherited {
@@ -715,6 +731,9 @@ impl PoolShared {
 
     /// After a fork: hold, under our own slot, every array this process inherited (inv. 2).
     fn reacquire_inherited(&self, slot: u32) {
+        // Declared before the guard, so dropped after it: a last `Arc` dropped while the map is
+        // locked would deadlock in `LocalArray::drop` (found in review).
+        let mut upgraded = Vec::new();
         let locals = self.locals.lock().unwrap_or_else(|p| p.into_inner());
         let tokens = self.tokens();
         for weak in locals.values() {
@@ -722,8 +741,10 @@ impl PoolShared {
                 if local.header().refcount.acquire(slot, &tokens).is_ok() {
                     local.holder.store(u64::from(slot) << 32 | fork_generation() & 0xFFFF_FFFF, ORD);
                 }
+                upgraded.push(local);
             }
         }
+        drop(locals);
     }
 
     fn segment(&self, index: u16) -> Result<&Arena, PoolError> {
@@ -780,6 +801,8 @@ impl PoolShared {
     fn alloc_in_slow(&self, kind: u64, size: u64) -> Result<(u16, Block, NonNull<u8>), ArrayError> {
         let deadline = self.wait.map(|w| Instant::now() + w);
         let mut collected = false;
+        // A grow that reports progress without any must not spin forever.
+        let mut grows = 0;
         loop {
             for (i, arena, k) in self.open_segments() {
                 if k == kind && arena.max_block() >= size {
@@ -799,10 +822,15 @@ impl PoolShared {
                     continue;
                 }
             }
-            match self.grow(kind, size) {
-                Ok(true) => continue,
-                Ok(false) => {}
-                Err(e) => return Err(ArrayError::Grow(e)),
+            if grows < 8 {
+                match self.grow(kind, size) {
+                    Ok(true) => {
+                        grows += 1;
+                        continue;
+                    }
+                    Ok(false) => {}
+                    Err(e) => return Err(ArrayError::Grow(e)),
+                }
             }
             // Full and cannot grow: wait for a free, if allowed.
             let dir = self.dir();
@@ -817,6 +845,7 @@ impl PoolShared {
                     }
                     listener.wait(seen, Some(left));
                     collected = false;
+                    grows = 0;
                 }
                 _ => return Err(self.out_of_memory(size)),
             }
@@ -882,17 +911,21 @@ impl PoolShared {
             }
             (capacity, h.data_min_block.load(ORD))
         };
-        let arena =
-            match ArenaOptions::new(capacity).min_block(min_block).name(segment_name(&self.name, count)).create() {
-                Ok(a) => a,
-                Err(CreateError::NoSpace { .. }) => return Ok(false),
-                Err(CreateError::AlreadyExists { .. }) => {
-                    // Left by a process that died between creating it and recording it: replace it.
-                    let _ = shm_arena::Arena::open(&segment_name(&self.name, count)).map(|a| a.unlink());
-                    return Ok(true);
-                }
-                Err(e) => return Err(e.into()),
-            };
+        // Every process of the pool may map every segment: as many owner slots as process slots.
+        let owner_slots = h.process_slots.load(ORD) as u32 + 8;
+        let options = ArenaOptions::new(capacity).min_block(min_block).owner_slots(owner_slots);
+        let arena = match options.name(segment_name(&self.name, count)).create() {
+            Ok(a) => a,
+            Err(CreateError::NoSpace { .. }) => return Ok(false),
+            Err(CreateError::AlreadyExists { .. }) => {
+                // We hold the directory lock, so a segment at this index was left by a grower
+                // that died before recording it, initialised or not: remove it and try again
+                // (an unopenable leftover used to make every allocation spin; found in review).
+                let _ = std::fs::remove_file(format!("/dev/shm/{}", segment_name(&self.name, count)));
+                return Ok(true);
+            }
+            Err(e) => return Err(e.into()),
+        };
         let entry = &dir.segments()[count];
         entry.kind.store(kind, ORD);
         entry.capacity.store(arena.capacity(), ORD);
@@ -965,17 +998,28 @@ impl PoolShared {
         how: Pin,
     ) -> Result<Arc<LocalArray>, HandleError> {
         let slot = self.slot().map_err(|e| HandleError::Segment(e.to_string()))?;
+        // Declared before the guard, so dropped after it (see `reacquire_inherited`).
+        let existing;
         let mut locals = self.locals.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(existing) = locals.get(&(meta_seg, header.offset())).and_then(Weak::upgrade) {
+        existing = locals.get(&(meta_seg, header.offset())).and_then(Weak::upgrade);
+        if let Some(existing) = &existing {
             if existing.nonce == nonce && existing.header_block == header {
                 if let Pin::Token(token) = how {
                     // We hold it already: the token is consumed, our hold stays single.
-                    existing.header().refcount.claim(token, slot, &self.tokens()).map_err(ref_to_handle)?;
+                    if let Err(e) = existing.header().refcount.claim(token, slot, &self.tokens()) {
+                        drop(locals);
+                        return Err(ref_to_handle(e));
+                    }
                 }
-                return Ok(existing);
+                return Ok(existing.clone());
             }
         }
         let arena = self.segment(meta_seg).map_err(|e| HandleError::Segment(e.to_string()))?;
+        // Invariant 1: headers live only in metadata segments; a handle naming a data segment
+        // would make user data pass for a header.
+        if self.dir().segments()[meta_seg as usize].kind.load(ORD) != KIND_META {
+            return Err(HandleError::Invalid("the handle names a data segment as its header's"));
+        }
         let ptr = arena.as_ptr(header).map_err(|_| HandleError::Stale)?;
         if header.size() < crate::header::FIXED as u64 {
             return Err(HandleError::Invalid("header block too small"));
@@ -988,15 +1032,16 @@ impl PoolShared {
             return Err(HandleError::Stale);
         }
         let tokens = self.tokens();
-        match how {
-            Pin::Token(token) => h.refcount.claim(token, slot, &tokens).map(|_| ()),
-            Pin::Acquire => h.refcount.acquire(slot, &tokens).map(|_| ()),
+        let acquired = match how {
+            Pin::Token(token) => h.refcount.claim(token, slot, &tokens),
+            Pin::Acquire => h.refcount.acquire(slot, &tokens),
         }
         .map_err(ref_to_handle)?;
         // Pinned: the fields are stable now. Check the nonce again (the place may have been
-        // freed and reused between our first look and the pin).
+        // freed and reused between our first look and the pin). Undo only a hold we took: with
+        // `Already`, the bit belongs to another `LocalArray` of this process (found in review).
         let unpin = |h: &ArrayHeader| {
-            if h.refcount.release(slot, &tokens) == Ok(Released::Last) {
+            if acquired == shm_sync::Acquired::First && h.refcount.release(slot, &tokens) == Ok(Released::Last) {
                 self.free_array(meta_seg, header, h);
             }
         };
@@ -1055,12 +1100,21 @@ impl PoolShared {
     fn free_array(&self, meta_seg: u16, header_block: Block, h: &ArrayHeader) {
         let data_seg = h.data_segment.load(ORD) as u16;
         let data_block = Block::from_bits(h.data_block.load(ORD));
+        // Someone waits for memory: free straight to the shared tree, not into this process's
+        // cache, where a waiter in another process could not reach it (found in review).
+        let waiting = self.dir().header().freed.has_listeners();
         if let Ok(a) = self.segment(data_seg) {
             let _ = a.free(data_block);
+            if waiting {
+                a.trim();
+            }
         }
         h.magic.store(0, ORD);
         if let Ok(a) = self.segment(meta_seg) {
             let _ = a.free(header_block);
+            if waiting {
+                a.trim();
+            }
         }
         self.dir().header().freed.notify_if_waiting();
     }
@@ -1112,10 +1166,9 @@ impl PoolShared {
                         _ => {}
                     }
                 }
-                if !freed && h.refcount.is_dead() {
-                    // Its last holder died between the refcount's death and the free.
-                    freed = true;
-                }
+                // A header that is DEAD but not freed is left alone: its freer may be alive and
+                // inside `free_array`, and freeing it here could free a reused header's data
+                // (found in review). Only the one caller that learned of the death frees.
                 if freed {
                     self.free_array(*i, block, h);
                     report.arrays_freed += 1;
@@ -1133,11 +1186,12 @@ impl PoolShared {
     fn reclaim_tokens(&self, age: Duration) -> usize {
         let tokens = self.tokens();
         let mut cancelled = 0;
-        for p in tokens.pending() {
+        'token: for p in tokens.pending() {
             if p.age_ns < age.as_nanos() as u64 {
                 continue;
             }
-            // Find the header the token keeps alive: a sweep of the metadata segments.
+            // Find the header the token keeps alive: a sweep of the metadata segments. Stop at
+            // the first cancel: a token is cancelled once.
             for (i, arena, kind) in self.open_segments() {
                 if kind != KIND_META {
                     continue;
@@ -1156,8 +1210,12 @@ impl PoolShared {
                             Ok(Released::Last) | Err(RefError::Orphaned) => {
                                 cancelled += 1;
                                 self.free_array(i, block, h);
+                                continue 'token;
                             }
-                            Ok(_) => cancelled += 1,
+                            Ok(_) => {
+                                cancelled += 1;
+                                continue 'token;
+                            }
                             Err(_) => {}
                         }
                     }
@@ -1212,11 +1270,12 @@ impl PoolShared {
         }
         let entry = dir.names().iter().find(|e| e.state.load(ORD) == 0).ok_or(NameError::Full)?;
         let local = &array.local;
-        local
-            .header()
-            .refcount
-            .acquire(DIRECTORY_HOLDER, &self.tokens())
-            .map_err(|e| NameError::Handle(ref_to_handle(e)))?;
+        match local.header().refcount.acquire(DIRECTORY_HOLDER, &self.tokens()) {
+            Ok(shm_sync::Acquired::First) => {}
+            // One name per array: the directory holds one reference (found in review).
+            Ok(shm_sync::Acquired::Already) => return Err(NameError::AlreadyNamed),
+            Err(e) => return Err(NameError::Handle(ref_to_handle(e))),
+        }
         store_name(entry, name);
         entry.meta_segment.store(u64::from(local.meta_segment), ORD);
         entry.header.store(local.header_block.to_bits(), ORD);

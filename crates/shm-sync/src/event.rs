@@ -115,6 +115,11 @@ impl Event {
         self.notify(1);
     }
 
+    /// Whether anyone listens right now (a snapshot).
+    pub fn has_listeners(&self) -> bool {
+        self.waiters.load(Ordering::SeqCst) != 0
+    }
+
     /// Notifies all, but only if someone waits: one load when nobody does.
     #[inline]
     pub fn notify_if_waiting(&self) {

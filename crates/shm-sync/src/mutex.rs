@@ -166,7 +166,8 @@ impl RobustMutex {
         if w == 0 && self.acquire(0, me, 0) {
             return Ok(Locked::Acquired(self.guard(me)));
         }
-        let w = self.word.load(Ordering::Relaxed);
+        // Acquire: as in `lock_slow`, before judging the holder.
+        let w = self.word.load(Ordering::Acquire);
         if w & POISONED != 0 {
             return Err(LockError::Poisoned);
         }
@@ -234,7 +235,10 @@ impl RobustMutex {
             }
             if sync::futex_wait(&self.word, w | WAITERS, sleep) == Waited::TimedOut {
                 // Invariant 2: after a timeout, judge the holder of the word we slept on.
-                let now = self.word.load(Ordering::Relaxed);
+                // Acquire: orders our read of the owner word after the previous holder's
+                // unlock (which cleared it), so an older holder's identity is never paired
+                // with a newer holder's pid (found in review).
+                let now = self.word.load(Ordering::Acquire);
                 if now & PID_MASK != 0
                     && now & POISONED == 0
                     && self.holder_is_dead(now)

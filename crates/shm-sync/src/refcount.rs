@@ -202,20 +202,28 @@ impl<const W: usize> RefCount<W> {
     ///
     /// [`RefError::Dead`], [`RefError::Orphaned`], [`TokenError::Full`].
     pub fn send(&self, tokens: &TokenTable<'_>) -> Result<Token, RefError> {
-        let index = tokens.reserve()?;
-        let result = self.locked(tokens, |s| {
-            if s.state.load(Ordering::Relaxed) & DEAD != 0 {
-                return Err(RefError::Dead);
+        loop {
+            let index = tokens.reserve()?;
+            let result = self.locked(tokens, |s| {
+                if s.state.load(Ordering::Relaxed) & DEAD != 0 {
+                    return Err(RefError::Dead);
+                }
+                // Invariant 2: the slot and the count change together, under the lock.
+                let Some(token) = tokens.publish(index, s.target.load(Ordering::Relaxed)) else {
+                    return Ok(None); // the reservation was lost: reserve again
+                };
+                s.state.fetch_add(1, Ordering::Relaxed);
+                Ok(Some(token))
+            });
+            match result {
+                Ok(Some(token)) => return Ok(token),
+                Ok(None) => continue,
+                Err(e) => {
+                    tokens.unreserve(index);
+                    return Err(e);
+                }
             }
-            // Invariant 2: the slot and the count change together, under the lock.
-            let token = tokens.publish(index, s.target.load(Ordering::Relaxed));
-            s.state.fetch_add(1, Ordering::Relaxed);
-            Ok(token)
-        });
-        if result.is_err() {
-            tokens.unreserve(index);
         }
-        result
     }
 
     /// Claims a token for process slot `holder`, which then holds the record.
@@ -290,6 +298,12 @@ impl<const W: usize> RefCount<W> {
                 Some(_) => RefError::ForeignToken,
                 None => TokenError::Stale { index: token.index, generation: token.generation }.into(),
             });
+        }
+        if self.state.load(Ordering::Relaxed) & TOKENS == 0 {
+            // A pending token for our target while our count is zero: two records share a
+            // target id (a caller bug, such as repeated nonces). Refuse rather than wrap the
+            // count into `DEAD` (found in review).
+            return Err(RefError::ForeignToken);
         }
         tokens.retire(token)?;
         self.state.fetch_sub(1, Ordering::Relaxed);

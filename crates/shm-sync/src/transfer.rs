@@ -148,21 +148,28 @@ impl<'a> TokenTable<'a> {
         if let Some(slot) = self.slots.get(index as usize) {
             let w = slot.state.load(Ordering::Relaxed);
             if w & KIND_MASK == RESERVED {
-                let _ = slot.state.compare_exchange(w, next_free(w), Ordering::AcqRel, Ordering::Relaxed);
+                free_slot(slot, w);
             }
         }
     }
 
     /// Publishes reserved slot `index` as a pending token for `target` (under the record's lock).
-    pub(crate) fn publish(&self, index: u32, target: u64) -> Token {
+    /// `None` when the reservation was lost meanwhile (a collector judged it abandoned): the
+    /// caller reserves again.
+    pub(crate) fn publish(&self, index: u32, target: u64) -> Option<Token> {
         let slot = &self.slots[index as usize];
+        let w = slot.state.load(Ordering::Acquire);
+        if w & KIND_MASK != RESERVED || slot.sender.load(Ordering::Relaxed) != sync::current_identity() {
+            return None;
+        }
         slot.target.store(target, Ordering::Relaxed);
         slot.created_ns.store(sync::now_ns(), Ordering::Relaxed);
-        let w = slot.state.load(Ordering::Relaxed);
         let pending = (w & !KIND_MASK) | PENDING;
-        // Release: a claimer's Acquire load of the state sees target and time.
-        slot.state.store(pending, Ordering::Release);
-        Token { index, generation: w >> 2 }
+        // Release: a claimer's Acquire load of the state sees target and time. A CAS from the
+        // exact reserved word, so a reservation that was freed and taken again is not
+        // published twice (found in review).
+        slot.state.compare_exchange(w, pending, Ordering::AcqRel, Ordering::Relaxed).ok()?;
+        Some(Token { index, generation: w >> 2 })
     }
 
     /// Whether `token` is pending for `target` right now.
@@ -178,7 +185,14 @@ impl<'a> TokenTable<'a> {
         let stale = TokenError::Stale { index: token.index, generation: token.generation };
         let slot = self.slots.get(token.index as usize).ok_or(stale)?;
         let w = token.generation << 2 | PENDING;
-        slot.state.compare_exchange(w, next_free(w), Ordering::AcqRel, Ordering::Relaxed).map(|_| ()).map_err(|_| stale)
+        if slot.state.load(Ordering::Acquire) != w {
+            return Err(stale);
+        }
+        if free_slot(slot, w) {
+            Ok(())
+        } else {
+            Err(stale)
+        }
     }
 
     /// Number of pending tokens for `target` (the truth a record's count is rebuilt from).
@@ -224,15 +238,19 @@ impl<'a> TokenTable<'a> {
         let mut freed = 0;
         for slot in self.slots {
             let w = slot.state.load(Ordering::Acquire);
-            if w & KIND_MASK == RESERVED
-                && sync::is_dead(slot.sender.load(Ordering::Relaxed))
-                && slot.state.compare_exchange(w, next_free(w), Ordering::AcqRel, Ordering::Relaxed).is_ok()
-            {
+            if w & KIND_MASK == RESERVED && sync::is_dead(slot.sender.load(Ordering::Relaxed)) && free_slot(slot, w) {
                 freed += 1;
             }
         }
         freed
     }
+}
+
+/// Frees `slot` from state `w`: the sender is cleared first, so a new reservation never shows
+/// the previous sender (a dead one would get it freed under its new reserver; found in review).
+fn free_slot(slot: &TokenSlot, w: u64) -> bool {
+    slot.sender.store(0, Ordering::Relaxed);
+    slot.state.compare_exchange(w, next_free(w), Ordering::AcqRel, Ordering::Relaxed).is_ok()
 }
 
 /// The free state after `w`, with the next generation (invariant 1).
@@ -260,13 +278,13 @@ mod tests {
         assert_eq!(t.reserve(), Err(TokenError::Full { slots: 2 }));
         slots[a as usize].sender.store(dead_identity(), Ordering::Relaxed);
         assert_eq!(t.free_dead_reservations(), 1, "only the dead sender's reservation");
-        let token = t.publish(b, 9);
+        let token = t.publish(b, 9).unwrap();
         assert!(t.is_pending_for(token, 9) && !t.is_pending_for(token, 8));
         assert_eq!(t.count_pending(9), 1);
         t.retire(token).unwrap();
         assert_eq!(t.retire(token), Err(TokenError::Stale { index: b, generation: token.generation }));
         let again = t.reserve().unwrap();
-        let token2 = t.publish(again, 9);
+        let token2 = t.publish(again, 9).unwrap();
         assert_ne!((token2.index, token2.generation), (token.index, token.generation), "a new generation");
     }
 }
