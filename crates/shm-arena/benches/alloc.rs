@@ -8,7 +8,7 @@
 //! |---|---|
 //! | `arena` | [`Arena::alloc`] + [`Arena::free`], anonymous 64 MiB arena, default options (blocks up to 4 KiB go through the process-local cache) |
 //! | `arena_nocache` | the same with `cache_max_block(0)`: every operation goes through the lock-free tree |
-//! | `arena_warm` | `arena`, with [`WARM_NEIGHBOURS`] blocks of the same size held around the one measured |
+//! | `arena_warm` | `arena`, with `WARM_NEIGHBOURS` blocks of the same size held around the one measured |
 //! | `arena_nocache_warm` | `arena_nocache`, with the same neighbours: the free's coalescing stops at the first level |
 //! | `tree_mutex` | the same [`BuddyTree`] over heap words, every call inside a `std::sync::Mutex<()>` |
 //! | `tree_lockfree_heap` | the same heap tree, no mutex |

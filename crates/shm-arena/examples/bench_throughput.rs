@@ -1,7 +1,7 @@
 //! Aggregate throughput of shm-arena under a mixed workload, with threads and with processes,
 //! against the same buddy tree behind a mutex and against the system allocator.
 //!
-//! Each worker keeps a window of [`WINDOW`] live blocks whose sizes follow [`SIZE_CLASSES`]
+//! Each worker keeps a window of `WINDOW` live blocks whose sizes follow `SIZE_CLASSES`
 //! (64 B to 64 KiB, mostly small). It repeatedly frees a random block of the window, allocates a
 //! new one of a random size in its place and writes one byte into it. One allocation and one
 //! free count as two operations. Every worker warms up first, then counts for a fixed time; the
@@ -14,11 +14,11 @@
 //! | `arena-2p` | a named arena, this process and one child process (this program, re-run with `--child`) |
 //! | `arena_nocache-1t`, `-2t` | as `arena`, with `cache_max_block(0)` |
 //! | `tree_mutex-1t`, `-2t` | the same buddy tree over heap words, every call under one `Mutex<()>` |
-//! | `malloc-1t`, `-2t` | `std::alloc::alloc` / `dealloc` (the system allocator), settled first ([`settle_malloc`]) |
+//! | `malloc-1t`, `-2t` | `std::alloc::alloc` / `dealloc` (the system allocator), settled first (`settle_malloc`) |
 //!
 //! Each round first measures two controls of the machine, not of the allocators: a compute loop
-//! on 2 threads against 1 ([`two_core_control`]) and the round trip of one cache line between two
-//! threads ([`cache_line_round_trip`]). On a shared VM both move, and the two-worker figures of
+//! on 2 threads against 1 (`two_core_control`) and the round trip of one cache line between two
+//! threads (`cache_line_round_trip`). On a shared VM both move, and the two-worker figures of
 //! the shared-memory variants move with the second.
 //!
 //! ```text

@@ -882,6 +882,11 @@ impl PoolShared {
                 return Ok(true);
             }
         };
+        // A torn-down pool's name may already belong to a new pool: never create (or remove) a
+        // segment under it (found in review).
+        if h.flags.load(ORD) & FLAG_TORN_DOWN != 0 {
+            return Ok(false);
+        }
         let count = h.segment_count.load(ORD) as usize;
         // Someone else may have grown the pool while we waited for the lock.
         for i in 0..count {
@@ -1035,8 +1040,16 @@ impl PoolShared {
         let acquired = match how {
             Pin::Token(token) => h.refcount.claim(token, slot, &tokens),
             Pin::Acquire => h.refcount.acquire(slot, &tokens),
-        }
-        .map_err(ref_to_handle)?;
+        };
+        let acquired = match acquired {
+            Ok(a) => a,
+            Err(RefError::Orphaned) => {
+                // Our repair found it unreferenced: we are the one to free it (invariant 3).
+                self.free_array(meta_seg, header, h);
+                return Err(HandleError::Stale);
+            }
+            Err(e) => return Err(ref_to_handle(e)),
+        };
         // Pinned: the fields are stable now. Check the nonce again (the place may have been
         // freed and reused between our first look and the pin). Undo only a hold we took: with
         // `Already`, the bit belongs to another `LocalArray` of this process (found in review).
@@ -1176,9 +1189,15 @@ impl PoolShared {
             }
         }
         tokens.free_dead_reservations();
-        for d in dead {
-            table.release_dead(d);
-            report.dead_processes += 1;
+        // Recycle the slots only if every segment was swept: a new process must not inherit a
+        // dead one's holder bits in a segment we could not open (found in review).
+        let count =
+            self.dir().header().segment_count.load(core::sync::atomic::Ordering::Acquire).min(MAX_SEGMENTS as u64);
+        if segments.len() as u64 == count {
+            for d in dead {
+                table.release_dead(d);
+                report.dead_processes += 1;
+            }
         }
         report
     }
@@ -1361,7 +1380,7 @@ impl Drop for PoolShared {
         self.processes().unregister(reg);
         // Dead members do not count: recycle their slots first (invariant 4).
         self.collect();
-        let guard = h.lock.lock().map(Locked::into_guard);
+        let guard = self.name_lock();
         let last = self.processes().occupied() == 0;
         if last && h.flags.load(ORD) & FLAG_PERSISTENT == 0 {
             self.teardown();
