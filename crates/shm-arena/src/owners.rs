@@ -77,7 +77,7 @@ fn encode(kind: u64, who: ProcessIdentity) -> u64 {
     (kind << KIND_SHIFT) | (who.to_bits() & IDENTITY_MASK)
 }
 
-/// A slot described for [`crate::Arena::owners`].
+/// A slot described for [`crate::Arena::owner_slots`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OwnerInfo {
     /// Owner tag (slot index + 1).
