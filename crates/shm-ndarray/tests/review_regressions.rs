@@ -93,12 +93,15 @@ fn an_allocation_does_not_spin_on_a_half_created_segment() {
     std::fs::File::create(&path).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let p2 = pool.clone();
-    std::thread::spawn(move || {
+    let allocating = std::thread::spawn(move || {
         let _ = tx.send(p2.empty(&DType::of::<u8>(), &[1024], false).is_ok());
     });
     let returned = rx.recv_timeout(Duration::from_secs(10));
     let _ = std::fs::remove_file(&path);
     assert!(returned.is_ok(), "the allocation never returned");
+    // Joined, so its pool handle is dropped before the test ends: an unjoined thread holding the
+    // last handle dies with the process and leaves the pool behind.
+    allocating.join().unwrap();
 }
 
 #[test]
