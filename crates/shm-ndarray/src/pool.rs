@@ -312,29 +312,9 @@ impl Pool {
             }
             std::thread::sleep(Duration::from_millis(1));
         };
-        let dir_block = Block::from_bits(root);
-        let base = seg0.as_ptr(dir_block).map_err(|_| not_a_pool("its root word names no block"))?;
-        if dir_block.size() < 256 {
-            return Err(not_a_pool("its directory block is too small"));
-        }
-        // SAFETY: the block is validated, at least 256 bytes (the header), mapped while `seg0`
-        // lives; the header is all atomics.
-        let probe = unsafe { Directory::new(base.as_ptr(), DirLayout::new(0, 0, 0)) };
-        let h = probe.header();
-        if h.magic.load(core::sync::atomic::Ordering::Acquire) != DIR_MAGIC {
-            return Err(not_a_pool("no directory magic"));
-        }
-        if h.version.load(ORD) != DIR_VERSION {
-            return Err(not_a_pool("another directory version"));
-        }
-        let counts = (h.process_slots.load(ORD), h.token_slots.load(ORD), h.name_slots.load(ORD));
-        if counts.0 == 0 || counts.0 > u64::from(MAX_PROCESSES) || counts.1 > 1 << 24 || counts.2 > 1 << 20 {
-            return Err(not_a_pool("directory counts out of range"));
-        }
-        let layout = DirLayout::new(counts.0 as usize, counts.1 as usize, counts.2 as usize);
-        if (layout.size as u64) > dir_block.size() {
-            return Err(not_a_pool("directory larger than its block"));
-        }
+        let (dir_block, base, layout) = read_directory(&seg0, root).map_err(not_a_pool)?;
+        // SAFETY: `read_directory` validated the block, its size and the layout.
+        let h = unsafe { Directory::new(base.as_ptr(), layout) }.header();
         if h.flags.load(ORD) & FLAG_TORN_DOWN != 0 {
             return Err(PoolError::Gone { name: name.to_owned() });
         }
@@ -519,32 +499,44 @@ pub fn list_pools() -> Vec<PoolInfo> {
     roots.into_iter().filter_map(|name| inspect(&name, sizes.get(&name).copied().unwrap_or(0))).collect()
 }
 
+/// Checks the directory block that `root` (segment 0's root word) names: a block of segment 0,
+/// the magic and version, counts in range before any arithmetic on them, and a layout that fits
+/// the block (directory invariant 1). The one place `Pool::open` and `inspect` validate it.
+fn read_directory(seg0: &Arena, root: u64) -> Result<(Block, NonNull<u8>, DirLayout), &'static str> {
+    let block = Block::from_bits(root);
+    let base = seg0.as_ptr(block).map_err(|_| "its root word names no block")?;
+    if block.size() < 256 {
+        return Err("its directory block is too small");
+    }
+    // SAFETY: a validated block of at least 256 bytes (the header), mapped while `seg0` lives;
+    // only the header, all atomics, is read through this view.
+    let probe = unsafe { Directory::new(base.as_ptr(), DirLayout::new(0, 0, 0)) };
+    let h = probe.header();
+    if h.magic.load(core::sync::atomic::Ordering::Acquire) != DIR_MAGIC {
+        return Err("no directory magic");
+    }
+    if h.version.load(ORD) != DIR_VERSION {
+        return Err("another directory version");
+    }
+    let counts = (h.process_slots.load(ORD), h.token_slots.load(ORD), h.name_slots.load(ORD));
+    if counts.0 == 0 || counts.0 > u64::from(MAX_PROCESSES) || counts.1 > 1 << 24 || counts.2 > 1 << 20 {
+        return Err("directory counts out of range");
+    }
+    let layout = DirLayout::new(counts.0 as usize, counts.1 as usize, counts.2 as usize);
+    if layout.size as u64 > block.size() {
+        return Err("directory larger than its block");
+    }
+    Ok((block, base, layout))
+}
+
 /// Reads a pool's directory without registering in it.
 fn inspect(name: &str, bytes: u64) -> Option<PoolInfo> {
     let seg0 = Arena::open_with(&segment_name(name, 0), &OpenOptions::new().wait(Duration::from_millis(10))).ok()?;
     let root = seg0.root_word().load(core::sync::atomic::Ordering::Acquire);
-    let block = Block::from_bits(root);
-    let base = seg0.as_ptr(block).ok()?;
-    if block.size() < 256 {
-        return None;
-    }
-    // SAFETY: a validated block of at least 256 bytes, mapped while `seg0` lives; header only.
-    let probe = unsafe { Directory::new(base.as_ptr(), DirLayout::new(0, 0, 0)) };
-    let h = probe.header();
-    if h.magic.load(core::sync::atomic::Ordering::Acquire) != DIR_MAGIC {
-        return None;
-    }
-    let counts = (h.process_slots.load(ORD), h.token_slots.load(ORD), h.name_slots.load(ORD));
-    // The same bounds as `Pool::open`, before any arithmetic on them (found in review).
-    if counts.0 == 0 || counts.0 > u64::from(MAX_PROCESSES) || counts.1 > 1 << 24 || counts.2 > 1 << 20 {
-        return None;
-    }
-    let layout = DirLayout::new(counts.0 as usize, counts.1 as usize, counts.2 as usize);
-    if layout.size as u64 > block.size() {
-        return None;
-    }
-    // SAFETY: as above, now with the layout checked against the block size.
+    let (_, base, layout) = read_directory(&seg0, root).ok()?;
+    // SAFETY: `read_directory` validated the block, its size and the layout.
     let dir = unsafe { Directory::new(base.as_ptr(), layout) };
+    let h = dir.header();
     let table = ProcessTable::new(dir.processes());
     let live = (0..layout.process_slots as u32)
         .filter(|i| matches!(table.state(*i), Some(shm_sync::SlotState::Live(_) | shm_sync::SlotState::Recovering(_))))
@@ -1147,6 +1139,23 @@ impl PoolShared {
         }
     }
 
+    /// The array headers in use in metadata segment `seg` (invariant 1: every block there but
+    /// the directory starts with a header's magic or is skipped).
+    fn headers<'a>(&self, seg: u16, arena: &'a Arena) -> Vec<(Block, &'a ArrayHeader)> {
+        arena
+            .blocks_in_use()
+            .into_iter()
+            .filter(|b| !(seg == 0 && *b == self.dir_block) && b.size() >= crate::header::FIXED as u64)
+            .filter_map(|b| {
+                let ptr = arena.as_ptr(b).ok()?;
+                // SAFETY: a block in use in a metadata segment (invariant 1), at least a header
+                // long, mapped while `arena` lives: a header, or nothing read past its magic.
+                let h = unsafe { &*ptr.as_ptr().cast::<ArrayHeader>() };
+                (h.magic.load(core::sync::atomic::Ordering::Acquire) == ARRAY_MAGIC).then_some((b, h))
+            })
+            .collect()
+    }
+
     fn collect(&self) -> CollectReport {
         let mut report = CollectReport::default();
         let table = self.processes();
@@ -1158,20 +1167,7 @@ impl PoolShared {
             if *kind != KIND_META {
                 continue;
             }
-            for block in arena.blocks_in_use() {
-                if block == self.dir_block && *i == 0 {
-                    continue;
-                }
-                let Ok(ptr) = arena.as_ptr(block) else { continue };
-                if block.size() < crate::header::FIXED as u64 {
-                    continue;
-                }
-                // SAFETY: a block in use in a metadata segment (invariant 1): a header or
-                // nothing we read past its magic.
-                let h = unsafe { &*ptr.as_ptr().cast::<ArrayHeader>() };
-                if h.magic.load(core::sync::atomic::Ordering::Acquire) != ARRAY_MAGIC {
-                    continue;
-                }
+            for (block, h) in self.headers(*i, arena) {
                 let mut freed = false;
                 for d in &dead {
                     match h.refcount.drop_holder(d.index, &tokens) {
@@ -1215,16 +1211,8 @@ impl PoolShared {
                 if kind != KIND_META {
                     continue;
                 }
-                for block in arena.blocks_in_use() {
-                    let Ok(ptr) = arena.as_ptr(block) else { continue };
-                    if block.size() < crate::header::FIXED as u64 || (i == 0 && block == self.dir_block) {
-                        continue;
-                    }
-                    // SAFETY: as in `collect`.
-                    let h = unsafe { &*ptr.as_ptr().cast::<ArrayHeader>() };
-                    if h.magic.load(core::sync::atomic::Ordering::Acquire) == ARRAY_MAGIC
-                        && h.nonce.load(ORD) == p.target
-                    {
+                for (block, h) in self.headers(i, arena) {
+                    if h.nonce.load(ORD) == p.target {
                         match h.refcount.cancel(p.token, &tokens) {
                             Ok(Released::Last) | Err(RefError::Orphaned) => {
                                 cancelled += 1;
