@@ -46,16 +46,23 @@ fn the_mutex_excludes_and_wakes_sleepers() {
     });
 }
 
+/// A mutex and a thread that takes it and dies holding it (timeouts fire, so a waiter can
+/// notice the death).
+fn mutex_with_a_dying_holder() -> (Arc<RobustMutex>, thread::JoinHandle<()>) {
+    shm_sync::loom_support::timeouts_fire(true);
+    let m = Arc::new(RobustMutex::new());
+    let m1 = m.clone();
+    let holder = thread::spawn(move || {
+        std::mem::forget(m1.lock().unwrap().into_guard());
+        shm_sync::loom_support::die();
+    });
+    (m, holder)
+}
+
 #[test]
 fn a_dead_holder_is_taken_over_and_poisons_without_repair() {
     model(|| {
-        shm_sync::loom_support::timeouts_fire(true);
-        let m = Arc::new(RobustMutex::new());
-        let m1 = m.clone();
-        let holder = thread::spawn(move || {
-            std::mem::forget(m1.lock().unwrap().into_guard());
-            shm_sync::loom_support::die();
-        });
+        let (m, holder) = mutex_with_a_dying_holder();
         holder.join().unwrap();
         match m.lock().unwrap() {
             Locked::OwnerDied(g) => drop(g), // not repaired
@@ -68,13 +75,7 @@ fn a_dead_holder_is_taken_over_and_poisons_without_repair() {
 #[test]
 fn a_waiter_takes_over_from_a_holder_that_dies_while_it_waits() {
     model(|| {
-        shm_sync::loom_support::timeouts_fire(true);
-        let m = Arc::new(RobustMutex::new());
-        let m1 = m.clone();
-        let holder = thread::spawn(move || {
-            std::mem::forget(m1.lock().unwrap().into_guard());
-            shm_sync::loom_support::die();
-        });
+        let (m, holder) = mutex_with_a_dying_holder();
         let got = loop {
             match m.lock().unwrap() {
                 Locked::OwnerDied(mut g) => {
