@@ -79,4 +79,6 @@ pub use arena::{
 pub use block::Block;
 pub use error::{AllocError, BlockError, CreateError, OpenError, RegisterError};
 pub use owners::{OwnerInfo, SlotState};
-pub use segment::{SegmentName, LAYOUT_VERSION, MAGIC, NAME_PREFIX};
+pub use segment::{
+    list_segments, shm_free_bytes, unlink, SegmentFile, SegmentName, LAYOUT_VERSION, MAGIC, NAME_PREFIX,
+};

@@ -265,7 +265,7 @@ impl Segment {
         sys::set_len(fd.as_fd(), size).map_err(|e| unlink_on_error(sys_err(SysOp::Ftruncate, e)))?;
         if let Err(e) = sys::reserve(fd.as_fd(), size) {
             let err = if e == rustix::io::Errno::NOSPC {
-                CreateError::NoSpace { name: label.clone(), requested: size, available: sys::shm_free_bytes().ok() }
+                CreateError::NoSpace { name: label.clone(), requested: size, available: shm_free_bytes() }
             } else {
                 sys_err(SysOp::Fallocate, e)
             };
@@ -434,8 +434,38 @@ fn wait_ready(head: &MmapRaw, label: &str, deadline: Instant) -> Result<(), Open
     }
 }
 
-/// Removes the named segment `name` from `/dev/shm` (mappings stay valid until unmapped).
-pub(crate) fn unlink(name: &str) -> Result<(), OpenError> {
+/// A named segment found in `/dev/shm` by [`list_segments`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentFile {
+    /// Its name, with the `pyshm-` prefix (what [`Arena::open`](crate::Arena::open) takes).
+    pub name: String,
+    /// Bytes of the file.
+    pub len: u64,
+}
+
+/// Every object in `/dev/shm` whose name starts with [`NAME_PREFIX`], sorted by name, without
+/// opening any of them (so a foreign or half-made file is listed too).
+///
+/// # Errors
+///
+/// The errors of reading `/dev/shm`.
+pub fn list_segments() -> std::io::Result<Vec<SegmentFile>> {
+    Ok(sys::list_shm_objects(NAME_PREFIX)?.into_iter().map(|(name, len)| SegmentFile { name, len }).collect())
+}
+
+/// Bytes an unprivileged process can still allocate in `/dev/shm`, if `statvfs` can say.
+/// Only a hint: other processes allocate concurrently.
+pub fn shm_free_bytes() -> Option<u64> {
+    sys::shm_free_bytes().ok()
+}
+
+/// Removes the named segment `name` from `/dev/shm` (mappings stay valid until unmapped),
+/// without opening it.
+///
+/// # Errors
+///
+/// [`OpenError::NotFound`] if there is no such object, [`OpenError::Sys`] otherwise.
+pub fn unlink(name: &str) -> Result<(), OpenError> {
     sys::shm_unlink(name).map_err(|e| {
         if e == rustix::io::Errno::NOENT {
             OpenError::NotFound { name: name.to_owned() }

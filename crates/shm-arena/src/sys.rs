@@ -15,18 +15,13 @@
 //!
 //! The wrappers fall into four groups: naming and sizing shared-memory files (`shm_*`,
 //! [`memfd_create`], [`seal_size`], [`set_len`], [`reserve`], [`file_len`], [`file_mode`],
-//! [`shm_free_bytes`], [`list_shm_names`]), randomness for segment names ([`fill_random`]),
+//! [`shm_free_bytes`], [`list_shm_objects`]), randomness for segment names ([`fill_random`]),
 //! waiting on words in mapped memory ([`futex_wait`], [`futex_wake`]), and process identity
 //! ([`process_exists`], [`current_pid`], [`install_fork_hook`]).
 //!
 //! Names of POSIX shared-memory objects are passed in *without* the leading slash
 //! (`"pyshm-abc"`), and are the file names that appear in [`shm_dir`].
 
-// The wrappers land before the segment, lock and recovery modules that call them. Until each
-// has a caller outside the tests, an unused one is not an error; remove this then.
-#![allow(dead_code)]
-
-use std::path::Path;
 use std::time::Duration;
 
 use rustix::fd::{BorrowedFd, OwnedFd};
@@ -216,6 +211,7 @@ pub(crate) fn file_len(fd: BorrowedFd<'_>) -> io::Result<u64> {
 /// # References
 ///
 /// - `fstat(2)`, `inode(7)`
+#[cfg(test)]
 pub(crate) fn file_mode(fd: BorrowedFd<'_>) -> io::Result<u32> {
     let stat = rustix::fs::fstat(fd)?;
     Ok(stat.st_mode & 0o7777)
@@ -243,15 +239,17 @@ pub(crate) fn shm_free_bytes() -> io::Result<u64> {
 /// # References
 ///
 /// - `shm_overview(7)`
-pub(crate) fn shm_dir() -> &'static Path {
-    Path::new(SHM_DIR)
+#[cfg(test)]
+pub(crate) fn shm_dir() -> &'static std::path::Path {
+    std::path::Path::new(SHM_DIR)
 }
 
-/// `getdents64(2)` (through [`std::fs::read_dir`]) on `/dev/shm`: the names of the
-/// shared-memory objects that start with `prefix`, sorted.
+/// `getdents64(2)` (through [`std::fs::read_dir`]) and `stat(2)` on `/dev/shm`: the names and
+/// sizes of the shared-memory objects that start with `prefix`, sorted by name.
 ///
-/// Names that are not UTF-8 cannot be ours and are skipped. The listing is a snapshot: objects
-/// can be created or removed while it is taken.
+/// Names that are not UTF-8 cannot be ours and are skipped; so are objects removed between
+/// the listing and the `stat`. The listing is a snapshot: objects can be created or removed
+/// while it is taken.
 ///
 /// # Errors
 ///
@@ -259,19 +257,21 @@ pub(crate) fn shm_dir() -> &'static Path {
 ///
 /// # References
 ///
-/// - `getdents64(2)`, `readdir(3)`, `shm_overview(7)`
-pub(crate) fn list_shm_names(prefix: &str) -> std::io::Result<Vec<String>> {
-    let mut names = Vec::new();
+/// - `getdents64(2)`, `readdir(3)`, `stat(2)`, `shm_overview(7)`
+pub(crate) fn list_shm_objects(prefix: &str) -> std::io::Result<Vec<(String, u64)>> {
+    let mut objects = Vec::new();
     for entry in std::fs::read_dir(SHM_DIR)? {
         let entry = entry?;
         if let Ok(name) = entry.file_name().into_string() {
             if name.starts_with(prefix) {
-                names.push(name);
+                if let Ok(meta) = entry.metadata() {
+                    objects.push((name, meta.len()));
+                }
             }
         }
     }
-    names.sort_unstable();
-    Ok(names)
+    objects.sort_unstable();
+    Ok(objects)
 }
 
 /// `getrandom(2)` with no flags: fills `buf` with bytes from the kernel's CSPRNG.
@@ -468,7 +468,7 @@ mod tests {
         let created = shm_create_exclusive(name).expect("create");
         assert_eq!(file_mode(created.as_fd()).unwrap(), 0o600);
         assert_eq!(file_len(created.as_fd()).unwrap(), 0);
-        assert!(list_shm_names("pyshm-test-").unwrap().iter().any(|n| n == name));
+        assert!(list_shm_objects("pyshm-test-").unwrap().iter().any(|(n, _)| n == name));
         assert!(shm_dir().join(name).exists());
 
         assert_eq!(shm_create_exclusive(name).unwrap_err(), Errno::EXIST);
@@ -482,7 +482,7 @@ mod tests {
         shm_unlink(name).expect("unlink");
         assert_eq!(shm_open_existing(name).unwrap_err(), Errno::NOENT);
         assert_eq!(shm_unlink(name).unwrap_err(), Errno::NOENT);
-        assert!(!list_shm_names("pyshm-test-").unwrap().iter().any(|n| n == name));
+        assert!(!list_shm_objects("pyshm-test-").unwrap().iter().any(|(n, _)| n == name));
     }
 
     #[test]

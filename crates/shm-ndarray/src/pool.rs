@@ -20,7 +20,7 @@
 //! 6. In the common case, creating an array, making a handle and attaching one make no
 //!    syscall: segments are mapped once per process, the pool itself once per process.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
@@ -479,24 +479,40 @@ pub struct PoolInfo {
 
 /// Every pool in /dev/shm, without joining any of them.
 pub fn list_pools() -> Vec<PoolInfo> {
-    let Ok(entries) = std::fs::read_dir("/dev/shm") else { return Vec::new() };
-    let mut sizes: HashMap<String, u64> = HashMap::new();
-    let mut roots = Vec::new();
-    for e in entries.flatten() {
-        let file = e.file_name().to_string_lossy().into_owned();
-        let Some(rest) = file.strip_prefix("pyshm-") else { continue };
-        let len = e.metadata().map(|m| m.len()).unwrap_or(0);
-        let pool = match rest.rsplit_once('-') {
-            Some((p, n)) if !p.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => p.to_owned(),
-            _ => {
-                roots.push(rest.to_owned());
-                rest.to_owned()
-            }
-        };
-        *sizes.entry(pool).or_default() += len;
+    let files = pool_files();
+    let mut sizes: HashMap<&str, u64> = HashMap::new();
+    for f in &files {
+        *sizes.entry(f.pool.as_str()).or_default() += f.len;
     }
-    roots.sort();
-    roots.into_iter().filter_map(|name| inspect(&name, sizes.get(&name).copied().unwrap_or(0))).collect()
+    files.iter().filter(|f| f.is_root).filter_map(|f| inspect(&f.pool, sizes[f.pool.as_str()])).collect()
+}
+
+/// A file of a pool in /dev/shm, named as [`segment_name`] names it.
+struct PoolFile {
+    /// The segment's file name.
+    name: String,
+    /// The pool's name (the part after `pyshm-`).
+    pool: String,
+    /// Metadata segment 0 (`pyshm-<pool>`), not a data segment (`pyshm-<pool>-<n>`).
+    is_root: bool,
+    len: u64,
+}
+
+/// Every file in /dev/shm that could be a pool's segment (the inverse of [`segment_name`]),
+/// sorted by name. A snapshot: empty if /dev/shm cannot be read.
+fn pool_files() -> Vec<PoolFile> {
+    let files = shm_arena::list_segments().unwrap_or_default();
+    files
+        .into_iter()
+        .filter_map(|f| {
+            let rest = f.name.strip_prefix(shm_arena::NAME_PREFIX)?;
+            let (pool, is_root) = match rest.rsplit_once('-') {
+                Some((p, n)) if !p.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => (p.to_owned(), false),
+                _ => (rest.to_owned(), true),
+            };
+            Some(PoolFile { pool, is_root, len: f.len, name: f.name })
+        })
+        .collect()
 }
 
 /// Checks the directory block that `root` (segment 0's root word) names: a block of segment 0,
@@ -574,36 +590,21 @@ pub fn clean_dead_pools(include_persistent: bool) -> Vec<String> {
         removed.push(info.name);
     }
     // Data segments whose metadata segment 0 is gone.
-    if let Ok(entries) = std::fs::read_dir("/dev/shm") {
-        for e in entries.flatten() {
-            let file = e.file_name().to_string_lossy().into_owned();
-            let Some(rest) = file.strip_prefix("pyshm-") else { continue };
-            if let Some((pool, n)) = rest.rsplit_once('-') {
-                if n.bytes().all(|b| b.is_ascii_digit())
-                    && !std::path::Path::new(&format!("/dev/shm/pyshm-{pool}")).exists()
-                {
-                    let _ = std::fs::remove_file(e.path());
-                    if !removed.contains(&pool.to_owned()) {
-                        removed.push(pool.to_owned());
-                    }
-                }
-            }
+    let files = pool_files();
+    let roots: HashSet<&str> = files.iter().filter(|f| f.is_root).map(|f| f.pool.as_str()).collect();
+    for f in files.iter().filter(|f| !f.is_root && !roots.contains(f.pool.as_str())) {
+        let _ = shm_arena::unlink(&f.name);
+        if !removed.contains(&f.pool) {
+            removed.push(f.pool.clone());
         }
     }
     removed
 }
 
+/// Unlinks every segment of `pool` (without opening any).
 fn remove_segments(pool: &str) {
-    if let Ok(entries) = std::fs::read_dir("/dev/shm") {
-        for e in entries.flatten() {
-            let file = e.file_name().to_string_lossy().into_owned();
-            let root = format!("pyshm-{pool}");
-            if file == root
-                || file.strip_prefix(&format!("{root}-")).is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
-            {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
+    for f in pool_files().iter().filter(|f| f.pool == pool) {
+        let _ = shm_arena::unlink(&f.name);
     }
 }
 
@@ -846,7 +847,7 @@ impl PoolShared {
 
     fn out_of_memory(&self, requested: u64) -> ArrayError {
         let s = self.stats();
-        let shm_free = rustix::fs::statvfs("/dev/shm").map(|v| v.f_bavail * v.f_frsize).unwrap_or(0);
+        let shm_free = shm_arena::shm_free_bytes().unwrap_or(0);
         ArrayError::OutOfMemory {
             pool: self.name.clone(),
             requested,
