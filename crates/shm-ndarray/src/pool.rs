@@ -732,7 +732,7 @@ impl PoolShared {
         for weak in locals.values() {
             if let Some(local) = weak.upgrade() {
                 if local.header().refcount.acquire(slot, &tokens).is_ok() {
-                    local.holder.store(u64::from(slot) << 32 | fork_generation() & 0xFFFF_FFFF, ORD);
+                    local.holder.store(holder_word(slot), ORD);
                 }
                 upgraded.push(local);
             }
@@ -977,7 +977,7 @@ impl PoolShared {
             data,
             data_len,
             meta,
-            holder: shm_arena::sync::SharedU64::new(u64::from(slot) << 32 | fork_generation() & 0xFFFF_FFFF),
+            holder: shm_arena::sync::SharedU64::new(holder_word(slot)),
             borrows: shm_arena::sync::SharedU64::new(0),
         });
         self.locals
@@ -1079,7 +1079,7 @@ impl PoolShared {
             data,
             data_len,
             meta,
-            holder: shm_arena::sync::SharedU64::new(u64::from(slot) << 32 | fork_generation() & 0xFFFF_FFFF),
+            holder: shm_arena::sync::SharedU64::new(holder_word(slot)),
             borrows: shm_arena::sync::SharedU64::new(0),
         });
         locals.insert((meta_seg, header.offset()), Arc::downgrade(&local));
@@ -1126,13 +1126,9 @@ impl PoolShared {
     }
 
     fn release_local(&self, local: &LocalArray) {
-        let (slot, generation) = {
-            let v = local.holder.load(ORD);
-            ((v >> 32) as u32, v & 0xFFFF_FFFF)
-        };
-        if generation != fork_generation() & 0xFFFF_FFFF {
+        let Some(slot) = held_slot(local.holder.load(ORD)) else {
             return; // inherited across a fork and never re-acquired here: not ours to release
-        }
+        };
         let h = local.header();
         match h.refcount.release(slot, &self.tokens()) {
             Ok(Released::Last) | Err(RefError::Orphaned) => self.free_array(local.meta_segment, local.header_block, h),
@@ -1409,6 +1405,16 @@ pub(crate) struct LocalArray {
     holder: shm_arena::sync::SharedU64,
     /// Borrows of the data in this process: the number of shared borrows, or `EXCLUSIVE`.
     pub(crate) borrows: shm_arena::sync::SharedU64,
+}
+
+/// [`LocalArray::holder`] for a hold under `slot` by this process (this side of any fork).
+fn holder_word(slot: u32) -> u64 {
+    u64::from(slot) << 32 | fork_generation() & 0xFFFF_FFFF
+}
+
+/// The slot a [`holder_word`] names, if it was made in this process (not inherited by a fork).
+fn held_slot(word: u64) -> Option<u32> {
+    (word & 0xFFFF_FFFF == fork_generation() & 0xFFFF_FFFF).then_some((word >> 32) as u32)
 }
 
 // SAFETY: the pointers point into mappings owned by `pool` (its arenas), which live as long as
