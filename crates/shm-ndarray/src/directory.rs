@@ -31,6 +31,8 @@ pub const MAX_NAME_LEN: usize = 88;
 
 pub(crate) const FLAG_PERSISTENT: u64 = 1;
 pub(crate) const FLAG_TORN_DOWN: u64 = 2;
+/// The pool outlives its processes while at least one name is registered.
+pub(crate) const FLAG_PERSIST_NAMED: u64 = 4;
 
 pub(crate) const KIND_META: u64 = 1;
 pub(crate) const KIND_DATA: u64 = 2;

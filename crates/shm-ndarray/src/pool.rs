@@ -30,8 +30,8 @@ use shm_arena::{AllocError, Arena, ArenaOptions, Block, CreateError, OpenError, 
 use shm_sync::{Locked, ProcessTable, RefError, Registration, Released, TokenTable};
 
 use crate::directory::{
-    load_name, store_name, DirLayout, Directory, DIR_MAGIC, DIR_VERSION, FLAG_PERSISTENT, FLAG_TORN_DOWN, KIND_DATA,
-    KIND_META, MAX_NAME_LEN, MAX_SEGMENTS,
+    load_name, store_name, DirLayout, Directory, DIR_MAGIC, DIR_VERSION, FLAG_PERSISTENT, FLAG_PERSIST_NAMED,
+    FLAG_TORN_DOWN, KIND_DATA, KIND_META, MAX_NAME_LEN, MAX_SEGMENTS,
 };
 use crate::error::{ArrayError, HandleError, PoolError};
 use crate::handle::Handle;
@@ -56,6 +56,7 @@ pub struct PoolOptions {
     pub(crate) token_slots: u32,
     pub(crate) name_slots: u32,
     pub(crate) persistent: Option<bool>,
+    pub(crate) persist_while_named: bool,
     pub(crate) wait: Option<Duration>,
 }
 
@@ -71,6 +72,7 @@ impl Default for PoolOptions {
             token_slots: 8192,
             name_slots: 256,
             persistent: None,
+            persist_while_named: false,
             wait: None,
         }
     }
@@ -122,6 +124,12 @@ impl PoolOptions {
         self.persistent = Some(persistent);
         self
     }
+    /// Whether the pool outlives its last process while it has named arrays (and only then):
+    /// the model of a store of named arrays, which disappears with its last name.
+    pub fn persist_while_named(mut self, yes: bool) -> Self {
+        self.persist_while_named = yes;
+        self
+    }
     /// How long an allocation waits for other processes to free memory before it fails.
     pub fn wait(mut self, wait: Option<Duration>) -> Self {
         self.wait = wait;
@@ -169,7 +177,8 @@ pub(crate) struct PoolShared {
     /// `fork_generation << 16 | slot + 1` of the current membership; 0 when none.
     fast_slot: shm_arena::sync::SharedU64,
     locals: Mutex<HashMap<(u16, u64), Weak<LocalArray>, LocalsHash>>,
-    wait: Option<Duration>,
+    /// How long an allocation may wait for a free, in nanoseconds; `NO_WAIT` for not at all.
+    wait_ns: shm_arena::sync::SharedU64,
     nonce_state: shm_arena::sync::SharedU64,
 }
 
@@ -203,6 +212,12 @@ impl std::hash::Hasher for LocalsHasher {
 }
 
 type LocalsHash = std::hash::BuildHasherDefault<LocalsHasher>;
+
+const NO_WAIT: u64 = u64::MAX;
+
+fn wait_to_ns(wait: Option<Duration>) -> u64 {
+    wait.map_or(NO_WAIT, |w| u64::try_from(w.as_nanos()).unwrap_or(NO_WAIT - 1))
+}
 
 /// Pools already open in this process, by name (invariant 6).
 fn registry() -> &'static Mutex<HashMap<String, Weak<PoolShared>>> {
@@ -266,7 +281,9 @@ impl Pool {
         h.id[0].store(u64::from_le_bytes(id[..8].try_into().unwrap()), ORD);
         h.id[1].store(u64::from_le_bytes(id[8..].try_into().unwrap()), ORD);
         let persistent = options.persistent.unwrap_or(options.name.is_some());
-        h.flags.store(if persistent { FLAG_PERSISTENT } else { 0 }, ORD);
+        let flags = if persistent { FLAG_PERSISTENT } else { 0 }
+            | if options.persist_while_named { FLAG_PERSIST_NAMED } else { 0 };
+        h.flags.store(flags, ORD);
         h.data_segment_capacity.store(options.segment_capacity, ORD);
         h.max_size.store(options.max_size, ORD);
         h.data_min_block.store(options.min_block, ORD);
@@ -353,7 +370,7 @@ impl Pool {
             membership: Mutex::new(Membership { registration: None, fork_generation: 0 }),
             fast_slot: shm_arena::sync::SharedU64::new(0),
             locals: Mutex::new(HashMap::default()),
-            wait,
+            wait_ns: shm_arena::sync::SharedU64::new(wait_to_ns(wait)),
             nonce_state: shm_arena::sync::SharedU64::new(u64::from_le_bytes(seed) | 1),
         });
         let pool = Pool { shared };
@@ -371,6 +388,26 @@ impl Pool {
     /// 128 random bits that identify the pool in handles.
     pub fn id(&self) -> [u8; 16] {
         self.shared.id
+    }
+
+    /// How long allocations of this process wait for other processes to free memory.
+    pub fn wait(&self) -> Option<Duration> {
+        self.shared.wait()
+    }
+
+    /// Sets how long allocations of this process wait for other processes to free memory
+    /// (`None`: fail at once when the pool is full and cannot grow).
+    pub fn set_wait(&self, wait: Option<Duration>) {
+        self.shared.wait_ns.store(wait_to_ns(wait), ORD);
+    }
+
+    /// Leaves the pool now, as a process does at exit: releases every array this process
+    /// holds, gives up its process slot, and tears the pool down if this was its last process
+    /// and it is not persistent. Arrays still alive in this process stay mapped (so a late
+    /// access cannot fault), but no longer keep their memory; dropping them afterwards does
+    /// nothing. Using the pool again afterwards registers this process anew.
+    pub fn leave(&self) {
+        self.shared.leave();
     }
 
     /// Frees what dead processes held and recycles their slots (invariant 4).
@@ -573,8 +610,14 @@ fn inspect(name: &str, bytes: u64) -> Option<PoolInfo> {
         bytes,
         used,
         live_processes: live,
-        persistent: h.flags.load(ORD) & FLAG_PERSISTENT != 0,
+        persistent: h.flags.load(ORD) & FLAG_PERSISTENT != 0
+            || (h.flags.load(ORD) & FLAG_PERSIST_NAMED != 0 && has_names(&dir)),
     })
+}
+
+/// Whether any name is registered in the directory.
+fn has_names(dir: &Directory<'_>) -> bool {
+    dir.names().iter().any(|e| e.state.load(core::sync::atomic::Ordering::Acquire) == 1)
 }
 
 /// Removes every non-persistent pool whose processes are all dead (and, with
@@ -792,7 +835,7 @@ impl PoolShared {
 
     #[cold]
     fn alloc_in_slow(&self, kind: u64, size: u64) -> Result<(u16, Block, NonNull<u8>), ArrayError> {
-        let deadline = self.wait.map(|w| Instant::now() + w);
+        let deadline = self.wait().map(|w| Instant::now() + w);
         let mut collected = false;
         // A grow that reports progress without any must not spin forever.
         let mut grows = 0;
@@ -1126,9 +1169,14 @@ impl PoolShared {
     }
 
     fn release_local(&self, local: &LocalArray) {
-        let Some(slot) = held_slot(local.holder.load(ORD)) else {
-            return; // inherited across a fork and never re-acquired here: not ours to release
+        // Take the hold: `leave` may be releasing it at the same time.
+        let Some(slot) = held_slot(local.holder.swap(NOT_HELD, ORD)) else {
+            return; // inherited across a fork and never re-acquired here, or released by `leave`
         };
+        self.release_hold(local, slot);
+    }
+
+    fn release_hold(&self, local: &LocalArray, slot: u32) {
         let h = local.header();
         match h.refcount.release(slot, &self.tokens()) {
             Ok(Released::Last) | Err(RefError::Orphaned) => self.free_array(local.meta_segment, local.header_block, h),
@@ -1338,6 +1386,52 @@ impl PoolShared {
             .collect()
     }
 
+    fn wait(&self) -> Option<Duration> {
+        let ns = self.wait_ns.load(ORD);
+        (ns != NO_WAIT).then(|| Duration::from_nanos(ns))
+    }
+
+    /// Releases this process's holds, unregisters, and lets the last process out tear a pool
+    /// down unless it persists (invariant 5).
+    fn leave(&self) {
+        let mut m = self.membership.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(reg) = m.registration else { return };
+        if m.fork_generation != fork_generation() {
+            return;
+        }
+        // Release every hold first, under the slot that is still ours. Arrays dropped after
+        // this find `NOT_HELD` and do nothing (the slot may belong to another process by then).
+        // Declared before the guard, so dropped after it (see `reacquire_inherited`).
+        let mut alive = Vec::new();
+        let locals = self.locals.lock().unwrap_or_else(|p| p.into_inner());
+        for weak in locals.values() {
+            if let Some(local) = weak.upgrade() {
+                if held_slot(local.holder.swap(NOT_HELD, ORD)).is_some() {
+                    self.release_hold(&local, reg.index);
+                }
+                alive.push(local);
+            }
+        }
+        drop(locals);
+        m.registration = None;
+        self.fast_slot.store(0, ORD);
+        let dir = self.dir();
+        let h = dir.header();
+        self.processes().unregister(reg);
+        drop(m);
+        // Dead members do not count: recycle their slots first (invariant 4).
+        self.collect();
+        let guard = self.name_lock();
+        let last = self.processes().occupied() == 0;
+        let flags = h.flags.load(ORD);
+        let persists = flags & FLAG_PERSISTENT != 0 || (flags & FLAG_PERSIST_NAMED != 0 && has_names(&dir));
+        if last && !persists {
+            self.teardown();
+        }
+        drop(guard);
+        drop(alive);
+    }
+
     /// Marks the pool torn down and unlinks every segment (invariant 5).
     fn teardown(&self) {
         let dir = self.dir();
@@ -1354,23 +1448,7 @@ impl PoolShared {
 
 impl Drop for PoolShared {
     fn drop(&mut self) {
-        // Leave the pool: unregister; the last process out tears a non-persistent pool down.
-        let m = self.membership.get_mut().unwrap_or_else(|p| p.into_inner());
-        let Some(reg) = m.registration else { return };
-        if m.fork_generation != fork_generation() {
-            return;
-        }
-        let dir = self.dir();
-        let h = dir.header();
-        self.processes().unregister(reg);
-        // Dead members do not count: recycle their slots first (invariant 4).
-        self.collect();
-        let guard = self.name_lock();
-        let last = self.processes().occupied() == 0;
-        if last && h.flags.load(ORD) & FLAG_PERSISTENT == 0 {
-            self.teardown();
-        }
-        drop(guard);
+        self.leave();
         registry().lock().unwrap_or_else(|p| p.into_inner()).remove(&self.name);
     }
 }
@@ -1412,9 +1490,13 @@ fn holder_word(slot: u32) -> u64 {
     u64::from(slot) << 32 | fork_generation() & 0xFFFF_FFFF
 }
 
-/// The slot a [`holder_word`] names, if it was made in this process (not inherited by a fork).
+/// [`LocalArray::holder`] once the hold is released (by `Pool::leave`).
+const NOT_HELD: u64 = u64::MAX;
+
+/// The slot a [`holder_word`] names, if it was made in this process (not inherited by a fork)
+/// and not released yet.
 fn held_slot(word: u64) -> Option<u32> {
-    (word & 0xFFFF_FFFF == fork_generation() & 0xFFFF_FFFF).then_some((word >> 32) as u32)
+    (word != NOT_HELD && word & 0xFFFF_FFFF == fork_generation() & 0xFFFF_FFFF).then_some((word >> 32) as u32)
 }
 
 // SAFETY: the pointers point into mappings owned by `pool` (its arenas), which live as long as

@@ -320,3 +320,59 @@ fn clean_removes_pools_of_dead_processes_and_never_a_live_one() {
     assert!(!removed.contains(&live.name().to_owned()), "a live pool is never touched");
     assert!(ShmArray::<u8>::zeros(&live, &[10]).is_ok());
 }
+
+#[test]
+fn leaving_releases_what_this_process_holds_and_the_last_one_out_removes_the_pool() {
+    let pool = Pool::create(&small()).unwrap();
+    let name = pool.name().to_owned();
+    // A child holds an array of its own, and stays registered until it exits.
+    let (mut parent_end, mut child_end) = std::os::unix::net::UnixStream::pair().unwrap();
+    let pid = fork(|| {
+        use std::io::{Read, Write};
+        let _b = ShmArray::<u8>::zeros(&pool, &[1000]).unwrap();
+        child_end.write_all(b"x").unwrap();
+        child_end.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut buf = [0u8; 1];
+        let _ = child_end.read(&mut buf); // until the parent says go
+        0
+    });
+    let mut buf = [0u8; 1];
+    std::io::Read::read_exact(&mut parent_end, &mut buf).unwrap();
+    let a = ShmArray::<u8>::zeros(&pool, &[1000]).unwrap(); // after the fork: the child has none of it
+    let both = pool.stats().used;
+    pool.leave();
+    let child_only = pool.stats().used;
+    assert!(child_only > 0 && child_only < both, "our array was released ({both} -> {child_only}); the child's stays");
+    assert!(!leftovers(&name).is_empty(), "the child is still a member");
+    drop(a); // after leaving: nothing to release, and nothing else released by mistake
+    assert_eq!(pool.stats().used, child_only);
+    std::io::Write::write_all(&mut parent_end, b"x").unwrap();
+    assert_eq!(wait(pid), 0);
+    // Using the pool again registers anew; leaving again as the last live process removes it.
+    let c = ShmArray::<u8>::zeros(&pool, &[10]).unwrap();
+    pool.leave();
+    assert!(leftovers(&name).is_empty(), "{:?}", leftovers(&name));
+    drop(c);
+    drop(pool);
+}
+
+#[test]
+fn a_pool_that_persists_while_named_outlives_its_processes_only_while_it_has_names() {
+    let name = format!("testpnamed{}", std::process::id());
+    let opts = small().name(&name).persistent(false).persist_while_named(true);
+    let pool = Pool::create(&opts).unwrap();
+    let a = ShmArray::<i32>::from_slice(&pool, &[2], &[4, 5]).unwrap();
+    pool.publish("kept", a.as_shared()).unwrap();
+    drop(a);
+    pool.leave();
+    assert!(!leftovers(&name).is_empty(), "a name keeps the pool");
+    let listed = shm_ndarray::list_pools().into_iter().find(|p| p.name == name).unwrap();
+    assert!(listed.persistent && listed.live_processes == 0);
+    assert!(!shm_ndarray::clean_dead_pools(false).contains(&name), "clean keeps a named pool");
+    let found = ShmArray::<i32>::try_from(pool.lookup("kept").unwrap()).unwrap();
+    assert_eq!(found.to_vec(), vec![4, 5]);
+    drop(found);
+    pool.unpublish("kept").unwrap();
+    pool.leave();
+    assert!(leftovers(&name).is_empty(), "without names it goes with its last process");
+}
