@@ -390,6 +390,17 @@ impl Pool {
         self.shared.id
     }
 
+    /// Registers this process in the pool if it is not yet (after a fork, this re-acquires the
+    /// arrays the child inherited). Every operation does this on first use; calling it right
+    /// after a fork narrows the window in which the parent could free an inherited array.
+    ///
+    /// # Errors
+    ///
+    /// [`PoolError::Full`] when every process slot is taken by a live process.
+    pub fn join(&self) -> Result<(), PoolError> {
+        self.shared.slot().map(|_| ())
+    }
+
     /// How long allocations of this process wait for other processes to free memory.
     pub fn wait(&self) -> Option<Duration> {
         self.shared.wait()
@@ -1046,11 +1057,10 @@ impl PoolShared {
         if let Some(existing) = &existing {
             if existing.nonce == nonce && existing.header_block == header {
                 if let Pin::Token(token) = how {
-                    // We hold it already: the token is consumed, our hold stays single.
-                    if let Err(e) = existing.header().refcount.claim(token, slot, &self.tokens()) {
-                        drop(locals);
-                        return Err(ref_to_handle(e));
-                    }
+                    // We hold it already: the token is consumed, our hold stays single. A token
+                    // that is no longer pending (the handle was attached before) changes
+                    // nothing: our hold keeps the array alive.
+                    let _ = existing.header().refcount.claim(token, slot, &self.tokens());
                 }
                 return Ok(existing.clone());
             }
@@ -1137,7 +1147,15 @@ impl PoolShared {
             Some(t) => Pin::Token(t),
             None => Pin::Acquire,
         };
-        let local = self.pin(handle.meta_segment, handle.header, handle.nonce, how)?;
+        let local = match self.pin(handle.meta_segment, handle.header, handle.nonce, how) {
+            // The token was claimed already (the handle is attached a second time): the array
+            // may still be alive, held by someone. Pinning by nonce is as safe as by token: a
+            // freed or reused header fails the nonce check.
+            Err(HandleError::Stale) if handle.token.is_some() => {
+                self.pin(handle.meta_segment, handle.header, handle.nonce, Pin::Acquire)?
+            }
+            r => r?,
+        };
         let itemsize = local.meta.dtype.itemsize();
         if !view_fits(handle.offset, &handle.shape, &handle.strides, itemsize, local.data_len) {
             return Err(HandleError::Invalid("the view lies outside its array"));

@@ -169,10 +169,13 @@ fn a_handle_sent_by_a_process_that_then_dies_stays_attachable() {
     pool.collect();
     let b = ShmArray::<f64>::attach(&pool, &Handle::from_bytes(&buf).unwrap()).unwrap();
     assert_eq!(b.to_vec(), vec![3.0, 4.0], "the token kept it alive through the sender's death");
-    let again = ShmArray::<f64>::attach(&pool, &Handle::from_bytes(&buf).unwrap());
-    assert!(again.is_err(), "a token is claimed once");
-    drop(b);
-    assert_eq!(pool.stats().used, 0);
+    // The token is claimed once; attaching the handle again works while the array lives.
+    let again = ShmArray::<f64>::attach(&pool, &Handle::from_bytes(&buf).unwrap()).unwrap();
+    assert!(again.as_shared().same_array(b.as_shared()));
+    drop((b, again));
+    assert_eq!(pool.stats().used, 0, "the claimed token no longer keeps it");
+    let stale = pool.attach(&Handle::from_bytes(&buf).unwrap()).unwrap_err();
+    assert_eq!(stale, HandleError::Stale);
     for fd in fds {
         // SAFETY: closing our descriptors.
         unsafe { libc::close(fd) };
