@@ -7,7 +7,9 @@
 //!    appear, because a pointer means nothing in another process.
 //!
 //! Descriptions are numpy's `dtype.str` for simple types (`<f8`, `|b1`, `<M8[ns]`, `<U10`,
-//! `|S4`) and numpy's `dtype.descr` repr for structured ones (`[('x', '<f8'), ('n', '<i4')]`).
+//! `|S4`) and numpy's `dtype.descr` repr for structured ones (`[('x', '<f8'), ('n', '<i4')]`),
+//! or, where that list would not rebuild the same layout (aligned or padded structs), the repr
+//! of the dict `numpy.dtype` takes (`{'names': [...], 'formats': [...], 'offsets': [...], ...}`).
 
 /// Most bytes a description may take.
 pub const MAX_DESCR_LEN: usize = 4000;
@@ -113,8 +115,9 @@ impl DType {
         if descr.is_empty() || descr.len() > MAX_DESCR_LEN {
             return Err(unrecognised("empty or longer than 4000 bytes"));
         }
-        if descr.starts_with('[') {
-            // A structured type: numpy's descr list. Refuse object fields anywhere in it.
+        if descr.starts_with('[') || descr.starts_with('{') {
+            // A structured type: numpy's descr list, or (when the list would lose padding or
+            // alignment) the dict of names, formats, offsets and item size. Refuse object fields anywhere in it.
             if descr.contains("'|O'") || descr.contains("\"|O\"") || descr.contains("'O'") || descr.contains("<O") {
                 return Err(DTypeError::Object { descr: descr.to_owned() });
             }

@@ -1,0 +1,162 @@
+"""numpy-style constructors, dtypes, and handles within one process."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import pyshm
+
+ALL_DTYPES = [
+    "?", "i1", "u1", "<i2", ">i2", "<u2", "<i4", "<u4", "<i8", ">u8", "<f2", "<f4", ">f8", "g",
+    "<c8", "<c16", "G", "<M8[ns]", "<M8[D]", "<m8[s]", "|S7", "<U5", "|V3",
+    [("x", "<f8"), ("n", "<i4")],
+    np.dtype([("a", "<i2"), ("b", "<f8")], align=True),
+    [("pos", "<f4", (3,)), ("name", "|S4"), ("inner", [("u", "<u2"), ("t", "<M8[s]")])],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("dt", ALL_DTYPES, ids=str)
+def test_every_dtype_round_trips_through_a_handle(dt):
+    dt = np.dtype(dt)
+    rng = np.random.default_rng(1)
+    raw = rng.integers(0, 256, size=6 * 4 * dt.itemsize, dtype=np.uint8)
+    a = pyshm.empty((6, 4), dtype=dt)
+    a.view(np.uint8).reshape(-1)[:] = raw
+    b = pyshm.attach(pyshm.handle(a))
+    assert b.dtype == dt and b.dtype.str == dt.str and b.dtype.descr == dt.descr
+    assert b.shape == (6, 4) and np.shares_memory(a, b)
+    assert bytes(b.view(np.uint8).reshape(-1)) == bytes(raw)
+
+
+POINTER_DTYPES = ["O", [("x", "<f8"), ("o", "O")]] + (["T"] if hasattr(np, "dtypes") and hasattr(np.dtypes, "StringDType") else [])
+
+
+@pytest.mark.parametrize("dt", POINTER_DTYPES, ids=str)
+def test_dtypes_holding_pointers_are_refused_naming_the_dtype(dt):
+    with pytest.raises(TypeError, match="dtype"):
+        pyshm.empty(3, dtype=dt)
+
+
+def test_constructors_match_numpy():
+    assert np.array_equal(pyshm.zeros((2, 3)), np.zeros((2, 3)))
+    assert np.array_equal(pyshm.ones(4, dtype=np.int16), np.ones(4, dtype=np.int16))
+    assert pyshm.ones(4, dtype=np.int16).dtype == np.int16
+    f = pyshm.full((2, 2), 7)
+    assert f.dtype == np.full((2, 2), 7).dtype and (f == 7).all()
+    assert pyshm.full(3, 1.5, dtype=np.float32).dtype == np.float32
+    assert pyshm.empty(5).dtype == np.float64 and pyshm.empty(5).shape == (5,)
+    assert pyshm.empty((0, 3)).shape == (0, 3)
+    assert pyshm.empty(()).shape == ()
+    assert pyshm.zeros(3, dtype=("f4", (2,))).shape == (3, 2), "a subarray dtype extends the shape, as in numpy"
+    for a in (pyshm.empty(3), pyshm.zeros(3), pyshm.ones(3), pyshm.full(3, 1)):
+        assert type(a) is np.ndarray and a.flags.writeable and pyshm.is_shared(a)
+
+
+def test_order_and_like_variants():
+    f = pyshm.empty((3, 4), order="F")
+    assert f.flags.f_contiguous and not f.flags.c_contiguous
+    src = np.asfortranarray(np.arange(12.0).reshape(3, 4))
+    for fn in (pyshm.empty_like, pyshm.zeros_like, pyshm.ones_like):
+        a = fn(src)
+        assert a.shape == (3, 4) and a.dtype == src.dtype and a.flags.f_contiguous and pyshm.is_shared(a)
+    assert pyshm.zeros_like(src, order="C").flags.c_contiguous
+    assert pyshm.empty_like(src, dtype=np.int8, shape=(5,)).shape == (5,)
+    assert (pyshm.full_like(src, 9) == 9).all()
+    assert (pyshm.zeros_like([[1, 2], [3, 4]]) == 0).all()
+    assert pyshm.empty(3, like=np.empty(0)).shape == (3,)
+    with pytest.raises(TypeError, match="like"):
+        pyshm.empty(3, like=[1])
+    with pytest.raises(ValueError, match="order"):
+        pyshm.empty(3, order="X")
+    with pytest.raises(ValueError, match="negative"):
+        pyshm.empty((2, -1))
+    with pytest.raises(TypeError, match="shape"):
+        pyshm.empty("abc")
+
+
+def test_asarray_copies_only_what_is_not_pooled():
+    x = pyshm.asarray([[1, 2], [3, 4]])
+    assert pyshm.is_shared(x) and x.tolist() == [[1, 2], [3, 4]]
+    assert pyshm.asarray(x) is x, "no copy for a pooled array"
+    v = x[:, 1]
+    assert pyshm.asarray(v) is v, "views are pooled too"
+    y = pyshm.asarray(x, dtype=np.float32)
+    assert y.dtype == np.float32 and not np.shares_memory(x, y)
+    c = pyshm.copy(x)
+    assert pyshm.is_shared(c) and not np.shares_memory(c, x) and (c == x).all()
+    plain = np.arange(5)
+    assert not pyshm.is_shared(plain) and pyshm.is_shared(pyshm.asarray(plain))
+    assert not pyshm.is_shared(x + 1), "results of arithmetic are ordinary arrays"
+    assert not pyshm.is_shared([1, 2]) and not pyshm.is_shared(None)
+
+
+def test_views_keep_the_block_and_freeing_happens_with_the_last_view():
+    before = pyshm.stats().used
+    a = pyshm.empty(10_000)
+    v = a[::3]
+    del a
+    assert pyshm.stats().used > before, "a view keeps the array"
+    v[:] = 1
+    del v
+    assert pyshm.stats().used == before
+
+
+def test_handles_name_views_with_their_own_geometry_and_dtype():
+    a = pyshm.empty((6, 8))
+    a[:] = np.arange(48).reshape(6, 8)
+    for view in (a[1:5, ::-2], a.T, a[::2, 3], a[2, 4:5], a.view(np.int32)[:, 3:7], a.view(np.uint8)[5, -3:]):
+        b = pyshm.attach(pyshm.handle(view))
+        assert b.shape == view.shape and b.strides == view.strides and b.dtype == view.dtype
+        assert np.shares_memory(a, b) and bytes(b.tobytes()) == bytes(view.tobytes())
+    h = pyshm.handle(a[2:4])
+    assert pyshm.attach(h) is not None and pyshm.attach(h).shape == (2, 8), "a handle attaches again while alive"
+    with pytest.raises(ValueError, match="pool"):
+        pyshm.handle(np.zeros(3))
+
+
+def test_a_handle_attached_after_its_array_was_freed_is_stale():
+    a = pyshm.full(100, 5.0)
+    h = pyshm.handle(a)
+    b = pyshm.attach(h)  # claims the token
+    del a, b
+    with pytest.raises(pyshm.StaleHandleError):
+        pyshm.attach(h)
+    assert issubclass(pyshm.StaleHandleError, ValueError)
+    c = pyshm.full(100, 6.0)  # may reuse the block: the handle must not reach it
+    with pytest.raises(pyshm.StaleHandleError):
+        pyshm.attach(h)
+    assert (c == 6.0).all()
+
+
+def test_many_threads_allocate_at_once():
+    import threading
+
+    errors = []
+
+    def work(k):
+        try:
+            for i in range(300):
+                a = pyshm.full(64 + k, float(i))
+                b = pyshm.attach(pyshm.handle(a))
+                assert (b == i).all()
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+def test_configure_after_first_use_refuses_sizes_but_changes_wait():
+    pyshm.empty(1)
+    with pytest.raises(RuntimeError, match="exists already"):
+        pyshm.configure(size=1 << 20)
+    pyshm.configure(wait=0.5)
+    assert pyshm.default_pool().wait == 0.5
+    pyshm.configure(wait=0)
+    with pytest.raises(ValueError):
+        pyshm.configure(wait=-1)

@@ -1,0 +1,50 @@
+"""The type stubs name exactly what the native module has, and the package is marked typed."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import os
+
+import pyshm
+from pyshm import _native
+
+PKG = os.path.dirname(pyshm.__file__)
+
+
+def stub_names(tree: ast.Module) -> dict[str, set[str]]:
+    names: dict[str, set[str]] = {}
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            members = set()
+            if isinstance(node, ast.ClassDef):
+                for m in node.body:
+                    if isinstance(m, ast.FunctionDef):
+                        members.add(m.name)
+                    elif isinstance(m, ast.AnnAssign) and isinstance(m.target, ast.Name):
+                        members.add(m.target.id)
+            names[node.name] = members
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names[node.target.id] = set()
+    return names
+
+
+def test_native_stubs_match_the_module():
+    with open(os.path.join(PKG, "_native.pyi")) as f:
+        stubs = stub_names(ast.parse(f.read()))
+    public = {n for n in dir(_native) if not n.startswith("_")}
+    assert set(stubs) == public
+    for cls in ("NativePool", "Block"):
+        real = {n for n, _ in inspect.getmembers(getattr(_native, cls)) if not n.startswith("_")}
+        assert stubs[cls] == real, cls
+
+
+def test_the_package_is_typed_and_exports_what_it_documents():
+    assert os.path.exists(os.path.join(PKG, "py.typed"))
+    for name in pyshm.__all__:
+        assert hasattr(pyshm, name), name
+    for name in ("empty", "zeros", "ones", "full", "empty_like", "zeros_like", "ones_like", "full_like", "asarray",
+                 "copy", "is_shared", "handle", "attach", "collect", "configure", "stats", "create", "delete", "list",
+                 "Pool", "StaleHandleError", "handles"):  # fmt: skip
+        assert name in pyshm.__all__, name
+        assert getattr(pyshm, name).__doc__, f"{name} has a docstring"
