@@ -160,3 +160,15 @@ def test_configure_after_first_use_refuses_sizes_but_changes_wait():
     pyshm.configure(wait=0)
     with pytest.raises(ValueError):
         pyshm.configure(wait=-1)
+
+
+def test_stats_count_arrays_and_bytes():
+    before = pyshm.stats()
+    a, b = pyshm.empty(1000), pyshm.empty(10)
+    s = pyshm.stats()
+    assert s.arrays == before.arrays + 2 and s.used >= before.used + 8000
+    assert s.capacity >= s.used + s.free - s.capacity % 1 and s.largest_free <= s.free
+    assert s.segments >= 2 and s.processes >= 1
+    del a, b
+    after = pyshm.stats()
+    assert (after.arrays, after.used) == (before.arrays, before.used)

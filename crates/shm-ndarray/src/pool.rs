@@ -1306,7 +1306,8 @@ impl PoolShared {
                 s.free += a.free_bytes + a.cached_bytes;
                 s.largest_free = s.largest_free.max(a.largest_free_block);
             } else {
-                s.arrays += a.blocks_in_use - u64::from(i == 0);
+                // Headers with their magic: a freed header parked in a cache is not an array.
+                s.arrays += self.headers(i, arena).len() as u64;
             }
         }
         s

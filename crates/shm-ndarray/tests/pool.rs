@@ -342,13 +342,12 @@ fn leaving_releases_what_this_process_holds_and_the_last_one_out_removes_the_poo
     let mut buf = [0u8; 1];
     std::io::Read::read_exact(&mut parent_end, &mut buf).unwrap();
     let a = ShmArray::<u8>::zeros(&pool, &[1000]).unwrap(); // after the fork: the child has none of it
-    let both = pool.stats().used;
+    assert_eq!(pool.stats().arrays, 2);
     pool.leave();
-    let child_only = pool.stats().used;
-    assert!(child_only > 0 && child_only < both, "our array was released ({both} -> {child_only}); the child's stays");
+    assert_eq!(pool.stats().arrays, 1, "our array was released; the child's stays");
     assert!(!leftovers(&name).is_empty(), "the child is still a member");
     drop(a); // after leaving: nothing to release, and nothing else released by mistake
-    assert_eq!(pool.stats().used, child_only);
+    assert_eq!(pool.stats().arrays, 1);
     std::io::Write::write_all(&mut parent_end, b"x").unwrap();
     assert_eq!(wait(pid), 0);
     // Using the pool again registers anew; leaving again as the last live process removes it.
