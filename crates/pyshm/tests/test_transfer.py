@@ -103,3 +103,15 @@ def test_queues_and_pipes_carry_handles_and_the_sender_may_drop_first(ctx):
     q.put(src)
     got = q.get(timeout=30)
     assert np.shares_memory(got, src)
+
+
+def test_lokys_executor_sends_handles():
+    from joblib.externals.loky import get_reusable_executor
+
+    assert pyshm.register_loky()
+    x = pyshm.zeros((4, 1000))
+    ex = get_reusable_executor(max_workers=2)
+    out = list(ex.map(workers.fill, [x[i] for i in range(4)], [0.0, 1.0, 2.0, 3.0]))
+    ex.shutdown(wait=True)
+    assert (x[:, 0] == [0, 1, 2, 3]).all()
+    assert all(np.shares_memory(o, x) for o in out)
