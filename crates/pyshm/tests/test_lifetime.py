@@ -179,3 +179,25 @@ def test_garbage_handles_and_pickles_are_value_errors():
         pyshm.attach(pyshm.Handle("../../etc/passwd", b"PSH1"))
     with pytest.raises(TypeError):
         pyshm.attach(42)
+
+
+def test_the_environment_sets_up_the_default_pool():
+    code = textwrap.dedent(
+        """
+        import numpy as np, pyshm
+        a = pyshm.empty(1 << 20, dtype=np.uint8)
+        b = pyshm.empty(1 << 20, dtype=np.uint8)
+        try:
+            pyshm.empty(1 << 20, dtype=np.uint8)
+        except MemoryError as e:
+            print("full", pyshm.default_pool().wait)
+        """
+    )
+    env = {**os.environ, "PYSHM_SIZE": "1M", "PYSHM_MAX_SIZE": "2MiB", "PYSHM_WAIT": "0.1"}
+    env.pop("PYSHM_POOL", None)
+    out = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["full", "0.1"]
+    env["PYSHM_MAX_SIZE"] = "lots"
+    out = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode != 0 and "PYSHM_MAX_SIZE='lots'" in out.stderr
