@@ -167,7 +167,7 @@ def test_stats_count_arrays_and_bytes():
     a, b = pyshm.empty(1000), pyshm.empty(10)
     s = pyshm.stats()
     assert s.arrays == before.arrays + 2 and s.used >= before.used + 8000
-    assert s.capacity >= s.used + s.free - s.capacity % 1 and s.largest_free <= s.free
+    assert s.largest_free <= s.free <= s.capacity
     assert s.segments >= 2 and s.processes >= 1
     del a, b
     after = pyshm.stats()

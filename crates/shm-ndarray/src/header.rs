@@ -3,8 +3,10 @@
 //! # Invariants
 //!
 //! 1. Every block of a metadata segment starts with a kind magic ([`ARRAY_MAGIC`] for headers,
-//!    the pool directory's own magic for the directory), and no user data ever lives in a
-//!    metadata segment: a sweep that finds a block there can trust what its magic says.
+//!    the pool directory's own magic for the directory), and user data lives there only inside
+//!    a header's own block, after the header (a small array's data, "inline"): a sweep that
+//!    finds a block there can trust what its magic says, and no handle can name the inline data
+//!    as a block (the arena only resolves allocated blocks, and the data is part of one).
 //! 2. A header is written completely by its creator before any handle to it exists; after
 //!    that only its [`RefCount`] changes (under its lock). Readers that have pinned the array
 //!    (they hold it, or claimed a token) therefore read stable fields.
@@ -21,7 +23,8 @@
 //! 96   data length      bytes
 //! 104  itemsize
 //! 112  meta             ndim (8 bits) | kind (8) | descr length (16) | flags (32)
-//! 120  (reserved)
+//! 120  inline offset    bytes from the header's start to its inline data; 0 when the data
+//!                        is a block of its own
 //! 128  shape            u64 x ndim
 //!      strides          i64 x ndim (bytes)
 //!      descr            descr length bytes (numpy's description)
@@ -56,7 +59,7 @@ pub(crate) struct ArrayHeader {
     pub(crate) data_len: SharedU64,
     pub(crate) itemsize: SharedU64,
     pub(crate) meta: SharedU64,
-    pub(crate) reserved: SharedU64,
+    pub(crate) inline_offset: SharedU64,
 }
 
 const _: () = assert!(core::mem::size_of::<ArrayHeader>() == FIXED);
@@ -65,9 +68,64 @@ const _: () = assert!(core::mem::size_of::<ArrayHeader>() == FIXED);
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct ArrayMeta {
     pub(crate) dtype: DType,
-    pub(crate) shape: Vec<u64>,
-    pub(crate) strides: Vec<i64>,
+    pub(crate) shape: Dims<u64>,
+    pub(crate) strides: Dims<i64>,
     pub(crate) fortran: bool,
+}
+
+/// Dimensions: up to four kept inline (no heap allocation for the common arrays), more on the
+/// heap. Reads as a slice.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) enum Dims<T> {
+    Inline(u8, [T; 4]),
+    Heap(Box<[T]>),
+}
+
+impl<T: Copy + Default> From<&[T]> for Dims<T> {
+    fn from(v: &[T]) -> Self {
+        if v.len() <= 4 {
+            let mut a = [T::default(); 4];
+            a[..v.len()].copy_from_slice(v);
+            Dims::Inline(v.len() as u8, a)
+        } else {
+            Dims::Heap(v.into())
+        }
+    }
+}
+
+impl<T: Copy + Default> FromIterator<T> for Dims<T> {
+    fn from_iter<I: IntoIterator<Item = T>>(iter: I) -> Self {
+        let mut a = [T::default(); 4];
+        let mut n = 0;
+        let mut it = iter.into_iter();
+        for x in it.by_ref() {
+            if n == 4 {
+                let mut v = a.to_vec();
+                v.push(x);
+                v.extend(it);
+                return Dims::Heap(v.into());
+            }
+            a[n] = x;
+            n += 1;
+        }
+        Dims::Inline(n as u8, a)
+    }
+}
+
+impl<T> core::ops::Deref for Dims<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        match self {
+            Dims::Inline(n, a) => &a[..*n as usize],
+            Dims::Heap(v) => v,
+        }
+    }
+}
+
+impl<T: core::fmt::Debug> core::fmt::Debug for Dims<T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        (**self).fmt(f)
+    }
 }
 
 /// Bytes a header with `ndim` dimensions and a description of `descr_len` bytes takes.
@@ -80,13 +138,22 @@ impl ArrayHeader {
         (self as *const Self as *mut u8).wrapping_add(FIXED)
     }
 
-    /// Writes a new header into a block of `block_len` bytes that nobody else can see yet.
+    /// Writes a new header into a block that nobody else can see yet. `data` is (segment,
+    /// block bits, length) of the data; `inline_offset` is nonzero when the data follows the
+    /// header inside its own block.
     ///
     /// # Safety
     ///
     /// - `self` is the start of a block of at least `header_size(ndim, descr_len)` bytes that
     ///   this process allocated and has not published (invariant 2: no other reader or writer).
-    pub(crate) unsafe fn init(&self, nonce: u64, holder: u32, data: (u16, u64, u64), meta: &ArrayMeta) {
+    pub(crate) unsafe fn init(
+        &self,
+        nonce: u64,
+        holder: u32,
+        data: (u16, u64, u64),
+        inline_offset: u64,
+        meta: &ArrayMeta,
+    ) {
         let descr = meta.dtype.descr().as_bytes();
         let ndim = meta.shape.len();
         // First: a block freed by arena recovery keeps the old magic; no sweep may take the
@@ -102,9 +169,9 @@ impl ArrayHeader {
         let packed =
             ndim as u64 | (meta.dtype.kind() as u64) << 8 | (descr.len() as u64) << 16 | u64::from(flags) << 32;
         self.meta.store(packed, core::sync::atomic::Ordering::Relaxed);
-        self.reserved.store(0, core::sync::atomic::Ordering::Relaxed);
+        self.inline_offset.store(inline_offset, core::sync::atomic::Ordering::Relaxed);
         let tail = self.tail();
-        for (i, (s, st)) in meta.shape.iter().zip(&meta.strides).enumerate() {
+        for (i, (s, st)) in meta.shape.iter().zip(meta.strides.iter()).enumerate() {
             // SAFETY: the caller guarantees the block holds the tail (header_size), which has
             // room for ndim shapes, ndim strides and the description; unaligned writes because
             // the tail is only 8-byte aligned by construction (FIXED is a multiple of 8).
@@ -140,14 +207,11 @@ impl ArrayHeader {
             return None;
         }
         let tail = self.tail();
-        let mut shape = Vec::with_capacity(ndim);
-        let mut strides = Vec::with_capacity(ndim);
-        for i in 0..ndim {
-            // SAFETY: header_size(ndim, descr_len) <= block_len was checked just above.
-            shape.push(unsafe { tail.wrapping_add(i * 8).cast::<u64>().read_unaligned() });
-            // SAFETY: as above.
-            strides.push(unsafe { tail.wrapping_add((ndim + i) * 8).cast::<i64>().read_unaligned() });
-        }
+        // SAFETY: header_size(ndim, descr_len) <= block_len was checked just above.
+        let shape = (0..ndim).map(|i| unsafe { tail.wrapping_add(i * 8).cast::<u64>().read_unaligned() }).collect();
+        // SAFETY: as above.
+        let strides =
+            (0..ndim).map(|i| unsafe { tail.wrapping_add((ndim + i) * 8).cast::<i64>().read_unaligned() }).collect();
         let mut descr = vec![0u8; descr_len];
         // SAFETY: as above; `descr` has descr_len bytes.
         unsafe { core::ptr::copy_nonoverlapping(tail.wrapping_add(ndim * 16), descr.as_mut_ptr(), descr_len) };
@@ -162,15 +226,19 @@ impl ArrayHeader {
 }
 
 /// Strides (in bytes) of a contiguous array.
-pub(crate) fn contiguous_strides(shape: &[u64], itemsize: u64, fortran: bool) -> Vec<i64> {
-    let mut strides = vec![0i64; shape.len()];
+pub(crate) fn contiguous_strides(shape: &[u64], itemsize: u64, fortran: bool) -> Dims<i64> {
     let mut step = itemsize as i64;
-    let order: Vec<usize> = if fortran { (0..shape.len()).collect() } else { (0..shape.len()).rev().collect() };
-    for i in order {
-        strides[i] = step;
-        step = step.saturating_mul(shape[i].max(1) as i64);
+    let mut next = |n: u64| {
+        let s = step;
+        step = step.saturating_mul(n.max(1) as i64);
+        s
+    };
+    if fortran {
+        shape.iter().map(|n| next(*n)).collect()
+    } else {
+        let reversed: Dims<i64> = shape.iter().rev().map(|n| next(*n)).collect();
+        reversed.iter().rev().copied().collect()
     }
-    strides
 }
 
 /// Whether a view of `shape`/`strides` starting `offset` bytes into the data stays inside
@@ -204,9 +272,11 @@ mod tests {
 
     #[test]
     fn strides_and_bounds() {
-        assert_eq!(contiguous_strides(&[2, 3, 4], 8, false), vec![96, 32, 8]);
-        assert_eq!(contiguous_strides(&[2, 3, 4], 8, true), vec![8, 16, 48]);
-        assert_eq!(contiguous_strides(&[], 8, false), Vec::<i64>::new());
+        assert_eq!(*contiguous_strides(&[2, 3, 4], 8, false), [96, 32, 8]);
+        assert_eq!(*contiguous_strides(&[2, 3, 4], 8, true), [8, 16, 48]);
+        assert_eq!(*contiguous_strides(&[], 8, false), []);
+        let six = contiguous_strides(&[2, 2, 2, 2, 2, 3], 1, false);
+        assert_eq!(*six, [48, 24, 12, 6, 3, 1], "more than four dimensions go to the heap");
         assert!(view_fits(0, &[2, 3], &[24, 8], 8, 48));
         assert!(!view_fits(8, &[2, 3], &[24, 8], 8, 48));
         assert!(view_fits(40, &[6], &[-8], 8, 48), "a reversed view");

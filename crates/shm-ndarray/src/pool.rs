@@ -99,7 +99,7 @@ impl PoolOptions {
         self.segment_capacity = bytes;
         self
     }
-    /// Most bytes of data segments the pool may reserve in all.
+    /// Most bytes the pool may reserve in /dev/shm beyond its first (metadata) segment.
     pub fn max_size(mut self, bytes: u64) -> Self {
         self.max_size = bytes;
         self
@@ -214,6 +214,11 @@ impl std::hash::Hasher for LocalsHasher {
 type LocalsHash = std::hash::BuildHasherDefault<LocalsHasher>;
 
 const NO_WAIT: u64 = u64::MAX;
+
+/// Arrays whose header and data take at most this many bytes are one block in a metadata
+/// segment (header invariant 1): one allocation, one ownership transfer and one free instead
+/// of two of each.
+const INLINE_MAX: u64 = 4096;
 
 fn wait_to_ns(wait: Option<Duration>) -> u64 {
     wait.map_or(NO_WAIT, |w| u64::try_from(w.as_nanos()).unwrap_or(NO_WAIT - 1))
@@ -678,7 +683,8 @@ pub struct CollectReport {
 pub struct PoolStats {
     /// Bytes of data capacity (all data segments).
     pub capacity: u64,
-    /// Bytes of data blocks in use.
+    /// Bytes of blocks holding array data: data blocks, and the blocks of small arrays (4 KiB
+    /// or less with their header), which live in metadata segments.
     pub used: u64,
     /// Bytes free in data segments (including blocks cached by processes).
     pub free: u64,
@@ -952,17 +958,14 @@ impl PoolShared {
         let (capacity, min_block) = if kind == KIND_META {
             (16 << 20, 128)
         } else {
-            let base = h.data_segment_capacity.load(ORD);
-            let used: u64 = (0..count)
-                .filter(|i| dir.segments()[*i].kind.load(ORD) == KIND_DATA)
-                .map(|i| dir.segments()[i].capacity.load(ORD))
-                .sum();
-            let capacity = base.max(size.next_power_of_two());
-            if used + capacity > h.max_size.load(ORD) {
-                return Ok(false);
-            }
-            (capacity, h.data_min_block.load(ORD))
+            (h.data_segment_capacity.load(ORD).max(size.next_power_of_two()), h.data_min_block.load(ORD))
         };
+        // `max_size` bounds every segment after segment 0 (small arrays live in metadata
+        // segments, so those count too).
+        let used: u64 = (1..count).map(|i| dir.segments()[i].capacity.load(ORD)).sum();
+        if used + capacity > h.max_size.load(ORD) {
+            return Ok(false);
+        }
         // Every process of the pool may map every segment: as many owner slots as process slots.
         let owner_slots = h.process_slots.load(ORD) as u32 + 8;
         let options = ArenaOptions::new(capacity).min_block(min_block).owner_slots(owner_slots);
@@ -1000,28 +1003,43 @@ impl PoolShared {
             .ok_or_else(|| ArrayError::Shape { shape: shape.to_vec(), why: "size overflows" })?;
         let slot = self.slot().map_err(ArrayError::Grow)?;
         let strides = contiguous_strides(shape, dtype.itemsize(), fortran);
-        let meta = ArrayMeta { dtype: dtype.clone(), shape: shape.to_vec(), strides, fortran };
-        let (data_seg, data_block, data) = self.alloc_in(KIND_DATA, data_len.max(1))?;
+        let meta = ArrayMeta { dtype: dtype.clone(), shape: shape.into(), strides, fortran };
         let header_len = header_size(shape.len(), dtype.descr().len());
-        let (meta_seg, header_block, header_ptr) = match self.alloc_in(KIND_META, header_len) {
-            Ok(x) => x,
-            Err(e) => {
-                let _ = self.segment(data_seg).map(|a| a.free(data_block));
-                return Err(e);
-            }
-        };
-        let meta_arena = self.segment(meta_seg).map_err(ArrayError::Grow)?;
-        let data_arena = self.segment(data_seg).map_err(ArrayError::Grow)?;
         let nonce = self.next_nonce();
-        // SAFETY: a block we just allocated and have not published, of at least header_len
-        // bytes (the header's own size), aligned to 128.
-        let header = unsafe { &*header_ptr.as_ptr().cast::<ArrayHeader>() };
-        // SAFETY: as above; nobody else sees the block until a handle exists.
-        unsafe { header.init(nonce, slot, (data_seg, data_block.to_bits(), data_len), &meta) };
-        // Ownership passes from the arena (our tag) to the refcount (header invariant 2):
-        // header first, so a death in between is recovered by one of the two mechanisms.
-        meta_arena.disown(header_block).expect("our block");
-        data_arena.disown(data_block).expect("our block");
+        let (meta_seg, header_block, header_ptr, data) = if header_len + data_len <= INLINE_MAX {
+            // A small array: one block in a metadata segment, its data after its header.
+            let (meta_seg, header_block, header_ptr) = self.alloc_in(KIND_META, header_len + data_len)?;
+            let meta_arena = self.segment(meta_seg).map_err(ArrayError::Grow)?;
+            // SAFETY: a block we just allocated and have not published, of at least
+            // header_len + data_len bytes, aligned to 128.
+            let header = unsafe { &*header_ptr.as_ptr().cast::<ArrayHeader>() };
+            // SAFETY: as above; nobody else sees the block until a handle exists.
+            unsafe { header.init(nonce, slot, (meta_seg, header_block.to_bits(), data_len), header_len, &meta) };
+            meta_arena.disown(header_block).expect("our block");
+            let data = NonNull::new(header_ptr.as_ptr().wrapping_add(header_len as usize)).expect("inside a block");
+            (meta_seg, header_block, header_ptr, data)
+        } else {
+            let (data_seg, data_block, data) = self.alloc_in(KIND_DATA, data_len.max(1))?;
+            let (meta_seg, header_block, header_ptr) = match self.alloc_in(KIND_META, header_len) {
+                Ok(x) => x,
+                Err(e) => {
+                    let _ = self.segment(data_seg).map(|a| a.free(data_block));
+                    return Err(e);
+                }
+            };
+            let meta_arena = self.segment(meta_seg).map_err(ArrayError::Grow)?;
+            let data_arena = self.segment(data_seg).map_err(ArrayError::Grow)?;
+            // SAFETY: a block we just allocated and have not published, of at least header_len
+            // bytes (the header's own size), aligned to 128.
+            let header = unsafe { &*header_ptr.as_ptr().cast::<ArrayHeader>() };
+            // SAFETY: as above; nobody else sees the block until a handle exists.
+            unsafe { header.init(nonce, slot, (data_seg, data_block.to_bits(), data_len), 0, &meta) };
+            // Ownership passes from the arena (our tag) to the refcount (header invariant 2):
+            // header first, so a death in between is recovered by one of the two mechanisms.
+            meta_arena.disown(header_block).expect("our block");
+            data_arena.disown(data_block).expect("our block");
+            (meta_seg, header_block, header_ptr, data)
+        };
         let local = Arc::new(LocalArray {
             pool: self.clone(),
             meta_segment: meta_seg,
@@ -1113,15 +1131,10 @@ impl PoolShared {
             unpin(h);
             return Err(HandleError::Invalid("corrupt array header"));
         };
-        let data_seg = h.data_segment.load(ORD) as u16;
-        let data_block = Block::from_bits(h.data_block.load(ORD));
         let data_len = h.data_len.load(ORD);
-        let data = match self.segment(data_seg).ok().and_then(|a| a.as_ptr(data_block).ok()) {
-            Some(p) if data_len <= data_block.size() => p,
-            _ => {
-                unpin(h);
-                return Err(HandleError::Invalid("the header names no valid data block"));
-            }
+        let Some(data) = self.data_of(header, ptr, h, data_len) else {
+            unpin(h);
+            return Err(HandleError::Invalid("the header names no valid data block"));
         };
         let local = Arc::new(LocalArray {
             pool: self.clone(),
@@ -1163,17 +1176,39 @@ impl PoolShared {
         Ok(SharedArray::from_view(local, handle.offset, handle.shape.clone(), handle.strides.clone()))
     }
 
-    /// Frees a dead array's data block, then its header block (invariant 3).
-    fn free_array(&self, meta_seg: u16, header_block: Block, h: &ArrayHeader) {
+    /// Where a pinned array's data is: inside its header block after the header (small
+    /// arrays), or a block of its own in a data segment. `None` if the header's description of
+    /// it does not fit its block (a corrupt header).
+    fn data_of(&self, header: Block, header_ptr: NonNull<u8>, h: &ArrayHeader, data_len: u64) -> Option<NonNull<u8>> {
+        let inline = h.inline_offset.load(ORD);
+        if inline != 0 {
+            let fits = inline >= crate::header::FIXED as u64
+                && inline.checked_add(data_len).is_some_and(|end| end <= header.size());
+            return fits.then(|| NonNull::new(header_ptr.as_ptr().wrapping_add(inline as usize)))?;
+        }
         let data_seg = h.data_segment.load(ORD) as u16;
         let data_block = Block::from_bits(h.data_block.load(ORD));
+        if self.dir().segments().get(data_seg as usize)?.kind.load(ORD) != KIND_DATA {
+            return None;
+        }
+        let p = self.segment(data_seg).ok()?.as_ptr(data_block).ok()?;
+        (data_len <= data_block.size()).then_some(p)
+    }
+
+    /// Frees a dead array's data block (if it has one of its own), then its header block
+    /// (invariant 3).
+    fn free_array(&self, meta_seg: u16, header_block: Block, h: &ArrayHeader) {
         // Someone waits for memory: free straight to the shared tree, not into this process's
         // cache, where a waiter in another process could not reach it (found in review).
         let waiting = self.dir().header().freed.has_listeners();
-        if let Ok(a) = self.segment(data_seg) {
-            let _ = a.free(data_block);
-            if waiting {
-                a.trim();
+        if h.inline_offset.load(ORD) == 0 {
+            let data_seg = h.data_segment.load(ORD) as u16;
+            let data_block = Block::from_bits(h.data_block.load(ORD));
+            if let Ok(a) = self.segment(data_seg) {
+                let _ = a.free(data_block);
+                if waiting {
+                    a.trim();
+                }
             }
         }
         h.magic.store(0, ORD);
@@ -1307,7 +1342,12 @@ impl PoolShared {
                 s.largest_free = s.largest_free.max(a.largest_free_block);
             } else {
                 // Headers with their magic: a freed header parked in a cache is not an array.
-                s.arrays += self.headers(i, arena).len() as u64;
+                for (block, h) in self.headers(i, arena) {
+                    s.arrays += 1;
+                    if h.inline_offset.load(ORD) != 0 {
+                        s.used += block.size();
+                    }
+                }
             }
         }
         s
@@ -1580,7 +1620,7 @@ impl SharedArray {
     }
 
     fn from_view(local: Arc<LocalArray>, offset: u64, shape: Vec<u64>, strides: Vec<i64>) -> Self {
-        if offset == 0 && shape == local.meta.shape && strides == local.meta.strides {
+        if offset == 0 && *shape == *local.meta.shape && *strides == *local.meta.strides {
             return Self::whole(local);
         }
         Self { local, view: Some(Arc::new(View { offset, shape, strides })) }

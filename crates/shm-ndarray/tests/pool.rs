@@ -218,13 +218,14 @@ fn stale_and_crafted_handles_are_refused_without_touching_other_memory() {
 fn a_full_pool_fails_with_numbers_or_waits_for_a_free() {
     let pool = Pool::create(&PoolOptions::new().segment_capacity(1 << 20).max_size(1 << 20)).unwrap();
     let a = ShmArray::<u8>::zeros(&pool, &[1 << 20]).unwrap();
-    match ShmArray::<u8>::zeros(&pool, &[1024]) {
+    // (Arrays of 4 KiB or less live in the metadata segment: take a larger one.)
+    match ShmArray::<u8>::zeros(&pool, &[8192]) {
         Err(ArrayError::OutOfMemory { requested, free, largest_free, .. }) => {
-            assert_eq!((requested, free, largest_free), (1024, 0, 0));
+            assert_eq!((requested, free, largest_free), (8192, 0, 0));
         }
         other => panic!("expected OutOfMemory, got {other:?}"),
     }
-    let err = ShmArray::<u8>::zeros(&pool, &[1024]).unwrap_err().to_string();
+    let err = ShmArray::<u8>::zeros(&pool, &[8192]).unwrap_err().to_string();
     assert!(err.contains("max_size") && err.contains("/dev/shm"), "says how to fix it: {err}");
     // With waiting, a free by another process (here, a thread) lets the allocation through.
     let waiting = Pool::create(
@@ -304,7 +305,7 @@ fn clean_removes_pools_of_dead_processes_and_never_a_live_one() {
         let name = format!("testorphan{}", std::process::id());
         let pid = fork(|| {
             let p = Pool::create(&small().name(&name).persistent(false)).unwrap();
-            let _a = ShmArray::<u8>::zeros(&p, &[10]).unwrap();
+            let _a = ShmArray::<u8>::zeros(&p, &[10_000]).unwrap(); // a data segment of its own
             loop {
                 std::thread::sleep(Duration::from_secs(1));
             }
@@ -377,4 +378,36 @@ fn a_pool_that_persists_while_named_outlives_its_processes_only_while_it_has_nam
     pool.unpublish("kept").unwrap();
     pool.leave();
     assert!(leftovers(&name).is_empty(), "without names it goes with its last process");
+}
+
+#[test]
+fn small_arrays_live_inline_and_come_back_when_their_holder_dies() {
+    let pool = Pool::create(&small()).unwrap();
+    let before = pool.stats();
+    // The data fills its whole region: the header before it must stay intact.
+    let a = ShmArray::<u8>::from_slice(&pool, &[4000], &[0xAB; 4000]).unwrap();
+    let b = ShmArray::<u8>::attach(&pool, &a.handle().unwrap()).unwrap();
+    assert!(b.to_vec().iter().all(|x| *x == 0xAB));
+    assert_eq!(pool.stats().arrays, before.arrays + 1);
+    drop((a, b));
+    let (mut parent_end, mut child_end) = std::os::unix::net::UnixStream::pair().unwrap();
+    let pid = fork(|| {
+        use std::io::Write;
+        let held: Vec<_> = (0..3).map(|i| ShmArray::<u16>::from_slice(&pool, &[100], &[i; 100]).unwrap()).collect();
+        child_end.write_all(b"x").unwrap();
+        std::thread::sleep(Duration::from_secs(60));
+        drop(held);
+        0
+    });
+    let mut buf = [0u8; 1];
+    std::io::Read::read_exact(&mut parent_end, &mut buf).unwrap();
+    assert_eq!(pool.stats().arrays, before.arrays + 3);
+    // SAFETY: our child.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    wait(pid);
+    let r = pool.collect();
+    assert_eq!((r.dead_processes, r.arrays_freed), (1, 3));
+    let after = pool.stats();
+    assert_eq!((after.arrays, after.used), (before.arrays, before.used));
+    pool.check().unwrap();
 }

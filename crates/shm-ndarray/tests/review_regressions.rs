@@ -28,9 +28,10 @@ fn a_handle_whose_view_overflows_is_refused() {
 #[test]
 fn a_handle_naming_a_data_segment_as_its_header_is_refused() {
     let pool = Pool::create(&small()).unwrap();
-    let a = pool.empty(&DType::of::<u8>(), &[256], false).unwrap();
+    // Larger than 4 KiB: its data is a block of segment 1, the first data segment.
+    let a = pool.empty(&DType::of::<u8>(), &[8192], false).unwrap();
     let mut bytes = a.untracked_handle().to_bytes();
-    bytes[6..8].copy_from_slice(&1u16.to_le_bytes()); // segment 1 is the first data segment
+    bytes[6..8].copy_from_slice(&1u16.to_le_bytes());
     let h = Handle::from_bytes(&bytes).unwrap();
     assert!(matches!(pool.attach(&h), Err(HandleError::Invalid(_))));
 }

@@ -67,9 +67,10 @@ class PoolStats(NamedTuple):
     """A pool's usage, in bytes unless said otherwise."""
 
     capacity: int
-    """Bytes of data segments reserved in /dev/shm."""
+    """Bytes of data segments reserved in /dev/shm (metadata segments not included)."""
     used: int
-    """Bytes of data blocks in use."""
+    """Bytes of blocks holding array data (small arrays, 4 KiB or less with their header, live
+    in a metadata segment and count here too)."""
     free: int
     """Bytes free in the data segments."""
     largest_free: int
