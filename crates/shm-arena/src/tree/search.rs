@@ -15,10 +15,12 @@
 //! (index within the level of the next node to try); `[2 + d + l * HINT_SLOTS + k]` hint slot
 //! `k` of level `l`, holding `index within level + 1`, or 0 when empty.
 //!
-//! Warm reuse: a free leaves a hint for the largest node it made vacant, and an allocation
-//! takes hints before scanning, preferring its own level and then the smallest larger node
-//! (which it splits, leaving the halves it did not take as hints). A freed block is therefore
-//! handed out again before the cursor reaches memory nobody has touched yet.
+//! Warm reuse: a free leaves a hint for the largest node it made vacant, and puts the freed
+//! block itself in the first hint slot of its level; an allocation takes hints before
+//! scanning, first slot first, preferring its own level and then the smallest larger node
+//! (which it splits, leaving the halves it did not take as hints). The block freed last is
+//! therefore the next one handed out at its size (its pages are warm in the CPU's caches), and
+//! any freed block is handed out again before the cursor reaches memory nobody has touched.
 
 use core::sync::atomic::Ordering::Relaxed;
 
@@ -101,6 +103,28 @@ impl<N: ?Sized + AtomicWords, S: ?Sized + AtomicWords> BuddyTree<'_, N, S> {
             self.search.fetch_or(SUMMARY, 1 << hinted_level, Relaxed);
         }
         None
+    }
+
+    /// Records `node` as the first hint of its level (slot 0, which allocations try first);
+    /// the hint it displaces goes to another slot (best effort).
+    ///
+    /// Left out of the loom models (`shm_loom`): it is advice like every hint (invariant 1),
+    /// and its extra atomic steps on every free multiplied the three-thread model's schedules
+    /// past CI's time budget; `push_hint`, which it ends in, is modelled.
+    pub(crate) fn push_hint_first(&self, node: usize) {
+        if cfg!(shm_loom) {
+            return;
+        }
+        let level = level_of(node);
+        let value = (node - (1usize << level) + 1) as u32;
+        let old = self.search.swap(self.hint_word(level, 0), value, Relaxed) as usize;
+        if self.search.load(SUMMARY, Relaxed) & (1 << level) == 0 {
+            self.search.fetch_or(SUMMARY, 1 << level, Relaxed);
+        }
+        // Invariant 1: a displaced hint may be corrupt; only in-range values are kept.
+        if old != 0 && old != value as usize && old <= 1usize << level {
+            self.push_hint((1usize << level) + old - 1);
+        }
     }
 
     /// Records `node` as vacant for later allocations (best effort).

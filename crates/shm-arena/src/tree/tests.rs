@@ -378,3 +378,25 @@ fn a_missing_mark_is_a_violation() {
     s.nodes[1].store(0, SeqCst);
     assert!(t.check().unwrap_err().iter().any(|v| matches!(v, TreeViolation::HiddenBelow { .. })));
 }
+
+#[test]
+fn the_block_freed_last_is_handed_out_next_at_its_size() {
+    let s = Stores::new(8);
+    let t = s.tree();
+    let keep: Vec<_> = (0..3).map(|_| t.alloc(6, 1).unwrap()).collect();
+    for level in [2, 4, 6, 8] {
+        let first = t.alloc(level, 1).unwrap();
+        let mut offsets = Vec::new();
+        let mut b = first;
+        for _ in 0..5 {
+            t.free(b, 1).unwrap();
+            b = t.alloc(level, 1).unwrap();
+            offsets.push(b.index);
+        }
+        assert!(offsets.iter().all(|i| *i == first.index), "level {level}: {offsets:?} after {}", first.index);
+        t.free(b, 1).unwrap();
+    }
+    for b in keep {
+        t.free(b, 1).unwrap();
+    }
+}
