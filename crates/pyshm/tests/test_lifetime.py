@@ -201,3 +201,20 @@ def test_the_environment_sets_up_the_default_pool():
     env["PYSHM_MAX_SIZE"] = "lots"
     out = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, timeout=60, env=env)
     assert out.returncode != 0 and "PYSHM_MAX_SIZE='lots'" in out.stderr
+
+
+def test_a_waiting_allocation_releases_the_gil():
+    # The only thread that can free memory is this one: if the waiting thread held the GIL,
+    # the free could not run before the wait ran out and the allocation failed.
+    import threading
+
+    with pyshm.Pool(size=1 << 20, max_size=1 << 20, wait=30.0) as pool:
+        big = pool.empty(600_000, dtype=np.uint8)
+        got = []
+        t = threading.Thread(target=lambda: got.append(pool.empty(600_000, dtype=np.uint8).size))
+        t.start()
+        time.sleep(0.2)  # let it start waiting (no assertion depends on this timing)
+        assert t.is_alive(), "it waits: the pool is full"
+        del big
+        t.join(30)
+        assert got == [600_000]
