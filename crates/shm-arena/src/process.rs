@@ -443,6 +443,24 @@ static FORK_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::Atomic
 /// Installs [`on_fork_child`] once per process (the registration is inherited by children).
 static FORK_HOOK: Once = Once::new();
 
+/// Runs `fork_generation`'s one-time setup when the library is loaded (before `main` in a
+/// program, at `dlopen` in a Python extension), when no other thread can be inside it. Left
+/// lazy, a fork made while another thread was inside the setup gave a child that waits forever
+/// for a setup no thread of it runs (seen in CI: a forked test child never took its lock).
+#[allow(unsafe_code)]
+// `link_section` places a function pointer in `.init_array`
+// SAFETY: `.init_array` entries are `extern "C" fn()` called once by the loader, in order; this
+// one only runs `fork_generation`, which needs nothing from the Rust runtime that is not ready
+// at load time (an atomic, a `Once` and `pthread_atfork`).
+#[used]
+#[link_section = ".init_array"]
+static INSTALL_FORK_HOOK_AT_LOAD: extern "C" fn() = {
+    extern "C" fn install() {
+        let _ = fork_generation();
+    }
+    install
+};
+
 /// The `pthread_atfork` child handler: counts one fork. Async-signal-safe: one atomic add.
 extern "C" fn on_fork_child() {
     // Relaxed: the child is single-threaded here and goes on in this same thread, so program
@@ -455,9 +473,8 @@ extern "C" fn on_fork_child() {
 ///
 /// Cache the value next to per-process state; when a later call returns something else, the
 /// code runs in a forked child and must take its own [`ProcessIdentity::current`] and drop
-/// what belonged to the parent. The first call installs a `pthread_atfork` child handler
-/// (once per process; children inherit it), so forks before the first call are not counted,
-/// which does not matter because nothing could have cached a value then.
+/// what belonged to the parent. A `pthread_atfork` child handler counts the forks; it is
+/// installed when the library is loaded (children inherit it), before any thread could fork.
 ///
 /// Only forks made through libc (`fork(3)`, Python's `os.fork`, `multiprocessing`'s `fork`
 /// start method) run the handler. A raw `clone(2)` syscall does not; `vfork` and
