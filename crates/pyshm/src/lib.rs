@@ -5,10 +5,10 @@
 //!
 //! - [`NativePool`] wraps a [`shm_ndarray::Pool`]: creating arrays, attaching handles, names,
 //!   statistics, collection and leaving.
-//! - Every pooled numpy array is an ordinary `numpy.ndarray` whose `base` is a [`Block`], the
-//!   object that holds this process's reference to the array ([`SharedArray`]). numpy keeps the
-//!   base alive as long as any view of the data is alive, so the block is released exactly when
-//!   the last array or view of it goes.
+//! - Every pooled numpy array is an ordinary `numpy.ndarray` whose base chain ends at a
+//!   [`Block`], the object that holds this process's reference to the array ([`SharedArray`]).
+//!   numpy keeps the chain alive as long as any view of the data is alive, so the block is
+//!   released exactly when the last array or view of it goes.
 //! - [`pooled_handle`] turns a pooled array (or any view of one) into a handle: the pool's
 //!   name, the handle's bytes, and for a view with another dtype than the array's, that view's
 //!   geometry.
@@ -225,22 +225,24 @@ impl Block {
 /// Whether a view (`offset` bytes from the data start, `shape`, byte `strides`, items of
 /// `itemsize` bytes) lies inside `len` bytes (invariant 1). Arithmetic in i128: no overflow.
 fn view_inside(offset: i128, shape: &[i128], strides: &[i128], itemsize: i128, len: i128) -> bool {
-    if shape.iter().any(|n| *n < 0) || shape.len() != strides.len() {
+    // At most numpy's 64 dimensions, each of an i64 size and stride: every partial sum below
+    // stays far inside i128, and checked arithmetic says so rather than trusting it.
+    if shape.len() > shm_ndarray::MAX_DIMS || shape.iter().any(|n| *n < 0) || shape.len() != strides.len() {
         return false;
     }
     if shape.contains(&0) {
         return (0..=len).contains(&offset);
     }
-    let (mut lo, mut hi) = (offset, offset + itemsize);
+    let (mut lo, mut hi) = (Some(offset), offset.checked_add(itemsize));
     for (n, s) in shape.iter().zip(strides) {
-        let reach = (n - 1) * s;
+        let Some(reach) = (n - 1).checked_mul(*s) else { return false };
         if reach < 0 {
-            lo += reach;
+            lo = lo.and_then(|l| l.checked_add(reach));
         } else {
-            hi += reach;
+            hi = hi.and_then(|h| h.checked_add(reach));
         }
     }
-    lo >= 0 && hi <= len
+    matches!((lo, hi), (Some(lo), Some(hi)) if lo >= 0 && hi <= len)
 }
 
 /// A numpy array over `block`'s data: `data_offset` bytes from the data start, with this
@@ -340,24 +342,29 @@ fn geometry(arr: &Bound<'_, PyAny>) -> Option<Geometry> {
     })
 }
 
-/// The block behind a pooled array, if `arr` is one (numpy collapses a view's base chain to the
-/// object that owns the memory, so the base of any view of a pooled array is its block).
+/// The block behind a pooled array, if `arr` is one: the end of its base chain, which numpy
+/// keeps short (the block, or a pooled array whose base is the block).
 #[allow(unsafe_code)]
 fn block_of<'py>(arr: &Bound<'py, PyAny>, g: &Geometry) -> Option<Bound<'py, Block>> {
-    if g.base.is_null() {
-        return None;
-    }
-    // SAFETY: `base` is a live object: the array holds a reference to it, and we hold the array.
-    let base = unsafe { Bound::from_borrowed_ptr(arr.py(), g.base) };
-    match base.cast_into::<Block>() {
-        Ok(b) => Some(b),
-        // A view made by `numpy.ndarray(buffer=pooled)` or similar has the pooled array as base.
-        Err(e) => {
-            let base = e.into_inner();
-            let g2 = geometry(&base)?;
-            block_of(&base, &g2)
+    let py = arr.py();
+    let mut base_ptr = g.base;
+    // numpy collapses a view's base to the array that owns the memory, or to an array that
+    // does not own it but is a base already (`a[1:].base is a`, whose base is the block); views
+    // of other array types can chain further. A few hops cover every layout numpy makes; a
+    // longer chain is not followed (it is treated as not pooled), so no input recurses deeply.
+    for _ in 0..8 {
+        if base_ptr.is_null() {
+            return None;
+        }
+        // SAFETY: a live object: the array before it in the chain holds a reference to it, and
+        // that array is held by `arr`'s chain, which we hold.
+        let base = unsafe { Bound::from_borrowed_ptr(py, base_ptr) };
+        match base.cast_into::<Block>() {
+            Ok(b) => return Some(b),
+            Err(e) => base_ptr = geometry(&e.into_inner())?.base,
         }
     }
+    None
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -533,16 +540,16 @@ impl NativePool {
     }
 
     /// A new array: `shape`, numpy dtype spec, "C" or "F" order, zero-filled or not.
-    #[pyo3(signature = (shape, dtype, order="C", zero=false))]
+    #[pyo3(signature = (shape, dtype, order=Some("C"), zero=false))]
     fn empty<'py>(
         &self,
         py: Python<'py>,
         shape: &Bound<'py, PyAny>,
         dtype: &Bound<'py, PyAny>,
-        order: &str,
+        order: Option<&str>,
         zero: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let fortran = match order {
+        let fortran = match order.unwrap_or("C") {
             "C" | "c" => false,
             "F" | "f" => true,
             o => return Err(PyValueError::new_err(format!("order must be 'C' or 'F', not {o:?}"))),

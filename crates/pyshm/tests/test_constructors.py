@@ -172,3 +172,19 @@ def test_stats_count_arrays_and_bytes():
     del a, b
     after = pyshm.stats()
     assert (after.arrays, after.used) == (before.arrays, before.used)
+
+
+def test_numpy_details_unsized_strings_and_order_none():
+    for code in ("S", "U"):
+        assert pyshm.empty(3, dtype=code).dtype == np.empty(3, dtype=code).dtype
+    assert pyshm.empty(3, order=None).flags.c_contiguous
+
+
+def test_loky_gets_numpys_own_reduction_for_unpooled_arrays():
+    import pickle
+
+    from pyshm import _pickle
+
+    plain = np.arange(3)
+    assert _pickle._reduce_for_loky(plain)[0] is plain.__reduce_ex__(pickle.HIGHEST_PROTOCOL)[0]
+    assert _pickle._reduce_for_transfer(plain)[0] is plain.__reduce_ex__(pickle.DEFAULT_PROTOCOL)[0]

@@ -218,3 +218,65 @@ def test_a_waiting_allocation_releases_the_gil():
         del big
         t.join(30)
         assert got == [600_000]
+
+
+def test_views_with_huge_or_too_many_dimensions_are_refused():
+    a = pyshm.zeros(16, dtype=np.uint8)
+    h = pyshm.handle(a.view(np.int32))
+    big = 2**63 - 1
+    for retype in (
+        (np.dtype("V0"), 0, (big,) * 4, (big,) * 4),  # zero-size items: numpy checks no size
+        (np.dtype("u1"), 0, (1,) * 65, (1,) * 65),
+        (np.dtype("u1"), 0, (2,) * 40, (big,) * 40),
+    ):
+        with pytest.raises(ValueError):
+            pyshm.attach(pyshm.Handle(h.pool, h.data, retype))
+
+
+def test_a_deep_chain_of_views_is_not_followed_and_does_not_crash():
+    class A(np.ndarray):
+        pass
+
+    class B(np.ndarray):
+        pass
+
+    x = pyshm.zeros(4)
+    for i in range(20_000):  # numpy does not collapse bases across these subclasses
+        x = x.view((A, B, np.ndarray)[i % 3])
+    assert pyshm.is_shared(x) is False
+    del x
+
+
+def test_a_closed_pool_is_gone_for_this_process_too():
+    name = f"testclosed{uuid.uuid4().hex[:10]}"
+    p = pyshm.Pool(name, persistent=False)
+    a = p.zeros(10)
+    h = pyshm.handle(a)
+    p.close()
+    with pytest.raises(pyshm.PoolNotFoundError, match=name):
+        pyshm.attach(h)
+    a[:] = 1  # still mapped: touching it cannot crash
+    q = pyshm.Pool(name, persistent=False)  # a new pool of that name, not the old one
+    assert q.stats().arrays == 0
+    q.close()
+
+
+def test_a_forked_and_exec_ed_program_does_not_join_the_pool():
+    a = pyshm.zeros(10)
+    before = pyshm.stats().processes
+    proc = subprocess.Popen(["sleep", "30"], preexec_fn=lambda: None)  # fork, Python code, exec
+    try:
+        assert pyshm.stats().processes == before
+    finally:
+        proc.kill()
+        proc.wait()
+    del a
+
+
+def test_read_only_views_arrive_read_only():
+    from multiprocessing.reduction import ForkingPickler
+
+    a = pyshm.zeros(10)
+    ro = np.broadcast_to(a[:1], (5, 3))
+    got = ForkingPickler.loads(ForkingPickler.dumps(ro))
+    assert np.shares_memory(got, a) and not got.flags.writeable and got.strides == (0, 0)

@@ -345,7 +345,12 @@ impl Pool {
 
     fn from_registry(name: &str) -> Option<Pool> {
         let reg = registry().lock().unwrap_or_else(|p| p.into_inner());
-        reg.get(name).and_then(Weak::upgrade).map(|shared| Pool { shared })
+        // A pool this process left and tore down stays reachable through its live arrays, but is
+        // not the pool of that name any more: open (or create) it anew (found in review).
+        reg.get(name)
+            .and_then(Weak::upgrade)
+            .filter(|shared| shared.dir().header().flags.load(ORD) & FLAG_TORN_DOWN == 0)
+            .map(|shared| Pool { shared })
     }
 
     fn assemble(
@@ -1074,6 +1079,19 @@ impl PoolShared {
         existing = locals.get(&(meta_seg, header.offset())).and_then(Weak::upgrade);
         if let Some(existing) = &existing {
             if existing.nonce == nonce && existing.header_block == header {
+                if held_slot(existing.holder.load(ORD)).is_none() {
+                    // Released by `leave` (or inherited and never re-acquired): this attach
+                    // takes a hold again, or the array could be freed under us (found in review).
+                    let tokens = self.tokens();
+                    let r = match how {
+                        Pin::Token(t) => existing.header().refcount.claim(t, slot, &tokens),
+                        Pin::Acquire => existing.header().refcount.acquire(slot, &tokens),
+                    };
+                    drop(locals);
+                    r.map_err(ref_to_handle)?;
+                    existing.holder.store(holder_word(slot), ORD);
+                    return Ok(existing.clone());
+                }
                 if let Pin::Token(token) = how {
                     // We hold it already: the token is consumed, our hold stays single. A token
                     // that is no longer pending (the handle was attached before) changes
@@ -1508,7 +1526,12 @@ impl PoolShared {
 impl Drop for PoolShared {
     fn drop(&mut self) {
         self.leave();
-        registry().lock().unwrap_or_else(|p| p.into_inner()).remove(&self.name);
+        // Only our own entry: a pool torn down and made anew under the same name has replaced
+        // it (found in review).
+        let mut reg = registry().lock().unwrap_or_else(|p| p.into_inner());
+        if reg.get(&self.name).is_some_and(|w| core::ptr::eq(w.as_ptr(), self)) {
+            reg.remove(&self.name);
+        }
     }
 }
 

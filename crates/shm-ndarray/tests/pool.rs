@@ -346,7 +346,12 @@ fn leaving_releases_what_this_process_holds_and_the_last_one_out_removes_the_poo
     assert_eq!(pool.stats().arrays, 2);
     pool.leave();
     assert_eq!(pool.stats().arrays, 1, "our array was released; the child's stays");
-    assert!(!leftovers(&name).is_empty(), "the child is still a member");
+    assert!(
+        !leftovers(&name).is_empty(),
+        "the child is still a member: {} processes, child {:?}",
+        pool.live_processes(),
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.split(' ').nth(2).map(str::to_owned))
+    );
     drop(a); // after leaving: nothing to release, and nothing else released by mistake
     assert_eq!(pool.stats().arrays, 1);
     std::io::Write::write_all(&mut parent_end, b"x").unwrap();

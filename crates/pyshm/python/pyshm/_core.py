@@ -187,24 +187,21 @@ class _ExitHook:
             multiprocessing.util.register_after_fork(self, _ExitHook._after_fork)
 
     def _after_fork(self) -> None:
-        # multiprocessing clears its finalizers in a new child, then runs these hooks.
+        # In a new multiprocessing child (fork or forkserver), before its target runs.
+        # multiprocessing cleared its finalizers: register ours again.
         multiprocessing.util.Finalize(None, _leave_all, exitpriority=-100)
+        # Register at once in every inherited pool: this re-acquires the inherited arrays
+        # before the parent can free them, instead of at the child's first use. Only in
+        # multiprocessing children: a plain `os.fork` child may `exec` another program, which
+        # would then count as a member holding every array for as long as it runs.
+        for n in list(_natives.values()):
+            try:
+                n.join()
+            except Exception:  # a full process table: the first real use reports it
+                pass
 
 
 _exit_hook = _ExitHook()
-
-
-def _join_after_fork() -> None:
-    # In a forked child, register at once in every inherited pool: this re-acquires the
-    # inherited arrays before the parent can free them, instead of at the child's first use.
-    for n in list(_natives.values()):
-        try:
-            n.join()
-        except Exception:  # a full process table: the first real use reports it
-            pass
-
-
-os.register_at_fork(after_in_child=_join_after_fork)
 
 
 def _track(native: NativePool) -> NativePool:
@@ -258,8 +255,9 @@ def _adopt_default(native: NativePool) -> None:
     with _lock:
         if _default is None:
             _default = native
-            if cfg_wait := _config["wait"]:
-                native.wait = cfg_wait
+            wait = _env_config()["wait"]
+            if wait is not None:
+                native.wait = wait
 
 
 def default_pool() -> "Pool":
@@ -656,12 +654,17 @@ def attach(h: Union[Handle, str]) -> np.ndarray:
     raise TypeError(f"attach() takes a pyshm.Handle or an array name, not {type(h).__name__}")
 
 
-def _rebuild(pool: str, data: bytes, retype: Optional[tuple] = None, default: bool = False) -> np.ndarray:
+def _rebuild(
+    pool: str, data: bytes, retype: Optional[tuple] = None, default: bool = False, readonly: bool = False
+) -> np.ndarray:
     """Unpickles an array sent as a handle (see ``_pickle``)."""
     native = _pool_named(pool)
     if default and _default is None:
         _adopt_default(native)
-    return native.attach(data, retype)
+    a = native.attach(data, retype)
+    if readonly:
+        a.flags.writeable = False
+    return a
 
 
 def _is_default(name: str) -> bool:

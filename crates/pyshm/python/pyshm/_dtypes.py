@@ -32,6 +32,8 @@ def check_shareable(dt: np.dtype) -> None:
 def describe(spec: Any) -> tuple[np.dtype, str, int, tuple[int, ...]]:
     """``(base dtype, description, item size, subarray shape)`` of a dtype spec."""
     dt = np.dtype(spec)
+    if dt.itemsize == 0 and dt.kind in "SU":
+        dt = np.dtype(f"{dt.byteorder if dt.kind == 'U' else '|'}{dt.kind}1")  # as numpy does
     subshape: tuple[int, ...] = ()
     if dt.subdtype is not None:
         dt, subshape = dt.subdtype

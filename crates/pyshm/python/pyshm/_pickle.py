@@ -34,21 +34,33 @@ _copyreg_done = False
 _loky_done: set[str] = set()
 
 
-def _reduce_for_transfer(a: np.ndarray) -> Any:
+def _handle_reduction(a: np.ndarray) -> Any:
+    """``(_rebuild, args)`` for a pooled array, or ``None``."""
     r = _native.pooled_handle(a)
     if r is None:
-        return a.__reduce_ex__(pickle.DEFAULT_PROTOCOL)
+        return None
     pool, data, retype = r
-    if _core._is_default(pool):
-        return (_core._rebuild, (pool, data, retype, True))
-    if retype is not None:
-        return (_core._rebuild, (pool, data, retype))
-    return (_core._rebuild, (pool, data))
+    args: tuple = (pool, data, retype, _core._is_default(pool), not a.flags.writeable)
+    while len(args) > 2 and not args[-1]:  # trailing defaults are left out: a smaller pickle
+        args = args[:-1]
+    return (_core._rebuild, args)
+
+
+def _reduce_for_transfer(a: np.ndarray) -> Any:
+    # multiprocessing's pickler runs at the default protocol.
+    return _handle_reduction(a) or a.__reduce_ex__(pickle.DEFAULT_PROTOCOL)
+
+
+def _reduce_for_loky(a: np.ndarray) -> Any:
+    # loky pickles at the highest protocol, where numpy writes the data in place.
+    return _handle_reduction(a) or a.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
 
 
 def _reduce_in_context(a: np.ndarray) -> Any:
     if _in_handles.get():
-        return _reduce_for_transfer(a)
+        r = _handle_reduction(a)
+        if r is not None:
+            return r
     # Outside `handles()`: numpy's own reduction, in band (copyreg gives no protocol).
     return a.__reduce_ex__(4)
 
@@ -87,7 +99,7 @@ def register_loky() -> bool:
             reduction = __import__(mod, fromlist=["register"])
         except ImportError:
             continue
-        reduction.register(np.ndarray, _reduce_for_transfer)
+        reduction.register(np.ndarray, _reduce_for_loky)
         _loky_done.add(mod)
         found = True
     return found
