@@ -298,10 +298,14 @@ impl Pool {
         dir.segments()[0].kind.store(KIND_META, ORD);
         dir.segments()[0].capacity.store(meta_capacity, ORD);
         h.segment_count.store(1, ORD);
+        // The creator registers before the directory is published: a published pool with no
+        // process in it is a dead pool to `clean_dead_pools`, which removed pools being created
+        // (found by a test racing `clean`).
+        let creator = ProcessTable::new(dir.processes()).register().expect("a new table has free slots");
         // Release: publishes every directory field before an opener can find the directory.
         h.magic.store(DIR_MAGIC, core::sync::atomic::Ordering::Release);
         seg0.root_word().store(dir_block.to_bits(), core::sync::atomic::Ordering::Release);
-        let pool = Self::assemble(name, seg0, dir_block, layout, options.wait)?;
+        let pool = Self::assemble(name, seg0, dir_block, layout, options.wait, Some(creator))?;
         Ok(pool)
     }
 
@@ -340,7 +344,7 @@ impl Pool {
         if h.flags.load(ORD) & FLAG_TORN_DOWN != 0 {
             return Err(PoolError::Gone { name: name.to_owned() });
         }
-        Self::assemble(name.to_owned(), seg0, dir_block, layout, None)
+        Self::assemble(name.to_owned(), seg0, dir_block, layout, None, None)
     }
 
     fn from_registry(name: &str) -> Option<Pool> {
@@ -359,6 +363,7 @@ impl Pool {
         dir_block: Block,
         layout: DirLayout,
         wait: Option<Duration>,
+        registration: Option<Registration>,
     ) -> Result<Pool, PoolError> {
         let id = seg0.segment_id();
         let dir_ptr = seg0
@@ -377,8 +382,10 @@ impl Pool {
             layout,
             segments,
             open_lock: Mutex::new(()),
-            membership: Mutex::new(Membership { registration: None, fork_generation: 0 }),
-            fast_slot: shm_arena::sync::SharedU64::new(0),
+            membership: Mutex::new(Membership { registration, fork_generation: fork_generation() }),
+            fast_slot: shm_arena::sync::SharedU64::new(
+                registration.map_or(0, |r| fork_generation() << 16 | u64::from(r.index + 1)),
+            ),
             locals: Mutex::new(HashMap::default()),
             wait_ns: shm_arena::sync::SharedU64::new(wait_to_ns(wait)),
             nonce_state: shm_arena::sync::SharedU64::new(u64::from_le_bytes(seed) | 1),

@@ -124,3 +124,31 @@ fn a_free_reaches_a_waiter_even_from_a_small_cached_block() {
     assert!(pool.empty(&DType::of::<u8>(), &[256], false).is_ok(), "the waiter got the freed memory");
     smalls.join().unwrap();
 }
+
+#[test]
+#[allow(clippy::disallowed_types)] // a test-local flag between two threads, not shared memory
+fn clean_never_removes_a_pool_that_is_being_created() {
+    // A pool used to be published with no process registered in it, for an instant: a dead
+    // pool to `clean_dead_pools` running in another process (found when two tests raced).
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                shm_ndarray::clean_dead_pools(false);
+            }
+        });
+        // Stops the cleaner however this thread ends (a failed assertion must not hang).
+        struct Stop<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let _stop = Stop(&stop);
+        for _ in 0..300 {
+            let pool = Pool::create(&small()).unwrap();
+            let root = format!("/dev/shm/pyshm-{}", pool.name());
+            assert!(std::path::Path::new(&root).exists(), "a live pool was cleaned");
+        }
+    });
+}
