@@ -274,11 +274,11 @@ fn new_ndarray_raw<'py>(
     let subtype = unsafe { numpy::npyffi::get_type_object(py, NpyTypes::PyArray_Type) };
     // `PyArray_NewFromDescr` steals a reference to the descr: give it a new one.
     let descr_ptr = descr.clone().into_ptr().cast::<PyArray_Descr>();
-    // SAFETY: `dims` and `strides` hold `nd` entries each and are copied by numpy. `data`
-    // points into the block's mapping, which lives as long as the block (its `SharedArray` holds
-    // the pool, which holds the mapping), and the block becomes the array's base below, so numpy
-    // keeps it alive as long as the array or any view of it; the caller validated that the
-    // geometry stays inside the block's data (invariant 1).
+    // `data` points into the block's mapping, which lives as long as the block (its
+    // `SharedArray` holds the pool, which holds the mapping); the block becomes the array's base
+    // below, so numpy keeps it alive as long as any view of the array.
+    // SAFETY: `dims` and `strides` hold `nd` entries each (numpy copies them); `data` stays
+    // valid as said above, and the caller checked the geometry is inside the block (invariant 1).
     let arr = unsafe {
         PY_ARRAY_API.PyArray_NewFromDescr(
             py,

@@ -319,28 +319,26 @@ class _Constructors:
         np.copyto(a, fill_value, casting="unsafe")
         return a
 
-    def empty_like(
-        self, prototype: Any, dtype: Any = None, order: str = "K", subok: bool = True, shape: Optional[ShapeLike] = None
-    ) -> np.ndarray:
-        """A new pooled array shaped like ``prototype``, like ``numpy.empty_like``."""
+    def _like(self, prototype: Any, dtype: Any, order: str, shape: Optional[ShapeLike], zero: bool) -> np.ndarray:
         proto = prototype if isinstance(prototype, np.ndarray) else np.asarray(prototype)
         return self._native.empty(
             proto.shape if shape is None else shape,
             proto.dtype if dtype is None else dtype,
             _order_of(proto, order),
+            zero,
         )
+
+    def empty_like(
+        self, prototype: Any, dtype: Any = None, order: str = "K", subok: bool = True, shape: Optional[ShapeLike] = None
+    ) -> np.ndarray:
+        """A new pooled array shaped like ``prototype``, like ``numpy.empty_like``."""
+        return self._like(prototype, dtype, order, shape, False)
 
     def zeros_like(
         self, prototype: Any, dtype: Any = None, order: str = "K", subok: bool = True, shape: Optional[ShapeLike] = None
     ) -> np.ndarray:
         """A new pooled array of zeros shaped like ``prototype``, like ``numpy.zeros_like``."""
-        proto = prototype if isinstance(prototype, np.ndarray) else np.asarray(prototype)
-        return self._native.empty(
-            proto.shape if shape is None else shape,
-            proto.dtype if dtype is None else dtype,
-            _order_of(proto, order),
-            True,
-        )
+        return self._like(prototype, dtype, order, shape, True)
 
     def ones_like(
         self, prototype: Any, dtype: Any = None, order: str = "K", subok: bool = True, shape: Optional[ShapeLike] = None
