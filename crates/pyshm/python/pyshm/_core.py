@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 import multiprocessing.util
 import os
-import sys
 import threading
 from typing import Any, NamedTuple, Optional, Sequence, Union
 
@@ -667,7 +666,3 @@ def _rebuild(
 
 def _is_default(name: str) -> bool:
     return _default is not None and _default.name == name
-
-
-if sys.version_info < (3, 9):  # pragma: no cover
-    raise ImportError("pyshm needs Python 3.9 or later")
