@@ -152,3 +152,31 @@ fn clean_never_removes_a_pool_that_is_being_created() {
         }
     });
 }
+
+#[test]
+fn a_header_made_where_array_data_was_has_a_fresh_lock() {
+    // Small arrays keep their data in their header's block. When such a block is freed and
+    // split, new headers land where data was. `RefCount::init` did not reset the lock, so a
+    // header could start with a lock word of old data (here: the poison bit set), and the first
+    // `handle()` spun forever. The handles are taken on another thread, so a regression fails
+    // the test instead of hanging it.
+    let pool = Pool::create(&small()).unwrap();
+    for _ in 0..4 {
+        // More than the per-process cache keeps, so the blocks go back to the tree and merge.
+        let big: Vec<_> = (0..64).map(|_| pool.empty(&DType::of::<u8>(), &[3000], false).unwrap()).collect();
+        for a in &big {
+            // SAFETY: the array's 3000 bytes; nothing else writes them.
+            unsafe { std::ptr::write_bytes(a.base_ptr().as_ptr(), 0xA5, 3000) };
+        }
+        drop(big);
+        let arrays: Vec<_> = (0..512).map(|_| pool.empty(&DType::of::<f64>(), &[4], false).unwrap()).collect();
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for a in &arrays {
+                a.handle().unwrap();
+            }
+            done.send(()).unwrap();
+        });
+        assert!(finished.recv_timeout(Duration::from_secs(60)).is_ok(), "handle() never returned");
+    }
+}

@@ -137,6 +137,17 @@ impl RobustMutex {
         Self { word: AtomicU32::new(0), reserved: AtomicU32::new(0), owner: AtomicU64::new(0) }
     }
 
+    /// Makes this mutex unlocked, whatever its words held: for a mutex in memory that nobody
+    /// else can see yet, such as a block the allocator just handed out, whose bytes are
+    /// whatever its previous use left there.
+    pub fn reset(&self) {
+        // Relaxed: the memory is not visible to anyone yet; whoever publishes it (the array
+        // header's magic, stored with Release) orders these stores before the publication.
+        self.word.store(0, Ordering::Relaxed);
+        self.reserved.store(0, Ordering::Relaxed);
+        self.owner.store(0, Ordering::Relaxed);
+    }
+
     /// Locks, waiting as long as a live process holds the mutex.
     ///
     /// # Errors

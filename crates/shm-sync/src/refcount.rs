@@ -128,13 +128,16 @@ impl<const W: usize> RefCount<W> {
     }
 
     /// Makes a fresh record (not yet visible to others) held by `holder`, known to tokens as
-    /// `target`.
+    /// `target`. Every word is written, the lock's too: the memory may hold anything, such as
+    /// the data of an array that had the block before (a garbage lock word made the first
+    /// `send` spin forever; found by the Python front-ends' tests).
     ///
     /// # Panics
     ///
     /// If `holder >= 64 * W` (a caller bug: slots come from a table the caller sized).
     pub fn init(&self, target: u64, holder: u32) {
         assert!((holder as usize) < 64 * W, "holder slot {holder} beyond {} holders", 64 * W);
+        self.lock.reset();
         self.target.store(target, Ordering::Relaxed);
         self.state.store(0, Ordering::Relaxed);
         for (i, w) in self.holders.iter().enumerate() {
