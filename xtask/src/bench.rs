@@ -2,8 +2,17 @@
 //!
 //! 1. The criterion benchmarks of shm-arena always run.
 //! 2. The throughput harness (`crates/shm-arena/examples/bench_throughput.rs`, threads and
-//!    processes hammering one segment) and the Python benchmarks (`benchmarks/run.py`, once the
-//!    Python package exists) run when their files exist and are skipped with a note otherwise.
+//!    processes hammering one segment), the Python core benchmarks (`benchmarks/run.py`) and the
+//!    front-end benchmarks (`benchmarks/frontends.py`, pyshm against the stdlib and its peers)
+//!    run when their files exist, the Python ones once the Python package exists, and are
+//!    skipped with a note otherwise.
+//! 3. Only `bench` installs the peers that `frontends.py` compares with (npshmex, SharedArray,
+//!    pasha, joblib), into `.venv` with pip, each one only when it cannot be imported. A peer
+//!    that fails to install is noted in the summary and does not fail the run: `frontends.py`
+//!    reports it as missing. `cargo xtask test` installs none of them beyond its own tools.
+//! 4. `frontends.py` writes its figures to `target/bench/frontends.json`, and
+//!    `benchmarks/plot.py` draws them to `target/bench/frontends.svg`; the chart in
+//!    `docs/img/frontends.svg` is replaced by hand, from a run on a quiet machine.
 //!
 //! Benchmarks report; they do not judge. The figures worth keeping go to docs/performance.md,
 //! with the machine and the date, because this project's machines are shared and noisy.
@@ -15,6 +24,15 @@ use crate::util::{Cmd, Result, Steps};
 
 const THROUGHPUT_EXAMPLE: &str = "crates/shm-arena/examples/bench_throughput.rs";
 const PYTHON_BENCHMARKS: &str = "benchmarks/run.py";
+const FRONTEND_BENCHMARKS: &str = "benchmarks/frontends.py";
+const PLOT: &str = "benchmarks/plot.py";
+const FRONTENDS_JSON: &str = "target/bench/frontends.json";
+const FRONTENDS_SVG: &str = "target/bench/frontends.svg";
+
+/// The peers `frontends.py` measures pyshm against: (pip package, module to import).
+/// SharedArray comes before npshmex, which is built on it.
+const PEERS: [(&str, &str); 4] =
+    [("joblib", "joblib"), ("SharedArray", "SharedArray"), ("npshmex", "npshmex"), ("pasha", "pasha")];
 
 /// Runs the benchmarks; see the module doc.
 pub(crate) fn run(steps: &mut Steps) -> Result<()> {
@@ -27,16 +45,57 @@ pub(crate) fn run(steps: &mut Steps) -> Result<()> {
         steps.skip("bench_throughput", format!("{THROUGHPUT_EXAMPLE} does not exist yet"));
     }
 
-    if !python::package_present() {
-        steps.skip("python benchmarks", "python package not present yet");
-    } else if !Path::new(PYTHON_BENCHMARKS).exists() {
-        steps.skip("python benchmarks", format!("{PYTHON_BENCHMARKS} does not exist yet"));
-    } else {
+    if python::package_present() {
         python::prepare(steps)?;
-        steps.cmd("python benchmarks", &Cmd::new(python::PYTHON).arg(PYTHON_BENCHMARKS))?;
+        if Path::new(PYTHON_BENCHMARKS).exists() {
+            steps.cmd("python benchmarks", &Cmd::new(python::PYTHON).arg(PYTHON_BENCHMARKS))?;
+        } else {
+            steps.skip("python benchmarks", format!("{PYTHON_BENCHMARKS} does not exist yet"));
+        }
+        if Path::new(FRONTEND_BENCHMARKS).exists() {
+            install_peers(steps)?;
+            let bench = Cmd::new(python::PYTHON).args([FRONTEND_BENCHMARKS, "--json", FRONTENDS_JSON]);
+            steps.cmd("front-end benchmarks", &bench)?;
+            let plot = Cmd::new(python::PYTHON).args([PLOT, FRONTENDS_JSON, "-o", FRONTENDS_SVG]);
+            steps.cmd("front-end chart", &plot)?;
+        } else {
+            steps.skip("front-end benchmarks", format!("{FRONTEND_BENCHMARKS} does not exist yet"));
+        }
+    } else {
+        steps.skip("python benchmarks", "python package not present yet");
     }
 
     println!("\n==> criterion's reports are in target/criterion/ (report/index.html);");
+    if Path::new(FRONTENDS_JSON).exists() {
+        println!("    the front-end figures are in {FRONTENDS_JSON}, drawn in {FRONTENDS_SVG}");
+        println!("    (`{} {PLOT} {FRONTENDS_JSON}` replaces docs/img/frontends.svg);", python::PYTHON);
+    }
     println!("    record the figures worth keeping, with machine and date, in docs/performance.md");
+    Ok(())
+}
+
+/// Installs into `.venv` each peer that cannot be imported, one pip call per peer so that one
+/// failure does not keep the others out. Failures are noted, not returned (module doc, point 3).
+fn install_peers(steps: &mut Steps) -> Result<()> {
+    let importable = |module: &str| Cmd::new(python::PYTHON).args(["-c", &format!("import {module}")]).probe();
+    let missing: Vec<&str> =
+        PEERS.iter().filter(|(_, module)| !importable(module)).map(|(package, _)| *package).collect();
+    if missing.is_empty() {
+        steps.skip("python: benchmark peers", "already installed");
+        return Ok(());
+    }
+    let mut failed = Vec::new();
+    steps.run("python: benchmark peers", || {
+        for package in &missing {
+            if let Err(e) = Cmd::new(".venv/bin/pip").args(["install", "-q", package]).run() {
+                println!("==> {e}; tolerated: frontends.py reports {package} as missing");
+                failed.push(*package);
+            }
+        }
+        Ok(())
+    })?;
+    if !failed.is_empty() {
+        steps.note(format!("not installed (tolerated): {}", failed.join(", ")));
+    }
     Ok(())
 }

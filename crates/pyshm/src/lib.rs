@@ -12,6 +12,10 @@
 //! - [`pooled_handle`] turns a pooled array (or any view of one) into a handle: the pool's
 //!   name, the handle's bytes, and for a view with another dtype than the array's, that view's
 //!   geometry.
+//! - [`allocator`] is numpy's data-memory handler backed by a pool: an array numpy allocated
+//!   with it owns its data (no base), and its data pointer is a key of the handler's map, whose
+//!   entry is a 1-D `uint8` array over the block. Such an array, and every view of it, travels
+//!   as that array's handle plus the view's dtype and geometry (the retype path below).
 //!
 //! Invariants:
 //! 1. No memory is read or written through a handle before `shm-ndarray` validated it; a view
@@ -23,11 +27,16 @@
 //!    and around large fills.
 #![deny(unsafe_code)]
 
+#[allow(unsafe_code)] // numpy's handler structure, capsules, and the memory numpy is handed
+mod allocator;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use numpy::npyffi::{npy_intp, NpyTypes, PyArrayObject, PyArray_Descr, NPY_ARRAY_WRITEABLE, PY_ARRAY_API};
+use numpy::npyffi::{
+    npy_intp, NpyTypes, PyArrayObject, PyArray_Descr, NPY_ARRAY_OWNDATA, NPY_ARRAY_WRITEABLE, PY_ARRAY_API,
+};
 use numpy::PyArrayDescr;
 use pyo3::create_exception;
 use pyo3::exceptions::{
@@ -305,13 +314,14 @@ fn new_ndarray_raw<'py>(
     Ok(arr)
 }
 
-/// The geometry of a numpy array: data pointer, shape, byte strides, dtype object, base.
+/// The geometry of a numpy array: data pointer, shape, byte strides, dtype object, base, flags.
 struct Geometry {
     data: usize,
     shape: Vec<i128>,
     strides: Vec<i128>,
     descr: *mut pyo3::ffi::PyObject,
     base: *mut pyo3::ffi::PyObject,
+    flags: std::os::raw::c_int,
 }
 
 #[allow(unsafe_code)]
@@ -339,32 +349,88 @@ fn geometry(arr: &Bound<'_, PyAny>) -> Option<Geometry> {
         strides: steps.iter().map(|s| i128::from(*s as i64)).collect(),
         descr: f.descr.cast(),
         base: f.base,
+        flags: f.flags,
     })
 }
 
-/// The block behind a pooled array, if `arr` is one: the end of its base chain, which numpy
-/// keeps short (the block, or a pooled array whose base is the block).
+/// What holds a pooled array's memory in this process.
+enum Owner<'py> {
+    /// An array the pool made (`empty`, `attach`, `lookup`): its base chain ends at its block.
+    Block(Bound<'py, Block>),
+    /// An array numpy allocated with a pyshm handler: its base chain ends at an array that owns
+    /// its data, whose pointer is in the handler's map (`allocator`, invariant 1).
+    Allocation(Arc<allocator::Allocation>),
+}
+
+impl Owner<'_> {
+    /// This process's reference to the whole array.
+    fn array(&self) -> &SharedArray {
+        match self {
+            Owner::Block(b) => &b.get().array,
+            Owner::Allocation(a) => &a.array,
+        }
+    }
+
+    fn pool_name(&self) -> &str {
+        match self {
+            Owner::Block(b) => &b.get().pool_name,
+            Owner::Allocation(a) => &a.pool_name,
+        }
+    }
+
+    /// The dtype object of the whole array (`uint8` for a handler's block).
+    fn descr<'py>(&self, py: Python<'py>) -> Bound<'py, PyAny> {
+        match self {
+            Owner::Block(b) => b.get().descr.bind(py).clone().into_any(),
+            Owner::Allocation(_) => numpy::dtype::<u8>(py).into_any(),
+        }
+    }
+}
+
+/// What holds `arr`'s memory, if `arr` is a pooled array or a view of one: the end of its base
+/// chain, which numpy keeps short (the block, or a pooled array whose base is the block; for a
+/// handler's array, the array that owns the data, or a view whose base is that array).
 #[allow(unsafe_code)]
-fn block_of<'py>(arr: &Bound<'py, PyAny>, g: &Geometry) -> Option<Bound<'py, Block>> {
+fn owner_of<'py>(arr: &Bound<'py, PyAny>, g: &Geometry) -> Option<Owner<'py>> {
     let py = arr.py();
-    let mut base_ptr = g.base;
+    let (mut base_ptr, mut data, mut flags) = (g.base, g.data, g.flags);
     // numpy collapses a view's base to the array that owns the memory, or to an array that
     // does not own it but is a base already (`a[1:].base is a`, whose base is the block); views
     // of other array types can chain further. A few hops cover every layout numpy makes; a
     // longer chain is not followed (it is treated as not pooled), so no input recurses deeply.
     for _ in 0..8 {
         if base_ptr.is_null() {
-            return None;
+            // The array that owns the memory: numpy allocated it, maybe with a pyshm handler.
+            if flags & NPY_ARRAY_OWNDATA == 0 {
+                return None;
+            }
+            let allocation = allocator::lookup(data)?;
+            // SAFETY: `descr` is `arr`'s live dtype object (`arr` holds it).
+            let descr = unsafe { Bound::from_borrowed_ptr(py, g.descr) };
+            // Python objects are pointers into this process: never shared, even in the pool
+            // (the handler cannot know the dtype of what it allocates).
+            return allocator::shareable(&descr).then_some(Owner::Allocation(allocation));
         }
         // SAFETY: a live object: the array before it in the chain holds a reference to it, and
         // that array is held by `arr`'s chain, which we hold.
         let base = unsafe { Bound::from_borrowed_ptr(py, base_ptr) };
         match base.cast_into::<Block>() {
-            Ok(b) => return Some(b),
-            Err(e) => base_ptr = geometry(&e.into_inner())?.base,
+            Ok(b) => return Some(Owner::Block(b)),
+            Err(e) => {
+                let next = geometry(&e.into_inner())?;
+                (base_ptr, data, flags) = (next.base, next.data, next.flags);
+            }
         }
     }
     None
+}
+
+/// The block behind an array the pool made, if `arr` is one (or a view of one).
+fn block_of<'py>(arr: &Bound<'py, PyAny>, g: &Geometry) -> Option<Bound<'py, Block>> {
+    match owner_of(arr, g)? {
+        Owner::Block(b) => Some(b),
+        Owner::Allocation(_) => None,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -373,7 +439,9 @@ fn block_of<'py>(arr: &Bound<'py, PyAny>, g: &Geometry) -> Option<Bound<'py, Blo
 /// `None` if `arr` is not a numpy array over pool memory; otherwise `(pool name, handle bytes,
 /// retype)`, where `retype` is `None` when the view has the array's dtype (the handle carries
 /// the view), or `(dtype, offset, shape, strides)` for a view with another dtype (the handle
-/// then names the array, and the receiver checks the view against it).
+/// then names the array, and the receiver checks the view against it). An array allocated by
+/// a pyshm handler is a view of its block, a `uint8` array: it takes the second form unless it
+/// is `uint8` itself.
 ///
 /// With `tracked`, the handle carries a transfer token that keeps the array alive until the
 /// handle is attached, even if every holder lets go first.
@@ -382,26 +450,27 @@ fn block_of<'py>(arr: &Bound<'py, PyAny>, g: &Geometry) -> Option<Bound<'py, Blo
 fn pooled_handle<'py>(arr: &Bound<'py, PyAny>, tracked: bool) -> PyResult<Option<Bound<'py, PyTuple>>> {
     let py = arr.py();
     let Some(g) = geometry(arr) else { return Ok(None) };
-    let Some(block) = block_of(arr, &g) else { return Ok(None) };
-    let b = block.get();
-    let start = b.array.base_ptr().as_ptr() as usize;
+    let Some(owner) = owner_of(arr, &g) else { return Ok(None) };
+    let array = owner.array();
+    let start = array.base_ptr().as_ptr() as usize;
     let offset = g.data as i128 - start as i128;
-    // SAFETY-free identity check first: the dtype object the block was made with.
-    let same_dtype = g.descr == b.descr.as_ptr() || {
+    let owner_descr = owner.descr(py);
+    // SAFETY-free identity check first: the dtype object the array was made with.
+    let same_dtype = g.descr == owner_descr.as_ptr() || {
         #[allow(unsafe_code)]
         // SAFETY: `descr` is the array's live dtype object (the array holds it).
         let d = unsafe { Bound::from_borrowed_ptr(py, g.descr) };
-        d.eq(b.descr.bind(py))?
+        d.eq(&owner_descr)?
     };
     let make = |view: &SharedArray| -> PyResult<Vec<u8>> {
         let h = if tracked { view.handle().map_err(handle_err)? } else { view.untracked_handle() };
         Ok(h.to_bytes())
     };
-    let name = PyString::new(py, &b.pool_name);
+    let name = PyString::new(py, owner.pool_name());
     if same_dtype {
         let shape: Vec<u64> = g.shape.iter().map(|n| *n as u64).collect();
         let strides: Vec<i64> = g.strides.iter().map(|s| *s as i64).collect();
-        let view = b.array.view(offset as u64, &shape, &strides).map_err(handle_err)?;
+        let view = array.view(offset as u64, &shape, &strides).map_err(handle_err)?;
         let bytes = PyBytes::new(py, &make(&view)?);
         return Ok(Some(PyTuple::new(py, [name.into_any(), bytes.into_any(), py.None().into_bound(py)])?));
     }
@@ -419,21 +488,21 @@ fn pooled_handle<'py>(arr: &Bound<'py, PyAny>, tracked: bool) -> PyResult<Option
             PyTuple::new(py, strides)?.into_any(),
         ],
     )?;
-    let bytes = PyBytes::new(py, &make(&b.array)?);
+    let bytes = PyBytes::new(py, &make(array)?);
     Ok(Some(PyTuple::new(py, [name.into_any(), bytes.into_any(), retype.into_any()])?))
 }
 
 /// Whether `arr` is a numpy array over pool memory.
 #[pyfunction]
 fn is_pooled(arr: &Bound<'_, PyAny>) -> bool {
-    geometry(arr).is_some_and(|g| block_of(arr, &g).is_some())
+    geometry(arr).is_some_and(|g| owner_of(arr, &g).is_some())
 }
 
 /// The name of the pool `arr` lives in, or `None`.
 #[pyfunction]
 fn pool_name_of(arr: &Bound<'_, PyAny>) -> Option<String> {
     let g = geometry(arr)?;
-    block_of(arr, &g).map(|b| b.get().pool_name.clone())
+    owner_of(arr, &g).map(|o| o.pool_name().to_owned())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -443,6 +512,14 @@ fn pool_name_of(arr: &Bound<'_, PyAny>) -> Option<String> {
 #[pyclass(frozen, module = "pyshm._native")]
 struct NativePool {
     pool: Pool,
+    /// Set by `leave`: allocators made on this object take nothing more from the pool.
+    left: Arc<allocator::Flag>,
+}
+
+impl NativePool {
+    fn new(pool: Pool) -> Self {
+        Self { pool, left: Arc::new(allocator::Flag::new(false)) }
+    }
 }
 
 fn shape_of(shape: &Bound<'_, PyAny>) -> PyResult<Vec<u64>> {
@@ -517,14 +594,14 @@ impl NativePool {
         if wait.is_some() {
             pool.set_wait(duration(wait)?);
         }
-        Ok(Self { pool })
+        Ok(Self::new(pool))
     }
 
     /// Opens an existing pool by name.
     #[staticmethod]
     fn open(py: Python<'_>, name: String) -> PyResult<Self> {
         let pool = py.detach(|| Pool::open(&name)).map_err(pool_err)?;
-        Ok(Self { pool })
+        Ok(Self::new(pool))
     }
 
     /// The pool's name (its files in /dev/shm are `pyshm-<name>` and `pyshm-<name>-<n>`).
@@ -669,8 +746,12 @@ impl NativePool {
         self.pool.join().map_err(pool_err)
     }
 
-    /// Leaves the pool (see `shm_ndarray::Pool::leave`).
+    /// Leaves the pool (see `shm_ndarray::Pool::leave`); allocators made on this object take
+    /// nothing more from it.
     fn leave(&self, py: Python<'_>) {
+        // Relaxed: the GIL orders this with handlers called under it; a handler running without
+        // the GIL that misses it allocates once more (see `allocator::HandlerState::pool_alloc`).
+        self.left.store(true, std::sync::atomic::Ordering::Relaxed);
         py.detach(|| self.pool.leave());
     }
 
@@ -760,5 +841,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(list_pools, m)?)?;
     m.add_function(wrap_pyfunction!(clean_dead_pools, m)?)?;
     m.add_function(wrap_pyfunction!(shm_free_bytes, m)?)?;
+    m.add_function(wrap_pyfunction!(allocator::make_allocator, m)?)?;
+    m.add_function(wrap_pyfunction!(allocator::set_handler, m)?)?;
+    m.add_function(wrap_pyfunction!(allocator::get_handler, m)?)?;
+    m.add_function(wrap_pyfunction!(allocator::allocator_stats, m)?)?;
     Ok(())
 }

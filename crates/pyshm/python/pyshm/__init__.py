@@ -7,6 +7,15 @@ any view of it) to another process, it sends a handle of about a hundred bytes; 
 array is the same memory, writable. Memory is freed when no process holds the array, and what
 a dead process held is reclaimed.
 
+Front-ends on the same pool:
+
+- ``pyshm.ProcessPoolExecutor``: a drop-in for ``concurrent.futures.ProcessPoolExecutor`` whose
+  arguments and results travel through the pool, and whose workers allocate results there.
+- ``pyshm.map`` and ``pyshm.alloc``: a parallel map whose kernels write into shared arrays
+  (pasha's model), over serial, thread or persistent process contexts.
+- ``pyshm.aio``: ``await aio.run(fn, ...)`` and ``async for ... in aio.map(fn, array)``.
+- ``pyshm.allocator()``: numpy's own allocations taken from the pool (NEP 49).
+
 Importing pyshm patches nothing: it registers a reducer for ``numpy.ndarray`` with
 multiprocessing's pickler, which changes nothing for arrays outside a pool.
 """
@@ -35,22 +44,45 @@ from ._core import (
     zeros,
     zeros_like,
 )
+from ._allocator import allocator, install_allocator, uninstall_allocator
+from ._executor import ProcessPoolExecutor
+from ._map import (
+    Functor,
+    MapContext,
+    NdarrayFunctor,
+    ProcessContext,
+    SequenceFunctor,
+    SerialContext,
+    ThreadContext,
+    alloc,
+    get_default_context,
+    map,
+    set_default_context,
+)
 from ._named import create, delete
 from ._named import list_names as list  # noqa: A001 (SharedArray's name)
 from ._pickle import handles, register_loky
+from ._transfer import register_array_wrapper, unregister_array_wrapper
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # `pyshm.aio` is imported on first use: it brings asyncio, which workers seldom need.
+    if name == "aio":
+        import importlib
+
+        return importlib.import_module(".aio", __name__)
+    raise AttributeError(f"module 'pyshm' has no attribute {name!r}")
+
 __all__ = [
-    "CollectReport",
-    "Handle",
-    "Pool",
-    "PoolNotFoundError",
-    "PoolStats",
-    "StaleHandleError",
+    "aio",
+    "alloc",
+    "allocator",
     "asarray",
     "attach",
     "collect",
+    "CollectReport",
     "configure",
     "copy",
     "create",
@@ -60,14 +92,34 @@ __all__ = [
     "empty_like",
     "full",
     "full_like",
+    "Functor",
+    "get_default_context",
+    "Handle",
     "handle",
     "handles",
+    "install_allocator",
     "is_shared",
     "list",
+    "map",
+    "MapContext",
+    "NdarrayFunctor",
     "ones",
     "ones_like",
+    "Pool",
+    "PoolNotFoundError",
+    "PoolStats",
+    "ProcessContext",
+    "ProcessPoolExecutor",
+    "register_array_wrapper",
     "register_loky",
+    "SequenceFunctor",
+    "SerialContext",
+    "set_default_context",
+    "StaleHandleError",
     "stats",
+    "ThreadContext",
+    "uninstall_allocator",
+    "unregister_array_wrapper",
     "zeros",
     "zeros_like",
 ]

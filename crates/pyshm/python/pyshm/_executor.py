@@ -1,0 +1,159 @@
+"""``pyshm.ProcessPoolExecutor``: ``concurrent.futures.ProcessPoolExecutor`` with arrays in the pool.
+
+It is the standard library's executor (a subclass: same constructor, methods, errors and
+shutdown behaviour), with three additions:
+
+1. Every call and every result travels as a :class:`~pyshm._transfer.Payload`, so numpy arrays
+   in arguments and results, at any depth, go by handle: pooled ones as they are, others copied
+   into the pool once. The caller's objects are never modified.
+2. Each worker joins the caller's default pool and installs pyshm's numpy allocator (NEP 49)
+   for arrays of at least ``allocator_min_bytes``, so a task's large results are born in the
+   pool and ``return x + 1`` sends a handle, not a copy.
+3. When a worker dies, the standard library fails every pending future with
+   ``BrokenProcessPool`` (at once, never a hang). pyshm then waits for the pool's workers to
+   exit, collects what they held, and drops the handles of calls no worker attached.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import concurrent.futures.process as _stdlib
+import os
+import threading
+from typing import Any, Callable, Iterable, Iterator, Optional
+
+from . import _core
+from ._transfer import Payload
+
+__all__ = ["DEFAULT_ALLOCATOR_MIN_BYTES", "ProcessPoolExecutor", "usable_cpus"]
+
+#: Inside pyshm's workers, numpy arrays of at least this many bytes are allocated in the pool.
+DEFAULT_ALLOCATOR_MIN_BYTES = 64 * 1024
+
+BrokenProcessPool = _stdlib.BrokenProcessPool
+
+
+def usable_cpus() -> int:
+    """The number of CPUs this process may run on (its affinity mask), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _init_worker(
+    pool: str, min_bytes: Optional[int], initializer: Optional[Callable[..., Any]], initargs: tuple
+) -> None:
+    """Runs first in every worker: join the caller's pool as the default, install the
+    allocator, then the user's initializer."""
+    _core._adopt_default(_core._pool_named(pool))
+    if min_bytes is not None:
+        from . import _allocator
+
+        _allocator.install_allocator(min_bytes=min_bytes, pool=_core.Pool._wrap(_core._pool_named(pool)))
+    if initializer is not None:
+        initializer(*initargs)
+
+
+def _run_task(task: tuple) -> Payload:
+    """Runs in a worker: the call (unpickled from its payload), its result as a payload."""
+    fn, args, kwargs = task
+    return Payload(fn(*args, **kwargs))
+
+
+class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
+    """A drop-in for :class:`concurrent.futures.ProcessPoolExecutor` that sends numpy arrays
+    through pyshm's pool (see the module doc).
+
+    Parameters are the standard library's (``max_workers``, ``mp_context``, ``initializer``,
+    ``initargs``, and ``max_tasks_per_child`` on Python 3.11+), plus:
+
+    allocator_min_bytes
+        Inside the workers, numpy arrays of at least this many bytes take their memory from the
+        pool, so results come back without a copy. ``None`` leaves the workers' allocator alone
+        (results are then copied into the pool once, when they are sent back).
+    """
+
+    def __init__(
+        self,
+        max_workers: Optional[int] = None,
+        mp_context: Any = None,
+        initializer: Optional[Callable[..., Any]] = None,
+        initargs: tuple = (),
+        *,
+        max_tasks_per_child: Optional[int] = None,
+        allocator_min_bytes: Optional[int] = DEFAULT_ALLOCATOR_MIN_BYTES,
+    ) -> None:
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if allocator_min_bytes is not None and (not isinstance(allocator_min_bytes, int) or allocator_min_bytes < 0):
+            raise ValueError(f"allocator_min_bytes must be None or a byte count >= 0, not {allocator_min_bytes!r}")
+        # The pool exists before any worker starts, and its name is in the environment, so
+        # workers of every start method join this pool rather than making their own.
+        pool = _core.default_pool().name
+        extra = {} if max_tasks_per_child is None else {"max_tasks_per_child": max_tasks_per_child}
+        super().__init__(
+            max_workers, mp_context, _init_worker, (pool, allocator_min_bytes, initializer, tuple(initargs)), **extra
+        )
+        self._pyshm_broken_lock = threading.Lock()
+        self._pyshm_reclaim_state: Optional[str] = None  # None, "waiting", "done"
+        self._pyshm_to_release: list[Payload] = []
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
+        payload = Payload((fn, args, kwargs))
+        future = super().submit(_run_task, payload)
+        future.add_done_callback(lambda f: self._after(f, payload))
+        return future
+
+    submit.__doc__ = concurrent.futures.ProcessPoolExecutor.submit.__doc__
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: Optional[float] = None,
+        chunksize: int = 1,
+        progress: bool = False,
+    ) -> Iterator[Any]:
+        """Like :meth:`concurrent.futures.Executor.map` (``chunksize`` sends that many calls
+        as one task). With ``progress=True``, a tqdm progress bar counts the results as they
+        are consumed (``pip install pyshm[progress]``)."""
+        results = super().map(fn, *iterables, timeout=timeout, chunksize=chunksize)
+        if not progress:
+            return results
+        from . import _progress
+
+        return _progress.counted(results, _progress.bar(_progress.length_of(iterables), "pyshm map"))
+
+    # -- a worker died ----------------------------------------------------------------------
+
+    def _after(self, future: concurrent.futures.Future, payload: Payload) -> None:
+        # The call is over: its arguments are not needed any more, even if it was never sent
+        # (the future keeps this callback, and so the payload, for as long as it lives).
+        payload.obj = None
+        if future.cancelled() or not isinstance(future.exception(), BrokenProcessPool):
+            return
+        with self._pyshm_broken_lock:
+            state = self._pyshm_reclaim_state
+            if state != "done":
+                self._pyshm_to_release.append(payload)
+            if state is None:
+                self._pyshm_reclaim_state = "waiting"
+                processes = list((self._processes or {}).values())
+                name = "pyshm-reclaim"
+                threading.Thread(target=self._reclaim, args=(processes,), name=name, daemon=True).start()
+        if state == "done":  # a late failure: the workers are gone and collected already
+            payload.release()
+
+    def _reclaim(self, processes: list) -> None:
+        """After ``BrokenProcessPool``: once the workers have exited (the standard library
+        terminates the survivors), collect what they held and drop the handles that no worker
+        attached (see the module doc)."""
+        for p in processes:
+            p.join(timeout=30)
+        _core.collect()
+        with self._pyshm_broken_lock:
+            payloads, self._pyshm_to_release = self._pyshm_to_release, []
+            self._pyshm_reclaim_state = "done"
+        for payload in payloads:
+            payload.release()

@@ -1,0 +1,216 @@
+"""Payloads for pyshm's workers: every numpy array inside travels through the pool.
+
+The executor, ``pyshm.map`` and ``pyshm.aio`` wrap what they send (a task, a result) in a
+:class:`Payload`. Multiprocessing pickles the payload as usual; the payload pickles its content
+with :class:`PoolPickler`, which finds arrays wherever pickling reaches them: at any depth of
+tuples, lists and dicts, and inside any object that pickles its arrays as arrays.
+
+Invariants:
+
+1. In a payload, a pooled array travels as a handle, and an array outside the pool is copied
+   into the default pool once and travels as a handle to the copy. An array that cannot live in
+   a pool (object dtypes, ``ndarray`` subclasses) or does not fit (a full pool) is pickled as
+   numpy pickles it, so a payload never fails because of where an array lives.
+2. The sender's objects are never modified: copies are new arrays, and an object registered
+   with :func:`register_array_wrapper` is rebuilt on the other side from its attributes.
+3. Every handle a payload makes is recorded in ``Payload.handles``. If the receiver dies before
+   it attaches them, :meth:`Payload.release` claims and drops them; otherwise their transfer
+   tokens would keep the arrays alive (see docs/architecture.md, "The Python layer").
+4. Importing this module changes nothing global: :class:`PoolPickler` is used only by
+   payloads, and only ``register_array_wrapper`` adds to its table.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import io
+import pickle
+import threading
+import types
+from multiprocessing.reduction import ForkingPickler
+from typing import Any, Optional
+
+import numpy as np
+
+from . import _core, _pickle, _sendfn
+
+__all__ = ["Payload", "PoolPickler", "register_array_wrapper", "unregister_array_wrapper"]
+
+_wrappers: dict[type, str] = {}
+_wrappers_lock = threading.Lock()
+
+
+def register_array_wrapper(cls: type, attribute: str) -> None:
+    """Send objects of ``cls`` through pyshm's executor, ``map`` and ``aio`` with their array
+    attribute ``attribute`` in the pool.
+
+    Such an object travels as its attributes: ``attribute`` by handle (copied into the pool
+    once if it is not there), the others pickled. The receiver's object is made with
+    ``cls.__new__`` and gets the attributes back without ``__init__``, ``__setstate__`` or
+    ``__setattr__`` running, so this suits classes that keep the array in an instance attribute
+    (in ``__dict__`` or ``__slots__``), notably those whose own pickling turns the array into
+    bytes. Objects that pickle their arrays as arrays need no registration.
+    """
+    if not isinstance(cls, type):
+        raise TypeError(f"register_array_wrapper() takes a class, not {type(cls).__name__}")
+    if not isinstance(attribute, str) or not attribute.isidentifier():
+        raise ValueError(f"attribute must be an attribute name, not {attribute!r}")
+    with _wrappers_lock:
+        _wrappers[cls] = attribute
+
+
+def unregister_array_wrapper(cls: type) -> None:
+    """Undo :func:`register_array_wrapper` for ``cls`` (``KeyError`` if it was not registered)."""
+    with _wrappers_lock:
+        del _wrappers[cls]
+
+
+def _slot_names(cls: type) -> list[str]:
+    names: list[str] = []
+    for klass in cls.__mro__:
+        slots = klass.__dict__.get("__slots__", ())
+        if isinstance(slots, str):
+            slots = (slots,)
+        names.extend(s for s in slots if s not in ("__dict__", "__weakref__"))
+    return names
+
+
+def _wrapper_state(obj: Any, attribute: str) -> tuple[Any, dict, dict]:
+    """``(array attribute, __dict__ entries, slot values)`` of a registered object."""
+    d = dict(getattr(obj, "__dict__", {}))
+    slots = {}
+    for name in _slot_names(type(obj)):
+        try:
+            slots[name] = object.__getattribute__(obj, name)
+        except AttributeError:  # an unset slot stays unset
+            pass
+    if attribute in d:
+        return d.pop(attribute), d, slots
+    if attribute in slots:
+        return slots.pop(attribute), d, slots
+    raise TypeError(
+        f"pyshm.register_array_wrapper: {type(obj).__qualname__} object has no instance attribute "
+        f"{attribute!r} (it must live in the instance's __dict__ or __slots__, not in a property)"
+    )
+
+
+def _rebuild_wrapper(cls: type, attribute: str, array: Any, d: dict, slots: dict) -> Any:
+    obj = cls.__new__(cls)
+    for name, value in slots.items():
+        object.__setattr__(obj, name, value)
+    if hasattr(obj, "__dict__"):
+        obj.__dict__.update(d)
+    elif d:
+        raise TypeError(f"{cls.__qualname__} objects have no __dict__ here; cannot restore {sorted(d)}")
+    if attribute in slots or not hasattr(obj, "__dict__"):
+        object.__setattr__(obj, attribute, array)
+    else:
+        obj.__dict__[attribute] = array
+    return obj
+
+
+def _reduce_module(m: types.ModuleType) -> Any:
+    return (importlib.import_module, (m.__name__,))
+
+
+def _handle(a: np.ndarray, handles: list) -> Optional[Any]:
+    r = _pickle._handle_reduction(a)
+    if r is not None:
+        args = r[1]
+        handles.append((args[0], args[1], args[2] if len(args) > 2 else None))
+    return r
+
+
+def _reduce_array(handles: list, a: np.ndarray) -> Any:
+    r = _handle(a, handles)
+    if r is not None:
+        return r
+    if not a.dtype.hasobject:
+        try:
+            copy = _core.copy(a)
+        except (TypeError, MemoryError, RuntimeError):
+            copy = None  # not a dtype the pool takes, or the pool is full: pickle it
+        if copy is not None:
+            r = _handle(copy, handles)
+            if r is not None:
+                return r
+    return a.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
+
+
+def _reduce_wrapper(obj: Any) -> Any:
+    attribute = _wrappers[type(obj)]
+    array, d, slots = _wrapper_state(obj, attribute)
+    return (_rebuild_wrapper, (type(obj), attribute, array, d, slots))
+
+
+class PoolPickler(ForkingPickler):
+    """multiprocessing's pickler, plus: every ``numpy.ndarray`` (exactly that type) goes
+    through the pool (invariant 1), registered wrappers travel as attributes, and modules by
+    name. Python functions that pickle cannot send by reference (lambdas, nested functions)
+    go by value (``_sendfn``); with ``main_by_value``, so do those of the main script.
+
+    ``handles`` collects ``(pool, data, retype)`` of every handle made (invariant 3). The
+    reducers are not bound to the pickler: a pickler in a reference cycle would keep its memo,
+    and so every array it pickled, alive until the garbage collector runs."""
+
+    def __init__(self, file: Any, handles: list, main_by_value: bool = False) -> None:
+        super().__init__(file, pickle.HIGHEST_PROTOCOL)
+        self.main_by_value = main_by_value
+        table = self.dispatch_table  # ForkingPickler gives each pickler its own copy
+        table[np.ndarray] = functools.partial(_reduce_array, handles)
+        table[types.ModuleType] = _reduce_module
+        for cls in _wrappers:
+            table[cls] = _reduce_wrapper
+
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) is types.FunctionType and not _sendfn.importable(obj, self.main_by_value):
+            return _sendfn.reduce_function(obj)
+        return NotImplemented
+
+
+def dumps(obj: Any, handles: list, main_by_value: bool = False) -> bytes:
+    buf = io.BytesIO()
+    PoolPickler(buf, handles, main_by_value).dump(obj)
+    return buf.getvalue()
+
+
+class Payload:
+    """Something to send to another process with its arrays in the pool (see the module doc).
+
+    Pickling a payload pickles its content with :class:`PoolPickler`, once: :meth:`freeze`
+    does it at once (so errors surface in the caller), otherwise the first pickling does it
+    (in multiprocessing's feeder thread). Unpickling gives the content, not a payload."""
+
+    __slots__ = ("obj", "data", "handles", "main_by_value")
+
+    def __init__(self, obj: Any, main_by_value: bool = False) -> None:
+        self.obj = obj
+        self.data: Optional[bytes] = None
+        self.handles: list = []
+        self.main_by_value = main_by_value
+
+    def freeze(self) -> "Payload":
+        if self.data is None:
+            self.data = dumps(self.obj, self.handles, self.main_by_value)
+            self.obj = None  # what was sent is in `data`; the sender may free its copies
+        return self
+
+    def __reduce__(self) -> Any:
+        return (_unpack, (self.freeze().data,))
+
+    def release(self) -> None:
+        """Claim and drop every handle this payload sent: for when the receiver is dead and
+        the handles will never be attached (invariant 3). Harmless for handles attached
+        already: the attach either fails (the array is gone) or pins it for a moment."""
+        handles, self.handles = self.handles, []
+        for pool, data, retype in handles:
+            try:
+                _core._pool_named(pool).attach(data, retype)
+            except (ValueError, OSError):  # stale (already freed), or the pool is gone
+                pass
+
+
+def _unpack(data: bytes) -> Any:
+    return pickle.loads(data)
+

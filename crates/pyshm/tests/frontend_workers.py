@@ -1,0 +1,140 @@
+"""Functions and classes for the front-end tests' worker processes (importable under spawn
+and forkserver)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import numpy as np
+
+import pyshm
+
+
+def add_one(x):
+    return x + 1
+
+
+def report(x) -> tuple:
+    """What the worker received: (is it shared, its sum)."""
+    return bool(pyshm.is_shared(x)), float(np.asarray(x, dtype=float).sum())
+
+
+def add_one_and_report(x) -> tuple:
+    y = x + 1
+    return y, bool(pyshm.is_shared(y))
+
+
+def nested(obj):
+    """Doubles every array in a tuple/list/dict structure, reporting whether each was shared."""
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.names:  # structured: double the first field
+            out = obj.copy()
+            out[obj.dtype.names[0]] *= 2
+            return (out, bool(pyshm.is_shared(obj)))
+        return (obj * 2, bool(pyshm.is_shared(obj)))
+    if isinstance(obj, dict):
+        return {k: nested(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(nested(v) for v in obj)
+    return obj
+
+
+def write_index(x, i: int) -> None:
+    x[i] = i
+
+
+def fill_with(x, value) -> None:
+    x[...] = value
+
+
+def scalar_array(v):
+    return np.array(v)
+
+
+def big_full(i: int, n: int = 4_000_000):
+    return np.full(n, i, dtype=np.float64)
+
+
+def object_array():
+    return np.array([{"a": 1}, None, "x"], dtype=object)
+
+
+def row_sum(x, i: int) -> float:
+    return float(x[i].sum())
+
+
+def fail(msg: str):
+    raise ValueError(msg)
+
+
+def pid() -> int:
+    return os.getpid()
+
+
+def hold_then_die(x) -> None:
+    """Hold a received array and a new one, then die by SIGKILL."""
+    keep = [x, pyshm.ones(1000)]
+    os.kill(os.getpid(), signal.SIGKILL)
+    return keep
+
+
+def sleep_then(seconds: float, value):
+    time.sleep(seconds)
+    return value
+
+
+def wait_for_flag(flag, timeout: float) -> bool:
+    """Wait until ``flag[0]`` is set by another process; False if it never is."""
+    deadline = time.monotonic() + timeout
+    while flag[0] == 0:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
+
+
+def chunk_total(chunk) -> float:
+    return float(chunk.sum())
+
+
+def chunk_double(chunk) -> tuple:
+    chunk *= 2
+    return chunk.shape
+
+
+class Image:
+    """A wrapper whose own pickling turns its array into bytes."""
+
+    def __init__(self, data: np.ndarray, meta: dict) -> None:
+        self.data = data
+        self.meta = meta
+
+    def __reduce__(self):
+        return (_image_from_bytes, (self.data.tobytes(), self.data.dtype.str, self.data.shape, self.meta))
+
+
+def _image_from_bytes(raw: bytes, dtype: str, shape: tuple, meta: dict) -> Image:
+    return Image(np.frombuffer(raw, dtype=dtype).reshape(shape).copy(), meta)
+
+
+class Slotted:
+    __slots__ = ("array", "label")
+
+    def __init__(self, array: np.ndarray, label: str) -> None:
+        self.array = array
+        self.label = label
+
+    def __reduce__(self):
+        return (Slotted, (self.array.tolist(), self.label))
+
+
+def touch_image(img: Image) -> tuple:
+    img.data[0] = -1
+    return bool(pyshm.is_shared(img.data)), img.meta, type(img).__name__
+
+
+def touch_slotted(s: Slotted) -> tuple:
+    s.array[0] = -1
+    return bool(pyshm.is_shared(s.array)), s.label

@@ -1,0 +1,152 @@
+"""pyshm.ProcessPoolExecutor: a drop-in executor whose arrays travel through the pool."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import gc
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import frontend_workers as fw
+import pyshm
+from concurrent.futures.process import BrokenProcessPool
+
+
+def test_it_is_the_standard_executor():
+    assert issubclass(pyshm.ProcessPoolExecutor, concurrent.futures.ProcessPoolExecutor)
+    with pytest.raises(TypeError, match="initializer must be a callable"):
+        pyshm.ProcessPoolExecutor(1, initializer=5)
+    with pytest.raises(ValueError):
+        pyshm.ProcessPoolExecutor(1, allocator_min_bytes=-1)
+
+
+def test_results_are_born_in_the_pool_and_come_back_shared(ctx):
+    with pyshm.ProcessPoolExecutor(2, mp_context=ctx) as ex:
+        x = pyshm.ones(100_000)
+        y, shared_in_worker = ex.submit(fw.add_one_and_report, x).result()
+        assert shared_in_worker  # x + 1 was allocated in the pool by the worker's allocator
+        assert pyshm.is_shared(y) and (y == 2).all()
+        # Small results are not allocated there, but still come back pooled.
+        small, shared_small = ex.submit(fw.add_one_and_report, np.ones(3)).result()
+        assert not shared_small and pyshm.is_shared(small) and (small == 2).all()
+
+
+def test_a_pooled_argument_is_not_copied_and_a_plain_one_is_never_modified(ctx):
+    with pyshm.ProcessPoolExecutor(2, mp_context=ctx) as ex:
+        pooled = pyshm.zeros(10)
+        ex.submit(fw.fill_with, pooled, 7.0).result()
+        assert (pooled == 7).all()  # the worker wrote into the caller's memory
+        plain = np.zeros(10)
+        assert ex.submit(fw.report, plain).result() == (True, 0.0)  # it arrived through the pool
+        ex.submit(fw.fill_with, plain, 7.0).result()
+        assert (plain == 0).all()  # a copy was sent, and the caller's array is untouched
+
+
+def test_arrays_travel_at_any_depth_with_every_kind_of_array(ctx):
+    structured = np.zeros(3, dtype=[("a", "i4"), ("b", "f8", (2,))])
+    structured["a"] = [1, 2, 3]
+    payload = {"t": (np.arange(4.0), [pyshm.ones(2), {"deep": np.arange(3)}]), "n": 5, "s": structured}
+    with pyshm.ProcessPoolExecutor(2, mp_context=ctx) as ex:
+        out = ex.submit(fw.nested, payload).result()
+        assert out["n"] == 5
+        (a, a_shared), [(b, b_shared), deep] = out["t"]
+        c, c_shared = deep["deep"]
+        s, s_shared = out["s"]
+        assert a_shared and b_shared and c_shared and s_shared
+        assert (a == np.arange(4.0) * 2).all() and (b == 2).all() and (c == np.arange(3) * 2).all()
+        assert s.dtype == structured.dtype and list(s["a"]) == [2, 4, 6]
+        zero_d = ex.submit(fw.scalar_array, 3.5).result()
+        assert zero_d.shape == () and zero_d == 3.5 and pyshm.is_shared(zero_d)
+        objects = ex.submit(fw.object_array).result()  # object arrays are pickled, never fatal
+        assert objects.dtype == object and objects[0] == {"a": 1} and not pyshm.is_shared(objects)
+
+
+def test_registered_array_wrappers_send_their_array_through_the_pool(ctx):
+    pyshm.register_array_wrapper(fw.Image, "data")
+    pyshm.register_array_wrapper(fw.Slotted, "array")
+    try:
+        img = fw.Image(pyshm.zeros(4), {"name": "x"})
+        s = fw.Slotted(pyshm.zeros(3), "lbl")
+        with pyshm.ProcessPoolExecutor(1, mp_context=ctx) as ex:
+            assert ex.submit(fw.touch_image, img).result() == (True, {"name": "x"}, "Image")
+            assert ex.submit(fw.touch_slotted, s).result() == (True, "lbl")
+        assert img.data[0] == -1 and s.array[0] == -1  # same memory: written by the worker
+    finally:
+        pyshm.unregister_array_wrapper(fw.Image)
+        pyshm.unregister_array_wrapper(fw.Slotted)
+    with pyshm.ProcessPoolExecutor(1, mp_context=ctx) as ex:  # unregistered: pickled as bytes
+        assert ex.submit(fw.touch_image, fw.Image(pyshm.zeros(4), {})).result()[0] is False
+
+
+def test_map_with_chunks_and_progress(ctx, capsys):
+    x = pyshm.asarray(np.arange(100.0).reshape(20, 5))
+    with pyshm.ProcessPoolExecutor(2, mp_context=ctx) as ex:
+        sums = list(ex.map(fw.row_sum, [x] * 20, range(20), chunksize=6, progress=True))
+    assert sums == [float(r.sum()) for r in x]
+    assert "20/20" in capsys.readouterr().err
+
+
+def test_progress_without_tqdm_says_how_to_get_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    with pyshm.ProcessPoolExecutor(1) as ex:
+        with pytest.raises(ImportError, match=r"pip install 'pyshm\[progress\]'"):
+            ex.map(fw.pid, [], progress=True)
+
+
+def test_exceptions_and_shutdown_with_cancel_futures(ctx):
+    ex = pyshm.ProcessPoolExecutor(1, mp_context=ctx)
+    with pytest.raises(ValueError, match="boom"):
+        ex.submit(fw.fail, "boom").result()
+    first = ex.submit(fw.sleep_then, 0.5, 1)
+    deadline = time.monotonic() + 30
+    while not first.running() and time.monotonic() < deadline:  # handed to the worker
+        time.sleep(0.01)
+    rest = [ex.submit(fw.sleep_then, 0, i) for i in range(20)]
+    ex.shutdown(wait=True, cancel_futures=True)
+    assert first.result() == 1
+    assert any(f.cancelled() for f in rest)
+    with pytest.raises(RuntimeError):
+        ex.submit(fw.pid)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="max_tasks_per_child arrived in Python 3.11")
+def test_max_tasks_per_child_replaces_workers():
+    import multiprocessing as mp
+
+    with pyshm.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), max_tasks_per_child=1) as ex:
+        pids = {ex.submit(fw.pid).result() for _ in range(3)}
+        x = pyshm.zeros(3)
+        ex.submit(fw.write_index, x, 2).result()
+    assert len(pids) == 3 and x[2] == 2
+
+
+def test_a_dead_worker_breaks_the_pool_promptly_and_what_it_held_is_reclaimed(ctx):
+    pool = pyshm.default_pool()
+    x = pyshm.zeros(1000)
+    gc.collect()  # earlier tests' garbage goes now, not during the count
+    before = pool.stats().arrays
+    ex = pyshm.ProcessPoolExecutor(2, mp_context=ctx)
+    try:
+        assert ex.submit(fw.report, x).result()[0]
+        doomed = ex.submit(fw.hold_then_die, x)
+        queued = [ex.submit(fw.sleep_then, 0.2, pyshm.ones(10)) for _ in range(4)]
+        with pytest.raises(BrokenProcessPool):
+            doomed.result(timeout=60)
+        for f in queued:
+            with pytest.raises(BrokenProcessPool):
+                f.result(timeout=60)
+    finally:
+        ex.shutdown(wait=True)
+    # The dead worker's arrays and the handles no worker attached are reclaimed in the
+    # background once the workers have exited: wait for that (bounded), then check.
+    deadline = time.monotonic() + 60
+    while pool.stats().arrays > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert pool.stats().arrays == before
+    pool.check()
+    x[0] = 1  # the caller's array is intact
+    assert x[0] == 1
