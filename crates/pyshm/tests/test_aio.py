@@ -101,6 +101,14 @@ def test_works_under_anyio_and_with_the_default_executor():
     assert anyio.run(main, backend="asyncio") == 45.0
 
 
+def test_progress_counts_chunks(executor, capsys):
+    async def main():
+        return [r async for _, r in aio.map(fw.chunk_total, np.ones(40), chunk_size=10, executor=executor, progress=True)]
+
+    assert sorted(asyncio.run(main())) == [10.0] * 4
+    assert "4/4" in capsys.readouterr().err
+
+
 def test_bad_arguments():
     async def main():
         with pytest.raises(ValueError, match="chunk_size"):

@@ -356,6 +356,10 @@ class ProcessContext(MapContext):
         functor = Functor.wrap(functor)
         if not callable(kernel):
             raise TypeError(f"the kernel must be callable, not {type(kernel).__name__}")
+        if isinstance(functor, NdarrayFunctor) and not _core.is_shared(functor.array):
+            # Into the pool once for every share, not once per share (the caller's functor and
+            # array are left as they are).
+            functor = NdarrayFunctor(_core.asarray(functor.array), functor.axis)
         shares = functor.split(self.num_workers)
         bar = _bar(progress, functor)
         done = self.alloc(self.num_workers, np.int64, fill=0) if bar is not None else None
