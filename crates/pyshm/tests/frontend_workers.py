@@ -138,3 +138,27 @@ def touch_image(img: Image) -> tuple:
 def touch_slotted(s: Slotted) -> tuple:
     s.array[0] = -1
     return bool(pyshm.is_shared(s.array)), s.label
+
+
+def refuse_outside(pid: int):
+    """Unpickles only in the process `pid` (a task a worker cannot unpickle)."""
+    if os.getpid() != pid:
+        raise ValueError("not here")
+    return None
+
+
+class Unloadable:
+    """Pickles fine; unpickling it in another process fails."""
+
+    def __reduce__(self):
+        return (refuse_outside, (os.getpid(),))
+
+
+def with_lock():
+    import threading
+
+    return np.ones(200_000), threading.Lock()
+
+
+def top5(n: int):
+    return np.sort(np.random.default_rng(n).random(1_000_000))[-5:]

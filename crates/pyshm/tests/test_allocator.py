@@ -342,3 +342,16 @@ def test_bad_arguments_are_refused():
         install_allocator(pool="default")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="mem_handler"):
         _native.set_handler(object())
+
+
+def test_uninstall_inside_a_with_block_keeps_the_install_recorded():
+    from pyshm._allocator import allocator, install_allocator, uninstall_allocator
+
+    install_allocator()
+    try:
+        with allocator():
+            assert uninstall_allocator() is False  # the with block's handler is in effect
+        assert pyshm.is_shared(np.ones(100_000))  # the install is back in effect
+    finally:
+        assert uninstall_allocator() is True
+    assert not pyshm.is_shared(np.ones(100_000))

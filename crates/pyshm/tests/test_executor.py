@@ -155,3 +155,51 @@ def test_a_dead_worker_breaks_the_pool_promptly_and_what_it_held_is_reclaimed(ct
     pool.check()
     x[0] = 1  # the caller's array is intact
     assert x[0] == 1
+
+
+def _settled_arrays(pool, expected, timeout=60.0):
+    """The pool's array count once it reaches `expected` (or the deadline passes)."""
+    deadline = time.monotonic() + timeout
+    while pool.stats().arrays != expected and time.monotonic() < deadline:
+        gc.collect()
+        time.sleep(0.02)
+    return pool.stats().arrays
+
+
+def test_failures_to_pickle_or_unpickle_leak_nothing_and_keep_the_worker(ctx):
+    import threading
+
+    pool = pyshm.default_pool()
+    gc.collect()
+    before = pool.stats().arrays
+    with pyshm.ProcessPoolExecutor(1, mp_context=ctx) as ex:
+        worker = ex.submit(fw.pid).result()
+        for _ in range(3):  # the arrays are handles already when the lock fails to pickle
+            with pytest.raises(TypeError):
+                ex.submit(fw.report, np.ones(100_000), threading.Lock()).result()
+            with pytest.raises(TypeError):  # the same on the way back
+                ex.submit(fw.with_lock).result()
+            with pytest.raises(pyshm.PayloadError, match="could not unpickle its task"):
+                ex.submit(fw.report, np.ones(100_000), fw.Unloadable()).result()
+        assert ex.submit(fw.pid).result() == worker  # the worker survived all of it
+    assert _settled_arrays(pool, before) == before
+
+
+def test_small_views_of_large_results_do_not_pin_their_block(ctx):
+    with pyshm.ProcessPoolExecutor(1, mp_context=ctx) as ex:
+        r = ex.submit(fw.top5, 1).result()
+    assert r.shape == (5,) and pyshm.is_shared(r)
+    assert r.base.nbytes < 1 << 20  # a copy of the view, not the 8 MB block of the sort
+
+
+def test_a_future_does_not_keep_its_executor_alive(ctx):
+    import weakref
+
+    ex = pyshm.ProcessPoolExecutor(1, mp_context=ctx)
+    f = ex.submit(fw.pid)
+    f.result()
+    ref = weakref.ref(ex)
+    ex.shutdown()
+    del ex
+    gc.collect()
+    assert ref() is None and f.result() > 0

@@ -4,6 +4,7 @@ contexts."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -222,3 +223,59 @@ def test_progress_bar(capsys):
         ctx.close()
     assert out.sum() == sum(range(100))
     assert "100/100" in capsys.readouterr().err
+
+
+def test_a_forked_child_runs_its_own_map_with_an_inherited_context():
+    ctx = pyshm.ProcessContext(2, "fork")
+    try:
+        out = ctx.alloc(4, fill=0)
+        pyshm.map(lambda w, i, v: out.__setitem__(i, 1), range(4), context=ctx)  # workers run
+        pid = os.fork()
+        if pid == 0:  # the child: the inherited executor has no manager thread here
+            code = 1
+            try:
+                signal.alarm(60)  # a hang fails the test instead of blocking it
+                pyshm.map(lambda w, i, v: out.__setitem__(i, 2), range(4), context=ctx)
+                code = 0 if out.tolist() == [2, 2, 2, 2] else 2
+                ctx.close()
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert out.tolist() == [2, 2, 2, 2]
+    finally:
+        ctx.close()
+
+
+def test_a_functor_with_too_many_shares_is_refused(pctx):
+    class Many(pyshm.Functor):
+        def split(self, n):
+            return [range(i, i + 1) for i in range(n + 1)]
+
+        def iterate(self, share):
+            return ((i, i) for i in share)
+
+    with pytest.raises(ValueError, match="at most 2"):
+        pyshm.map(lambda w, i, v: None, Many(), context=pctx)
+
+
+def test_a_dead_worker_leaves_no_share_behind(pctx):
+    import gc
+    import time
+
+    pool = pyshm.default_pool()
+    gc.collect()
+    before = pool.stats().arrays
+
+    def dying(worker_id, index, value):
+        if worker_id == 0:
+            os.kill(os.getpid(), 9)
+
+    for _ in range(3):
+        with pytest.raises(BrokenProcessPool):
+            pyshm.map(dying, np.ones((2, 100_000)), context=pctx)  # an input copied per map
+    deadline = time.monotonic() + 60
+    while pool.stats().arrays != before and time.monotonic() < deadline:
+        gc.collect()
+        time.sleep(0.02)
+    assert pool.stats().arrays == before

@@ -62,7 +62,7 @@ from ._map import (
 from ._named import create, delete
 from ._named import list_names as list  # noqa: A001 (SharedArray's name)
 from ._pickle import handles, register_loky
-from ._transfer import register_array_wrapper, unregister_array_wrapper
+from ._transfer import PayloadError, register_array_wrapper, unregister_array_wrapper
 
 __version__ = "0.1.0"
 
@@ -106,6 +106,7 @@ __all__ = [
     "ones",
     "ones_like",
     "Pool",
+    "PayloadError",
     "PoolNotFoundError",
     "PoolStats",
     "ProcessContext",

@@ -164,9 +164,9 @@ def uninstall_allocator() -> bool:
     installed = _installed.get()
     if installed is None:
         return False
-    _installed.set(None)
     previous, handler = installed
     if _native.get_handler() is not handler:
-        return False
+        return False  # a `with allocator()` block is in effect: the install stays recorded
+    _installed.set(None)
     _native.set_handler(previous)
     return True

@@ -20,10 +20,11 @@ import concurrent.futures
 import concurrent.futures.process as _stdlib
 import os
 import threading
+import weakref
 from typing import Any, Callable, Iterable, Iterator, Optional
 
 from . import _core
-from ._transfer import Payload
+from ._transfer import Packed, Payload, PayloadError
 
 __all__ = ["DEFAULT_ALLOCATOR_MIN_BYTES", "ProcessPoolExecutor", "usable_cpus"]
 
@@ -55,10 +56,25 @@ def _init_worker(
         initializer(*initargs)
 
 
-def _run_task(task: tuple) -> Payload:
-    """Runs in a worker: the call (unpickled from its payload), its result as a payload."""
-    fn, args, kwargs = task
-    return Payload(fn(*args, **kwargs))
+def _run_task(task: Packed) -> Payload:
+    """Runs in a worker: the call (unpickled from its payload here, so that a task that cannot
+    be unpickled fails with :class:`PayloadError` instead of killing the worker), its result as
+    a payload (``compact``: a small view of a large temporary is copied, not sent whole)."""
+    fn, args, kwargs = task.load()
+    return Payload(fn(*args, **kwargs), compact=True)
+
+
+def _after(executor: "weakref.ref[ProcessPoolExecutor]", future: concurrent.futures.Future, payload: Payload) -> None:
+    """A call is over. Its arguments and their pickle are not needed any more, even if it was
+    never sent (the future keeps this callback, and so the payload, for as long as it lives);
+    its handles are, if no worker will attach them."""
+    payload.obj = None
+    payload.data = None
+    ex = executor()
+    if ex is not None:
+        ex._after(future, payload)
+    elif not future.cancelled() and isinstance(future.exception(), (BrokenProcessPool, PayloadError)):
+        payload.release()
 
 
 class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
@@ -100,9 +116,11 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
         self._pyshm_to_release: list[Payload] = []
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
-        payload = Payload((fn, args, kwargs))
+        payload = Payload((fn, args, kwargs), lazy=True)
         future = super().submit(_run_task, payload)
-        future.add_done_callback(lambda f: self._after(f, payload))
+        # Weakly: a future that outlives its executor must not keep it (and its workers) alive.
+        executor = weakref.ref(self)
+        future.add_done_callback(lambda f: _after(executor, f, payload))
         return future
 
     submit.__doc__ = concurrent.futures.ProcessPoolExecutor.submit.__doc__
@@ -128,10 +146,12 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
     # -- a worker died ----------------------------------------------------------------------
 
     def _after(self, future: concurrent.futures.Future, payload: Payload) -> None:
-        # The call is over: its arguments are not needed any more, even if it was never sent
-        # (the future keeps this callback, and so the payload, for as long as it lives).
-        payload.obj = None
-        if future.cancelled() or not isinstance(future.exception(), BrokenProcessPool):
+        if future.cancelled():
+            return
+        error = future.exception()
+        if isinstance(error, PayloadError):  # the worker lives; nothing of the task was kept
+            payload.release()
+        if not isinstance(error, BrokenProcessPool):
             return
         with self._pyshm_broken_lock:
             state = self._pyshm_reclaim_state

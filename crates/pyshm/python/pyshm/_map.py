@@ -14,6 +14,10 @@ Invariants:
    code, closure and the globals it names, arrays by handle; see ``_sendfn``), so a kernel
    defined or changed after the workers started, a lambda, or a closure over pooled arrays runs
    the same under fork, spawn and forkserver, and sees the caller's arrays, not stale copies.
+   This holds for what the kernel names itself (globals, closure cells, defaults). State it
+   reaches through a module (``cfg.out``) or through a function it calls that can be imported
+   is the worker's own: a snapshot from when the worker started (fork), or a fresh import
+   (spawn, forkserver). Pass such arrays to the kernel through names it uses directly.
 3. ``map`` returns only when every share has finished. If a kernel raises, the first exception
    is raised after the other shares finish; if a worker dies, ``BrokenProcessPool`` is raised
    at once and the context starts new workers at its next ``map``.
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
+import os
 import pickle
 import threading
 import types
@@ -149,6 +154,16 @@ class NdarrayFunctor(Functor):
         return self.array.shape[self.axis]
 
 
+def _split(functor: Functor, num_workers: int) -> Sequence[Any]:
+    shares = functor.split(num_workers)
+    if len(shares) > num_workers:
+        raise ValueError(
+            f"{type(functor).__name__}.split({num_workers}) gave {len(shares)} shares; at most "
+            f"{num_workers} (one per worker, whose worker_id is its position)"
+        )
+    return shares
+
+
 def _length(functor: Functor) -> Optional[int]:
     try:
         return len(functor)
@@ -242,7 +257,7 @@ class SerialContext(MapContext):
         functor = Functor.wrap(functor)
         bar = _bar(progress, functor)
         try:
-            for share in functor.split(1):
+            for share in _split(functor, 1):
                 for index, value in functor.iterate(share):
                     kernel(0, index, value)
                     if bar is not None:
@@ -314,7 +329,7 @@ class ThreadContext(MapContext):
             if self._executor is None:
                 self._executor = concurrent.futures.ThreadPoolExecutor(self.num_workers, "pyshm-map")
             ex = self._executor
-        shares = functor.split(self.num_workers)
+        shares = _split(functor, self.num_workers)
         bar = _bar(progress, functor)
         done = np.zeros(self.num_workers, np.int64) if bar is not None else None
         futures = [ex.submit(_run_share, kernel, functor, s, i, done) for i, s in enumerate(shares)]
@@ -341,11 +356,17 @@ class ProcessContext(MapContext):
         self.start_method = start_method
         self._mp_context = multiprocessing.get_context(start_method)
         self._executor: Optional[_executor.ProcessPoolExecutor] = None
+        self._pid = os.getpid()
         self._lock = threading.Lock()
 
     def _pool(self) -> _executor.ProcessPoolExecutor:
         with self._lock:
+            if self._executor is not None and self._pid != os.getpid():
+                # Inherited through a fork: its manager thread and workers are the parent's,
+                # so nothing here would ever run it. Start our own (the parent's stays theirs).
+                self._executor = None
             if self._executor is None:
+                self._pid = os.getpid()
                 # Kernels return nothing, so their temporaries stay in private memory.
                 self._executor = _executor.ProcessPoolExecutor(
                     self.num_workers, self._mp_context, allocator_min_bytes=None
@@ -360,25 +381,31 @@ class ProcessContext(MapContext):
             # Into the pool once for every share, not once per share (the caller's functor and
             # array are left as they are).
             functor = NdarrayFunctor(_core.asarray(functor.array), functor.axis)
-        shares = functor.split(self.num_workers)
+        shares = _split(functor, self.num_workers)
         bar = _bar(progress, functor)
         done = self.alloc(self.num_workers, np.int64, fill=0) if bar is not None else None
         sent = _sendfn.ByValue(kernel) if isinstance(kernel, types.FunctionType) else kernel
-        payloads = [
-            _freeze_share(Payload((sent, functor, s, i, done), main_by_value=True), kernel, functor)
-            for i, s in enumerate(shares)
-        ]
-        ex = self._pool()
+        payloads: list[Payload] = []
         try:
-            futures = [ex.submit(_run_share_task, p) for p in payloads]
-        except _executor.BrokenProcessPool:  # broken by an earlier map: start afresh
-            self._discard(ex)
+            for i, s in enumerate(shares):
+                payloads.append(_freeze_share(Payload((sent, functor, s, i, done), main_by_value=True), kernel, functor))
             ex = self._pool()
-            futures = [ex.submit(_run_share_task, p) for p in payloads]
-        try:
-            _wait_shares(futures, done, bar)
-        except _executor.BrokenProcessPool:
-            self._discard(ex)
+            try:
+                futures = [ex.submit(_run_share_task, p) for p in payloads]
+            except _executor.BrokenProcessPool:  # broken by an earlier map: start afresh
+                self._discard(ex)
+                ex = self._pool()
+                futures = [ex.submit(_run_share_task, p) for p in payloads]
+            try:
+                _wait_shares(futures, done, bar)
+            except _executor.BrokenProcessPool:
+                self._discard(ex)
+                raise
+        except BaseException:
+            # Handles of shares that no worker attached (a dead worker, a share that could not
+            # be sent or unpickled) would keep their arrays alive: claim and drop them.
+            for p in payloads:
+                p.release()
             raise
 
     def _discard(self, ex: _executor.ProcessPoolExecutor) -> None:

@@ -35,7 +35,7 @@ import numpy as np
 
 from . import _core, _pickle, _sendfn
 
-__all__ = ["Payload", "PoolPickler", "register_array_wrapper", "unregister_array_wrapper"]
+__all__ = ["Packed", "Payload", "PayloadError", "PoolPickler", "register_array_wrapper", "unregister_array_wrapper"]
 
 _wrappers: dict[type, str] = {}
 _wrappers_lock = threading.Lock()
@@ -115,15 +115,37 @@ def _reduce_module(m: types.ModuleType) -> Any:
 
 
 def _handle(a: np.ndarray, handles: list) -> Optional[Any]:
-    r = _pickle._handle_reduction(a)
+    try:
+        r = _pickle._handle_reduction(a)
+    except (ValueError, OSError):  # its pool is closed or gone here: send the data instead
+        return None
     if r is not None:
         args = r[1]
         handles.append((args[0], args[1], args[2] if len(args) > 2 else None))
     return r
 
 
-def _reduce_array(handles: list, a: np.ndarray) -> Any:
-    r = _handle(a, handles)
+#: A result that is a view of a numpy allocation at least this much larger is copied instead of
+#: sent as a view: otherwise ``np.sort(x)[-5:]`` would pin all of ``x``'s block in the caller.
+_COMPACT_SLACK = 1 << 20
+
+
+def _pins_much_more(a: np.ndarray) -> bool:
+    """Whether ``a`` is a small view of a much larger array that numpy allocated (the
+    allocator's blocks: the owner at the end of the base chain owns its data)."""
+    owner = a
+    for _ in range(8):
+        base = owner.base
+        if not isinstance(base, np.ndarray):
+            break
+        owner = base
+    if owner is a or not owner.flags.owndata:
+        return False
+    return owner.nbytes > 4 * a.nbytes and owner.nbytes - a.nbytes > _COMPACT_SLACK
+
+
+def _reduce_array(handles: list, compact: bool, a: np.ndarray) -> Any:
+    r = None if compact and _pins_much_more(a) else _handle(a, handles)
     if r is not None:
         return r
     if not a.dtype.hasobject:
@@ -150,15 +172,17 @@ class PoolPickler(ForkingPickler):
     name. Python functions that pickle cannot send by reference (lambdas, nested functions)
     go by value (``_sendfn``); with ``main_by_value``, so do those of the main script.
 
-    ``handles`` collects ``(pool, data, retype)`` of every handle made (invariant 3). The
+    ``handles`` collects ``(pool, data, retype)`` of every handle made (invariant 3). With
+    ``compact`` (results), a small view of a much larger numpy allocation is copied (see
+    ``_pins_much_more``) rather than sent as a view of the whole block. The
     reducers are not bound to the pickler: a pickler in a reference cycle would keep its memo,
     and so every array it pickled, alive until the garbage collector runs."""
 
-    def __init__(self, file: Any, handles: list, main_by_value: bool = False) -> None:
+    def __init__(self, file: Any, handles: list, main_by_value: bool = False, compact: bool = False) -> None:
         super().__init__(file, pickle.HIGHEST_PROTOCOL)
         self.main_by_value = main_by_value
         table = self.dispatch_table  # ForkingPickler gives each pickler its own copy
-        table[np.ndarray] = functools.partial(_reduce_array, handles)
+        table[np.ndarray] = functools.partial(_reduce_array, handles, compact)
         table[types.ModuleType] = _reduce_module
         for cls in _wrappers:
             table[cls] = _reduce_wrapper
@@ -169,10 +193,16 @@ class PoolPickler(ForkingPickler):
         return NotImplemented
 
 
-def dumps(obj: Any, handles: list, main_by_value: bool = False) -> bytes:
+def dumps(obj: Any, handles: list, main_by_value: bool = False, compact: bool = False) -> bytes:
     buf = io.BytesIO()
-    PoolPickler(buf, handles, main_by_value).dump(obj)
+    PoolPickler(buf, handles, main_by_value, compact).dump(obj)
     return buf.getvalue()
+
+
+class PayloadError(RuntimeError):
+    """A worker could not unpickle the task it was sent (for example a class of the main
+    script that the worker's ``__main__`` does not have). The worker survives; the handles the
+    task carried are released by the sender."""
 
 
 class Payload:
@@ -180,35 +210,61 @@ class Payload:
 
     Pickling a payload pickles its content with :class:`PoolPickler`, once: :meth:`freeze`
     does it at once (so errors surface in the caller), otherwise the first pickling does it
-    (in multiprocessing's feeder thread). Unpickling gives the content, not a payload."""
+    (in multiprocessing's feeder thread). If that fails, the handles made so far are released
+    before the error propagates. Unpickling gives the content, or with ``lazy`` a
+    :class:`Packed` whose :meth:`Packed.load` gives it (so the receiver can turn a failure into
+    an error of the task instead of dying in multiprocessing's queue)."""
 
-    __slots__ = ("obj", "data", "handles", "main_by_value")
+    __slots__ = ("obj", "data", "handles", "main_by_value", "compact", "lazy")
 
-    def __init__(self, obj: Any, main_by_value: bool = False) -> None:
+    def __init__(self, obj: Any, main_by_value: bool = False, compact: bool = False, lazy: bool = False) -> None:
         self.obj = obj
         self.data: Optional[bytes] = None
         self.handles: list = []
         self.main_by_value = main_by_value
+        self.compact = compact
+        self.lazy = lazy
 
     def freeze(self) -> "Payload":
         if self.data is None:
-            self.data = dumps(self.obj, self.handles, self.main_by_value)
+            try:
+                self.data = dumps(self.obj, self.handles, self.main_by_value, self.compact)
+            except BaseException:
+                self.release()  # the handles made before the failure would never be claimed
+                raise
             self.obj = None  # what was sent is in `data`; the sender may free its copies
         return self
 
     def __reduce__(self) -> Any:
-        return (_unpack, (self.freeze().data,))
+        data = self.freeze().data
+        return (Packed, (data,)) if self.lazy else (_unpack, (data,))
 
     def release(self) -> None:
-        """Claim and drop every handle this payload sent: for when the receiver is dead and
-        the handles will never be attached (invariant 3). Harmless for handles attached
-        already: the attach either fails (the array is gone) or pins it for a moment."""
+        """Claim and drop every handle this payload sent: for when the receiver is dead or
+        could not unpickle them, so the handles will never be attached (invariant 3).
+        Harmless for handles attached already: the attach either fails (the array is gone) or
+        pins it for a moment."""
         handles, self.handles = self.handles, []
         for pool, data, retype in handles:
             try:
                 _core._pool_named(pool).attach(data, retype)
             except (ValueError, OSError):  # stale (already freed), or the pool is gone
                 pass
+
+
+class Packed:
+    """A payload as the receiver gets it with ``lazy``: its bytes, unpickled by :meth:`load`."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def load(self) -> Any:
+        try:
+            return pickle.loads(self.data)
+        except Exception as e:
+            raise PayloadError(f"the worker could not unpickle its task: {type(e).__name__}: {e}") from e
 
 
 def _unpack(data: bytes) -> Any:

@@ -22,6 +22,7 @@ import asyncio
 import concurrent.futures
 import functools
 import math
+import os
 import threading
 from typing import Any, AsyncIterator, Callable, Optional
 
@@ -32,6 +33,7 @@ from . import _core, _executor
 __all__ = ["map", "run"]
 
 _default: Optional[_executor.ProcessPoolExecutor] = None
+_default_pid = 0
 _default_lock = threading.Lock()
 
 #: Arrays smaller than this are copied into the pool in the event loop's thread.
@@ -39,12 +41,13 @@ _COPY_IN_THREAD_BYTES = 1 << 20
 
 
 def _executor_for(executor: Optional[concurrent.futures.Executor]) -> concurrent.futures.Executor:
-    global _default
+    global _default, _default_pid
     if executor is not None:
         return executor
     with _default_lock:
-        if _default is None:
+        if _default is None or _default_pid != os.getpid():  # none yet, or the parent's (fork)
             _default = _executor.ProcessPoolExecutor(_executor.usable_cpus())
+            _default_pid = os.getpid()
         return _default
 
 
