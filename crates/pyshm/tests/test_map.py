@@ -279,3 +279,21 @@ def test_a_dead_worker_leaves_no_share_behind(pctx):
         gc.collect()
         time.sleep(0.02)
     assert pool.stats().arrays == before
+
+
+_table = np.arange(10.0) * 10  # a plain numpy array the kernel below reads
+
+
+def test_a_kernel_reading_a_plain_global_array_gets_its_current_values(pctx):
+    global _table
+    _table = np.arange(10.0) * 10
+    out = pctx.alloc(10, fill=0)
+
+    def kernel(worker_id, index, value):
+        out[index] = _table[index] + value
+
+    pyshm.map(kernel, [1] * 10, context=pctx)
+    assert out.tolist() == [i * 10.0 + 1 for i in range(10)]
+    _table = np.arange(10.0) * 100  # rebound after the workers started: sent again
+    pyshm.map(kernel, [1] * 10, context=pctx)
+    assert out.tolist() == [i * 100.0 + 1 for i in range(10)]

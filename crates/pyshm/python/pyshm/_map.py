@@ -187,6 +187,27 @@ def _run_share(kernel: Kernel, functor: Functor, share: Any, worker_id: int, don
         done[worker_id] = n
 
 
+class _SequenceSlice(Functor):
+    """The part of a :class:`SequenceFunctor` one share covers, so that a worker is sent its
+    own elements only; indices stay those of the whole sequence."""
+
+    def __init__(self, items: Sequence[Any], start: int) -> None:
+        self.items = items
+        self.start = start
+
+    def iterate(self, share: Any) -> Iterator[tuple[int, Any]]:
+        start = self.start
+        for k, value in enumerate(self.items):
+            yield start + k, value
+
+
+def _share_of(functor: Functor, share: Any) -> tuple:
+    """``(functor, share)`` as sent to a worker: a sequence's share carries only its slice."""
+    if type(functor) is SequenceFunctor and isinstance(share, range) and share.step == 1:
+        return (_SequenceSlice(functor.sequence[share.start : share.stop], share.start), None)
+    return (functor, share)
+
+
 def _run_share_task(task: tuple) -> None:
     """Runs in a worker process: the share's task, unpickled from its payload."""
     _run_share(*task)
@@ -384,11 +405,19 @@ class ProcessContext(MapContext):
         shares = _split(functor, self.num_workers)
         bar = _bar(progress, functor)
         done = self.alloc(self.num_workers, np.int64, fill=0) if bar is not None else None
-        sent = _sendfn.ByValue(kernel) if isinstance(kernel, types.FunctionType) else kernel
+        copies: dict = {}  # arrays the kernel names, copied into the pool once for all shares
+        sent = kernel
+        if isinstance(kernel, types.FunctionType):
+            named = list(_sendfn.used_globals(kernel).values()) + list(_sendfn.closure_values(kernel))
+            for v in named:
+                if type(v) is np.ndarray and not v.dtype.hasobject and not _core.is_shared(v):
+                    copies[id(v)] = _core.asarray(v)
+            sent = _sendfn.ByValue(kernel, copies)
         payloads: list[Payload] = []
         try:
             for i, s in enumerate(shares):
-                payloads.append(_freeze_share(Payload((sent, functor, s, i, done), main_by_value=True), kernel, functor))
+                task = (sent,) + _share_of(functor, s) + (i, done)
+                payloads.append(_freeze_share(Payload(task, main_by_value=True), kernel, functor))
             ex = self._pool()
             try:
                 futures = [ex.submit(_run_share_task, p) for p in payloads]

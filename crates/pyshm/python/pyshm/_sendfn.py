@@ -27,7 +27,7 @@ import importlib
 import marshal
 import sys
 import types
-from typing import Any
+from typing import Any, Optional
 
 __all__ = ["ByValue", "importable", "reduce_function"]
 
@@ -78,11 +78,17 @@ def closure_values(fn: types.FunctionType) -> tuple:
     return tuple(values)
 
 
-def reduce_function(fn: types.FunctionType) -> tuple:
-    """A pickle reduction that rebuilds ``fn`` by value (see the module doc)."""
+def reduce_function(fn: types.FunctionType, replace: Optional[dict] = None) -> tuple:
+    """A pickle reduction that rebuilds ``fn`` by value (see the module doc). ``replace`` maps
+    ``id(value)`` of globals and closure values to what to send instead (pooled copies)."""
+    named = used_globals(fn)
+    closure = closure_values(fn)
+    if replace:
+        named = {k: replace.get(id(v), v) for k, v in named.items()}
+        closure = tuple(replace.get(id(v), v) for v in closure)
     state = (
-        used_globals(fn),
-        closure_values(fn),
+        named,
+        closure,
         fn.__defaults__,
         fn.__kwdefaults__,
         dict(fn.__dict__) or None,
@@ -98,13 +104,14 @@ class ByValue:
     receiver runs the sender's current code with the sender's current globals); unpickles as
     that function."""
 
-    __slots__ = ("fn",)
+    __slots__ = ("fn", "replace")
 
-    def __init__(self, fn: types.FunctionType) -> None:
+    def __init__(self, fn: types.FunctionType, replace: Optional[dict] = None) -> None:
         self.fn = fn
+        self.replace = replace
 
     def __reduce__(self) -> tuple:
-        return reduce_function(self.fn)
+        return reduce_function(self.fn, self.replace)
 
 
 def _skeleton(code: bytes, name: str, module_name: Any, ncells: int) -> types.FunctionType:
