@@ -25,6 +25,7 @@ Invariants:
 
 from __future__ import annotations
 
+import abc
 import concurrent.futures
 import multiprocessing
 import os
@@ -58,17 +59,17 @@ Kernel = Callable[[int, Any, Any], Any]
 # Functors
 
 
-class Functor:
+class Functor(abc.ABC):
     """What ``map`` maps over: subclasses say how to split the work into shares and how to
     iterate over one share. A share must be picklable (it is sent to a worker process)."""
 
+    @abc.abstractmethod
     def split(self, num_workers: int) -> Sequence[Any]:
         """At most ``num_workers`` shares that together cover every element once."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def iterate(self, share: Any) -> Iterable[tuple[Any, Any]]:
         """``(index, value)`` for every element of ``share``."""
-        raise NotImplementedError
 
     def __len__(self) -> int:
         """The number of elements (for progress bars); subclasses that know it say so."""
@@ -195,6 +196,9 @@ class _SequenceSlice(Functor):
         self.items = items
         self.start = start
 
+    def split(self, num_workers: int) -> list[None]:
+        return [None]  # already one share
+
     def iterate(self, share: Any) -> Iterator[tuple[int, Any]]:
         start = self.start
         for k, value in enumerate(self.items):
@@ -213,7 +217,7 @@ def _run_share_task(task: tuple) -> None:
     _run_share(*task)
 
 
-class MapContext:
+class MapContext(abc.ABC):
     """Where ``map`` runs its kernels. Every context allocates in the default pool, so arrays
     from :meth:`alloc` can be shared with any process, whichever context made them."""
 
@@ -254,10 +258,10 @@ class MapContext:
             np.copyto(out, fill, casting="unsafe")
         return out
 
+    @abc.abstractmethod
     def map(self, kernel: Kernel, functor: Any, *, progress: bool = False) -> None:
         """Call ``kernel(worker_id, index, value)`` for every element of ``functor`` (see
         :func:`pyshm.map`)."""
-        raise NotImplementedError
 
     def close(self) -> None:
         """Release the context's workers (a no-op for contexts without any)."""
