@@ -1,7 +1,7 @@
 """``pyshm.ProcessPoolExecutor``: ``concurrent.futures.ProcessPoolExecutor`` with arrays in the pool.
 
 It is the standard library's executor (a subclass: same constructor, methods, errors and
-shutdown behaviour), with three additions:
+shutdown behaviour), with these additions:
 
 1. Every call and every result travels as a :class:`~pyshm._transfer.Payload`, so numpy arrays
    in arguments and results, at any depth, go by handle: pooled ones as they are, others copied
@@ -12,6 +12,9 @@ shutdown behaviour), with three additions:
 3. When a worker dies, the standard library fails every pending future with
    ``BrokenProcessPool`` (at once, never a hang). pyshm then waits for the pool's workers to
    exit, collects what they held, and drops the handles of calls no worker attached.
+4. A worker unpickles its task inside the task (not in multiprocessing's queue), so a task it
+   cannot unpickle fails with :class:`~pyshm.PayloadError` and the worker lives on; the
+   handles that task carried are dropped.
 """
 
 from __future__ import annotations
