@@ -699,6 +699,7 @@ impl NativePool {
         d.set_item("arrays", s.arrays)?;
         d.set_item("segments", s.segments)?;
         d.set_item("processes", s.processes)?;
+        d.set_item("reserved", s.reserved)?;
         Ok(d)
     }
 

@@ -629,6 +629,25 @@ impl Arena {
         Ok(unsafe { self.segment.base().add(offset as usize) })
     }
 
+    /// Pointer to the first byte of a block the caller holds, checking only that it lies
+    /// inside the arena: for a hot path that knows the block is allocated (it holds a
+    /// reference that keeps it so), where [`Arena::as_ptr`]'s look at the tree would be wasted.
+    ///
+    /// # Errors
+    ///
+    /// [`BlockError::OutOfBounds`].
+    #[inline]
+    pub fn held_ptr(&self, block: Block) -> Result<NonNull<u8>, BlockError> {
+        let l = self.segment.layout();
+        let (offset, size) = (block.offset(), block.size());
+        if offset.checked_add(size).is_none_or(|end| end > l.capacity) {
+            return Err(BlockError::OutOfBounds { offset, size, capacity: l.capacity });
+        }
+        // SAFETY: offset + size <= capacity, checked above, and the data region of `capacity`
+        // bytes starts at `data_offset` inside the mapping (layout invariant 1).
+        Ok(unsafe { self.segment.base().add((l.data_offset + offset) as usize) })
+    }
+
     /// The block's bytes.
     ///
     /// # Safety

@@ -70,11 +70,57 @@ impl DTypeKind {
 /// assert!(DType::new("|O", 8).is_err(), "objects cannot be shared by bytes");
 /// assert_eq!(DType::of::<f64>(), DType::new("<f8", 8).unwrap());
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug)]
 pub struct DType {
-    descr: std::sync::Arc<str>,
+    descr: Descr,
     itemsize: u64,
     kind: DTypeKind,
+}
+
+/// A description: the common ones are static strings (no allocation, no reference count to
+/// touch when an array is made or dropped), the rest shared.
+#[derive(Clone, Debug)]
+enum Descr {
+    Static(&'static str),
+    Shared(std::sync::Arc<str>),
+}
+
+impl Descr {
+    fn of(descr: &str) -> Self {
+        match COMMON.iter().find(|c| **c == descr) {
+            Some(c) => Descr::Static(c),
+            None => Descr::Shared(descr.into()),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            Descr::Static(s) => s,
+            Descr::Shared(s) => s,
+        }
+    }
+}
+
+/// Descriptions kept as static strings: numpy's numeric types in either byte order.
+const COMMON: &[&str] = &[
+    "|b1", "|i1", "|u1", "<i2", "<u2", "<i4", "<u4", "<i8", "<u8", "<f2", "<f4", "<f8", "<c8", "<c16", ">i2", ">u2",
+    ">i4", ">u4", ">i8", ">u8", ">f2", ">f4", ">f8", ">c8", ">c16",
+];
+
+impl PartialEq for DType {
+    fn eq(&self, other: &Self) -> bool {
+        self.descr.as_str() == other.descr.as_str() && self.itemsize == other.itemsize && self.kind == other.kind
+    }
+}
+
+impl Eq for DType {}
+
+impl core::hash::Hash for DType {
+    fn hash<H: core::hash::Hasher>(&self, state: &mut H) {
+        self.descr.as_str().hash(state);
+        self.itemsize.hash(state);
+        self.kind.hash(state);
+    }
 }
 
 /// Why a description was refused.
@@ -124,7 +170,7 @@ impl DType {
             if itemsize == 0 {
                 return Err(DTypeError::ItemSize { descr: descr.to_owned(), itemsize });
             }
-            return Ok(Self { descr: descr.into(), itemsize, kind: DTypeKind::Void });
+            return Ok(Self { descr: Descr::Shared(descr.into()), itemsize, kind: DTypeKind::Void });
         }
         let bytes = descr.as_bytes();
         let (order, code) = match bytes {
@@ -173,17 +219,26 @@ impl DType {
         if !size_ok || expected != itemsize {
             return Err(DTypeError::ItemSize { descr: descr.to_owned(), itemsize });
         }
-        Ok(Self { descr: descr.into(), itemsize, kind })
+        Ok(Self { descr: Descr::of(descr), itemsize, kind })
     }
 
-    /// The dtype of a Rust element type.
+    /// The dtype of a Rust element type (no allocation).
     pub fn of<T: Element>() -> Self {
-        Self::new(T::DESCR, core::mem::size_of::<T>() as u64).expect("Element descriptions are valid")
+        // `Element`'s contract: DESCR is numpy's description of T, a byte order and a code.
+        let kind = match T::DESCR.as_bytes().get(1) {
+            Some(b'b') => DTypeKind::Bool,
+            Some(b'i') => DTypeKind::Int,
+            Some(b'u') => DTypeKind::UInt,
+            Some(b'f') => DTypeKind::Float,
+            Some(b'c') => DTypeKind::Complex,
+            _ => return Self::new(T::DESCR, core::mem::size_of::<T>() as u64).expect("Element descriptions are valid"),
+        };
+        Self { descr: Descr::Static(T::DESCR), itemsize: core::mem::size_of::<T>() as u64, kind }
     }
 
     /// numpy's description.
     pub fn descr(&self) -> &str {
-        &self.descr
+        self.descr.as_str()
     }
 
     /// Bytes per element.
@@ -198,7 +253,7 @@ impl DType {
 
     /// Whether `T` has exactly this layout.
     pub fn is<T: Element>(&self) -> bool {
-        &*self.descr == T::DESCR && self.itemsize == core::mem::size_of::<T>() as u64
+        self.descr.as_str() == T::DESCR && self.itemsize == core::mem::size_of::<T>() as u64
     }
 }
 
@@ -274,5 +329,36 @@ mod tests {
         assert!(matches!(DType::new("f8", 8), Err(DTypeError::Unrecognised { .. })));
         assert!(matches!(DType::new("", 8), Err(DTypeError::Unrecognised { .. })));
         assert!(DType::of::<i32>().is::<i32>() && !DType::of::<i32>().is::<u32>());
+    }
+
+    #[test]
+    fn element_types_match_their_parsed_descriptions() {
+        fn same<T: Element>() {
+            let parsed = DType::new(T::DESCR, core::mem::size_of::<T>() as u64).unwrap();
+            let of = DType::of::<T>();
+            assert_eq!((of.descr(), of.itemsize(), of.kind()), (parsed.descr(), parsed.itemsize(), parsed.kind()));
+            assert_eq!(of, parsed);
+            let hash = |t: &DType| {
+                use core::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                t.hash(&mut h);
+                h.finish()
+            };
+            assert_eq!(hash(&of), hash(&parsed));
+        }
+        same::<i8>();
+        same::<u8>();
+        same::<i16>();
+        same::<u16>();
+        same::<i32>();
+        same::<u32>();
+        same::<i64>();
+        same::<u64>();
+        same::<f32>();
+        same::<f64>();
+        // A static description and a shared one of the same text are equal.
+        let shared = DType::new("<M8[ns]", 8).unwrap();
+        assert_eq!(shared, DType::new("<M8[ns]", 8).unwrap());
+        assert_ne!(shared, DType::new("<m8[ns]", 8).unwrap());
     }
 }

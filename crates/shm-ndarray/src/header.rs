@@ -8,11 +8,18 @@
 //!    finds a block there can trust what its magic says, and no handle can name the inline data
 //!    as a block (the arena only resolves allocated blocks, and the data is part of one).
 //! 2. A header is written completely by its creator before any handle to it exists; after
-//!    that only its [`RefCount`] changes (under its lock). Readers that have pinned the array
-//!    (they hold it, or claimed a token) therefore read stable fields.
-//! 3. The nonce is 64 random-ish bits chosen at creation and also the refcount's token
+//!    that only its [`RefCount`] changes (under its lock) until the array dies. Readers that
+//!    have pinned the array (they hold it, or claimed a token) and found its refcount's target
+//!    equal to their nonce therefore read stable fields.
+//! 3. The nonce is 64 random-ish bits (odd) chosen at creation and also the refcount's token
 //!    target: a handle, a token or a named entry whose nonce differs names another array,
 //!    even if it has the same place.
+//! 4. A small array's header may be renewed rather than freed: its one holder turns the
+//!    refcount to a new target (shm-sync's refcount invariant 5), sets the nonce word to
+//!    [`RENEWED`] and later writes the next array over it ([`ArrayHeader::renew`]), magic and
+//!    refcount untouched. A reader that pinned it by the old nonce sees a different target
+//!    (invariant 2's check) and lets go; sweeps see a header with its magic, held, which
+//!    `collect` frees like any other if its holder dies.
 //!
 //! ```text
 //! 0    magic            "PYSHMARR"
@@ -45,6 +52,9 @@ pub(crate) type ArrayRefCount = RefCount<HOLDER_WORDS>;
 pub const MAX_DIMS: usize = 64;
 /// Bytes of the fixed part.
 pub(crate) const FIXED: usize = 128;
+
+/// The nonce word of a renewed header (invariant 4): no array. Real nonces are odd.
+pub(crate) const RENEWED: u64 = 0;
 
 /// Flag: the base array is Fortran-ordered.
 pub(crate) const FLAG_FORTRAN: u32 = 1;
@@ -154,13 +164,42 @@ impl ArrayHeader {
         inline_offset: u64,
         meta: &ArrayMeta,
     ) {
-        let descr = meta.dtype.descr().as_bytes();
-        let ndim = meta.shape.len();
         // First: a block freed by arena recovery keeps the old magic; no sweep may take the
         // half-written header for a live one (found in review).
         self.magic.store(0, core::sync::atomic::Ordering::Release);
         self.nonce.store(nonce, core::sync::atomic::Ordering::Relaxed);
         self.refcount.init(nonce, holder);
+        // SAFETY: the caller's guarantees are `write_fields`'.
+        unsafe { self.write_fields(data, inline_offset, meta) };
+        // Release: a reader that loads the magic with Acquire sees every field above. (Pinning
+        // through the refcount's lock orders them as well; this covers sweeps.)
+        self.magic.store(ARRAY_MAGIC, core::sync::atomic::Ordering::Release);
+    }
+
+    /// Writes the next array into a renewed header (invariant 4); its nonce becomes the
+    /// refcount's target. Returns that nonce.
+    ///
+    /// # Safety
+    ///
+    /// - `self` is the start of a mapped block of at least `header_size(ndim, descr_len)` bytes;
+    /// - this process holds its refcount alone, renewed, and has not published the new target:
+    ///   nobody else reads these fields (readers by an old nonce stop at the target check).
+    pub(crate) unsafe fn renew(&self, data: (u16, u64, u64), inline_offset: u64, meta: &ArrayMeta) -> u64 {
+        // SAFETY: the caller's guarantees are `write_fields`'.
+        unsafe { self.write_fields(data, inline_offset, meta) };
+        let nonce = self.refcount.target();
+        self.nonce.store(nonce, core::sync::atomic::Ordering::Relaxed);
+        nonce
+    }
+
+    /// Every field but the magic, the nonce and the refcount.
+    ///
+    /// # Safety
+    ///
+    /// As for [`ArrayHeader::renew`]: the block holds the tail and nobody else reads it.
+    unsafe fn write_fields(&self, data: (u16, u64, u64), inline_offset: u64, meta: &ArrayMeta) {
+        let descr = meta.dtype.descr().as_bytes();
+        let ndim = meta.shape.len();
         self.data_segment.store(u64::from(data.0), core::sync::atomic::Ordering::Relaxed);
         self.data_block.store(data.1, core::sync::atomic::Ordering::Relaxed);
         self.data_len.store(data.2, core::sync::atomic::Ordering::Relaxed);
@@ -185,9 +224,6 @@ impl ArrayHeader {
         }
         // SAFETY: as above, the description follows the strides.
         unsafe { core::ptr::copy_nonoverlapping(descr.as_ptr(), tail.wrapping_add(ndim * 16), descr.len()) };
-        // Release: a reader that loads the magic with Acquire sees every field above. (Pinning
-        // through the refcount's lock orders them as well; this covers sweeps.)
-        self.magic.store(ARRAY_MAGIC, core::sync::atomic::Ordering::Release);
     }
 
     /// Reads the geometry and type of a pinned array whose block is `block_len` bytes long,

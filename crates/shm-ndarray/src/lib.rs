@@ -43,6 +43,7 @@ mod handle;
 mod header;
 #[allow(unsafe_code)] // views of the directory and headers inside mapped blocks
 mod pool;
+mod recycle;
 mod sync;
 #[allow(unsafe_code)] // typed slices over array data
 mod typed;

@@ -35,7 +35,10 @@ use crate::directory::{
 };
 use crate::error::{ArrayError, HandleError, PoolError};
 use crate::handle::Handle;
-use crate::header::{contiguous_strides, header_size, view_fits, ArrayHeader, ArrayMeta, ARRAY_MAGIC, MAX_DIMS};
+use crate::header::{
+    contiguous_strides, header_size, view_fits, ArrayHeader, ArrayMeta, ARRAY_MAGIC, MAX_DIMS, RENEWED,
+};
+use crate::recycle::Renewed;
 use crate::DType;
 
 /// Holder bit of the named-array directory (never a process slot).
@@ -180,6 +183,8 @@ pub(crate) struct PoolShared {
     /// How long an allocation may wait for a free, in nanoseconds; `NO_WAIT` for not at all.
     wait_ns: shm_arena::sync::SharedU64,
     nonce_state: shm_arena::sync::SharedU64,
+    /// This process's renewed small-array blocks (see `recycle`).
+    renewed: Renewed,
 }
 
 // SAFETY: `dir_ptr` points into segment 0's mapping, owned by `segments[0]` for as long as the
@@ -389,6 +394,7 @@ impl Pool {
             locals: Mutex::new(HashMap::default()),
             wait_ns: shm_arena::sync::SharedU64::new(wait_to_ns(wait)),
             nonce_state: shm_arena::sync::SharedU64::new(u64::from_le_bytes(seed) | 1),
+            renewed: Renewed::new(),
         });
         let pool = Pool { shared };
         pool.shared.slot()?;
@@ -708,6 +714,10 @@ pub struct PoolStats {
     pub segments: usize,
     /// Processes registered.
     pub processes: usize,
+    /// Bytes of small arrays' blocks that processes keep for their next small arrays (freed
+    /// arrays' blocks, renewed rather than freed): given back when a process leaves the pool,
+    /// when memory runs short, or by `collect` when it dies. Not in `used` or `arrays`.
+    pub reserved: u64,
 }
 
 /// Why a named-array operation failed.
@@ -781,6 +791,8 @@ impl PoolShared {
         m.registration = Some(reg);
         m.fork_generation = generation;
         if inherited {
+            // The parent's renewed blocks are held by the parent's slot (recycle invariant 3).
+            self.renewed.forget_all();
             // A forked child would repeat its parent's nonces (found in review): reseed.
             let mut seed = [0u8; 8];
             let _ = rustix::rand::getrandom(&mut seed, rustix::rand::GetRandomFlags::empty());
@@ -883,7 +895,14 @@ impl PoolShared {
             }
             if !collected {
                 collected = true;
-                if self.collect() != CollectReport::default() {
+                // Our own renewed blocks first (recycle invariant 4), then what the dead held.
+                let gave_back = kind == KIND_META && !self.renewed.is_empty();
+                if gave_back {
+                    if let Ok(slot) = self.slot() {
+                        self.give_back_renewed(slot);
+                    }
+                }
+                if self.collect() != CollectReport::default() || gave_back {
                     continue;
                 }
             }
@@ -1017,20 +1036,33 @@ impl PoolShared {
         let strides = contiguous_strides(shape, dtype.itemsize(), fortran);
         let meta = ArrayMeta { dtype: dtype.clone(), shape: shape.into(), strides, fortran };
         let header_len = header_size(shape.len(), dtype.descr().len());
-        let nonce = self.next_nonce();
-        let (meta_seg, header_block, header_ptr, data) = if header_len + data_len <= INLINE_MAX {
+        let (meta_seg, header_block, header_ptr, data, nonce) = if header_len + data_len <= INLINE_MAX {
             // A small array: one block in a metadata segment, its data after its header.
-            let (meta_seg, header_block, header_ptr) = self.alloc_in(KIND_META, header_len + data_len)?;
-            let meta_arena = self.segment(meta_seg).map_err(ArrayError::Grow)?;
-            // SAFETY: a block we just allocated and have not published, of at least
-            // header_len + data_len bytes, aligned to 128.
-            let header = unsafe { &*header_ptr.as_ptr().cast::<ArrayHeader>() };
-            // SAFETY: as above; nobody else sees the block until a handle exists.
-            unsafe { header.init(nonce, slot, (meta_seg, header_block.to_bits(), data_len), header_len, &meta) };
-            meta_arena.disown(header_block).expect("our block");
-            let data = NonNull::new(header_ptr.as_ptr().wrapping_add(header_len as usize)).expect("inside a block");
-            (meta_seg, header_block, header_ptr, data)
+            let data_at =
+                |p: NonNull<u8>| NonNull::new(p.as_ptr().wrapping_add(header_len as usize)).expect("in a block");
+            let size = (header_len + data_len).next_power_of_two();
+            if let Some((meta_seg, header_block, header_ptr)) = self.take_renewed(size) {
+                // SAFETY: a renewed block of this process, `size` bytes (at least header_len +
+                // data_len), aligned to 128; we hold it alone under a target nobody was told
+                // (recycle invariant 1), so nobody else reads what we write.
+                let header = unsafe { &*header_ptr.as_ptr().cast::<ArrayHeader>() };
+                // SAFETY: as above.
+                let nonce = unsafe { header.renew((meta_seg, header_block.to_bits(), data_len), header_len, &meta) };
+                (meta_seg, header_block, header_ptr, data_at(header_ptr), nonce)
+            } else {
+                let nonce = self.next_nonce();
+                let (meta_seg, header_block, header_ptr) = self.alloc_in(KIND_META, header_len + data_len)?;
+                let meta_arena = self.segment(meta_seg).map_err(ArrayError::Grow)?;
+                // SAFETY: a block we just allocated and have not published, of at least
+                // header_len + data_len bytes, aligned to 128.
+                let header = unsafe { &*header_ptr.as_ptr().cast::<ArrayHeader>() };
+                // SAFETY: as above; nobody else sees the block until a handle exists.
+                unsafe { header.init(nonce, slot, (meta_seg, header_block.to_bits(), data_len), header_len, &meta) };
+                meta_arena.disown(header_block).expect("our block");
+                (meta_seg, header_block, header_ptr, data_at(header_ptr), nonce)
+            }
         } else {
+            let nonce = self.next_nonce();
             let (data_seg, data_block, data) = self.alloc_in(KIND_DATA, data_len.max(1))?;
             let (meta_seg, header_block, header_ptr) = match self.alloc_in(KIND_META, header_len) {
                 Ok(x) => x,
@@ -1050,7 +1082,7 @@ impl PoolShared {
             // header first, so a death in between is recovered by one of the two mechanisms.
             meta_arena.disown(header_block).expect("our block");
             data_arena.disown(data_block).expect("our block");
-            (meta_seg, header_block, header_ptr, data)
+            (meta_seg, header_block, header_ptr, data, nonce)
         };
         let local = Arc::new(LocalArray {
             pool: self.clone(),
@@ -1139,15 +1171,17 @@ impl PoolShared {
             }
             Err(e) => return Err(ref_to_handle(e)),
         };
-        // Pinned: the fields are stable now. Check the nonce again (the place may have been
-        // freed and reused between our first look and the pin). Undo only a hold we took: with
-        // `Already`, the bit belongs to another `LocalArray` of this process (found in review).
+        // Pinned: the fields are stable now if the refcount's target is our nonce (header
+        // invariant 2): the place may have been freed and reused, or renewed for another array
+        // of its holder (invariant 4), between our first look and the pin. Undo only a hold we
+        // took: with `Already`, the bit belongs to another `LocalArray` of this process (found
+        // in review).
         let unpin = |h: &ArrayHeader| {
             if acquired == shm_sync::Acquired::First && h.refcount.release(slot, &tokens) == Ok(Released::Last) {
                 self.free_array(meta_seg, header, h);
             }
         };
-        if h.nonce.load(ORD) != nonce {
+        if h.refcount.target() != nonce {
             unpin(h);
             return Err(HandleError::Stale);
         }
@@ -1256,10 +1290,66 @@ impl PoolShared {
 
     fn release_hold(&self, local: &LocalArray, slot: u32) {
         let h = local.header();
-        match h.refcount.release(slot, &self.tokens()) {
+        let tokens = self.tokens();
+        // A small array's block is renewed for our next one (header invariant 4) unless someone
+        // waits for memory: then it, and every block renewed before, goes back to the pool.
+        let waiting = self.dir().header().freed.has_listeners();
+        if waiting && !self.renewed.is_empty() {
+            self.give_back_renewed(slot);
+        }
+        let renewable = h.inline_offset.load(ORD) != 0 && Renewed::caches(local.meta_segment, local.header_block);
+        let result = if renewable && !waiting {
+            h.refcount.release_or_renew(slot, &tokens, self.next_nonce())
+        } else {
+            h.refcount.release(slot, &tokens)
+        };
+        match result {
+            Ok(Released::Renewed) => {
+                // Only a marker for sweeps and a first filter for attaches: the target, changed
+                // under the lock, is what stops a stale attach (header invariant 2).
+                h.nonce.store(RENEWED, ORD);
+                if !self.renewed.push(local.meta_segment, local.header_block) {
+                    // Full: release it after all.
+                    self.release_renewed(slot, local.meta_segment, local.header_block, h);
+                }
+            }
             Ok(Released::Last) | Err(RefError::Orphaned) => self.free_array(local.meta_segment, local.header_block, h),
             _ => {}
         }
+    }
+
+    /// A renewed block of `size` bytes of this process, if one is cached (recycle invariant 1):
+    /// (segment, block, address).
+    #[inline]
+    fn take_renewed(&self, size: u64) -> Option<(u16, Block, NonNull<u8>)> {
+        let (seg, block) = self.renewed.pop(size.max(1).trailing_zeros().max(7))?;
+        // Always found: we pushed a block of a segment this process had open, and segments
+        // stay open while the pool lives.
+        let ptr = self.segments.get(seg as usize).and_then(OnceLock::get)?.held_ptr(block).ok()?;
+        Some((seg, block, ptr))
+    }
+
+    /// Releases our hold on a renewed block (it is freed: we were its one reference).
+    fn release_renewed(&self, slot: u32, seg: u16, block: Block, h: &ArrayHeader) {
+        match h.refcount.release(slot, &self.tokens()) {
+            Ok(Released::Last) | Err(RefError::Orphaned) => self.free_array(seg, block, h),
+            _ => {}
+        }
+    }
+
+    /// Gives every renewed block back to the pool (recycle invariant 4). `slot` is the slot
+    /// that holds them: ours, before we leave.
+    fn give_back_renewed(&self, slot: u32) {
+        self.renewed.drain(|seg, block| {
+            if let Some(ptr) =
+                self.segments.get(seg as usize).and_then(OnceLock::get).and_then(|a| a.held_ptr(block).ok())
+            {
+                // SAFETY: a header block of a metadata segment that our slot holds (recycle
+                // invariant 1), mapped while the pool lives.
+                let h = unsafe { &*ptr.as_ptr().cast::<ArrayHeader>() };
+                self.release_renewed(slot, seg, block, h);
+            }
+        });
     }
 
     /// The array headers in use in metadata segment `seg` (invariant 1: every block there but
@@ -1366,8 +1456,13 @@ impl PoolShared {
                 s.free += a.free_bytes + a.cached_bytes;
                 s.largest_free = s.largest_free.max(a.largest_free_block);
             } else {
-                // Headers with their magic: a freed header parked in a cache is not an array.
+                // Headers with their magic: a freed header parked in a cache is not an array,
+                // nor is a renewed one (header invariant 4).
                 for (block, h) in self.headers(i, arena) {
+                    if h.nonce.load(ORD) == RENEWED {
+                        s.reserved += block.size();
+                        continue;
+                    }
                     s.arrays += 1;
                     if h.inline_offset.load(ORD) != 0 {
                         s.used += block.size();
@@ -1497,6 +1592,7 @@ impl PoolShared {
             }
         }
         drop(locals);
+        self.give_back_renewed(reg.index);
         m.registration = None;
         self.fast_slot.store(0, ORD);
         let dir = self.dir();

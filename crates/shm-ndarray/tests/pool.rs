@@ -416,3 +416,95 @@ fn small_arrays_live_inline_and_come_back_when_their_holder_dies() {
     assert_eq!((after.arrays, after.used), (before.arrays, before.used));
     pool.check().unwrap();
 }
+
+#[test]
+fn a_small_arrays_block_is_renewed_for_the_next_and_its_old_handles_stay_stale() {
+    let pool = Pool::create(&small()).unwrap();
+    let before = pool.stats();
+    let a = ShmArray::<f64>::from_slice(&pool, &[8], &[1.0; 8]).unwrap();
+    let untracked = a.as_shared().untracked_handle();
+    drop(a);
+    let s = pool.stats();
+    assert_eq!((s.arrays, s.used), (before.arrays, before.used), "a renewed block is not an array");
+    // A header of 192 bytes (one dimension, "<f8") and 64 of data: a 256-byte block.
+    assert_eq!(s.reserved, before.reserved + 256, "kept for the next small array");
+    assert_eq!(pool.attach(&untracked).unwrap_err(), HandleError::Stale);
+    // The next array of that block size takes the renewed block; the old handle names a
+    // different array there now, and still fails.
+    let b = ShmArray::<f64>::from_slice(&pool, &[4, 2], &[2.0; 8]).unwrap();
+    assert_eq!(pool.stats().reserved, before.reserved);
+    assert_eq!(pool.attach(&untracked).unwrap_err(), HandleError::Stale);
+    let again = ShmArray::<f64>::attach(&pool, &b.handle().unwrap()).unwrap();
+    assert_eq!((again.shape(), again.to_vec()), (&[4u64, 2][..], vec![2.0; 8]));
+    // A block with a handle in flight is not renewed: the token keeps the array itself alive.
+    let h = b.handle().unwrap();
+    drop((b, again));
+    assert_eq!(pool.stats().arrays, before.arrays + 1);
+    let c = ShmArray::<f64>::attach(&pool, &h).unwrap();
+    assert_eq!(c.to_vec(), vec![2.0; 8]);
+    drop(c);
+    assert_eq!(pool.stats().arrays, before.arrays);
+    pool.check().unwrap();
+}
+
+#[test]
+fn renewed_blocks_go_back_when_their_process_leaves_or_dies() {
+    let pool = Pool::create(&small()).unwrap();
+    let before = pool.stats();
+    for leaves in [true, false] {
+        let (mut parent_end, mut child_end) = std::os::unix::net::UnixStream::pair().unwrap();
+        let pid = fork(|| {
+            use std::io::{Read, Write};
+            let arrays: Vec<_> =
+                (0..3).map(|i| ShmArray::<u16>::from_slice(&pool, &[100], &[i; 100]).unwrap()).collect();
+            drop(arrays); // three renewed blocks of 512 bytes, kept by this process
+            child_end.write_all(b"x").unwrap();
+            let mut go = [0u8; 1];
+            child_end.read_exact(&mut go).unwrap();
+            pool.leave(); // they go back
+            child_end.write_all(b"y").unwrap();
+            std::thread::sleep(Duration::from_secs(60));
+            0
+        });
+        let mut buf = [0u8; 1];
+        std::io::Read::read_exact(&mut parent_end, &mut buf).unwrap();
+        let held = pool.stats();
+        assert_eq!((held.arrays, held.reserved), (before.arrays, before.reserved + 3 * 512));
+        if leaves {
+            std::io::Write::write_all(&mut parent_end, b"g").unwrap();
+            std::io::Read::read_exact(&mut parent_end, &mut buf).unwrap();
+            assert_eq!(pool.stats().reserved, before.reserved, "given back on leaving");
+        }
+        // SAFETY: our child.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        wait(pid);
+        let r = pool.collect();
+        assert_eq!(r.arrays_freed, if leaves { 0 } else { 3 }, "a dead process's renewed blocks are freed by collect");
+        assert_eq!(pool.stats().reserved, before.reserved);
+        pool.check().unwrap();
+    }
+}
+
+#[test]
+fn an_allocation_that_finds_no_room_takes_back_this_processes_renewed_blocks() {
+    // A full metadata segment whose only free room is blocks this process renewed must still
+    // serve an array of another size. (The pool cannot grow: a metadata segment takes 16 MiB.)
+    let pool = Pool::create(&PoolOptions::new().segment_capacity(1 << 20).max_size(1 << 20)).unwrap();
+    let before = pool.stats();
+    let mut big = Vec::new();
+    while let Ok(a) = ShmArray::<u8>::zeros(&pool, &[3000]) {
+        big.push(a); // 4 KiB blocks
+        assert!(big.len() <= 5000, "the metadata segment never filled up");
+    }
+    // Fill what is left with smaller blocks (1 byte of data: a 256-byte block each).
+    let mut filler = Vec::new();
+    while let Ok(a) = ShmArray::<u8>::zeros(&pool, &[1]) {
+        filler.push(a);
+    }
+    big.truncate(big.len() - 4);
+    assert_eq!(pool.stats().reserved, before.reserved + 4 * 4096, "four renewed 4 KiB blocks, nothing else free");
+    let other_size = ShmArray::<u8>::zeros(&pool, &[1500]).expect("the renewed blocks were given back");
+    assert_eq!(pool.stats().reserved, before.reserved);
+    drop((other_size, big, filler));
+    pool.check().unwrap();
+}

@@ -23,6 +23,11 @@
 //!    the block.
 //! 4. A dead process's references are dropped by [`RefCount::drop_holder`] for its slot; its
 //!    tokens stay pending until claimed or reclaimed, because a receiver may still claim them.
+//! 5. The target changes only under the lock, and only while its one reference is the holder
+//!    changing it ([`RefCount::release_or_renew`]): no token names the old target then, and a
+//!    process that acquires the record afterwards sees the new target. A reader that acquired
+//!    a record by an id of its own therefore checks [`RefCount::target`] afterwards: if the
+//!    target is still its id, the record was not renewed under it.
 //!
 //! Fields under the lock are `Relaxed`: the lock's Acquire/Release orders them. Readers outside
 //! the lock ([`RefCount::is_dead`], [`RefCount::holders`]) get a racy snapshot.
@@ -82,6 +87,9 @@ pub enum Released {
     Remaining,
     /// The process did not hold it (for [`RefCount::drop_holder`] during recovery).
     NotHeld,
+    /// That would have been the last reference: the caller still holds the record, now under
+    /// a new target, and may reuse what it counts ([`RefCount::release_or_renew`]).
+    Renewed,
 }
 
 /// Why a reference operation was refused.
@@ -178,6 +186,70 @@ impl<const W: usize> RefCount<W> {
             }
             Ok(s.die_if_unreferenced())
         })
+    }
+
+    /// Stops holding the record for process slot `holder`, like [`RefCount::release`], unless
+    /// this is its last reference: then the record stays alive and held by `holder`, its target
+    /// becomes `new_target`, and the result is [`Released::Renewed`] (invariant 5). The caller
+    /// can then reuse what the record counts for something new without freeing it: whoever
+    /// acquired the record by the old target finds, once it holds it, that [`RefCount::target`]
+    /// is no longer its id, and whoever still holds it (another holder, a pending token) makes
+    /// this an ordinary release.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_sync::{Released, RefCount, TokenSlot, TokenTable};
+    ///
+    /// let slots: Vec<TokenSlot> = (0..8).map(|_| TokenSlot::new()).collect();
+    /// let tokens = TokenTable::new(&slots);
+    /// let rc: RefCount = RefCount::new();
+    /// rc.init(42, 0);
+    /// assert_eq!(rc.release_or_renew(0, &tokens, 43).unwrap(), Released::Renewed);
+    /// assert_eq!((rc.target(), rc.holders()), (43, vec![0])); // still ours, a new identity
+    /// let token = rc.send(&tokens).unwrap(); // a handle in flight keeps it alive
+    /// assert_eq!(rc.release_or_renew(0, &tokens, 44).unwrap(), Released::Remaining);
+    /// rc.claim(token, 1, &tokens).unwrap();
+    /// assert_eq!(rc.release_or_renew(1, &tokens, 45).unwrap(), Released::Renewed);
+    /// assert_eq!(rc.release(1, &tokens).unwrap(), Released::Last);
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As for [`RefCount::release`].
+    pub fn release_or_renew(
+        &self,
+        holder: u32,
+        tokens: &TokenTable<'_>,
+        new_target: u64,
+    ) -> Result<Released, RefError> {
+        let (word, bit) = self.bit(holder)?;
+        self.locked(tokens, |s| {
+            if s.state.load(Ordering::Relaxed) & DEAD != 0 {
+                return Err(RefError::Dead);
+            }
+            let mine = s.holders[word].load(Ordering::Relaxed);
+            if mine & bit == 0 {
+                return Err(RefError::NotHolder { holder });
+            }
+            let alone = mine == bit
+                && s.holders.iter().enumerate().all(|(i, w)| i == word || w.load(Ordering::Relaxed) == 0)
+                && s.state.load(Ordering::Relaxed) & TOKENS == 0;
+            if alone {
+                s.target.store(new_target, Ordering::Relaxed);
+                return Ok(Released::Renewed);
+            }
+            s.holders[word].fetch_and(!bit, Ordering::Relaxed);
+            Ok(s.die_if_unreferenced())
+        })
+    }
+
+    /// The caller's id for this record, as stored in its tokens (invariant 5 says when a
+    /// reader can trust it).
+    pub fn target(&self) -> u64 {
+        // Relaxed: changed only under the lock; a reader that needs it current has taken and
+        // released the lock since (acquire, claim), which orders it.
+        self.target.load(Ordering::Relaxed)
     }
 
     /// Drops the reference a dead process in slot `holder` held (recovery, invariant 4).

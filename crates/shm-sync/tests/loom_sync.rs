@@ -217,6 +217,43 @@ mod refcounts {
     }
 
     #[test]
+    fn a_renewed_record_is_never_taken_for_its_old_self() {
+        // Holder 0 lets go of target 7 and would reuse the record as 9; slot 1 acquires it by
+        // 7 at the same time (a stale handle) and checks the target once it holds it.
+        model(|| {
+            let f = fixture(&[0]);
+            let f1 = f.clone();
+            let late = thread::spawn(move || {
+                let t = TokenTable::new(&f1.slots);
+                match f1.rc.acquire(1, &t) {
+                    Ok(_) if f1.rc.target() == 7 => true,
+                    Ok(_) => {
+                        // Renewed under us: let go; the renewer's hold keeps the record.
+                        assert_eq!(f1.rc.release(1, &t).unwrap(), Released::Remaining);
+                        false
+                    }
+                    Err(e) => panic!("a renewed record stays alive: {e:?}"),
+                }
+            });
+            let t = TokenTable::new(&f.slots);
+            let released = f.rc.release_or_renew(0, &t, 9).unwrap();
+            let old_self_taken = late.join().unwrap();
+            match released {
+                Released::Renewed => {
+                    assert!(!old_self_taken, "a stale reader took the renewed record for target 7");
+                    assert_eq!((f.rc.target(), f.rc.holders()), (9, vec![0]));
+                }
+                Released::Remaining => {
+                    assert!(old_self_taken, "released while the reader holds it, yet it saw another target");
+                    assert_eq!((f.rc.target(), f.rc.holders()), (7, vec![1]));
+                }
+                other => panic!("{other:?}"),
+            }
+            assert!(!f.rc.is_dead());
+        });
+    }
+
+    #[test]
     fn a_record_released_last_is_never_revived() {
         model(|| {
             let f = fixture(&[0]);

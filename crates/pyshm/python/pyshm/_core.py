@@ -80,6 +80,10 @@ class PoolStats(NamedTuple):
     """Segments (files in /dev/shm), metadata included."""
     processes: int
     """Processes registered in the pool."""
+    reserved: int
+    """Bytes of freed small arrays' blocks that processes keep for their next small arrays
+    (not in ``used``): given back when a process leaves the pool, when memory runs short, or by
+    :func:`collect` when it dies."""
 
 
 class CollectReport(NamedTuple):

@@ -1,0 +1,191 @@
+//! Renewed headers: the blocks of this process's freed small arrays, kept for its next ones.
+//!
+//! A small array is one block of a metadata segment (its header, then its data). When this
+//! process drops such an array and was its only reference, the refcount is renewed instead
+//! of released ([`shm_sync::RefCount::release_or_renew`]): the process keeps holding the block
+//! under a new target, and its next small array of the same block size reuses it. That skips
+//! the arena's free, allocation and ownership transfer, the header's refcount set-up, and their
+//! atomic operations on shared words: the hot path of creating and dropping small arrays.
+//!
+//! # Invariants
+//!
+//! 1. An entry names a header block of a metadata segment whose refcount this process holds
+//!    alone, under its slot at the time of the push, renewed: its nonce word is
+//!    [`RENEWED`](crate::header::RENEWED), its refcount's target is the nonce the next array
+//!    made in it will have, its data is inline. To everyone else it is a held block that no
+//!    handle can attach (a handle's nonce never equals a target nobody was told).
+//! 2. An entry is put in a slot by one CAS from empty (Release) and taken by one swap to empty
+//!    (Acquire), so each entry is taken at most once, and the taker sees every write the
+//!    pusher made to the header before pushing.
+//! 3. Nothing here is shared between processes: the cache lives in this process's heap. A
+//!    forked child must forget its copy ([`Renewed::forget_all`]): those blocks are held by the
+//!    parent's slot.
+//! 4. The entries go back to the pool (their refcounts released, so they are freed) when this
+//!    process leaves the pool, when one of its allocations finds no room, and when anyone waits
+//!    for memory. If the process dies, `collect` drops its holds like those of any array it
+//!    held, which frees them. So the cache never holds memory another allocation needs for
+//!    longer than that allocation takes to ask, and holds at most
+//!    `SHARDS * SLOTS * (128 + 256 + ... + 4096)` bytes (about 250 KiB).
+
+use shm_arena::Block;
+
+use crate::sync::SharedU64;
+
+/// Smallest block size cached (the metadata segments' minimum block), as log2.
+const MIN_LOG2: u32 = 7;
+/// Block sizes cached: 128 bytes to 4 KiB (small arrays' blocks, `INLINE_MAX` in `pool`).
+const ORDERS: usize = 6;
+const SLOTS: usize = 4;
+const SHARDS: usize = 8;
+
+/// One shard's entries, on cache lines of their own.
+#[repr(align(128))]
+struct Shard([SharedU64; ORDERS * SLOTS]);
+
+/// The cache: entries by shard (thread), block size and slot.
+pub(crate) struct Renewed {
+    shards: Box<[Shard]>,
+}
+
+/// An entry: the block's bits with the segment in bits 48..56. A block's bits are never 0
+/// (its size is at least 128), so 0 is an empty slot.
+fn encode(segment: u16, block: Block) -> Option<u64> {
+    let bits = block.to_bits();
+    (segment < 256 && bits >> 48 == 0).then_some(bits | u64::from(segment) << 48)
+}
+
+fn decode(v: u64) -> (u16, Block) {
+    ((v >> 48) as u16, Block::from_bits(v & ((1 << 48) - 1)))
+}
+
+fn order_of(block: Block) -> Option<usize> {
+    let o = block.size_log2().checked_sub(MIN_LOG2)? as usize;
+    (o < ORDERS).then_some(o)
+}
+
+impl Renewed {
+    pub(crate) fn new() -> Self {
+        Self { shards: (0..SHARDS).map(|_| Shard(core::array::from_fn(|_| SharedU64::new(0)))).collect() }
+    }
+
+    /// Whether a block of this size and place can be cached at all.
+    pub(crate) fn caches(segment: u16, block: Block) -> bool {
+        order_of(block).is_some() && encode(segment, block).is_some()
+    }
+
+    /// Takes a renewed block of `2^size_log2` bytes from the calling thread's shard.
+    #[inline]
+    pub(crate) fn pop(&self, size_log2: u32) -> Option<(u16, Block)> {
+        let o = size_log2.checked_sub(MIN_LOG2)? as usize;
+        if o >= ORDERS {
+            return None;
+        }
+        let shard = &self.shards[shard_of_this_thread()].0;
+        for w in shard[o * SLOTS..(o + 1) * SLOTS].iter().rev() {
+            // Acquire: invariant 2 (the pusher's header writes, such as its nonce word).
+            if w.load(core::sync::atomic::Ordering::Relaxed) != 0 {
+                let v = w.swap(0, core::sync::atomic::Ordering::Acquire);
+                if v != 0 {
+                    return Some(decode(v));
+                }
+            }
+        }
+        None
+    }
+
+    /// Puts a renewed block into the calling thread's shard; false when it is full or the
+    /// block is not one [`Renewed::caches`].
+    #[inline]
+    pub(crate) fn push(&self, segment: u16, block: Block) -> bool {
+        let (Some(o), Some(v)) = (order_of(block), encode(segment, block)) else {
+            return false;
+        };
+        let shard = &self.shards[shard_of_this_thread()].0;
+        for w in &shard[o * SLOTS..(o + 1) * SLOTS] {
+            // Release: invariant 2.
+            if w.load(core::sync::atomic::Ordering::Relaxed) == 0
+                && w.compare_exchange(
+                    0,
+                    v,
+                    core::sync::atomic::Ordering::Release,
+                    core::sync::atomic::Ordering::Relaxed,
+                )
+                .is_ok()
+            {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Takes every entry out, handing each to `f`.
+    pub(crate) fn drain(&self, mut f: impl FnMut(u16, Block)) {
+        for shard in self.shards.iter() {
+            for w in &shard.0 {
+                // Acquire: invariant 2.
+                let v = w.swap(0, core::sync::atomic::Ordering::Acquire);
+                if v != 0 {
+                    let (segment, block) = decode(v);
+                    f(segment, block);
+                }
+            }
+        }
+    }
+
+    /// Whether any entry is cached (a snapshot).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.shards.iter().all(|s| s.0.iter().all(|w| w.load(core::sync::atomic::Ordering::Relaxed) == 0))
+    }
+
+    /// Forgets every entry (invariant 3: after a fork).
+    pub(crate) fn forget_all(&self) {
+        self.drain(|_, _| {});
+    }
+}
+
+/// A small per-thread number, assigned round-robin on a thread's first use.
+fn shard_of_this_thread() -> usize {
+    // Process-local: a counter and a thread-local, never in shared memory.
+    static NEXT: SharedU64 = SharedU64::new(0);
+    std::thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, core::sync::atomic::Ordering::Relaxed) as usize % SHARDS;
+    }
+    SHARD.with(|s| *s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_round_trip_by_size_and_are_taken_once() {
+        let c = Renewed::new();
+        let a = Block::from_parts(16 << 20, 1024, 0x3FFF);
+        let b = Block::from_parts(4096, 1024, 1);
+        assert!(c.push(255, a) && c.push(0, b));
+        assert_eq!(c.pop(11), None, "another size");
+        assert_eq!(c.pop(10), Some((0, b)));
+        assert_eq!(c.pop(10), Some((255, a)));
+        assert_eq!(c.pop(10), None);
+        for i in 0..SLOTS as u64 {
+            assert!(c.push(1, Block::from_parts(i * 128, 128, 0)));
+        }
+        assert!(!c.push(1, Block::from_parts(4096, 128, 0)), "{SLOTS} slots per size");
+        assert!(!c.is_empty());
+        let mut seen = Vec::new();
+        c.drain(|s, b| seen.push((s, b.offset())));
+        assert_eq!(seen, vec![(1, 0), (1, 128), (1, 256), (1, 384)]);
+        assert!(c.is_empty() && c.pop(7).is_none());
+    }
+
+    #[test]
+    fn blocks_it_cannot_name_are_refused() {
+        let c = Renewed::new();
+        assert!(!Renewed::caches(0, Block::from_parts(0, 8192, 0)), "larger than small arrays");
+        assert!(!Renewed::caches(0, Block::from_parts(0, 64, 0)), "below the metadata minimum");
+        assert!(!Renewed::caches(256, Block::from_parts(0, 256, 0)), "segment beyond 8 bits");
+        assert!(!Renewed::caches(0, Block::from_parts(1 << 40, 256, 0)), "offset beyond the encoding");
+        assert!(!c.push(0, Block::from_parts(0, 8192, 0)));
+        assert!(c.is_empty());
+    }
+}
