@@ -41,6 +41,8 @@ mod error;
 mod handle;
 #[allow(unsafe_code)] // the header lives in shared memory; its variable part is written by pointer
 mod header;
+#[allow(unsafe_code)] // the table's words are `Weak` pointers; zeroed tables
+mod locals;
 #[allow(unsafe_code)] // views of the directory and headers inside mapped blocks
 mod pool;
 mod recycle;

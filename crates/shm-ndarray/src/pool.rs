@@ -38,6 +38,7 @@ use crate::handle::Handle;
 use crate::header::{
     contiguous_strides, header_size, view_fits, ArrayHeader, ArrayMeta, ARRAY_MAGIC, MAX_DIMS, RENEWED,
 };
+use crate::locals::Locals;
 use crate::recycle::Renewed;
 use crate::DType;
 
@@ -179,7 +180,8 @@ pub(crate) struct PoolShared {
     membership: Mutex<Membership>,
     /// `fork_generation << 16 | slot + 1` of the current membership; 0 when none.
     fast_slot: shm_arena::sync::SharedU64,
-    locals: Mutex<HashMap<(u16, u64), Weak<LocalArray>, LocalsHash>>,
+    /// The arrays this process holds, by header place (see `locals`).
+    locals: Locals<LocalArray>,
     /// How long an allocation may wait for a free, in nanoseconds; `NO_WAIT` for not at all.
     wait_ns: shm_arena::sync::SharedU64,
     nonce_state: shm_arena::sync::SharedU64,
@@ -193,30 +195,6 @@ pub(crate) struct PoolShared {
 unsafe impl Send for PoolShared {}
 // SAFETY: as for `Send`.
 unsafe impl Sync for PoolShared {}
-
-/// The per-process map's hasher: its keys are (segment, offset) pairs chosen by the allocator,
-/// not by an adversary, so a multiplicative hash is enough (SipHash showed in profiles).
-#[derive(Default)]
-pub(crate) struct LocalsHasher(u64);
-
-impl std::hash::Hasher for LocalsHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    fn write_u16(&mut self, v: u16) {
-        self.0 = (self.0 ^ u64::from(v)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
-type LocalsHash = std::hash::BuildHasherDefault<LocalsHasher>;
 
 const NO_WAIT: u64 = u64::MAX;
 
@@ -391,7 +369,7 @@ impl Pool {
             fast_slot: shm_arena::sync::SharedU64::new(
                 registration.map_or(0, |r| fork_generation() << 16 | u64::from(r.index + 1)),
             ),
-            locals: Mutex::new(HashMap::default()),
+            locals: Locals::new(MAX_SEGMENTS),
             wait_ns: shm_arena::sync::SharedU64::new(wait_to_ns(wait)),
             nonce_state: shm_arena::sync::SharedU64::new(u64::from_le_bytes(seed) | 1),
             renewed: Renewed::new(),
@@ -808,20 +786,14 @@ impl PoolShared {
 
     /// After a fork: hold, under our own slot, every array this process inherited (inv. 2).
     fn reacquire_inherited(&self, slot: u32) {
-        // Declared before the guard, so dropped after it: a last `Arc` dropped while the map is
-        // locked would deadlock in `LocalArray::drop` (found in review).
-        let mut upgraded = Vec::new();
-        let locals = self.locals.lock().unwrap_or_else(|p| p.into_inner());
         let tokens = self.tokens();
-        for weak in locals.values() {
-            if let Some(local) = weak.upgrade() {
-                if local.header().refcount.acquire(slot, &tokens).is_ok() {
-                    local.holder.store(holder_word(slot), ORD);
-                }
-                upgraded.push(local);
+        // Each under its entry's lock; the `Arc`s are dropped after (locals invariant 3).
+        let upgraded = self.locals.for_each_live(|local| {
+            if local.header().refcount.acquire(slot, &tokens).is_ok() {
+                local.holder.store(holder_word(slot), ORD);
             }
-        }
-        drop(locals);
+        });
+        drop(upgraded);
     }
 
     fn segment(&self, index: u16) -> Result<&Arena, PoolError> {
@@ -1096,10 +1068,14 @@ impl PoolShared {
             holder: shm_arena::sync::SharedU64::new(holder_word(slot)),
             borrows: shm_arena::sync::SharedU64::new(0),
         });
-        self.locals
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert((meta_seg, header_block.offset()), Arc::downgrade(&local));
+        let capacity = self.segment(meta_seg).map_err(ArrayError::Grow)?.capacity();
+        let mut entry = self.locals.lock(meta_seg, header_block.offset(), capacity).expect("a header block's place");
+        // Empty: the array that had this place before removed its entry before its hold went
+        // (locals invariant 2), and nobody can pin this one before a handle of it exists.
+        let before = entry.replace(Some(Arc::downgrade(&local)));
+        drop(entry);
+        debug_assert!(before.as_ref().is_none_or(|w| w.strong_count() == 0));
+        drop(before);
         Ok(SharedArray::whole(local))
     }
 
@@ -1112,10 +1088,17 @@ impl PoolShared {
         how: Pin,
     ) -> Result<Arc<LocalArray>, HandleError> {
         let slot = self.slot().map_err(|e| HandleError::Segment(e.to_string()))?;
-        // Declared before the guard, so dropped after it (see `reacquire_inherited`).
+        let arena = self.segment(meta_seg).map_err(|e| HandleError::Segment(e.to_string()))?;
+        // Invariant 1: headers live only in metadata segments; a handle naming a data segment
+        // would make user data pass for a header.
+        if self.dir().segments()[meta_seg as usize].kind.load(ORD) != KIND_META {
+            return Err(HandleError::Invalid("the handle names a data segment as its header's"));
+        }
+        // Declared before the guard, so dropped after it (locals invariant 3).
         let existing;
-        let mut locals = self.locals.lock().unwrap_or_else(|p| p.into_inner());
-        existing = locals.get(&(meta_seg, header.offset())).and_then(Weak::upgrade);
+        // No place for a header block there: no array either.
+        let mut entry = self.locals.lock(meta_seg, header.offset(), arena.capacity()).ok_or(HandleError::Stale)?;
+        existing = entry.upgrade();
         if let Some(existing) = &existing {
             if existing.nonce == nonce && existing.header_block == header {
                 if held_slot(existing.holder.load(ORD)).is_none() {
@@ -1126,7 +1109,7 @@ impl PoolShared {
                         Pin::Token(t) => existing.header().refcount.claim(t, slot, &tokens),
                         Pin::Acquire => existing.header().refcount.acquire(slot, &tokens),
                     };
-                    drop(locals);
+                    drop(entry);
                     r.map_err(ref_to_handle)?;
                     existing.holder.store(holder_word(slot), ORD);
                     return Ok(existing.clone());
@@ -1139,12 +1122,6 @@ impl PoolShared {
                 }
                 return Ok(existing.clone());
             }
-        }
-        let arena = self.segment(meta_seg).map_err(|e| HandleError::Segment(e.to_string()))?;
-        // Invariant 1: headers live only in metadata segments; a handle naming a data segment
-        // would make user data pass for a header.
-        if self.dir().segments()[meta_seg as usize].kind.load(ORD) != KIND_META {
-            return Err(HandleError::Invalid("the handle names a data segment as its header's"));
         }
         let ptr = arena.as_ptr(header).map_err(|_| HandleError::Stale)?;
         if header.size() < crate::header::FIXED as u64 {
@@ -1207,7 +1184,10 @@ impl PoolShared {
             holder: shm_arena::sync::SharedU64::new(holder_word(slot)),
             borrows: shm_arena::sync::SharedU64::new(0),
         });
-        locals.insert((meta_seg, header.offset()), Arc::downgrade(&local));
+        // Replacing a dying `LocalArray`'s entry takes its hold over (locals invariant 2).
+        let replaced = entry.replace(Some(Arc::downgrade(&local)));
+        drop(entry);
+        drop(replaced);
         Ok(local)
     }
 
@@ -1580,18 +1560,12 @@ impl PoolShared {
         }
         // Release every hold first, under the slot that is still ours. Arrays dropped after
         // this find `NOT_HELD` and do nothing (the slot may belong to another process by then).
-        // Declared before the guard, so dropped after it (see `reacquire_inherited`).
-        let mut alive = Vec::new();
-        let locals = self.locals.lock().unwrap_or_else(|p| p.into_inner());
-        for weak in locals.values() {
-            if let Some(local) = weak.upgrade() {
-                if held_slot(local.holder.swap(NOT_HELD, ORD)).is_some() {
-                    self.release_hold(&local, reg.index);
-                }
-                alive.push(local);
+        // Each under its entry's lock; the `Arc`s are dropped at the end (locals invariant 3).
+        let alive = self.locals.for_each_live(|local| {
+            if held_slot(local.holder.swap(NOT_HELD, ORD)).is_some() {
+                self.release_hold(local, reg.index);
             }
-        }
-        drop(locals);
+        });
         self.give_back_renewed(reg.index);
         m.registration = None;
         self.fast_slot.store(0, ORD);
@@ -1700,17 +1674,21 @@ impl LocalArray {
 
 impl Drop for LocalArray {
     fn drop(&mut self) {
-        let mut locals = self.pool.locals.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (self.meta_segment, self.header_block.offset());
+        // The table exists: this array's entry was made in it (capacity 0: never made here).
+        let Some(mut entry) = self.pool.locals.lock(self.meta_segment, self.header_block.offset(), 0) else {
+            self.pool.release_local(self);
+            return;
+        };
         // Between our last `Arc` going and this lock, an attach in this process may have pinned
-        // the same array anew: it found our holder bit set (`Acquired::Already`), so the hold
-        // is its now. Hand it over instead of releasing it.
-        if locals.get(&key).is_some_and(|w| w.strong_count() > 0) {
+        // the same array anew: it found our holder bit set (`Acquired::Already`) and replaced
+        // our entry, so the hold is its now (locals invariant 2). Release only our own.
+        if !entry.is(self) {
             return;
         }
-        locals.remove(&key);
         self.pool.release_local(self);
-        drop(locals);
+        let ours = entry.replace(None);
+        drop(entry);
+        drop(ours);
     }
 }
 

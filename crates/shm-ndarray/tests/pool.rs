@@ -436,6 +436,13 @@ fn a_small_arrays_block_is_renewed_for_the_next_and_its_old_handles_stay_stale()
     assert_eq!(pool.attach(&untracked).unwrap_err(), HandleError::Stale);
     let again = ShmArray::<f64>::attach(&pool, &b.handle().unwrap()).unwrap();
     assert_eq!((again.shape(), again.to_vec()), (&[4u64, 2][..], vec![2.0; 8]));
+    // A crafted handle naming the renewed block by its nonce word (0 while renewed) passes the
+    // first look but not the check of the refcount's target after the pin.
+    let c = ShmArray::<f64>::from_slice(&pool, &[8], &[3.0; 8]).unwrap();
+    let mut crafted = c.as_shared().untracked_handle().to_bytes();
+    drop(c);
+    crafted[32..40].copy_from_slice(&0u64.to_le_bytes());
+    assert_eq!(pool.attach(&Handle::from_bytes(&crafted).unwrap()).unwrap_err(), HandleError::Stale);
     // A block with a handle in flight is not renewed: the token keeps the array itself alive.
     let h = b.handle().unwrap();
     drop((b, again));
@@ -506,5 +513,62 @@ fn an_allocation_that_finds_no_room_takes_back_this_processes_renewed_blocks() {
     let other_size = ShmArray::<u8>::zeros(&pool, &[1500]).expect("the renewed blocks were given back");
     assert_eq!(pool.stats().reserved, before.reserved);
     drop((other_size, big, filler));
+    pool.check().unwrap();
+}
+
+#[test]
+fn threads_making_attaching_and_dropping_the_same_small_arrays_never_see_another_arrays_data() {
+    // Four threads share a board of handles. Each makes small arrays filled with a value of
+    // its own, posts handles (tracked and untracked) of them, attaches whatever the others
+    // posted, and drops everything in a shuffled order, so blocks are renewed and reused while
+    // stale handles to them are being attached. An attach must give the array its handle
+    // named, with that array's values, or Stale.
+    use std::sync::Mutex;
+    let pool = Pool::create(&small()).unwrap();
+    let before = pool.stats();
+    let board: Mutex<Vec<(u64, Handle)>> = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let (pool, board) = (&pool, &board);
+            s.spawn(move || {
+                let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ t;
+                let mut next = move || {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    rng
+                };
+                let mut mine = Vec::new();
+                for i in 0..3000u64 {
+                    let value = t << 32 | i;
+                    let len = 1 + next() % 200;
+                    let a = ShmArray::<u64>::from_slice(pool, &[len], &vec![value; len as usize]).unwrap();
+                    let h = if next() % 2 == 0 { a.handle().unwrap() } else { a.as_shared().untracked_handle() };
+                    board.lock().unwrap().push((value, h));
+                    mine.push(a);
+                    let taken = {
+                        let mut b = board.lock().unwrap();
+                        let n = b.len();
+                        (n > 0).then(|| b.swap_remove((next() % n as u64) as usize))
+                    };
+                    if let Some((value, h)) = taken {
+                        match ShmArray::<u64>::attach(pool, &h) {
+                            Ok(b) => assert!(b.to_vec().iter().all(|x| *x == value), "another array's data"),
+                            Err(e) => assert_eq!(e, shm_ndarray::TypedError::Handle(HandleError::Stale)),
+                        }
+                    }
+                    while mine.len() > 8 {
+                        let k = (next() % mine.len() as u64) as usize;
+                        drop(mine.swap_remove(k));
+                    }
+                }
+            });
+        }
+    });
+    // Handles never attached keep their arrays (tokens): cancel them, and everything is back.
+    board.lock().unwrap().clear();
+    pool.reclaim_tokens_older_than(Duration::ZERO);
+    let after = pool.stats();
+    assert_eq!((after.arrays, after.used), (before.arrays, before.used));
     pool.check().unwrap();
 }
