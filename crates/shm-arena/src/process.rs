@@ -494,6 +494,7 @@ extern "C" fn on_fork_child() {
 /// // ... later, in the same process:
 /// assert_eq!(fork_generation(), cached);
 /// ```
+#[inline]
 pub fn fork_generation() -> u64 {
     FORK_HOOK.call_once(|| {
         if let Err(errno) = sys::install_fork_hook(on_fork_child) {

@@ -42,6 +42,21 @@ use shm_sync::RefCount;
 use crate::dtype::{DType, DTypeKind};
 use crate::sync::SharedU64;
 
+/// A pointer to field `$f` of the `$T` that raw pointer `$p` points to: no dereference, so no
+/// `unsafe` (writing through it is).
+macro_rules! field_of {
+    ($p:expr, $T:ty, $f:ident) => {
+        $crate::header::field_ptr::<$T, _>($p.cast::<u8>().wrapping_add(core::mem::offset_of!($T, $f)), |v: &$T| &v.$f)
+    };
+}
+pub(crate) use field_of;
+
+/// `p` as a pointer to the type `_field` returns (`_field` is never called: it names the type
+/// for [`field_of`]).
+pub(crate) fn field_ptr<T, F>(p: *mut u8, _field: fn(&T) -> &F) -> *mut F {
+    p.cast()
+}
+
 /// Magic of an array header.
 pub(crate) const ARRAY_MAGIC: u64 = u64::from_le_bytes(*b"PYSHMARR");
 /// Words of holder bits in a header's refcount: 256 holders (255 processes and the directory).
@@ -84,57 +99,138 @@ pub(crate) struct ArrayMeta {
 }
 
 /// Dimensions: up to four kept inline (no heap allocation for the common arrays), more on the
-/// heap. Reads as a slice.
-#[derive(Clone, PartialEq, Eq)]
-pub(crate) enum Dims<T> {
-    Inline(u8, [T; 4]),
-    Heap(Box<[T]>),
+/// heap. Reads as a slice. A struct of plain words rather than an enum, so that it can be
+/// written in place ([`Dims::write_in_place`]): a value built on the stack and then moved is
+/// copied with wide loads just after narrow stores wrote it, which stalls the CPU (store
+/// forwarding fails) and was a fifth of a small array's create + drop.
+#[derive(Clone)]
+pub(crate) struct Dims<T> {
+    len: usize,
+    heap: Option<Box<[T]>>,
+    inline: [T; 4],
+}
+
+impl<T: Copy + Default> Dims<T> {
+    /// Writes `n` dimensions into `dst`, filled by `fill`, without building them elsewhere.
+    ///
+    /// # Safety
+    ///
+    /// `dst` is valid for writes and aligned; what it held is overwritten without being dropped.
+    pub(crate) unsafe fn write_in_place(dst: *mut Self, n: usize, fill: impl FnOnce(&mut [T])) {
+        let len: *mut usize = field_of!(dst, Self, len);
+        let inline: *mut [T; 4] = field_of!(dst, Self, inline);
+        let heap: *mut Option<Box<[T]>> = field_of!(dst, Self, heap);
+        // Three writes of fields of `*dst`, then the inline array filled through a reference
+        // to it, in place.
+        #[allow(clippy::multiple_unsafe_ops_per_block)]
+        // SAFETY: the caller's guarantee: `dst` is valid for writes and aligned, so are its
+        // fields; each is written once before it is read.
+        unsafe {
+            len.write(n);
+            inline.write([T::default(); 4]);
+            if n <= 4 {
+                heap.write(None);
+                fill(&mut (&mut *inline)[..n]);
+            } else {
+                let mut v = vec![T::default(); n].into_boxed_slice();
+                fill(&mut v);
+                heap.write(Some(v));
+            }
+        }
+    }
 }
 
 impl<T: Copy + Default> From<&[T]> for Dims<T> {
     fn from(v: &[T]) -> Self {
-        if v.len() <= 4 {
-            let mut a = [T::default(); 4];
-            a[..v.len()].copy_from_slice(v);
-            Dims::Inline(v.len() as u8, a)
-        } else {
-            Dims::Heap(v.into())
-        }
+        v.iter().copied().collect()
     }
 }
 
 impl<T: Copy + Default> FromIterator<T> for Dims<T> {
     fn from_iter<I: IntoIterator<Item = T>>(iter: I) -> Self {
-        let mut a = [T::default(); 4];
+        let mut inline = [T::default(); 4];
         let mut n = 0;
         let mut it = iter.into_iter();
         for x in it.by_ref() {
             if n == 4 {
-                let mut v = a.to_vec();
+                let mut v = inline.to_vec();
                 v.push(x);
                 v.extend(it);
-                return Dims::Heap(v.into());
+                return Dims { len: v.len(), heap: Some(v.into()), inline };
             }
-            a[n] = x;
+            inline[n] = x;
             n += 1;
         }
-        Dims::Inline(n as u8, a)
+        Dims { len: n, heap: None, inline }
     }
 }
 
 impl<T> core::ops::Deref for Dims<T> {
     type Target = [T];
     fn deref(&self) -> &[T] {
-        match self {
-            Dims::Inline(n, a) => &a[..*n as usize],
-            Dims::Heap(v) => v,
+        match &self.heap {
+            Some(v) => v,
+            None => &self.inline[..self.len],
         }
     }
 }
 
+impl<T> core::ops::DerefMut for Dims<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        match &mut self.heap {
+            Some(v) => v,
+            None => &mut self.inline[..self.len],
+        }
+    }
+}
+
+impl<T: PartialEq> PartialEq for Dims<T> {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl<T: Eq> Eq for Dims<T> {}
+
 impl<T: core::fmt::Debug> core::fmt::Debug for Dims<T> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         (**self).fmt(f)
+    }
+}
+
+impl ArrayMeta {
+    /// Writes the description of a new contiguous array into `dst`, in place (see [`Dims`]),
+    /// and returns it.
+    ///
+    /// # Safety
+    ///
+    /// `dst` is valid for writes and aligned, and stays so for `'a`; what it held is
+    /// overwritten without being dropped.
+    pub(crate) unsafe fn write_contiguous<'a>(
+        dst: *mut ArrayMeta,
+        dtype: &DType,
+        shape: &[u64],
+        fortran: bool,
+    ) -> &'a ArrayMeta {
+        let shape_at: *mut Dims<u64> = field_of!(dst, ArrayMeta, shape);
+        let strides_at: *mut Dims<i64> = field_of!(dst, ArrayMeta, strides);
+        // Four fields of `*dst`, each written once, then a reference to the whole.
+        #[allow(clippy::multiple_unsafe_ops_per_block)]
+        // SAFETY: the caller's guarantee: `dst` is valid for writes and aligned for `'a`, so
+        // are its fields; every field is written before the reference is made.
+        unsafe {
+            field_of!(dst, ArrayMeta, dtype).write(dtype.clone());
+            Dims::write_in_place(shape_at, shape.len(), |d| {
+                for (d, s) in d.iter_mut().zip(shape) {
+                    *d = *s;
+                }
+            });
+            Dims::write_in_place(strides_at, shape.len(), |d| {
+                fill_contiguous_strides(d, shape, dtype.itemsize(), fortran);
+            });
+            field_of!(dst, ArrayMeta, fortran).write(fortran);
+            &*dst
+        }
     }
 }
 
@@ -222,8 +318,17 @@ impl ArrayHeader {
                 tail.wrapping_add((ndim + i) * 8).cast::<i64>().write_unaligned(*st);
             }
         }
-        // SAFETY: as above, the description follows the strides.
-        unsafe { core::ptr::copy_nonoverlapping(descr.as_ptr(), tail.wrapping_add(ndim * 16), descr.len()) };
+        let at = tail.wrapping_add(ndim * 16);
+        if descr.len() <= 8 {
+            // The common descriptions ("<f8"): byte by byte, not a call to memcpy.
+            for (i, b) in descr.iter().enumerate() {
+                // SAFETY: as above, the description follows the strides.
+                unsafe { at.wrapping_add(i).write(*b) };
+            }
+        } else {
+            // SAFETY: as above, the description follows the strides.
+            unsafe { core::ptr::copy_nonoverlapping(descr.as_ptr(), at, descr.len()) };
+        }
     }
 
     /// Reads the geometry and type of a pinned array whose block is `block_len` bytes long,
@@ -262,18 +367,24 @@ impl ArrayHeader {
 }
 
 /// Strides (in bytes) of a contiguous array.
-pub(crate) fn contiguous_strides(shape: &[u64], itemsize: u64, fortran: bool) -> Dims<i64> {
+#[cfg(test)]
+pub(crate) fn contiguous_strides(shape: &[u64], itemsize: u64, fortran: bool) -> Vec<i64> {
+    let mut out = vec![0; shape.len()];
+    fill_contiguous_strides(&mut out, shape, itemsize, fortran);
+    out
+}
+
+/// Writes the strides (in bytes) of a contiguous array of `shape` into `out` (as long).
+fn fill_contiguous_strides(out: &mut [i64], shape: &[u64], itemsize: u64, fortran: bool) {
     let mut step = itemsize as i64;
-    let mut next = |n: u64| {
-        let s = step;
-        step = step.saturating_mul(n.max(1) as i64);
-        s
+    let mut put = |(o, n): (&mut i64, &u64)| {
+        *o = step;
+        step = step.saturating_mul((*n).max(1) as i64);
     };
     if fortran {
-        shape.iter().map(|n| next(*n)).collect()
+        out.iter_mut().zip(shape).for_each(&mut put);
     } else {
-        let reversed: Dims<i64> = shape.iter().rev().map(|n| next(*n)).collect();
-        reversed.iter().rev().copied().collect()
+        out.iter_mut().zip(shape).rev().for_each(&mut put);
     }
 }
 
@@ -312,7 +423,17 @@ mod tests {
         assert_eq!(*contiguous_strides(&[2, 3, 4], 8, true), [8, 16, 48]);
         assert_eq!(*contiguous_strides(&[], 8, false), []);
         let six = contiguous_strides(&[2, 2, 2, 2, 2, 3], 1, false);
-        assert_eq!(*six, [48, 24, 12, 6, 3, 1], "more than four dimensions go to the heap");
+        assert_eq!(*six, [48, 24, 12, 6, 3, 1]);
+        for (shape, fortran) in [(&[2u64, 3, 4][..], false), (&[2, 2, 2, 2, 2, 3][..], true), (&[][..], false)] {
+            let mut slot = core::mem::MaybeUninit::<ArrayMeta>::uninit();
+            // SAFETY: a fresh, aligned slot; dropped below once written.
+            let meta = unsafe { ArrayMeta::write_contiguous(slot.as_mut_ptr(), &DType::of::<f64>(), shape, fortran) };
+            assert_eq!((&*meta.shape, &*meta.strides), (shape, &*contiguous_strides(shape, 8, fortran)));
+            let copy = meta.clone();
+            assert_eq!(&copy, meta, "more than four dimensions go to the heap, and compare as slices");
+            // SAFETY: initialised by `write_contiguous`, dropped once.
+            unsafe { slot.assume_init_drop() };
+        }
         assert!(view_fits(0, &[2, 3], &[24, 8], 8, 48));
         assert!(!view_fits(8, &[2, 3], &[24, 8], 8, 48));
         assert!(view_fits(40, &[6], &[-8], 8, 48), "a reversed view");

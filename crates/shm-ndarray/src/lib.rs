@@ -41,10 +41,11 @@ mod error;
 mod handle;
 #[allow(unsafe_code)] // the header lives in shared memory; its variable part is written by pointer
 mod header;
-#[allow(unsafe_code)] // the table's words are `Weak` pointers; zeroed tables
+#[allow(unsafe_code)] // zeroed tables
 mod locals;
 #[allow(unsafe_code)] // views of the directory and headers inside mapped blocks
 mod pool;
+#[allow(unsafe_code)] // spare allocations kept as addresses
 mod recycle;
 mod sync;
 #[allow(unsafe_code)] // typed slices over array data

@@ -2,20 +2,21 @@
 //!
 //! Every array a process holds has one `LocalArray` (one holder bit, however many views and
 //! clones), and an attach of an array the process already holds must find it. The table maps a
-//! header block's place to a `Weak` of that `LocalArray`, one word per 128 bytes of the segment
-//! (header blocks are at least 128 bytes and aligned to their size, so no two share a word).
+//! header block's place to that `LocalArray`, one word per 128 bytes of the segment (header
+//! blocks are at least 128 bytes and aligned to their size, so no two share a word).
 //!
 //! # Invariants
 //!
-//! 1. A word is 0 (no entry) or the address of a `Weak` ([`Weak::into_raw`]), with bit 0 set
-//!    while someone holds the entry's lock. Only the lock holder changes the word, and its
-//!    unlock (a Release store) publishes the new entry.
-//! 2. The entry names the one `LocalArray` whose hold is this process's hold on the array at
-//!    that place. Only that `LocalArray`'s `Drop` removes it, while releasing the hold under the
-//!    entry's lock; a pin that replaces the entry of a dying `LocalArray` takes its hold over
-//!    (the dying one then finds another entry and releases nothing).
-//! 3. An `Arc` upgraded from an entry is never dropped while that entry is locked (its `Drop`
-//!    would take the same lock): callers declare it before the guard.
+//! 1. A word is 0 (no entry) or the address of a `T`, with bit 0 set while someone holds the
+//!    entry's lock. Only the lock holder changes the word, and its unlock (a Release store)
+//!    publishes the new entry.
+//! 2. While an entry is locked and names a `T`, that `T` is alive: its owner takes the entry's
+//!    lock, and removes the entry if it names it, before it destroys the `T`. (For the pool:
+//!    the entry names the one `LocalArray` whose hold is this process's hold on the array at
+//!    that place; a pin that replaces the entry of a `LocalArray` whose last reference went
+//!    takes its hold over, and the old one then finds another entry and releases nothing.)
+//! 3. A reference taken from an entry is never dropped while that entry is locked (dropping
+//!    the last one takes the same lock): callers declare it before the guard.
 //! 4. Process-local: a table lives in this process's heap. A forked child inherits it with
 //!    the arrays it describes (and re-acquires them under its own slot).
 //!
@@ -23,7 +24,8 @@
 //! twice, about a fifth of its cost; an entry's lock is one CAS and one store, and threads
 //! working on different arrays never meet.
 
-use std::sync::{Arc, OnceLock, Weak};
+use core::ptr::NonNull;
+use std::sync::OnceLock;
 
 use crate::sync::SharedU64;
 
@@ -34,14 +36,20 @@ const PLACE_LOG2: u32 = 7;
 /// The tables of one pool in this process, by metadata segment.
 pub(crate) struct Locals<T> {
     tables: Box<[OnceLock<Box<[SharedU64]>>]>,
-    _entries: core::marker::PhantomData<Weak<T>>,
+    _entries: core::marker::PhantomData<*const T>,
 }
+
+// SAFETY: the tables are atomics; the `T`s they name are handed out only as pointers, which
+// callers dereference under invariant 2 (for the pool, `LocalArray` is Send + Sync).
+unsafe impl<T: Send + Sync> Send for Locals<T> {}
+// SAFETY: as for `Send`.
+unsafe impl<T: Send + Sync> Sync for Locals<T> {}
 
 /// An entry, locked: unlocked when dropped.
 pub(crate) struct Entry<'a, T> {
     word: &'a SharedU64,
     value: u64,
-    _entries: core::marker::PhantomData<Weak<T>>,
+    _entries: core::marker::PhantomData<*const T>,
 }
 
 impl<T> Locals<T> {
@@ -50,46 +58,30 @@ impl<T> Locals<T> {
         Self { tables: (0..segments).map(|_| OnceLock::new()).collect(), _entries: core::marker::PhantomData }
     }
 
-    /// Locks the entry of the header block at `offset` in segment `segment`, whose capacity is
-    /// `capacity` bytes. `None` if that place cannot start a header block of such a segment.
-    pub(crate) fn lock(&self, segment: u16, offset: u64, capacity: u64) -> Option<Entry<'_, T>> {
+    /// Locks the entry of the header block at `offset` in segment `segment`, whose capacity in
+    /// bytes `capacity` gives (asked only when the segment's table is made). `None` if that
+    /// place cannot start a header block of such a segment.
+    pub(crate) fn lock(&self, segment: u16, offset: u64, capacity: impl FnOnce() -> u64) -> Option<Entry<'_, T>> {
         if offset & ((1 << PLACE_LOG2) - 1) != 0 {
             return None;
         }
-        let table = self.tables.get(segment as usize)?.get_or_init(|| zeroed_words((capacity >> PLACE_LOG2) as usize));
+        let table =
+            self.tables.get(segment as usize)?.get_or_init(|| zeroed_words((capacity() >> PLACE_LOG2) as usize));
         let word = table.get((offset >> PLACE_LOG2) as usize)?;
         Some(Entry::lock_word(word))
     }
 
-    /// Runs `f` on every live entry's `Arc`, under that entry's lock, and returns the `Arc`s
-    /// (invariant 3: the caller drops them, after every lock is released).
-    pub(crate) fn for_each_live(&self, mut f: impl FnMut(&Arc<T>)) -> Vec<Arc<T>> {
-        let mut out = Vec::new();
+    /// Runs `f` on every entry's `T`, under that entry's lock (invariant 2 keeps it alive
+    /// meanwhile; invariant 3: references `f` takes are dropped after this returns).
+    pub(crate) fn for_each(&self, mut f: impl FnMut(NonNull<T>)) {
         for table in self.tables.iter().filter_map(OnceLock::get) {
             for word in table.iter() {
                 if word.load(core::sync::atomic::Ordering::Relaxed) == 0 {
                     continue;
                 }
                 let entry = Entry::<T>::lock_word(word);
-                if let Some(a) = entry.upgrade() {
-                    f(&a);
-                    out.push(a);
-                }
-            }
-        }
-        out
-    }
-}
-
-impl<T> Drop for Locals<T> {
-    fn drop(&mut self) {
-        for table in self.tables.iter_mut().filter_map(OnceLock::get_mut) {
-            for word in table.iter_mut() {
-                let v = *word.get_mut() & !LOCKED;
-                if v != 0 {
-                    // SAFETY: invariant 1: a nonzero word is the address `Weak::into_raw` gave;
-                    // we own the table, so this is the entry's last use.
-                    drop(unsafe { Weak::from_raw(v as *const T) });
+                if let Some(p) = entry.get() {
+                    f(p);
                 }
             }
         }
@@ -125,15 +117,9 @@ impl<'a, T> Entry<'a, T> {
         }
     }
 
-    fn weak(&self) -> Option<core::mem::ManuallyDrop<Weak<T>>> {
-        // SAFETY: invariant 1: a nonzero value is the address `Weak::into_raw` gave, and the
-        // entry still owns that `Weak` (ManuallyDrop: we only borrow it).
-        (self.value != 0).then(|| core::mem::ManuallyDrop::new(unsafe { Weak::from_raw(self.value as *const T) }))
-    }
-
-    /// The entry's `LocalArray`, if it is alive.
-    pub(crate) fn upgrade(&self) -> Option<Arc<T>> {
-        self.weak()?.upgrade()
+    /// The `T` the entry names (alive while the entry is locked: invariant 2).
+    pub(crate) fn get(&self) -> Option<NonNull<T>> {
+        NonNull::new(self.value as *mut T)
     }
 
     /// Whether the entry names `this`.
@@ -141,11 +127,11 @@ impl<'a, T> Entry<'a, T> {
         self.value == this as u64
     }
 
-    /// Makes `new` the entry; returns the one it replaces (dropping a `Weak` never runs the
-    /// array's `Drop`, so the caller may drop it at any time).
-    pub(crate) fn replace(&mut self, new: Option<Weak<T>>) -> Option<Weak<T>> {
-        let old = self.weak().map(core::mem::ManuallyDrop::into_inner);
-        self.value = new.map_or(0, |w| Weak::into_raw(w) as u64);
+    /// Makes `new` the entry; returns the one it replaces.
+    pub(crate) fn replace(&mut self, new: Option<NonNull<T>>) -> Option<NonNull<T>> {
+        let old = self.get();
+        self.value = new.map_or(0, |p| p.as_ptr() as u64);
+        debug_assert!(self.value & LOCKED == 0, "entries are at least 2-aligned");
         old
     }
 }
@@ -178,46 +164,44 @@ mod tests {
 
     #[test]
     fn entries_are_found_by_place_replaced_and_listed() {
-        let locals = Locals::<u32>::new(4);
-        let a = Arc::new(7u32);
-        let b = Arc::new(8u32);
+        let locals = Locals::<u64>::new(4);
+        let (mut a, mut b) = (7u64, 8u64);
+        let (pa, pb) = (NonNull::from(&mut a), NonNull::from(&mut b));
         {
-            let mut e = locals.lock(1, 256, 4096).unwrap();
-            assert!(e.upgrade().is_none());
-            assert!(e.replace(Some(Arc::downgrade(&a))).is_none());
+            let mut e = locals.lock(1, 256, || 4096).unwrap();
+            assert!(e.get().is_none());
+            assert!(e.replace(Some(pa)).is_none());
         }
-        let mut e = locals.lock(1, 256, 4096).unwrap();
-        assert!(e.is(Arc::as_ptr(&a)) && !e.is(Arc::as_ptr(&b)));
-        assert_eq!(e.upgrade().as_deref(), Some(&7));
-        let old = e.replace(Some(Arc::downgrade(&b)));
+        let mut e = locals.lock(1, 256, || 4096).unwrap();
+        assert!(e.is(pa.as_ptr()) && !e.is(pb.as_ptr()));
+        assert_eq!(e.replace(Some(pb)), Some(pa));
         drop(e);
-        assert!(old.is_some_and(|w| w.ptr_eq(&Arc::downgrade(&a))));
-        locals.lock(1, 384, 4096).unwrap().replace(Some(Arc::downgrade(&a)));
+        locals.lock(1, 384, || 4096).unwrap().replace(Some(pa));
         let mut seen = Vec::new();
-        let live = locals.for_each_live(|x| seen.push(**x));
+        // SAFETY: the pointers are to `a` and `b`, alive for the whole test.
+        locals.for_each(|p| seen.push(unsafe { *p.as_ref() }));
         seen.sort();
-        assert_eq!((seen, live.len()), (vec![7, 8], 2));
-        drop((a, live));
-        assert_eq!(locals.for_each_live(|_| {}).len(), 1, "a dead array's entry does not upgrade");
+        assert_eq!(seen, vec![7, 8]);
+        locals.lock(1, 384, || 4096).unwrap().replace(None);
+        let mut n = 0;
+        locals.for_each(|_| n += 1);
+        assert_eq!(n, 1, "a removed entry is not listed");
         // Places that cannot start a header block.
-        assert!(locals.lock(1, 100, 4096).is_none(), "not a multiple of 128");
-        assert!(locals.lock(1, 4096, 4096).is_none(), "beyond the segment");
-        assert!(locals.lock(4, 0, 4096).is_none(), "beyond the segments");
-        assert_eq!(Arc::weak_count(&b), 1);
-        drop(locals);
-        assert_eq!(Arc::weak_count(&b), 0, "the table's weak references go with it");
+        assert!(locals.lock(1, 100, || 4096).is_none(), "not a multiple of 128");
+        assert!(locals.lock(1, 4096, || 4096).is_none(), "beyond the segment");
+        assert!(locals.lock(4, 0, || 4096).is_none(), "beyond the segments");
     }
 
     #[test]
     fn an_entry_excludes_other_threads() {
-        let locals = Arc::new(Locals::<u32>::new(1));
-        let inside = Arc::new(SharedU64::new(0));
+        let locals = std::sync::Arc::new(Locals::<u64>::new(1));
+        let inside = std::sync::Arc::new(SharedU64::new(0));
         let threads: Vec<_> = (0..4)
             .map(|_| {
                 let (locals, inside) = (locals.clone(), inside.clone());
                 std::thread::spawn(move || {
                     for _ in 0..2000 {
-                        let e = locals.lock(0, 128, 1024).unwrap();
+                        let e = locals.lock(0, 128, || 1024).unwrap();
                         assert_eq!(
                             inside.fetch_add(1, core::sync::atomic::Ordering::Relaxed),
                             0,

@@ -35,11 +35,9 @@ use crate::directory::{
 };
 use crate::error::{ArrayError, HandleError, PoolError};
 use crate::handle::Handle;
-use crate::header::{
-    contiguous_strides, header_size, view_fits, ArrayHeader, ArrayMeta, ARRAY_MAGIC, MAX_DIMS, RENEWED,
-};
+use crate::header::{field_of, header_size, view_fits, ArrayHeader, ArrayMeta, ARRAY_MAGIC, MAX_DIMS, RENEWED};
 use crate::locals::Locals;
-use crate::recycle::Renewed;
+use crate::recycle::{Renewed, Spares};
 use crate::DType;
 
 /// Holder bit of the named-array directory (never a process slot).
@@ -184,9 +182,10 @@ pub(crate) struct PoolShared {
     locals: Locals<LocalArray>,
     /// How long an allocation may wait for a free, in nanoseconds; `NO_WAIT` for not at all.
     wait_ns: shm_arena::sync::SharedU64,
-    nonce_state: shm_arena::sync::SharedU64,
     /// This process's renewed small-array blocks (see `recycle`).
     renewed: Renewed,
+    /// Spare `LocalArray` allocations.
+    spares: Spares<LocalArray>,
 }
 
 // SAFETY: `dir_ptr` points into segment 0's mapping, owned by `segments[0]` for as long as the
@@ -354,8 +353,6 @@ impl Pool {
             .map_err(|_| PoolError::NotAPool { name: segment_name(&name, 0), why: "directory block" })?;
         let segments: Box<[OnceLock<Arena>]> = (0..MAX_SEGMENTS).map(|_| OnceLock::new()).collect();
         let _ = segments[0].set(seg0);
-        let mut seed = [0u8; 8];
-        let _ = rustix::rand::getrandom(&mut seed, rustix::rand::GetRandomFlags::empty());
         let shared = Arc::new(PoolShared {
             name: name.clone(),
             id,
@@ -371,8 +368,8 @@ impl Pool {
             ),
             locals: Locals::new(MAX_SEGMENTS),
             wait_ns: shm_arena::sync::SharedU64::new(wait_to_ns(wait)),
-            nonce_state: shm_arena::sync::SharedU64::new(u64::from_le_bytes(seed) | 1),
             renewed: Renewed::new(),
+            spares: Spares::new(),
         });
         let pool = Pool { shared };
         pool.shared.slot()?;
@@ -770,11 +767,8 @@ impl PoolShared {
         m.fork_generation = generation;
         if inherited {
             // The parent's renewed blocks are held by the parent's slot (recycle invariant 3).
+            // (Its nonce generator reseeds by itself: `next_nonce`.)
             self.renewed.forget_all();
-            // A forked child would repeat its parent's nonces (found in review): reseed.
-            let mut seed = [0u8; 8];
-            let _ = rustix::rand::getrandom(&mut seed, rustix::rand::GetRandomFlags::empty());
-            self.nonce_state.store(u64::from_le_bytes(seed) | 1, ORD);
         }
         self.fast_slot.store(generation << 16 | u64::from(reg.index + 1), ORD);
         drop(m);
@@ -787,13 +781,18 @@ impl PoolShared {
     /// After a fork: hold, under our own slot, every array this process inherited (inv. 2).
     fn reacquire_inherited(&self, slot: u32) {
         let tokens = self.tokens();
-        // Each under its entry's lock; the `Arc`s are dropped after (locals invariant 3).
-        let upgraded = self.locals.for_each_live(|local| {
-            if local.header().refcount.acquire(slot, &tokens).is_ok() {
-                local.holder.store(holder_word(slot), ORD);
+        // Each under its entry's lock; the references are dropped after (locals invariant 3).
+        let mut alive = Vec::new();
+        self.locals.for_each(|p| {
+            // SAFETY: the entry is locked and names it (locals invariant 2).
+            if let Some(local) = unsafe { LocalRef::from_entry(p) } {
+                if local.header().refcount.acquire(slot, &tokens).is_ok() {
+                    local.holder.store(holder_word(slot), ORD);
+                }
+                alive.push(local);
             }
         });
-        drop(upgraded);
+        drop(alive);
     }
 
     fn segment(&self, index: u16) -> Result<&Arena, PoolError> {
@@ -824,8 +823,26 @@ impl PoolShared {
     }
 
     fn next_nonce(&self) -> u64 {
-        // splitmix64 over a process-local counter seeded from getrandom: no shared write.
-        let mut z = self.nonce_state.fetch_add(0x9E37_79B9_7F4A_7C15, ORD);
+        // splitmix64 over a per-thread counter seeded from getrandom: no shared write and no
+        // atomic. Reseeded in a forked child, which would otherwise repeat its parent's nonces
+        // (found in review), and so one array's token could cancel another's.
+        std::thread_local! {
+            /// (counter, the fork generation it was seeded in).
+            static STATE: core::cell::Cell<(u64, u64)> = const { core::cell::Cell::new((0, u64::MAX)) };
+        }
+        let generation = fork_generation();
+        let mut z = STATE.with(|state| {
+            let (mut counter, seeded_in) = state.get();
+            if seeded_in != generation {
+                let mut seed = [0u8; 8];
+                let _ = rustix::rand::getrandom(&mut seed, rustix::rand::GetRandomFlags::empty());
+                // The cell's address tells threads apart should getrandom fail.
+                counter = u64::from_le_bytes(seed) ^ (state as *const _ as u64);
+            }
+            counter = counter.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            state.set((counter, generation));
+            counter
+        });
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         (z ^ (z >> 31)) | 1
@@ -1005,10 +1022,56 @@ impl PoolShared {
             .filter(|n| *n <= 1 << 46)
             .ok_or_else(|| ArrayError::Shape { shape: shape.to_vec(), why: "size overflows" })?;
         let slot = self.slot().map_err(ArrayError::Grow)?;
-        let strides = contiguous_strides(shape, dtype.itemsize(), fortran);
-        let meta = ArrayMeta { dtype: dtype.clone(), shape: shape.into(), strides, fortran };
-        let header_len = header_size(shape.len(), dtype.descr().len());
-        let (meta_seg, header_block, header_ptr, data, nonce) = if header_len + data_len <= INLINE_MAX {
+        // The `LocalArray` is written in place in its allocation, its description first (see
+        // `Dims` for why not build it and move it there).
+        let spare = self.spares.take();
+        let p: *mut LocalArray = spare.as_ptr().cast();
+        // SAFETY: memory for a `LocalArray`, ours alone until `LocalRef::from_new` below.
+        let meta = unsafe { ArrayMeta::write_contiguous(field_of!(p, LocalArray, meta), dtype, shape, fortran) };
+        let placed = self.place_array(slot, meta, data_len);
+        let Placed { meta_seg, header_block, header_ptr, data, nonce } = match placed {
+            Ok(placed) => placed,
+            Err(e) => {
+                // SAFETY: the description written above, dropped once.
+                unsafe { core::ptr::drop_in_place::<ArrayMeta>(field_of!(p, LocalArray, meta)) };
+                // SAFETY: from `take`, its value dropped just above.
+                unsafe { self.spares.give(spare) };
+                return Err(e);
+            }
+        };
+        // Ten writes, one per remaining field.
+        #[allow(clippy::multiple_unsafe_ops_per_block)]
+        // SAFETY: as above: fields of memory we own alone, each written once.
+        unsafe {
+            field_of!(p, LocalArray, refs).write(shm_arena::sync::SharedU64::new(1));
+            field_of!(p, LocalArray, pool).write(self.clone());
+            field_of!(p, LocalArray, meta_segment).write(meta_seg);
+            field_of!(p, LocalArray, header_block).write(header_block);
+            field_of!(p, LocalArray, header_ptr).write(header_ptr);
+            field_of!(p, LocalArray, nonce).write(nonce);
+            field_of!(p, LocalArray, data).write(data);
+            field_of!(p, LocalArray, data_len).write(data_len);
+            field_of!(p, LocalArray, holder).write(shm_arena::sync::SharedU64::new(holder_word(slot)));
+            field_of!(p, LocalArray, borrows).write(shm_arena::sync::SharedU64::new(0));
+        }
+        // SAFETY: every field written (`meta` by `write_contiguous`, the rest just above:
+        // `fields_needing_drop` lists them all), count 1, from `spares`.
+        let local = unsafe { LocalRef::from_new(spare.cast()) };
+        let capacity = || self.segment(meta_seg).map_or(0, |a| a.capacity());
+        let mut entry = self.locals.lock(meta_seg, header_block.offset(), capacity).expect("a header block's place");
+        // Empty: the array that had this place before removed its entry before its hold went
+        // (locals invariant 2), and nobody can pin this one before a handle of it exists.
+        let before = entry.replace(Some(local.ptr()));
+        drop(entry);
+        debug_assert!(before.is_none());
+        Ok(SharedArray::whole(local))
+    }
+
+    /// Finds a place for a new array described by `meta` (`data_len` bytes of data) and writes
+    /// its header there, held by `slot`: a renewed block of this process, or new blocks.
+    fn place_array(&self, slot: u32, meta: &ArrayMeta, data_len: u64) -> Result<Placed, ArrayError> {
+        let header_len = header_size(meta.shape.len(), meta.dtype.descr().len());
+        let placed = if header_len + data_len <= INLINE_MAX {
             // A small array: one block in a metadata segment, its data after its header.
             let data_at =
                 |p: NonNull<u8>| NonNull::new(p.as_ptr().wrapping_add(header_len as usize)).expect("in a block");
@@ -1019,7 +1082,7 @@ impl PoolShared {
                 // (recycle invariant 1), so nobody else reads what we write.
                 let header = unsafe { &*header_ptr.as_ptr().cast::<ArrayHeader>() };
                 // SAFETY: as above.
-                let nonce = unsafe { header.renew((meta_seg, header_block.to_bits(), data_len), header_len, &meta) };
+                let nonce = unsafe { header.renew((meta_seg, header_block.to_bits(), data_len), header_len, meta) };
                 (meta_seg, header_block, header_ptr, data_at(header_ptr), nonce)
             } else {
                 let nonce = self.next_nonce();
@@ -1029,7 +1092,7 @@ impl PoolShared {
                 // header_len + data_len bytes, aligned to 128.
                 let header = unsafe { &*header_ptr.as_ptr().cast::<ArrayHeader>() };
                 // SAFETY: as above; nobody else sees the block until a handle exists.
-                unsafe { header.init(nonce, slot, (meta_seg, header_block.to_bits(), data_len), header_len, &meta) };
+                unsafe { header.init(nonce, slot, (meta_seg, header_block.to_bits(), data_len), header_len, meta) };
                 meta_arena.disown(header_block).expect("our block");
                 (meta_seg, header_block, header_ptr, data_at(header_ptr), nonce)
             }
@@ -1049,44 +1112,19 @@ impl PoolShared {
             // bytes (the header's own size), aligned to 128.
             let header = unsafe { &*header_ptr.as_ptr().cast::<ArrayHeader>() };
             // SAFETY: as above; nobody else sees the block until a handle exists.
-            unsafe { header.init(nonce, slot, (data_seg, data_block.to_bits(), data_len), 0, &meta) };
+            unsafe { header.init(nonce, slot, (data_seg, data_block.to_bits(), data_len), 0, meta) };
             // Ownership passes from the arena (our tag) to the refcount (header invariant 2):
             // header first, so a death in between is recovered by one of the two mechanisms.
             meta_arena.disown(header_block).expect("our block");
             data_arena.disown(data_block).expect("our block");
             (meta_seg, header_block, header_ptr, data, nonce)
         };
-        let local = Arc::new(LocalArray {
-            pool: self.clone(),
-            meta_segment: meta_seg,
-            header_block,
-            header_ptr,
-            nonce,
-            data,
-            data_len,
-            meta,
-            holder: shm_arena::sync::SharedU64::new(holder_word(slot)),
-            borrows: shm_arena::sync::SharedU64::new(0),
-        });
-        let capacity = self.segment(meta_seg).map_err(ArrayError::Grow)?.capacity();
-        let mut entry = self.locals.lock(meta_seg, header_block.offset(), capacity).expect("a header block's place");
-        // Empty: the array that had this place before removed its entry before its hold went
-        // (locals invariant 2), and nobody can pin this one before a handle of it exists.
-        let before = entry.replace(Some(Arc::downgrade(&local)));
-        drop(entry);
-        debug_assert!(before.as_ref().is_none_or(|w| w.strong_count() == 0));
-        drop(before);
-        Ok(SharedArray::whole(local))
+        let (meta_seg, header_block, header_ptr, data, nonce) = placed;
+        Ok(Placed { meta_seg, header_block, header_ptr, data, nonce })
     }
 
     /// Pins the array at (segment, header block) and checks its nonce (header invariant 3).
-    fn pin(
-        self: &Arc<Self>,
-        meta_seg: u16,
-        header: Block,
-        nonce: u64,
-        how: Pin,
-    ) -> Result<Arc<LocalArray>, HandleError> {
+    fn pin(self: &Arc<Self>, meta_seg: u16, header: Block, nonce: u64, how: Pin) -> Result<LocalRef, HandleError> {
         let slot = self.slot().map_err(|e| HandleError::Segment(e.to_string()))?;
         let arena = self.segment(meta_seg).map_err(|e| HandleError::Segment(e.to_string()))?;
         // Invariant 1: headers live only in metadata segments; a handle naming a data segment
@@ -1097,8 +1135,9 @@ impl PoolShared {
         // Declared before the guard, so dropped after it (locals invariant 3).
         let existing;
         // No place for a header block there: no array either.
-        let mut entry = self.locals.lock(meta_seg, header.offset(), arena.capacity()).ok_or(HandleError::Stale)?;
-        existing = entry.upgrade();
+        let mut entry = self.locals.lock(meta_seg, header.offset(), || arena.capacity()).ok_or(HandleError::Stale)?;
+        // SAFETY: the entry is locked and names it (locals invariant 2).
+        existing = entry.get().and_then(|p| unsafe { LocalRef::from_entry(p) });
         if let Some(existing) = &existing {
             if existing.nonce == nonce && existing.header_block == header {
                 if held_slot(existing.holder.load(ORD)).is_none() {
@@ -1109,9 +1148,12 @@ impl PoolShared {
                         Pin::Token(t) => existing.header().refcount.claim(t, slot, &tokens),
                         Pin::Acquire => existing.header().refcount.acquire(slot, &tokens),
                     };
+                    if r.is_ok() {
+                        // Under the entry's lock, as every change of `holder` is.
+                        existing.holder.store(holder_word(slot), ORD);
+                    }
                     drop(entry);
                     r.map_err(ref_to_handle)?;
-                    existing.holder.store(holder_word(slot), ORD);
                     return Ok(existing.clone());
                 }
                 if let Pin::Token(token) = how {
@@ -1172,7 +1214,8 @@ impl PoolShared {
             unpin(h);
             return Err(HandleError::Invalid("the header names no valid data block"));
         };
-        let local = Arc::new(LocalArray {
+        let local = LocalRef::new(LocalArray {
+            refs: shm_arena::sync::SharedU64::new(1),
             pool: self.clone(),
             meta_segment: meta_seg,
             header_block: header,
@@ -1184,10 +1227,10 @@ impl PoolShared {
             holder: shm_arena::sync::SharedU64::new(holder_word(slot)),
             borrows: shm_arena::sync::SharedU64::new(0),
         });
-        // Replacing a dying `LocalArray`'s entry takes its hold over (locals invariant 2).
-        let replaced = entry.replace(Some(Arc::downgrade(&local)));
+        // Replacing the entry of a `LocalArray` whose last reference went takes its hold over
+        // (locals invariant 2).
+        entry.replace(Some(local.ptr()));
         drop(entry);
-        drop(replaced);
         Ok(local)
     }
 
@@ -1262,9 +1305,11 @@ impl PoolShared {
 
     fn release_local(&self, local: &LocalArray) {
         // Take the hold: `leave` may be releasing it at the same time.
-        let Some(slot) = held_slot(local.holder.swap(NOT_HELD, ORD)) else {
+        // Under the entry's lock (see `LocalArray::holder`): a load and a store suffice.
+        let Some(slot) = held_slot(local.holder.load(ORD)) else {
             return; // inherited across a fork and never re-acquired here, or released by `leave`
         };
+        local.holder.store(NOT_HELD, ORD);
         self.release_hold(local, slot);
     }
 
@@ -1560,10 +1605,17 @@ impl PoolShared {
         }
         // Release every hold first, under the slot that is still ours. Arrays dropped after
         // this find `NOT_HELD` and do nothing (the slot may belong to another process by then).
-        // Each under its entry's lock; the `Arc`s are dropped at the end (locals invariant 3).
-        let alive = self.locals.for_each_live(|local| {
-            if held_slot(local.holder.swap(NOT_HELD, ORD)).is_some() {
-                self.release_hold(local, reg.index);
+        // Each under its entry's lock; the references are dropped at the end (locals
+        // invariant 3).
+        let mut alive = Vec::new();
+        self.locals.for_each(|p| {
+            // SAFETY: the entry is locked and names it (locals invariant 2).
+            if let Some(local) = unsafe { LocalRef::from_entry(p) } {
+                if held_slot(local.holder.load(ORD)).is_some() {
+                    local.holder.store(NOT_HELD, ORD);
+                    self.release_hold(&local, reg.index);
+                }
+                alive.push(local);
             }
         });
         self.give_back_renewed(reg.index);
@@ -1612,6 +1664,15 @@ impl Drop for PoolShared {
     }
 }
 
+/// Where `place_array` put a new array's header.
+struct Placed {
+    meta_seg: u16,
+    header_block: Block,
+    header_ptr: NonNull<u8>,
+    data: NonNull<u8>,
+    nonce: u64,
+}
+
 enum Pin {
     Token(shm_sync::Token),
     Acquire,
@@ -1629,7 +1690,10 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// One array as this process holds it: one shared reference, however many views and clones.
+/// Reached through [`LocalRef`]s only.
 pub(crate) struct LocalArray {
+    /// [`LocalRef`]s to it.
+    refs: shm_arena::sync::SharedU64,
     pool: Arc<PoolShared>,
     meta_segment: u16,
     header_block: Block,
@@ -1638,7 +1702,9 @@ pub(crate) struct LocalArray {
     data: NonNull<u8>,
     data_len: u64,
     meta: ArrayMeta,
-    /// `slot << 32 | fork generation` under which this process holds the array.
+    /// `slot << 32 | fork generation` under which this process holds the array. Changed only
+    /// under the array's entry lock in `locals` (drop, leave, re-acquisition, a pin that takes
+    /// a hold again), so a load and a store make a transition.
     holder: shm_arena::sync::SharedU64,
     /// Borrows of the data in this process: the number of shared borrows, or `EXCLUSIVE`.
     pub(crate) borrows: shm_arena::sync::SharedU64,
@@ -1672,30 +1738,161 @@ impl LocalArray {
     }
 }
 
-impl Drop for LocalArray {
-    fn drop(&mut self) {
+impl LocalArray {
+    /// Never called: it names every field, so adding one fails to compile here until whoever
+    /// adds it checks `last_reference_gone`, which drops only `pool` and `meta`.
+    #[allow(dead_code)]
+    fn fields_needing_drop(self) {
+        let LocalArray {
+            refs: _,
+            pool: _,         // dropped by `last_reference_gone`
+            meta_segment: _, // Copy
+            header_block: _, // Copy
+            header_ptr: _,   // Copy
+            nonce: _,        // Copy
+            data: _,         // Copy
+            data_len: _,     // Copy
+            meta: _,         // dropped by `last_reference_gone`
+            holder: _,       // an atomic
+            borrows: _,      // an atomic
+        } = self;
+    }
+
+    /// The last [`LocalRef`] to `p` went: release the hold unless it was handed over, then
+    /// give the allocation back.
+    ///
+    /// # Safety
+    ///
+    /// `p` is a `LocalArray` made by [`LocalRef::new`] whose count just reached zero: no
+    /// reference to it exists and none can be taken but through its `locals` entry.
+    unsafe fn last_reference_gone(p: NonNull<LocalArray>) {
+        // SAFETY: alive until given back below (the caller's guarantee).
+        let this = unsafe { p.as_ref() };
+        let pool = &this.pool;
         // The table exists: this array's entry was made in it (capacity 0: never made here).
-        let Some(mut entry) = self.pool.locals.lock(self.meta_segment, self.header_block.offset(), 0) else {
-            self.pool.release_local(self);
-            return;
-        };
-        // Between our last `Arc` going and this lock, an attach in this process may have pinned
-        // the same array anew: it found our holder bit set (`Acquired::Already`) and replaced
-        // our entry, so the hold is its now (locals invariant 2). Release only our own.
-        if !entry.is(self) {
+        match pool.locals.lock(this.meta_segment, this.header_block.offset(), || 0) {
+            Some(mut entry) => {
+                // Between our count reaching zero and this lock, an attach in this process may
+                // have pinned the same array anew: it found our holder bit set
+                // (`Acquired::Already`) and replaced our entry, so the hold is its now (locals
+                // invariant 2). Release only our own.
+                if entry.is(p.as_ptr()) {
+                    pool.release_local(this);
+                    entry.replace(None);
+                }
+            }
+            None => pool.release_local(this),
+        }
+        // No entry names it now, so nobody can reach it (locals invariant 2): take it apart.
+        // Only `pool` and `meta` need dropping (see `fields_needing_drop`); field by
+        // field, not by reading the whole value out (a copy of 224 bytes).
+        // SAFETY: initialised by `LocalRef`'s constructors; each field read or dropped once,
+        // and the memory is given back below without being read again.
+        let pool = unsafe { field_of!(p.as_ptr(), LocalArray, pool).read() };
+        // SAFETY: as above.
+        unsafe { core::ptr::drop_in_place::<ArrayMeta>(field_of!(p.as_ptr(), LocalArray, meta)) };
+        // SAFETY: from `pool.spares.take()` (`LocalRef::new`), its value moved out just above.
+        unsafe { pool.spares.give(p.cast()) };
+        // Last: this may be the pool's last reference, whose drop frees the spares.
+        drop(pool);
+    }
+}
+
+/// A counted reference to this process's `LocalArray` of an array: what an `Arc` would be,
+/// with a count of our own, so that `locals` can take a reference unless the count already
+/// reached zero (under the entry's lock), and so that the allocation is reused (`Spares`).
+pub(crate) struct LocalRef(NonNull<LocalArray>);
+
+// SAFETY: a reference to a `LocalArray`, which is Send + Sync; the count is atomic.
+unsafe impl Send for LocalRef {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for LocalRef {}
+
+impl LocalRef {
+    /// The first reference to a new `LocalArray` (whose `refs` is 1).
+    fn new(local: LocalArray) -> Self {
+        let p = local.pool.spares.take();
+        // SAFETY: `take` gives memory for a `LocalArray`, unused.
+        unsafe { p.as_ptr().write(core::mem::MaybeUninit::new(local)) };
+        // SAFETY: initialised just above, count 1, from `spares`.
+        unsafe { Self::from_new(p.cast()) }
+    }
+
+    /// The first reference to a `LocalArray` initialised in place.
+    ///
+    /// # Safety
+    ///
+    /// `p` came from its pool's `spares`, holds an initialised `LocalArray` whose `refs` is 1,
+    /// and nothing else refers to it.
+    unsafe fn from_new(p: NonNull<LocalArray>) -> Self {
+        // SAFETY: the caller's guarantee.
+        debug_assert_eq!(unsafe { p.as_ref() }.refs.load(ORD), 1);
+        LocalRef(p)
+    }
+
+    /// A new reference to the `LocalArray` at `p`, unless its count already reached zero (it
+    /// is being taken apart).
+    ///
+    /// # Safety
+    ///
+    /// `p` is alive: its `locals` entry is locked and names it (locals invariant 2).
+    unsafe fn from_entry(p: NonNull<LocalArray>) -> Option<Self> {
+        // SAFETY: the caller's guarantee.
+        let refs = unsafe { &p.as_ref().refs };
+        let mut n = refs.load(ORD);
+        loop {
+            if n == 0 {
+                return None;
+            }
+            // Relaxed: as `Arc`'s increment; the entry's lock orders what we then read.
+            match refs.compare_exchange_weak(n, n + 1, ORD, ORD) {
+                Ok(_) => return Some(LocalRef(p)),
+                Err(now) => n = now,
+            }
+        }
+    }
+
+    fn ptr(&self) -> NonNull<LocalArray> {
+        self.0
+    }
+}
+
+impl core::ops::Deref for LocalRef {
+    type Target = LocalArray;
+    fn deref(&self) -> &LocalArray {
+        // SAFETY: our count keeps it alive.
+        unsafe { self.0.as_ref() }
+    }
+}
+
+impl Clone for LocalRef {
+    fn clone(&self) -> Self {
+        // Relaxed: as `Arc::clone` (a reference exists, so the count cannot reach zero).
+        if self.refs.fetch_add(1, ORD) > i64::MAX as u64 {
+            std::process::abort(); // as `Arc`: a count this large means leaked references
+        }
+        LocalRef(self.0)
+    }
+}
+
+impl Drop for LocalRef {
+    fn drop(&mut self) {
+        // Release, then an Acquire fence on the last: as `Arc`, every use through another
+        // reference happens before the teardown.
+        if self.refs.fetch_sub(1, core::sync::atomic::Ordering::Release) != 1 {
             return;
         }
-        self.pool.release_local(self);
-        let ours = entry.replace(None);
-        drop(entry);
-        drop(ours);
+        core::sync::atomic::fence(core::sync::atomic::Ordering::Acquire);
+        // SAFETY: the count reached zero: no other reference exists, and a new one can only
+        // come through the entry, which refuses a zero count.
+        unsafe { LocalArray::last_reference_gone(self.0) };
     }
 }
 
 /// An array (or a view of one) in a pool, as this process holds it.
 #[derive(Clone)]
 pub struct SharedArray {
-    pub(crate) local: Arc<LocalArray>,
+    pub(crate) local: LocalRef,
     /// `None` for the whole array (its geometry is the header's, kept in `local`).
     view: Option<Arc<View>>,
 }
@@ -1719,11 +1916,11 @@ impl core::fmt::Debug for SharedArray {
 }
 
 impl SharedArray {
-    fn whole(local: Arc<LocalArray>) -> Self {
+    fn whole(local: LocalRef) -> Self {
         Self { local, view: None }
     }
 
-    fn from_view(local: Arc<LocalArray>, offset: u64, shape: Vec<u64>, strides: Vec<i64>) -> Self {
+    fn from_view(local: LocalRef, offset: u64, shape: Vec<u64>, strides: Vec<i64>) -> Self {
         if offset == 0 && *shape == *local.meta.shape && *strides == *local.meta.strides {
             return Self::whole(local);
         }
@@ -1796,7 +1993,7 @@ impl SharedArray {
 
     /// Whether two arrays (or views) share one allocation.
     pub fn same_array(&self, other: &SharedArray) -> bool {
-        Arc::ptr_eq(&self.local, &other.local)
+        self.local.ptr() == other.local.ptr()
     }
 
     /// A handle to send to another process of the pool: the array stays alive until the
