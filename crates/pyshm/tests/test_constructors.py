@@ -174,6 +174,21 @@ def test_stats_count_arrays_and_bytes():
     assert (after.arrays, after.used) == (before.arrays, before.used)
 
 
+def test_a_small_arrays_block_is_kept_for_the_next_one_and_counted_as_reserved():
+    with pyshm.Pool() as pool:
+        before = pool.stats()
+        a = pool.empty(8)  # 64 bytes after a header of 192: one block of 256 bytes
+        assert pool.stats().reserved == before.reserved
+        del a
+        s = pool.stats()
+        assert (s.arrays, s.used) == (before.arrays, before.used)
+        assert s.reserved == before.reserved + 256, "kept (renewed) for this process's next array"
+        b = pool.zeros(8)
+        assert pool.stats().reserved == before.reserved, "the next array of that size takes it"
+        assert not b.any()
+        del b
+
+
 def test_numpy_details_unsized_strings_and_order_none():
     for code in ("S", "U"):
         assert pyshm.empty(3, dtype=code).dtype == np.empty(3, dtype=code).dtype
