@@ -12,9 +12,11 @@
 //!    publishes the new entry.
 //! 2. While an entry is locked and names a `T`, that `T` is alive: its owner takes the entry's
 //!    lock, and removes the entry if it names it, before it destroys the `T`. (For the pool:
-//!    the entry names the one `LocalArray` whose hold is this process's hold on the array at
-//!    that place; a pin that replaces the entry of a `LocalArray` whose last reference went
-//!    takes its hold over, and the old one then finds another entry and releases nothing.)
+//!    the entry names the `LocalArray` this process made or attached last at that place; if
+//!    this process holds an array there, that `LocalArray`'s hold is the hold. A pin that
+//!    replaces the entry of a `LocalArray` whose last reference went takes its hold over, and
+//!    the old one then finds another entry and releases nothing. An entry whose `LocalArray`
+//!    holds nothing, after `leave` or a fork, may be replaced by a new array at that place.)
 //! 3. A reference taken from an entry is never dropped while that entry is locked (dropping
 //!    the last one takes the same lock): callers declare it before the guard.
 //! 4. Process-local: a table lives in this process's heap. A forked child inherits it with

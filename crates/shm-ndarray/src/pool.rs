@@ -780,19 +780,23 @@ impl PoolShared {
 
     /// After a fork: hold, under our own slot, every array this process inherited (inv. 2).
     fn reacquire_inherited(&self, slot: u32) {
-        let tokens = self.tokens();
-        // Each under its entry's lock; the references are dropped after (locals invariant 3).
-        let mut alive = Vec::new();
+        // Each under its entry's lock, which keeps its `LocalArray` alive (locals invariant 2)
+        // whatever its count; no reference is taken, so none is dropped under a lock.
         self.locals.for_each(|p| {
             // SAFETY: the entry is locked and names it (locals invariant 2).
-            if let Some(local) = unsafe { LocalRef::from_entry(p) } {
-                if local.header().refcount.acquire(slot, &tokens).is_ok() {
-                    local.holder.store(holder_word(slot), ORD);
-                }
-                alive.push(local);
+            let local = unsafe { p.as_ref() };
+            // Released by the parent's `leave` before the fork: not inherited as held.
+            if local.holder.load(ORD) == NOT_HELD {
+                return;
+            }
+            // The parent may have let go of it since the fork (the documented window): check it
+            // as a first pin does, so a freed, reused or renewed place is never taken for it
+            // (found in review, session 4). On failure it stays unheld here.
+            let Ok(arena) = self.segment(local.meta_segment) else { return };
+            if self.pin_header(arena, local.meta_segment, local.header_block, local.nonce, Pin::Acquire, slot).is_ok() {
+                local.holder.store(holder_word(slot), ORD);
             }
         });
-        drop(alive);
     }
 
     fn segment(&self, index: u16) -> Result<&Arena, PoolError> {
@@ -1059,11 +1063,13 @@ impl PoolShared {
         let local = unsafe { LocalRef::from_new(spare.cast()) };
         let capacity = || self.segment(meta_seg).map_or(0, |a| a.capacity());
         let mut entry = self.locals.lock(meta_seg, header_block.offset(), capacity).expect("a header block's place");
-        // Empty: the array that had this place before removed its entry before its hold went
-        // (locals invariant 2), and nobody can pin this one before a handle of it exists.
+        // Empty, or naming a `LocalArray` this process does not hold (let go by `leave`, or
+        // inherited and not re-acquired): a held one removes its entry before its hold goes
+        // (locals invariant 2), and nobody can pin this array before a handle of it exists.
         let before = entry.replace(Some(local.ptr()));
+        // SAFETY: `before` was named by the entry we hold locked (locals invariant 2).
+        debug_assert!(before.is_none_or(|b| held_slot(unsafe { b.as_ref() }.holder.load(ORD)).is_none()));
         drop(entry);
-        debug_assert!(before.is_none());
         Ok(SharedArray::whole(local))
     }
 
@@ -1142,18 +1148,12 @@ impl PoolShared {
             if existing.nonce == nonce && existing.header_block == header {
                 if held_slot(existing.holder.load(ORD)).is_none() {
                     // Released by `leave` (or inherited and never re-acquired): this attach
-                    // takes a hold again, or the array could be freed under us (found in review).
-                    let tokens = self.tokens();
-                    let r = match how {
-                        Pin::Token(t) => existing.header().refcount.claim(t, slot, &tokens),
-                        Pin::Acquire => existing.header().refcount.acquire(slot, &tokens),
-                    };
-                    if r.is_ok() {
-                        // Under the entry's lock, as every change of `holder` is.
-                        existing.holder.store(holder_word(slot), ORD);
-                    }
-                    drop(entry);
-                    r.map_err(ref_to_handle)?;
+                    // takes a hold again, or the array could be freed under us (found in
+                    // review) — through every check of a first pin, since the array may be
+                    // gone and its place reused or renewed (found in review, session 4).
+                    self.pin_header(arena, meta_seg, header, nonce, how, slot)?;
+                    // Under the entry's lock, as every change of `holder` is.
+                    existing.holder.store(holder_word(slot), ORD);
                     return Ok(existing.clone());
                 }
                 if let Pin::Token(token) = how {
@@ -1165,45 +1165,12 @@ impl PoolShared {
                 return Ok(existing.clone());
             }
         }
-        let ptr = arena.as_ptr(header).map_err(|_| HandleError::Stale)?;
-        if header.size() < crate::header::FIXED as u64 {
-            return Err(HandleError::Invalid("header block too small"));
-        }
-        // SAFETY: a validated block of at least FIXED bytes in a metadata segment (only headers
-        // and the directory live there), mapped while the pool lives; we read atomics only
-        // until the array is pinned.
-        let h = unsafe { &*ptr.as_ptr().cast::<ArrayHeader>() };
-        if h.magic.load(core::sync::atomic::Ordering::Acquire) != ARRAY_MAGIC || h.nonce.load(ORD) != nonce {
-            return Err(HandleError::Stale);
-        }
-        let tokens = self.tokens();
-        let acquired = match how {
-            Pin::Token(token) => h.refcount.claim(token, slot, &tokens),
-            Pin::Acquire => h.refcount.acquire(slot, &tokens),
-        };
-        let acquired = match acquired {
-            Ok(a) => a,
-            Err(RefError::Orphaned) => {
-                // Our repair found it unreferenced: we are the one to free it (invariant 3).
-                self.free_array(meta_seg, header, h);
-                return Err(HandleError::Stale);
-            }
-            Err(e) => return Err(ref_to_handle(e)),
-        };
-        // Pinned: the fields are stable now if the refcount's target is our nonce (header
-        // invariant 2): the place may have been freed and reused, or renewed for another array
-        // of its holder (invariant 4), between our first look and the pin. Undo only a hold we
-        // took: with `Already`, the bit belongs to another `LocalArray` of this process (found
-        // in review).
+        let (ptr, h, acquired) = self.pin_header(arena, meta_seg, header, nonce, how, slot)?;
         let unpin = |h: &ArrayHeader| {
-            if acquired == shm_sync::Acquired::First && h.refcount.release(slot, &tokens) == Ok(Released::Last) {
+            if acquired == shm_sync::Acquired::First && h.refcount.release(slot, &self.tokens()) == Ok(Released::Last) {
                 self.free_array(meta_seg, header, h);
             }
         };
-        if h.refcount.target() != nonce {
-            unpin(h);
-            return Err(HandleError::Stale);
-        }
         // SAFETY: pinned (header invariant 2), block of header.size() bytes.
         let Some(meta) = (unsafe { h.read_meta(header.size()) }) else {
             unpin(h);
@@ -1227,11 +1194,64 @@ impl PoolShared {
             holder: shm_arena::sync::SharedU64::new(holder_word(slot)),
             borrows: shm_arena::sync::SharedU64::new(0),
         });
-        // Replacing the entry of a `LocalArray` whose last reference went takes its hold over
+        // Replacing the entry of a `LocalArray` whose last reference went takes its hold over;
+        // replacing one this process does not hold (after `leave`, or inherited) takes nothing
         // (locals invariant 2).
         entry.replace(Some(local.ptr()));
         drop(entry);
         Ok(local)
+    }
+
+    /// Handle steps 2 to 5 (docs/architecture.md): the header block against the arena, its
+    /// magic and nonce word, the pin (claim or acquire for `slot`), then the refcount's target
+    /// against `nonce`, undoing the pin if it differs. Returns the header's address, the header
+    /// and how the pin went.
+    fn pin_header<'a>(
+        &self,
+        arena: &'a Arena,
+        meta_seg: u16,
+        header: Block,
+        nonce: u64,
+        how: Pin,
+        slot: u32,
+    ) -> Result<(NonNull<u8>, &'a ArrayHeader, shm_sync::Acquired), HandleError> {
+        let ptr = arena.as_ptr(header).map_err(|_| HandleError::Stale)?;
+        if header.size() < crate::header::FIXED as u64 {
+            return Err(HandleError::Invalid("header block too small"));
+        }
+        // SAFETY: a validated block of at least FIXED bytes in a metadata segment (only headers
+        // and the directory live there), mapped while the pool (and `arena`) lives; we read
+        // atomics only until the array is pinned.
+        let h = unsafe { &*ptr.as_ptr().cast::<ArrayHeader>() };
+        if h.magic.load(core::sync::atomic::Ordering::Acquire) != ARRAY_MAGIC || h.nonce.load(ORD) != nonce {
+            return Err(HandleError::Stale);
+        }
+        let tokens = self.tokens();
+        let acquired = match how {
+            Pin::Token(token) => h.refcount.claim(token, slot, &tokens),
+            Pin::Acquire => h.refcount.acquire(slot, &tokens),
+        };
+        let acquired = match acquired {
+            Ok(a) => a,
+            Err(RefError::Orphaned) => {
+                // Our repair found it unreferenced: we are the one to free it (invariant 3).
+                self.free_array(meta_seg, header, h);
+                return Err(HandleError::Stale);
+            }
+            Err(e) => return Err(ref_to_handle(e)),
+        };
+        // Pinned: the fields are stable now if the refcount's target is our nonce (header
+        // invariant 2): the place may have been freed and reused, or renewed for another array
+        // of its holder (invariant 4), between our first look and the pin. Undo only a hold we
+        // took: with `Already`, the bit belongs to another `LocalArray` of this process (found
+        // in review).
+        if h.refcount.target() != nonce {
+            if acquired == shm_sync::Acquired::First && h.refcount.release(slot, &tokens) == Ok(Released::Last) {
+                self.free_array(meta_seg, header, h);
+            }
+            return Err(HandleError::Stale);
+        }
+        Ok((ptr, h, acquired))
     }
 
     fn attach(self: &Arc<Self>, handle: &Handle) -> Result<SharedArray, HandleError> {
@@ -1322,7 +1342,11 @@ impl PoolShared {
         if waiting && !self.renewed.is_empty() {
             self.give_back_renewed(slot);
         }
-        let renewable = h.inline_offset.load(ORD) != 0 && Renewed::caches(local.meta_segment, local.header_block);
+        // Renew only under the slot this process holds now: a block parked under a slot it has
+        // given up would be held by nobody it knows of (found in review, session 4).
+        let renewable = h.inline_offset.load(ORD) != 0
+            && Renewed::caches(local.meta_segment, local.header_block)
+            && self.fast_slot.load(ORD) == fork_generation() << 16 | u64::from(slot + 1);
         let result = if renewable && !waiting {
             h.refcount.release_or_renew(slot, &tokens, self.next_nonce())
         } else {
@@ -1605,17 +1629,16 @@ impl PoolShared {
         }
         // Release every hold first, under the slot that is still ours. Arrays dropped after
         // this find `NOT_HELD` and do nothing (the slot may belong to another process by then).
-        // Each under its entry's lock; the references are dropped at the end (locals
-        // invariant 3).
-        let mut alive = Vec::new();
+        // Each under its entry's lock, which keeps its `LocalArray` alive (locals invariant 2)
+        // even if its last reference just went and its owner waits for the lock: that one then
+        // finds `NOT_HELD` (skipping it would let it release under a slot we give up; found in
+        // review, session 4).
         self.locals.for_each(|p| {
             // SAFETY: the entry is locked and names it (locals invariant 2).
-            if let Some(local) = unsafe { LocalRef::from_entry(p) } {
-                if held_slot(local.holder.load(ORD)).is_some() {
-                    local.holder.store(NOT_HELD, ORD);
-                    self.release_hold(&local, reg.index);
-                }
-                alive.push(local);
+            let local = unsafe { p.as_ref() };
+            if held_slot(local.holder.load(ORD)).is_some() {
+                local.holder.store(NOT_HELD, ORD);
+                self.release_hold(local, reg.index);
             }
         });
         self.give_back_renewed(reg.index);
@@ -1635,7 +1658,6 @@ impl PoolShared {
             self.teardown();
         }
         drop(guard);
-        drop(alive);
     }
 
     /// Marks the pool torn down and unlinks every segment (invariant 5).
@@ -1673,6 +1695,7 @@ struct Placed {
     nonce: u64,
 }
 
+#[derive(Clone, Copy)]
 enum Pin {
     Token(shm_sync::Token),
     Acquire,

@@ -23,9 +23,10 @@
 //! 4. The entries go back to the pool (their refcounts released, so they are freed) when this
 //!    process leaves the pool, when one of its allocations finds no room, and when anyone waits
 //!    for memory. If the process dies, `collect` drops its holds like those of any array it
-//!    held, which frees them. So the cache never holds memory another allocation needs for
-//!    longer than that allocation takes to ask, and holds at most
-//!    `SHARDS * SLOTS * (128 + 256 + ... + 4096)` bytes (about 250 KiB).
+//!    held, which frees them. Like the arena's own caches, an idle process keeps its entries
+//!    until one of those happens: another process that runs short without waiting grows the
+//!    pool instead, and one that waits gets them at this process's next release. The cache
+//!    holds at most `SHARDS * SLOTS * (128 + 256 + ... + 4096)` bytes (about 250 KiB).
 
 use shm_arena::Block;
 
