@@ -9,9 +9,11 @@
 //! 2. A process is a member of the pool while it holds a slot of the directory's process
 //!    table; that slot's index is its holder bit in every array's refcount. A forked child
 //!    takes a slot of its own before its first operation and re-acquires, under its own slot,
-//!    every array it inherited.
+//!    every array it inherited that is still there (checked as a first pin checks a handle).
 //! 3. An array is freed when its refcount dies (no holder process, no pending token, no name);
-//!    exactly one process learns it and frees the data block, then the header block.
+//!    exactly one process learns it and frees the data block, then the header block. A small
+//!    array whose last reference is its own process's is renewed instead (header invariant 4,
+//!    `recycle`): the process keeps the block for its next small array.
 //! 4. `collect` drops everything dead processes held (their holder bits, their arena blocks),
 //!    frees orphaned arrays, and recycles their slots. It runs by itself when an allocation
 //!    would otherwise fail and when a process joins or leaves the pool.
@@ -1543,6 +1545,8 @@ impl PoolShared {
         if name.is_empty() || name.len() > MAX_NAME_LEN || name.contains('/') {
             return Err(NameError::Invalid(name.to_owned()));
         }
+        // Before the name lock: this may pin the array again, which takes other locks.
+        array.ensure_held()?;
         let _guard = self.name_lock();
         let dir = self.dir();
         if dir.names().iter().any(|e| e.state.load(ORD) == 1 && load_name(e) == name) {
@@ -2009,6 +2013,29 @@ impl SharedArray {
         &self.local
     }
 
+    /// Makes sure this process holds the array before its header or data is used: if it let
+    /// go of it (`Pool::leave`, or inherited across a fork and not re-acquired), pins it again
+    /// through every check of a first pin (found in review, session 4: a handle, a name or a
+    /// borrow of such an array wrote into, or lent, whatever had replaced it).
+    ///
+    /// # Errors
+    ///
+    /// [`HandleError::Stale`] if it is gone; what a pin can fail with otherwise.
+    pub(crate) fn ensure_held(&self) -> Result<(), HandleError> {
+        let l = &self.local;
+        if held_slot(l.holder.load(ORD)).is_some() {
+            return Ok(());
+        }
+        let again = l.pool.pin(l.meta_segment, l.header_block, l.nonce, Pin::Acquire)?;
+        // The entry names this `LocalArray` while it lives (no other can replace it but a new
+        // array at the same place, and then this one is gone): the pin held it again.
+        if again.ptr() == l.ptr() {
+            Ok(())
+        } else {
+            Err(HandleError::Stale)
+        }
+    }
+
     /// Whether this view covers its whole array, contiguous in memory order.
     pub fn is_whole(&self) -> bool {
         self.view.is_none()
@@ -2024,8 +2051,11 @@ impl SharedArray {
     ///
     /// # Errors
     ///
-    /// [`HandleError::Invalid`] if the pool's token table is full.
+    /// [`HandleError::Invalid`] if the pool's token table is full; [`HandleError::Stale`] if
+    /// this process let go of the array (`Pool::leave`, or inherited across a fork) and it is
+    /// gone.
     pub fn handle(&self) -> Result<Handle, HandleError> {
+        self.ensure_held()?;
         let token = self
             .local
             .header()

@@ -137,8 +137,11 @@ impl<T: Element> ShmArray<T> {
         &self.array
     }
 
-    /// The elements, borrowed shared; `None` while this process borrows them exclusively.
+    /// The elements, borrowed shared; `None` while this process borrows them exclusively, or
+    /// if this process let go of the array (`Pool::leave`, a fork) and it is gone.
     pub fn as_slice(&self) -> Option<SliceRef<'_, T>> {
+        // A borrow needs a hold: without one, the bytes may be another array's by now.
+        self.array.ensure_held().ok()?;
         let b = &self.array.local().borrows;
         let mut n = b.load(Ordering::Relaxed);
         loop {
@@ -157,8 +160,11 @@ impl<T: Element> ShmArray<T> {
         Some(SliceRef { slice, array: self })
     }
 
-    /// The elements, borrowed exclusively; `None` while this process borrows them otherwise.
+    /// The elements, borrowed exclusively; `None` while this process borrows them otherwise,
+    /// or if this process let go of the array (`Pool::leave`, a fork) and it is gone.
     pub fn as_slice_mut(&mut self) -> Option<SliceMut<'_, T>> {
+        // A borrow needs a hold: without one, the bytes may be another array's by now.
+        self.array.ensure_held().ok()?;
         let b = &self.array.local().borrows;
         // Acquire: pairs with the Release that ended the previous borrows.
         b.compare_exchange(0, EXCLUSIVE, Ordering::Acquire, Ordering::Relaxed).ok()?;
@@ -171,9 +177,9 @@ impl<T: Element> ShmArray<T> {
     ///
     /// # Panics
     ///
-    /// If this process holds an exclusive borrow of the array.
+    /// If this process holds an exclusive borrow of the array, or let go of it and it is gone.
     pub fn to_vec(&self) -> Vec<T> {
-        self.as_slice().expect("the array is borrowed mutably").to_vec()
+        self.as_slice().expect("the array is borrowed mutably, or gone after this process let go of it").to_vec()
     }
 
     /// Runs `f` on an `ndarray` view of the elements, borrowed shared; `None` while this
