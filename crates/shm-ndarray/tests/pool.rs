@@ -28,12 +28,7 @@ fn unhex(s: &str) -> Vec<u8> {
 }
 
 fn leftovers(pool: &str) -> Vec<String> {
-    std::fs::read_dir("/dev/shm")
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|f| f.starts_with(&format!("pyshm-{pool}")))
-        .collect()
+    shm_testkit::shm_files(&format!("pyshm-{pool}"))
 }
 
 #[test]

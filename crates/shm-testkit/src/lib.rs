@@ -67,6 +67,20 @@ pub fn until(what: &str, cond: impl Fn() -> bool) {
     }
 }
 
+/// Files in /dev/shm whose names start with `prefix` (what a test left behind).
+///
+/// # Panics
+///
+/// If /dev/shm cannot be read.
+pub fn shm_files(prefix: &str) -> Vec<String> {
+    std::fs::read_dir("/dev/shm")
+        .expect("/dev/shm")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|f| f.starts_with(prefix))
+        .collect()
+}
+
 /// A zeroed page shared with forked children (`MAP_SHARED | MAP_ANONYMOUS`).
 pub struct SharedPage(*mut u8);
 
