@@ -40,7 +40,7 @@ pub const DEFAULT_OWNER_SLOTS: u32 = 128;
 /// Default time an opener waits for a segment's creator to finish.
 pub const DEFAULT_OPEN_WAIT: Duration = Duration::from_secs(2);
 const CACHE_SHARDS: usize = 8;
-const CACHE_SLOTS: usize = 8;
+pub(crate) const CACHE_SLOTS: usize = 8;
 
 /// How to create an arena.
 ///
@@ -334,7 +334,7 @@ impl Arena {
             segment,
             registration: AtomicU64::new((fork_generation() << 16) | u64::from(tag)),
             identity: Mutex::new(Registration { identity }),
-            cache: LocalCache::new(orders.min(layout.depth + 1), CACHE_SLOTS, CACHE_SHARDS),
+            cache: LocalCache::new(orders.min(layout.depth + 1), CACHE_SHARDS),
             seen_trim: crate::sync::local::AtomicU32::new(0),
         })
     }

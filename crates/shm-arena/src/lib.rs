@@ -63,6 +63,7 @@ mod cache;
 pub mod error;
 pub mod futex;
 pub mod layout;
+pub mod local_slots;
 mod owners;
 pub mod process;
 #[allow(unsafe_code)] // the mapping and the typed views into it

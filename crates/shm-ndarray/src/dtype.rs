@@ -188,19 +188,7 @@ impl DType {
             None => (rest, None),
         };
         let count: u64 = size_text.parse().map_err(|_| unrecognised("expected a size after the type code"))?;
-        let kind = match code {
-            b'b' => DTypeKind::Bool,
-            b'i' => DTypeKind::Int,
-            b'u' => DTypeKind::UInt,
-            b'f' => DTypeKind::Float,
-            b'c' => DTypeKind::Complex,
-            b'M' => DTypeKind::DateTime,
-            b'm' => DTypeKind::TimeDelta,
-            b'S' => DTypeKind::Bytes,
-            b'U' => DTypeKind::Unicode,
-            b'V' => DTypeKind::Void,
-            _ => return Err(unrecognised("unknown type code")),
-        };
+        let kind = kind_of_code(code).ok_or_else(|| unrecognised("unknown type code"))?;
         if unit.is_some() != matches!(kind, DTypeKind::DateTime | DTypeKind::TimeDelta) {
             return Err(unrecognised("a [unit] belongs to datetime64 and timedelta64 only"));
         }
@@ -225,14 +213,7 @@ impl DType {
     /// The dtype of a Rust element type (no allocation).
     pub fn of<T: Element>() -> Self {
         // `Element`'s contract: DESCR is numpy's description of T, a byte order and a code.
-        let kind = match T::DESCR.as_bytes().get(1) {
-            Some(b'b') => DTypeKind::Bool,
-            Some(b'i') => DTypeKind::Int,
-            Some(b'u') => DTypeKind::UInt,
-            Some(b'f') => DTypeKind::Float,
-            Some(b'c') => DTypeKind::Complex,
-            _ => return Self::new(T::DESCR, core::mem::size_of::<T>() as u64).expect("Element descriptions are valid"),
-        };
+        let kind = T::DESCR.as_bytes().get(1).and_then(|c| kind_of_code(*c)).expect("Element descriptions are valid");
         Self { descr: Descr::Static(T::DESCR), itemsize: core::mem::size_of::<T>() as u64, kind }
     }
 
@@ -255,6 +236,23 @@ impl DType {
     pub fn is<T: Element>(&self) -> bool {
         self.descr.as_str() == T::DESCR && self.itemsize == core::mem::size_of::<T>() as u64
     }
+}
+
+/// The kind a numpy type code (the character after the byte order) names.
+fn kind_of_code(code: u8) -> Option<DTypeKind> {
+    Some(match code {
+        b'b' => DTypeKind::Bool,
+        b'i' => DTypeKind::Int,
+        b'u' => DTypeKind::UInt,
+        b'f' => DTypeKind::Float,
+        b'c' => DTypeKind::Complex,
+        b'M' => DTypeKind::DateTime,
+        b'm' => DTypeKind::TimeDelta,
+        b'S' => DTypeKind::Bytes,
+        b'U' => DTypeKind::Unicode,
+        b'V' => DTypeKind::Void,
+        _ => return None,
+    })
 }
 
 /// A Rust type that is an array element, plain data with a numpy description.

@@ -1168,11 +1168,7 @@ impl PoolShared {
             }
         }
         let (ptr, h, acquired) = self.pin_header(arena, meta_seg, header, nonce, how, slot)?;
-        let unpin = |h: &ArrayHeader| {
-            if acquired == shm_sync::Acquired::First && h.refcount.release(slot, &self.tokens()) == Ok(Released::Last) {
-                self.free_array(meta_seg, header, h);
-            }
-        };
+        let unpin = |h: &ArrayHeader| self.unpin(h, acquired, slot, meta_seg, header);
         // SAFETY: pinned (header invariant 2), block of header.size() bytes.
         let Some(meta) = (unsafe { h.read_meta(header.size()) }) else {
             unpin(h);
@@ -1244,16 +1240,20 @@ impl PoolShared {
         };
         // Pinned: the fields are stable now if the refcount's target is our nonce (header
         // invariant 2): the place may have been freed and reused, or renewed for another array
-        // of its holder (invariant 4), between our first look and the pin. Undo only a hold we
-        // took: with `Already`, the bit belongs to another `LocalArray` of this process (found
-        // in review).
+        // of its holder (invariant 4), between our first look and the pin.
         if h.refcount.target() != nonce {
-            if acquired == shm_sync::Acquired::First && h.refcount.release(slot, &tokens) == Ok(Released::Last) {
-                self.free_array(meta_seg, header, h);
-            }
+            self.unpin(h, acquired, slot, meta_seg, header);
             return Err(HandleError::Stale);
         }
         Ok((ptr, h, acquired))
+    }
+
+    /// Undoes a pin that `pin_header` made: only a hold it took (with `Already`, the bit
+    /// belongs to another `LocalArray` of this process; found in review).
+    fn unpin(&self, h: &ArrayHeader, acquired: shm_sync::Acquired, slot: u32, meta_seg: u16, header: Block) {
+        if acquired == shm_sync::Acquired::First && h.refcount.release(slot, &self.tokens()) == Ok(Released::Last) {
+            self.free_array(meta_seg, header, h);
+        }
     }
 
     fn attach(self: &Arc<Self>, handle: &Handle) -> Result<SharedArray, HandleError> {
@@ -1374,10 +1374,13 @@ impl PoolShared {
     #[inline]
     fn take_renewed(&self, size: u64) -> Option<(u16, Block, NonNull<u8>)> {
         let (seg, block) = self.renewed.pop(size.max(1).trailing_zeros().max(7))?;
-        // Always found: we pushed a block of a segment this process had open, and segments
-        // stay open while the pool lives.
-        let ptr = self.segments.get(seg as usize).and_then(OnceLock::get)?.held_ptr(block).ok()?;
-        Some((seg, block, ptr))
+        Some((seg, block, self.renewed_ptr(seg, block)?))
+    }
+
+    /// Where a renewed block of this process is. Always found: we pushed a block of a segment
+    /// this process had open, and segments stay open while the pool lives.
+    fn renewed_ptr(&self, seg: u16, block: Block) -> Option<NonNull<u8>> {
+        self.segments.get(seg as usize).and_then(OnceLock::get)?.held_ptr(block).ok()
     }
 
     /// Releases our hold on a renewed block (it is freed: we were its one reference).
@@ -1392,9 +1395,7 @@ impl PoolShared {
     /// that holds them: ours, before we leave.
     fn give_back_renewed(&self, slot: u32) {
         self.renewed.drain(|seg, block| {
-            if let Some(ptr) =
-                self.segments.get(seg as usize).and_then(OnceLock::get).and_then(|a| a.held_ptr(block).ok())
-            {
+            if let Some(ptr) = self.renewed_ptr(seg, block) {
                 // SAFETY: a header block of a metadata segment that our slot holds (recycle
                 // invariant 1), mapped while the pool lives.
                 let h = unsafe { &*ptr.as_ptr().cast::<ArrayHeader>() };

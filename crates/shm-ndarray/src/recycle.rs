@@ -14,9 +14,8 @@
 //!    [`RENEWED`](crate::header::RENEWED), its refcount's target is the nonce the next array
 //!    made in it will have, its data is inline. To everyone else it is a held block that no
 //!    handle can attach (a handle's nonce never equals a target nobody was told).
-//! 2. An entry is put in a slot by one CAS from empty (Release) and taken by one swap to empty
-//!    (Acquire), so each entry is taken at most once, and the taker sees every write the
-//!    pusher made to the header before pushing.
+//! 2. Each entry is taken at most once, and the taker sees every write the pusher made to the
+//!    header before pushing (shm-arena's [`LocalSlots`], its invariants 1 and 2).
 //! 3. Nothing here is shared between processes: the cache lives in this process's heap. A
 //!    forked child must forget its copy ([`Renewed::forget_all`]): those blocks are held by the
 //!    parent's slot.
@@ -28,9 +27,11 @@
 //!    pool instead, and one that waits gets them at this process's next release. The cache
 //!    holds at most `SHARDS * SLOTS * (128 + 256 + ... + 4096)` bytes (about 250 KiB).
 
-use shm_arena::Block;
+use core::mem::MaybeUninit;
+use core::ptr::NonNull;
 
-use crate::sync::SharedU64;
+use shm_arena::local_slots::LocalSlots;
+use shm_arena::Block;
 
 /// Smallest block size cached (the metadata segments' minimum block), as log2.
 const MIN_LOG2: u32 = 7;
@@ -39,17 +40,13 @@ const ORDERS: usize = 6;
 const SLOTS: usize = 4;
 const SHARDS: usize = 8;
 
-/// One shard's entries, on cache lines of their own.
-#[repr(align(128))]
-struct Shard([SharedU64; ORDERS * SLOTS]);
-
-/// The cache: entries by shard (thread), block size and slot.
+/// The cache: entries by block size, in per-thread shards.
 pub(crate) struct Renewed {
-    shards: Box<[Shard]>,
+    slots: LocalSlots<SLOTS>,
 }
 
 /// An entry: the block's bits with the segment in bits 48..56. A block's bits are never 0
-/// (its size is at least 128), so 0 is an empty slot.
+/// (its size is at least 128), so an entry never is.
 fn encode(segment: u16, block: Block) -> Option<u64> {
     let bits = block.to_bits();
     (segment < 256 && bits >> 48 == 0).then_some(bits | u64::from(segment) << 48)
@@ -66,7 +63,7 @@ fn order_of(block: Block) -> Option<usize> {
 
 impl Renewed {
     pub(crate) fn new() -> Self {
-        Self { shards: (0..SHARDS).map(|_| Shard(core::array::from_fn(|_| SharedU64::new(0)))).collect() }
+        Self { slots: LocalSlots::new(ORDERS, SHARDS) }
     }
 
     /// Whether a block of this size and place can be cached at all.
@@ -81,17 +78,7 @@ impl Renewed {
         if o >= ORDERS {
             return None;
         }
-        let shard = &self.shards[shard_of_this_thread()].0;
-        for w in shard[o * SLOTS..(o + 1) * SLOTS].iter().rev() {
-            // Acquire: invariant 2 (the pusher's header writes, such as its nonce word).
-            if w.load(core::sync::atomic::Ordering::Relaxed) != 0 {
-                let v = w.swap(0, core::sync::atomic::Ordering::Acquire);
-                if v != 0 {
-                    return Some(decode(v));
-                }
-            }
-        }
-        None
+        self.slots.take(o).map(decode)
     }
 
     /// Puts a renewed block into the calling thread's shard; false when it is full or the
@@ -101,41 +88,20 @@ impl Renewed {
         let (Some(o), Some(v)) = (order_of(block), encode(segment, block)) else {
             return false;
         };
-        let shard = &self.shards[shard_of_this_thread()].0;
-        for w in &shard[o * SLOTS..(o + 1) * SLOTS] {
-            // Release: invariant 2.
-            if w.load(core::sync::atomic::Ordering::Relaxed) == 0
-                && w.compare_exchange(
-                    0,
-                    v,
-                    core::sync::atomic::Ordering::Release,
-                    core::sync::atomic::Ordering::Relaxed,
-                )
-                .is_ok()
-            {
-                return true;
-            }
-        }
-        false
+        self.slots.put(o, v)
     }
 
     /// Takes every entry out, handing each to `f`.
     pub(crate) fn drain(&self, mut f: impl FnMut(u16, Block)) {
-        for shard in self.shards.iter() {
-            for w in &shard.0 {
-                // Acquire: invariant 2.
-                let v = w.swap(0, core::sync::atomic::Ordering::Acquire);
-                if v != 0 {
-                    let (segment, block) = decode(v);
-                    f(segment, block);
-                }
-            }
-        }
+        self.slots.drain(|_, v| {
+            let (segment, block) = decode(v);
+            f(segment, block);
+        });
     }
 
     /// Whether any entry is cached (a snapshot).
     pub(crate) fn is_empty(&self) -> bool {
-        self.shards.iter().all(|s| s.0.iter().all(|w| w.load(core::sync::atomic::Ordering::Relaxed) == 0))
+        self.slots.is_empty()
     }
 
     /// Forgets every entry (invariant 3: after a fork).
@@ -145,39 +111,28 @@ impl Renewed {
 }
 
 /// Spare allocations of a `T`, kept for reuse by this process (its `LocalArray`s: a malloc and
-/// a free were about a tenth of a small array's create + drop). Sharded by thread like
+/// a free were about a tenth of a small array's create + drop), in per-thread shards like
 /// [`Renewed`]; an entry is the address of a `Box<MaybeUninit<T>>` whose `T` was dropped.
 pub(crate) struct Spares<T> {
-    shards: Box<[SpareShard]>,
-    _boxes: core::marker::PhantomData<Box<core::mem::MaybeUninit<T>>>,
+    slots: LocalSlots<SPARE_SLOTS>,
+    _boxes: core::marker::PhantomData<Box<MaybeUninit<T>>>,
 }
 
 const SPARE_SLOTS: usize = 8;
 
-#[repr(align(128))]
-struct SpareShard([SharedU64; SPARE_SLOTS]);
-
 impl<T> Spares<T> {
     pub(crate) fn new() -> Self {
-        Self {
-            shards: (0..SHARDS).map(|_| SpareShard(core::array::from_fn(|_| SharedU64::new(0)))).collect(),
-            _boxes: core::marker::PhantomData,
-        }
+        Self { slots: LocalSlots::new(1, SHARDS), _boxes: core::marker::PhantomData }
     }
 
     /// An allocation for a `T` (uninitialised): a spare, or a new one.
     #[inline]
-    pub(crate) fn take(&self) -> core::ptr::NonNull<core::mem::MaybeUninit<T>> {
-        for w in self.shards[shard_of_this_thread()].0.iter().rev() {
-            // Acquire: the giver's last writes to the memory happen before our reuse.
-            if w.load(core::sync::atomic::Ordering::Relaxed) != 0 {
-                let v = w.swap(0, core::sync::atomic::Ordering::Acquire);
-                if let Some(p) = core::ptr::NonNull::new(v as *mut core::mem::MaybeUninit<T>) {
-                    return p;
-                }
-            }
+    pub(crate) fn take(&self) -> NonNull<MaybeUninit<T>> {
+        match self.slots.take(0).and_then(|v| NonNull::new(v as *mut MaybeUninit<T>)) {
+            // `LocalSlots` invariant 2: the giver's last writes to the memory happen before ours.
+            Some(p) => p,
+            None => NonNull::from(Box::leak(Box::new(MaybeUninit::uninit()))),
         }
-        core::ptr::NonNull::from(Box::leak(Box::new(core::mem::MaybeUninit::uninit())))
     }
 
     /// Keeps an allocation [`Spares::take`] gave, or frees it when the shard is full.
@@ -187,36 +142,20 @@ impl<T> Spares<T> {
     /// `p` came from `take` of this `Spares`, nothing refers to it any more, and the `T` in it
     /// (if any) was dropped or moved out.
     #[inline]
-    pub(crate) unsafe fn give(&self, p: core::ptr::NonNull<core::mem::MaybeUninit<T>>) {
-        for w in &self.shards[shard_of_this_thread()].0 {
-            // Release: pairs with `take`'s Acquire.
-            if w.load(core::sync::atomic::Ordering::Relaxed) == 0
-                && w.compare_exchange(
-                    0,
-                    p.as_ptr() as u64,
-                    core::sync::atomic::Ordering::Release,
-                    core::sync::atomic::Ordering::Relaxed,
-                )
-                .is_ok()
-            {
-                return;
-            }
+    pub(crate) unsafe fn give(&self, p: NonNull<MaybeUninit<T>>) {
+        if !self.slots.put(0, p.as_ptr() as u64) {
+            // SAFETY: a `Box` leaked by `take`, unused now (the caller's guarantee).
+            drop(unsafe { Box::from_raw(p.as_ptr()) });
         }
-        // SAFETY: a `Box` leaked by `take`, unused now (the caller's guarantee).
-        drop(unsafe { Box::from_raw(p.as_ptr()) });
     }
 }
 
 impl<T> Drop for Spares<T> {
     fn drop(&mut self) {
-        for shard in self.shards.iter_mut() {
-            for w in shard.0.iter_mut() {
-                if let Some(p) = core::ptr::NonNull::new(*w.get_mut() as *mut core::mem::MaybeUninit<T>) {
-                    // SAFETY: a spare `Box` given back (`give`'s contract), owned by us alone.
-                    drop(unsafe { Box::from_raw(p.as_ptr()) });
-                }
-            }
-        }
+        self.slots.drain_mut(|v| {
+            // SAFETY: a spare `Box` given back (`give`'s contract), owned by us alone.
+            drop(unsafe { Box::from_raw(v as *mut MaybeUninit<T>) });
+        });
     }
 }
 
@@ -224,21 +163,6 @@ impl<T> Drop for Spares<T> {
 unsafe impl<T> Send for Spares<T> {}
 // SAFETY: as for `Send`.
 unsafe impl<T> Sync for Spares<T> {}
-
-/// A small per-thread number, assigned round-robin on a thread's first use.
-fn shard_of_this_thread() -> usize {
-    // Process-local: a counter and a thread-local, never in shared memory.
-    static NEXT: SharedU64 = SharedU64::new(0);
-    std::thread_local! {
-        static SHARD: core::cell::Cell<usize> = const { core::cell::Cell::new(usize::MAX) };
-    }
-    SHARD.with(|s| {
-        if s.get() == usize::MAX {
-            s.set(NEXT.fetch_add(1, core::sync::atomic::Ordering::Relaxed) as usize % SHARDS);
-        }
-        s.get()
-    })
-}
 
 #[cfg(test)]
 mod tests {
