@@ -232,26 +232,16 @@ impl Block {
 }
 
 /// Whether a view (`offset` bytes from the data start, `shape`, byte `strides`, items of
-/// `itemsize` bytes) lies inside `len` bytes (invariant 1). Arithmetic in i128: no overflow.
-fn view_inside(offset: i128, shape: &[i128], strides: &[i128], itemsize: i128, len: i128) -> bool {
-    // At most numpy's 64 dimensions, each of an i64 size and stride: every partial sum below
-    // stays far inside i128, and checked arithmetic says so rather than trusting it.
-    if shape.len() > shm_ndarray::MAX_DIMS || shape.iter().any(|n| *n < 0) || shape.len() != strides.len() {
+/// `itemsize` bytes) lies inside `len` bytes (invariant 1): shm-ndarray's one view check, after
+/// refusing what numpy's signed integers can say and a handle cannot (negative sizes or offset,
+/// more than [`shm_ndarray::MAX_DIMS`] dimensions).
+fn view_inside(offset: i64, shape: &[i64], strides: &[i64], itemsize: u64, len: u64) -> bool {
+    let (Ok(offset), Ok(shape)) =
+        (u64::try_from(offset), shape.iter().map(|n| u64::try_from(*n)).collect::<Result<Vec<_>, _>>())
+    else {
         return false;
-    }
-    if shape.contains(&0) {
-        return (0..=len).contains(&offset);
-    }
-    let (mut lo, mut hi) = (Some(offset), offset.checked_add(itemsize));
-    for (n, s) in shape.iter().zip(strides) {
-        let Some(reach) = (n - 1).checked_mul(*s) else { return false };
-        if reach < 0 {
-            lo = lo.and_then(|l| l.checked_add(reach));
-        } else {
-            hi = hi.and_then(|h| h.checked_add(reach));
-        }
-    }
-    matches!((lo, hi), (Some(lo), Some(hi)) if lo >= 0 && hi <= len)
+    };
+    shape.len() <= shm_ndarray::MAX_DIMS && shm_ndarray::view_fits(offset, &shape, strides, itemsize, len)
 }
 
 /// A numpy array over `block`'s data: `data_offset` bytes from the data start, with this
@@ -671,14 +661,7 @@ impl NativePool {
         if !d.subshape.is_empty() {
             return Err(PyValueError::new_err("invalid handle: a view's dtype cannot be a subarray"));
         }
-        let wide = |v: &[i64]| v.iter().map(|x| i128::from(*x)).collect::<Vec<_>>();
-        if !view_inside(
-            i128::from(offset),
-            &wide(&shape),
-            &wide(&strides),
-            i128::from(d.dtype.itemsize()),
-            i128::from(array.base_len()),
-        ) {
+        if !view_inside(offset, &shape, &strides, d.dtype.itemsize(), array.base_len()) {
             return Err(PyValueError::new_err("invalid handle: the view lies outside its array"));
         }
         let array_descr = numpy_dtype(py, array.dtype())?;

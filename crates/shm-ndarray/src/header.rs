@@ -388,9 +388,21 @@ fn fill_contiguous_strides(out: &mut [i64], shape: &[u64], itemsize: u64, fortra
     }
 }
 
-/// Whether a view of `shape`/`strides` starting `offset` bytes into the data stays inside
-/// `len` bytes, with every element fully inside. Overflow-safe.
-pub(crate) fn view_fits(offset: u64, shape: &[u64], strides: &[i64], itemsize: u64, len: u64) -> bool {
+/// Whether a view of `shape`/`strides` (byte strides) starting `offset` bytes into an array's
+/// data stays inside its `len` bytes, with every element of `itemsize` bytes fully inside.
+/// Overflow-safe for any values a crafted handle can carry. This is the one view check of the
+/// workspace: handles, [`SharedArray::view`](crate::SharedArray::view) and bindings that
+/// reinterpret an array with another item size all use it.
+///
+/// # Examples
+///
+/// ```
+/// use shm_ndarray::view_fits;
+/// assert!(view_fits(0, &[2, 3], &[24, 8], 8, 48));
+/// assert!(view_fits(40, &[6], &[-8], 8, 48), "a reversed view");
+/// assert!(!view_fits(8, &[2, 3], &[24, 8], 8, 48), "one element past the end");
+/// ```
+pub fn view_fits(offset: u64, shape: &[u64], strides: &[i64], itemsize: u64, len: u64) -> bool {
     if shape.len() != strides.len() {
         return false;
     }

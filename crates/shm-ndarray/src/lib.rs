@@ -55,7 +55,7 @@ pub use directory::{MAX_NAME_LEN, MAX_SEGMENTS};
 pub use dtype::{DType, DTypeError, DTypeKind, Element, MAX_DESCR_LEN};
 pub use error::{ArrayError, HandleError, PoolError};
 pub use handle::{Handle, HANDLE_FIXED_LEN};
-pub use header::MAX_DIMS;
+pub use header::{view_fits, MAX_DIMS};
 pub use pool::{
     clean_dead_pools, list_pools, CollectReport, NameError, Pool, PoolInfo, PoolOptions, PoolStats, SharedArray,
     MAX_PROCESSES,

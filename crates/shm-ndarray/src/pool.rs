@@ -450,6 +450,34 @@ impl Pool {
         self.shared.attach(handle)
     }
 
+    /// Gives back the transfer token of a handle that will never be attached (a message that
+    /// was lost or refused), so the array is freed if nothing else holds it. The token's
+    /// refcount is changed exactly as a claim followed by a release would change it, without
+    /// mapping the array for this process.
+    ///
+    /// An untracked handle carries no token: cancelling it does nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`HandleError::WrongPool`]; [`HandleError::Stale`] if the token was claimed or
+    /// cancelled already (or its array is gone); [`HandleError::Invalid`] for a handle that
+    /// names no header.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use shm_ndarray::{DType, Pool, PoolOptions};
+    /// # let pool = Pool::create(&PoolOptions::new().segment_capacity(1 << 20))?;
+    /// let a = pool.empty(&DType::of::<f64>(), &[4], false)?;
+    /// let handle = a.handle()?;
+    /// pool.cancel(&handle)?;
+    /// assert!(pool.cancel(&handle).is_err(), "a token is given back once");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn cancel(&self, handle: &Handle) -> Result<(), HandleError> {
+        self.shared.cancel(handle)
+    }
+
     /// Registers `array` under `name` (the name then holds a reference until deleted).
     ///
     /// # Errors
@@ -1278,6 +1306,42 @@ impl PoolShared {
             return Err(HandleError::Invalid("the view lies outside its array"));
         }
         Ok(SharedArray::from_view(local, handle.offset, handle.shape.clone(), handle.strides.clone()))
+    }
+
+    fn cancel(&self, handle: &Handle) -> Result<(), HandleError> {
+        if handle.pool != self.id {
+            return Err(HandleError::WrongPool { handle_pool: hex(&handle.pool), this_pool: hex(&self.id) });
+        }
+        let Some(token) = handle.token else { return Ok(()) };
+        let arena = self.segment(handle.meta_segment).map_err(|e| HandleError::Segment(e.to_string()))?;
+        // Invariant 1, as in `pin`: only a metadata segment holds headers.
+        if self.dir().segments()[handle.meta_segment as usize].kind.load(ORD) != KIND_META {
+            return Err(HandleError::Invalid("the handle names a data segment as its header's"));
+        }
+        let ptr = arena.as_ptr(handle.header).map_err(|_| HandleError::Stale)?;
+        if handle.header.size() < crate::header::FIXED as u64 {
+            return Err(HandleError::Invalid("header block too small"));
+        }
+        // SAFETY: as in `pin_header`: a validated block of at least FIXED bytes in a metadata
+        // segment, mapped while the pool lives; only atomics are read.
+        let h = unsafe { &*ptr.as_ptr().cast::<ArrayHeader>() };
+        if h.magic.load(core::sync::atomic::Ordering::Acquire) != ARRAY_MAGIC || h.nonce.load(ORD) != handle.nonce {
+            return Err(HandleError::Stale);
+        }
+        // A pending token keeps its record alive (refcount invariant), and `take_token` checks
+        // that the token is this record's: a token of another array is refused.
+        match h.refcount.cancel(token, &self.tokens()) {
+            Ok(Released::Last) => {
+                self.free_array(handle.meta_segment, handle.header, h);
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+            Err(RefError::Orphaned) => {
+                self.free_array(handle.meta_segment, handle.header, h);
+                Err(HandleError::Stale)
+            }
+            Err(e) => Err(ref_to_handle(e)),
+        }
     }
 
     /// Where a pinned array's data is: inside its header block after the header (small

@@ -567,3 +567,38 @@ fn threads_making_attaching_and_dropping_the_same_small_arrays_never_see_another
     assert_eq!((after.arrays, after.used), (before.arrays, before.used));
     pool.check().unwrap();
 }
+
+#[test]
+fn cancelling_a_handle_gives_its_token_back_and_frees_an_array_nobody_else_holds() {
+    let pool = Pool::create(&small()).unwrap();
+    let before = pool.stats();
+    let f64s = DType::of::<f64>();
+    // Big enough for a data block of its own: freed memory shows in `used`.
+    let a = pool.empty(&f64s, &[1 << 17], false).unwrap();
+    let sent = a.handle().unwrap();
+    let kept = a.handle().unwrap();
+    drop(a);
+    assert_eq!(pool.stats().used, before.used + (1 << 20), "two tokens keep it alive");
+
+    pool.cancel(&sent).unwrap();
+    assert!(matches!(pool.cancel(&sent), Err(HandleError::Stale)), "a token is given back once");
+    assert!(pool.stats().used > before.used, "the other token still holds it");
+    let attached = pool.attach(&kept).unwrap();
+    assert!(matches!(pool.cancel(&kept), Err(HandleError::Stale)), "a claimed token cannot be cancelled");
+    drop(attached);
+    assert_eq!(pool.stats().used, before.used, "freed when the last reference went");
+
+    let b = pool.empty(&f64s, &[1 << 17], false).unwrap();
+    let last = b.handle().unwrap();
+    drop(b);
+    pool.cancel(&last).unwrap();
+    let after = pool.stats();
+    assert_eq!((after.used, after.arrays), (before.used, before.arrays), "the token was its only reference");
+    assert!(matches!(pool.attach(&last), Err(HandleError::Stale)));
+
+    let untracked = pool.empty(&f64s, &[4], false).unwrap();
+    pool.cancel(&untracked.untracked_handle()).unwrap();
+    let other = Pool::create(&small()).unwrap();
+    assert!(matches!(other.cancel(&last), Err(HandleError::WrongPool { .. })));
+    pool.check().unwrap();
+}
