@@ -43,7 +43,7 @@ mod handle;
 mod header;
 #[allow(unsafe_code)] // zeroed tables
 mod locals;
-#[allow(unsafe_code)] // views of the directory and headers inside mapped blocks
+#[allow(unsafe_code)] // views of the directory and headers inside mapped blocks; hand-rolled reference counts
 mod pool;
 #[allow(unsafe_code)] // spare allocations kept as addresses
 mod recycle;

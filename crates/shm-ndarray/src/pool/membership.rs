@@ -1,0 +1,169 @@
+//! Membership: this process's slot in the pool, a forked child's re-acquisition of what it
+//! inherited, leaving, and tearing the pool down.
+//!
+//! # Invariants
+//!
+//! 1. `fast_slot` is `fork_generation << 16 | slot + 1` while this process (this side of any
+//!    fork) holds `slot`, and 0 otherwise: a matching generation proves the slot is ours
+//!    (pool invariant 2).
+//! 2. A forked child registers before its first operation, forgets its parent's renewed
+//!    blocks, and re-acquires each inherited array through every check of a first pin
+//!    (`pin_header`); one that fails the checks stays unheld (pool invariant 2).
+//! 3. `leave` releases every hold under the slot that is still its own, marking each
+//!    `LocalArray` `NOT_HELD`, before it gives the slot up (local_array invariant 3).
+//! 4. The last process out tears a non-persistent pool down under the directory lock, which
+//!    `publish` and `unpublish` also take (pool invariant 5).
+//!
+//! Protocol: `slot` is the fast path of every operation; `register_slow` registers (collecting
+//! once if the table is full); `leave` runs at `Pool::leave` and at the last drop of the pool
+//! in this process.
+
+use shm_arena::process::fork_generation;
+use shm_sync::Registration;
+
+use super::local_array::{held_slot, holder_word, NOT_HELD};
+use super::names::has_names;
+use super::open::registry;
+use super::pin::Pin;
+use super::{segment_name, PoolShared, ORD};
+use crate::directory::{FLAG_PERSISTENT, FLAG_PERSIST_NAMED, FLAG_TORN_DOWN, MAX_SEGMENTS};
+use crate::error::PoolError;
+
+/// What this process knows of its membership.
+pub(super) struct Membership {
+    pub(super) registration: Option<Registration>,
+    pub(super) fork_generation: u64,
+}
+
+impl PoolShared {
+    /// This process's slot, registering first (and re-acquiring inherited arrays) after a fork.
+    pub(super) fn slot(&self) -> Result<u32, PoolError> {
+        let fast = self.fast_slot.load(ORD);
+        if fast != 0 && fast >> 16 == fork_generation() {
+            return Ok((fast & 0xFFFF) as u32 - 1);
+        }
+        self.register_slow()
+    }
+
+    #[cold]
+    fn register_slow(&self) -> Result<u32, PoolError> {
+        let mut m = self.membership.lock().unwrap_or_else(|p| p.into_inner());
+        let generation = fork_generation();
+        if let Some(reg) = m.registration {
+            if m.fork_generation == generation {
+                return Ok(reg.index);
+            }
+        }
+        let inherited = m.registration.is_some();
+        let table = self.processes();
+        let reg = match table.register() {
+            Ok(r) => r,
+            Err(_) => {
+                drop(m);
+                self.collect();
+                m = self.membership.lock().unwrap_or_else(|p| p.into_inner());
+                table.register().map_err(|e| PoolError::Full { name: self.name.clone(), slots: e.slots as u32 })?
+            }
+        };
+        m.registration = Some(reg);
+        m.fork_generation = generation;
+        if inherited {
+            // The parent's renewed blocks are held by the parent's slot (recycle invariant 3).
+            // (Its nonce generator reseeds by itself: `next_nonce`.)
+            self.renewed.forget_all();
+        }
+        self.fast_slot.store(generation << 16 | u64::from(reg.index + 1), ORD);
+        drop(m);
+        if inherited {
+            self.reacquire_inherited(reg.index);
+        }
+        Ok(reg.index)
+    }
+
+    /// After a fork: hold, under our own slot, every array this process inherited (inv. 2).
+    fn reacquire_inherited(&self, slot: u32) {
+        // Each under its entry's lock, which keeps its `LocalArray` alive (locals invariant 2)
+        // whatever its count; no reference is taken, so none is dropped under a lock.
+        self.locals.for_each(|p| {
+            // SAFETY: the entry is locked and names it (locals invariant 2).
+            let local = unsafe { p.as_ref() };
+            // Released by the parent's `leave` before the fork: not inherited as held.
+            if local.holder.load(ORD) == NOT_HELD {
+                return;
+            }
+            // The parent may have let go of it since the fork (the documented window): check it
+            // as a first pin does, so a freed, reused or renewed place is never taken for it
+            // (found in review, session 4). On failure it stays unheld here.
+            let Ok(arena) = self.segment(local.meta_segment) else { return };
+            if self.pin_header(arena, local.meta_segment, local.header_block, local.nonce, Pin::Acquire, slot).is_ok() {
+                local.holder.store(holder_word(slot), ORD);
+            }
+        });
+    }
+
+    /// Releases this process's holds, unregisters, and lets the last process out tear a pool
+    /// down unless it persists (invariant 5).
+    pub(super) fn leave(&self) {
+        let mut m = self.membership.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(reg) = m.registration else { return };
+        if m.fork_generation != fork_generation() {
+            return;
+        }
+        // Release every hold first, under the slot that is still ours. Arrays dropped after
+        // this find `NOT_HELD` and do nothing (the slot may belong to another process by then).
+        // Each under its entry's lock, which keeps its `LocalArray` alive (locals invariant 2)
+        // even if its last reference just went and its owner waits for the lock: that one then
+        // finds `NOT_HELD` (skipping it would let it release under a slot we give up; found in
+        // review, session 4).
+        self.locals.for_each(|p| {
+            // SAFETY: the entry is locked and names it (locals invariant 2).
+            let local = unsafe { p.as_ref() };
+            if held_slot(local.holder.load(ORD)).is_some() {
+                local.holder.store(NOT_HELD, ORD);
+                self.release_hold(local, reg.index);
+            }
+        });
+        self.give_back_renewed(reg.index);
+        m.registration = None;
+        self.fast_slot.store(0, ORD);
+        let dir = self.dir();
+        let h = dir.header();
+        self.processes().unregister(reg);
+        drop(m);
+        // Dead members do not count: recycle their slots first (invariant 4).
+        self.collect();
+        let guard = self.name_lock();
+        let last = self.processes().occupied() == 0;
+        let flags = h.flags.load(ORD);
+        let persists = flags & FLAG_PERSISTENT != 0 || (flags & FLAG_PERSIST_NAMED != 0 && has_names(&dir));
+        if last && !persists {
+            self.teardown();
+        }
+        drop(guard);
+    }
+
+    /// Marks the pool torn down and unlinks every segment (invariant 5).
+    pub(super) fn teardown(&self) {
+        let dir = self.dir();
+        dir.header().flags.fetch_or(FLAG_TORN_DOWN, ORD);
+        let count = dir.header().segment_count.load(core::sync::atomic::Ordering::Acquire) as usize;
+        for i in 0..count.min(MAX_SEGMENTS) {
+            let _ = shm_arena::Arena::open(&segment_name(&self.name, i)).map(|a| a.unlink());
+            if let Some(a) = self.segments[i].get() {
+                let _ = a.unlink();
+            }
+        }
+    }
+}
+
+impl Drop for PoolShared {
+    fn drop(&mut self) {
+        self.leave();
+        // Only our own entry: a pool torn down and made anew under the same name has replaced
+        // it (found in review).
+        let mut reg = registry().lock().unwrap_or_else(|p| p.into_inner());
+        if reg.get(&self.name).is_some_and(|w| core::ptr::eq(w.as_ptr(), self)) {
+            reg.remove(&self.name);
+        }
+    }
+}

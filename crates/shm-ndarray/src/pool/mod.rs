@@ -1,0 +1,378 @@
+//! The pool: arena segments, a process table, transfer tokens and named arrays, opened by name
+//! from any process.
+//!
+//! # Invariants
+//!
+//! 1. A pool is a set of arena segments named `pyshm-<pool>` (metadata segment 0) and
+//!    `pyshm-<pool>-<n>`. Metadata segments hold only the directory and array headers; data
+//!    segments hold only array data (see `header`, invariant 1).
+//! 2. A process is a member of the pool while it holds a slot of the directory's process
+//!    table; that slot's index is its holder bit in every array's refcount. A forked child
+//!    takes a slot of its own before its first operation and re-acquires, under its own slot,
+//!    every array it inherited that is still there (checked as a first pin checks a handle).
+//! 3. An array is freed when its refcount dies (no holder process, no pending token, no name);
+//!    exactly one process learns it and frees the data block, then the header block. A small
+//!    array whose last reference is its own process's is renewed instead (header invariant 4,
+//!    `recycle`): the process keeps the block for its next small array.
+//! 4. `collect` drops everything dead processes held (their holder bits, their arena blocks),
+//!    frees orphaned arrays, and recycles their slots. It runs by itself when an allocation
+//!    would otherwise fail and when a process joins or leaves the pool.
+//! 5. A pool that is not persistent is torn down (every segment unlinked) by the last process
+//!    that leaves it; a process opening it afterwards gets [`PoolError::Gone`].
+//! 6. In the common case, creating an array, making a handle and attaching one make no
+//!    syscall: segments are mapped once per process, the pool itself once per process.
+//!
+//! # One file per protocol
+//!
+//! [`PoolShared`] is this process's view of a pool; its methods are split by protocol, each
+//! file opening with the invariants it keeps (citing the numbers above):
+//!
+//! - `options`: [`PoolOptions`] and their defaults.
+//! - `open`: creating a pool and opening one by name; the per-process registry (invariant 6).
+//! - `membership`: this process's slot, a forked child's re-acquisition, leaving, teardown and
+//!   the last drop (invariants 2 and 5).
+//! - `segments`: mapping segments, allocating in them, growing the pool, running out of
+//!   memory, and the one checked view of an array header in a metadata segment (invariant 1).
+//! - `create`: making an array: its blocks, its header, its `LocalArray` written in place.
+//! - `pin`: attaching a handle through every check of a first pin, and cancelling one.
+//! - `release`: letting go of an array: freeing it, or renewing a small array's block
+//!   (invariant 3).
+//! - `collect`: what happens when a process dies holding an array (invariant 4), and lost
+//!   tokens.
+//! - `names`: named arrays.
+//! - `admin`: listing and cleaning pools in /dev/shm without joining them.
+//! - `local_array`: this process's one hold of an array, with its hand-rolled reference count.
+//! - `shared_array`: [`SharedArray`], an array or a view of one, as this process holds it.
+
+use std::ptr::NonNull;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use shm_arena::{Arena, Block};
+use shm_sync::{ProcessTable, RefError, TokenTable};
+
+use crate::directory::{DirLayout, Directory, KIND_DATA};
+use crate::error::{ArrayError, HandleError, PoolError};
+use crate::handle::Handle;
+use crate::header::RENEWED;
+use crate::locals::Locals;
+use crate::recycle::{Renewed, Spares};
+use crate::DType;
+
+mod admin;
+mod collect;
+mod create;
+mod local_array;
+mod membership;
+mod names;
+mod open;
+mod options;
+mod pin;
+mod release;
+mod segments;
+mod shared_array;
+
+pub use admin::{clean_dead_pools, list_pools, PoolInfo};
+pub use collect::CollectReport;
+pub use names::NameError;
+pub use options::PoolOptions;
+pub use shared_array::SharedArray;
+
+use local_array::LocalArray;
+use membership::Membership;
+use options::{wait_to_ns, NO_WAIT};
+
+/// Holder bit of the named-array directory (never a process slot).
+pub(crate) const DIRECTORY_HOLDER: u32 = 255;
+/// Most processes a pool can have at once.
+pub const MAX_PROCESSES: u32 = 255;
+const ORD: core::sync::atomic::Ordering = core::sync::atomic::Ordering::Relaxed;
+
+fn segment_name(pool: &str, index: usize) -> String {
+    if index == 0 {
+        format!("pyshm-{pool}")
+    } else {
+        format!("pyshm-{pool}-{index}")
+    }
+}
+
+/// A pool as this process sees it. Cheap to clone (an `Arc`).
+#[derive(Clone)]
+pub struct Pool {
+    pub(crate) shared: Arc<PoolShared>,
+}
+
+pub(crate) struct PoolShared {
+    name: String,
+    id: [u8; 16],
+    dir_block: Block,
+    /// The directory block in segment 0's mapping (validated at assembly).
+    dir_ptr: NonNull<u8>,
+    /// Per segment kind, the segment that served the last allocation (a hint).
+    last_segment: [shm_arena::sync::SharedU64; 3],
+    layout: DirLayout,
+    segments: Box<[OnceLock<Arena>]>,
+    open_lock: Mutex<()>,
+    membership: Mutex<Membership>,
+    /// `fork_generation << 16 | slot + 1` of the current membership; 0 when none.
+    fast_slot: shm_arena::sync::SharedU64,
+    /// The arrays this process holds, by header place (see `locals`).
+    locals: Locals<LocalArray>,
+    /// How long an allocation may wait for a free, in nanoseconds; `NO_WAIT` for not at all.
+    wait_ns: shm_arena::sync::SharedU64,
+    /// This process's renewed small-array blocks (see `recycle`).
+    renewed: Renewed,
+    /// Spare `LocalArray` allocations.
+    spares: Spares<LocalArray>,
+}
+
+// SAFETY: `dir_ptr` points into segment 0's mapping, owned by `segments[0]` for as long as the
+// `PoolShared` lives, and the directory is shared memory made of atomics that any thread may
+// use; every other field is Send + Sync.
+unsafe impl Send for PoolShared {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for PoolShared {}
+
+/// Usage figures of a pool.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Bytes of data capacity (all data segments).
+    pub capacity: u64,
+    /// Bytes of blocks holding array data: data blocks, and the blocks of small arrays (4 KiB
+    /// or less with their header), which live in metadata segments.
+    pub used: u64,
+    /// Bytes free in data segments (including blocks cached by processes).
+    pub free: u64,
+    /// Largest free data block.
+    pub largest_free: u64,
+    /// Arrays alive (headers in use).
+    pub arrays: u64,
+    /// Segments (metadata and data).
+    pub segments: usize,
+    /// Processes registered.
+    pub processes: usize,
+    /// Bytes of small arrays' blocks that processes keep for their next small arrays (freed
+    /// arrays' blocks, renewed rather than freed): given back when a process leaves the pool,
+    /// when memory runs short, or by `collect` when it dies. Not in `used` or `arrays`.
+    pub reserved: u64,
+}
+
+fn ref_to_handle(e: RefError) -> HandleError {
+    match e {
+        RefError::Dead | RefError::Orphaned | RefError::Token(_) | RefError::ForeignToken => HandleError::Stale,
+        RefError::NotHolder { .. } | RefError::HolderOutOfRange { .. } => HandleError::Invalid("bad holder slot"),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Pool {
+    /// The pool's name (the part after `pyshm-`).
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// 128 random bits that identify the pool in handles.
+    pub fn id(&self) -> [u8; 16] {
+        self.shared.id
+    }
+
+    /// Registers this process in the pool if it is not yet (after a fork, this re-acquires the
+    /// arrays the child inherited). Every operation does this on first use; calling it right
+    /// after a fork narrows the window in which the parent could free an inherited array.
+    ///
+    /// # Errors
+    ///
+    /// [`PoolError::Full`] when every process slot is taken by a live process.
+    pub fn join(&self) -> Result<(), PoolError> {
+        self.shared.slot().map(|_| ())
+    }
+
+    /// How long allocations of this process wait for other processes to free memory.
+    pub fn wait(&self) -> Option<Duration> {
+        self.shared.wait()
+    }
+
+    /// Sets how long allocations of this process wait for other processes to free memory
+    /// (`None`: fail at once when the pool is full and cannot grow).
+    pub fn set_wait(&self, wait: Option<Duration>) {
+        self.shared.wait_ns.store(wait_to_ns(wait), ORD);
+    }
+
+    /// Leaves the pool now, as a process does at exit: releases every array this process
+    /// holds, gives up its process slot, and tears the pool down if this was its last process
+    /// and it is not persistent. Arrays still alive in this process stay mapped (so a late
+    /// access cannot fault), but no longer keep their memory; dropping them afterwards does
+    /// nothing. Using the pool again afterwards registers this process anew.
+    pub fn leave(&self) {
+        self.shared.leave();
+    }
+
+    /// Frees what dead processes held and recycles their slots (invariant 4).
+    pub fn collect(&self) -> CollectReport {
+        self.shared.collect()
+    }
+
+    /// Usage figures (walks the trees of every segment).
+    pub fn stats(&self) -> PoolStats {
+        self.shared.stats()
+    }
+
+    /// Creates an array of `shape` elements of `dtype`, C or Fortran ordered, with
+    /// unspecified contents.
+    ///
+    /// # Errors
+    ///
+    /// [`ArrayError`]: bad shape, out of memory (after collecting, growing and waiting).
+    pub fn empty(&self, dtype: &DType, shape: &[u64], fortran: bool) -> Result<SharedArray, ArrayError> {
+        self.shared.create_array(dtype, shape, fortran)
+    }
+
+    /// Attaches a handle made by any process of this pool.
+    ///
+    /// # Errors
+    ///
+    /// [`HandleError`]: malformed, another pool, stale (the array was freed), invalid view.
+    pub fn attach(&self, handle: &Handle) -> Result<SharedArray, HandleError> {
+        self.shared.attach(handle)
+    }
+
+    /// Gives back the transfer token of a handle that will never be attached (a message that
+    /// was lost or refused), so the array is freed if nothing else holds it. The token's
+    /// refcount is changed exactly as a claim followed by a release would change it, without
+    /// mapping the array for this process.
+    ///
+    /// An untracked handle carries no token: cancelling it does nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`HandleError::WrongPool`]; [`HandleError::Stale`] if the token was claimed or
+    /// cancelled already (or its array is gone); [`HandleError::Invalid`] for a handle that
+    /// names no header.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use shm_ndarray::{DType, Pool, PoolOptions};
+    /// # let pool = Pool::create(&PoolOptions::new().segment_capacity(1 << 20))?;
+    /// let a = pool.empty(&DType::of::<f64>(), &[4], false)?;
+    /// let handle = a.handle()?;
+    /// pool.cancel(&handle)?;
+    /// assert!(pool.cancel(&handle).is_err(), "a token is given back once");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn cancel(&self, handle: &Handle) -> Result<(), HandleError> {
+        self.shared.cancel(handle)
+    }
+
+    /// Registers `array` under `name` (the name then holds a reference until deleted).
+    ///
+    /// # Errors
+    ///
+    /// [`NameError`].
+    pub fn publish(&self, name: &str, array: &SharedArray) -> Result<(), NameError> {
+        self.shared.publish(name, array)
+    }
+
+    /// The array registered under `name`.
+    ///
+    /// # Errors
+    ///
+    /// [`NameError::NotFound`], or a handle error if the named array is unusable.
+    pub fn lookup(&self, name: &str) -> Result<SharedArray, NameError> {
+        self.shared.lookup(name)
+    }
+
+    /// Removes `name`; the array is freed once nobody else holds it.
+    ///
+    /// # Errors
+    ///
+    /// [`NameError::NotFound`].
+    pub fn unpublish(&self, name: &str) -> Result<(), NameError> {
+        self.shared.unpublish(name)
+    }
+
+    /// Every registered name.
+    pub fn names(&self) -> Vec<String> {
+        self.shared.names()
+    }
+
+    /// Unlinks every segment of the pool now (processes that have it mapped keep working).
+    pub fn unlink(&self) {
+        self.shared.teardown();
+    }
+
+    /// Checks every segment's tree (meaningful when nothing is in flight).
+    ///
+    /// # Errors
+    ///
+    /// The first segment's violations.
+    pub fn check(&self) -> Result<(), shm_arena::CheckError> {
+        for seg in self.shared.open_segments() {
+            seg.1.check()?;
+        }
+        Ok(())
+    }
+
+    /// Process slots in use (live or being recovered).
+    pub fn live_processes(&self) -> usize {
+        ProcessTable::new(self.shared.dir().processes()).occupied()
+    }
+
+    /// Cancels tokens older than `age` (handles sent and never attached); returns how many.
+    pub fn reclaim_tokens_older_than(&self, age: Duration) -> usize {
+        self.shared.reclaim_tokens(age)
+    }
+}
+
+impl PoolShared {
+    #[inline]
+    pub(super) fn dir(&self) -> Directory<'_> {
+        // SAFETY: validated at assembly (block, size and layout), mapped while segment 0 lives
+        // (as long as `self`), all atomics.
+        unsafe { Directory::new(self.dir_ptr.as_ptr(), self.layout) }
+    }
+
+    pub(super) fn processes(&self) -> ProcessTable<'_> {
+        ProcessTable::new(self.dir().processes())
+    }
+
+    pub(super) fn tokens(&self) -> TokenTable<'_> {
+        TokenTable::new(self.dir().tokens())
+    }
+
+    pub(super) fn wait(&self) -> Option<Duration> {
+        let ns = self.wait_ns.load(ORD);
+        (ns != NO_WAIT).then(|| Duration::from_nanos(ns))
+    }
+
+    pub(super) fn stats(&self) -> PoolStats {
+        let mut s = PoolStats { processes: self.processes().occupied(), ..PoolStats::default() };
+        for (i, arena, kind) in self.open_segments() {
+            s.segments += 1;
+            let a = arena.stats();
+            if kind == KIND_DATA {
+                s.capacity += a.capacity;
+                s.used += a.in_use_bytes;
+                s.free += a.free_bytes + a.cached_bytes;
+                s.largest_free = s.largest_free.max(a.largest_free_block);
+            } else {
+                // Headers with their magic: a freed header parked in a cache is not an array,
+                // nor is a renewed one (header invariant 4).
+                for (block, h) in self.headers(i, arena) {
+                    if h.nonce.load(ORD) == RENEWED {
+                        s.reserved += block.size();
+                        continue;
+                    }
+                    s.arrays += 1;
+                    if h.inline_offset.load(ORD) != 0 {
+                        s.used += block.size();
+                    }
+                }
+            }
+        }
+        s
+    }
+}

@@ -1,0 +1,242 @@
+//! Creating a pool, and opening one by name from any process.
+//!
+//! # Invariants
+//!
+//! 1. The creator writes the whole directory, registers itself, and only then publishes the
+//!    directory (its magic, then segment 0's root word, both `Release`): nobody sees a pool
+//!    with nobody in it (pool invariant 5's teardown and `clean_dead_pools` rely on it).
+//! 2. An opener validates the directory block before any arithmetic on what it says
+//!    (`read_directory`, the one place it is checked), and refuses a torn-down pool.
+//! 3. A process opens a pool once: the registry maps each name to the open pool, unless that
+//!    one was torn down (pool invariant 6).
+//!
+//! Protocol: `Pool::create` makes segment 0 exclusively (if it exists, it opens it instead),
+//! allocates and fills the directory, registers, publishes; `Pool::open` waits a little for a
+//! creator to publish, validates, and both end in `assemble`, which joins and collects
+//! (pool invariant 4).
+
+use std::collections::HashMap;
+use std::ptr::NonNull;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use shm_arena::process::fork_generation;
+use shm_arena::{Arena, ArenaOptions, Block, CreateError, OpenError};
+use shm_sync::{ProcessTable, Registration};
+
+use super::{segment_name, wait_to_ns, Membership, Pool, PoolOptions, PoolShared, MAX_PROCESSES, ORD};
+use crate::directory::{
+    DirLayout, Directory, DIR_MAGIC, DIR_VERSION, FLAG_PERSISTENT, FLAG_PERSIST_NAMED, FLAG_TORN_DOWN, KIND_META,
+    MAX_SEGMENTS,
+};
+use crate::error::PoolError;
+use crate::locals::Locals;
+use crate::recycle::{Renewed, Spares};
+
+/// Checks a pool name: 1 to 100 of letters, digits, '_' and '.'.
+fn valid_pool_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 100 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+}
+
+/// Pools already open in this process, by name (invariant 6).
+pub(super) fn registry() -> &'static Mutex<HashMap<String, Weak<PoolShared>>> {
+    static REGISTRY: OnceLock<Mutex<HashMap<String, Weak<PoolShared>>>> = OnceLock::new();
+    REGISTRY.get_or_init(Default::default)
+}
+
+/// Checks the directory block that `root` (segment 0's root word) names: a block of segment 0,
+/// the magic and version, counts in range before any arithmetic on them, and a layout that fits
+/// the block (directory invariant 1). The one place `Pool::open` and `inspect` validate it.
+pub(super) fn read_directory(seg0: &Arena, root: u64) -> Result<(Block, NonNull<u8>, DirLayout), &'static str> {
+    let block = Block::from_bits(root);
+    let base = seg0.as_ptr(block).map_err(|_| "its root word names no block")?;
+    if block.size() < 256 {
+        return Err("its directory block is too small");
+    }
+    // SAFETY: a validated block of at least 256 bytes (the header), mapped while `seg0` lives;
+    // only the header, all atomics, is read through this view.
+    let probe = unsafe { Directory::new(base.as_ptr(), DirLayout::new(0, 0, 0)) };
+    let h = probe.header();
+    if h.magic.load(core::sync::atomic::Ordering::Acquire) != DIR_MAGIC {
+        return Err("no directory magic");
+    }
+    if h.version.load(ORD) != DIR_VERSION {
+        return Err("another directory version");
+    }
+    let counts = (h.process_slots.load(ORD), h.token_slots.load(ORD), h.name_slots.load(ORD));
+    if counts.0 == 0 || counts.0 > u64::from(MAX_PROCESSES) || counts.1 > 1 << 24 || counts.2 > 1 << 20 {
+        return Err("directory counts out of range");
+    }
+    let layout = DirLayout::new(counts.0 as usize, counts.1 as usize, counts.2 as usize);
+    if layout.size as u64 > block.size() {
+        return Err("directory larger than its block");
+    }
+    Ok((block, base, layout))
+}
+
+impl Pool {
+    /// Creates a pool with these options, or opens it if a pool of that name exists.
+    ///
+    /// # Errors
+    ///
+    /// [`PoolError`].
+    pub fn create(options: &PoolOptions) -> Result<Pool, PoolError> {
+        let name = match &options.name {
+            Some(n) if !valid_pool_name(n) => return Err(PoolError::InvalidName { name: n.clone() }),
+            Some(n) => n.clone(),
+            None => {
+                let random = shm_arena::SegmentName::random()?;
+                random.trim_start_matches(shm_arena::NAME_PREFIX).to_owned()
+            }
+        };
+        if let Some(existing) = Self::from_registry(&name) {
+            return Ok(existing);
+        }
+        if options.process_slots == 0 || options.process_slots > MAX_PROCESSES {
+            return Err(PoolError::Options("process_slots must be 1..=255"));
+        }
+        if options.token_slots == 0 || options.name_slots == 0 {
+            return Err(PoolError::Options("token_slots and name_slots must be positive"));
+        }
+        let layout =
+            DirLayout::new(options.process_slots as usize, options.token_slots as usize, options.name_slots as usize);
+        let meta_capacity = options.meta_capacity.max((layout.size as u64 * 2).next_power_of_two());
+        let owner_slots = options.process_slots + 8;
+        let seg0 = match ArenaOptions::new(meta_capacity)
+            .min_block(128)
+            .owner_slots(owner_slots)
+            .name(segment_name(&name, 0))
+            .create()
+        {
+            Ok(a) => a,
+            Err(CreateError::AlreadyExists { .. }) => return Self::open(&name),
+            Err(e) => return Err(e.into()),
+        };
+        let dir_block = match seg0.alloc(layout.size as u64) {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = seg0.unlink();
+                return Err(e.into());
+            }
+        };
+        seg0.disown(dir_block).expect("a block we just allocated");
+        let base = seg0.as_ptr(dir_block).expect("a block we just allocated");
+        // SAFETY: the block is `layout.size` bytes (or more), 128-byte aligned, mapped while
+        // `seg0` lives, and nobody else can see it before the root word publishes it.
+        let dir = unsafe { Directory::new(base.as_ptr(), layout) };
+        let h = dir.header();
+        let id = seg0.segment_id();
+        h.version.store(DIR_VERSION, ORD);
+        h.id[0].store(u64::from_le_bytes(id[..8].try_into().unwrap()), ORD);
+        h.id[1].store(u64::from_le_bytes(id[8..].try_into().unwrap()), ORD);
+        let persistent = options.persistent.unwrap_or(options.name.is_some());
+        let flags = if persistent { FLAG_PERSISTENT } else { 0 }
+            | if options.persist_while_named { FLAG_PERSIST_NAMED } else { 0 };
+        h.flags.store(flags, ORD);
+        h.data_segment_capacity.store(options.segment_capacity, ORD);
+        h.max_size.store(options.max_size, ORD);
+        h.data_min_block.store(options.min_block, ORD);
+        h.process_slots.store(u64::from(options.process_slots), ORD);
+        h.token_slots.store(u64::from(options.token_slots), ORD);
+        h.name_slots.store(u64::from(options.name_slots), ORD);
+        dir.segments()[0].kind.store(KIND_META, ORD);
+        dir.segments()[0].capacity.store(meta_capacity, ORD);
+        h.segment_count.store(1, ORD);
+        // The creator registers before the directory is published: a published pool with no
+        // process in it is a dead pool to `clean_dead_pools`, which removed pools being created
+        // (found by a test racing `clean`).
+        let creator = ProcessTable::new(dir.processes()).register().expect("a new table has free slots");
+        // Release: publishes every directory field before an opener can find the directory.
+        h.magic.store(DIR_MAGIC, core::sync::atomic::Ordering::Release);
+        seg0.root_word().store(dir_block.to_bits(), core::sync::atomic::Ordering::Release);
+        let pool = Self::assemble(name, seg0, dir_block, layout, options.wait, Some(creator))?;
+        Ok(pool)
+    }
+
+    /// Opens the pool named `name` (the part after `pyshm-`).
+    ///
+    /// # Errors
+    ///
+    /// [`PoolError::NotFound`], [`PoolError::NotAPool`], [`PoolError::Gone`], [`PoolError::Full`].
+    pub fn open(name: &str) -> Result<Pool, PoolError> {
+        if !valid_pool_name(name) {
+            return Err(PoolError::InvalidName { name: name.to_owned() });
+        }
+        if let Some(existing) = Self::from_registry(name) {
+            return Ok(existing);
+        }
+        let seg0 = Arena::open(&segment_name(name, 0)).map_err(|e| match e {
+            OpenError::NotFound { .. } => PoolError::NotFound { name: name.to_owned() },
+            e => PoolError::Open(e),
+        })?;
+        let not_a_pool = |why| PoolError::NotAPool { name: segment_name(name, 0), why };
+        // The creator publishes the directory right after creating the segment: wait a little.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let root = loop {
+            let r = seg0.root_word().load(core::sync::atomic::Ordering::Acquire);
+            if r != 0 {
+                break r;
+            }
+            if Instant::now() >= deadline {
+                return Err(not_a_pool("its directory was never published"));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        let (dir_block, base, layout) = read_directory(&seg0, root).map_err(not_a_pool)?;
+        // SAFETY: `read_directory` validated the block, its size and the layout.
+        let h = unsafe { Directory::new(base.as_ptr(), layout) }.header();
+        if h.flags.load(ORD) & FLAG_TORN_DOWN != 0 {
+            return Err(PoolError::Gone { name: name.to_owned() });
+        }
+        Self::assemble(name.to_owned(), seg0, dir_block, layout, None, None)
+    }
+
+    fn from_registry(name: &str) -> Option<Pool> {
+        let reg = registry().lock().unwrap_or_else(|p| p.into_inner());
+        // A pool this process left and tore down stays reachable through its live arrays, but is
+        // not the pool of that name any more: open (or create) it anew (found in review).
+        reg.get(name)
+            .and_then(Weak::upgrade)
+            .filter(|shared| shared.dir().header().flags.load(ORD) & FLAG_TORN_DOWN == 0)
+            .map(|shared| Pool { shared })
+    }
+
+    fn assemble(
+        name: String,
+        seg0: Arena,
+        dir_block: Block,
+        layout: DirLayout,
+        wait: Option<Duration>,
+        registration: Option<Registration>,
+    ) -> Result<Pool, PoolError> {
+        let id = seg0.segment_id();
+        let dir_ptr = seg0
+            .as_ptr(dir_block)
+            .map_err(|_| PoolError::NotAPool { name: segment_name(&name, 0), why: "directory block" })?;
+        let segments: Box<[OnceLock<Arena>]> = (0..MAX_SEGMENTS).map(|_| OnceLock::new()).collect();
+        let _ = segments[0].set(seg0);
+        let shared = Arc::new(PoolShared {
+            name: name.clone(),
+            id,
+            dir_block,
+            dir_ptr,
+            last_segment: Default::default(),
+            layout,
+            segments,
+            open_lock: Mutex::new(()),
+            membership: Mutex::new(Membership { registration, fork_generation: fork_generation() }),
+            fast_slot: shm_arena::sync::SharedU64::new(
+                registration.map_or(0, |r| fork_generation() << 16 | u64::from(r.index + 1)),
+            ),
+            locals: Locals::new(MAX_SEGMENTS),
+            wait_ns: shm_arena::sync::SharedU64::new(wait_to_ns(wait)),
+            renewed: Renewed::new(),
+            spares: Spares::new(),
+        });
+        let pool = Pool { shared };
+        pool.shared.slot()?;
+        pool.collect();
+        registry().lock().unwrap_or_else(|p| p.into_inner()).insert(name, Arc::downgrade(&pool.shared));
+        Ok(pool)
+    }
+}

@@ -1,0 +1,112 @@
+//! How a pool is created: [`PoolOptions`] and their defaults.
+//!
+//! # Invariants
+//!
+//! 1. Options are read once, by the creator, and written into the directory (pool invariant
+//!    1); a process that opens the pool reads them there, never from its own options.
+//! 2. The defaults leave room for the rest of the machine: data segments grow up to half of
+//!    /dev/shm (at least 256 MiB).
+//!
+//! The one option that is per process is `wait`: how long this process's allocations wait for
+//! other processes to free memory (`Pool::set_wait` changes it later).
+
+use std::time::Duration;
+
+/// How to create (or open) a pool.
+#[derive(Clone, Debug)]
+pub struct PoolOptions {
+    pub(crate) name: Option<String>,
+    pub(crate) segment_capacity: u64,
+    pub(crate) max_size: u64,
+    pub(crate) min_block: u64,
+    pub(crate) meta_capacity: u64,
+    pub(crate) process_slots: u32,
+    pub(crate) token_slots: u32,
+    pub(crate) name_slots: u32,
+    pub(crate) persistent: Option<bool>,
+    pub(crate) persist_while_named: bool,
+    pub(crate) wait: Option<Duration>,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        Self {
+            name: None,
+            segment_capacity: 64 << 20,
+            max_size: default_max_size(),
+            min_block: 256,
+            meta_capacity: 16 << 20,
+            process_slots: 128,
+            token_slots: 8192,
+            name_slots: 256,
+            persistent: None,
+            persist_while_named: false,
+            wait: None,
+        }
+    }
+}
+
+/// Half of /dev/shm, at least 256 MiB: a pool should not starve the rest of the machine.
+fn default_max_size() -> u64 {
+    rustix::fs::statvfs("/dev/shm").map(|s| s.f_blocks * s.f_frsize / 2).unwrap_or(1 << 30).max(256 << 20)
+}
+
+impl PoolOptions {
+    /// Defaults: unnamed, 64 MiB data segments, grows to half of /dev/shm, 256-byte blocks.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// A named pool (`pyshm-<name>` in /dev/shm), which unrelated programs can open.
+    /// Named pools are persistent unless told otherwise.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+    /// Capacity of each data segment (a larger array gets a segment of its own size).
+    pub fn segment_capacity(mut self, bytes: u64) -> Self {
+        self.segment_capacity = bytes;
+        self
+    }
+    /// Most bytes the pool may reserve in /dev/shm beyond its first (metadata) segment.
+    pub fn max_size(mut self, bytes: u64) -> Self {
+        self.max_size = bytes;
+        self
+    }
+    /// Smallest data block (and alignment of array data), a power of two from 64.
+    pub fn min_block(mut self, bytes: u64) -> Self {
+        self.min_block = bytes;
+        self
+    }
+    /// Process slots (at most 255).
+    pub fn process_slots(mut self, slots: u32) -> Self {
+        self.process_slots = slots;
+        self
+    }
+    /// Transfer token slots (handles in flight at once).
+    pub fn token_slots(mut self, slots: u32) -> Self {
+        self.token_slots = slots;
+        self
+    }
+    /// Whether the pool outlives its last process (until unlinked).
+    pub fn persistent(mut self, persistent: bool) -> Self {
+        self.persistent = Some(persistent);
+        self
+    }
+    /// Whether the pool outlives its last process while it has named arrays (and only then):
+    /// the model of a store of named arrays, which disappears with its last name.
+    pub fn persist_while_named(mut self, yes: bool) -> Self {
+        self.persist_while_named = yes;
+        self
+    }
+    /// How long an allocation waits for other processes to free memory before it fails.
+    pub fn wait(mut self, wait: Option<Duration>) -> Self {
+        self.wait = wait;
+        self
+    }
+}
+
+pub(super) const NO_WAIT: u64 = u64::MAX;
+
+pub(super) fn wait_to_ns(wait: Option<Duration>) -> u64 {
+    wait.map_or(NO_WAIT, |w| u64::try_from(w.as_nanos()).unwrap_or(NO_WAIT - 1))
+}

@@ -1,0 +1,252 @@
+//! Pinning an array: attaching a handle, looking up a name, re-holding an array this process
+//! let go of, and cancelling a handle's token.
+//!
+//! # Invariants
+//!
+//! 1. Every pin goes through the same checks, in order (`pin_header`, the handle steps of
+//!    docs/architecture.md): the header block against the arena in a metadata segment (pool
+//!    invariant 1), its magic and nonce, the pin under the refcount lock, then the refcount's
+//!    target against the nonce (header invariants 2 and 3).
+//! 2. A pin that fails after taking a hold undoes exactly the hold it took (`unpin`): with
+//!    `Acquired::Already`, the bit belongs to another `LocalArray` of this process.
+//! 3. Whoever learns from a pin that the array is orphaned frees it (pool invariant 3).
+//! 4. A process holds an array once: a pin of an array it already holds returns the same
+//!    `LocalArray` (consuming the token, if any), and one of an array it let go of holds it
+//!    again through every check above (local_array invariants 1 and 3).
+//! 5. A header's description of its data is checked against its block (inline data) or its
+//!    data segment's arena before the data is used (`data_of`), and a view against the data
+//!    length (`view_fits`).
+//!
+//! Protocol: `attach` pins by token (or by nonce for an untracked handle or a token already
+//! claimed); `cancel` gives a token back without mapping the array for this process.
+
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use shm_arena::{Arena, Block};
+use shm_sync::{RefError, Released};
+
+use super::local_array::{held_slot, holder_word, LocalArray, LocalRef};
+use super::{hex, ref_to_handle, PoolShared, SharedArray, ORD};
+use crate::directory::{KIND_DATA, KIND_META};
+use crate::error::HandleError;
+use crate::handle::Handle;
+use crate::header::{view_fits, ArrayHeader, ARRAY_MAGIC};
+
+#[derive(Clone, Copy)]
+pub(super) enum Pin {
+    Token(shm_sync::Token),
+    Acquire,
+}
+
+impl PoolShared {
+    /// Pins the array at (segment, header block) and checks its nonce (header invariant 3).
+    pub(super) fn pin(
+        self: &Arc<Self>,
+        meta_seg: u16,
+        header: Block,
+        nonce: u64,
+        how: Pin,
+    ) -> Result<LocalRef, HandleError> {
+        let slot = self.slot().map_err(|e| HandleError::Segment(e.to_string()))?;
+        let arena = self.segment(meta_seg).map_err(|e| HandleError::Segment(e.to_string()))?;
+        // Invariant 1: headers live only in metadata segments; a handle naming a data segment
+        // would make user data pass for a header.
+        if self.dir().segments()[meta_seg as usize].kind.load(ORD) != KIND_META {
+            return Err(HandleError::Invalid("the handle names a data segment as its header's"));
+        }
+        // Declared before the guard, so dropped after it (locals invariant 3).
+        let existing;
+        // No place for a header block there: no array either.
+        let mut entry = self.locals.lock(meta_seg, header.offset(), || arena.capacity()).ok_or(HandleError::Stale)?;
+        // SAFETY: the entry is locked and names it (locals invariant 2).
+        existing = entry.get().and_then(|p| unsafe { LocalRef::from_entry(p) });
+        if let Some(existing) = &existing {
+            if existing.nonce == nonce && existing.header_block == header {
+                if held_slot(existing.holder.load(ORD)).is_none() {
+                    // Released by `leave` (or inherited and never re-acquired): this attach
+                    // takes a hold again, or the array could be freed under us (found in
+                    // review) — through every check of a first pin, since the array may be
+                    // gone and its place reused or renewed (found in review, session 4).
+                    self.pin_header(arena, meta_seg, header, nonce, how, slot)?;
+                    // Under the entry's lock, as every change of `holder` is.
+                    existing.holder.store(holder_word(slot), ORD);
+                    return Ok(existing.clone());
+                }
+                if let Pin::Token(token) = how {
+                    // We hold it already: the token is consumed, our hold stays single. A token
+                    // that is no longer pending (the handle was attached before) changes
+                    // nothing: our hold keeps the array alive.
+                    let _ = existing.header().refcount.claim(token, slot, &self.tokens());
+                }
+                return Ok(existing.clone());
+            }
+        }
+        let (ptr, h, acquired) = self.pin_header(arena, meta_seg, header, nonce, how, slot)?;
+        let unpin = |h: &ArrayHeader| self.unpin(h, acquired, slot, meta_seg, header);
+        // SAFETY: pinned (header invariant 2), block of header.size() bytes.
+        let Some(meta) = (unsafe { h.read_meta(header.size()) }) else {
+            unpin(h);
+            return Err(HandleError::Invalid("corrupt array header"));
+        };
+        let data_len = h.data_len.load(ORD);
+        let Some(data) = self.data_of(header, ptr, h, data_len) else {
+            unpin(h);
+            return Err(HandleError::Invalid("the header names no valid data block"));
+        };
+        let local = LocalRef::new(LocalArray {
+            refs: shm_arena::sync::SharedU64::new(1),
+            pool: self.clone(),
+            meta_segment: meta_seg,
+            header_block: header,
+            header_ptr: ptr,
+            nonce,
+            data,
+            data_len,
+            meta,
+            holder: shm_arena::sync::SharedU64::new(holder_word(slot)),
+            borrows: shm_arena::sync::SharedU64::new(0),
+        });
+        // Replacing the entry of a `LocalArray` whose last reference went takes its hold over;
+        // replacing one this process does not hold (after `leave`, or inherited) takes nothing
+        // (locals invariant 2).
+        entry.replace(Some(local.ptr()));
+        drop(entry);
+        Ok(local)
+    }
+
+    /// Handle steps 2 to 5 (docs/architecture.md): the header block against the arena, its
+    /// magic and nonce word, the pin (claim or acquire for `slot`), then the refcount's target
+    /// against `nonce`, undoing the pin if it differs. Returns the header's address, the header
+    /// and how the pin went.
+    pub(super) fn pin_header<'a>(
+        &self,
+        arena: &'a Arena,
+        meta_seg: u16,
+        header: Block,
+        nonce: u64,
+        how: Pin,
+        slot: u32,
+    ) -> Result<(NonNull<u8>, &'a ArrayHeader, shm_sync::Acquired), HandleError> {
+        let ptr = arena.as_ptr(header).map_err(|_| HandleError::Stale)?;
+        if header.size() < crate::header::FIXED as u64 {
+            return Err(HandleError::Invalid("header block too small"));
+        }
+        // SAFETY: a validated block of at least FIXED bytes in a metadata segment (only headers
+        // and the directory live there), mapped while the pool (and `arena`) lives; we read
+        // atomics only until the array is pinned.
+        let h = unsafe { &*ptr.as_ptr().cast::<ArrayHeader>() };
+        if h.magic.load(core::sync::atomic::Ordering::Acquire) != ARRAY_MAGIC || h.nonce.load(ORD) != nonce {
+            return Err(HandleError::Stale);
+        }
+        let tokens = self.tokens();
+        let acquired = match how {
+            Pin::Token(token) => h.refcount.claim(token, slot, &tokens),
+            Pin::Acquire => h.refcount.acquire(slot, &tokens),
+        };
+        let acquired = match acquired {
+            Ok(a) => a,
+            Err(RefError::Orphaned) => {
+                // Our repair found it unreferenced: we are the one to free it (invariant 3).
+                self.free_array(meta_seg, header, h);
+                return Err(HandleError::Stale);
+            }
+            Err(e) => return Err(ref_to_handle(e)),
+        };
+        // Pinned: the fields are stable now if the refcount's target is our nonce (header
+        // invariant 2): the place may have been freed and reused, or renewed for another array
+        // of its holder (invariant 4), between our first look and the pin.
+        if h.refcount.target() != nonce {
+            self.unpin(h, acquired, slot, meta_seg, header);
+            return Err(HandleError::Stale);
+        }
+        Ok((ptr, h, acquired))
+    }
+
+    /// Undoes a pin that `pin_header` made: only a hold it took (with `Already`, the bit
+    /// belongs to another `LocalArray` of this process; found in review).
+    fn unpin(&self, h: &ArrayHeader, acquired: shm_sync::Acquired, slot: u32, meta_seg: u16, header: Block) {
+        if acquired == shm_sync::Acquired::First && h.refcount.release(slot, &self.tokens()) == Ok(Released::Last) {
+            self.free_array(meta_seg, header, h);
+        }
+    }
+
+    pub(super) fn attach(self: &Arc<Self>, handle: &Handle) -> Result<SharedArray, HandleError> {
+        if handle.pool != self.id {
+            return Err(HandleError::WrongPool { handle_pool: hex(&handle.pool), this_pool: hex(&self.id) });
+        }
+        let how = match handle.token {
+            Some(t) => Pin::Token(t),
+            None => Pin::Acquire,
+        };
+        let local = match self.pin(handle.meta_segment, handle.header, handle.nonce, how) {
+            // The token was claimed already (the handle is attached a second time): the array
+            // may still be alive, held by someone. Pinning by nonce is as safe as by token: a
+            // freed or reused header fails the nonce check.
+            Err(HandleError::Stale) if handle.token.is_some() => {
+                self.pin(handle.meta_segment, handle.header, handle.nonce, Pin::Acquire)?
+            }
+            r => r?,
+        };
+        let itemsize = local.meta.dtype.itemsize();
+        if !view_fits(handle.offset, &handle.shape, &handle.strides, itemsize, local.data_len) {
+            return Err(HandleError::Invalid("the view lies outside its array"));
+        }
+        Ok(SharedArray::from_view(local, handle.offset, handle.shape.clone(), handle.strides.clone()))
+    }
+
+    pub(super) fn cancel(&self, handle: &Handle) -> Result<(), HandleError> {
+        if handle.pool != self.id {
+            return Err(HandleError::WrongPool { handle_pool: hex(&handle.pool), this_pool: hex(&self.id) });
+        }
+        let Some(token) = handle.token else { return Ok(()) };
+        let arena = self.segment(handle.meta_segment).map_err(|e| HandleError::Segment(e.to_string()))?;
+        // Invariant 1, as in `pin`: only a metadata segment holds headers.
+        if self.dir().segments()[handle.meta_segment as usize].kind.load(ORD) != KIND_META {
+            return Err(HandleError::Invalid("the handle names a data segment as its header's"));
+        }
+        let ptr = arena.as_ptr(handle.header).map_err(|_| HandleError::Stale)?;
+        if handle.header.size() < crate::header::FIXED as u64 {
+            return Err(HandleError::Invalid("header block too small"));
+        }
+        // SAFETY: as in `pin_header`: a validated block of at least FIXED bytes in a metadata
+        // segment, mapped while the pool lives; only atomics are read.
+        let h = unsafe { &*ptr.as_ptr().cast::<ArrayHeader>() };
+        if h.magic.load(core::sync::atomic::Ordering::Acquire) != ARRAY_MAGIC || h.nonce.load(ORD) != handle.nonce {
+            return Err(HandleError::Stale);
+        }
+        // A pending token keeps its record alive (refcount invariant), and `take_token` checks
+        // that the token is this record's: a token of another array is refused.
+        match h.refcount.cancel(token, &self.tokens()) {
+            Ok(Released::Last) => {
+                self.free_array(handle.meta_segment, handle.header, h);
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+            Err(RefError::Orphaned) => {
+                self.free_array(handle.meta_segment, handle.header, h);
+                Err(HandleError::Stale)
+            }
+            Err(e) => Err(ref_to_handle(e)),
+        }
+    }
+
+    /// Where a pinned array's data is: inside its header block after the header (small
+    /// arrays), or a block of its own in a data segment. `None` if the header's description of
+    /// it does not fit its block (a corrupt header).
+    fn data_of(&self, header: Block, header_ptr: NonNull<u8>, h: &ArrayHeader, data_len: u64) -> Option<NonNull<u8>> {
+        let inline = h.inline_offset.load(ORD);
+        if inline != 0 {
+            let fits = inline >= crate::header::FIXED as u64
+                && inline.checked_add(data_len).is_some_and(|end| end <= header.size());
+            return fits.then(|| NonNull::new(header_ptr.as_ptr().wrapping_add(inline as usize)))?;
+        }
+        let data_seg = h.data_segment.load(ORD) as u16;
+        let data_block = Block::from_bits(h.data_block.load(ORD));
+        if self.dir().segments().get(data_seg as usize)?.kind.load(ORD) != KIND_DATA {
+            return None;
+        }
+        let p = self.segment(data_seg).ok()?.as_ptr(data_block).ok()?;
+        (data_len <= data_block.size()).then_some(p)
+    }
+}

@@ -1,0 +1,138 @@
+//! Letting go of an array: releasing this process's hold, freeing a dead array, and renewing a
+//! small array's block for this process's next one.
+//!
+//! # Invariants
+//!
+//! 1. Only the one process that learned an array died (`Released::Last`, or `Orphaned` from a
+//!    repair) frees it: its data block (unless inline), its magic cleared, then its header
+//!    block (pool invariant 3).
+//! 2. While anyone waits on `freed`, frees bypass this process's caches (its arenas' and its
+//!    renewed blocks) so the memory reaches the shared tree at once, and `freed` is notified.
+//! 3. A block is renewed only under the slot this process holds now, for a small array whose
+//!    one reference is ours (header invariant 4, recycle invariant 1); a renewed block that
+//!    does not fit the cache is released after all.
+//! 4. A hold is released once: `holder` turns `NOT_HELD` under the entry's lock before the
+//!    release (local_array invariant 3).
+//!
+//! Protocol: the last `LocalRef` of an array calls `release_local`; `leave` calls
+//! `release_hold` for every array still held; renewed blocks go back (`give_back_renewed`)
+//! when this process leaves, when one of its allocations finds no room, and when anyone waits.
+
+use std::ptr::NonNull;
+use std::sync::OnceLock;
+
+use shm_arena::process::fork_generation;
+use shm_arena::Block;
+use shm_sync::{RefError, Released};
+
+use super::local_array::{held_slot, LocalArray, NOT_HELD};
+use super::{PoolShared, ORD};
+use crate::header::{ArrayHeader, RENEWED};
+use crate::recycle::Renewed;
+
+impl PoolShared {
+    /// Frees a dead array's data block (if it has one of its own), then its header block
+    /// (invariant 3).
+    pub(super) fn free_array(&self, meta_seg: u16, header_block: Block, h: &ArrayHeader) {
+        // Someone waits for memory: free straight to the shared tree, not into this process's
+        // cache, where a waiter in another process could not reach it (found in review).
+        let waiting = self.dir().header().freed.has_listeners();
+        if h.inline_offset.load(ORD) == 0 {
+            let data_seg = h.data_segment.load(ORD) as u16;
+            let data_block = Block::from_bits(h.data_block.load(ORD));
+            if let Ok(a) = self.segment(data_seg) {
+                let _ = a.free(data_block);
+                if waiting {
+                    a.trim();
+                }
+            }
+        }
+        h.magic.store(0, ORD);
+        if let Ok(a) = self.segment(meta_seg) {
+            let _ = a.free(header_block);
+            if waiting {
+                a.trim();
+            }
+        }
+        self.dir().header().freed.notify_if_waiting();
+    }
+
+    pub(super) fn release_local(&self, local: &LocalArray) {
+        // Take the hold: `leave` may be releasing it at the same time.
+        // Under the entry's lock (see `LocalArray::holder`): a load and a store suffice.
+        let Some(slot) = held_slot(local.holder.load(ORD)) else {
+            return; // inherited across a fork and never re-acquired here, or released by `leave`
+        };
+        local.holder.store(NOT_HELD, ORD);
+        self.release_hold(local, slot);
+    }
+
+    pub(super) fn release_hold(&self, local: &LocalArray, slot: u32) {
+        let h = local.header();
+        let tokens = self.tokens();
+        // A small array's block is renewed for our next one (header invariant 4) unless someone
+        // waits for memory: then it, and every block renewed before, goes back to the pool.
+        let waiting = self.dir().header().freed.has_listeners();
+        if waiting && !self.renewed.is_empty() {
+            self.give_back_renewed(slot);
+        }
+        // Renew only under the slot this process holds now: a block parked under a slot it has
+        // given up would be held by nobody it knows of (found in review, session 4).
+        let renewable = h.inline_offset.load(ORD) != 0
+            && Renewed::caches(local.meta_segment, local.header_block)
+            && self.fast_slot.load(ORD) == fork_generation() << 16 | u64::from(slot + 1);
+        let result = if renewable && !waiting {
+            h.refcount.release_or_renew(slot, &tokens, self.next_nonce())
+        } else {
+            h.refcount.release(slot, &tokens)
+        };
+        match result {
+            Ok(Released::Renewed) => {
+                // Only a marker for sweeps and a first filter for attaches: the target, changed
+                // under the lock, is what stops a stale attach (header invariant 2).
+                h.nonce.store(RENEWED, ORD);
+                if !self.renewed.push(local.meta_segment, local.header_block) {
+                    // Full: release it after all.
+                    self.release_renewed(slot, local.meta_segment, local.header_block, h);
+                }
+            }
+            Ok(Released::Last) | Err(RefError::Orphaned) => self.free_array(local.meta_segment, local.header_block, h),
+            _ => {}
+        }
+    }
+
+    /// A renewed block of `size` bytes of this process, if one is cached (recycle invariant 1):
+    /// (segment, block, address).
+    #[inline]
+    pub(super) fn take_renewed(&self, size: u64) -> Option<(u16, Block, NonNull<u8>)> {
+        let (seg, block) = self.renewed.pop(size.max(1).trailing_zeros().max(7))?;
+        Some((seg, block, self.renewed_ptr(seg, block)?))
+    }
+
+    /// Where a renewed block of this process is. Always found: we pushed a block of a segment
+    /// this process had open, and segments stay open while the pool lives.
+    fn renewed_ptr(&self, seg: u16, block: Block) -> Option<NonNull<u8>> {
+        self.segments.get(seg as usize).and_then(OnceLock::get)?.held_ptr(block).ok()
+    }
+
+    /// Releases our hold on a renewed block (it is freed: we were its one reference).
+    fn release_renewed(&self, slot: u32, seg: u16, block: Block, h: &ArrayHeader) {
+        match h.refcount.release(slot, &self.tokens()) {
+            Ok(Released::Last) | Err(RefError::Orphaned) => self.free_array(seg, block, h),
+            _ => {}
+        }
+    }
+
+    /// Gives every renewed block back to the pool (recycle invariant 4). `slot` is the slot
+    /// that holds them: ours, before we leave.
+    pub(super) fn give_back_renewed(&self, slot: u32) {
+        self.renewed.drain(|seg, block| {
+            if let Some(ptr) = self.renewed_ptr(seg, block) {
+                // SAFETY: a header block of a metadata segment that our slot holds (recycle
+                // invariant 1), mapped while the pool lives.
+                let h = unsafe { &*ptr.as_ptr().cast::<ArrayHeader>() };
+                self.release_renewed(slot, seg, block, h);
+            }
+        });
+    }
+}

@@ -1,0 +1,221 @@
+//! Segments: mapping them, allocating in them, growing the pool, and running out of memory.
+//!
+//! # Invariants
+//!
+//! 1. A segment's kind (metadata or data) is fixed when it is added and read from the
+//!    directory; an allocation for headers goes to a metadata segment, one for data to a data
+//!    segment (pool invariant 1).
+//! 2. Segments are added only under the directory lock, each entry written before
+//!    `segment_count` publishes it (`Release`), and never under a torn-down pool's name.
+//! 3. A segment, once mapped by this process, stays mapped while the pool lives (`segments` is
+//!    a set of `OnceLock`s): references into it live as long as `&PoolShared`.
+//! 4. `max_size` bounds the sum of every segment after segment 0.
+//!
+//! Protocol: `alloc_in` tries the segment that served the last allocation of the kind; the
+//! slow path tries every segment of the kind, gives back this process's renewed blocks and
+//! collects (once), grows, and finally waits on `freed` (registered before its last look, so
+//! no free is missed) until the pool's `wait` runs out.
+
+use std::ptr::NonNull;
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use shm_arena::{AllocError, Arena, ArenaOptions, Block, CreateError, OpenOptions};
+use shm_sync::Locked;
+
+use super::{segment_name, CollectReport, PoolShared, ORD};
+use crate::directory::{FLAG_TORN_DOWN, KIND_META, MAX_SEGMENTS};
+use crate::error::{ArrayError, PoolError};
+
+impl PoolShared {
+    pub(super) fn segment(&self, index: u16) -> Result<&Arena, PoolError> {
+        let i = index as usize;
+        if let Some(a) = self.segments.get(i).and_then(OnceLock::get) {
+            return Ok(a);
+        }
+        if i >= MAX_SEGMENTS
+            || i as u64 >= self.dir().header().segment_count.load(core::sync::atomic::Ordering::Acquire)
+        {
+            return Err(PoolError::NotFound { name: segment_name(&self.name, i) });
+        }
+        let _guard = self.open_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(a) = self.segments[i].get() {
+            return Ok(a);
+        }
+        let arena = Arena::open_with(&segment_name(&self.name, i), &OpenOptions::new())?;
+        let _ = self.segments[i].set(arena);
+        Ok(self.segments[i].get().expect("just set"))
+    }
+
+    pub(super) fn open_segments(&self) -> Vec<(u16, &Arena, u64)> {
+        let dir = self.dir();
+        let count = dir.header().segment_count.load(core::sync::atomic::Ordering::Acquire).min(MAX_SEGMENTS as u64);
+        (0..count as u16)
+            .filter_map(|i| self.segment(i).ok().map(|a| (i, a, dir.segments()[i as usize].kind.load(ORD))))
+            .collect()
+    }
+
+    /// Allocates `size` bytes in a segment of `kind`, collecting, growing and waiting as needed.
+    #[inline]
+    pub(super) fn alloc_in(&self, kind: u64, size: u64) -> Result<(u16, Block, NonNull<u8>), ArrayError> {
+        // The common case: the segment that served the last allocation of this kind.
+        let hint = self.last_segment[kind as usize].load(ORD) as u16;
+        if let Some(arena) = self.segments.get(hint as usize).and_then(OnceLock::get) {
+            if self.dir().segments()[hint as usize].kind.load(ORD) == kind && arena.max_block() >= size {
+                if let Ok((b, p)) = arena.alloc_with_ptr(size) {
+                    return Ok((hint, b, p));
+                }
+            }
+        }
+        self.alloc_in_slow(kind, size)
+    }
+
+    #[cold]
+    fn alloc_in_slow(&self, kind: u64, size: u64) -> Result<(u16, Block, NonNull<u8>), ArrayError> {
+        let deadline = self.wait().map(|w| Instant::now() + w);
+        let mut collected = false;
+        // A grow that reports progress without any must not spin forever.
+        let mut grows = 0;
+        loop {
+            for (i, arena, k) in self.open_segments() {
+                if k == kind && arena.max_block() >= size {
+                    match arena.alloc_with_ptr(size) {
+                        Ok((b, p)) => {
+                            self.last_segment[kind as usize].store(u64::from(i), ORD);
+                            return Ok((i, b, p));
+                        }
+                        Err(AllocError::Exhausted { .. } | AllocError::TooLarge { .. }) => {}
+                        Err(e) => return Err(ArrayError::Grow(e.into())),
+                    }
+                }
+            }
+            if !collected {
+                collected = true;
+                // Our own renewed blocks first (recycle invariant 4), then what the dead held.
+                let gave_back = kind == KIND_META && !self.renewed.is_empty();
+                if gave_back {
+                    if let Ok(slot) = self.slot() {
+                        self.give_back_renewed(slot);
+                    }
+                }
+                if self.collect() != CollectReport::default() || gave_back {
+                    continue;
+                }
+            }
+            if grows < 8 {
+                match self.grow(kind, size) {
+                    Ok(true) => {
+                        grows += 1;
+                        continue;
+                    }
+                    Ok(false) => {}
+                    Err(e) => return Err(ArrayError::Grow(e)),
+                }
+            }
+            // Full and cannot grow: wait for a free, if allowed.
+            let dir = self.dir();
+            let listener = dir.header().freed.listen();
+            let seen = listener.sequence();
+            let left = deadline.and_then(|d| d.checked_duration_since(Instant::now()));
+            match left {
+                Some(left) if !left.is_zero() => {
+                    // Look once more after registering (the Event's invariant 2), then sleep.
+                    if self.open_segments().iter().any(|(_, a, k)| *k == kind && a.stats().largest_free_block >= size) {
+                        continue;
+                    }
+                    listener.wait(seen, Some(left));
+                    collected = false;
+                    grows = 0;
+                }
+                _ => return Err(self.out_of_memory(size)),
+            }
+        }
+    }
+
+    fn out_of_memory(&self, requested: u64) -> ArrayError {
+        let s = self.stats();
+        let shm_free = shm_arena::shm_free_bytes().unwrap_or(0);
+        ArrayError::OutOfMemory {
+            pool: self.name.clone(),
+            requested,
+            free: s.free,
+            largest_free: s.largest_free,
+            shm_free,
+        }
+    }
+
+    /// Adds a segment of `kind` able to hold `size` bytes, if the limits allow (invariant 1).
+    /// Returns false when the pool may not grow.
+    fn grow(&self, kind: u64, size: u64) -> Result<bool, PoolError> {
+        let dir = self.dir();
+        let h = dir.header();
+        let guard = match h.lock.lock() {
+            Ok(Locked::Acquired(g)) => g,
+            Ok(Locked::OwnerDied(mut g)) => {
+                // The directory's protected state is append-only: an entry past the count is
+                // ignored, so there is nothing to repair.
+                g.mark_consistent();
+                g
+            }
+            Err(_) => {
+                h.lock.reset_poison();
+                return Ok(true);
+            }
+        };
+        // A torn-down pool's name may already belong to a new pool: never create (or remove) a
+        // segment under it (found in review).
+        if h.flags.load(ORD) & FLAG_TORN_DOWN != 0 {
+            return Ok(false);
+        }
+        let count = h.segment_count.load(ORD) as usize;
+        // Someone else may have grown the pool while we waited for the lock.
+        for i in 0..count {
+            let e = &dir.segments()[i];
+            if e.kind.load(ORD) == kind {
+                if let Ok(a) = self.segment(i as u16) {
+                    if a.stats().largest_free_block >= size {
+                        return Ok(true);
+                    }
+                }
+            }
+        }
+        if count >= MAX_SEGMENTS {
+            return Ok(false);
+        }
+        let (capacity, min_block) = if kind == KIND_META {
+            (16 << 20, 128)
+        } else {
+            (h.data_segment_capacity.load(ORD).max(size.next_power_of_two()), h.data_min_block.load(ORD))
+        };
+        // `max_size` bounds every segment after segment 0 (small arrays live in metadata
+        // segments, so those count too).
+        let used: u64 = (1..count).map(|i| dir.segments()[i].capacity.load(ORD)).sum();
+        if used + capacity > h.max_size.load(ORD) {
+            return Ok(false);
+        }
+        // Every process of the pool may map every segment: as many owner slots as process slots.
+        let owner_slots = h.process_slots.load(ORD) as u32 + 8;
+        let options = ArenaOptions::new(capacity).min_block(min_block).owner_slots(owner_slots);
+        let arena = match options.name(segment_name(&self.name, count)).create() {
+            Ok(a) => a,
+            Err(CreateError::NoSpace { .. }) => return Ok(false),
+            Err(CreateError::AlreadyExists { .. }) => {
+                // We hold the directory lock, so a segment at this index was left by a grower
+                // that died before recording it, initialised or not: remove it and try again
+                // (an unopenable leftover used to make every allocation spin; found in review).
+                let _ = std::fs::remove_file(format!("/dev/shm/{}", segment_name(&self.name, count)));
+                return Ok(true);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let entry = &dir.segments()[count];
+        entry.kind.store(kind, ORD);
+        entry.capacity.store(arena.capacity(), ORD);
+        let _guard = self.open_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = self.segments[count].set(arena);
+        // Release: invariant 3, the entry before the count.
+        h.segment_count.store(count as u64 + 1, core::sync::atomic::Ordering::Release);
+        drop(guard);
+        Ok(true)
+    }
+}
