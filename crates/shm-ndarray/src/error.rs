@@ -70,7 +70,7 @@ pub enum ArrayError {
         why: &'static str,
     },
     /// The pool is full and cannot grow, even after waiting.
-    #[error("pool {pool:?} is out of memory: {requested} bytes requested, {free} bytes free, largest free block {largest_free} bytes, /dev/shm has {shm_free} bytes free; raise max_size (PYSHM_MAX_SIZE), free arrays, or wait for other processes (wait=)")]
+    #[error("pool {pool:?} is out of memory: {requested} bytes requested, {free} bytes free, largest free block {largest_free} bytes, /dev/shm has {shm_free} bytes free; raise the pool's max_size (PoolOptions::max_size), free arrays, or let allocations wait for other processes to free memory (PoolOptions::wait, Pool::set_wait)")]
     OutOfMemory {
         /// The pool name.
         pool: String,
