@@ -89,6 +89,26 @@ pub(crate) struct ArrayHeader {
 
 const _: () = assert!(core::mem::size_of::<ArrayHeader>() == FIXED);
 
+impl ArrayHeader {
+    /// The header at the start of the block at `ptr`: the one place a block's bytes are taken
+    /// for a header. Before the array is pinned, read only its atomics (magic, nonce,
+    /// refcount); its other fields are stable once it is pinned and its target checked
+    /// (invariant 2).
+    ///
+    /// # Safety
+    ///
+    /// - `ptr` is the start of a block of at least [`FIXED`] bytes in a metadata segment that
+    ///   the arena resolved or that the caller holds: by invariant 1 its first `FIXED` bytes
+    ///   are a header or the pool directory, words read and written only as atomics;
+    /// - that segment stays mapped for `'a` (the pool that maps it outlives the reference).
+    #[inline]
+    pub(crate) unsafe fn at<'a>(ptr: core::ptr::NonNull<u8>) -> &'a ArrayHeader {
+        // SAFETY: the caller's guarantees; a metadata segment's blocks are 128-byte aligned at
+        // least (its smallest block), beyond `ArrayHeader`'s alignment of 8.
+        unsafe { &*ptr.as_ptr().cast::<ArrayHeader>() }
+    }
+}
+
 /// The geometry and type of an array as its header records them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct ArrayMeta {

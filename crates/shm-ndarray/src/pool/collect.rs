@@ -21,11 +21,12 @@
 
 use std::time::Duration;
 
-use shm_arena::{Arena, Block};
+use shm_arena::Block;
 use shm_sync::{RefError, Released};
 
+use super::segments::MetaSegment;
 use super::{PoolShared, ORD};
-use crate::directory::{KIND_META, MAX_SEGMENTS};
+use crate::directory::MAX_SEGMENTS;
 use crate::header::{ArrayHeader, ARRAY_MAGIC};
 
 /// What [`Pool::collect`] did.
@@ -40,18 +41,16 @@ pub struct CollectReport {
 }
 
 impl PoolShared {
-    /// The array headers in use in metadata segment `seg` (invariant 1: every block there but
-    /// the directory starts with a header's magic or is skipped).
-    pub(super) fn headers<'a>(&self, seg: u16, arena: &'a Arena) -> Vec<(Block, &'a ArrayHeader)> {
-        arena
+    /// The array headers in use in metadata segment `meta` (pool invariant 1: every block there
+    /// but the directory starts with a header's magic or is skipped; nothing is read past the
+    /// magic of one that does not).
+    pub(super) fn headers<'a>(&self, meta: MetaSegment<'a>) -> Vec<(Block, &'a ArrayHeader)> {
+        meta.arena
             .blocks_in_use()
             .into_iter()
-            .filter(|b| !(seg == 0 && *b == self.dir_block) && b.size() >= crate::header::FIXED as u64)
+            .filter(|b| !(meta.index == 0 && *b == self.dir_block))
             .filter_map(|b| {
-                let ptr = arena.as_ptr(b).ok()?;
-                // SAFETY: a block in use in a metadata segment (invariant 1), at least a header
-                // long, mapped while `arena` lives: a header, or nothing read past its magic.
-                let h = unsafe { &*ptr.as_ptr().cast::<ArrayHeader>() };
+                let (_, h) = meta.header(b).ok()?;
                 (h.magic.load(core::sync::atomic::Ordering::Acquire) == ARRAY_MAGIC).then_some((b, h))
             })
             .collect()
@@ -65,10 +64,8 @@ impl PoolShared {
         let dead: Vec<_> = table.find_dead().into_iter().filter_map(|i| table.claim_dead(i)).collect();
         for (i, arena, kind) in &segments {
             report.blocks_recovered += arena.recover_dead_owners().blocks_freed;
-            if *kind != KIND_META {
-                continue;
-            }
-            for (block, h) in self.headers(*i, arena) {
+            let Some(meta) = MetaSegment::of(*i, arena, *kind) else { continue };
+            for (block, h) in self.headers(meta) {
                 let mut freed = false;
                 for d in &dead {
                     match h.refcount.drop_holder(d.index, &tokens) {
@@ -109,10 +106,8 @@ impl PoolShared {
             // Find the header the token keeps alive: a sweep of the metadata segments. Stop at
             // the first cancel: a token is cancelled once.
             for (i, arena, kind) in self.open_segments() {
-                if kind != KIND_META {
-                    continue;
-                }
-                for (block, h) in self.headers(i, arena) {
+                let Some(meta) = MetaSegment::of(i, arena, kind) else { continue };
+                for (block, h) in self.headers(meta) {
                     if h.nonce.load(ORD) == p.target {
                         match h.refcount.cancel(p.token, &tokens) {
                             Ok(Released::Last) | Err(RefError::Orphaned) => {

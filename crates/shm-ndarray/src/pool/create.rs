@@ -25,9 +25,9 @@ use shm_arena::Block;
 
 use super::local_array::{held_slot, holder_word, LocalArray, LocalRef};
 use super::{PoolShared, SharedArray, ORD};
-use crate::directory::{KIND_DATA, KIND_META};
+use crate::directory::KIND_DATA;
 use crate::error::ArrayError;
-use crate::header::{field_of, header_size, ArrayHeader, ArrayMeta, MAX_DIMS};
+use crate::header::{field_of, header_size, ArrayMeta, MAX_DIMS};
 use crate::DType;
 
 /// Arrays whose header and data take at most this many bytes are one block in a metadata
@@ -133,22 +133,19 @@ impl PoolShared {
             let data_at =
                 |p: NonNull<u8>| NonNull::new(p.as_ptr().wrapping_add(header_len as usize)).expect("in a block");
             let size = (header_len + data_len).next_power_of_two();
-            if let Some((meta_seg, header_block, header_ptr)) = self.take_renewed(size) {
+            if let Some((meta_seg, header_block, header_ptr, header)) = self.take_renewed(size) {
                 // SAFETY: a renewed block of this process, `size` bytes (at least header_len +
                 // data_len), aligned to 128; we hold it alone under a target nobody was told
                 // (recycle invariant 1), so nobody else reads what we write.
-                let header = unsafe { &*header_ptr.as_ptr().cast::<ArrayHeader>() };
-                // SAFETY: as above.
                 let nonce = unsafe { header.renew((meta_seg, header_block.to_bits(), data_len), header_len, meta) };
                 (meta_seg, header_block, header_ptr, data_at(header_ptr), nonce)
             } else {
                 let nonce = self.next_nonce();
-                let (meta_seg, header_block, header_ptr) = self.alloc_in(KIND_META, header_len + data_len)?;
+                let (meta_seg, header_block, header_ptr, header) = self.alloc_header(header_len + data_len)?;
                 let meta_arena = self.segment(meta_seg).map_err(ArrayError::Grow)?;
                 // SAFETY: a block we just allocated and have not published, of at least
-                // header_len + data_len bytes, aligned to 128.
-                let header = unsafe { &*header_ptr.as_ptr().cast::<ArrayHeader>() };
-                // SAFETY: as above; nobody else sees the block until a handle exists.
+                // header_len + data_len bytes, aligned to 128: nobody else sees it until a handle
+                // exists.
                 unsafe { header.init(nonce, slot, (meta_seg, header_block.to_bits(), data_len), header_len, meta) };
                 meta_arena.disown(header_block).expect("our block");
                 (meta_seg, header_block, header_ptr, data_at(header_ptr), nonce)
@@ -156,7 +153,7 @@ impl PoolShared {
         } else {
             let nonce = self.next_nonce();
             let (data_seg, data_block, data) = self.alloc_in(KIND_DATA, data_len.max(1))?;
-            let (meta_seg, header_block, header_ptr) = match self.alloc_in(KIND_META, header_len) {
+            let (meta_seg, header_block, header_ptr, header) = match self.alloc_header(header_len) {
                 Ok(x) => x,
                 Err(e) => {
                     let _ = self.segment(data_seg).map(|a| a.free(data_block));
@@ -166,9 +163,8 @@ impl PoolShared {
             let meta_arena = self.segment(meta_seg).map_err(ArrayError::Grow)?;
             let data_arena = self.segment(data_seg).map_err(ArrayError::Grow)?;
             // SAFETY: a block we just allocated and have not published, of at least header_len
-            // bytes (the header's own size), aligned to 128.
-            let header = unsafe { &*header_ptr.as_ptr().cast::<ArrayHeader>() };
-            // SAFETY: as above; nobody else sees the block until a handle exists.
+            // bytes (the header's own size), aligned to 128: nobody else sees it until a handle
+            // exists.
             unsafe { header.init(nonce, slot, (data_seg, data_block.to_bits(), data_len), 0, meta) };
             // Ownership passes from the arena (our tag) to the refcount (header invariant 2):
             // header first, so a death in between is recovered by one of the two mechanisms.

@@ -74,8 +74,9 @@ unsafe impl Sync for LocalArray {}
 
 impl LocalArray {
     pub(super) fn header(&self) -> &ArrayHeader {
-        // SAFETY: the header block is pinned by our hold and mapped while `pool` lives.
-        unsafe { &*self.header_ptr.as_ptr().cast::<ArrayHeader>() }
+        // SAFETY: the start of a header block of a metadata segment (made by `create_array` or a
+        // pin), pinned by our hold and mapped while `pool` lives.
+        unsafe { ArrayHeader::at(self.header_ptr) }
     }
 }
 

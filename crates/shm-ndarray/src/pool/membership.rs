@@ -94,8 +94,8 @@ impl PoolShared {
             // The parent may have let go of it since the fork (the documented window): check it
             // as a first pin does, so a freed, reused or renewed place is never taken for it
             // (found in review, session 4). On failure it stays unheld here.
-            let Ok(arena) = self.segment(local.meta_segment) else { return };
-            if self.pin_header(arena, local.meta_segment, local.header_block, local.nonce, Pin::Acquire, slot).is_ok() {
+            let Ok(meta) = self.meta_segment(local.meta_segment) else { return };
+            if self.pin_header(meta, local.header_block, local.nonce, Pin::Acquire, slot).is_ok() {
                 local.holder.store(holder_word(slot), ORD);
             }
         });

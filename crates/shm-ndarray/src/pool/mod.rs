@@ -81,6 +81,7 @@ pub use shared_array::SharedArray;
 use local_array::LocalArray;
 use membership::Membership;
 use options::{wait_to_ns, NO_WAIT};
+use segments::MetaSegment;
 
 /// Holder bit of the named-array directory (never a process slot).
 pub(crate) const DIRECTORY_HOLDER: u32 = 255;
@@ -358,10 +359,10 @@ impl PoolShared {
                 s.used += a.in_use_bytes;
                 s.free += a.free_bytes + a.cached_bytes;
                 s.largest_free = s.largest_free.max(a.largest_free_block);
-            } else {
+            } else if let Some(meta) = MetaSegment::of(i, arena, kind) {
                 // Headers with their magic: a freed header parked in a cache is not an array,
                 // nor is a renewed one (header invariant 4).
-                for (block, h) in self.headers(i, arena) {
+                for (block, h) in self.headers(meta) {
                     if h.nonce.load(ORD) == RENEWED {
                         s.reserved += block.size();
                         continue;

@@ -22,7 +22,6 @@ use super::pin::Pin;
 use super::{ref_to_handle, PoolShared, SharedArray, DIRECTORY_HOLDER, ORD};
 use crate::directory::{load_name, store_name, Directory, MAX_NAME_LEN};
 use crate::error::HandleError;
-use crate::header::ArrayHeader;
 
 /// Why a named-array operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -124,9 +123,8 @@ impl PoolShared {
         let header = Block::from_bits(e.header.load(ORD));
         let nonce = e.nonce.load(ORD);
         e.state.store(0, core::sync::atomic::Ordering::Release);
-        if let Some(ptr) = self.segment(seg).ok().and_then(|a| a.as_ptr(header).ok()) {
-            // SAFETY: the name held a reference, so the header block is live and a header.
-            let h = unsafe { &*ptr.as_ptr().cast::<ArrayHeader>() };
+        // The name held a reference, so the header block is live and a header.
+        if let Ok((_, h)) = self.meta_segment(seg).and_then(|meta| meta.header(header)) {
             if h.nonce.load(ORD) == nonce {
                 if let Ok(Released::Last) | Err(RefError::Orphaned) =
                     h.refcount.release(DIRECTORY_HOLDER, &self.tokens())

@@ -23,16 +23,29 @@
 use std::ptr::NonNull;
 use std::sync::Arc;
 
-use shm_arena::{Arena, Block};
+use shm_arena::Block;
 use shm_sync::{RefError, Released};
 
 use super::local_array::{held_slot, holder_word, LocalArray, LocalRef};
+use super::segments::MetaSegment;
 use super::{hex, ref_to_handle, PoolShared, SharedArray, ORD};
-use crate::directory::{KIND_DATA, KIND_META};
+use crate::directory::KIND_DATA;
 use crate::error::HandleError;
 use crate::handle::Handle;
 use crate::header::{view_fits, ArrayHeader, ARRAY_MAGIC};
 
+/// Handle steps 2 and 3 (invariant 1): the header at the start of `block`, resolved by the
+/// metadata segment's arena, if its magic and nonce word say it is the array of `nonce`. Only
+/// atomics are read: the array is not pinned yet.
+fn first_look(meta: MetaSegment<'_>, block: Block, nonce: u64) -> Result<(NonNull<u8>, &ArrayHeader), HandleError> {
+    let (ptr, h) = meta.header(block)?;
+    if h.magic.load(core::sync::atomic::Ordering::Acquire) != ARRAY_MAGIC || h.nonce.load(ORD) != nonce {
+        return Err(HandleError::Stale);
+    }
+    Ok((ptr, h))
+}
+
+/// How a pin takes its hold.
 #[derive(Clone, Copy)]
 pub(super) enum Pin {
     Token(shm_sync::Token),
@@ -49,16 +62,12 @@ impl PoolShared {
         how: Pin,
     ) -> Result<LocalRef, HandleError> {
         let slot = self.slot().map_err(|e| HandleError::Segment(e.to_string()))?;
-        let arena = self.segment(meta_seg).map_err(|e| HandleError::Segment(e.to_string()))?;
-        // Invariant 1: headers live only in metadata segments; a handle naming a data segment
-        // would make user data pass for a header.
-        if self.dir().segments()[meta_seg as usize].kind.load(ORD) != KIND_META {
-            return Err(HandleError::Invalid("the handle names a data segment as its header's"));
-        }
+        let meta_segment = self.meta_segment(meta_seg)?;
         // Declared before the guard, so dropped after it (locals invariant 3).
         let existing;
         // No place for a header block there: no array either.
-        let mut entry = self.locals.lock(meta_seg, header.offset(), || arena.capacity()).ok_or(HandleError::Stale)?;
+        let mut entry =
+            self.locals.lock(meta_seg, header.offset(), || meta_segment.arena.capacity()).ok_or(HandleError::Stale)?;
         // SAFETY: the entry is locked and names it (locals invariant 2).
         existing = entry.get().and_then(|p| unsafe { LocalRef::from_entry(p) });
         if let Some(existing) = &existing {
@@ -68,7 +77,7 @@ impl PoolShared {
                     // takes a hold again, or the array could be freed under us (found in
                     // review) — through every check of a first pin, since the array may be
                     // gone and its place reused or renewed (found in review, session 4).
-                    self.pin_header(arena, meta_seg, header, nonce, how, slot)?;
+                    self.pin_header(meta_segment, header, nonce, how, slot)?;
                     // Under the entry's lock, as every change of `holder` is.
                     existing.holder.store(holder_word(slot), ORD);
                     return Ok(existing.clone());
@@ -82,7 +91,7 @@ impl PoolShared {
                 return Ok(existing.clone());
             }
         }
-        let (ptr, h, acquired) = self.pin_header(arena, meta_seg, header, nonce, how, slot)?;
+        let (ptr, h, acquired) = self.pin_header(meta_segment, header, nonce, how, slot)?;
         let unpin = |h: &ArrayHeader| self.unpin(h, acquired, slot, meta_seg, header);
         // SAFETY: pinned (header invariant 2), block of header.size() bytes.
         let Some(meta) = (unsafe { h.read_meta(header.size()) }) else {
@@ -115,30 +124,20 @@ impl PoolShared {
         Ok(local)
     }
 
-    /// Handle steps 2 to 5 (docs/architecture.md): the header block against the arena, its
-    /// magic and nonce word, the pin (claim or acquire for `slot`), then the refcount's target
-    /// against `nonce`, undoing the pin if it differs. Returns the header's address, the header
-    /// and how the pin went.
+    /// Handle steps 2 to 5 (docs/architecture.md): the header block against the arena of a
+    /// metadata segment, its magic and nonce word (`first_look`), the pin (claim or acquire for
+    /// `slot`), then the refcount's target against `nonce`, undoing the pin if it differs.
+    /// Returns the header's address, the header and how the pin went.
     pub(super) fn pin_header<'a>(
         &self,
-        arena: &'a Arena,
-        meta_seg: u16,
+        meta: MetaSegment<'a>,
         header: Block,
         nonce: u64,
         how: Pin,
         slot: u32,
     ) -> Result<(NonNull<u8>, &'a ArrayHeader, shm_sync::Acquired), HandleError> {
-        let ptr = arena.as_ptr(header).map_err(|_| HandleError::Stale)?;
-        if header.size() < crate::header::FIXED as u64 {
-            return Err(HandleError::Invalid("header block too small"));
-        }
-        // SAFETY: a validated block of at least FIXED bytes in a metadata segment (only headers
-        // and the directory live there), mapped while the pool (and `arena`) lives; we read
-        // atomics only until the array is pinned.
-        let h = unsafe { &*ptr.as_ptr().cast::<ArrayHeader>() };
-        if h.magic.load(core::sync::atomic::Ordering::Acquire) != ARRAY_MAGIC || h.nonce.load(ORD) != nonce {
-            return Err(HandleError::Stale);
-        }
+        let meta_seg = meta.index;
+        let (ptr, h) = first_look(meta, header, nonce)?;
         let tokens = self.tokens();
         let acquired = match how {
             Pin::Token(token) => h.refcount.claim(token, slot, &tokens),
@@ -200,21 +199,8 @@ impl PoolShared {
             return Err(HandleError::WrongPool { handle_pool: hex(&handle.pool), this_pool: hex(&self.id) });
         }
         let Some(token) = handle.token else { return Ok(()) };
-        let arena = self.segment(handle.meta_segment).map_err(|e| HandleError::Segment(e.to_string()))?;
-        // Invariant 1, as in `pin`: only a metadata segment holds headers.
-        if self.dir().segments()[handle.meta_segment as usize].kind.load(ORD) != KIND_META {
-            return Err(HandleError::Invalid("the handle names a data segment as its header's"));
-        }
-        let ptr = arena.as_ptr(handle.header).map_err(|_| HandleError::Stale)?;
-        if handle.header.size() < crate::header::FIXED as u64 {
-            return Err(HandleError::Invalid("header block too small"));
-        }
-        // SAFETY: as in `pin_header`: a validated block of at least FIXED bytes in a metadata
-        // segment, mapped while the pool lives; only atomics are read.
-        let h = unsafe { &*ptr.as_ptr().cast::<ArrayHeader>() };
-        if h.magic.load(core::sync::atomic::Ordering::Acquire) != ARRAY_MAGIC || h.nonce.load(ORD) != handle.nonce {
-            return Err(HandleError::Stale);
-        }
+        // The same first checks as a pin's (invariant 1), without the pin.
+        let (_, h) = first_look(self.meta_segment(handle.meta_segment)?, handle.header, handle.nonce)?;
         // A pending token keeps its record alive (refcount invariant), and `take_token` checks
         // that the token is this record's: a token of another array is refused.
         match h.refcount.cancel(token, &self.tokens()) {

@@ -102,17 +102,22 @@ impl PoolShared {
     }
 
     /// A renewed block of `size` bytes of this process, if one is cached (recycle invariant 1):
-    /// (segment, block, address).
+    /// (segment, block, address, its header).
     #[inline]
-    pub(super) fn take_renewed(&self, size: u64) -> Option<(u16, Block, NonNull<u8>)> {
+    pub(super) fn take_renewed(&self, size: u64) -> Option<(u16, Block, NonNull<u8>, &ArrayHeader)> {
         let (seg, block) = self.renewed.pop(size.max(1).trailing_zeros().max(7))?;
-        Some((seg, block, self.renewed_ptr(seg, block)?))
+        let (ptr, h) = self.renewed_header(seg, block)?;
+        Some((seg, block, ptr, h))
     }
 
-    /// Where a renewed block of this process is. Always found: we pushed a block of a segment
-    /// this process had open, and segments stay open while the pool lives.
-    fn renewed_ptr(&self, seg: u16, block: Block) -> Option<NonNull<u8>> {
-        self.segments.get(seg as usize).and_then(OnceLock::get)?.held_ptr(block).ok()
+    /// Where a renewed block of this process is, and its header. Always found: we pushed a
+    /// block of a segment this process had open, and segments stay open while the pool lives.
+    #[inline]
+    fn renewed_header(&self, seg: u16, block: Block) -> Option<(NonNull<u8>, &ArrayHeader)> {
+        let ptr = self.segments.get(seg as usize).and_then(OnceLock::get)?.held_ptr(block).ok()?;
+        // SAFETY: a header block (128 bytes or more, `Renewed::caches`) of a metadata segment
+        // that our slot holds (recycle invariant 1), mapped while the pool lives.
+        Some((ptr, unsafe { ArrayHeader::at(ptr) }))
     }
 
     /// Releases our hold on a renewed block (it is freed: we were its one reference).
@@ -127,10 +132,7 @@ impl PoolShared {
     /// that holds them: ours, before we leave.
     pub(super) fn give_back_renewed(&self, slot: u32) {
         self.renewed.drain(|seg, block| {
-            if let Some(ptr) = self.renewed_ptr(seg, block) {
-                // SAFETY: a header block of a metadata segment that our slot holds (recycle
-                // invariant 1), mapped while the pool lives.
-                let h = unsafe { &*ptr.as_ptr().cast::<ArrayHeader>() };
+            if let Some((_, h)) = self.renewed_header(seg, block) {
                 self.release_renewed(slot, seg, block, h);
             }
         });

@@ -25,7 +25,47 @@ use shm_sync::Locked;
 
 use super::{segment_name, CollectReport, PoolShared, ORD};
 use crate::directory::{FLAG_TORN_DOWN, KIND_META, MAX_SEGMENTS};
-use crate::error::{ArrayError, PoolError};
+use crate::error::{ArrayError, HandleError, PoolError};
+use crate::header::{ArrayHeader, FIXED};
+
+/// A metadata segment of the pool, its kind checked against the directory (invariant 1): the
+/// start of every block in it is the directory or an array header (pool invariant 1), so
+/// [`MetaSegment::header`] can view any block it resolves as a header without `unsafe` at the
+/// call site.
+#[derive(Clone, Copy)]
+pub(super) struct MetaSegment<'a> {
+    /// Its index in the directory's segment list.
+    pub(super) index: u16,
+    /// Its arena, mapped while the pool lives (invariant 3).
+    pub(super) arena: &'a Arena,
+}
+
+impl<'a> MetaSegment<'a> {
+    /// Segment `index` of [`PoolShared::open_segments`], if its `kind` is metadata.
+    pub(super) fn of(index: u16, arena: &'a Arena, kind: u64) -> Option<Self> {
+        (kind == KIND_META).then_some(MetaSegment { index, arena })
+    }
+
+    /// The array header at the start of `block` and its address, if the arena resolves the
+    /// block (in bounds, allocated, of its current generation) and it is large enough for a
+    /// header. Nothing the header says is checked: until the array is pinned, read its atomics
+    /// only (magic, nonce, refcount).
+    ///
+    /// # Errors
+    ///
+    /// [`HandleError::Stale`] if the arena does not resolve the block; [`HandleError::Invalid`]
+    /// if it is smaller than a header.
+    #[inline]
+    pub(super) fn header(self, block: Block) -> Result<(NonNull<u8>, &'a ArrayHeader), HandleError> {
+        let ptr = self.arena.as_ptr(block).map_err(|_| HandleError::Stale)?;
+        if block.size() < FIXED as u64 {
+            return Err(HandleError::Invalid("header block too small"));
+        }
+        // SAFETY: a block of at least FIXED bytes that the arena of a metadata segment (checked
+        // by `of` or `PoolShared::meta_segment`) resolved, mapped while that arena lives ('a).
+        Ok((ptr, unsafe { ArrayHeader::at(ptr) }))
+    }
+}
 
 impl PoolShared {
     pub(super) fn segment(&self, index: u16) -> Result<&Arena, PoolError> {
@@ -45,6 +85,22 @@ impl PoolShared {
         let arena = Arena::open_with(&segment_name(&self.name, i), &OpenOptions::new())?;
         let _ = self.segments[i].set(arena);
         Ok(self.segments[i].get().expect("just set"))
+    }
+
+    /// Segment `index`, mapped, if the directory says it holds metadata.
+    ///
+    /// # Errors
+    ///
+    /// [`HandleError::Segment`] if it cannot be opened; [`HandleError::Invalid`] if it is a
+    /// data segment.
+    pub(super) fn meta_segment(&self, index: u16) -> Result<MetaSegment<'_>, HandleError> {
+        let arena = self.segment(index).map_err(|e| HandleError::Segment(e.to_string()))?;
+        // Pool invariant 1: headers live only in metadata segments; a handle naming a data
+        // segment would make user data pass for a header.
+        if self.dir().segments()[index as usize].kind.load(ORD) != KIND_META {
+            return Err(HandleError::Invalid("the handle names a data segment as its header's"));
+        }
+        Ok(MetaSegment { index, arena })
     }
 
     pub(super) fn open_segments(&self) -> Vec<(u16, &Arena, u64)> {
@@ -68,6 +124,18 @@ impl PoolShared {
             }
         }
         self.alloc_in_slow(kind, size)
+    }
+
+    /// Allocates a block of `size` bytes (a header's size or more) in a metadata segment for a
+    /// new array's header: (segment, block, address, the header at its start, for the caller
+    /// to initialise before anyone else can see it).
+    #[inline]
+    pub(super) fn alloc_header(&self, size: u64) -> Result<(u16, Block, NonNull<u8>, &ArrayHeader), ArrayError> {
+        debug_assert!(size >= FIXED as u64);
+        let (seg, block, ptr) = self.alloc_in(KIND_META, size)?;
+        // SAFETY: a block of a metadata segment that we just allocated and hold alone, of at
+        // least `size` >= FIXED bytes, mapped while the pool lives (invariant 3).
+        Ok((seg, block, ptr, unsafe { ArrayHeader::at(ptr) }))
     }
 
     #[cold]
