@@ -36,6 +36,7 @@ use crate::DType;
 const INLINE_MAX: u64 = 4096;
 
 impl PoolShared {
+    #[inline]
     pub(super) fn next_nonce(&self) -> u64 {
         // splitmix64 over a per-thread counter seeded from getrandom: no shared write and no
         // atomic. Reseeded in a forked child, which would otherwise repeat its parent's nonces

@@ -52,6 +52,7 @@ pub(crate) struct LocalArray {
 }
 
 /// [`LocalArray::holder`] for a hold under `slot` by this process (this side of any fork).
+#[inline]
 pub(super) fn holder_word(slot: u32) -> u64 {
     u64::from(slot) << 32 | fork_generation() & 0xFFFF_FFFF
 }
@@ -61,6 +62,7 @@ pub(super) const NOT_HELD: u64 = u64::MAX;
 
 /// The slot a [`holder_word`] names, if it was made in this process (not inherited by a fork)
 /// and not released yet.
+#[inline]
 pub(super) fn held_slot(word: u64) -> Option<u32> {
     (word != NOT_HELD && word & 0xFFFF_FFFF == fork_generation() & 0xFFFF_FFFF).then_some((word >> 32) as u32)
 }
@@ -73,6 +75,7 @@ unsafe impl Send for LocalArray {}
 unsafe impl Sync for LocalArray {}
 
 impl LocalArray {
+    #[inline]
     pub(super) fn header(&self) -> &ArrayHeader {
         // SAFETY: the start of a header block of a metadata segment (made by `create_array` or a
         // pin), pinned by our hold and mapped while `pool` lives.
@@ -152,6 +155,7 @@ unsafe impl Sync for LocalRef {}
 
 impl LocalRef {
     /// The first reference to a new `LocalArray` (whose `refs` is 1).
+    #[inline]
     pub(super) fn new(local: LocalArray) -> Self {
         let p = local.pool.spares.take();
         // SAFETY: `take` gives memory for a `LocalArray`, unused.
@@ -166,6 +170,7 @@ impl LocalRef {
     ///
     /// `p` came from its pool's `spares`, holds an initialised `LocalArray` whose `refs` is 1,
     /// and nothing else refers to it.
+    #[inline]
     pub(super) unsafe fn from_new(p: NonNull<LocalArray>) -> Self {
         // SAFETY: the caller's guarantee.
         debug_assert_eq!(unsafe { p.as_ref() }.refs.load(ORD), 1);
@@ -194,6 +199,7 @@ impl LocalRef {
         }
     }
 
+    #[inline]
     pub(super) fn ptr(&self) -> NonNull<LocalArray> {
         self.0
     }
@@ -201,6 +207,7 @@ impl LocalRef {
 
 impl core::ops::Deref for LocalRef {
     type Target = LocalArray;
+    #[inline]
     fn deref(&self) -> &LocalArray {
         // SAFETY: our count keeps it alive.
         unsafe { self.0.as_ref() }
@@ -208,6 +215,7 @@ impl core::ops::Deref for LocalRef {
 }
 
 impl Clone for LocalRef {
+    #[inline]
     fn clone(&self) -> Self {
         // Relaxed: as `Arc::clone` (a reference exists, so the count cannot reach zero).
         if self.refs.fetch_add(1, ORD) > i64::MAX as u64 {
@@ -218,6 +226,7 @@ impl Clone for LocalRef {
 }
 
 impl Drop for LocalRef {
+    #[inline]
     fn drop(&mut self) {
         // Release, then an Acquire fence on the last: as `Arc`, every use through another
         // reference happens before the teardown.

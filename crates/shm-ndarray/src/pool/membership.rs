@@ -37,6 +37,7 @@ pub(super) struct Membership {
 
 impl PoolShared {
     /// This process's slot, registering first (and re-acquiring inherited arrays) after a fork.
+    #[inline]
     pub(super) fn slot(&self) -> Result<u32, PoolError> {
         let fast = self.fast_slot.load(ORD);
         if fast != 0 && fast >> 16 == fork_generation() {
@@ -80,7 +81,7 @@ impl PoolShared {
         Ok(reg.index)
     }
 
-    /// After a fork: hold, under our own slot, every array this process inherited (inv. 2).
+    /// After a fork: hold, under our own slot, every array this process inherited (pool invariant 2).
     fn reacquire_inherited(&self, slot: u32) {
         // Each under its entry's lock, which keeps its `LocalArray` alive (locals invariant 2)
         // whatever its count; no reference is taken, so none is dropped under a lock.
@@ -102,7 +103,7 @@ impl PoolShared {
     }
 
     /// Releases this process's holds, unregisters, and lets the last process out tear a pool
-    /// down unless it persists (invariant 5).
+    /// down unless it persists (pool invariant 5).
     pub(super) fn leave(&self) {
         let mut m = self.membership.lock().unwrap_or_else(|p| p.into_inner());
         let Some(reg) = m.registration else { return };
@@ -130,7 +131,7 @@ impl PoolShared {
         let h = dir.header();
         self.processes().unregister(reg);
         drop(m);
-        // Dead members do not count: recycle their slots first (invariant 4).
+        // Dead members do not count: recycle their slots first (pool invariant 4).
         self.collect();
         let guard = self.name_lock();
         let last = self.processes().occupied() == 0;
@@ -142,7 +143,7 @@ impl PoolShared {
         drop(guard);
     }
 
-    /// Marks the pool torn down and unlinks every segment (invariant 5).
+    /// Marks the pool torn down and unlinks every segment (pool invariant 5).
     pub(super) fn teardown(&self) {
         let dir = self.dir();
         dir.header().flags.fetch_or(FLAG_TORN_DOWN, ORD);

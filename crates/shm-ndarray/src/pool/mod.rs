@@ -336,10 +336,12 @@ impl PoolShared {
         unsafe { Directory::new(self.dir_ptr.as_ptr(), self.layout) }
     }
 
+    #[inline]
     pub(super) fn processes(&self) -> ProcessTable<'_> {
         ProcessTable::new(self.dir().processes())
     }
 
+    #[inline]
     pub(super) fn tokens(&self) -> TokenTable<'_> {
         TokenTable::new(self.dir().tokens())
     }

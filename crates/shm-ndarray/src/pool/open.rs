@@ -38,7 +38,7 @@ fn valid_pool_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= 100 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
 }
 
-/// Pools already open in this process, by name (invariant 6).
+/// Pools already open in this process, by name (pool invariant 6).
 pub(super) fn registry() -> &'static Mutex<HashMap<String, Weak<PoolShared>>> {
     static REGISTRY: OnceLock<Mutex<HashMap<String, Weak<PoolShared>>>> = OnceLock::new();
     REGISTRY.get_or_init(Default::default)

@@ -146,7 +146,7 @@ impl PoolShared {
         let acquired = match acquired {
             Ok(a) => a,
             Err(RefError::Orphaned) => {
-                // Our repair found it unreferenced: we are the one to free it (invariant 3).
+                // Our repair found it unreferenced: we are the one to free it (pool invariant 3).
                 self.free_array(meta_seg, header, h);
                 return Err(HandleError::Stale);
             }
@@ -154,7 +154,7 @@ impl PoolShared {
         };
         // Pinned: the fields are stable now if the refcount's target is our nonce (header
         // invariant 2): the place may have been freed and reused, or renewed for another array
-        // of its holder (invariant 4), between our first look and the pin.
+        // of its holder (header invariant 4), between our first look and the pin.
         if h.refcount.target() != nonce {
             self.unpin(h, acquired, slot, meta_seg, header);
             return Err(HandleError::Stale);

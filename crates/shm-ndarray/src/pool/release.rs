@@ -32,7 +32,7 @@ use crate::recycle::Renewed;
 
 impl PoolShared {
     /// Frees a dead array's data block (if it has one of its own), then its header block
-    /// (invariant 3).
+    /// (pool invariant 3).
     pub(super) fn free_array(&self, meta_seg: u16, header_block: Block, h: &ArrayHeader) {
         // Someone waits for memory: free straight to the shared tree, not into this process's
         // cache, where a waiter in another process could not reach it (found in review).
@@ -57,6 +57,7 @@ impl PoolShared {
         self.dir().header().freed.notify_if_waiting();
     }
 
+    #[inline]
     pub(super) fn release_local(&self, local: &LocalArray) {
         // Take the hold: `leave` may be releasing it at the same time.
         // Under the entry's lock (see `LocalArray::holder`): a load and a store suffice.
@@ -67,6 +68,7 @@ impl PoolShared {
         self.release_hold(local, slot);
     }
 
+    #[inline]
     pub(super) fn release_hold(&self, local: &LocalArray, slot: u32) {
         let h = local.header();
         let tokens = self.tokens();

@@ -212,7 +212,7 @@ impl PoolShared {
         }
     }
 
-    /// Adds a segment of `kind` able to hold `size` bytes, if the limits allow (invariant 1).
+    /// Adds a segment of `kind` able to hold `size` bytes, if the limits allow (pool invariant 1).
     /// Returns false when the pool may not grow.
     fn grow(&self, kind: u64, size: u64) -> Result<bool, PoolError> {
         let dir = self.dir();
@@ -281,7 +281,7 @@ impl PoolShared {
         entry.capacity.store(arena.capacity(), ORD);
         let _guard = self.open_lock.lock().unwrap_or_else(|p| p.into_inner());
         let _ = self.segments[count].set(arena);
-        // Release: invariant 3, the entry before the count.
+        // Release: directory invariant 3 (and invariant 2 here), the entry before the count.
         h.segment_count.store(count as u64 + 1, core::sync::atomic::Ordering::Release);
         drop(guard);
         Ok(true)

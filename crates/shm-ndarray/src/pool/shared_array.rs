@@ -50,10 +50,12 @@ impl core::fmt::Debug for SharedArray {
 }
 
 impl SharedArray {
+    #[inline]
     pub(super) fn whole(local: LocalRef) -> Self {
         Self { local, view: None }
     }
 
+    #[inline]
     pub(super) fn from_view(local: LocalRef, offset: u64, shape: Vec<u64>, strides: Vec<i64>) -> Self {
         if offset == 0 && *shape == *local.meta.shape && *strides == *local.meta.strides {
             return Self::whole(local);
