@@ -35,7 +35,7 @@ use shm_arena::Block;
 
 /// Smallest block size cached (the metadata segments' minimum block), as log2.
 const MIN_LOG2: u32 = 7;
-/// Block sizes cached: 128 bytes to 4 KiB (small arrays' blocks, `INLINE_MAX` in `pool`).
+/// Block sizes cached: 128 bytes to 4 KiB (small arrays' blocks, `INLINE_MAX` in `pool::create`).
 const ORDERS: usize = 6;
 const SLOTS: usize = 4;
 const SHARDS: usize = 8;
