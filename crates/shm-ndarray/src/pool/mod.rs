@@ -89,6 +89,7 @@ pub(crate) const DIRECTORY_HOLDER: u32 = 255;
 pub const MAX_PROCESSES: u32 = 255;
 const ORD: core::sync::atomic::Ordering = core::sync::atomic::Ordering::Relaxed;
 
+/// The /dev/shm name of segment `index` of `pool` (invariant 1).
 fn segment_name(pool: &str, index: usize) -> String {
     if index == 0 {
         format!("pyshm-{pool}")
@@ -103,6 +104,8 @@ pub struct Pool {
     pub(crate) shared: Arc<PoolShared>,
 }
 
+/// A pool as this process sees it, shared by its [`Pool`]s and the arrays made in it. Its
+/// fields are private to `pool`; its methods live in the file of their protocol.
 pub(crate) struct PoolShared {
     name: String,
     id: [u8; 16],
@@ -330,28 +333,28 @@ impl Pool {
 
 impl PoolShared {
     #[inline]
-    pub(super) fn dir(&self) -> Directory<'_> {
+    fn dir(&self) -> Directory<'_> {
         // SAFETY: validated at assembly (block, size and layout), mapped while segment 0 lives
         // (as long as `self`), all atomics.
         unsafe { Directory::new(self.dir_ptr.as_ptr(), self.layout) }
     }
 
     #[inline]
-    pub(super) fn processes(&self) -> ProcessTable<'_> {
+    fn processes(&self) -> ProcessTable<'_> {
         ProcessTable::new(self.dir().processes())
     }
 
     #[inline]
-    pub(super) fn tokens(&self) -> TokenTable<'_> {
+    fn tokens(&self) -> TokenTable<'_> {
         TokenTable::new(self.dir().tokens())
     }
 
-    pub(super) fn wait(&self) -> Option<Duration> {
+    fn wait(&self) -> Option<Duration> {
         let ns = self.wait_ns.load(ORD);
         (ns != NO_WAIT).then(|| Duration::from_nanos(ns))
     }
 
-    pub(super) fn stats(&self) -> PoolStats {
+    fn stats(&self) -> PoolStats {
         let mut s = PoolStats { processes: self.processes().occupied(), ..PoolStats::default() };
         for (i, arena, kind) in self.open_segments() {
             s.segments += 1;

@@ -48,7 +48,9 @@ fn first_look(meta: MetaSegment<'_>, block: Block, nonce: u64) -> Result<(NonNul
 /// How a pin takes its hold.
 #[derive(Clone, Copy)]
 pub(super) enum Pin {
+    /// Claim this transfer token (a handle's first attach).
     Token(shm_sync::Token),
+    /// Take a hold without a token (an untracked handle, a name, a re-hold).
     Acquire,
 }
 
