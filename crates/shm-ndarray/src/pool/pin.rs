@@ -37,6 +37,7 @@ use crate::header::{view_fits, ArrayHeader, ARRAY_MAGIC};
 /// Handle steps 2 and 3 (invariant 1): the header at the start of `block`, resolved by the
 /// metadata segment's arena, if its magic and nonce word say it is the array of `nonce`. Only
 /// atomics are read: the array is not pinned yet.
+#[inline]
 fn first_look(meta: MetaSegment<'_>, block: Block, nonce: u64) -> Result<(NonNull<u8>, &ArrayHeader), HandleError> {
     let (ptr, h) = meta.header(block)?;
     if h.magic.load(core::sync::atomic::Ordering::Acquire) != ARRAY_MAGIC || h.nonce.load(ORD) != nonce {

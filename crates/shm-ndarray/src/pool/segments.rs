@@ -68,11 +68,19 @@ impl<'a> MetaSegment<'a> {
 }
 
 impl PoolShared {
+    /// Segment `index`, mapping it first if this process has not yet (invariant 3).
+    #[inline]
     pub(super) fn segment(&self, index: u16) -> Result<&Arena, PoolError> {
-        let i = index as usize;
-        if let Some(a) = self.segments.get(i).and_then(OnceLock::get) {
-            return Ok(a);
+        match self.segments.get(index as usize).and_then(OnceLock::get) {
+            Some(a) => Ok(a),
+            None => self.open_segment(index),
         }
+    }
+
+    /// Maps segment `index` if the directory counts it (the slow path of [`Self::segment`]).
+    #[cold]
+    fn open_segment(&self, index: u16) -> Result<&Arena, PoolError> {
+        let i = index as usize;
         if i >= MAX_SEGMENTS
             || i as u64 >= self.dir().header().segment_count.load(core::sync::atomic::Ordering::Acquire)
         {
@@ -93,6 +101,7 @@ impl PoolShared {
     ///
     /// [`HandleError::Segment`] if it cannot be opened; [`HandleError::Invalid`] if it is a
     /// data segment.
+    #[inline]
     pub(super) fn meta_segment(&self, index: u16) -> Result<MetaSegment<'_>, HandleError> {
         let arena = self.segment(index).map_err(|e| HandleError::Segment(e.to_string()))?;
         // Pool invariant 1: headers live only in metadata segments; a handle naming a data
