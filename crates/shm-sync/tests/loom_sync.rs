@@ -2,7 +2,7 @@
 //! take-over after the holder's death and poisoning, and the event's no-lost-wakeup rules.
 //!
 //! Run by `cargo xtask test` with `RUSTFLAGS="--cfg shm_loom" LOOM_MAX_PREEMPTIONS=2`.
-//! The futex is modelled by a loom Mutex + Condvar (see `sync.rs`): an untimed sleep that nobody
+//! The futex is modelled by a loom Mutex + Condvar (see `shm_platform::sync::primitive`): an untimed sleep that nobody
 //! wakes is a loom deadlock, which is how a lost wakeup shows.
 #![cfg(all(shm_loom, feature = "loom"))]
 
