@@ -14,8 +14,9 @@
 //!
 //! The wrappers fall into two groups: waiting on words in mapped memory ([`futex_wait`],
 //! [`futex_wake`]), and process identity ([`process_exists`], [`current_pid`],
-//! [`install_fork_hook`]). The segment syscalls (`shm_open`, `memfd_create`, `fallocate`, ...)
-//! stay in `shm-arena`'s own `sys` module: only the allocator needs them.
+//! [`install_fork_hook`]), plus the monotonic clock ([`monotonic_ns`]). The segment syscalls
+//! (`shm_open`, `memfd_create`, `fallocate`, ...) stay in `shm-arena`'s own `sys` module: only
+//! the allocator needs them.
 
 use std::time::Duration;
 
@@ -153,6 +154,19 @@ pub(crate) fn install_fork_hook(child: extern "C" fn()) -> io::Result<()> {
     } else {
         Err(Errno::from_raw_os_error(rc))
     }
+}
+
+/// `clock_gettime(2)` with `CLOCK_MONOTONIC`, in nanoseconds: one clock for every process of
+/// the machine (saturating, which no uptime reaches).
+///
+/// # References
+///
+/// - `clock_gettime(2)`
+// Under loom, model time replaces the clock.
+#[cfg_attr(all(shm_loom, feature = "loom"), allow(dead_code))]
+pub(crate) fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    (t.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(t.tv_nsec as u64)
 }
 
 #[cfg(test)]

@@ -98,8 +98,7 @@ mod imp {
 
     /// `CLOCK_MONOTONIC` in nanoseconds: one clock for every process of the machine.
     pub fn now_ns() -> u64 {
-        let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-        (t.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(t.tv_nsec as u64)
+        crate::sys::monotonic_ns()
     }
 }
 
