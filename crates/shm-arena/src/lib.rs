@@ -12,7 +12,7 @@
 //! # What holds
 //!
 //! 1. Any number of processes (and threads) allocate and free concurrently without a lock:
-//!    every state change is one atomic operation on a word of the segment ([`tree`]).
+//!    every state change is one atomic operation on a word of the segment (the buddy tree).
 //! 2. Blocks are named by offset, size and generation ([`Block`]), never by pointer; every
 //!    reference from outside is validated before memory is touched, and a double free or a stale
 //!    reference is a typed error ([`BlockError`]), never corruption.

@@ -3,7 +3,7 @@
 //! [`SharedU32`] and [`SharedU64`] are the types to place in a block that several processes
 //! map (for instance behind [`Arena::root_word`](crate::Arena::root_word)): always real
 //! atomics, never loom's. With the `internals` feature this module also exports the store of
-//! atomic words the buddy tree is written against ([`AtomicWords`], [`heap_words`]), for the
+//! atomic words the buddy tree is written against (`AtomicWords`, `heap_words`), for the
 //! loom models, the fuzz targets and the benches.
 
 #[cfg(feature = "internals")]
