@@ -17,14 +17,13 @@
 use std::os::fd::OwnedFd;
 use std::ptr::NonNull;
 use std::sync::Mutex;
-use std::time::Duration;
 
 use core::sync::atomic::Ordering::Relaxed;
 
 use crate::block::Block;
 use crate::cache::LocalCache;
-use crate::error::{AllocError, BlockError, CreateError, OpenError, RegisterError};
-use crate::layout::Layout;
+use crate::error::{AllocError, BlockError, OpenError, RegisterError};
+use crate::options::OpenOptions;
 use crate::owners::{OwnerInfo, OwnerSlot, OwnerTable};
 use crate::process::{fork_generation, ProcessIdentity};
 use crate::segment::{Segment, SegmentName};
@@ -33,165 +32,8 @@ use crate::sync::{SharedU32, SharedU64};
 use crate::tree::node::SHARED_OWNER;
 use crate::tree::{BuddyTree, NodeRef, TreeReport, TreeViolation};
 
-/// Default minimum block: 64 bytes.
-pub const DEFAULT_MIN_BLOCK: u64 = 64;
-/// Default number of owner slots.
-pub const DEFAULT_OWNER_SLOTS: u32 = 128;
-/// Default time an opener waits for a segment's creator to finish.
-pub const DEFAULT_OPEN_WAIT: Duration = Duration::from_secs(2);
 const CACHE_SHARDS: usize = 8;
 pub(crate) const CACHE_SLOTS: usize = 8;
-
-/// How to create an arena.
-///
-/// # Examples
-///
-/// ```
-/// use shm_arena::ArenaOptions;
-///
-/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let arena = ArenaOptions::new(1 << 20).min_block(256).create_anonymous()?;
-/// assert_eq!(arena.capacity(), 1 << 20);
-/// assert_eq!(arena.min_block(), 256);
-/// # Ok(())
-/// # }
-/// ```
-#[derive(Clone, Debug)]
-pub struct ArenaOptions {
-    capacity: u64,
-    min_block: u64,
-    owner_slots: u32,
-    name: Option<String>,
-    populate: bool,
-    cache_max_block: Option<u64>,
-}
-
-impl ArenaOptions {
-    /// Options for an arena of `capacity` bytes (rounded up to the minimum block).
-    pub fn new(capacity: u64) -> Self {
-        Self {
-            capacity,
-            min_block: DEFAULT_MIN_BLOCK,
-            owner_slots: DEFAULT_OWNER_SLOTS,
-            name: None,
-            populate: false,
-            cache_max_block: None,
-        }
-    }
-
-    /// Minimum block size and alignment: a power of two from 16 bytes to 1 MiB (default 64).
-    pub fn min_block(mut self, bytes: u64) -> Self {
-        self.min_block = bytes;
-        self
-    }
-
-    /// How many arenas (processes, or handles within one) may use the segment at once.
-    pub fn owner_slots(mut self, slots: u32) -> Self {
-        self.owner_slots = slots;
-        self
-    }
-
-    /// A chosen segment name (`pyshm-` then letters, digits, `.`, `_`, `-`) instead of a
-    /// random one. Only for named segments ([`ArenaOptions::create`]).
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = Some(name.into());
-        self
-    }
-
-    /// Prefault the whole mapping at creation (`MAP_POPULATE`).
-    pub fn populate(mut self, populate: bool) -> Self {
-        self.populate = populate;
-        self
-    }
-
-    /// Largest block size this process caches after a free (0 disables the cache).
-    /// Default: 4 KiB, or capacity / 4096 when that is smaller.
-    pub fn cache_max_block(mut self, bytes: u64) -> Self {
-        self.cache_max_block = Some(bytes);
-        self
-    }
-
-    fn layout(&self) -> Result<Layout, CreateError> {
-        Ok(Layout::new(self.min_block, self.capacity, self.owner_slots)?)
-    }
-
-    /// Creates a named segment (`/dev/shm/<name>`) that other processes can [`Arena::open`].
-    ///
-    /// # Errors
-    ///
-    /// [`CreateError`]: bad geometry or name, name taken, no room in /dev/shm, syscalls.
-    pub fn create(&self) -> Result<Arena, CreateError> {
-        let name = match &self.name {
-            Some(n) => n.clone(),
-            None => SegmentName::random()?,
-        };
-        self.create_in(SegmentName::Named(name))
-    }
-
-    /// Creates an anonymous (memfd) segment, shared with children across `fork` or by passing
-    /// its descriptor ([`Arena::fd`], [`Arena::open_fd`]).
-    ///
-    /// # Errors
-    ///
-    /// As for [`ArenaOptions::create`].
-    pub fn create_anonymous(&self) -> Result<Arena, CreateError> {
-        self.create_in(SegmentName::Anonymous)
-    }
-
-    fn create_in(&self, name: SegmentName) -> Result<Arena, CreateError> {
-        let layout = self.layout()?;
-        let segment = Segment::create(name, layout, self.populate, |seg| {
-            let tree = tree_of(seg);
-            tree.reserve_tail(layout.capacity_leaves());
-        })?;
-        let arena = Arena::from_segment(segment, self.cache_max_block);
-        match arena {
-            Ok(a) => Ok(a),
-            Err((segment, e)) => {
-                if let SegmentName::Named(n) = segment.name() {
-                    let _ = crate::segment::unlink(n);
-                }
-                Err(e.into())
-            }
-        }
-    }
-}
-
-/// How to open an existing arena.
-#[derive(Clone, Debug)]
-pub struct OpenOptions {
-    populate: bool,
-    wait: Duration,
-    cache_max_block: Option<u64>,
-}
-
-impl Default for OpenOptions {
-    fn default() -> Self {
-        Self { populate: false, wait: DEFAULT_OPEN_WAIT, cache_max_block: None }
-    }
-}
-
-impl OpenOptions {
-    /// Default options: no prefaulting, wait up to 2 s for the creator.
-    pub fn new() -> Self {
-        Self::default()
-    }
-    /// Prefault the whole mapping (`MAP_POPULATE`): fewer page faults later.
-    pub fn populate(mut self, populate: bool) -> Self {
-        self.populate = populate;
-        self
-    }
-    /// How long to wait for a creator still initialising the segment.
-    pub fn wait(mut self, wait: Duration) -> Self {
-        self.wait = wait;
-        self
-    }
-    /// As [`ArenaOptions::cache_max_block`].
-    pub fn cache_max_block(mut self, bytes: u64) -> Self {
-        self.cache_max_block = Some(bytes);
-        self
-    }
-}
 
 /// This process's registration: its tag and the fork generation it was taken in.
 struct Registration {
@@ -232,7 +74,7 @@ pub struct Arena {
     seen_trim: crate::sync::local::AtomicU32,
 }
 
-fn tree_of(segment: &Segment) -> BuddyTree<'_, [SharedU32]> {
+pub(crate) fn tree_of(segment: &Segment) -> BuddyTree<'_, [SharedU32]> {
     let l = segment.layout();
     // SAFETY: the layout was computed (create) or recomputed and validated (open) for this
     // segment, so both regions lie inside the mapping, 4-byte aligned (page / 128 aligned),
@@ -318,7 +160,10 @@ impl Arena {
     }
 
     #[allow(clippy::result_large_err)] // cold path; the segment is handed back for cleanup
-    fn from_segment(segment: Segment, cache_max_block: Option<u64>) -> Result<Self, (Segment, RegisterError)> {
+    pub(crate) fn from_segment(
+        segment: Segment,
+        cache_max_block: Option<u64>,
+    ) -> Result<Self, (Segment, RegisterError)> {
         let layout = *segment.layout();
         let max = cache_max_block.unwrap_or_else(|| 4096.min(layout.capacity >> 12));
         let orders = if max < layout.min_block() { 0 } else { (63 - max.leading_zeros()) - layout.min_block_shift + 1 };

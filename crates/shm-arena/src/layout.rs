@@ -136,6 +136,7 @@ impl Layout {
     }
 
     /// Bytes spent on metadata (everything but the data region).
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))] // for the fuzz targets and tests
     pub const fn overhead(&self) -> u64 {
         self.segment_size - self.capacity
     }

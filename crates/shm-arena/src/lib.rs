@@ -12,7 +12,7 @@
 //! # What holds
 //!
 //! 1. Any number of processes (and threads) allocate and free concurrently without a lock:
-//!    every state change is one atomic operation on a word of the segment ([`tree`]).
+//!    every state change is one atomic operation on a word of the segment (the buddy tree).
 //! 2. Blocks are named by offset, size and generation ([`Block`]), never by pointer; every
 //!    reference from outside is validated before memory is touched, and a double free or a stale
 //!    reference is a typed error ([`BlockError`]), never corruption.
@@ -50,10 +50,19 @@
 //!
 //! # Layers
 //!
-//! [`sync::AtomicWords`] is the store of atomic words every algorithm is written against, so the
-//! same [`tree::BuddyTree`] runs over a mapping, over heap memory (tests) and under loom.
-//! [`process::ProcessIdentity`] tells a live process from a dead one across pid reuse. The
-//! segment layout is in [`layout`]; `docs/architecture.md` describes the protocols.
+//! The futex, process identity ([`process::ProcessIdentity`] tells a live process from a dead
+//! one across pid reuse) and the loom facade come from the platform crate `shm-platform`; the
+//! arena re-exports what its own API names ([`process`], [`sync`]). The buddy tree is written
+//! against a store of atomic words, so the same code runs over a mapping, over heap memory
+//! (tests) and under loom. `docs/architecture.md` describes the protocols.
+//!
+//! # Features
+//!
+//! - `internals`: makes the building blocks public (`tree`, the lock-free buddy tree; `layout`,
+//!   the segment layout; `sync::AtomicWords`). For the fuzz targets, the loom models and the
+//!   benches; outside semver, they change with the protocols.
+//! - `loom`: with `RUSTFLAGS="--cfg shm_loom"`, runs the tree on loom's atomics (and turns on
+//!   `internals`, which the models need).
 #![deny(unsafe_code)]
 
 #[allow(unsafe_code)] // views of the validated layout, and block pointers
@@ -61,25 +70,39 @@ mod arena;
 mod block;
 mod cache;
 pub mod error;
-pub mod futex;
+#[cfg(feature = "internals")]
 pub mod layout;
+#[cfg(not(feature = "internals"))]
+#[allow(unreachable_pub)] // its `pub` items are the `internals` API
+mod layout;
 pub mod local_slots;
+mod options;
 mod owners;
-pub mod process;
 #[allow(unsafe_code)] // the mapping and the typed views into it
 mod segment;
 pub mod sync;
-#[allow(unsafe_code)] // thin syscall wrappers (rustix) and the futex on mapped words
+#[allow(unsafe_code)] // thin syscall wrappers (rustix)
 pub(crate) mod sys;
+#[cfg(feature = "internals")]
 pub mod tree;
+#[cfg(not(feature = "internals"))]
+#[allow(unreachable_pub)] // its `pub` items are the `internals` API
+mod tree;
 
-pub use arena::{
-    Arena, ArenaOptions, ArenaStats, CheckError, OpenOptions, Recovery, DEFAULT_MIN_BLOCK, DEFAULT_OPEN_WAIT,
-    DEFAULT_OWNER_SLOTS,
-};
+pub use shm_platform::process;
+
+pub use arena::{Arena, ArenaStats, CheckError, Recovery};
 pub use block::Block;
 pub use error::{AllocError, BlockError, CreateError, OpenError, RegisterError};
-pub use owners::{OwnerInfo, SlotState};
-pub use segment::{
-    list_segments, shm_free_bytes, unlink, SegmentFile, SegmentName, LAYOUT_VERSION, MAGIC, NAME_PREFIX,
+pub use layout::LayoutError;
+pub use options::{
+    ArenaOptions, OpenOptions, DEFAULT_MIN_BLOCK, DEFAULT_NAME_PREFIX, DEFAULT_OPEN_WAIT, DEFAULT_OWNER_SLOTS,
 };
+pub use owners::{OwnerInfo, SlotState};
+pub use segment::{list_segments, shm_free_bytes, unlink, SegmentFile, SegmentName, LAYOUT_VERSION, MAGIC};
+pub use tree::{BlockStateError, TreeReport, TreeViolation};
+
+/// The README's two-process example, run as a doctest so that it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

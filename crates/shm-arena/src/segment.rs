@@ -1,8 +1,8 @@
 //! A segment: a named POSIX shared-memory object or an anonymous memfd, reserved, mapped once.
 //!
 //! Invariants:
-//! 1. A named segment is created exclusively, mode 0600, under `pyshm-` plus 128 random bits
-//!    unless the caller names it; its pages are reserved with `fallocate` before anyone can use
+//! 1. A named segment is created exclusively, mode 0600, under a caller-chosen prefix plus 128
+//!    random bits unless the caller names it; its pages are reserved with `fallocate` before anyone can use
 //!    them, so a full `/dev/shm` is an error at creation, never a `SIGBUS` later.
 //! 2. Nothing in a segment is trusted before the header validates: the opener checks the size
 //!    of the object, then the magic, version, checksum and a recomputed [`Layout`], and only then
@@ -31,12 +31,11 @@ use memmap2::{MmapOptions, MmapRaw};
 
 use crate::error::{CreateError, OpenError, SysOp};
 use crate::layout::{Layout, HEADER_SIZE};
-use crate::process::ProcessIdentity;
-use crate::sync::{SharedU32, SharedU64};
 use crate::sys;
+use shm_platform::futex;
+use shm_platform::process::ProcessIdentity;
+use shm_platform::sync::{SharedU32, SharedU64};
 
-/// Every segment name starts with this.
-pub const NAME_PREFIX: &str = "pyshm-";
 /// Magic at offset 0.
 pub const MAGIC: [u8; 8] = *b"PYSHMSEG";
 /// Version of the layout described in this module and in `layout`.
@@ -45,7 +44,8 @@ const READY: u32 = 0x5245_4459; // "READY" in spirit: any non-zero value other t
 const INIT_OFFSET: usize = 512;
 const ROOT_OFFSET: usize = 520;
 const TRIM_OFFSET: usize = 528;
-const MAX_NAME_LEN: usize = 200;
+/// Longest name: `NAME_MAX`, the longest file name in `/dev/shm`.
+const MAX_NAME_LEN: usize = 255;
 
 /// The part of the header written once by the creator.
 #[repr(C)]
@@ -180,38 +180,53 @@ pub enum SegmentName {
 }
 
 impl SegmentName {
-    /// Checks a caller-chosen name: the prefix `pyshm-`, then 1 to 200 of `[A-Za-z0-9._-]`.
+    /// Checks a caller-chosen name: any valid POSIX shared-memory name without its leading
+    /// slash, that is 1 to 255 printable ASCII characters (no space, no control), no `/`, and
+    /// neither `.` nor `..`.
     ///
     /// # Errors
     ///
     /// [`CreateError::InvalidName`] naming the rule broken.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_arena::SegmentName;
+    ///
+    /// assert!(SegmentName::validate("myapp-arena").is_ok());
+    /// assert!(SegmentName::validate("a/b").is_err());
+    /// ```
     pub fn validate(name: &str) -> Result<(), CreateError> {
         let bad = |why: &'static str| CreateError::InvalidName { name: name.to_owned(), why };
-        let Some(rest) = name.strip_prefix(NAME_PREFIX) else {
-            return Err(bad("must start with \"pyshm-\""));
-        };
-        if rest.is_empty() || name.len() > MAX_NAME_LEN {
-            return Err(bad("length must be 1..=200 characters after the prefix"));
+        if name.is_empty() || name.len() > MAX_NAME_LEN {
+            return Err(bad("length must be 1..=255 characters"));
         }
-        if !rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-') {
-            return Err(bad("only letters, digits, '.', '_' and '-' are allowed"));
+        if name.contains('/') {
+            return Err(bad("'/' is not allowed"));
+        }
+        if !name.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(bad("only printable ASCII characters other than space are allowed"));
+        }
+        if name == "." || name == ".." {
+            return Err(bad("\".\" and \"..\" name directories"));
         }
         Ok(())
     }
 
-    /// A fresh unguessable name: the prefix and 32 hex digits from the kernel's random source.
+    /// A fresh unguessable name: `prefix` and 32 hex digits from the kernel's random source.
+    /// The name is checked when a segment is created under it.
     ///
     /// # Errors
     ///
     /// [`CreateError::Sys`] if `getrandom` fails.
-    pub fn random() -> Result<String, CreateError> {
+    pub fn random(prefix: &str) -> Result<String, CreateError> {
         let mut bytes = [0u8; 16];
         sys::fill_random(&mut bytes).map_err(|e| CreateError::Sys {
             op: SysOp::GetRandom,
             name: String::new(),
             source: e,
         })?;
-        Ok(format!("{NAME_PREFIX}{}", hex(&bytes)))
+        Ok(format!("{prefix}{}", hex(&bytes)))
     }
 }
 
@@ -288,7 +303,7 @@ impl Segment {
         init(&segment);
         // Release: pairs with the Acquire in `wait_ready`; publishes the header and `init`'s writes.
         segment.init_word().store(READY, std::sync::atomic::Ordering::Release);
-        let _ = sys::futex_wake(segment.init_word(), u32::MAX);
+        futex::wake(segment.init_word(), u32::MAX);
         Ok(segment)
     }
 
@@ -430,27 +445,29 @@ fn wait_ready(head: &MmapRaw, label: &str, deadline: Instant) -> Result<(), Open
         if now >= deadline {
             return Err(OpenError::NotInitialized { name: label.to_owned() });
         }
-        let _ = sys::futex_wait(word, state, (deadline - now).min(Duration::from_millis(50)));
+        let _ = futex::wait(word, state, (deadline - now).min(Duration::from_millis(50)));
     }
 }
 
 /// A named segment found in `/dev/shm` by [`list_segments`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SegmentFile {
-    /// Its name, with the `pyshm-` prefix (what [`Arena::open`](crate::Arena::open) takes).
+    /// Its name, prefix included (what [`Arena::open`](crate::Arena::open) takes).
     pub name: String,
     /// Bytes of the file.
     pub len: u64,
 }
 
-/// Every object in `/dev/shm` whose name starts with [`NAME_PREFIX`], sorted by name, without
-/// opening any of them (so a foreign or half-made file is listed too).
+/// Every object in `/dev/shm` whose name starts with `prefix`, sorted by name, without opening
+/// any of them (so a foreign or half-made file is listed too). The prefix is the caller's: the
+/// one it created its segments under ([`ArenaOptions::name_prefix`](crate::ArenaOptions::name_prefix),
+/// or its own naming scheme).
 ///
 /// # Errors
 ///
 /// The errors of reading `/dev/shm`.
-pub fn list_segments() -> std::io::Result<Vec<SegmentFile>> {
-    Ok(sys::list_shm_objects(NAME_PREFIX)?.into_iter().map(|(name, len)| SegmentFile { name, len }).collect())
+pub fn list_segments(prefix: &str) -> std::io::Result<Vec<SegmentFile>> {
+    Ok(sys::list_shm_objects(prefix)?.into_iter().map(|(name, len)| SegmentFile { name, len }).collect())
 }
 
 /// Bytes an unprivileged process can still allocate in `/dev/shm`, if `statvfs` can say.
@@ -507,13 +524,26 @@ mod tests {
     #[test]
     fn names_are_checked() {
         assert!(SegmentName::validate("pyshm-abc_1.2-x").is_ok());
-        assert!(SegmentName::validate("other").is_err());
-        assert!(SegmentName::validate("pyshm-").is_err());
+        assert!(SegmentName::validate("myapp-arena").is_ok());
+        assert!(SegmentName::validate("other").is_ok());
+        assert!(SegmentName::validate("x:y+z@1").is_ok());
+        assert!(SegmentName::validate(&"a".repeat(255)).is_ok());
+        assert!(SegmentName::validate("").is_err());
         assert!(SegmentName::validate("pyshm-a/b").is_err());
+        assert!(SegmentName::validate("/pyshm-a").is_err());
+        assert!(SegmentName::validate("a b").is_err());
+        assert!(SegmentName::validate("a\nb").is_err());
+        assert!(SegmentName::validate("caf\u{e9}").is_err());
+        assert!(SegmentName::validate(".").is_err());
+        assert!(SegmentName::validate("..").is_err());
+        assert!(SegmentName::validate(&"a".repeat(256)).is_err());
         assert!(SegmentName::validate(&format!("pyshm-{}", "a".repeat(300))).is_err());
-        let r = SegmentName::random().unwrap();
-        assert!(SegmentName::validate(&r).is_ok());
-        assert_eq!(r.len(), NAME_PREFIX.len() + 32);
-        assert_ne!(r, SegmentName::random().unwrap());
+        for prefix in ["pyshm-", "myapp-"] {
+            let r = SegmentName::random(prefix).unwrap();
+            assert!(SegmentName::validate(&r).is_ok());
+            assert!(r.starts_with(prefix));
+            assert_eq!(r.len(), prefix.len() + 32);
+            assert_ne!(r, SegmentName::random(prefix).unwrap());
+        }
     }
 }

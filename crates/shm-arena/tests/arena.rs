@@ -1,6 +1,6 @@
 //! The arena through its public API, in one process.
 
-use shm_arena::tree::BlockStateError;
+use shm_arena::BlockStateError;
 use shm_arena::{AllocError, Arena, ArenaOptions, Block, BlockError, OpenError, OpenOptions};
 use std::time::Duration;
 
@@ -41,6 +41,31 @@ fn create_is_private_reserved_and_unguessable() {
     let (b, _g2) = named(1 << 20);
     assert_ne!(a.name(), b.name());
     assert_ne!(a.segment_id(), b.segment_id());
+}
+
+#[test]
+fn any_valid_name_and_prefix_work() {
+    let pid = std::process::id();
+    // A name of the caller's choosing, outside any prefix the crate knows.
+    let chosen = format!("myapp-arena-{pid}");
+    let a = ArenaOptions::new(1 << 20).name(&chosen).create().unwrap();
+    let _g = Unlink(chosen.clone());
+    assert_eq!(a.name(), Some(chosen.as_str()));
+    let opened = Arena::open(&chosen).unwrap();
+    assert_eq!(opened.segment_id(), a.segment_id());
+    // A random name under the caller's prefix, found again by listing that prefix.
+    let prefix = format!("myapp-{pid}-");
+    let b = ArenaOptions::new(1 << 20).name_prefix(&prefix).create().unwrap();
+    let _g2 = Unlink(b.name().unwrap().to_owned());
+    assert!(b.name().unwrap().starts_with(&prefix) && b.name().unwrap().len() == prefix.len() + 32);
+    let listed = shm_arena::list_segments(&prefix).unwrap();
+    assert_eq!(listed.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(), [b.name().unwrap()]);
+    assert_eq!(listed[0].len, b.segment_size());
+    // What no POSIX name can be is refused before any syscall.
+    for bad in ["", "a/b", "a b", ".."] {
+        let err = ArenaOptions::new(1 << 20).name(bad).create().err();
+        assert!(matches!(err, Some(shm_arena::CreateError::InvalidName { .. })), "{bad:?}: {err:?}");
+    }
 }
 
 #[test]

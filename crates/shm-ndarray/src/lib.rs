@@ -33,6 +33,10 @@
 //! ```
 #![deny(unsafe_code)]
 
+/// Every segment of a pool is named `pyshm-<pool>` or `pyshm-<pool>-<n>`; the arena is told
+/// this prefix, and it is how `/dev/shm` is scanned for pools.
+pub(crate) const NAME_PREFIX: &str = "pyshm-";
+
 #[allow(unsafe_code)] // typed views of the directory block
 mod directory;
 #[allow(unsafe_code)] // the `Element` trait is unsafe to implement

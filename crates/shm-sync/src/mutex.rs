@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 
 use crate::sync::{self, pid_of, AtomicU32, AtomicU64, IdentityBits, Ordering, Waited};
 
-const PID_MASK: u32 = (1 << shm_arena::process::PID_BITS) - 1;
+const PID_MASK: u32 = (1 << shm_platform::process::PID_BITS) - 1;
 const WAITERS: u32 = 1 << 29;
 const RECOVERING: u32 = 1 << 30;
 const POISONED: u32 = 1 << 31;

@@ -266,7 +266,7 @@ mod tests {
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id();
         child.wait().unwrap();
-        u64::from(pid) | (1 << shm_arena::process::PID_BITS) // some start time; the pid is gone
+        u64::from(pid) | (1 << shm_platform::process::PID_BITS) // some start time; the pid is gone
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use shm_arena::sync::{SharedU32, SharedU64};
+use shm_platform::sync::{SharedU32, SharedU64};
 use shm_sync::{Event, LockError, Locked, ProcessSlot, ProcessTable, RobustMutex, Wait};
 use shm_testkit::{fork, kill, until, wait, SharedPage};
 
@@ -203,7 +203,7 @@ mod refcounts {
     fn a_sent_handle_outlives_its_sender() {
         let mem = Shared::new();
         let l = layout(&mem);
-        let token_word: &shm_arena::sync::SharedU64 = mem.at(1024);
+        let token_word: &shm_platform::sync::SharedU64 = mem.at(1024);
         let pid = fork(|| {
             let l = layout(&mem);
             let r = l.table.register().unwrap();

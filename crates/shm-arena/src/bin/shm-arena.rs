@@ -1,7 +1,8 @@
 //! `shm-arena`: inspect, check, recover and stress arenas from the command line.
 //!
 //! ```text
-//! shm-arena ls                                   list pyshm segments in /dev/shm
+//! shm-arena ls [PREFIX]                          list segments in /dev/shm whose name starts
+//!                                                with PREFIX (default `pyshm-`)
 //! shm-arena info <name>                          geometry, usage and owner slots
 //! shm-arena check <name>                         check every invariant (exit 1 if broken)
 //! shm-arena recover <name>                       free what dead owners held
@@ -19,13 +20,13 @@ use shm_arena::{AllocError, Arena, Block};
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
-        Some("ls") => ls(),
+        Some("ls") => ls(args.get(1).map_or(shm_arena::DEFAULT_NAME_PREFIX, String::as_str)),
         Some("info") => with_name(&args, info),
         Some("check") => with_name(&args, check),
         Some("recover") => with_name(&args, recover),
         Some("stress") => with_name(&args, |name| stress(name, &args[2..])),
         _ => {
-            eprintln!("usage: shm-arena ls | info NAME | check NAME | recover NAME | stress NAME [--seconds S] [--seed N] [--live K] [--max-size B]");
+            eprintln!("usage: shm-arena ls [PREFIX] | info NAME | check NAME | recover NAME | stress NAME [--seconds S] [--seed N] [--live K] [--max-size B]");
             return ExitCode::from(2);
         }
     };
@@ -47,14 +48,9 @@ fn with_name(args: &[String], f: impl FnOnce(&str) -> Result<ExitCode>) -> Resul
     }
 }
 
-fn ls() -> Result<ExitCode> {
-    let mut names: Vec<_> = std::fs::read_dir("/dev/shm")?
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with(shm_arena::NAME_PREFIX))
-        .collect();
-    names.sort_by_key(|e| e.file_name());
-    for e in names {
-        println!("{}\t{}", e.file_name().to_string_lossy(), e.metadata().map(|m| m.len()).unwrap_or(0));
+fn ls(prefix: &str) -> Result<ExitCode> {
+    for file in shm_arena::list_segments(prefix)? {
+        println!("{}\t{}", file.name, file.len);
     }
     Ok(ExitCode::SUCCESS)
 }

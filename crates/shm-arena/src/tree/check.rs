@@ -58,7 +58,7 @@ pub struct TreeReport {
     pub stale_occupancy_marks: u64,
 }
 
-/// A broken invariant found by [`BuddyTree::check`].
+/// A broken invariant found by `BuddyTree::check` (through [`Arena::check`](crate::Arena::check)).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TreeViolation {
     /// A word has a bit or field set that its state forbids (invariants 1-2).

@@ -66,7 +66,9 @@ pub(crate) use trace_event;
 use crate::sync::AtomicWords;
 pub use check::{TreeReport, TreeViolation};
 pub use node::NodeWord;
+#[cfg(feature = "internals")] // used outside the crate only
 pub use recover::RecoveryReport;
+#[cfg(feature = "internals")] // used outside the crate only
 pub use search::HINT_SLOTS;
 
 /// Largest supported depth: `2^30` leaves, node indices below `2^31`.
@@ -212,6 +214,7 @@ impl<'a, N: ?Sized + AtomicWords, S: ?Sized + AtomicWords> BuddyTree<'a, N, S> {
     }
 
     /// Depth of the tree: the level of the leaves.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))] // for the benches and models
     pub const fn depth(&self) -> u32 {
         self.depth
     }
@@ -222,6 +225,7 @@ impl<'a, N: ?Sized + AtomicWords, S: ?Sized + AtomicWords> BuddyTree<'a, N, S> {
     }
 
     /// Level whose nodes cover `2^order` leaves, if the tree has such a level.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))] // for the benches and models
     pub const fn level_for_order(&self, order: u32) -> Option<u32> {
         if order > self.depth {
             None

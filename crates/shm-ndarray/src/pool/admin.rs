@@ -63,11 +63,11 @@ struct PoolFile {
 /// Every file in /dev/shm that could be a pool's segment (the inverse of [`segment_name`]),
 /// sorted by name. A snapshot: empty if /dev/shm cannot be read.
 fn pool_files() -> Vec<PoolFile> {
-    let files = shm_arena::list_segments().unwrap_or_default();
+    let files = shm_arena::list_segments(crate::NAME_PREFIX).unwrap_or_default();
     files
         .into_iter()
         .filter_map(|f| {
-            let rest = f.name.strip_prefix(shm_arena::NAME_PREFIX)?;
+            let rest = f.name.strip_prefix(crate::NAME_PREFIX)?;
             let (pool, is_root) = match rest.rsplit_once('-') {
                 Some((p, n)) if !p.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => (p.to_owned(), false),
                 _ => (rest.to_owned(), true),

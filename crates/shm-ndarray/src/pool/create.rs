@@ -20,7 +20,7 @@
 use std::ptr::NonNull;
 use std::sync::Arc;
 
-use shm_arena::process::fork_generation;
+use crate::sync::fork_generation;
 use shm_arena::Block;
 
 use super::local_array::{held_slot, holder_word, LocalArray, LocalRef};
@@ -99,7 +99,7 @@ impl PoolShared {
         #[allow(clippy::multiple_unsafe_ops_per_block)]
         // SAFETY: as above: fields of memory we own alone, each written once.
         unsafe {
-            field_of!(p, LocalArray, refs).write(shm_arena::sync::SharedU64::new(1));
+            field_of!(p, LocalArray, refs).write(crate::sync::SharedU64::new(1));
             field_of!(p, LocalArray, pool).write(self.clone());
             field_of!(p, LocalArray, meta_segment).write(meta_seg);
             field_of!(p, LocalArray, header_block).write(header_block);
@@ -107,8 +107,8 @@ impl PoolShared {
             field_of!(p, LocalArray, nonce).write(nonce);
             field_of!(p, LocalArray, data).write(data);
             field_of!(p, LocalArray, data_len).write(data_len);
-            field_of!(p, LocalArray, holder).write(shm_arena::sync::SharedU64::new(holder_word(slot)));
-            field_of!(p, LocalArray, borrows).write(shm_arena::sync::SharedU64::new(0));
+            field_of!(p, LocalArray, holder).write(crate::sync::SharedU64::new(holder_word(slot)));
+            field_of!(p, LocalArray, borrows).write(crate::sync::SharedU64::new(0));
         }
         // SAFETY: every field written (`meta` by `write_contiguous`, the rest just above:
         // `fields_needing_drop` lists them all), count 1, from `spares`.

@@ -24,7 +24,7 @@
 use std::ptr::NonNull;
 use std::sync::Arc;
 
-use shm_arena::process::fork_generation;
+use crate::sync::fork_generation;
 use shm_arena::Block;
 
 use super::{PoolShared, ORD};
@@ -34,7 +34,7 @@ use crate::header::{field_of, ArrayHeader, ArrayMeta};
 /// Reached through [`LocalRef`]s only.
 pub(crate) struct LocalArray {
     /// [`LocalRef`]s to it.
-    pub(super) refs: shm_arena::sync::SharedU64,
+    pub(super) refs: crate::sync::SharedU64,
     pub(super) pool: Arc<PoolShared>,
     pub(super) meta_segment: u16,
     pub(super) header_block: Block,
@@ -46,9 +46,9 @@ pub(crate) struct LocalArray {
     /// `slot << 32 | fork generation` under which this process holds the array. Changed only
     /// under the array's entry lock in `locals` (drop, leave, re-acquisition, a pin that takes
     /// a hold again), so a load and a store make a transition.
-    pub(super) holder: shm_arena::sync::SharedU64,
+    pub(super) holder: crate::sync::SharedU64,
     /// Borrows of the data in this process: the number of shared borrows, or `EXCLUSIVE`.
-    pub(crate) borrows: shm_arena::sync::SharedU64,
+    pub(crate) borrows: crate::sync::SharedU64,
 }
 
 /// [`LocalArray::holder`] for a hold under `slot` by this process (this side of any fork).

@@ -18,7 +18,7 @@
 //! once if the table is full); `leave` runs at `Pool::leave` and at the last drop of the pool
 //! in this process.
 
-use shm_arena::process::fork_generation;
+use crate::sync::fork_generation;
 use shm_sync::Registration;
 
 use super::local_array::{held_slot, holder_word, NOT_HELD};

@@ -113,17 +113,17 @@ pub(crate) struct PoolShared {
     /// The directory block in segment 0's mapping (validated at assembly).
     dir_ptr: NonNull<u8>,
     /// Per segment kind, the segment that served the last allocation (a hint).
-    last_segment: [shm_arena::sync::SharedU64; 3],
+    last_segment: [crate::sync::SharedU64; 3],
     layout: DirLayout,
     segments: Box<[OnceLock<Arena>]>,
     open_lock: Mutex<()>,
     membership: Mutex<Membership>,
     /// `fork_generation << 16 | slot + 1` of the current membership; 0 when none.
-    fast_slot: shm_arena::sync::SharedU64,
+    fast_slot: crate::sync::SharedU64,
     /// The arrays this process holds, by header place (see `locals`).
     locals: Locals<LocalArray>,
     /// How long an allocation may wait for a free, in nanoseconds; `NO_WAIT` for not at all.
-    wait_ns: shm_arena::sync::SharedU64,
+    wait_ns: crate::sync::SharedU64,
     /// This process's renewed small-array blocks (see `recycle`).
     renewed: Renewed,
     /// Spare `LocalArray` allocations.

@@ -20,7 +20,7 @@ use std::ptr::NonNull;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use shm_arena::process::fork_generation;
+use crate::sync::fork_generation;
 use shm_arena::{Arena, ArenaOptions, Block, CreateError, OpenError};
 use shm_sync::{ProcessTable, Registration};
 
@@ -85,8 +85,8 @@ impl Pool {
             Some(n) if !valid_pool_name(n) => return Err(PoolError::InvalidName { name: n.clone() }),
             Some(n) => n.clone(),
             None => {
-                let random = shm_arena::SegmentName::random()?;
-                random.trim_start_matches(shm_arena::NAME_PREFIX).to_owned()
+                let random = shm_arena::SegmentName::random(crate::NAME_PREFIX)?;
+                random.trim_start_matches(crate::NAME_PREFIX).to_owned()
             }
         };
         if let Some(existing) = Self::from_registry(&name) {
@@ -225,11 +225,11 @@ impl Pool {
             segments,
             open_lock: Mutex::new(()),
             membership: Mutex::new(Membership { registration, fork_generation: fork_generation() }),
-            fast_slot: shm_arena::sync::SharedU64::new(
+            fast_slot: crate::sync::SharedU64::new(
                 registration.map_or(0, |r| fork_generation() << 16 | u64::from(r.index + 1)),
             ),
             locals: Locals::new(MAX_SEGMENTS),
-            wait_ns: shm_arena::sync::SharedU64::new(wait_to_ns(wait)),
+            wait_ns: crate::sync::SharedU64::new(wait_to_ns(wait)),
             renewed: Renewed::new(),
             spares: Spares::new(),
         });

@@ -107,7 +107,7 @@ impl PoolShared {
             return Err(HandleError::Invalid("the header names no valid data block"));
         };
         let local = LocalRef::new(LocalArray {
-            refs: shm_arena::sync::SharedU64::new(1),
+            refs: crate::sync::SharedU64::new(1),
             pool: self.clone(),
             meta_segment: meta_seg,
             header_block: header,
@@ -116,8 +116,8 @@ impl PoolShared {
             data,
             data_len,
             meta,
-            holder: shm_arena::sync::SharedU64::new(holder_word(slot)),
-            borrows: shm_arena::sync::SharedU64::new(0),
+            holder: crate::sync::SharedU64::new(holder_word(slot)),
+            borrows: crate::sync::SharedU64::new(0),
         });
         // Replacing the entry of a `LocalArray` whose last reference went takes its hold over;
         // replacing one this process does not hold (after `leave`, or inherited) takes nothing

@@ -21,7 +21,7 @@
 use std::ptr::NonNull;
 use std::sync::OnceLock;
 
-use shm_arena::process::fork_generation;
+use crate::sync::fork_generation;
 use shm_arena::Block;
 use shm_sync::{RefError, Released};
 

@@ -11,14 +11,14 @@ fn a_fork_before_the_first_call_is_counted() {
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0);
     if pid == 0 {
-        let code = shm_arena::process::fork_generation() as i32;
+        let code = shm_platform::process::fork_generation() as i32;
         // SAFETY: ends the child without running the harness's destructors.
         unsafe { libc::_exit(code) };
     }
     let mut status = 0;
     // SAFETY: our child; `status` is a valid out-pointer.
     assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-    let parent = shm_arena::process::fork_generation();
+    let parent = shm_platform::process::fork_generation();
     assert!(libc::WIFEXITED(status));
     assert_eq!(libc::WEXITSTATUS(status) as u64, parent + 1, "the child counted its fork");
 }

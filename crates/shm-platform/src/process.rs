@@ -49,9 +49,9 @@
 //! whether the process lives.
 //!
 //! ```
-//! use shm_arena::process::{Liveness, ProcessIdentity};
+//! use shm_platform::process::{Liveness, ProcessIdentity};
 //!
-//! # fn main() -> Result<(), shm_arena::process::IdentityError> {
+//! # fn main() -> Result<(), shm_platform::process::IdentityError> {
 //! let me = ProcessIdentity::current()?;
 //! let word: u64 = me.to_bits();
 //! let holder = ProcessIdentity::from_bits(word).expect("a valid identity");
@@ -85,9 +85,9 @@ const TAG_MASK: u64 = !((1 << (PID_BITS + START_TIME_BITS)) - 1);
 /// # Examples
 ///
 /// ```
-/// use shm_arena::process::ProcessIdentity;
+/// use shm_platform::process::ProcessIdentity;
 ///
-/// # fn main() -> Result<(), shm_arena::process::IdentityError> {
+/// # fn main() -> Result<(), shm_platform::process::IdentityError> {
 /// let me = ProcessIdentity::current()?;
 /// assert_eq!(me.pid(), std::process::id());
 /// # Ok(())
@@ -106,9 +106,9 @@ pub struct ProcessIdentity {
 /// # Examples
 ///
 /// ```
-/// use shm_arena::process::{Liveness, ProcessIdentity};
+/// use shm_platform::process::{Liveness, ProcessIdentity};
 ///
-/// # fn main() -> Result<(), shm_arena::process::IdentityError> {
+/// # fn main() -> Result<(), shm_platform::process::IdentityError> {
 /// match ProcessIdentity::current()?.liveness() {
 ///     Liveness::Alive => {}
 ///     Liveness::Dead => unreachable!("we are running"),
@@ -129,7 +129,7 @@ pub enum Liveness {
 /// # Examples
 ///
 /// ```
-/// use shm_arena::process::{IdentityError, ProcessIdentity};
+/// use shm_platform::process::{IdentityError, ProcessIdentity};
 ///
 /// match ProcessIdentity::of_pid(1) {
 ///     Ok(_) => {}
@@ -242,9 +242,9 @@ impl ProcessIdentity {
     /// # Examples
     ///
     /// ```
-    /// use shm_arena::process::ProcessIdentity;
+    /// use shm_platform::process::ProcessIdentity;
     ///
-    /// # fn main() -> Result<(), shm_arena::process::IdentityError> {
+    /// # fn main() -> Result<(), shm_platform::process::IdentityError> {
     /// let me = ProcessIdentity::current()?;
     /// assert_eq!(me, ProcessIdentity::current()?);
     /// # Ok(())
@@ -275,9 +275,9 @@ impl ProcessIdentity {
     /// # Examples
     ///
     /// ```
-    /// use shm_arena::process::ProcessIdentity;
+    /// use shm_platform::process::ProcessIdentity;
     ///
-    /// # fn main() -> Result<(), shm_arena::process::IdentityError> {
+    /// # fn main() -> Result<(), shm_platform::process::IdentityError> {
     /// let me = ProcessIdentity::of_pid(std::process::id())?;
     /// assert_eq!(me, Some(ProcessIdentity::current()?));
     /// assert_eq!(ProcessIdentity::of_pid(0)?, None);
@@ -313,8 +313,8 @@ impl ProcessIdentity {
     /// # Examples
     ///
     /// ```
-    /// # fn main() -> Result<(), shm_arena::process::IdentityError> {
-    /// let me = shm_arena::process::ProcessIdentity::current()?;
+    /// # fn main() -> Result<(), shm_platform::process::IdentityError> {
+    /// let me = shm_platform::process::ProcessIdentity::current()?;
     /// assert_eq!(me.pid(), std::process::id());
     /// # Ok(())
     /// # }
@@ -329,9 +329,9 @@ impl ProcessIdentity {
     /// # Examples
     ///
     /// ```
-    /// use shm_arena::process::{ProcessIdentity, START_TIME_BITS};
+    /// use shm_platform::process::{ProcessIdentity, START_TIME_BITS};
     ///
-    /// # fn main() -> Result<(), shm_arena::process::IdentityError> {
+    /// # fn main() -> Result<(), shm_platform::process::IdentityError> {
     /// let me = ProcessIdentity::current()?;
     /// assert!(me.start_time() < 1 << START_TIME_BITS);
     /// # Ok(())
@@ -353,9 +353,9 @@ impl ProcessIdentity {
     /// # Examples
     ///
     /// ```
-    /// use shm_arena::process::{Liveness, ProcessIdentity};
+    /// use shm_platform::process::{Liveness, ProcessIdentity};
     ///
-    /// # fn main() -> Result<(), shm_arena::process::IdentityError> {
+    /// # fn main() -> Result<(), shm_platform::process::IdentityError> {
     /// assert_eq!(ProcessIdentity::current()?.liveness(), Liveness::Alive);
     /// # Ok(())
     /// # }
@@ -388,9 +388,9 @@ impl ProcessIdentity {
     /// # Examples
     ///
     /// ```
-    /// use shm_arena::process::{ProcessIdentity, PID_BITS};
+    /// use shm_platform::process::{ProcessIdentity, PID_BITS};
     ///
-    /// # fn main() -> Result<(), shm_arena::process::IdentityError> {
+    /// # fn main() -> Result<(), shm_platform::process::IdentityError> {
     /// let me = ProcessIdentity::current()?;
     /// let bits = me.to_bits();
     /// assert_eq!(bits & ((1 << PID_BITS) - 1), u64::from(me.pid()));
@@ -414,9 +414,9 @@ impl ProcessIdentity {
     /// # Examples
     ///
     /// ```
-    /// use shm_arena::process::ProcessIdentity;
+    /// use shm_platform::process::ProcessIdentity;
     ///
-    /// # fn main() -> Result<(), shm_arena::process::IdentityError> {
+    /// # fn main() -> Result<(), shm_platform::process::IdentityError> {
     /// let me = ProcessIdentity::current()?;
     /// assert_eq!(ProcessIdentity::from_bits(me.to_bits()), Some(me));
     /// assert_eq!(ProcessIdentity::from_bits(0), None);
@@ -488,7 +488,7 @@ extern "C" fn on_fork_child() {
 /// # Examples
 ///
 /// ```
-/// use shm_arena::process::fork_generation;
+/// use shm_platform::process::fork_generation;
 ///
 /// let cached = fork_generation();
 /// // ... later, in the same process:

@@ -10,8 +10,8 @@
 //! # Examples
 //!
 //! ```
-//! use shm_arena::futex::{wait, wake, WaitOutcome};
-//! use shm_arena::sync::SharedU32;
+//! use shm_platform::futex::{wait, wake, WaitOutcome};
+//! use shm_platform::sync::SharedU32;
 //! use std::time::Duration;
 //!
 //! let word = SharedU32::new(0);

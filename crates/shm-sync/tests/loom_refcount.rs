@@ -1,0 +1,97 @@
+//! loom models of the holder-tracked refcount: exactly one last release, repair after a
+//! holder dies inside a change, renewal, and no revival of a record released last.
+//!
+//! Run by `cargo xtask test` with `RUSTFLAGS="--cfg shm_loom" LOOM_MAX_PREEMPTIONS=2`.
+//! The futex is modelled by a loom Mutex + Condvar (see `shm_platform::sync::primitive`): an
+//! untimed sleep that nobody wakes is a loom deadlock, which is how a lost wakeup shows.
+#![cfg(all(shm_loom, feature = "loom"))]
+
+mod common;
+
+use common::{fixture, model};
+use loom::thread;
+use shm_sync::{Acquired, RefError, Released, TokenTable};
+
+#[test]
+fn two_holders_releasing_at_once_make_exactly_one_last() {
+    model(|| {
+        let f = fixture(&[0, 1]);
+        let f1 = f.clone();
+        let other = thread::spawn(move || f1.rc.release(1, &TokenTable::new(&f1.slots)).unwrap());
+        let mine = f.rc.release(0, &TokenTable::new(&f.slots)).unwrap();
+        let other = other.join().unwrap();
+        assert_eq!([mine, other].iter().filter(|r| **r == Released::Last).count(), 1);
+        assert!(f.rc.is_dead());
+    });
+}
+
+#[test]
+fn a_holder_dying_inside_a_change_is_repaired_by_the_next() {
+    model(|| {
+        shm_sync::loom_support::timeouts_fire(true);
+        let f = fixture(&[0, 1]);
+        let f1 = f.clone();
+        let dying = thread::spawn(move || {
+            // Holder 1 dies in the middle of a change, lock held.
+            f1.rc.lock_and_abandon();
+            shm_sync::loom_support::die();
+        });
+        dying.join().unwrap();
+        let t = TokenTable::new(&f.slots);
+        // The survivor drops the dead holder's reference, then its own.
+        assert_eq!(f.rc.drop_holder(1, &t).unwrap(), Released::Remaining);
+        assert_eq!(f.rc.release(0, &t).unwrap(), Released::Last);
+    });
+}
+
+#[test]
+fn a_renewed_record_is_never_taken_for_its_old_self() {
+    // Holder 0 lets go of target 7 and would reuse the record as 9; slot 1 acquires it by
+    // 7 at the same time (a stale handle) and checks the target once it holds it.
+    model(|| {
+        let f = fixture(&[0]);
+        let f1 = f.clone();
+        let late = thread::spawn(move || {
+            let t = TokenTable::new(&f1.slots);
+            match f1.rc.acquire(1, &t) {
+                Ok(_) if f1.rc.target() == 7 => true,
+                Ok(_) => {
+                    // Renewed under us: let go; the renewer's hold keeps the record.
+                    assert_eq!(f1.rc.release(1, &t).unwrap(), Released::Remaining);
+                    false
+                }
+                Err(e) => panic!("a renewed record stays alive: {e:?}"),
+            }
+        });
+        let t = TokenTable::new(&f.slots);
+        let released = f.rc.release_or_renew(0, &t, 9).unwrap();
+        let old_self_taken = late.join().unwrap();
+        match released {
+            Released::Renewed => {
+                assert!(!old_self_taken, "a stale reader took the renewed record for target 7");
+                assert_eq!((f.rc.target(), f.rc.holders()), (9, vec![0]));
+            }
+            Released::Remaining => {
+                assert!(old_self_taken, "released while the reader holds it, yet it saw another target");
+                assert_eq!((f.rc.target(), f.rc.holders()), (7, vec![1]));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!f.rc.is_dead());
+    });
+}
+
+#[test]
+fn a_record_released_last_is_never_revived() {
+    model(|| {
+        let f = fixture(&[0]);
+        let f1 = f.clone();
+        let late = thread::spawn(move || f1.rc.acquire(1, &TokenTable::new(&f1.slots)));
+        let released = f.rc.release(0, &TokenTable::new(&f.slots)).unwrap();
+        match (released, late.join().unwrap()) {
+            (Released::Last, Err(RefError::Dead)) => {}
+            (Released::Remaining, Ok(Acquired::First)) => assert!(!f.rc.is_dead()),
+            other => panic!("a freed block was revived, or a held one freed: {other:?}"),
+        }
+    });
+}
