@@ -78,7 +78,6 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr::{self, NonNull};
 use std::sync::{Arc, Mutex};
 
-use numpy::{PyArrayDescr, PyArrayDescrMethods};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::ffi::PyObject;
 use pyo3::prelude::*;
@@ -86,7 +85,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyCapsule, PyCapsuleMethods, PyDict};
 use shm_ndarray::{DType, Pool, SharedArray};
 
-use crate::NativePool;
+use crate::pool::NativePool;
 
 /// A process-local flag (pyshm has no loom model, so it needs no facade).
 #[allow(clippy::disallowed_types)]
@@ -628,12 +627,4 @@ pub(crate) fn allocator_stats(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     d.set_item("bytes", bytes)?;
     d.set_item("handlers", handlers)?;
     Ok(d)
-}
-
-/// Whether an array of this dtype can be read by its bytes in another process, as
-/// `pyshm._dtypes.check_shareable` decides for the receiver: no Python objects or other
-/// pointers (object and structured-with-object dtypes, numpy 2's `StringDType`), and one of
-/// numpy's built-in kinds.
-pub(crate) fn shareable(descr: &Bound<'_, PyAny>) -> bool {
-    descr.cast::<PyArrayDescr>().is_ok_and(|d| !d.has_object() && b"biufcmMSUV".contains(&d.kind()))
 }
