@@ -45,7 +45,8 @@ pub(crate) struct Retype {
 /// strides)` of a view with another dtype. Invalid parts raise `ValueError`.
 #[pyclass(frozen, module = "pyshm", name = "Handle")]
 pub(crate) struct Handle {
-    pub(crate) pool: String,
+    /// The pool's name (kept as the Python string it arrives as or is made once).
+    pub(crate) pool: Py<PyString>,
     pub(crate) handle: shm_ndarray::Handle,
     data: Py<PyBytes>,
     pub(crate) retype: Option<Retype>,
@@ -53,7 +54,7 @@ pub(crate) struct Handle {
 
 impl Handle {
     fn parts<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyString>, Bound<'py, PyBytes>, Bound<'py, PyAny>)> {
-        Ok((PyString::new(py, &self.pool), self.data.bind(py).clone(), self.retype_tuple(py)?))
+        Ok((self.pool.bind(py).clone(), self.data.bind(py).clone(), self.retype_tuple(py)?))
     }
 
     fn retype_tuple<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
@@ -76,7 +77,7 @@ impl Handle {
     #[new]
     #[pyo3(signature = (pool, data, retype=None))]
     fn new(pool: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>, retype: Option<&Bound<'_, PyAny>>) -> Result<Self> {
-        let (Ok(pool), Ok(data)) = (pool.extract::<String>(), data.cast::<PyBytes>()) else {
+        let (Ok(pool), Ok(data)) = (pool.cast::<PyString>(), data.cast::<PyBytes>()) else {
             return Err(invalid_handle("invalid handle: expected a pool name (str) and the handle's bytes"));
         };
         let handle = shm_ndarray::Handle::from_bytes(data.as_bytes())?;
@@ -88,13 +89,13 @@ impl Handle {
             }
             _ => None,
         };
-        Ok(Self { pool, handle, data: data.clone().unbind(), retype })
+        Ok(Self { pool: pool.clone().unbind(), handle, data: data.clone().unbind(), retype })
     }
 
     /// The name of the pool the array lives in.
     #[getter]
-    fn pool(&self) -> &str {
-        &self.pool
+    fn pool<'py>(&self, py: Python<'py>) -> Bound<'py, PyString> {
+        self.pool.bind(py).clone()
     }
 
     /// The handle's bytes (shm-ndarray's encoding).
@@ -121,9 +122,10 @@ impl Handle {
     }
 
     fn __eq__(&self, other: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let py = other.py();
         let Ok(other) = other.cast::<Handle>() else { return Ok(false) };
         let other = other.get();
-        Ok(self.pool == other.pool
+        Ok(self.pool.bind(py).to_cow()? == other.pool.bind(py).to_cow()?
             && self.handle == other.handle
             && match (&self.retype, &other.retype) {
                 (None, None) => true,
@@ -135,15 +137,15 @@ impl Handle {
             })
     }
 
-    fn __hash__(&self) -> u64 {
+    fn __hash__(&self, py: Python<'_>) -> PyResult<u64> {
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        self.pool.hash(&mut h);
-        self.handle.to_bytes().hash(&mut h);
-        h.finish()
+        self.pool.bind(py).to_cow()?.hash(&mut h);
+        self.data.bind(py).as_bytes().hash(&mut h);
+        Ok(h.finish())
     }
 
     fn __repr__(&self, py: Python<'_>) -> String {
-        format!("<pyshm.Handle pool={:?} {} bytes>", self.pool, self.data.bind(py).as_bytes().len())
+        format!("<pyshm.Handle pool={} {} bytes>", self.pool.bind(py), self.data.bind(py).as_bytes().len())
     }
 }
 
@@ -176,7 +178,7 @@ pub(crate) fn pooled_handle(arr: &Bound<'_, PyAny>, tracked: bool) -> Result<Opt
         Ok(if tracked { view.handle()? } else { view.untracked_handle() })
     };
     let wrap = |handle: shm_ndarray::Handle, retype: Option<Retype>| Handle {
-        pool: owner.pool_name().to_owned(),
+        pool: PyString::new(py, owner.pool_name()).unbind(),
         data: PyBytes::new(py, &handle.to_bytes()).unbind(),
         handle,
         retype,

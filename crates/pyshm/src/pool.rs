@@ -20,7 +20,7 @@ use std::time::Duration;
 use numpy::PyArrayDescr;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyTuple, PyType};
+use pyo3::types::{PyBytes, PyString, PyTuple, PyType};
 use shm_ndarray::{ArrayError, Pool, PoolOptions, SharedArray};
 
 use crate::allocator;
@@ -44,13 +44,28 @@ fn registered(py: Python<'_>, name: &str) -> Option<Py<NativePool>> {
     with_open(|open| open.iter().find(|p| p.get().pool.name() == name).map(|p| p.clone_ref(py)))
 }
 
+/// [`registered`] for a name that is a Python string: compared as Python strings, so the
+/// common lookup (every unpickled handle) converts nothing to UTF-8.
+fn registered_py(name: &Bound<'_, PyString>) -> PyResult<Option<Py<NativePool>>> {
+    let py = name.py();
+    let open = NativePool::open_pools(py);
+    for p in open {
+        let theirs = p.get().name.bind(py);
+        if theirs.is(name) || theirs.as_any().eq(name)? {
+            return Ok(Some(p));
+        }
+    }
+    Ok(None)
+}
+
 /// Registers `pool` unless a pool of its name is registered already; returns the registered
 /// one.
 fn register(py: Python<'_>, pool: Pool) -> PyResult<Py<NativePool>> {
     if let Some(p) = registered(py, pool.name()) {
         return Ok(p);
     }
-    let p = Py::new(py, NativePool { pool, left: Arc::new(allocator::Flag::new(false)) })?;
+    let name = PyString::new(py, pool.name()).unbind();
+    let p = Py::new(py, NativePool { pool, name, left: Arc::new(allocator::Flag::new(false)) })?;
     with_open(|open| open.push(p.clone_ref(py)));
     Ok(p)
 }
@@ -59,6 +74,8 @@ fn register(py: Python<'_>, pool: Pool) -> PyResult<Py<NativePool>> {
 #[pyclass(frozen, module = "pyshm._native")]
 pub(crate) struct NativePool {
     pub(crate) pool: Pool,
+    /// The pool's name as a Python string, made once.
+    name: Py<PyString>,
     /// Set by `leave`: allocators made on this object take nothing more from the pool.
     pub(crate) left: Arc<allocator::Flag>,
 }
@@ -151,8 +168,8 @@ impl NativePool {
 
     /// The pool registered under that name, or `None` (opens nothing).
     #[staticmethod]
-    fn find(py: Python<'_>, name: &str) -> Option<Py<Self>> {
-        registered(py, name)
+    fn find(name: &Bound<'_, PyString>) -> PyResult<Option<Py<Self>>> {
+        registered_py(name)
     }
 
     /// Every registered pool (invariant 1).
@@ -163,8 +180,8 @@ impl NativePool {
 
     /// The pool's name (its files in /dev/shm are `pyshm-<name>` and `pyshm-<name>-<n>`).
     #[getter]
-    fn name(&self) -> &str {
-        self.pool.name()
+    fn name<'py>(&self, py: Python<'py>) -> Bound<'py, PyString> {
+        self.name.bind(py).clone()
     }
 
     /// 16 random bytes that identify the pool in handles.

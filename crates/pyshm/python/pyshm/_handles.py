@@ -13,7 +13,7 @@ from typing import Optional, Union
 import numpy as np
 
 from . import _named, _native, _pools
-from ._native import Handle
+from ._native import Handle, NativePool
 
 __all__ = ["Handle", "handle", "attach"]
 
@@ -52,7 +52,7 @@ def rebuild(
     :class:`Handle` takes them, then whether the sender's default pool sent it (this process
     then adopts that pool as its default if it has none) and whether the array is read-only."""
     h = Handle(pool, data, retype)
-    native = _pools.pool_named(pool)
+    native = NativePool.find(pool) or _pools.pool_named(pool)  # the first: no call in between
     if default and _pools.default is None:
         _pools.adopt_default(native)
     a = native.attach(h)
