@@ -547,9 +547,9 @@ fn fallback_of(current: Bound<'_, PyAny>) -> PyResult<Fallback> {
 /// A new `mem_handler` capsule taking numpy allocations of at least `min_bytes` bytes from
 /// `pool`; install it with `set_handler`.
 #[pyfunction]
-pub(crate) fn make_allocator(py: Python<'_>, pool: &NativePool, min_bytes: u64) -> PyResult<Py<PyAny>> {
+pub(crate) fn make_allocator(py: Python<'_>, pool: &NativePool, min_bytes: u64) -> crate::errors::Result<Py<PyAny>> {
     if pool.left.load(std::sync::atomic::Ordering::Relaxed) {
-        return Err(PyValueError::new_err(format!("the pool {:?} was closed", pool.pool.name())));
+        return Err(PyValueError::new_err(format!("the pool {:?} was closed", pool.pool.name())).into());
     }
     let fallback = fallback_of(current_handler(py)?)?;
     let mut name = [0 as c_char; 127];
@@ -561,7 +561,7 @@ pub(crate) fn make_allocator(py: Python<'_>, pool: &NativePool, min_bytes: u64) 
         pool_name: Arc::from(pool.pool.name()),
         left: Arc::clone(&pool.left),
         min_bytes: usize::try_from(min_bytes).unwrap_or(usize::MAX),
-        uint8: DType::new("|u1", 1).map_err(|e| PyRuntimeError::new_err(e.to_string()))?,
+        uint8: DType::new("|u1", 1)?,
         fallback,
     };
     let allocator = RawAllocator {
@@ -588,7 +588,7 @@ pub(crate) fn make_allocator(py: Python<'_>, pool: &NativePool, min_bytes: u64) 
         drop(boxed);
         // SAFETY: the box's reference; the GIL is held.
         unsafe { pyo3::ffi::Py_DecRef(fallback.as_ptr()) };
-        return Err(PyErr::fetch(py));
+        return Err(PyErr::fetch(py).into());
     }
     // SAFETY: a new reference we own.
     Ok(unsafe { Bound::from_owned_ptr(py, capsule) }.unbind())
