@@ -78,7 +78,6 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr::{self, NonNull};
 use std::sync::{Arc, Mutex};
 
-use numpy::{PyArrayDescr, PyArrayDescrMethods};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::ffi::PyObject;
 use pyo3::prelude::*;
@@ -86,7 +85,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyCapsule, PyCapsuleMethods, PyDict};
 use shm_ndarray::{DType, Pool, SharedArray};
 
-use crate::NativePool;
+use crate::pool::NativePool;
 
 /// A process-local flag (pyshm has no loom model, so it needs no facade).
 #[allow(clippy::disallowed_types)]
@@ -548,9 +547,9 @@ fn fallback_of(current: Bound<'_, PyAny>) -> PyResult<Fallback> {
 /// A new `mem_handler` capsule taking numpy allocations of at least `min_bytes` bytes from
 /// `pool`; install it with `set_handler`.
 #[pyfunction]
-pub(crate) fn make_allocator(py: Python<'_>, pool: &NativePool, min_bytes: u64) -> PyResult<Py<PyAny>> {
+pub(crate) fn make_allocator(py: Python<'_>, pool: &NativePool, min_bytes: u64) -> crate::errors::Result<Py<PyAny>> {
     if pool.left.load(std::sync::atomic::Ordering::Relaxed) {
-        return Err(PyValueError::new_err(format!("the pool {:?} was closed", pool.pool.name())));
+        return Err(PyValueError::new_err(format!("the pool {:?} was closed", pool.pool.name())).into());
     }
     let fallback = fallback_of(current_handler(py)?)?;
     let mut name = [0 as c_char; 127];
@@ -562,7 +561,7 @@ pub(crate) fn make_allocator(py: Python<'_>, pool: &NativePool, min_bytes: u64) 
         pool_name: Arc::from(pool.pool.name()),
         left: Arc::clone(&pool.left),
         min_bytes: usize::try_from(min_bytes).unwrap_or(usize::MAX),
-        uint8: DType::new("|u1", 1).map_err(|e| PyRuntimeError::new_err(e.to_string()))?,
+        uint8: DType::new("|u1", 1)?,
         fallback,
     };
     let allocator = RawAllocator {
@@ -589,7 +588,7 @@ pub(crate) fn make_allocator(py: Python<'_>, pool: &NativePool, min_bytes: u64) 
         drop(boxed);
         // SAFETY: the box's reference; the GIL is held.
         unsafe { pyo3::ffi::Py_DecRef(fallback.as_ptr()) };
-        return Err(PyErr::fetch(py));
+        return Err(PyErr::fetch(py).into());
     }
     // SAFETY: a new reference we own.
     Ok(unsafe { Bound::from_owned_ptr(py, capsule) }.unbind())
@@ -628,12 +627,4 @@ pub(crate) fn allocator_stats(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     d.set_item("bytes", bytes)?;
     d.set_item("handlers", handlers)?;
     Ok(d)
-}
-
-/// Whether an array of this dtype can be read by its bytes in another process, as
-/// `pyshm._dtypes.check_shareable` decides for the receiver: no Python objects or other
-/// pointers (object and structured-with-object dtypes, numpy 2's `StringDType`), and one of
-/// numpy's built-in kinds.
-pub(crate) fn shareable(descr: &Bound<'_, PyAny>) -> bool {
-    descr.cast::<PyArrayDescr>().is_ok_and(|d| !d.has_object() && b"biufcmMSUV".contains(&d.kind()))
 }

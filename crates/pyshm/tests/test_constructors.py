@@ -13,7 +13,30 @@ ALL_DTYPES = [
     [("x", "<f8"), ("n", "<i4")],
     np.dtype([("a", "<i2"), ("b", "<f8")], align=True),
     [("pos", "<f4", (3,)), ("name", "|S4"), ("inner", [("u", "<u2"), ("t", "<M8[s]")])],
+    # Structured layouts the list form loses: padding, titles, nesting with alignment, unicode
+    # and quote characters in names, subarrays of structs.
+    np.dtype({"names": ["a", "b"], "formats": ["<i2", ">f8"], "offsets": [0, 8], "itemsize": 24}),
+    np.dtype({"names": ["x", "y"], "formats": ["<f4", "<u1"], "titles": ["the x", None]}),
+    np.dtype([("h", "<u1"), ("s", np.dtype([("c", "<u1"), ("d", "<f8")], align=True))], align=True),
+    np.dtype([("naïve \"q\" 'x'", "<i4"), ("ünï", "<U2", (2, 2))]),
+    np.dtype([("grid", [("p", "<f2"), ("q", "|b1")], (2, 3)), ("m", "<m8[ms]")]),
 ]  # fmt: skip
+
+
+@pytest.mark.parametrize("dt", [d for d in ALL_DTYPES if np.dtype(d).names], ids=str)
+def test_structured_dtypes_keep_fields_offsets_titles_and_alignment(dt):
+    dt = np.dtype(dt)
+    a = pyshm.zeros(3, dtype=dt)
+    for b in (pyshm.attach(pyshm.handle(a)), pyshm.attach(pyshm.handle(a))):  # built, then cached
+        assert b.dtype == dt and b.dtype.itemsize == dt.itemsize
+        assert b.dtype.fields == dt.fields and b.dtype.names == dt.names
+        assert b.dtype.isalignedstruct == dt.isalignedstruct
+
+
+def test_a_title_that_is_not_a_str_is_refused():
+    dt = np.dtype({"names": ["x"], "formats": ["<f4"], "titles": [7]})
+    with pytest.raises(TypeError, match="title"):
+        pyshm.empty(3, dtype=dt)
 
 
 @pytest.mark.parametrize("dt", ALL_DTYPES, ids=str)

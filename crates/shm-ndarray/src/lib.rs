@@ -56,7 +56,7 @@ mod sync;
 mod typed;
 
 pub use directory::{MAX_NAME_LEN, MAX_SEGMENTS};
-pub use dtype::{DType, DTypeError, DTypeKind, Element, MAX_DESCR_LEN};
+pub use dtype::{DType, DTypeError, DTypeKind, Element, Field, Format, StructLayout, MAX_DESCR_LEN};
 pub use error::{ArrayError, HandleError, PoolError};
 pub use handle::{Handle, HANDLE_FIXED_LEN};
 pub use header::{view_fits, MAX_DIMS};

@@ -20,14 +20,18 @@ Importing pyshm patches nothing: it registers a reducer for ``numpy.ndarray`` wi
 multiprocessing's pickler, which changes nothing for arrays outside a pool.
 """
 
-from ._native import PoolNotFoundError, StaleHandleError
+from ._native import (
+    InvalidHandleError,
+    PoolMemoryError,
+    PoolNotFoundError,
+    PoolOSError,
+    StaleHandleError,
+)
 from ._core import (
     CollectReport,
-    Handle,
     Pool,
     PoolStats,
     asarray,
-    attach,
     collect,
     configure,
     copy,
@@ -36,7 +40,6 @@ from ._core import (
     empty_like,
     full,
     full_like,
-    handle,
     is_shared,
     ones,
     ones_like,
@@ -44,6 +47,7 @@ from ._core import (
     zeros,
     zeros_like,
 )
+from ._handles import Handle, attach, handle
 from ._allocator import allocator, install_allocator, uninstall_allocator
 from ._executor import ProcessPoolExecutor
 from ._map import (
@@ -98,6 +102,7 @@ __all__ = [
     "handle",
     "handles",
     "install_allocator",
+    "InvalidHandleError",
     "is_shared",
     "list",
     "map",
@@ -107,7 +112,9 @@ __all__ = [
     "ones_like",
     "Pool",
     "PayloadError",
+    "PoolMemoryError",
     "PoolNotFoundError",
+    "PoolOSError",
     "PoolStats",
     "ProcessContext",
     "ProcessPoolExecutor",

@@ -23,10 +23,10 @@ def cmd_ls() -> int:
         print("no pyshm pools in /dev/shm")
         return 0
     print(f"{'NAME':<40} {'SIZE':>10} {'USED':>10} {'LIVE':>5}  PERSISTENT")
-    for p in sorted(pools, key=lambda p: p["name"]):
+    for p in sorted(pools, key=lambda p: p.name):
         print(
-            f"{p['name']:<40} {_size(p['bytes']):>10} {_size(p['used']):>10} {p['live_processes']:>5}  "
-            f"{'yes' if p['persistent'] else 'no'}"
+            f"{p.name:<40} {_size(p.bytes):>10} {_size(p.used):>10} {p.live_processes:>5}  "
+            f"{'yes' if p.persistent else 'no'}"
         )
     return 0
 

@@ -55,9 +55,7 @@ def _make(min_bytes: int, pool: Optional["_core.Pool"]) -> Any:
         pool = _core.default_pool()
     elif not isinstance(pool, _core.Pool):
         raise TypeError(f"pool must be a pyshm.Pool or None, not {type(pool).__name__}")
-    if pool._closed:
-        raise ValueError(f"the pool {pool.name!r} is closed")
-    return _native.make_allocator(pool._native, int(min_bytes))
+    return _native.make_allocator(_core.native_of(pool), int(min_bytes))
 
 
 @contextlib.contextmanager

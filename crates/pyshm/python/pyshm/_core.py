@@ -1,40 +1,30 @@
-"""Pools, the default pool, numpy-style constructors, handles and process exit.
+"""Pools and the numpy-style constructors, on an explicit pool or the default one.
 
 Invariants (docs/architecture.md, "The Python layer"):
 
 1. A pooled array is a plain ``numpy.ndarray`` whose ``base`` is a ``_native.Block``; numpy
    collapses the base of every view to it, so the block (this process's reference to the
    array) lives exactly as long as some array or view over its data.
-2. Every pool this process uses is in ``_natives`` (by name) until the process exits or the
-   pool is closed. At exit each is left once: this process's references are released, its
-   slot is given up, and the last process out of a non-persistent pool unlinks it. The leave
-   runs as a ``multiprocessing.util.Finalize`` with a low priority, so in the main process it
-   runs after multiprocessing has terminated and joined its children, and in a multiprocessing
-   child it runs when the child's ``run()`` returns.
-3. The default pool is named by ``PYSHM_POOL`` in the environment: a process that creates it
-   sets the variable, so processes it starts (fork, spawn, forkserver, or any program it runs)
-   find the same pool; a process that receives a handle from a sender's default pool and has
-   none yet adopts that pool as its default.
+2. A :class:`Pool` is a view of one native pool, which ``_pools`` registers, leaves at exit and
+   joins after a fork; closing a pool leaves it at once.
+
+The default pool, configuration, exit and fork live in ``_pools``; handles in ``_handles``.
 """
 
 from __future__ import annotations
 
-import math
-import multiprocessing.util
-import os
-import threading
-from typing import Any, NamedTuple, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from . import _native
-from ._native import NativePool, PoolNotFoundError
+from . import _handles, _native, _pools
+from ._handles import Handle
+from ._native import CollectReport, NativePool, PoolStats
 
 __all__ = [
     "Pool",
     "PoolStats",
     "CollectReport",
-    "Handle",
     "configure",
     "default_pool",
     "empty",
@@ -48,224 +38,18 @@ __all__ = [
     "asarray",
     "copy",
     "is_shared",
-    "handle",
-    "attach",
     "stats",
     "collect",
 ]
 
+configure = _pools.configure
+
 ShapeLike = Union[int, Sequence[int]]
-
-_lock = threading.RLock()
-_natives: dict[str, NativePool] = {}
-_default: Optional[NativePool] = None
-_config: dict[str, Any] = {"size": None, "max_size": None, "wait": None}
-
-
-class PoolStats(NamedTuple):
-    """A pool's usage, in bytes unless said otherwise."""
-
-    capacity: int
-    """Bytes of data segments reserved in /dev/shm (metadata segments not included)."""
-    used: int
-    """Bytes of blocks holding array data (small arrays, 4 KiB or less with their header, live
-    in a metadata segment and count here too)."""
-    free: int
-    """Bytes free in the data segments."""
-    largest_free: int
-    """The largest block an array could get without the pool growing."""
-    arrays: int
-    """Arrays alive in the pool (held by some process, a name or a handle in flight)."""
-    segments: int
-    """Segments (files in /dev/shm), metadata included."""
-    processes: int
-    """Processes registered in the pool."""
-    reserved: int
-    """Bytes of freed small arrays' blocks that processes keep for their next small arrays
-    (not in ``used``): given back when a process leaves the pool, when memory runs short, or by
-    :func:`collect` when it dies."""
-
-
-class CollectReport(NamedTuple):
-    """What :func:`collect` reclaimed."""
-
-    dead_processes: int
-    arrays_freed: int
-    blocks_recovered: int
-
-
-# --------------------------------------------------------------------------------------------
-# Sizes from the environment
-
-
-def _parse_size(text: str, what: str) -> int:
-    """``"512M"``, ``"2G"``, ``"1048576"`` -> bytes."""
-    t = text.strip().upper().removesuffix("B").removesuffix("I")
-    scale = 1
-    for suffix, s in (("K", 1 << 10), ("M", 1 << 20), ("G", 1 << 30), ("T", 1 << 40)):
-        if t.endswith(suffix):
-            t, scale = t[:-1], s
-            break
-    try:
-        value = float(t) * scale
-    except ValueError:
-        raise ValueError(f"{what}={text!r}: expected a size such as 512M or 2G") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{what}={text!r}: expected a positive size")
-    return int(value)
-
-
-def _env_config() -> dict[str, Any]:
-    cfg = dict(_config)
-    if cfg["size"] is None and os.environ.get("PYSHM_SIZE"):
-        cfg["size"] = _parse_size(os.environ["PYSHM_SIZE"], "PYSHM_SIZE")
-    if cfg["max_size"] is None and os.environ.get("PYSHM_MAX_SIZE"):
-        cfg["max_size"] = _parse_size(os.environ["PYSHM_MAX_SIZE"], "PYSHM_MAX_SIZE")
-    if cfg["wait"] is None and os.environ.get("PYSHM_WAIT"):
-        try:
-            cfg["wait"] = float(os.environ["PYSHM_WAIT"])
-        except ValueError:
-            raise ValueError(f"PYSHM_WAIT={os.environ['PYSHM_WAIT']!r}: expected seconds") from None
-    return cfg
-
-
-def configure(size: Optional[int] = None, max_size: Optional[int] = None, wait: Optional[float] = None) -> None:
-    """Set up the default pool before its first use.
-
-    ``size`` is the capacity of each data segment (a larger array gets a segment of its own),
-    ``max_size`` the most bytes the pool may reserve in /dev/shm in all (default: half of
-    /dev/shm), and ``wait`` how many seconds an allocation may wait for other processes to free
-    memory before it raises ``MemoryError`` (default: do not wait). The environment variables
-    ``PYSHM_SIZE``, ``PYSHM_MAX_SIZE`` (``512M``, ``2G``, ...) and ``PYSHM_WAIT`` do the same.
-
-    Once the default pool exists only ``wait`` can change; changing ``size`` or ``max_size``
-    then raises ``RuntimeError``.
-    """
-    for what, v in (("size", size), ("max_size", max_size)):
-        if v is not None and (not isinstance(v, (int, np.integer)) or v <= 0):
-            raise ValueError(f"{what} must be a positive number of bytes, not {v!r}")
-    if wait is not None and not (isinstance(wait, (int, float)) and wait >= 0):
-        raise ValueError(f"wait must be a non-negative number of seconds, not {wait!r}")
-    with _lock:
-        if _default is not None and (size is not None or max_size is not None):
-            raise RuntimeError(
-                "the default pool exists already; call pyshm.configure() before the first array, "
-                "or set PYSHM_SIZE / PYSHM_MAX_SIZE in the environment"
-            )
-        if size is not None:
-            _config["size"] = int(size)
-        if max_size is not None:
-            _config["max_size"] = int(max_size)
-        if wait is not None:
-            _config["wait"] = float(wait)
-            if _default is not None:
-                _default.wait = float(wait)
-
-
-# --------------------------------------------------------------------------------------------
-# Pools of this process (invariant 2)
-
-
-def _leave_all() -> None:
-    """Leave every pool this process uses (at exit)."""
-    global _default
-    with _lock:
-        natives = list(_natives.values())
-        _natives.clear()
-        _default = None
-    for n in natives:
-        n.leave()
-
-
-class _ExitHook:
-    """Registers ``_leave_all`` with multiprocessing's exit machinery, again in each child."""
-
-    def __init__(self) -> None:
-        self.registered = False
-
-    def ensure(self) -> None:
-        if not self.registered:
-            self.registered = True
-            multiprocessing.util.Finalize(None, _leave_all, exitpriority=-100)
-            multiprocessing.util.register_after_fork(self, _ExitHook._after_fork)
-
-    def _after_fork(self) -> None:
-        # In a new multiprocessing child (fork or forkserver), before its target runs.
-        # multiprocessing cleared its finalizers: register ours again.
-        multiprocessing.util.Finalize(None, _leave_all, exitpriority=-100)
-        # Register at once in every inherited pool: this re-acquires the inherited arrays
-        # before the parent can free them, instead of at the child's first use. Only in
-        # multiprocessing children: a plain `os.fork` child may `exec` another program, which
-        # would then count as a member holding every array for as long as it runs.
-        for n in list(_natives.values()):
-            try:
-                n.join()
-            except Exception:  # a full process table: the first real use reports it
-                pass
-
-
-_exit_hook = _ExitHook()
-
-
-def _track(native: NativePool) -> NativePool:
-    with _lock:
-        existing = _natives.get(native.name)
-        if existing is not None:
-            return existing
-        _natives[native.name] = native
-        _exit_hook.ensure()
-    from . import _pickle
-
-    _pickle.register_loky_if_loaded()
-    return native
-
-
-def _pool_named(name: str) -> NativePool:
-    """The pool of that name, opened if this process has not yet."""
-    n = _natives.get(name)
-    if n is not None:
-        return n
-    return _track(NativePool.open(name))
-
-
-def _create_default() -> NativePool:
-    global _default
-    with _lock:
-        if _default is not None:
-            return _default
-        cfg = _env_config()
-        name = os.environ.get("PYSHM_POOL") or None
-        native = None
-        if name is not None:
-            native = _natives.get(name)
-            if native is None:
-                try:
-                    native = NativePool.open(name)
-                except PoolNotFoundError:
-                    native = None
-        if native is None:
-            native = NativePool.create(name, cfg["size"], cfg["max_size"], cfg["wait"], persistent=False)
-            os.environ["PYSHM_POOL"] = native.name
-        elif cfg["wait"] is not None:
-            native.wait = cfg["wait"]
-        native = _track(native)
-        _default = native
-        return native
-
-
-def _adopt_default(native: NativePool) -> None:
-    global _default
-    with _lock:
-        if _default is None:
-            _default = native
-            wait = _env_config()["wait"]
-            if wait is not None:
-                native.wait = wait
 
 
 def default_pool() -> "Pool":
     """The default pool (created on first use)."""
-    return Pool._wrap(_default or _create_default())
+    return wrap_native(_pools.default_native())
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,7 +61,7 @@ def _check_like(like: Any) -> None:
         raise TypeError(f"pyshm creates numpy arrays; like= must be None or a numpy array, not {type(like).__name__}")
 
 
-def _order_of(a: Any, order: Optional[str]) -> str:
+def order_of(a: Any, order: Optional[str]) -> str:
     """The C/F order numpy's ``order=`` (C, F, A, K) asks for, given a prototype."""
     if order is None or order in ("K", "k", "A", "a"):
         flags = getattr(a, "flags", None)
@@ -327,7 +111,7 @@ class _Constructors:
         return self._native.empty(
             proto.shape if shape is None else shape,
             proto.dtype if dtype is None else dtype,
-            _order_of(proto, order),
+            order_of(proto, order),
             zero,
         )
 
@@ -378,14 +162,14 @@ class _Constructors:
             ):
                 return a
         src = np.asarray(a, dtype=dtype)
-        out = self._native.empty(src.shape, src.dtype, _order_of(src, order))
+        out = self._native.empty(src.shape, src.dtype, order_of(src, order))
         np.copyto(out, src, casting="no")
         return out
 
     def copy(self, a: Any, order: str = "K") -> np.ndarray:
         """A new pooled copy of ``a``, always (like ``numpy.copy``)."""
         src = np.asarray(a)
-        out = self._native.empty(src.shape, src.dtype, _order_of(src, order))
+        out = self._native.empty(src.shape, src.dtype, order_of(src, order))
         np.copyto(out, src, casting="no")
         return out
 
@@ -412,22 +196,15 @@ class Pool(_Constructors):
         *,
         persistent: Optional[bool] = None,
     ) -> None:
-        self._native = _track(NativePool.create(name, size, max_size, wait, persistent))
+        self._native = _pools.track(NativePool.create(name, size, max_size, wait, persistent))
         if wait is not None:
             self._native.wait = float(wait)
         self._closed = False
 
     @classmethod
-    def _wrap(cls, native: NativePool) -> "Pool":
-        p = cls.__new__(cls)
-        p._native = native
-        p._closed = False
-        return p
-
-    @classmethod
     def open(cls, name: str) -> "Pool":
         """Open an existing pool by name (``PoolNotFoundError`` if there is none)."""
-        return cls._wrap(_pool_named(name))
+        return wrap_native(_pools.pool_named(name))
 
     @property
     def name(self) -> str:
@@ -445,11 +222,11 @@ class Pool(_Constructors):
 
     def stats(self) -> PoolStats:
         """Capacity, use, free space, largest free block, arrays, segments and processes."""
-        return PoolStats(**self._native.stats())
+        return self._native.stats()
 
     def collect(self) -> CollectReport:
         """Reclaim what dead processes held (this also runs by itself when memory runs out)."""
-        return CollectReport(**self._native.collect())
+        return self._native.collect()
 
     def reclaim_handles(self, older_than: float) -> int:
         """Cancel handles sent more than ``older_than`` seconds ago and never attached (a
@@ -461,13 +238,13 @@ class Pool(_Constructors):
         """Check the allocator's invariants in every segment (``RuntimeError`` if broken)."""
         self._native.check()
 
-    def handle(self, a: np.ndarray) -> "Handle":
+    def handle(self, a: np.ndarray) -> Handle:
         """A handle to ``a`` (see :func:`pyshm.handle`)."""
-        return handle(a)
+        return _handles.handle(a)
 
-    def attach(self, h: "Handle") -> np.ndarray:
+    def attach(self, h: Handle) -> np.ndarray:
         """The array a handle names (see :func:`pyshm.attach`)."""
-        return _attach_handle(h)
+        return _handles.attach_handle(h)
 
     def unlink(self) -> None:
         """Remove the pool's files from /dev/shm now; processes that use it keep working."""
@@ -477,16 +254,11 @@ class Pool(_Constructors):
         """Leave the pool: this process's arrays from it no longer keep their memory (they stay
         mapped, so touching them cannot crash, but their memory may be reused), and the last
         process to leave a non-persistent pool removes it from /dev/shm."""
-        global _default
         if self._closed:
             return
         self._closed = True
-        with _lock:
-            if _natives.get(self.name) is self._native:
-                del _natives[self.name]
-            if _default is self._native:
-                _default = None
-        self._native.leave()
+        _pools.forget(self._native)
+        self._native.leave()  # also takes it out of the native registry
 
     def __enter__(self) -> "Pool":
         return self
@@ -498,6 +270,21 @@ class Pool(_Constructors):
         return f"pyshm.Pool({self.name!r})"
 
 
+def wrap_native(native: NativePool) -> Pool:
+    """A :class:`Pool` over an open native pool (no new pool is created)."""
+    p = Pool.__new__(Pool)
+    p._native = native
+    p._closed = False
+    return p
+
+
+def native_of(pool: Pool) -> NativePool:
+    """The native pool behind ``pool`` (``ValueError`` if it was closed)."""
+    if pool._closed:
+        raise ValueError(f"the pool {pool.name!r} is closed")
+    return pool._native
+
+
 # Module-level constructors on the default pool. Written out (not generated) so that each is a
 # single Python call in front of the native one: `empty` is on the hot path.
 
@@ -506,18 +293,18 @@ def empty(shape: ShapeLike, dtype: Any = float, order: str = "C", *, like: Any =
     """A new array in the default pool with unspecified contents, like ``numpy.empty``."""
     if like is not None:
         _check_like(like)
-    return (_default or _create_default()).empty(shape, dtype, order)
+    return (_pools.default or _pools.create_default()).empty(shape, dtype, order)
 
 
 def zeros(shape: ShapeLike, dtype: Any = float, order: str = "C", *, like: Any = None) -> np.ndarray:
     """A new array of zeros in the default pool, like ``numpy.zeros``."""
     if like is not None:
         _check_like(like)
-    return (_default or _create_default()).empty(shape, dtype, order, True)
+    return (_pools.default or _pools.create_default()).empty(shape, dtype, order, True)
 
 
 def _on_default() -> Pool:
-    return Pool._wrap(_default or _create_default())
+    return wrap_native(_pools.default or _pools.create_default())
 
 
 def ones(shape: ShapeLike, dtype: Any = float, order: str = "C", *, like: Any = None) -> np.ndarray:
@@ -589,84 +376,3 @@ def stats() -> PoolStats:
 def collect() -> CollectReport:
     """Reclaim what dead processes held in the default pool."""
     return _on_default().collect()
-
-
-# --------------------------------------------------------------------------------------------
-# Handles
-
-
-class Handle:
-    """A small picklable reference to a pooled array or view, for :func:`attach` in any
-    process of the pool. It keeps the array alive until it is first attached, even if every
-    process lets go of the array before; after that it attaches while some process holds the
-    array, and raises :class:`StaleHandleError` once the array is freed."""
-
-    __slots__ = ("pool", "data", "retype")
-
-    def __init__(self, pool: str, data: bytes, retype: Optional[tuple] = None) -> None:
-        self.pool = pool
-        self.data = data
-        self.retype = retype
-
-    def __reduce__(self) -> tuple:
-        return (Handle, (self.pool, self.data, self.retype))
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Handle) and (self.pool, self.data, self.retype) == (
-            other.pool,
-            other.data,
-            other.retype,
-        )
-
-    def __hash__(self) -> int:
-        return hash((self.pool, self.data))
-
-    def __repr__(self) -> str:
-        return f"<pyshm.Handle pool={self.pool!r} {len(self.data)} bytes>"
-
-
-def handle(a: np.ndarray) -> Handle:
-    """A :class:`Handle` to the pooled array or view ``a`` (``ValueError`` if ``a`` is not in a
-    pool: use ``pyshm.asarray(a)`` first)."""
-    r = _native.pooled_handle(a)
-    if r is None:
-        raise ValueError("the array does not live in a pyshm pool; use pyshm.asarray(a) to move it there")
-    return Handle(*r)
-
-
-def _attach_handle(h: Handle) -> np.ndarray:
-    if not isinstance(h.pool, str) or not isinstance(h.data, bytes):
-        raise ValueError("invalid handle")
-    return _pool_named(h.pool).attach(h.data, h.retype)
-
-
-def attach(h: Union[Handle, str]) -> np.ndarray:
-    """The array a :class:`Handle` names, or the named array ``h`` (see :func:`pyshm.create`).
-
-    Raises :class:`StaleHandleError` (a ``ValueError``) for a handle whose array was freed,
-    ``ValueError`` for a malformed handle, :class:`PoolNotFoundError` when the pool is gone, and
-    ``FileNotFoundError`` for an unknown name."""
-    if isinstance(h, Handle):
-        return _attach_handle(h)
-    if isinstance(h, str):
-        from . import _named
-
-        return _named.attach(h)
-    raise TypeError(f"attach() takes a pyshm.Handle or an array name, not {type(h).__name__}")
-
-
-def _rebuild(
-    pool: str, data: bytes, retype: Optional[tuple] = None, default: bool = False, readonly: bool = False
-) -> np.ndarray:
-    """Unpickles an array sent as a handle (see ``_pickle``)."""
-    native = _pool_named(pool)
-    if default and _default is None:
-        _adopt_default(native)
-    a = native.attach(data, retype)
-    if readonly:
-        a.flags.writeable = False
-    return a
-
-
-def _is_default(name: str) -> bool:
-    return _default is not None and _default.name == name

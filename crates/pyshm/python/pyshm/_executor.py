@@ -26,7 +26,7 @@ import threading
 import weakref
 from typing import Any, Callable, Iterable, Iterator, Optional
 
-from . import _core
+from . import _allocator, _core, _pools
 from ._transfer import Packed, Payload, PayloadError
 
 __all__ = ["DEFAULT_ALLOCATOR_MIN_BYTES", "ProcessPoolExecutor", "usable_cpus"]
@@ -50,11 +50,10 @@ def _init_worker(
 ) -> None:
     """Runs first in every worker: join the caller's pool as the default, install the
     allocator, then the user's initializer."""
-    _core._adopt_default(_core._pool_named(pool))
+    native = _pools.pool_named(pool)
+    _pools.adopt_default(native)
     if min_bytes is not None:
-        from . import _allocator
-
-        _allocator.install_allocator(min_bytes=min_bytes, pool=_core.Pool._wrap(_core._pool_named(pool)))
+        _allocator.install_allocator(min_bytes=min_bytes, pool=_core.wrap_native(native))
     if initializer is not None:
         initializer(*initargs)
 

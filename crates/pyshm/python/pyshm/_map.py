@@ -250,7 +250,7 @@ class MapContext(abc.ABC):
         shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
         if per_worker:
             shape = (self.num_workers,) + shape
-        order = _core._order_of(like, order) if like is not None else (order or "C").upper()
+        order = _core.order_of(like, order) if like is not None else (order or "C").upper()
         if order not in ("C", "F"):
             raise ValueError(f"order must be 'C', 'F', 'A', 'K' or None, not {order!r}")
         out = _core.empty(shape, float if dtype is None else dtype, order)

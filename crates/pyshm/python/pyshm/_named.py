@@ -12,7 +12,7 @@ from typing import Any, List
 
 import numpy as np
 
-from . import _core
+from . import _pools
 from ._native import NativePool
 
 __all__ = ["create", "attach", "delete", "list_names"]
@@ -20,10 +20,10 @@ __all__ = ["create", "attach", "delete", "list_names"]
 
 def _pool() -> NativePool:
     name = os.environ.get("PYSHM_NAMED_POOL") or "named"
-    n = _core._natives.get(name)
+    n = NativePool.find(name)
     if n is not None:
         return n
-    return _core._track(NativePool.create(name, persistent=False, persist_while_named=True))
+    return _pools.track(NativePool.create(name, persistent=False, persist_while_named=True))
 
 
 def _strip(name: str) -> str:

@@ -21,44 +21,55 @@ import copyreg
 import pickle
 import sys
 from multiprocessing.reduction import ForkingPickler
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import numpy as np
 
-from . import _core, _native
+from . import _handles, _native, _pools
+from ._native import Handle
 
 __all__ = ["handles", "register_loky"]
+
 
 _in_handles = contextvars.ContextVar("pyshm_handles", default=False)
 _copyreg_done = False
 _loky_done: set[str] = set()
 
 
-def _handle_reduction(a: np.ndarray) -> Any:
-    """``(_rebuild, args)`` for a pooled array, or ``None``."""
-    r = _native.pooled_handle(a)
-    if r is None:
+def pooled_reduction(a: np.ndarray) -> Optional[tuple[Handle, Any]]:
+    """``(handle, reduction)`` for a pooled array, or ``None``: the :class:`Handle` made (with
+    its transfer token) and ``(rebuild, args)``, whose args are the handle's own pickle
+    arguments (pool, bytes[, retype]) then ``default`` and ``readonly`` when set."""
+    h = _native.pooled_handle(a)
+    if h is None:
         return None
-    pool, data, retype = r
-    args: tuple = (pool, data, retype, _core._is_default(pool), not a.flags.writeable)
+    args: tuple = (*h.__reduce__()[1], _pools.is_default(h.pool), not a.flags.writeable)
+    if len(args) == 4:  # no retype: keep the positions of `rebuild`'s arguments
+        args = (args[0], args[1], None, args[2], args[3])
     while len(args) > 2 and not args[-1]:  # trailing defaults are left out: a smaller pickle
         args = args[:-1]
-    return (_core._rebuild, args)
+    return h, (_handles.rebuild, args)
+
+
+def handle_reduction(a: np.ndarray) -> Any:
+    """``(rebuild, args)`` for a pooled array, or ``None``."""
+    r = pooled_reduction(a)
+    return None if r is None else r[1]
 
 
 def _reduce_for_transfer(a: np.ndarray) -> Any:
     # multiprocessing's pickler runs at the default protocol.
-    return _handle_reduction(a) or a.__reduce_ex__(pickle.DEFAULT_PROTOCOL)
+    return handle_reduction(a) or a.__reduce_ex__(pickle.DEFAULT_PROTOCOL)
 
 
 def _reduce_for_loky(a: np.ndarray) -> Any:
     # loky pickles at the highest protocol, where numpy writes the data in place.
-    return _handle_reduction(a) or a.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
+    return handle_reduction(a) or a.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
 
 
 def _reduce_in_context(a: np.ndarray) -> Any:
     if _in_handles.get():
-        r = _handle_reduction(a)
+        r = handle_reduction(a)
         if r is not None:
             return r
     # Outside `handles()`: numpy's own reduction, in band (copyreg gives no protocol).
@@ -106,8 +117,11 @@ def register_loky() -> bool:
 
 
 def register_loky_if_loaded() -> None:
+    """Register with loky if it (or joblib) is imported and not registered yet (called after
+    each pool this process opens)."""
     if ("joblib" in sys.modules or "loky" in sys.modules) and len(_loky_done) < 2:
         register_loky()
 
 
 ForkingPickler.register(np.ndarray, _reduce_for_transfer)
+_pools.new_pool_hooks.append(register_loky_if_loaded)

@@ -33,7 +33,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from . import _core, _pickle, _sendfn
+from . import _core, _handles, _pickle, _sendfn
+from ._native import Handle
 
 __all__ = ["Packed", "Payload", "PayloadError", "PoolPickler", "register_array_wrapper", "unregister_array_wrapper"]
 
@@ -114,15 +115,15 @@ def _reduce_module(m: types.ModuleType) -> Any:
     return (importlib.import_module, (m.__name__,))
 
 
-def _handle(a: np.ndarray, handles: list) -> Optional[Any]:
+def _handle(a: np.ndarray, handles: list[Handle]) -> Optional[Any]:
     try:
-        r = _pickle._handle_reduction(a)
+        r = _pickle.pooled_reduction(a)
     except (ValueError, OSError):  # its pool is closed or gone here: send the data instead
         return None
-    if r is not None:
-        args = r[1]
-        handles.append((args[0], args[1], args[2] if len(args) > 2 else None))
-    return r
+    if r is None:
+        return None
+    handles.append(r[0])
+    return r[1]
 
 
 #: A result that is a view of a numpy allocation at least this much larger is copied instead of
@@ -172,7 +173,7 @@ class PoolPickler(ForkingPickler):
     name. Python functions that pickle cannot send by reference (lambdas, nested functions)
     go by value (``_sendfn``); with ``main_by_value``, so do those of the main script.
 
-    ``handles`` collects ``(pool, data, retype)`` of every handle made (invariant 3). With
+    ``handles`` collects every :class:`Handle` made (invariant 3). With
     ``compact`` (results), a small view of a much larger numpy allocation is copied (see
     ``_pins_much_more``) rather than sent as a view of the whole block. The
     reducers are not bound to the pickler: a pickler in a reference cycle would keep its memo,
@@ -220,7 +221,7 @@ class Payload:
     def __init__(self, obj: Any, main_by_value: bool = False, compact: bool = False, lazy: bool = False) -> None:
         self.obj = obj
         self.data: Optional[bytes] = None
-        self.handles: list = []
+        self.handles: list[Handle] = []
         self.main_by_value = main_by_value
         self.compact = compact
         self.lazy = lazy
@@ -240,15 +241,15 @@ class Payload:
         return (Packed, (data,)) if self.lazy else (_unpack, (data,))
 
     def release(self) -> None:
-        """Claim and drop every handle this payload sent: for when the receiver is dead or
-        could not unpickle them, so the handles will never be attached (invariant 3).
-        Harmless for handles attached already: the attach either fails (the array is gone) or
-        pins it for a moment."""
+        """Give back the transfer token of every handle this payload sent, without mapping the
+        arrays: for when the receiver is dead or could not unpickle them, so the handles will
+        never be attached (invariant 3). Harmless for handles attached already: their tokens
+        were claimed, so cancelling them fails (stale) and changes nothing."""
         handles, self.handles = self.handles, []
-        for pool, data, retype in handles:
+        for h in handles:
             try:
-                _core._pool_named(pool).attach(data, retype)
-            except (ValueError, OSError):  # stale (already freed), or the pool is gone
+                _handles.cancel(h)
+            except (ValueError, OSError):  # claimed or cancelled already, or the pool is gone
                 pass
 
 

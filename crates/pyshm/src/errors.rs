@@ -1,0 +1,216 @@
+//! Every Python exception the native module raises comes from here.
+//!
+//! Invariants:
+//! 1. Each Rust error enum of the layers below becomes a Python exception in exactly one place:
+//!    the `From<Error> for PyErr` below. Bindings return [`Result`], whose [`Error`] wraps the
+//!    foreign enums (the orphan rule forbids `From<PoolError> for PyErr` here) and Python's own
+//!    errors, so `?` works on both.
+//! 2. An exception subclasses the nearest builtin, so `except MemoryError` or
+//!    `except ValueError` keeps working: [`PoolMemoryError`] (a `MemoryError`) for a full pool,
+//!    [`InvalidHandleError`] (a `ValueError`) for a handle that names nothing valid and its
+//!    subclass [`StaleHandleError`] for one whose array was freed, [`PoolNotFoundError`] (a
+//!    `FileNotFoundError`, errno `ENOENT`) for a pool that does not exist, [`PoolOSError`] (an
+//!    `OSError`) for a failed system call, with the call's errno when there is one, and
+//!    `TimeoutError` for a pool whose creator did not finish in time.
+//! 3. pyshm's exception classes say `module = "pyshm"` and are re-exported there, so they
+//!    pickle (from a worker to its caller) as themselves.
+//! 4. The message is the Rust error's `Display`, which names what failed (pool, segment, sizes).
+
+use pyo3::create_exception;
+use pyo3::exceptions::{
+    PyFileExistsError, PyFileNotFoundError, PyMemoryError, PyOSError, PyRuntimeError, PyTimeoutError, PyTypeError,
+    PyValueError,
+};
+use pyo3::prelude::*;
+use shm_arena::{CheckError, CreateError, OpenError, RegisterError};
+use shm_ndarray::{ArrayError, DTypeError, HandleError, NameError, PoolError};
+
+create_exception!(
+    pyshm,
+    InvalidHandleError,
+    PyValueError,
+    "A handle that names no valid array: malformed, corrupt, of another pool, or a view outside its array."
+);
+create_exception!(
+    pyshm,
+    StaleHandleError,
+    InvalidHandleError,
+    "A handle whose array was freed: its memory may now hold another array, so it is refused."
+);
+create_exception!(
+    pyshm,
+    PoolNotFoundError,
+    PyFileNotFoundError,
+    "The pool a handle or name refers to does not exist (any more)."
+);
+create_exception!(
+    pyshm,
+    PoolMemoryError,
+    PyMemoryError,
+    "The pool (or /dev/shm) has no room for the array: raise max_size, free arrays, or wait."
+);
+create_exception!(
+    pyshm,
+    PoolOSError,
+    PyOSError,
+    "A system call on the pool's shared memory failed; `errno` is the call's error number when known."
+);
+
+/// `ENOENT`: what a missing pool or name reports as its errno.
+const ENOENT: i32 = 2;
+/// `EEXIST`: what an existing segment or name reports as its errno.
+const EEXIST: i32 = 17;
+
+/// Every error a binding returns (invariant 1).
+#[derive(Debug)]
+pub(crate) enum Error {
+    /// An exception raised by Python or numpy, or one made here already.
+    Py(PyErr),
+    /// Opening, creating, joining a pool.
+    Pool(PoolError),
+    /// Making an array.
+    Array(ArrayError),
+    /// Reading or attaching a handle.
+    Handle(HandleError),
+    /// Array names.
+    Name(NameError),
+    /// A dtype the pool cannot hold.
+    DType(DTypeError),
+    /// A broken allocator invariant found by `check`.
+    Check(CheckError),
+}
+
+/// What bindings return.
+pub(crate) type Result<T> = std::result::Result<T, Error>;
+
+macro_rules! from {
+    ($($variant:ident($t:ty)),*) => {$(
+        impl From<$t> for Error {
+            fn from(e: $t) -> Self {
+                Error::$variant(e)
+            }
+        }
+    )*};
+}
+
+from!(
+    Py(PyErr),
+    Pool(PoolError),
+    Array(ArrayError),
+    Handle(HandleError),
+    Name(NameError),
+    DType(DTypeError),
+    Check(CheckError)
+);
+
+/// An invalid-handle error with this message.
+pub(crate) fn invalid_handle(msg: impl Into<String>) -> Error {
+    Error::Py(InvalidHandleError::new_err(msg.into()))
+}
+
+/// A failed system call: errno and message (invariant 2).
+fn os_error(errno: Option<i32>, msg: String) -> PyErr {
+    match errno {
+        Some(e) => PoolOSError::new_err((e, msg)),
+        None => PoolOSError::new_err(msg),
+    }
+}
+
+fn create_err(e: CreateError) -> PyErr {
+    let msg = e.to_string();
+    match e {
+        CreateError::NoSpace { .. } => PoolMemoryError::new_err(msg),
+        CreateError::AlreadyExists { .. } => PyFileExistsError::new_err((EEXIST, msg)),
+        CreateError::Sys { source, .. } => os_error(Some(source.raw_os_error()), msg),
+        CreateError::Map { source, .. } => os_error(source.raw_os_error(), msg),
+        CreateError::Register(r) => register_err(r, msg),
+        CreateError::Layout(_) | CreateError::InvalidName { .. } => os_error(None, msg),
+    }
+}
+
+fn open_err(e: OpenError) -> PyErr {
+    let msg = e.to_string();
+    match e {
+        OpenError::NotFound { .. } => PoolNotFoundError::new_err((ENOENT, msg)),
+        OpenError::NotInitialized { .. } => PyTimeoutError::new_err(msg),
+        OpenError::Sys { source, .. } => os_error(Some(source.raw_os_error()), msg),
+        OpenError::Map { source, .. } => os_error(source.raw_os_error(), msg),
+        OpenError::Register(r) => register_err(r, msg),
+        // A file that is not a (readable) pool segment: no system call failed.
+        _ => os_error(None, msg),
+    }
+}
+
+fn register_err(e: RegisterError, msg: String) -> PyErr {
+    match e {
+        RegisterError::Full { .. } => PyRuntimeError::new_err(msg),
+        RegisterError::Identity(_) => os_error(None, msg),
+    }
+}
+
+fn pool_err(e: PoolError) -> PyErr {
+    let msg = e.to_string();
+    match e {
+        PoolError::NotFound { .. } | PoolError::Gone { .. } => PoolNotFoundError::new_err((ENOENT, msg)),
+        PoolError::InvalidName { .. } | PoolError::Options(_) | PoolError::NotAPool { .. } => {
+            PyValueError::new_err(msg)
+        }
+        PoolError::Full { .. } => PyRuntimeError::new_err(msg),
+        PoolError::Create(c) => create_err(c),
+        PoolError::Open(o) => open_err(o),
+        PoolError::Alloc(_) => PoolMemoryError::new_err(msg),
+    }
+}
+
+fn handle_err(e: HandleError) -> PyErr {
+    let msg = e.to_string();
+    match e {
+        HandleError::Stale => StaleHandleError::new_err(msg),
+        // A segment the pool does not have: the handle is corrupt (a pool that is gone fails
+        // earlier, when it is opened by name).
+        _ => InvalidHandleError::new_err(msg),
+    }
+}
+
+impl From<Error> for PyErr {
+    fn from(e: Error) -> PyErr {
+        match e {
+            Error::Py(e) => e,
+            Error::Pool(e) => pool_err(e),
+            Error::Array(e) => {
+                let msg = e.to_string();
+                match e {
+                    ArrayError::DType(_) => PyTypeError::new_err(msg),
+                    ArrayError::Shape { .. } => PyValueError::new_err(msg),
+                    ArrayError::OutOfMemory { .. } => PoolMemoryError::new_err(msg),
+                    ArrayError::Grow(p) => pool_err(p),
+                    ArrayError::PoolGone => PoolNotFoundError::new_err((ENOENT, msg)),
+                }
+            }
+            Error::Handle(e) => handle_err(e),
+            Error::Name(e) => {
+                let msg = e.to_string();
+                match e {
+                    NameError::NotFound(_) => PyFileNotFoundError::new_err((ENOENT, msg)),
+                    NameError::Exists(_) => PyFileExistsError::new_err((EEXIST, msg)),
+                    NameError::Invalid(_) | NameError::AlreadyNamed => PyValueError::new_err(msg),
+                    NameError::Full => PyRuntimeError::new_err(msg),
+                    NameError::Handle(h) => handle_err(h),
+                }
+            }
+            Error::DType(e) => PyTypeError::new_err(e.to_string()),
+            Error::Check(e) => PyRuntimeError::new_err(e.to_string()),
+        }
+    }
+}
+
+/// The exception classes, for the module's export list.
+pub(crate) fn add_exceptions(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add("InvalidHandleError", py.get_type::<InvalidHandleError>())?;
+    m.add("StaleHandleError", py.get_type::<StaleHandleError>())?;
+    m.add("PoolNotFoundError", py.get_type::<PoolNotFoundError>())?;
+    m.add("PoolMemoryError", py.get_type::<PoolMemoryError>())?;
+    m.add("PoolOSError", py.get_type::<PoolOSError>())?;
+    Ok(())
+}
