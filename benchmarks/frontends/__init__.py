@@ -3,6 +3,7 @@
     python benchmarks/frontends                      (or: cargo xtask bench)
     python benchmarks/frontends --quick              few repeats, fewer W3 arrays: a smoke run
     python benchmarks/frontends --only W1,W3 --tools pyshm,stdlib --json out.json
+    python benchmarks/check.py                       compiles and imports every benchmark module
 
 Every tool (``tools``: numpy, stdlib, shared_memory, pyshm, npshmex, SharedArray, joblib, pasha)
 runs with 2 workers; "-" in a table: the tool has no way to do it. The workloads, one module each:
