@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import platform
 import shutil
 import statistics
 import subprocess
@@ -31,6 +30,7 @@ from multiprocessing.reduction import ForkingPickler
 import numpy as np
 
 import pyshm
+from common import fmt, machine_line
 
 
 def per_call(fn, number: int, repeat: int = 7) -> float:
@@ -62,14 +62,6 @@ def stdlib_full(nbytes: int):
         shm.unlink()
 
     return run
-
-
-def fmt(seconds: float) -> str:
-    if seconds < 1e-6:
-        return f"{seconds * 1e9:.0f} ns"
-    if seconds < 1e-3:
-        return f"{seconds * 1e6:.2f} µs"
-    return f"{seconds * 1e3:.2f} ms"
 
 
 CHILD = r"""
@@ -114,10 +106,7 @@ def handle_in_another_process(n: int = 2000) -> tuple[int, float, float, int | N
 
 def main() -> int:
     print(f"# pyshm core benchmarks, {time.strftime('%Y-%m-%d')}")
-    print(
-        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Linux {platform.release()}, "
-        f"Python {platform.python_version()}, numpy {np.__version__}\n"
-    )
+    print(machine_line() + "\n")
     rows = []
     kib = 1024
     t_py = per_call(lambda: pyshm.empty(kib // 8), 200_000)

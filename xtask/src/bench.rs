@@ -3,14 +3,15 @@
 //! 1. The criterion benchmarks of shm-arena always run.
 //! 2. The throughput harness (`crates/shm-arena/examples/bench_throughput.rs`, threads and
 //!    processes hammering one segment), the Python core benchmarks (`benchmarks/run.py`) and the
-//!    front-end benchmarks (`benchmarks/frontends.py`, pyshm against the stdlib and its peers)
-//!    run when their files exist, the Python ones once the Python package exists, and are
+//!    front-end benchmarks (the package `benchmarks/frontends/`, pyshm against the stdlib and its
+//!    peers) run when their files exist, the Python ones once the Python package exists, and are
 //!    skipped with a note otherwise.
-//! 3. Only `bench` installs the peers that `frontends.py` compares with (npshmex, SharedArray,
-//!    pasha, joblib), into `.venv` with pip, each one only when it cannot be imported. A peer
-//!    that fails to install is noted in the summary and does not fail the run: `frontends.py`
-//!    reports it as missing. `cargo xtask test` installs none of them beyond its own tools.
-//! 4. `frontends.py` writes its figures to `target/bench/frontends.json`, and
+//! 3. Only `bench` installs the peers that the front-end benchmarks compare with (npshmex,
+//!    SharedArray, pasha, joblib), into `.venv` with pip, each one only when it cannot be
+//!    imported. A peer that fails to install is noted in the summary and does not fail the run:
+//!    the front-end benchmarks report it as missing. `cargo xtask test` installs none of them
+//!    beyond its own tools.
+//! 4. `benchmarks/frontends` writes its figures to `target/bench/frontends.json`, and
 //!    `benchmarks/plot.py` draws them to `target/bench/frontends.svg`; the chart in
 //!    `docs/img/frontends.svg` is replaced by hand, from a run on a quiet machine.
 //!
@@ -24,12 +25,13 @@ use crate::util::{Cmd, Result, Steps};
 
 const THROUGHPUT_EXAMPLE: &str = "crates/shm-arena/examples/bench_throughput.rs";
 const PYTHON_BENCHMARKS: &str = "benchmarks/run.py";
-const FRONTEND_BENCHMARKS: &str = "benchmarks/frontends.py";
+/// A directory with a `__main__.py`: `python benchmarks/frontends` runs it.
+const FRONTEND_BENCHMARKS: &str = "benchmarks/frontends";
 const PLOT: &str = "benchmarks/plot.py";
 const FRONTENDS_JSON: &str = "target/bench/frontends.json";
 const FRONTENDS_SVG: &str = "target/bench/frontends.svg";
 
-/// The peers `frontends.py` measures pyshm against: (pip package, module to import).
+/// The peers the front-end benchmarks measure pyshm against: (pip package, module to import).
 /// SharedArray comes before npshmex, which is built on it.
 const PEERS: [(&str, &str); 4] =
     [("joblib", "joblib"), ("SharedArray", "SharedArray"), ("npshmex", "npshmex"), ("pasha", "pasha")];
@@ -88,7 +90,7 @@ fn install_peers(steps: &mut Steps) -> Result<()> {
     steps.run("python: benchmark peers", || {
         for package in &missing {
             if let Err(e) = Cmd::new(".venv/bin/pip").args(["install", "-q", package]).run() {
-                println!("==> {e}; tolerated: frontends.py reports {package} as missing");
+                println!("==> {e}; tolerated: the front-end benchmarks report {package} as missing");
                 failed.push(*package);
             }
         }
