@@ -182,7 +182,11 @@ impl From<Error> for PyErr {
                 match e {
                     ArrayError::DType(_) => PyTypeError::new_err(msg),
                     ArrayError::Shape { .. } => PyValueError::new_err(msg),
-                    ArrayError::OutOfMemory { .. } => PoolMemoryError::new_err(msg),
+                    // shm-ndarray names its Rust options; say what they are called here.
+                    ArrayError::OutOfMemory { .. } => PoolMemoryError::new_err(format!(
+                        "{msg}; from Python: pyshm.configure(max_size=...) or PYSHM_MAX_SIZE, and \
+                         pyshm.configure(wait=seconds) or PYSHM_WAIT"
+                    )),
                     ArrayError::Grow(p) => pool_err(p),
                     ArrayError::PoolGone => PoolNotFoundError::new_err((ENOENT, msg)),
                 }

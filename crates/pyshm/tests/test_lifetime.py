@@ -87,7 +87,7 @@ def test_an_exhausted_pool_raises_memory_error_with_the_numbers():
         with pytest.raises(MemoryError) as e:
             pool.empty(1 << 20, dtype=np.uint8)
         msg = str(e.value)
-        for needle in ("1048576 bytes requested", "bytes free", "largest free block", "/dev/shm has", "max_size"):
+        for needle in ("1048576 bytes requested", "bytes free", "largest free block", "/dev/shm has", "max_size", "PYSHM_MAX_SIZE", "PYSHM_WAIT"):
             assert needle in msg, msg
         del keep
         assert pool.empty(1 << 20, dtype=np.uint8).size == 1 << 20
