@@ -125,8 +125,10 @@ fn clean_removes_pools_of_dead_processes_and_never_a_live_one() {
         name
     };
     let removed = shm_ndarray::clean_dead_pools(false);
-    assert!(removed.contains(&orphan), "{removed:?}");
-    assert!(leftovers(&orphan).is_empty());
+    // Another test of this binary cleans at the same time and may be the one that removes the
+    // orphan: what must hold is that it is gone, by this call or that one (if cleaning did not
+    // remove dead pools, nobody would).
+    assert!(leftovers(&orphan).is_empty(), "{removed:?}");
     assert!(!removed.contains(&live.name().to_owned()), "a live pool is never touched");
     assert!(ShmArray::<u8>::zeros(&live, &[10]).is_ok());
 }
