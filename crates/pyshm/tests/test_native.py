@@ -97,3 +97,22 @@ def test_the_native_registry_has_one_pool_per_name_until_it_is_closed():
         assert pyshm.Pool.open(p.name)._native is native
         assert native in _native.NativePool.open_pools()
     assert _native.NativePool.find(p.name) is None
+
+
+def test_a_retype_with_a_subarray_dtype_is_an_invalid_handle_error():
+    # Every other malformed view raises InvalidHandleError (errors.rs invariant 2, guide's table).
+    h = pyshm.handle(pyshm.zeros(4))
+    with pytest.raises(pyshm.InvalidHandleError):
+        pyshm.Handle(h.pool, h.data, (np.dtype(("<f8", (2,))), 0, (1,), (16,)))
+
+
+def test_equal_handles_hash_equal():
+    # Bytes 56..64 of a handle are not read by shm-ndarray: two byte strings that differ there
+    # make equal handles, which must then hash alike (Python's hash contract; sets, dicts).
+    h = pyshm.handle(pyshm.zeros(4))
+    data = bytearray(h.data)
+    data[60] ^= 0xFF
+    other = pyshm.Handle(h.pool, bytes(data))
+    if other == h:
+        assert hash(other) == hash(h)
+        assert len({h, other}) == 1
