@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use numpy::{PyArrayDescr, PyArrayDescrMethods};
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple, PyType};
 use shm_ndarray::{DType, Field, Format, StructLayout};
@@ -232,7 +232,7 @@ pub(crate) fn describe_view(spec: &Bound<'_, PyAny>) -> Result<Arc<Described>> {
         invalid_handle(format!("invalid handle: malformed view dtype: {e}"))
     })?;
     if !d.subshape.is_empty() {
-        return Err(PyValueError::new_err("invalid handle: a view's dtype cannot be a subarray").into());
+        return Err(invalid_handle("invalid handle: a view's dtype cannot be a subarray"));
     }
     Ok(d)
 }
