@@ -116,3 +116,43 @@ def test_equal_handles_hash_equal():
     if other == h:
         assert hash(other) == hash(h)
         assert len({h, other}) == 1
+
+
+def test_a_cached_dtype_is_not_used_for_a_header_with_another_item_size():
+    # numpy_dtype caches dtypes by description text only. A legacy description does not fix its
+    # item size, so a header (written by a buggy or hostile process of the pool) may pair the
+    # text of a cached dtype with another item size: the check made on a cache miss must hold
+    # on a hit too, or numpy reads past the array's data.
+    import ctypes
+
+    dt = np.dtype([("x", "<f8")])
+    text = b'{"itemsize":8,"fields":[{"name":"x","offset":0,"format":"<f8"}]}'
+    legacy = b"[('x', '<f8')]".ljust(len(text))  # the same length, so the header's layout stays
+
+    def rewrite(a, itemsize):
+        # A small array's data follows its header in the same block: 128 fixed bytes (the item
+        # size at +104), shape and strides, then the description.
+        p = a.ctypes.data
+        raw = ctypes.string_at(p - 512, 512)
+        descr_at = p - 512 + raw.rindex(text)
+        ctypes.memmove(descr_at, legacy, len(legacy))
+        ctypes.c_uint64.from_address(descr_at - 128 - 16 * a.ndim + 104).value = itemsize
+
+    a = pyshm.empty(4, dtype=dt)
+    rewrite(a, 8)  # a consistent legacy header: its dtype gets cached
+    h = pyshm.handle(a)
+    del a
+    gc.collect()
+    assert pyshm.attach(h).dtype == dt
+
+    c = pyshm.empty(64, dtype=dt)  # 512 bytes of data
+    rewrite(c, 1)
+    data = bytearray(pyshm.handle(c).data)
+    data[64:72] = (512).to_bytes(8, "little")  # shape: 512 items of 1 byte, stride 1
+    data[72:80] = (1).to_bytes(8, "little")
+    crafted = pyshm.Handle(h.pool, bytes(data))
+    del c
+    gc.collect()
+    with pytest.raises(pyshm.InvalidHandleError, match="item size"):
+        d = pyshm.attach(crafted)
+        print("reaches", (d.shape[0] - 1) * d.strides[0] + d.dtype.itemsize, "bytes of 512")
