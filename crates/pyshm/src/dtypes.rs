@@ -153,7 +153,10 @@ fn format_of(dt: &Bound<'_, PyArrayDescr>) -> Result<Format> {
 /// The numpy dtype of a description written by any process (invariant 2).
 pub(crate) fn numpy_dtype<'py>(py: Python<'py>, dtype: &DType) -> Result<Bound<'py, PyArrayDescr>> {
     if let Some(d) = with_caches(|c| c.by_descr.get(dtype.descr()).map(|d| d.clone_ref(py))) {
-        return Ok(d.into_bound(py));
+        // A legacy description does not fix its item size: the hit must have the header's.
+        if d.bind(py).itemsize() as u64 == dtype.itemsize() {
+            return Ok(d.into_bound(py));
+        }
     }
     let text = dtype.descr();
     let built = match dtype.structure() {
