@@ -33,6 +33,16 @@ def test_structured_dtypes_keep_fields_offsets_titles_and_alignment(dt):
         assert b.dtype.isalignedstruct == dt.isalignedstruct
 
 
+def test_a_record_dtype_with_many_fields_still_fits():
+    # Before the StructLayout grammar a structured dtype was kept as repr(dtype.descr), about 16
+    # bytes a field, under the 4000-byte limit: 150 float fields (2440 bytes) were shareable.
+    # The grammar spends about 42 bytes a field, so the same dtype is now refused.
+    dt = np.dtype([(f"f{i}", "<f8") for i in range(150)])
+    assert len(repr(dt.descr)) < 4000
+    a = pyshm.zeros(3, dtype=dt)
+    assert pyshm.attach(pyshm.handle(a)).dtype == dt
+
+
 def test_a_title_that_is_not_a_str_is_refused():
     dt = np.dtype({"names": ["x"], "formats": ["<f4"], "titles": [7]})
     with pytest.raises(TypeError, match="title"):
