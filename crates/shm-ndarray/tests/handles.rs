@@ -227,15 +227,14 @@ fn a_header_whose_description_is_not_ascii_is_refused_without_a_panic() {
     // header; "<é" has the same length in bytes and is valid UTF-8. A small array's data follows
     // its header in the same block, so the description is found just before the data.
     let data = a.base_ptr().as_ptr();
-    // SAFETY: the bytes searched lie in the metadata segment's mapping, before the array's data
-    // (its header block); only the three description bytes are written.
-    unsafe {
-        let at = (3..=256)
-            .map(|back| data.sub(back))
-            .find(|p| std::slice::from_raw_parts(*p, 3) == b"|S5")
-            .expect("the description precedes the inline data");
-        at.copy_from_nonoverlapping("<\u{e9}".as_ptr(), 3);
-    }
+    let at = (3..=256)
+        .map(|back| data.wrapping_sub(back))
+        // SAFETY: the bytes searched lie in the metadata segment's mapping, before the array's
+        // data (its header block and the segment's layout before it).
+        .find(|p| unsafe { std::slice::from_raw_parts(*p, 3) } == b"|S5")
+        .expect("the description precedes the inline data");
+    // SAFETY: the three description bytes found just above, in the array's header block.
+    unsafe { at.copy_from_nonoverlapping("<\u{e9}".as_ptr(), 3) };
     drop(a); // the token keeps it alive; attaching pins it and reads the header again
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pool.attach(&h).map(|_| ())));
     assert!(matches!(r, Ok(Err(HandleError::Invalid(_)))), "a corrupt header is an error, never a panic: {r:?}");
