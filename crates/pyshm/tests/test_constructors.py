@@ -43,6 +43,18 @@ def test_a_record_dtype_with_many_fields_still_fits():
     assert pyshm.attach(pyshm.handle(a)).dtype == dt
 
 
+def test_renaming_a_structured_dtypes_fields_is_seen_by_receivers():
+    # A structured dtype object is mutable (numpy lets `dtype.names` be reassigned), yet
+    # dtypes.rs caches its description by the object's identity: arrays made after the rename
+    # travel under the old field names.
+    dt = np.dtype([("a", "<f8"), ("b", "<i4")])
+    pyshm.zeros(2, dtype=dt)
+    dt.names = ("p", "q")
+    y = pyshm.zeros(2, dtype=dt)
+    assert y.dtype.names == ("p", "q")
+    assert pyshm.attach(pyshm.handle(y)).dtype.names == ("p", "q")
+
+
 def test_a_title_that_is_not_a_str_is_refused():
     dt = np.dtype({"names": ["x"], "formats": ["<f4"], "titles": [7]})
     with pytest.raises(TypeError, match="title"):
