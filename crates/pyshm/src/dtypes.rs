@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use numpy::{PyArrayDescr, PyArrayDescrMethods};
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple, PyType};
 use shm_ndarray::{DType, Field, Format, StructLayout};
@@ -153,7 +153,10 @@ fn format_of(dt: &Bound<'_, PyArrayDescr>) -> Result<Format> {
 /// The numpy dtype of a description written by any process (invariant 2).
 pub(crate) fn numpy_dtype<'py>(py: Python<'py>, dtype: &DType) -> Result<Bound<'py, PyArrayDescr>> {
     if let Some(d) = with_caches(|c| c.by_descr.get(dtype.descr()).map(|d| d.clone_ref(py))) {
-        return Ok(d.into_bound(py));
+        // A legacy description does not fix its item size: the hit must have the header's.
+        if d.bind(py).itemsize() as u64 == dtype.itemsize() {
+            return Ok(d.into_bound(py));
+        }
     }
     let text = dtype.descr();
     let built = match dtype.structure() {
@@ -232,7 +235,7 @@ pub(crate) fn describe_view(spec: &Bound<'_, PyAny>) -> Result<Arc<Described>> {
         invalid_handle(format!("invalid handle: malformed view dtype: {e}"))
     })?;
     if !d.subshape.is_empty() {
-        return Err(PyValueError::new_err("invalid handle: a view's dtype cannot be a subarray").into());
+        return Err(invalid_handle("invalid handle: a view's dtype cannot be a subarray"));
     }
     Ok(d)
 }

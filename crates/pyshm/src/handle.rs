@@ -140,7 +140,7 @@ impl Handle {
     fn __hash__(&self, py: Python<'_>) -> PyResult<u64> {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         self.pool.bind(py).to_cow()?.hash(&mut h);
-        self.data.bind(py).as_bytes().hash(&mut h);
+        self.handle.to_bytes().hash(&mut h); // the decoded handle, as `__eq__` compares it
         Ok(h.finish())
     }
 

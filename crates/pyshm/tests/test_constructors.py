@@ -33,6 +33,28 @@ def test_structured_dtypes_keep_fields_offsets_titles_and_alignment(dt):
         assert b.dtype.isalignedstruct == dt.isalignedstruct
 
 
+def test_a_record_dtype_with_many_fields_still_fits():
+    # Before the StructLayout grammar a structured dtype was kept as repr(dtype.descr), about 16
+    # bytes a field, under the 4000-byte limit: 150 float fields (2440 bytes) were shareable.
+    # The grammar spends about 42 bytes a field, so the same dtype is now refused.
+    dt = np.dtype([(f"f{i}", "<f8") for i in range(150)])
+    assert len(repr(dt.descr)) < 4000
+    a = pyshm.zeros(3, dtype=dt)
+    assert pyshm.attach(pyshm.handle(a)).dtype == dt
+
+
+def test_renaming_a_structured_dtypes_fields_is_seen_by_receivers():
+    # A structured dtype object is mutable (numpy lets `dtype.names` be reassigned), yet
+    # dtypes.rs caches its description by the object's identity: arrays made after the rename
+    # travel under the old field names.
+    dt = np.dtype([("a", "<f8"), ("b", "<i4")])
+    pyshm.zeros(2, dtype=dt)
+    dt.names = ("p", "q")
+    y = pyshm.zeros(2, dtype=dt)
+    assert y.dtype.names == ("p", "q")
+    assert pyshm.attach(pyshm.handle(y)).dtype.names == ("p", "q")
+
+
 def test_a_title_that_is_not_a_str_is_refused():
     dt = np.dtype({"names": ["x"], "formats": ["<f4"], "titles": [7]})
     with pytest.raises(TypeError, match="title"):

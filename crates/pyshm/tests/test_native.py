@@ -97,3 +97,62 @@ def test_the_native_registry_has_one_pool_per_name_until_it_is_closed():
         assert pyshm.Pool.open(p.name)._native is native
         assert native in _native.NativePool.open_pools()
     assert _native.NativePool.find(p.name) is None
+
+
+def test_a_retype_with_a_subarray_dtype_is_an_invalid_handle_error():
+    # Every other malformed view raises InvalidHandleError (errors.rs invariant 2, guide's table).
+    h = pyshm.handle(pyshm.zeros(4))
+    with pytest.raises(pyshm.InvalidHandleError):
+        pyshm.Handle(h.pool, h.data, (np.dtype(("<f8", (2,))), 0, (1,), (16,)))
+
+
+def test_equal_handles_hash_equal():
+    # Bytes 56..64 of a handle are not read by shm-ndarray: two byte strings that differ there
+    # make equal handles, which must then hash alike (Python's hash contract; sets, dicts).
+    h = pyshm.handle(pyshm.zeros(4))
+    data = bytearray(h.data)
+    data[60] ^= 0xFF
+    other = pyshm.Handle(h.pool, bytes(data))
+    if other == h:
+        assert hash(other) == hash(h)
+        assert len({h, other}) == 1
+
+
+def test_a_cached_dtype_is_not_used_for_a_header_with_another_item_size():
+    # numpy_dtype caches dtypes by description text only. A legacy description does not fix its
+    # item size, so a header (written by a buggy or hostile process of the pool) may pair the
+    # text of a cached dtype with another item size: the check made on a cache miss must hold
+    # on a hit too, or numpy reads past the array's data.
+    import ctypes
+
+    dt = np.dtype([("x", "<f8")])
+    text = b'{"itemsize":8,"fields":[{"name":"x","offset":0,"format":"<f8"}]}'
+    legacy = b"[('x', '<f8')]".ljust(len(text))  # the same length, so the header's layout stays
+
+    def rewrite(a, itemsize):
+        # A small array's data follows its header in the same block: 128 fixed bytes (the item
+        # size at +104), shape and strides, then the description.
+        p = a.ctypes.data
+        raw = ctypes.string_at(p - 512, 512)
+        descr_at = p - 512 + raw.rindex(text)
+        ctypes.memmove(descr_at, legacy, len(legacy))
+        ctypes.c_uint64.from_address(descr_at - 128 - 16 * a.ndim + 104).value = itemsize
+
+    a = pyshm.empty(4, dtype=dt)
+    rewrite(a, 8)  # a consistent legacy header: its dtype gets cached
+    h = pyshm.handle(a)
+    del a
+    gc.collect()
+    assert pyshm.attach(h).dtype == dt
+
+    c = pyshm.empty(64, dtype=dt)  # 512 bytes of data
+    rewrite(c, 1)
+    data = bytearray(pyshm.handle(c).data)
+    data[64:72] = (512).to_bytes(8, "little")  # shape: 512 items of 1 byte, stride 1
+    data[72:80] = (1).to_bytes(8, "little")
+    crafted = pyshm.Handle(h.pool, bytes(data))
+    del c
+    gc.collect()
+    with pytest.raises(pyshm.InvalidHandleError, match="item size"):
+        d = pyshm.attach(crafted)
+        print("reaches", (d.shape[0] - 1) * d.strides[0] + d.dtype.itemsize, "bytes of 512")

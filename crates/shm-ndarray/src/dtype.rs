@@ -217,7 +217,8 @@ impl DType {
         if code == b'O' {
             return Err(DTypeError::Object { descr: descr.to_owned() });
         }
-        let rest = &descr[2..];
+        // The type code may be the first byte of a multi-byte character (text from shared memory).
+        let rest = descr.get(2..).ok_or_else(|| unrecognised("unknown type code"))?;
         let (size_text, unit) = match rest.find('[') {
             Some(i) if rest.ends_with(']') => (&rest[..i], Some(&rest[i + 1..rest.len() - 1])),
             Some(_) => return Err(unrecognised("unbalanced unit brackets")),
@@ -229,7 +230,9 @@ impl DType {
             return Err(unrecognised("a [unit] belongs to datetime64 and timedelta64 only"));
         }
         let expected = match kind {
-            DTypeKind::Unicode => count * 4,
+            DTypeKind::Unicode => {
+                count.checked_mul(4).ok_or(DTypeError::ItemSize { descr: descr.to_owned(), itemsize })?
+            }
             _ => count,
         };
         let size_ok = match kind {

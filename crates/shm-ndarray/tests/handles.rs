@@ -217,3 +217,32 @@ fn cancelling_a_handle_gives_its_token_back_and_frees_an_array_nobody_else_holds
     assert!(matches!(other.cancel(&last), Err(HandleError::WrongPool { .. })));
     pool.check().unwrap();
 }
+
+#[test]
+fn a_header_whose_description_is_not_ascii_is_refused_without_a_panic() {
+    let pool = Pool::create(&small()).unwrap();
+    let a = pool.empty(&DType::new("|S5", 5).unwrap(), &[2], false).unwrap();
+    let h = a.handle().unwrap();
+    // Another process of the pool (buggy or hostile) rewrites the description "|S5" in the
+    // header; "<é" has the same length in bytes and is valid UTF-8. A small array's data follows
+    // its header in the same block, so the description is found just before the data.
+    let data = a.base_ptr().as_ptr();
+    let at = (3..=256)
+        .map(|back| data.wrapping_sub(back))
+        // SAFETY: the bytes searched lie in the metadata segment's mapping, before the array's
+        // data (its header block and the segment's layout before it).
+        .find(|p| unsafe { std::slice::from_raw_parts(*p, 3) } == b"|S5")
+        .expect("the description precedes the inline data");
+    // SAFETY: the three description bytes found just above, in the array's header block.
+    unsafe { at.copy_from_nonoverlapping("<\u{e9}".as_ptr(), 3) };
+    drop(a); // the token keeps it alive; attaching pins it and reads the header again
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pool.attach(&h).map(|_| ())));
+    assert!(matches!(r, Ok(Err(HandleError::Invalid(_)))), "a corrupt header is an error, never a panic: {r:?}");
+}
+
+#[test]
+fn a_unicode_description_whose_size_overflows_is_refused_without_a_panic() {
+    // 2^62 + 1 characters of 4 bytes: the size wraps to 4 bytes in a release build.
+    let r = std::panic::catch_unwind(|| DType::new("<U4611686018427387905", 4).is_err());
+    assert!(matches!(r, Ok(true)), "refused as an error, not accepted and not a panic: {r:?}");
+}

@@ -180,3 +180,16 @@ fn list_pools_survives_a_corrupt_directory() {
     let _ = seg0.unlink();
     assert!(listed.is_ok_and(|pools| pools.iter().all(|p| p.name != name)), "refused, not read");
 }
+
+#[test]
+fn clean_never_removes_a_live_arena_that_is_not_a_pool() {
+    // shm-arena takes any valid name, and its default prefix is pyshm's: a program using
+    // shm-arena alone may name its arena `pyshm-<app>-1`. It is no pool's data segment, and it
+    // is alive: cleaning dead pools must leave it alone.
+    let name = format!("pyshm-reviewarena{}-1", std::process::id());
+    let arena = ArenaOptions::new(1 << 16).name(name.clone()).create().unwrap();
+    let removed = shm_ndarray::clean_dead_pools(false);
+    let still_there = std::path::Path::new("/dev/shm").join(&name).exists();
+    let _ = arena.unlink();
+    assert!(still_there, "clean unlinked a live arena's file (reported as {removed:?})");
+}
