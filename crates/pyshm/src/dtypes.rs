@@ -11,6 +11,10 @@
 //!    a strong reference to its key, so the address cannot be reused while the entry exists.
 //!    Only specs that cannot change meaning (dtype objects, `type` objects, `str`) are cached
 //!    by identity. Both caches are bounded: cleared when full.
+//! 4. No dtype with fields is cached, by spec or by description: numpy lets a program rename a
+//!    structured dtype's fields in place (`dt.names = ...`), on the spec it passed or on the
+//!    dtype object of an array it got (which a cache would hand to the next array too), and
+//!    arrays made or attached afterwards must carry the names of that moment (found in review).
 //!
 //! This module uses numpy and Python's standard library only, never the pyshm package: a simple
 //! dtype is described by numpy's `dtype.str`, a structured one by shm-ndarray's
@@ -101,7 +105,8 @@ pub(crate) fn describe(spec: &Bound<'_, PyAny>) -> Result<Arc<Described>> {
     let d = Arc::new(Described { descr: dt.unbind(), dtype, subshape });
     let immutable =
         spec.is_instance_of::<PyArrayDescr>() || spec.is_instance_of::<PyType>() || spec.is_instance_of::<PyString>();
-    if immutable {
+    // Invariant 4: fields can be renamed in place.
+    if immutable && !d.descr.bind(py).has_fields() {
         with_caches(|c| {
             if c.by_spec.len() >= CACHE_LIMIT {
                 c.by_spec.clear();
@@ -176,6 +181,9 @@ pub(crate) fn numpy_dtype<'py>(py: Python<'py>, dtype: &DType) -> Result<Bound<'
         )));
     }
     check_shareable(&d).map_err(|e| invalid_handle(format!("invalid handle: {e}")))?;
+    if d.has_fields() {
+        return Ok(d); // invariant 4
+    }
     with_caches(|c| {
         if c.by_descr.len() >= CACHE_LIMIT {
             c.by_descr.clear();

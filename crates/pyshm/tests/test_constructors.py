@@ -248,3 +248,19 @@ def test_loky_gets_numpys_own_reduction_for_unpooled_arrays():
     plain = np.arange(3)
     assert _pickle._reduce_for_loky(plain)[0] is plain.__reduce_ex__(pickle.HIGHEST_PROTOCOL)[0]
     assert _pickle._reduce_for_transfer(plain)[0] is plain.__reduce_ex__(pickle.DEFAULT_PROTOCOL)[0]
+
+
+def test_renaming_the_fields_of_an_attached_arrays_dtype_does_not_rename_later_attaches():
+    dt = np.dtype([("a", "<f8"), ("b", "<i4")])
+    x = pyshm.zeros(2, dtype=dt)
+    first = pyshm.attach(pyshm.handle(x))
+    first.dtype.names = ("p", "q")
+    assert pyshm.attach(pyshm.handle(x)).dtype.names == ("a", "b")
+
+
+def test_deeply_nested_structured_dtypes_travel():
+    dt = np.dtype([("leaf", "<f8")])
+    for depth in range(40):
+        dt = np.dtype([(f"level{depth}", dt), ("pad", "u1")])
+    a = pyshm.zeros(2, dtype=dt)
+    assert pyshm.attach(pyshm.handle(a)).dtype == dt

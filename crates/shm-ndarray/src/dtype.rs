@@ -39,8 +39,11 @@
 //! # Ok::<(), shm_ndarray::DTypeError>(())
 //! ```
 
-/// Most bytes a description may take.
-pub const MAX_DESCR_LEN: usize = 4000;
+/// Most bytes a description may take: what the header's 16-bit length field can say. A
+/// structured description takes about 42 bytes a field, so this admits about 1,500 fields
+/// (numpy's `repr` of the `descr` list, kept before [`StructLayout`], took about 16 under a
+/// 4000-byte limit: a review found 150-field records refused after the change).
+pub const MAX_DESCR_LEN: usize = u16::MAX as usize;
 
 /// What kind of element a [`DType`] describes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -187,7 +190,7 @@ impl DType {
     pub fn new(descr: &str, itemsize: u64) -> Result<Self, DTypeError> {
         let unrecognised = |why| DTypeError::Unrecognised { descr: descr.to_owned(), why };
         if descr.is_empty() || descr.len() > MAX_DESCR_LEN {
-            return Err(unrecognised("empty or longer than 4000 bytes"));
+            return Err(unrecognised("empty or longer than MAX_DESCR_LEN bytes"));
         }
         if descr.starts_with("{\"") {
             // A structured type in this module's grammar: parsed and checked in full (inv. 3).
@@ -325,8 +328,9 @@ pub enum Format {
     },
 }
 
-/// Deepest nesting of structs and subarrays a description may have.
-const MAX_DEPTH: usize = 16;
+/// Deepest nesting of structs and subarrays a description may have: far beyond any real
+/// record, and it bounds the parser's recursion (a description is read from shared memory).
+const MAX_DEPTH: usize = 64;
 
 impl Format {
     /// Bytes one value of this format takes.
@@ -425,7 +429,7 @@ impl StructLayout {
             why => DTypeError::Unrecognised { descr: text.to_owned(), why },
         };
         if text.len() > MAX_DESCR_LEN {
-            return Err(fail("longer than 4000 bytes"));
+            return Err(fail("longer than MAX_DESCR_LEN bytes"));
         }
         let mut p = Parser { bytes: text.as_bytes(), at: 0 };
         let v = p.value(0).map_err(fail)?;
