@@ -107,15 +107,15 @@ def test_a_retype_with_a_subarray_dtype_is_an_invalid_handle_error():
 
 
 def test_equal_handles_hash_equal():
-    # Bytes 56..64 of a handle are not read by shm-ndarray: two byte strings that differ there
-    # make equal handles, which must then hash alike (Python's hash contract; sets, dicts).
+    # Bytes 60..64 of a handle are reserved and not read by shm-ndarray: two byte strings that
+    # differ there make equal handles, which must then hash alike (Python's hash contract).
     h = pyshm.handle(pyshm.zeros(4))
     data = bytearray(h.data)
     data[60] ^= 0xFF
     other = pyshm.Handle(h.pool, bytes(data))
-    if other == h:
-        assert hash(other) == hash(h)
-        assert len({h, other}) == 1
+    assert other == h
+    assert hash(other) == hash(h)
+    assert len({h, other}) == 1
 
 
 def test_a_cached_dtype_is_not_used_for_a_header_with_another_item_size():

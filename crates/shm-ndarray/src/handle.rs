@@ -19,7 +19,8 @@
 //! 32  nonce       u64
 //! 40  token       index u32, generation u32 (low bits)
 //! 48  offset      u64: bytes from the data start
-//! 56  reserved    u64
+//! 56  token       generation u32 (high bits)
+//! 60  reserved    u32
 //! 64  shape       u64 x ndim, then strides i64 x ndim
 //! ```
 
@@ -73,11 +74,14 @@ impl Handle {
         out.extend_from_slice(&self.pool);
         out.extend_from_slice(&self.header.to_bits().to_le_bytes());
         out.extend_from_slice(&self.nonce.to_le_bytes());
-        let (index, generation) = self.token.map_or((0, 0), |t| (t.index, t.generation as u32));
+        let (index, generation) = self.token.map_or((0, 0), |t| (t.index, t.generation));
         out.extend_from_slice(&index.to_le_bytes());
-        out.extend_from_slice(&generation.to_le_bytes());
+        out.extend_from_slice(&(generation as u32).to_le_bytes());
         out.extend_from_slice(&self.offset.to_le_bytes());
-        out.extend_from_slice(&0u64.to_le_bytes());
+        // The whole generation travels: a slot reused 2^32 times must not make every later
+        // token of it stale (found in review; handles of older builds have zero here).
+        out.extend_from_slice(&((generation >> 32) as u32).to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
         for s in &self.shape {
             out.extend_from_slice(&s.to_le_bytes());
         }
@@ -113,7 +117,8 @@ impl Handle {
         }
         let u64_at = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
         let u32_at = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().expect("4 bytes"));
-        let token = (flags & 1 != 0).then(|| Token { index: u32_at(40), generation: u64::from(u32_at(44)) });
+        let token = (flags & 1 != 0)
+            .then(|| Token { index: u32_at(40), generation: u64::from(u32_at(56)) << 32 | u64::from(u32_at(44)) });
         let shape = (0..ndim).map(|i| u64_at(HANDLE_FIXED_LEN + 8 * i)).collect();
         let strides = (0..ndim).map(|i| u64_at(HANDLE_FIXED_LEN + 8 * (ndim + i)) as i64).collect();
         Ok(Self {
@@ -141,5 +146,28 @@ impl Handle {
     /// The pool it belongs to.
     pub fn pool_id(&self) -> [u8; 16] {
         self.pool
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_generation_beyond_32_bits_round_trips() {
+        let token = Token { index: 7, generation: (1 << 40) | 5 };
+        let h = Handle {
+            meta_segment: 0,
+            pool: [1; 16],
+            header: Block::from_bits(0),
+            nonce: 9,
+            token: Some(token),
+            offset: 0,
+            shape: vec![2],
+            strides: vec![8],
+        };
+        let back = Handle::from_bytes(&h.to_bytes()).unwrap();
+        assert_eq!(back.token, Some(token));
+        assert_eq!(back, h);
     }
 }
