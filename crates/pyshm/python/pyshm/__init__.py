@@ -31,6 +31,7 @@ from ._native import (
     PoolPermissionError,
     StaleHandleError,
 )
+from ._native import __version__ as __version__  # the pyshm crate's version: one source
 from ._core import (
     CollectReport,
     Pool,
@@ -75,8 +76,6 @@ from ._transfer import PayloadError, register_array_wrapper, unregister_array_wr
 # Exceptions pickle by module and name: a worker's error reaches its caller as `pyshm.X`, a
 # name that stays valid wherever the class is defined (the native ones say so themselves).
 PayloadError.__module__ = "pyshm"
-
-__version__ = "0.1.0"
 
 
 def __getattr__(name: str):

@@ -5,6 +5,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 HANDLE_FIXED_LEN: int
+__version__: str
 
 class InvalidHandleError(ValueError):
     """A handle that names no valid array: malformed, corrupt, of another pool, or a view
