@@ -4,8 +4,10 @@ what it changed when it exits (normally, by an exception, nested, from several t
 from __future__ import annotations
 
 import copyreg
+import os
 import pickle
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -148,3 +150,38 @@ def test_other_threads_pickle_data_while_one_thread_is_inside(plain):
         t.join(60)
     assert done.is_set()
     numpy_pickles_as_numpy_does(plain, before)
+
+
+def test_a_child_forked_while_another_thread_is_inside_is_left_unchanged(plain):
+    before = out_of_band(plain)
+    registered = copyreg.dispatch_table.get(np.ndarray)
+    inside, leave = threading.Event(), threading.Event()
+
+    def holder():
+        with pyshm.handles():
+            inside.set()
+            leave.wait(60)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    try:
+        assert inside.wait(60)
+        r, w = os.pipe()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork with threads
+            pid = os.fork()
+        if pid == 0:  # pragma: no cover (child)
+            try:
+                os.close(r)
+                data, buffers = out_of_band(plain)
+                ok = copyreg.dispatch_table.get(np.ndarray) is registered and data == before[0] and len(buffers) == 1
+                os.write(w, b"ok" if ok else b"changed")
+            finally:
+                os._exit(0)
+        os.close(w)
+        with os.fdopen(r, "rb") as f:
+            assert f.read() == b"ok"
+        assert os.waitpid(pid, 0)[1] == 0
+    finally:
+        leave.set()
+        t.join(60)

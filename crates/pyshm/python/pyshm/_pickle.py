@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import copyreg
+import os
 import pickle
 import sys
 import threading
@@ -99,36 +100,55 @@ def _reduce_in_context(a: np.ndarray) -> Any:
 
 class _Registration:
     """The ``copyreg`` reducer for ``numpy.ndarray``, present while some thread is inside
-    ``handles()`` (invariant 4): ``depth`` counts the open blocks of every thread, ``previous``
-    is the reducer it replaced (``None`` for none)."""
+    ``handles()`` (invariant 4): ``depths`` counts the open blocks of each thread (by thread
+    id), ``previous`` is the reducer it replaced (``None`` for none). A forked child keeps only
+    the blocks of the thread that forked, the only thread it has."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.depth = 0
+        self.depths: dict[int, int] = {}
         self.previous: Any = None
 
     def enter(self) -> None:
         with self.lock:
-            if self.depth == 0:
+            if not self.depths:
                 self.previous = copyreg.dispatch_table.get(np.ndarray)
                 copyreg.dispatch_table[np.ndarray] = _reduce_in_context
-            self.depth += 1
+            me = threading.get_ident()
+            self.depths[me] = self.depths.get(me, 0) + 1
 
     def exit(self) -> None:
         with self.lock:
-            self.depth -= 1
-            if self.depth == 0:
-                # Put back what was there, unless someone replaced our reducer meanwhile: then
-                # theirs stays.
-                if copyreg.dispatch_table.get(np.ndarray) is _reduce_in_context:
-                    if self.previous is None:
-                        del copyreg.dispatch_table[np.ndarray]
-                    else:
-                        copyreg.dispatch_table[np.ndarray] = self.previous
-                self.previous = None
+            me = threading.get_ident()
+            if me not in self.depths:  # a block left by another thread than entered it
+                me = next(iter(self.depths))
+            self.depths[me] -= 1
+            if self.depths[me] == 0:
+                del self.depths[me]
+            self._unregister_if_unused()
+
+    def _unregister_if_unused(self) -> None:
+        if self.depths:
+            return
+        # Put back what was there, unless someone replaced our reducer meanwhile: then theirs
+        # stays.
+        if copyreg.dispatch_table.get(np.ndarray) is _reduce_in_context:
+            if self.previous is None:
+                del copyreg.dispatch_table[np.ndarray]
+            else:
+                copyreg.dispatch_table[np.ndarray] = self.previous
+        self.previous = None
+
+    def after_fork_in_child(self) -> None:
+        # The lock may have been held by a thread the child does not have.
+        self.lock = threading.Lock()
+        me = threading.get_ident()
+        self.depths = {me: self.depths[me]} if me in self.depths else {}
+        self._unregister_if_unused()
 
 
 _registration = _Registration()
+os.register_at_fork(after_in_child=_registration.after_fork_in_child)
 
 
 @contextlib.contextmanager
