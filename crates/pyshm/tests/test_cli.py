@@ -24,7 +24,9 @@ def run(*args):
 
 
 def test_the_console_script_is_installed_and_declared():
-    (entry,) = [e for e in importlib.metadata.entry_points(group="console_scripts") if e.name == "pyshm"]
+    eps = importlib.metadata.entry_points()
+    scripts = eps.select(group="console_scripts") if hasattr(eps, "select") else eps.get("console_scripts", [])  # 3.9
+    (entry,) = [e for e in scripts if e.name == "pyshm"]
     assert entry.value == "pyshm.__main__:main"
     assert os.access(SCRIPT, os.X_OK), SCRIPT
 
