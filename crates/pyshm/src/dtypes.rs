@@ -16,6 +16,10 @@
 //!    dtype object of an array it got (which a cache would hand to the next array too), and
 //!    arrays made or attached afterwards must carry the names of that moment (found in review).
 //!
+//! 4. A datetime64 or timedelta64 without a unit (`np.dtype("M8")`, numpy's generic unit) is
+//!    described with the unit written out, `<M8[generic]`, which numpy reads back as the same
+//!    dtype (shm-ndarray wants a unit for these kinds).
+//!
 //! This module uses numpy and Python's standard library only, never the pyshm package: a simple
 //! dtype is described by numpy's `dtype.str`, a structured one by shm-ndarray's
 //! [`StructLayout`] text built from the dtype's fields (see `shm_ndarray::dtype`'s grammar), and
@@ -100,7 +104,7 @@ pub(crate) fn describe(spec: &Bound<'_, PyAny>) -> Result<Arc<Described>> {
         dt = dt.base();
     }
     check_shareable(&dt)?;
-    let text = if dt.has_fields() { layout_of(&dt)?.to_text() } else { dt.getattr("str")?.extract()? };
+    let text = if dt.has_fields() { layout_of(&dt)?.to_text() } else { simple_text(&dt)? };
     let dtype = DType::new(&text, dt.itemsize() as u64)?;
     let d = Arc::new(Described { descr: dt.unbind(), dtype, subshape });
     let immutable =
@@ -151,8 +155,15 @@ fn format_of(dt: &Bound<'_, PyArrayDescr>) -> Result<Format> {
         return Ok(Format::Struct(layout_of(dt)?));
     }
     check_shareable(dt)?;
-    let text: String = dt.getattr("str")?.extract()?;
+    let text = simple_text(dt)?;
     Ok(Format::Simple(DType::new(&text, dt.itemsize() as u64)?))
+}
+
+/// The description of a dtype without fields: numpy's `dtype.str`, with a generic datetime's
+/// unit written out (invariant 4).
+fn simple_text(dt: &Bound<'_, PyArrayDescr>) -> PyResult<String> {
+    let text: String = dt.getattr("str")?.extract()?;
+    Ok(if matches!(dt.kind(), b'M' | b'm') && !text.ends_with(']') { format!("{text}[generic]") } else { text })
 }
 
 /// The numpy dtype of a description written by any process (invariant 2).

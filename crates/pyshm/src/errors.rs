@@ -10,18 +10,23 @@
 //!    [`InvalidHandleError`] (a `ValueError`) for a handle that names nothing valid and its
 //!    subclass [`StaleHandleError`] for one whose array was freed, [`PoolNotFoundError`] (a
 //!    `FileNotFoundError`, errno `ENOENT`) for a pool that does not exist, [`PoolOSError`] (an
-//!    `OSError`) for a failed system call, with the call's errno when there is one, and
-//!    `TimeoutError` for a pool whose creator did not finish in time.
+//!    `OSError`) for a failed system call, with the call's errno when there is one, its subclass
+//!    [`PoolPermissionError`] (also a `PermissionError`) when that errno is `EACCES` or `EPERM`,
+//!    and `TimeoutError` for a pool whose creator did not finish in time.
 //! 3. pyshm's exception classes say `module = "pyshm"` and are re-exported there, so they
-//!    pickle (from a worker to its caller) as themselves.
+//!    pickle (from a worker to its caller) as themselves. None takes other constructor
+//!    arguments than its builtin base, so the base's `__reduce__` rebuilds it (message, and
+//!    errno for the `OSError`s).
 //! 4. The message is the Rust error's `Display`, which names what failed (pool, segment, sizes).
 
 use pyo3::create_exception;
 use pyo3::exceptions::{
-    PyFileExistsError, PyFileNotFoundError, PyMemoryError, PyOSError, PyRuntimeError, PyTimeoutError, PyTypeError,
-    PyValueError,
+    PyFileExistsError, PyFileNotFoundError, PyMemoryError, PyOSError, PyPermissionError, PyRuntimeError,
+    PyTimeoutError, PyTypeError, PyValueError,
 };
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyTuple, PyType};
 use shm_arena::{CheckError, CreateError, OpenError, RegisterError};
 use shm_ndarray::{ArrayError, DTypeError, HandleError, NameError, PoolError};
 
@@ -56,6 +61,32 @@ create_exception!(
     "A system call on the pool's shared memory failed; `errno` is the call's error number when known."
 );
 
+/// `pyshm.PoolPermissionError`, made on first use: `create_exception!` takes one base, and this
+/// class has two (`PoolOSError` and `PermissionError`).
+static POOL_PERMISSION_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+
+/// Docstring of [`pool_permission_error`]'s class.
+const POOL_PERMISSION_DOC: &str = "A system call on the pool's shared memory was refused (EACCES or EPERM): a \
+                                   PoolOSError that is also a PermissionError.";
+
+/// The class `pyshm.PoolPermissionError`: `type(name, (PoolOSError, PermissionError), ...)`.
+fn pool_permission_error(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+    POOL_PERMISSION_ERROR
+        .get_or_try_init(py, || {
+            let bases = PyTuple::new(py, [py.get_type::<PoolOSError>(), py.get_type::<PyPermissionError>()])?;
+            let dict = PyDict::new(py);
+            dict.set_item("__module__", "pyshm")?;
+            dict.set_item("__doc__", POOL_PERMISSION_DOC)?;
+            let class = py.get_type::<PyType>().call1(("PoolPermissionError", bases, dict))?;
+            Ok(class.cast_into::<PyType>().map_err(PyErr::from)?.unbind())
+        })
+        .map(|class| class.bind(py))
+}
+
+/// `EPERM`: an operation the caller is not allowed.
+const EPERM: i32 = 1;
+/// `EACCES`: permission denied by the file's mode.
+const EACCES: i32 = 13;
 /// `ENOENT`: what a missing pool or name reports as its errno.
 const ENOENT: i32 = 2;
 /// `EEXIST`: what an existing segment or name reports as its errno.
@@ -111,6 +142,10 @@ pub(crate) fn invalid_handle(msg: impl Into<String>) -> Error {
 /// A failed system call: errno and message (invariant 2).
 fn os_error(errno: Option<i32>, msg: String) -> PyErr {
     match errno {
+        Some(e @ (EACCES | EPERM)) => Python::attach(|py| match pool_permission_error(py) {
+            Ok(class) => PyErr::from_type(class.clone(), (e, msg)),
+            Err(err) => err,
+        }),
         Some(e) => PoolOSError::new_err((e, msg)),
         None => PoolOSError::new_err(msg),
     }
@@ -216,5 +251,6 @@ pub(crate) fn add_exceptions(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("PoolNotFoundError", py.get_type::<PoolNotFoundError>())?;
     m.add("PoolMemoryError", py.get_type::<PoolMemoryError>())?;
     m.add("PoolOSError", py.get_type::<PoolOSError>())?;
+    m.add("PoolPermissionError", pool_permission_error(py)?)?;
     Ok(())
 }

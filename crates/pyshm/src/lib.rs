@@ -45,6 +45,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ndarray::Block>()?;
     m.add_class::<handle::Handle>()?;
     m.add("HANDLE_FIXED_LEN", shm_ndarray::HANDLE_FIXED_LEN)?;
+    // The package's version (pyproject.toml takes it from this crate too: one source).
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(handle::pooled_handle, m)?)?;
     m.add_function(wrap_pyfunction!(ndarray::is_pooled, m)?)?;
     m.add_function(wrap_pyfunction!(ndarray::pool_name_of, m)?)?;

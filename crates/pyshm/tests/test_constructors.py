@@ -10,6 +10,7 @@ import pyshm
 ALL_DTYPES = [
     "?", "i1", "u1", "<i2", ">i2", "<u2", "<i4", "<u4", "<i8", ">u8", "<f2", "<f4", ">f8", "g",
     "<c8", "<c16", "G", "<M8[ns]", "<M8[D]", "<m8[s]", "|S7", "<U5", "|V3",
+    "<M8", ">m8", [("t", "<M8"), ("d", "<m8", (2,))],  # datetime64/timedelta64 with numpy's generic unit
     [("x", "<f8"), ("n", "<i4")],
     np.dtype([("a", "<i2"), ("b", "<f8")], align=True),
     [("pos", "<f4", (3,)), ("name", "|S4"), ("inner", [("u", "<u2"), ("t", "<M8[s]")])],
@@ -72,6 +73,18 @@ def test_every_dtype_round_trips_through_a_handle(dt):
     assert b.dtype == dt and b.dtype.str == dt.str and b.dtype.descr == dt.descr
     assert b.shape == (6, 4) and np.shares_memory(a, b)
     assert bytes(b.view(np.uint8).reshape(-1)) == bytes(raw)
+
+
+def test_generic_datetime_units_are_kept_as_numpy_keeps_them():
+    from multiprocessing.reduction import ForkingPickler
+
+    for plain in (np.array([1, -2, "NaT"], dtype="m8"), np.array(["NaT", "NaT"], dtype="M8")):
+        a = pyshm.asarray(plain)
+        assert a.dtype == plain.dtype and np.datetime_data(a.dtype) == ("generic", 1)
+        b = ForkingPickler.loads(ForkingPickler.dumps(a))
+        assert np.shares_memory(a, b) and b.dtype == plain.dtype
+        assert np.array_equal(b, plain, equal_nan=True)
+    assert pyshm.zeros(2, "M8").dtype == np.zeros(2, "M8").dtype
 
 
 POINTER_DTYPES = ["O", [("x", "<f8"), ("o", "O")]] + (["T"] if hasattr(np, "dtypes") and hasattr(np.dtypes, "StringDType") else [])

@@ -18,6 +18,9 @@ Front-ends on the same pool:
 
 Importing pyshm patches nothing: it registers a reducer for ``numpy.ndarray`` with
 multiprocessing's pickler, which changes nothing for arrays outside a pool.
+
+``from pyshm import *`` leaves out ``list`` and ``map``, which would shadow the builtins; use
+them as ``pyshm.list`` and ``pyshm.map``.
 """
 
 from ._native import (
@@ -25,8 +28,10 @@ from ._native import (
     PoolMemoryError,
     PoolNotFoundError,
     PoolOSError,
+    PoolPermissionError,
     StaleHandleError,
 )
+from ._native import __version__ as __version__  # the pyshm crate's version: one source
 from ._core import (
     CollectReport,
     Pool,
@@ -68,7 +73,9 @@ from ._named import list_names as list  # noqa: A001 (SharedArray's name)
 from ._pickle import handles, register_loky
 from ._transfer import PayloadError, register_array_wrapper, unregister_array_wrapper
 
-__version__ = "0.1.0"
+# Exceptions pickle by module and name: a worker's error reaches its caller as `pyshm.X`, a
+# name that stays valid wherever the class is defined (the native ones say so themselves).
+PayloadError.__module__ = "pyshm"
 
 
 def __getattr__(name: str):
@@ -104,8 +111,6 @@ __all__ = [
     "install_allocator",
     "InvalidHandleError",
     "is_shared",
-    "list",
-    "map",
     "MapContext",
     "NdarrayFunctor",
     "ones",
@@ -115,6 +120,7 @@ __all__ = [
     "PoolMemoryError",
     "PoolNotFoundError",
     "PoolOSError",
+    "PoolPermissionError",
     "PoolStats",
     "ProcessContext",
     "ProcessPoolExecutor",

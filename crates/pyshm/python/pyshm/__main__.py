@@ -1,12 +1,37 @@
-"""``python -m pyshm ls | clean | demo``: list pools, remove dead ones, show what pyshm does."""
+"""``python -m pyshm ls | clean | demo`` (or the ``pyshm`` console script): list pools, remove
+dead ones, show what pyshm does; ``--version`` prints the package's version."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import List, Optional
 
 from . import _native
+
+DESCRIPTION = "pyshm's pools in /dev/shm: list them, remove those of dead programs, or see a demo."
+
+
+def version() -> str:
+    """The installed distribution's version, or the package's own ``__version__`` when there is
+    no metadata (a source tree on ``sys.path``)."""
+    from importlib.metadata import PackageNotFoundError, version as dist_version
+
+    try:
+        return dist_version("pyshm")
+    except PackageNotFoundError:
+        pass
+    from . import __version__
+
+    return __version__
+
+
+def program_name(argv0: str) -> str:
+    """What the usage line calls the program: ``python -m pyshm`` when run as a module, else
+    the name it was started by (the ``pyshm`` console script, or wherever it was installed)."""
+    name = os.path.basename(argv0)
+    return "python -m pyshm" if name in ("__main__.py", "") else name
 
 
 def _size(n: int) -> str:
@@ -41,7 +66,8 @@ def cmd_clean(include_persistent: bool) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pyshm", description=__doc__)
+    parser = argparse.ArgumentParser(prog=program_name(sys.argv[0]), description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("ls", help="list pools: name, size, bytes used, live processes")
     clean = sub.add_parser("clean", help="remove pools whose processes are all dead (never a live one)")

@@ -5,6 +5,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 HANDLE_FIXED_LEN: int
+__version__: str
 
 class InvalidHandleError(ValueError):
     """A handle that names no valid array: malformed, corrupt, of another pool, or a view
@@ -21,6 +22,10 @@ class PoolMemoryError(MemoryError):
 
 class PoolOSError(OSError):
     """A system call on the pool's shared memory failed; ``errno`` is set when known."""
+
+class PoolPermissionError(PoolOSError, PermissionError):
+    """A system call on the pool's shared memory was refused (EACCES or EPERM): a
+    PoolOSError that is also a PermissionError."""
 
 class Handle:
     """A small picklable reference to a pooled array or view (``pyshm.Handle``)."""

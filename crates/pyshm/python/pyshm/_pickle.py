@@ -11,6 +11,9 @@ Invariants:
    array that does not live in a pool: it is reduced exactly as numpy reduces it.
 3. A handle sent this way carries a transfer token, so the array outlives the sender's
    references until the receiver attaches it.
+4. ``handles()`` changes the process only while some thread is inside a block: its ``copyreg``
+   reducer is registered when the first block opens and removed (the previous reducer, if
+   any, put back) when the last one closes, whatever happened inside.
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import copyreg
+import os
 import pickle
 import sys
+import threading
 from multiprocessing.reduction import ForkingPickler
 from typing import Any, Iterator, Optional
 
@@ -32,7 +37,6 @@ __all__ = ["handles", "register_loky"]
 
 
 _in_handles = contextvars.ContextVar("pyshm_handles", default=False)
-_copyreg_done = False
 _loky_done: set[str] = set()
 
 
@@ -67,34 +71,113 @@ def _reduce_for_loky(a: np.ndarray) -> Any:
     return handle_reduction(a) or a.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
 
 
+class _AsNumpyPickles:
+    """Stands for a plain array inside the ``copyreg`` reducer, which is not told the protocol:
+    the pickler calls this object's ``__reduce_ex__`` with it, so the array is reduced exactly
+    as numpy (or the reducer registered before ``handles()``) would at that protocol (with
+    protocol 5, numpy's buffer stays out of band). It unpickles as that array."""
+
+    __slots__ = ("a", "reducer")
+
+    def __init__(self, a: np.ndarray, reducer: Any) -> None:
+        self.a = a
+        self.reducer = reducer
+
+    def __reduce_ex__(self, protocol: int) -> Any:
+        if self.reducer is not None:
+            return self.reducer(self.a)
+        return self.a.__reduce_ex__(protocol)
+
+
 def _reduce_in_context(a: np.ndarray) -> Any:
     if _in_handles.get():
         r = handle_reduction(a)
         if r is not None:
             return r
-    # Outside `handles()`: numpy's own reduction, in band (copyreg gives no protocol).
-    return a.__reduce_ex__(4)
+    # `np.asarray` of the array rebuilt from its own reduction: that same array, no copy.
+    return (np.asarray, (_AsNumpyPickles(a, _registration.previous),))
+
+
+class _Registration:
+    """The ``copyreg`` reducer for ``numpy.ndarray``, present while some thread is inside
+    ``handles()`` (invariant 4): ``depths`` counts the open blocks of each thread (by thread
+    id), ``previous`` is the reducer it replaced (``None`` for none). A forked child keeps only
+    the blocks of the thread that forked, the only thread it has."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.depths: dict[int, int] = {}
+        self.previous: Any = None
+
+    def enter(self) -> None:
+        with self.lock:
+            if not self.depths:
+                self.previous = copyreg.dispatch_table.get(np.ndarray)
+                copyreg.dispatch_table[np.ndarray] = _reduce_in_context
+            me = threading.get_ident()
+            self.depths[me] = self.depths.get(me, 0) + 1
+
+    def exit(self) -> None:
+        with self.lock:
+            me = threading.get_ident()
+            if me not in self.depths:  # a block left by another thread than entered it
+                me = next(iter(self.depths))
+            self.depths[me] -= 1
+            if self.depths[me] == 0:
+                del self.depths[me]
+            self._unregister_if_unused()
+
+    def _unregister_if_unused(self) -> None:
+        if self.depths:
+            return
+        # Put back what was there, unless someone replaced our reducer meanwhile: then theirs
+        # stays.
+        if copyreg.dispatch_table.get(np.ndarray) is _reduce_in_context:
+            if self.previous is None:
+                del copyreg.dispatch_table[np.ndarray]
+            else:
+                copyreg.dispatch_table[np.ndarray] = self.previous
+        self.previous = None
+
+    def after_fork_in_child(self) -> None:
+        # The lock may have been held by a thread the child does not have.
+        self.lock = threading.Lock()
+        me = threading.get_ident()
+        self.depths = {me: self.depths[me]} if me in self.depths else {}
+        self._unregister_if_unused()
+
+
+_registration = _Registration()
+os.register_at_fork(after_in_child=_registration.after_fork_in_child)
 
 
 @contextlib.contextmanager
 def handles() -> Iterator[None]:
-    """Within this block (in this thread or task), ``pickle.dumps`` of a pooled array gives a
-    handle instead of the data. The pickle is then only good for processes of the same pool on
-    this machine, while the array lives (or until its handle is attached once).
+    """Within this block (in this thread or asyncio task), ``pickle.dumps`` of a pooled array
+    gives a handle instead of the data.
 
-    The first use registers a reducer for ``numpy.ndarray`` with ``copyreg``; outside the block
-    that reducer gives numpy's own in-band reduction (protocol 5's out-of-band buffers are not
-    used for plain ndarrays from then on).
+    The pickle is then only good for processes of the same pool on this machine, while the array
+    lives (or until its handle is attached once). Blocks nest, and leaving one, normally or by
+    an exception, puts back exactly what entering it changed.
+
+    Notes
+    -----
+    Plain pickle has no per-call hook, so while any thread is inside a block a reducer for
+    ``numpy.ndarray`` is registered with ``copyreg`` (the last block to exit removes it, or puts
+    back the reducer that was there before). Arrays outside the pool, and pooled arrays pickled
+    by other threads meanwhile, are reduced by numpy at the pickler's protocol (protocol 5 keeps
+    their buffer out of band) and wrapped in ``numpy.asarray``, a few bytes more. After the
+    last block, ``numpy.ndarray`` pickles exactly as before the first.
     """
-    global _copyreg_done
-    if not _copyreg_done:
-        copyreg.pickle(np.ndarray, _reduce_in_context)
-        _copyreg_done = True
-    token = _in_handles.set(True)
+    _registration.enter()
     try:
-        yield
+        token = _in_handles.set(True)
+        try:
+            yield
+        finally:
+            _in_handles.reset(token)
     finally:
-        _in_handles.reset(token)
+        _registration.exit()
 
 
 def register_loky() -> bool:
