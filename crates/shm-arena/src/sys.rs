@@ -10,11 +10,10 @@
 //! 3. Every file descriptor is created close-on-exec, so a worker started with `exec` inherits
 //!    no segment.
 //!
-//! The wrappers fall into two groups: naming and sizing shared-memory files (`shm_*`,
+//! The wrappers fall into three groups: naming and sizing shared-memory files (`shm_*`,
 //! [`memfd_create`], [`seal_size`], [`set_len`], [`reserve`], [`file_len`], [`file_mode`],
-//! [`file_stat`], [`shm_free_bytes`], [`list_shm_objects`]), whom to trust
-//! ([`effective_uid`]), and randomness for segment names
-//! ([`fill_random`]). The shared futex and process identity are the platform layer's
+//! [`shm_free_bytes`], [`list_shm_objects`]), who owns them ([`file_stat`], [`effective_uid`]),
+//! and randomness for segment names ([`fill_random`]). The shared futex and process identity are the platform layer's
 //! (`shm_platform::futex`, `shm_platform::process`).
 //!
 //! Names of POSIX shared-memory objects are passed in *without* the leading slash

@@ -423,3 +423,33 @@ impl PoolShared {
         s
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_names_parse_back_to_their_pool() {
+        assert_eq!(parse_segment_name(&root_segment_name("named_1000")), Some(SegmentFileName::Root("named_1000")));
+        let growth = growth_segment_name("a.b_c", 0x0123_4567_89ab_cdef);
+        assert_eq!(growth, "pyshm-a.b_c-0123456789abcdef");
+        assert_eq!(parse_segment_name(&growth), Some(SegmentFileName::Growth("a.b_c")));
+        assert_eq!(parse_segment_name(&growth_segment_name("p", 1)), Some(SegmentFileName::Growth("p")));
+        // Directory version 1's names, so that `clean` still finds their leftovers.
+        assert_eq!(parse_segment_name("pyshm-p-12"), Some(SegmentFileName::Growth("p")));
+        // Not a pool's: another prefix, a name a pool cannot have, other suffixes.
+        for other in [
+            "other-p",
+            "pyshm-",
+            "pyshm-p-",
+            "pyshm--0123456789abcdef",
+            "pyshm-p-0123456789ABCDEF",
+            "pyshm-p-0123456789abcde",
+            "pyshm-p-1234",
+            "pyshm-test-foreign-42",
+            "pyshm-p q",
+        ] {
+            assert_eq!(parse_segment_name(other), None, "{other}");
+        }
+    }
+}
