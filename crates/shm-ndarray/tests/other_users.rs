@@ -159,6 +159,16 @@ fn clean_leaves_another_users_files_alone_and_says_so() {
     }));
     assert_eq!(made, 0);
     assert_eq!(shm_files(&format!("pyshm-{ours}")).len(), 1);
+    // A file of ours under a pool's name that is no pool (garbage): left, and said so.
+    let garbage = format!("ourgarbage{pid}");
+    let _rm3 = RemoveFiles(garbage.clone());
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(format!("/dev/shm/pyshm-{garbage}"))
+        .unwrap();
+    std::io::Write::write_all(&mut file, &[0x41; 8192]).unwrap();
 
     let report = shm_ndarray::clean_pools(false);
     let files = shm_files(&format!("pyshm-{theirs}"));
@@ -170,6 +180,9 @@ fn clean_leaves_another_users_files_alone_and_says_so() {
         assert!(skipped.reason.to_string().contains(if root() { "uid 65534" } else { "0666" }), "{}", skipped.reason);
     }
     assert!(!report.removed.contains(&theirs));
+    let left = report.skipped.iter().find(|s| s.pool == garbage).expect("the garbage file is reported");
+    assert_eq!(left.reason, SkipReason::NotAPool { why: "not a pyshm segment" });
+    assert_eq!(shm_files(&format!("pyshm-{garbage}")).len(), 1, "a file that is no pool is never removed");
     // Another test binary may clean at the same time and be the one that removes ours.
     assert!(shm_files(&format!("pyshm-{ours}")).is_empty(), "{report:?}");
 }

@@ -21,7 +21,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use shm_arena::{Arena, OpenOptions, Ownership};
+use shm_arena::{Arena, OpenError, OpenOptions, Ownership};
 use shm_sync::ProcessTable;
 
 use super::names::has_names;
@@ -90,6 +90,14 @@ pub enum SkipReason {
     },
     /// Segment 0 of a persistent pool whose processes are all dead (removed only when asked).
     Persistent,
+    /// Our file, named as a pool's segment 0, that cannot be read as a pool: a pool being
+    /// created right now, one of another pyshm version, a corrupt one, or an arena that only
+    /// shares the prefix. Whether a process uses it cannot be told, so it is left; remove it by
+    /// hand if you know it is garbage.
+    NotAPool {
+        /// What is wrong with it.
+        why: &'static str,
+    },
 }
 
 impl core::fmt::Display for SkipReason {
@@ -100,6 +108,7 @@ impl core::fmt::Display for SkipReason {
             SkipReason::NotAFile { owner_uid } => write!(f, "not a regular file (owner uid {owner_uid})"),
             SkipReason::Live { processes } => write!(f, "in use by {processes} live process(es)"),
             SkipReason::Persistent => f.write_str("persistent (clean it with include_persistent)"),
+            SkipReason::NotAPool { why } => write!(f, "not a pool this pyshm can read: {why}"),
         }
     }
 }
@@ -112,7 +121,7 @@ pub fn list_pools() -> Vec<PoolInfo> {
     for f in &files {
         *sizes.entry(f.pool.as_str()).or_default() += f.len;
     }
-    files.iter().filter(|f| f.is_root).filter_map(|f| inspect(&f.pool, sizes[f.pool.as_str()])).collect()
+    files.iter().filter(|f| f.is_root).filter_map(|f| inspect(&f.pool, sizes[f.pool.as_str()]).ok()).collect()
 }
 
 /// A file of a pool in /dev/shm, as [`parse_segment_name`] reads its name.
@@ -144,12 +153,30 @@ fn pool_files() -> Vec<PoolFile> {
         .collect()
 }
 
+/// Why [`inspect`] could not read a pool.
+enum Unreadable {
+    /// Its segment 0 was removed meanwhile.
+    Gone,
+    /// What is wrong with it.
+    Why(&'static str),
+}
+
 /// Reads a pool's directory without registering in it.
-fn inspect(name: &str, bytes: u64) -> Option<PoolInfo> {
+fn inspect(name: &str, bytes: u64) -> Result<PoolInfo, Unreadable> {
     // Invariant 4: shm-arena refuses a file that is not ours before mapping it.
-    let seg0 = Arena::open_with(&root_segment_name(name), &OpenOptions::new().wait(Duration::from_millis(10))).ok()?;
+    let seg0 = Arena::open_with(&root_segment_name(name), &OpenOptions::new().wait(Duration::from_millis(10)))
+        .map_err(|e| match e {
+            OpenError::NotFound { .. } => Unreadable::Gone,
+            OpenError::Foreign { .. } => Unreadable::Why("not a pyshm segment"),
+            OpenError::Version { .. } => Unreadable::Why("another segment layout version"),
+            OpenError::Truncated { .. } | OpenError::Corrupt { .. } => Unreadable::Why("truncated or corrupt"),
+            OpenError::NotInitialized { .. } => {
+                Unreadable::Why("not initialised (being created, or its creator died doing so)")
+            }
+            _ => Unreadable::Why("cannot be opened"),
+        })?;
     let root = seg0.root_word().load(core::sync::atomic::Ordering::Acquire);
-    let (_, base, layout) = read_directory(&seg0, root).ok()?;
+    let (_, base, layout) = read_directory(&seg0, root).map_err(Unreadable::Why)?;
     // SAFETY: `read_directory` validated the block, its size and the layout.
     let dir = unsafe { Directory::new(base.as_ptr(), layout) };
     let h = dir.header();
@@ -169,7 +196,7 @@ fn inspect(name: &str, bytes: u64) -> Option<PoolInfo> {
             }
         }
     }
-    Some(PoolInfo {
+    Ok(PoolInfo {
         name: name.to_owned(),
         bytes,
         used,
@@ -189,10 +216,20 @@ pub fn clean_dead_pools(include_persistent: bool) -> Vec<String> {
 
 /// [`clean_dead_pools`], reporting every pool file it did not remove and why: another user's
 /// ([`SkipReason::NotOwned`]), opened up to others ([`SkipReason::Permissions`]), not a file,
-/// or segment 0 of a live or persistent pool.
+/// segment 0 of a live or persistent pool, or one of ours that cannot be read as a pool
+/// ([`SkipReason::NotAPool`]).
 pub fn clean_pools(include_persistent: bool) -> CleanReport {
     let mut report = CleanReport::default();
-    for info in list_pools() {
+    let ours: Vec<PoolFile> = pool_files().into_iter().filter(|f| f.ownership == Ownership::Ours).collect();
+    for f in ours.iter().filter(|f| f.is_root) {
+        let info = match inspect(&f.pool, 0) {
+            Ok(info) => info,
+            Err(Unreadable::Gone) => continue,
+            Err(Unreadable::Why(why)) => {
+                report.skip(f, SkipReason::NotAPool { why });
+                continue;
+            }
+        };
         let reason = if info.live_processes > 0 {
             Some(SkipReason::Live { processes: info.live_processes })
         } else if info.persistent && !include_persistent {
