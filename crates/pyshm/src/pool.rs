@@ -178,7 +178,7 @@ impl NativePool {
         with_open(|open| open.iter().map(|p| p.clone_ref(py)).collect())
     }
 
-    /// The pool's name (its files in /dev/shm are `pyshm-<name>` and `pyshm-<name>-<n>`).
+    /// The pool's name (its files in /dev/shm are `pyshm-<name>` and `pyshm-<name>-<random suffix>`).
     #[getter]
     fn name<'py>(&self, py: Python<'py>) -> Bound<'py, PyString> {
         self.name.bind(py).clone()

@@ -33,8 +33,8 @@
 //! ```
 #![deny(unsafe_code)]
 
-/// Every segment of a pool is named `pyshm-<pool>` or `pyshm-<pool>-<n>`; the arena is told
-/// this prefix, and it is how `/dev/shm` is scanned for pools.
+/// Every segment of a pool is named `pyshm-<pool>` or `pyshm-<pool>-<16 random hex digits>`;
+/// the arena is told this prefix, and it is how `/dev/shm` is scanned for pools.
 pub(crate) const NAME_PREFIX: &str = "pyshm-";
 
 #[allow(unsafe_code)] // typed views of the directory block
