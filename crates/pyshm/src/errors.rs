@@ -171,6 +171,12 @@ fn open_err(e: OpenError) -> PyErr {
         OpenError::Sys { source, .. } => os_error(Some(source.raw_os_error()), msg),
         OpenError::Map { source, .. } => os_error(source.raw_os_error(), msg),
         OpenError::Register(r) => register_err(r, msg),
+        // A file in the pool's place that another user owns, or whose mode lets others in, or
+        // that is not a regular file: refused before it was mapped, as the kernel refuses
+        // what a user may not open (EACCES).
+        OpenError::NotOwned { .. } | OpenError::Permissions { .. } | OpenError::NotAFile { .. } => {
+            os_error(Some(EACCES), msg)
+        }
         // A file that is not a (readable) pool segment: no system call failed.
         _ => os_error(None, msg),
     }

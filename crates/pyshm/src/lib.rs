@@ -19,7 +19,7 @@
 //!   array), their geometry, and the owner at the end of a base chain.
 //! - [`handle`]: `pyshm.Handle`, the one Python form of a handle, and `pooled_handle`.
 //! - [`pool`]: `NativePool` (a `shm_ndarray::Pool`), this process's registry of open pools,
-//!   and the figures pools report (`PoolStats`, `CollectReport`, `PoolInfo`).
+//!   and the figures pools report (`PoolStats`, `CollectReport`, `PoolInfo`, `SkippedPoolFile`).
 //! - [`allocator`]: numpy's data-memory handler backed by a pool (NEP 49).
 #![deny(unsafe_code)]
 
@@ -42,6 +42,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<pool::PoolStats>()?;
     m.add_class::<pool::CollectReport>()?;
     m.add_class::<pool::PoolInfo>()?;
+    m.add_class::<pool::SkippedPoolFile>()?;
     m.add_class::<ndarray::Block>()?;
     m.add_class::<handle::Handle>()?;
     m.add("HANDLE_FIXED_LEN", shm_ndarray::HANDLE_FIXED_LEN)?;
@@ -52,6 +53,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(ndarray::pool_name_of, m)?)?;
     m.add_function(wrap_pyfunction!(pool::list_pools, m)?)?;
     m.add_function(wrap_pyfunction!(pool::clean_dead_pools, m)?)?;
+    m.add_function(wrap_pyfunction!(pool::clean_pools, m)?)?;
     m.add_function(wrap_pyfunction!(pool::shm_free_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(allocator::make_allocator, m)?)?;
     m.add_function(wrap_pyfunction!(allocator::set_handler, m)?)?;

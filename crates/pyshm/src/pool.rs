@@ -178,7 +178,7 @@ impl NativePool {
         with_open(|open| open.iter().map(|p| p.clone_ref(py)).collect())
     }
 
-    /// The pool's name (its files in /dev/shm are `pyshm-<name>` and `pyshm-<name>-<n>`).
+    /// The pool's name (its files in /dev/shm are `pyshm-<name>` and `pyshm-<name>-<random suffix>`).
     #[getter]
     fn name<'py>(&self, py: Python<'py>) -> Bound<'py, PyString> {
         self.name.bind(py).clone()
@@ -455,6 +455,47 @@ pub(crate) fn list_pools(py: Python<'_>) -> Vec<PoolInfo> {
             persistent: p.persistent,
         })
         .collect()
+}
+
+figures! {
+    /// A pool file that `clean_pools` left in /dev/shm, and why.
+    SkippedPoolFile {
+        /// The file's name in /dev/shm.
+        file: String,
+        /// The pool it belongs to by its name.
+        pool: String,
+        /// Why it was left, in words ("owned by uid 65534, not by us", "in use by 2 live process(es)").
+        reason: String,
+        /// The file's owner when that is why it was left (another uid, or not a regular file); else None.
+        owner_uid: Option<u32>,
+        /// Whether the file is left because its pool has live processes (a live pool is never
+        /// cleaned), not because of what the file is.
+        in_use: bool,
+    }
+}
+
+/// Removes pools of ours whose processes are all dead, never another user's files; returns
+/// the names removed and every pool file left in place, with why.
+#[pyfunction]
+#[pyo3(signature = (include_persistent=false))]
+pub(crate) fn clean_pools(py: Python<'_>, include_persistent: bool) -> (Vec<String>, Vec<SkippedPoolFile>) {
+    use shm_ndarray::SkipReason;
+    let report = py.detach(|| shm_ndarray::clean_pools(include_persistent));
+    let skipped = report
+        .skipped
+        .into_iter()
+        .map(|s| SkippedPoolFile {
+            owner_uid: match s.reason {
+                SkipReason::NotOwned { owner_uid } | SkipReason::NotAFile { owner_uid } => Some(owner_uid),
+                _ => None,
+            },
+            in_use: matches!(s.reason, SkipReason::Live { .. }),
+            reason: s.reason.to_string(),
+            file: s.file,
+            pool: s.pool,
+        })
+        .collect();
+    (report.removed, skipped)
 }
 
 /// Removes pools whose processes are all dead; returns their names.

@@ -79,3 +79,94 @@ if __name__ == "__main__":
     assert out.returncode == 0, out.stderr
     name = out.stdout.split()[0]
     assert not any(e.startswith(f"pyshm-{name}") for e in shm_entries())
+
+
+def test_the_named_pool_is_per_user_by_default():
+    env = {k: v for k, v in os.environ.items() if k != "PYSHM_NAMED_POOL"}
+    code = "import pyshm._named as n; print(n.pool_name())"
+    out = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"named_{os.geteuid()}"
+    assert run(code, PYSHM_NAMED_POOL="chosen") == "chosen"
+
+
+def test_another_user_cannot_capture_named_arrays():
+    # The attacker takes our pool's name first (the name is predictable: named_<uid>) and lets
+    # everyone in. As root it is uid 65534; otherwise it is us, and the 0666 mode is refused.
+    target = os.environ["PYSHM_NAMED_POOL"] + "x"
+    attacker_env = {k: v for k, v in os.environ.items() if k != "PYSHM_POOL"}
+    attacker_env["PYSHM_NAMED_POOL"] = target
+    attacker = [PYTHON, "-c"]
+    if os.geteuid() == 0:
+        attacker = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *attacker]
+    plant = f"""
+import glob, os, pyshm
+pyshm.create('bait', 1)
+for f in glob.glob('/dev/shm/pyshm-{target}*'):
+    os.chmod(f, 0o666)
+"""
+    files = lambda: sorted(e for e in shm_entries() if e == f"pyshm-{target}" or e.startswith(f"pyshm-{target}-"))  # noqa: E731
+    try:
+        out = subprocess.run([*attacker, plant], capture_output=True, text=True, timeout=60, env=attacker_env)
+        assert out.returncode == 0, out.stderr
+        assert files(), "the attacker's pool is there"
+        # The victim's program: its named array must not land in the attacker's pool.
+        victim = """
+import pyshm
+try:
+    pyshm.create('secret', 4)[:] = 42
+except OSError as e:
+    print('refused:', e)
+"""
+        said = run(victim, PYSHM_NAMED_POOL=target)
+        assert said.startswith("refused:"), said
+        assert f"/dev/shm/pyshm-{target}" in said
+        assert ("uid 65534" in said) if os.geteuid() == 0 else ("0666" in said), said
+        # The attacker looks (its own pyshm refuses a 0666 pool too: it closes it up first).
+        look = f"import glob, os, pyshm\nfor f in glob.glob('/dev/shm/pyshm-{target}*'): os.chmod(f, 0o600)\nprint(pyshm.list())"
+        seen = subprocess.run([*attacker, look], capture_output=True, text=True, timeout=60, env=attacker_env)
+        assert seen.returncode == 0, seen.stderr
+        assert seen.stdout.strip() == "['bait']", "the attacker sees only its own names"
+    finally:
+        for f in files():
+            os.unlink(f"/dev/shm/{f}")
+
+
+def test_clean_leaves_another_users_files_alone_and_says_so():
+    from pyshm import _native
+
+    # A dead pool of the attacker's (uid 65534 as root; else ours, opened up to everyone).
+    name = os.environ["PYSHM_NAMED_POOL"] + "dead"
+    attacker = [PYTHON, "-c"]
+    if os.geteuid() == 0:
+        attacker = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *attacker]
+    plant = f"""
+import glob, os
+from pyshm._native import NativePool
+p = NativePool.create({name!r}, persistent=False)
+a = p.empty(100_000, "u1", "C", True)
+for f in glob.glob('/dev/shm/pyshm-{name}*'):
+    os.chmod(f, 0o666)
+os._exit(0)  # dead, without leaving the pool
+"""
+    env = {k: v for k, v in os.environ.items() if k != "PYSHM_POOL"}
+    files = lambda: sorted(e for e in shm_entries() if e == f"pyshm-{name}" or e.startswith(f"pyshm-{name}-"))  # noqa: E731
+    try:
+        out = subprocess.run([*attacker, plant], capture_output=True, text=True, timeout=60, env=env)
+        assert out.returncode == 0, out.stderr
+        planted = files()
+        assert len(planted) == 2, planted
+        removed, skipped = _native.clean_pools()
+        assert files() == planted, "another user's files were removed"
+        assert name not in removed
+        why = {s.file: s for s in skipped}
+        for f in planted:
+            assert why[f].pool == name
+            if os.geteuid() == 0:
+                assert why[f].owner_uid == 65534 and "uid 65534" in why[f].reason
+            else:
+                assert why[f].owner_uid is None and "0666" in why[f].reason
+        assert _native.clean_dead_pools() is not None and files() == planted
+    finally:
+        for f in files():
+            os.unlink(f"/dev/shm/{f}")

@@ -104,6 +104,41 @@ pub enum OpenError {
         /// The name given.
         name: String,
     },
+    /// The object belongs to another user: refused before anything was mapped, since its
+    /// owner can read and change everything in it, block its locks, or truncate it under us.
+    #[error("segment {name:?} (/dev/shm/{name}) is owned by uid {owner_uid}, not by this process's effective uid {euid}: refusing to map it (another user may have created it to read or block your data); its owner or root can remove it")]
+    NotOwned {
+        /// The name given.
+        name: String,
+        /// The file's owner (`st_uid`).
+        owner_uid: u32,
+        /// This process's effective uid.
+        euid: u32,
+        /// The file's mode (`st_mode`).
+        mode: u32,
+    },
+    /// The object is ours but other users may read or write it (group or other permission
+    /// bits): refused before anything was mapped. pyshm creates every segment 0600.
+    #[error("segment {name:?} (/dev/shm/{name}, owner uid {owner_uid}) has mode {:04o}: other users may read or change it, so it is not mapped; pyshm creates segments 0600 (remove it, or chmod 600 if you trust its contents)", mode & 0o7777)]
+    Permissions {
+        /// The name given.
+        name: String,
+        /// The file's owner (`st_uid`, this process's effective uid).
+        owner_uid: u32,
+        /// The file's mode (`st_mode`).
+        mode: u32,
+    },
+    /// The name is not a regular file (a directory, FIFO, socket or device node planted in
+    /// `/dev/shm`); refused before anything was mapped.
+    #[error("segment {name:?} (/dev/shm/{name}, owner uid {owner_uid}) is not a regular file (mode {mode:o})")]
+    NotAFile {
+        /// The name given.
+        name: String,
+        /// The file's owner (`st_uid`).
+        owner_uid: u32,
+        /// The file's mode (`st_mode`).
+        mode: u32,
+    },
     /// The object is not a pyshm segment.
     #[error("{name:?} is not a pyshm segment (magic {magic:02x?})")]
     Foreign {

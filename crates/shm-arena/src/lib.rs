@@ -24,6 +24,10 @@
 //!    reserved up front: a full `/dev/shm` is [`CreateError::NoSpace`], never a `SIGBUS`.
 //!    Opening validates the header completely; a foreign, truncated, corrupt or other-version
 //!    segment is an [`OpenError`].
+//! 5. Another user is never trusted: a named segment is mapped only if its open descriptor is
+//!    a regular file owned by this process's effective uid with no group or other permission
+//!    bits ([`Ownership`]); otherwise [`OpenError::NotOwned`], [`OpenError::Permissions`] or
+//!    [`OpenError::NotAFile`] says whose file it is, and nothing was mapped.
 //!
 //! # Example
 //!
@@ -99,7 +103,9 @@ pub use options::{
     ArenaOptions, OpenOptions, DEFAULT_MIN_BLOCK, DEFAULT_NAME_PREFIX, DEFAULT_OPEN_WAIT, DEFAULT_OWNER_SLOTS,
 };
 pub use owners::{OwnerInfo, SlotState};
-pub use segment::{list_segments, shm_free_bytes, unlink, SegmentFile, SegmentName, LAYOUT_VERSION, MAGIC};
+pub use segment::{
+    list_segments, random_u64, shm_free_bytes, unlink, Ownership, SegmentFile, SegmentName, LAYOUT_VERSION, MAGIC,
+};
 pub use tree::{BlockStateError, TreeReport, TreeViolation};
 
 /// The README's two-process example, run as a doctest so that it cannot rot.

@@ -12,6 +12,12 @@
 //!    on that word (a shared futex) for a bounded time.
 //! 4. The immutable header is read once, with a volatile copy, and validated as a copy: another
 //!    process writing to it later cannot change what this process believes.
+//! 5. Another user is never trusted. A named segment is opened with `O_NOFOLLOW`, and before a
+//!    byte of it is mapped, the open descriptor (`fstat`, not the name) must be a regular file
+//!    owned by this process's effective uid with no group or other permission bits
+//!    ([`Ownership::Ours`]); anything else is an [`OpenError`] naming the file and its owner.
+//!    Checking the descriptor leaves no window: the name can be replaced afterwards, the file
+//!    we hold cannot. A memfd received by descriptor is not checked (it has no name to plant).
 //!
 //! The header page:
 //!
@@ -31,7 +37,7 @@ use memmap2::{MmapOptions, MmapRaw};
 
 use crate::error::{CreateError, OpenError, SysOp};
 use crate::layout::{Layout, HEADER_SIZE};
-use crate::sys;
+use crate::sys::{self, FileStat};
 use shm_platform::futex;
 use shm_platform::process::ProcessIdentity;
 use shm_platform::sync::{SharedU32, SharedU64};
@@ -230,6 +236,76 @@ impl SegmentName {
     }
 }
 
+/// 64 bits from the kernel's random source, for names that another user must not guess (such
+/// as the suffix of a pool's growth segment).
+///
+/// # Errors
+///
+/// [`CreateError::Sys`] if `getrandom` fails.
+pub fn random_u64() -> Result<u64, CreateError> {
+    let mut bytes = [0u8; 8];
+    sys::fill_random(&mut bytes).map_err(|e| CreateError::Sys {
+        op: SysOp::GetRandom,
+        name: String::new(),
+        source: e,
+    })?;
+    Ok(u64::from_le_bytes(bytes))
+}
+
+/// Whether this process may trust a file in `/dev/shm` (invariant 5): who owns it and who else
+/// may write it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ownership {
+    /// A regular file owned by this process's effective uid, with no group or other permission
+    /// bits: the only kind of file that is mapped or removed.
+    Ours,
+    /// A regular file owned by another uid.
+    NotOwned {
+        /// The file's owner.
+        owner_uid: u32,
+    },
+    /// Our file, but with group or other permission bits: someone changed its mode (pyshm
+    /// creates segments 0600), so its contents are not trusted.
+    Permissions {
+        /// The file's permission bits (`st_mode & 0o7777`).
+        mode: u32,
+    },
+    /// Not a regular file (a symlink, directory, FIFO, socket or device).
+    NotAFile {
+        /// The file's owner.
+        owner_uid: u32,
+    },
+}
+
+impl Ownership {
+    /// Judges a file's `stat` for a process of effective uid `euid`.
+    fn judge(stat: &FileStat, euid: u32) -> Self {
+        const S_IFMT: u32 = 0o170_000;
+        const S_IFREG: u32 = 0o100_000;
+        if stat.mode & S_IFMT != S_IFREG {
+            Ownership::NotAFile { owner_uid: stat.uid }
+        } else if stat.uid != euid {
+            Ownership::NotOwned { owner_uid: stat.uid }
+        } else if stat.mode & 0o077 != 0 {
+            Ownership::Permissions { mode: stat.mode & 0o7777 }
+        } else {
+            Ownership::Ours
+        }
+    }
+
+    /// `Ok` for [`Ownership::Ours`], the matching [`OpenError`] otherwise.
+    fn check(stat: &FileStat, name: &str) -> Result<(), OpenError> {
+        let euid = sys::effective_uid();
+        let name = name.to_owned();
+        match Self::judge(stat, euid) {
+            Ownership::Ours => Ok(()),
+            Ownership::NotOwned { owner_uid } => Err(OpenError::NotOwned { name, owner_uid, euid, mode: stat.mode }),
+            Ownership::Permissions { .. } => Err(OpenError::Permissions { name, owner_uid: stat.uid, mode: stat.mode }),
+            Ownership::NotAFile { owner_uid } => Err(OpenError::NotAFile { name, owner_uid, mode: stat.mode }),
+        }
+    }
+}
+
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -307,8 +383,8 @@ impl Segment {
         Ok(segment)
     }
 
-    /// Opens and validates the named segment `name` (invariant 2), waiting up to `wait` for
-    /// its creator to finish.
+    /// Opens and validates the named segment `name` (invariants 5 and 2), waiting up to `wait`
+    /// for its creator to finish.
     pub(crate) fn open(name: &str, populate: bool, wait: Duration) -> Result<Self, OpenError> {
         let fd = sys::shm_open_existing(name).map_err(|e| {
             if e == rustix::io::Errno::NOENT {
@@ -317,6 +393,13 @@ impl Segment {
                 OpenError::Sys { op: SysOp::ShmOpen, name: name.to_owned(), source: e }
             }
         })?;
+        // Invariant 5: the descriptor, not the name, before anything is mapped.
+        let stat = sys::file_stat(fd.as_fd()).map_err(|e| OpenError::Sys {
+            op: SysOp::Fstat,
+            name: name.to_owned(),
+            source: e,
+        })?;
+        Ownership::check(&stat, name)?;
         Self::open_fd(fd, SegmentName::Named(name.to_owned()), populate, wait)
     }
 
@@ -456,10 +539,15 @@ pub struct SegmentFile {
     pub name: String,
     /// Bytes of the file.
     pub len: u64,
+    /// Its owner's uid.
+    pub owner_uid: u32,
+    /// Whether this process may trust it (invariant 5), as `lstat` saw it when listed. Only
+    /// [`Ownership::Ours`] files can be opened; only they should be removed.
+    pub ownership: Ownership,
 }
 
 /// Every object in `/dev/shm` whose name starts with `prefix`, sorted by name, without opening
-/// any of them (so a foreign or half-made file is listed too). The prefix is the caller's: the
+/// any of them (so a foreign or half-made file is listed too, with its [`Ownership`]). The prefix is the caller's: the
 /// one it created its segments under ([`ArenaOptions::name_prefix`](crate::ArenaOptions::name_prefix),
 /// or its own naming scheme).
 ///
@@ -467,7 +555,16 @@ pub struct SegmentFile {
 ///
 /// The errors of reading `/dev/shm`.
 pub fn list_segments(prefix: &str) -> std::io::Result<Vec<SegmentFile>> {
-    Ok(sys::list_shm_objects(prefix)?.into_iter().map(|(name, len)| SegmentFile { name, len }).collect())
+    let euid = sys::effective_uid();
+    Ok(sys::list_shm_objects(prefix)?
+        .into_iter()
+        .map(|(name, stat)| SegmentFile {
+            name,
+            len: stat.len,
+            owner_uid: stat.uid,
+            ownership: Ownership::judge(&stat, euid),
+        })
+        .collect())
 }
 
 /// Bytes an unprivileged process can still allocate in `/dev/shm`, if `statvfs` can say.
@@ -519,6 +616,25 @@ mod tests {
         bad.checksum = bad.compute_checksum();
         assert!(matches!(bad.validate("x", l.segment_size), Err(OpenError::Corrupt { .. })), "layout recomputed");
         assert!(matches!(h.validate("x", l.segment_size - 1), Err(OpenError::Truncated { .. })));
+    }
+
+    #[test]
+    fn ownership_is_judged_on_type_owner_and_mode() {
+        let file = |uid, mode| FileStat { len: 0, uid, mode };
+        assert_eq!(Ownership::judge(&file(1000, 0o100_600), 1000), Ownership::Ours);
+        assert_eq!(Ownership::judge(&file(1000, 0o100_400), 1000), Ownership::Ours);
+        assert_eq!(Ownership::judge(&file(65534, 0o100_600), 1000), Ownership::NotOwned { owner_uid: 65534 });
+        assert_eq!(Ownership::judge(&file(0, 0o100_600), 1000), Ownership::NotOwned { owner_uid: 0 });
+        assert_eq!(Ownership::judge(&file(1000, 0o100_666), 1000), Ownership::Permissions { mode: 0o666 });
+        assert_eq!(Ownership::judge(&file(1000, 0o100_640), 1000), Ownership::Permissions { mode: 0o640 });
+        assert_eq!(Ownership::judge(&file(1000, 0o100_602), 1000), Ownership::Permissions { mode: 0o602 });
+        assert_eq!(Ownership::judge(&file(1000, 0o120_777), 1000), Ownership::NotAFile { owner_uid: 1000 });
+        assert_eq!(Ownership::judge(&file(1000, 0o040_700), 1000), Ownership::NotAFile { owner_uid: 1000 });
+        assert_eq!(Ownership::judge(&file(1000, 0o010_600), 1000), Ownership::NotAFile { owner_uid: 1000 });
+        let err = Ownership::check(&file(65534, 0o100_666), "pyshm-x").unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, OpenError::NotOwned { owner_uid: 65534, .. }), "{err:?}");
+        assert!(text.contains("/dev/shm/pyshm-x") && text.contains("uid 65534"), "{text}");
     }
 
     #[test]

@@ -10,10 +10,10 @@
 //! 3. Every file descriptor is created close-on-exec, so a worker started with `exec` inherits
 //!    no segment.
 //!
-//! The wrappers fall into two groups: naming and sizing shared-memory files (`shm_*`,
+//! The wrappers fall into three groups: naming and sizing shared-memory files (`shm_*`,
 //! [`memfd_create`], [`seal_size`], [`set_len`], [`reserve`], [`file_len`], [`file_mode`],
-//! [`shm_free_bytes`], [`list_shm_objects`]), and randomness for segment names
-//! ([`fill_random`]). The shared futex and process identity are the platform layer's
+//! [`shm_free_bytes`], [`list_shm_objects`]), who owns them ([`file_stat`], [`effective_uid`]),
+//! and randomness for segment names ([`fill_random`]). The shared futex and process identity are the platform layer's
 //! (`shm_platform::futex`, `shm_platform::process`).
 //!
 //! Names of POSIX shared-memory objects are passed in *without* the leading slash
@@ -194,6 +194,47 @@ pub(crate) fn file_len(fd: BorrowedFd<'_>) -> io::Result<u64> {
     u64::try_from(stat.st_size).map_err(|_| Errno::OVERFLOW)
 }
 
+/// What `fstat(2)` says about who may trust a file: its size, owner and mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FileStat {
+    /// `st_size`.
+    pub(crate) len: u64,
+    /// `st_uid`.
+    pub(crate) uid: u32,
+    /// `st_mode`: file type and permission bits.
+    pub(crate) mode: u32,
+}
+
+/// `fstat(2)` on an open descriptor: size, owner and mode of the file it refers to, read from
+/// the descriptor itself, so that no rename or replacement of the name in `/dev/shm` between
+/// the open and the check can change the answer.
+///
+/// # Errors
+///
+/// `EBADF`, and `EOVERFLOW` if the kernel reported a negative size.
+///
+/// # References
+///
+/// - `fstat(2)`, `inode(7)`
+pub(crate) fn file_stat(fd: BorrowedFd<'_>) -> io::Result<FileStat> {
+    let stat = rustix::fs::fstat(fd)?;
+    Ok(FileStat {
+        len: u64::try_from(stat.st_size).map_err(|_| Errno::OVERFLOW)?,
+        uid: stat.st_uid,
+        mode: stat.st_mode,
+    })
+}
+
+/// `geteuid(2)`: the effective user id of this process, the one files are created under and
+/// checked against.
+///
+/// # References
+///
+/// - `geteuid(2)`, `credentials(7)`
+pub(crate) fn effective_uid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
 /// `fstat(2)` `st_mode & 0o7777`: the file's permission bits (with setuid, setgid, sticky),
 /// without the file type.
 ///
@@ -237,8 +278,8 @@ pub(crate) fn shm_dir() -> &'static std::path::Path {
     std::path::Path::new(SHM_DIR)
 }
 
-/// `getdents64(2)` (through [`std::fs::read_dir`]) and `stat(2)` on `/dev/shm`: the names and
-/// sizes of the shared-memory objects that start with `prefix`, sorted by name.
+/// `getdents64(2)` (through [`std::fs::read_dir`]) and `lstat(2)` on `/dev/shm`: the names,
+/// sizes, owners and modes of the shared-memory objects that start with `prefix`, sorted by name.
 ///
 /// Names that are not UTF-8 cannot be ours and are skipped; so are objects removed between
 /// the listing and the `stat`. The listing is a snapshot: objects can be created or removed
@@ -250,20 +291,22 @@ pub(crate) fn shm_dir() -> &'static std::path::Path {
 ///
 /// # References
 ///
-/// - `getdents64(2)`, `readdir(3)`, `stat(2)`, `shm_overview(7)`
-pub(crate) fn list_shm_objects(prefix: &str) -> std::io::Result<Vec<(String, u64)>> {
+/// - `getdents64(2)`, `readdir(3)`, `lstat(2)`, `shm_overview(7)`
+pub(crate) fn list_shm_objects(prefix: &str) -> std::io::Result<Vec<(String, FileStat)>> {
+    use std::os::unix::fs::MetadataExt;
     let mut objects = Vec::new();
     for entry in std::fs::read_dir(SHM_DIR)? {
         let entry = entry?;
         if let Ok(name) = entry.file_name().into_string() {
             if name.starts_with(prefix) {
+                // `DirEntry::metadata` is an `lstat`: a symlink is described, not followed.
                 if let Ok(meta) = entry.metadata() {
-                    objects.push((name, meta.len()));
+                    objects.push((name, FileStat { len: meta.len(), uid: meta.uid(), mode: meta.mode() }));
                 }
             }
         }
     }
-    objects.sort_unstable();
+    objects.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     Ok(objects)
 }
 
@@ -305,7 +348,9 @@ mod tests {
             let mut bytes = [0u8; 8];
             fill_random(&mut bytes).expect("getrandom");
             let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-            Self(format!("pyshm-test-{hex}"))
+            // A '.', not a '-', after "test": `pyshm-test-<16 hex>` would read as a growth segment of
+            // a pool named "test" to shm-ndarray's `clean`.
+            Self(format!("pyshm-test.{hex}"))
         }
     }
 
@@ -324,7 +369,7 @@ mod tests {
         let created = shm_create_exclusive(name).expect("create");
         assert_eq!(file_mode(created.as_fd()).unwrap(), 0o600);
         assert_eq!(file_len(created.as_fd()).unwrap(), 0);
-        assert!(list_shm_objects("pyshm-test-").unwrap().iter().any(|(n, _)| n == name));
+        assert!(list_shm_objects("pyshm-test.").unwrap().iter().any(|(n, _)| n == name));
         assert!(shm_dir().join(name).exists());
 
         assert_eq!(shm_create_exclusive(name).unwrap_err(), Errno::EXIST);
@@ -338,7 +383,7 @@ mod tests {
         shm_unlink(name).expect("unlink");
         assert_eq!(shm_open_existing(name).unwrap_err(), Errno::NOENT);
         assert_eq!(shm_unlink(name).unwrap_err(), Errno::NOENT);
-        assert!(!list_shm_objects("pyshm-test-").unwrap().iter().any(|(n, _)| n == name));
+        assert!(!list_shm_objects("pyshm-test.").unwrap().iter().any(|(n, _)| n == name));
     }
 
     #[test]

@@ -18,6 +18,15 @@ fn named(capacity: u64) -> (Arena, Unlink) {
     (a, guard)
 }
 
+/// Writes a file of /dev/shm mode 0600, as pyshm creates its segments: a file others may
+/// write is refused before its contents are looked at (tests/other_users.rs).
+fn write_private(path: String, bytes: impl AsRef<[u8]>) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).unwrap();
+    f.write_all(bytes.as_ref()).unwrap();
+}
+
 fn fill(arena: &Arena, b: Block, byte: u8) {
     // SAFETY: the test owns `b` exclusively until it frees it.
     unsafe { arena.bytes_mut(b).unwrap().fill(byte) };
@@ -223,13 +232,13 @@ fn opening_refuses_what_is_not_a_valid_segment() {
     let _g = Unlink(name.clone());
     let fast = OpenOptions::new().wait(Duration::from_millis(50));
     // Not a pyshm segment at all.
-    std::fs::write(format!("/dev/shm/{name}"), vec![0x41u8; 8192]).unwrap();
+    write_private(format!("/dev/shm/{name}"), vec![0x41u8; 8192]);
     assert!(matches!(Arena::open_with(&name, &fast), Err(OpenError::Foreign { .. })));
     // Too short to hold a header.
-    std::fs::write(format!("/dev/shm/{name}"), b"PYSHMSEG").unwrap();
+    write_private(format!("/dev/shm/{name}"), b"PYSHMSEG");
     assert!(matches!(Arena::open_with(&name, &fast), Err(OpenError::Truncated { .. })));
     // A header nobody finished writing.
-    std::fs::write(format!("/dev/shm/{name}"), vec![0u8; 8192]).unwrap();
+    write_private(format!("/dev/shm/{name}"), vec![0u8; 8192]);
     assert!(matches!(Arena::open_with(&name, &fast), Err(OpenError::NotInitialized { .. })));
 }
 
@@ -242,19 +251,19 @@ fn opening_refuses_truncated_and_tampered_segments() {
     // Truncated: a copy cut short.
     let short = format!("{}-short", g.0);
     let _gs = Unlink(short.clone());
-    std::fs::write(format!("/dev/shm/{short}"), &original[..original.len() / 2]).unwrap();
+    write_private(format!("/dev/shm/{short}"), &original[..original.len() / 2]);
     assert!(matches!(Arena::open_with(&short, &fast), Err(OpenError::Truncated { .. })));
     // Tampered: one byte of the geometry changed.
     let bad = format!("{}-bad", g.0);
     let _gb = Unlink(bad.clone());
     let mut tampered = original.clone();
     tampered[48] ^= 1;
-    std::fs::write(format!("/dev/shm/{bad}"), &tampered).unwrap();
+    write_private(format!("/dev/shm/{bad}"), &tampered);
     assert!(matches!(Arena::open_with(&bad, &fast), Err(OpenError::Corrupt { .. })));
     // Another layout version.
     let mut newer = original;
     newer[8] = 99;
-    std::fs::write(format!("/dev/shm/{bad}"), &newer).unwrap();
+    write_private(format!("/dev/shm/{bad}"), &newer);
     assert!(matches!(Arena::open_with(&bad, &fast), Err(OpenError::Version { found: 99, .. })));
     drop(a);
 }

@@ -9,10 +9,14 @@
 //! 3. Segment entries are appended under the directory lock and published by `segment_count`
 //!    (`Release` after the entry is written, `Acquire` by readers): an index below the count
 //!    names a segment that exists (or existed, until teardown).
+//! 4. A growth segment's file name is recorded in its entry (`suffix`, 64 random bits), written
+//!    with the rest of the entry before the count publishes it: processes open it by what the
+//!    directory says, never by a name they compute, so a name another user guessed and
+//!    pre-created is never used (version 2; a version-1 reader refuses this directory).
 //!
 //! ```text
 //! DirHeader (256 bytes): magic, version, id, flags, config, counts, lock, freed event
-//! segments   MAX_SEGMENTS x SegmentEntry (kind, capacity)
+//! segments   MAX_SEGMENTS x SegmentEntry (kind, capacity, suffix, reserved)
 //! processes  process_slots x ProcessSlot (64 bytes)
 //! tokens     token_slots x TokenSlot (32 bytes)
 //! names      name_slots x NameEntry (128 bytes)
@@ -23,7 +27,8 @@ use shm_sync::{Event, ProcessSlot, RobustMutex, TokenSlot};
 use crate::sync::SharedU64;
 
 pub(crate) const DIR_MAGIC: u64 = u64::from_le_bytes(*b"PYSHMPOL");
-pub(crate) const DIR_VERSION: u64 = 1;
+/// Version 2: segment entries record their file's random suffix (invariant 4).
+pub(crate) const DIR_VERSION: u64 = 2;
 /// Most segments a pool can have.
 pub const MAX_SEGMENTS: usize = 256;
 /// Most bytes of an array name.
@@ -61,7 +66,13 @@ const _: () = assert!(core::mem::size_of::<DirHeader>() <= 256);
 pub(crate) struct SegmentEntry {
     pub(crate) kind: SharedU64,
     pub(crate) capacity: SharedU64,
+    /// The random part of a growth segment's file name, `pyshm-<pool>-<suffix as 16 hex
+    /// digits>` (invariant 4); unused for segment 0, which is `pyshm-<pool>`.
+    pub(crate) suffix: SharedU64,
+    pub(crate) reserved: SharedU64,
 }
+
+const _: () = assert!(core::mem::size_of::<SegmentEntry>() == 32);
 
 #[repr(C)]
 pub(crate) struct NameEntry {
@@ -92,7 +103,7 @@ pub(crate) struct DirLayout {
 impl DirLayout {
     pub(crate) fn new(process_slots: usize, token_slots: usize, name_slots: usize) -> Self {
         let segments = 256;
-        let processes = (segments + MAX_SEGMENTS * 16).next_multiple_of(64);
+        let processes = (segments + MAX_SEGMENTS * core::mem::size_of::<SegmentEntry>()).next_multiple_of(64);
         let tokens = processes + process_slots * 64;
         let names = tokens + token_slots * 32;
         let size = names + name_slots * 128;

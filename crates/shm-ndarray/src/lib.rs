@@ -33,8 +33,8 @@
 //! ```
 #![deny(unsafe_code)]
 
-/// Every segment of a pool is named `pyshm-<pool>` or `pyshm-<pool>-<n>`; the arena is told
-/// this prefix, and it is how `/dev/shm` is scanned for pools.
+/// Every segment of a pool is named `pyshm-<pool>` or `pyshm-<pool>-<16 random hex digits>`;
+/// the arena is told this prefix, and it is how `/dev/shm` is scanned for pools.
 pub(crate) const NAME_PREFIX: &str = "pyshm-";
 
 #[allow(unsafe_code)] // typed views of the directory block
@@ -61,7 +61,7 @@ pub use error::{ArrayError, HandleError, PoolError};
 pub use handle::{Handle, HANDLE_FIXED_LEN};
 pub use header::{view_fits, MAX_DIMS};
 pub use pool::{
-    clean_dead_pools, list_pools, CollectReport, NameError, Pool, PoolInfo, PoolOptions, PoolStats, SharedArray,
-    MAX_PROCESSES,
+    clean_dead_pools, clean_pools, list_pools, CleanReport, CollectReport, NameError, Pool, PoolInfo, PoolOptions,
+    PoolStats, SharedArray, SkipReason, SkippedFile, MAX_PROCESSES,
 };
 pub use typed::{ShmArray, SliceMut, SliceRef, TypedError};

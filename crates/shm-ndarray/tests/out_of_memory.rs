@@ -60,7 +60,9 @@ fn the_pool_grows_by_segments_up_to_its_limit() {
 fn an_allocation_does_not_spin_on_a_half_created_segment() {
     let pool = Pool::create(&one_mib_segments().max_size(1 << 20).wait(Some(Duration::from_millis(200)))).unwrap();
     let _fill = pool.empty(&DType::of::<u8>(), &[1 << 20], false).unwrap();
-    // What a process SIGKILLed inside segment creation leaves: an empty object at the next index.
+    // An empty object where pools used to grow next (what a process SIGKILLed inside segment
+    // creation left, or another user planted): growth draws random names now, and must not
+    // wait on it either way.
     let path = format!("/dev/shm/pyshm-{}-2", pool.name());
     std::fs::File::create(&path).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();

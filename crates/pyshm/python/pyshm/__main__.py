@@ -57,10 +57,15 @@ def cmd_ls() -> int:
 
 
 def cmd_clean(include_persistent: bool) -> int:
-    removed = _native.clean_dead_pools(include_persistent)
+    removed, skipped = _native.clean_pools(include_persistent)
     for name in removed:
         print(f"removed {name}")
-    if not removed:
+    for s in skipped:
+        if s.in_use:
+            continue  # a live pool: never cleaned, as expected
+        whose = f" (owned by uid {s.owner_uid}: ask its owner or root)" if s.owner_uid is not None else ""
+        print(f"left {s.file}: {s.reason}{whose}")
+    if not removed and all(s.in_use for s in skipped):
         print("nothing to clean: every pool has a live process" + ("" if include_persistent else " or is persistent"))
     return 0
 

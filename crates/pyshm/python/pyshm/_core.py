@@ -208,7 +208,7 @@ class Pool(_Constructors):
 
     @property
     def name(self) -> str:
-        """The pool's name: its files in /dev/shm are ``pyshm-<name>`` and ``pyshm-<name>-<n>``."""
+        """The pool's name: its files in /dev/shm are ``pyshm-<name>`` and ``pyshm-<name>-<random suffix>``."""
         return self._native.name
 
     @property

@@ -1,8 +1,14 @@
-"""Named arrays (SharedArray's model): any program on the machine can attach them by name.
+"""Named arrays (SharedArray's model): any program of the same user can attach them by name.
 
-They live in one named pool (``PYSHM_NAMED_POOL``, default ``named``: ``/dev/shm/pyshm-named``)
-that persists while it holds at least one name, and goes with its last process once the last
-name is deleted. A named array lives until it is deleted, even with no process attached.
+They live in one named pool per user (``PYSHM_NAMED_POOL``, default ``named_<uid>`` for the
+effective uid: ``/dev/shm/pyshm-named_1000``) that persists while it holds at least one name, and
+goes with its last process once the last name is deleted. A named array lives until it is
+deleted, even with no process attached.
+
+Named arrays are not shared between users: a pool is opened only if its files belong to the
+caller's effective uid and no one else may read or write them, so a pool another user created
+under the name (to read or overwrite the arrays) is refused with an ``OSError`` that names the
+file and its owner. Sharing across users is not offered.
 """
 
 from __future__ import annotations
@@ -18,8 +24,17 @@ from ._native import NativePool
 __all__ = ["create", "attach", "delete", "list_names"]
 
 
+def pool_name() -> str:
+    """The name of this user's named-array pool: ``PYSHM_NAMED_POOL``, else ``named_<euid>``.
+
+    One fixed name for every user would let the first user to create it receive every other
+    user's named arrays; a name per user keeps each user's arrays in a pool of their own.
+    """
+    return os.environ.get("PYSHM_NAMED_POOL") or f"named_{os.geteuid()}"
+
+
 def _pool() -> NativePool:
-    name = os.environ.get("PYSHM_NAMED_POOL") or "named"
+    name = pool_name()
     n = NativePool.find(name)
     if n is not None:
         return n

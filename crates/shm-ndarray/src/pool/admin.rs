@@ -6,22 +6,27 @@
 //!    segments' trees, to count usage): a foreign or truncated file cannot fault the caller.
 //! 2. A pool with a live process is never removed; a persistent one only when asked (pool
 //!    invariant 5's rule, applied from outside).
-//! 3. /dev/shm is read through shm-arena's `list_segments` only, and `pool_files` is the
-//!    inverse of `segment_name`.
+//! 3. /dev/shm is read through shm-arena's `list_segments` only, and `pool_files` parses names
+//!    with `parse_segment_name`, the inverse of how segments are named (pool invariant 1).
+//! 4. Another user's file is never opened, mapped or removed, even by root: only files that
+//!    `list_segments` judged [`Ownership::Ours`] (regular, ours, no group or other bits) are
+//!    inspected or unlinked, and every other one that looks like a pool's is reported as
+//!    skipped, with why. /dev/shm is sticky, so a file judged ours stays ours until we remove
+//!    it: no other user can swap the name between the check and the unlink.
 //!
-//! Protocol: `list_pools` groups the files by pool and reads each pool's directory
-//! (`inspect`); `clean_dead_pools` removes the pools whose processes are all dead, then data
-//! segments whose segment 0 is gone.
+//! Protocol: `list_pools` groups our files by pool and reads each pool's directory
+//! (`inspect`); `clean_pools` removes the pools whose processes are all dead, then our growth
+//! segments whose segment 0 is gone, and reports what it removed and what it left alone.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use shm_arena::{Arena, OpenOptions};
+use shm_arena::{Arena, OpenError, OpenOptions, Ownership};
 use shm_sync::ProcessTable;
 
 use super::names::has_names;
 use super::open::read_directory;
-use super::{segment_name, ORD};
+use super::{growth_segment_name, parse_segment_name, root_segment_name, SegmentFileName, ORD};
 use crate::directory::{Directory, FLAG_PERSISTENT, FLAG_PERSIST_NAMED, KIND_DATA, MAX_SEGMENTS};
 
 /// A pool found in /dev/shm by [`list_pools`].
@@ -39,49 +44,139 @@ pub struct PoolInfo {
     pub persistent: bool,
 }
 
-/// Every pool in /dev/shm, without joining any of them.
+/// What [`clean_pools`] did: the pools it removed, and every pool file it left alone, with why.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CleanReport {
+    /// Names of the pools removed (every file of theirs that was ours).
+    pub removed: Vec<String>,
+    /// Pool files left in place, sorted by file name.
+    pub skipped: Vec<SkippedFile>,
+}
+
+/// A file of /dev/shm that [`clean_pools`] did not remove.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SkippedFile {
+    /// The file's name in /dev/shm.
+    pub file: String,
+    /// The pool it belongs to by its name.
+    pub pool: String,
+    /// Why it was left.
+    pub reason: SkipReason,
+}
+
+/// Why [`clean_pools`] left a file in place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SkipReason {
+    /// Another user's file: never opened or removed (its owner, or root by hand, can).
+    NotOwned {
+        /// The file's owner.
+        owner_uid: u32,
+    },
+    /// Our file, but with group or other permission bits: someone changed its mode (pools
+    /// create every segment 0600), so it is not trusted enough to read whether it is in use.
+    Permissions {
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// Not a regular file (a symlink, directory, FIFO, socket or device).
+    NotAFile {
+        /// The file's owner.
+        owner_uid: u32,
+    },
+    /// Segment 0 of a pool with live processes.
+    Live {
+        /// How many.
+        processes: usize,
+    },
+    /// Segment 0 of a persistent pool whose processes are all dead (removed only when asked).
+    Persistent,
+    /// Our file, named as a pool's segment 0, that cannot be read as a pool: a pool being
+    /// created right now, one of another pyshm version, a corrupt one, or an arena that only
+    /// shares the prefix. Whether a process uses it cannot be told, so it is left; remove it by
+    /// hand if you know it is garbage.
+    NotAPool {
+        /// What is wrong with it.
+        why: &'static str,
+    },
+}
+
+impl core::fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            SkipReason::NotOwned { owner_uid } => write!(f, "owned by uid {owner_uid}, not by us"),
+            SkipReason::Permissions { mode } => write!(f, "mode {mode:04o} lets other users in (pyshm makes 0600)"),
+            SkipReason::NotAFile { owner_uid } => write!(f, "not a regular file (owner uid {owner_uid})"),
+            SkipReason::Live { processes } => write!(f, "in use by {processes} live process(es)"),
+            SkipReason::Persistent => f.write_str("persistent (clean it with include_persistent)"),
+            SkipReason::NotAPool { why } => write!(f, "not a pool this pyshm can read: {why}"),
+        }
+    }
+}
+
+/// Every pool of ours in /dev/shm, without joining any of them. Pools made by other users are
+/// not opened (invariant 4), so not listed.
 pub fn list_pools() -> Vec<PoolInfo> {
-    let files = pool_files();
+    let files: Vec<PoolFile> = pool_files().into_iter().filter(|f| f.ownership == Ownership::Ours).collect();
     let mut sizes: HashMap<&str, u64> = HashMap::new();
     for f in &files {
         *sizes.entry(f.pool.as_str()).or_default() += f.len;
     }
-    files.iter().filter(|f| f.is_root).filter_map(|f| inspect(&f.pool, sizes[f.pool.as_str()])).collect()
+    files.iter().filter(|f| f.is_root).filter_map(|f| inspect(&f.pool, sizes[f.pool.as_str()]).ok()).collect()
 }
 
-/// A file of a pool in /dev/shm, named as [`segment_name`] names it.
+/// A file of a pool in /dev/shm, as [`parse_segment_name`] reads its name.
 struct PoolFile {
     /// The segment's file name.
     name: String,
     /// The pool's name (the part after `pyshm-`).
     pool: String,
-    /// Metadata segment 0 (`pyshm-<pool>`), not a data segment (`pyshm-<pool>-<n>`).
+    /// Metadata segment 0 (`pyshm-<pool>`), not a growth segment (`pyshm-<pool>-<suffix>`).
     is_root: bool,
     len: u64,
+    /// Whose file it is (invariant 4).
+    ownership: Ownership,
 }
 
-/// Every file in /dev/shm that could be a pool's segment (the inverse of [`segment_name`]),
-/// sorted by name. A snapshot: empty if /dev/shm cannot be read.
+/// Every file in /dev/shm whose name a pool's segment could have (invariant 3), whoever owns
+/// it, sorted by name. A snapshot: empty if /dev/shm cannot be read.
 fn pool_files() -> Vec<PoolFile> {
     let files = shm_arena::list_segments(crate::NAME_PREFIX).unwrap_or_default();
     files
         .into_iter()
         .filter_map(|f| {
-            let rest = f.name.strip_prefix(crate::NAME_PREFIX)?;
-            let (pool, is_root) = match rest.rsplit_once('-') {
-                Some((p, n)) if !p.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => (p.to_owned(), false),
-                _ => (rest.to_owned(), true),
+            let (pool, is_root) = match parse_segment_name(&f.name)? {
+                SegmentFileName::Root(p) => (p.to_owned(), true),
+                SegmentFileName::Growth(p) => (p.to_owned(), false),
             };
-            Some(PoolFile { pool, is_root, len: f.len, name: f.name })
+            Some(PoolFile { pool, is_root, len: f.len, ownership: f.ownership, name: f.name })
         })
         .collect()
 }
 
+/// Why [`inspect`] could not read a pool.
+enum Unreadable {
+    /// Its segment 0 was removed meanwhile.
+    Gone,
+    /// What is wrong with it.
+    Why(&'static str),
+}
+
 /// Reads a pool's directory without registering in it.
-fn inspect(name: &str, bytes: u64) -> Option<PoolInfo> {
-    let seg0 = Arena::open_with(&segment_name(name, 0), &OpenOptions::new().wait(Duration::from_millis(10))).ok()?;
+fn inspect(name: &str, bytes: u64) -> Result<PoolInfo, Unreadable> {
+    // Invariant 4: shm-arena refuses a file that is not ours before mapping it.
+    let seg0 = Arena::open_with(&root_segment_name(name), &OpenOptions::new().wait(Duration::from_millis(10)))
+        .map_err(|e| match e {
+            OpenError::NotFound { .. } => Unreadable::Gone,
+            OpenError::Foreign { .. } => Unreadable::Why("not a pyshm segment"),
+            OpenError::Version { .. } => Unreadable::Why("another segment layout version"),
+            OpenError::Truncated { .. } | OpenError::Corrupt { .. } => Unreadable::Why("truncated or corrupt"),
+            OpenError::NotInitialized { .. } => {
+                Unreadable::Why("not initialised (being created, or its creator died doing so)")
+            }
+            _ => Unreadable::Why("cannot be opened"),
+        })?;
     let root = seg0.root_word().load(core::sync::atomic::Ordering::Acquire);
-    let (_, base, layout) = read_directory(&seg0, root).ok()?;
+    let (_, base, layout) = read_directory(&seg0, root).map_err(Unreadable::Why)?;
     // SAFETY: `read_directory` validated the block, its size and the layout.
     let dir = unsafe { Directory::new(base.as_ptr(), layout) };
     let h = dir.header();
@@ -93,14 +188,15 @@ fn inspect(name: &str, bytes: u64) -> Option<PoolInfo> {
     let mut used = 0;
     let count = h.segment_count.load(core::sync::atomic::Ordering::Acquire).min(MAX_SEGMENTS as u64);
     for i in 1..count as usize {
-        if dir.segments()[i].kind.load(ORD) == KIND_DATA {
-            if let Ok(a) = Arena::open_with(&segment_name(name, i), &OpenOptions::new().wait(Duration::from_millis(10)))
-            {
+        let entry = &dir.segments()[i];
+        if entry.kind.load(ORD) == KIND_DATA {
+            let file = growth_segment_name(name, entry.suffix.load(ORD));
+            if let Ok(a) = Arena::open_with(&file, &OpenOptions::new().wait(Duration::from_millis(10))) {
                 used += a.stats().in_use_bytes;
             }
         }
     }
-    Some(PoolInfo {
+    Ok(PoolInfo {
         name: name.to_owned(),
         bytes,
         used,
@@ -110,33 +206,110 @@ fn inspect(name: &str, bytes: u64) -> Option<PoolInfo> {
     })
 }
 
-/// Removes every non-persistent pool whose processes are all dead (and, with
-/// `include_persistent`, persistent ones too), and segments left of pools that are gone. Never
-/// touches a pool with a live process. Returns the names removed.
+/// Removes every non-persistent pool of ours whose processes are all dead (and, with
+/// `include_persistent`, persistent ones too), and our segments left of pools that are gone.
+/// Never touches a pool with a live process, nor another user's file (invariant 4). Returns
+/// the names removed; [`clean_pools`] also says what it left alone.
 pub fn clean_dead_pools(include_persistent: bool) -> Vec<String> {
-    let mut removed = Vec::new();
-    for info in list_pools() {
-        if info.live_processes > 0 || (info.persistent && !include_persistent) {
-            continue;
-        }
-        remove_segments(&info.name);
-        removed.push(info.name);
-    }
-    // Data segments whose metadata segment 0 is gone.
-    let files = pool_files();
-    let roots: HashSet<&str> = files.iter().filter(|f| f.is_root).map(|f| f.pool.as_str()).collect();
-    for f in files.iter().filter(|f| !f.is_root && !roots.contains(f.pool.as_str())) {
-        let _ = shm_arena::unlink(&f.name);
-        if !removed.contains(&f.pool) {
-            removed.push(f.pool.clone());
-        }
-    }
-    removed
+    clean_pools(include_persistent).removed
 }
 
-/// Unlinks every segment of `pool` (without opening any).
+/// [`clean_dead_pools`], reporting every pool file it did not remove and why: another user's
+/// ([`SkipReason::NotOwned`]), opened up to others ([`SkipReason::Permissions`]), not a file,
+/// segment 0 of a live or persistent pool, or one of ours that cannot be read as a pool
+/// ([`SkipReason::NotAPool`]).
+pub fn clean_pools(include_persistent: bool) -> CleanReport {
+    let mut report = CleanReport::default();
+    let ours: Vec<PoolFile> = pool_files().into_iter().filter(|f| f.ownership == Ownership::Ours).collect();
+    for f in ours.iter().filter(|f| f.is_root) {
+        let info = match inspect(&f.pool, 0) {
+            Ok(info) => info,
+            Err(Unreadable::Gone) => continue,
+            Err(Unreadable::Why(why)) => {
+                report.skip(f, SkipReason::NotAPool { why });
+                continue;
+            }
+        };
+        let reason = if info.live_processes > 0 {
+            Some(SkipReason::Live { processes: info.live_processes })
+        } else if info.persistent && !include_persistent {
+            Some(SkipReason::Persistent)
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => {
+                report.skipped.push(SkippedFile { file: root_segment_name(&info.name), pool: info.name, reason })
+            }
+            None => {
+                remove_segments(&info.name);
+                report.removed.push(info.name);
+            }
+        }
+    }
+    // Growth segments of ours whose segment 0 is gone (whoever's that was).
+    let files = pool_files();
+    let roots: HashSet<&str> = files.iter().filter(|f| f.is_root).map(|f| f.pool.as_str()).collect();
+    for f in &files {
+        match f.ownership {
+            Ownership::Ours => {
+                if !f.is_root && !roots.contains(f.pool.as_str()) {
+                    // Only its name says it is a pool's: an arena a program made under a
+                    // name of this form is no orphan (found in review). Removed only if it
+                    // is an arena whose creator and owners are all provably dead.
+                    match orphan_in_use(&f.name) {
+                        Some(reason) => report.skip(f, reason),
+                        None => {
+                            let _ = shm_arena::unlink(&f.name);
+                            if !report.removed.contains(&f.pool) {
+                                report.removed.push(f.pool.clone());
+                            }
+                        }
+                    }
+                }
+            }
+            Ownership::NotOwned { owner_uid } => report.skip(f, SkipReason::NotOwned { owner_uid }),
+            Ownership::Permissions { mode } => report.skip(f, SkipReason::Permissions { mode }),
+            Ownership::NotAFile { owner_uid } => report.skip(f, SkipReason::NotAFile { owner_uid }),
+        }
+    }
+    report.skipped.sort_by(|a, b| a.file.cmp(&b.file));
+    report
+}
+
+/// Why a growth segment whose segment 0 is gone must stay, if it must: it is not a readable
+/// arena, or a process that created it or owns blocks in it may still run (liveness says
+/// `Dead` only when death is proven). Opening it is safe: it is ours (checked again on the
+/// open descriptor, invariant 4) and validated before more than its header is mapped.
+fn orphan_in_use(file: &str) -> Option<SkipReason> {
+    use shm_arena::process::{Liveness, ProcessIdentity};
+    use shm_arena::SlotState;
+    let arena = match Arena::open_with(file, &OpenOptions::new().wait(Duration::from_millis(10))) {
+        Ok(a) => a,
+        Err(OpenError::NotFound { .. }) => return None,
+        Err(_) => return Some(SkipReason::NotAPool { why: "not a readable arena" }),
+    };
+    let alive = |id: &ProcessIdentity| id.liveness() == Liveness::Alive;
+    let owners = arena.owner_slots();
+    let live = owners
+        .iter()
+        .filter(|o| matches!(&o.state, SlotState::Live(id) | SlotState::Recovering(id) if alive(id)))
+        .count();
+    if arena.creator().as_ref().is_some_and(alive) || live > 0 {
+        return Some(SkipReason::Live { processes: live.max(1) });
+    }
+    None
+}
+
+impl CleanReport {
+    fn skip(&mut self, f: &PoolFile, reason: SkipReason) {
+        self.skipped.push(SkippedFile { file: f.name.clone(), pool: f.pool.clone(), reason });
+    }
+}
+
+/// Unlinks every file of ours named as a segment of `pool` (without opening any; invariant 4).
 fn remove_segments(pool: &str) {
-    for f in pool_files().iter().filter(|f| f.pool == pool) {
+    for f in pool_files().iter().filter(|f| f.pool == pool && f.ownership == Ownership::Ours) {
         let _ = shm_arena::unlink(&f.name);
     }
 }

@@ -25,7 +25,7 @@ use super::local_array::{held_slot, holder_word, NOT_HELD};
 use super::names::has_names;
 use super::open::registry;
 use super::pin::Pin;
-use super::{segment_name, PoolShared, ORD};
+use super::{PoolShared, ORD};
 use crate::directory::{FLAG_PERSISTENT, FLAG_PERSIST_NAMED, FLAG_TORN_DOWN, MAX_SEGMENTS};
 use crate::error::PoolError;
 
@@ -149,7 +149,7 @@ impl PoolShared {
         dir.header().flags.fetch_or(FLAG_TORN_DOWN, ORD);
         let count = dir.header().segment_count.load(core::sync::atomic::Ordering::Acquire) as usize;
         for i in 0..count.min(MAX_SEGMENTS) {
-            let _ = shm_arena::Arena::open(&segment_name(&self.name, i)).map(|a| a.unlink());
+            let _ = shm_arena::Arena::open(&self.segment_file_name(i)).map(|a| a.unlink());
             if let Some(a) = self.segments[i].get() {
                 let _ = a.unlink();
             }

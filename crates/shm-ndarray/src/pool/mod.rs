@@ -4,8 +4,11 @@
 //! # Invariants
 //!
 //! 1. A pool is a set of arena segments named `pyshm-<pool>` (metadata segment 0) and
-//!    `pyshm-<pool>-<n>`. Metadata segments hold only the directory and array headers; data
-//!    segments hold only array data (see `header`, invariant 1).
+//!    `pyshm-<pool>-<suffix>`, where the suffix is 16 hex digits from `getrandom` recorded in
+//!    the segment's directory entry (directory invariant 4): nobody can pre-create the name of
+//!    a segment the pool will grow into. Pool names have no `-`, so a file name says which
+//!    pool it belongs to ([`parse_segment_name`]). Metadata segments hold only the directory
+//!    and array headers; data segments hold only array data (see `header`, invariant 1).
 //! 2. A process is a member of the pool while it holds a slot of the directory's process
 //!    table; that slot's index is its holder bit in every array's refcount. A forked child
 //!    takes a slot of its own before its first operation and re-acquires, under its own slot,
@@ -72,7 +75,7 @@ mod release;
 mod segments;
 mod shared_array;
 
-pub use admin::{clean_dead_pools, list_pools, PoolInfo};
+pub use admin::{clean_dead_pools, clean_pools, list_pools, CleanReport, PoolInfo, SkipReason, SkippedFile};
 pub use collect::CollectReport;
 pub use names::NameError;
 pub use options::PoolOptions;
@@ -89,12 +92,40 @@ pub(crate) const DIRECTORY_HOLDER: u32 = 255;
 pub const MAX_PROCESSES: u32 = 255;
 const ORD: core::sync::atomic::Ordering = core::sync::atomic::Ordering::Relaxed;
 
-/// The /dev/shm name of segment `index` of `pool` (invariant 1).
-fn segment_name(pool: &str, index: usize) -> String {
-    if index == 0 {
-        format!("pyshm-{pool}")
-    } else {
-        format!("pyshm-{pool}-{index}")
+/// The /dev/shm name of segment 0 of `pool` (invariant 1).
+fn root_segment_name(pool: &str) -> String {
+    format!("{}{pool}", crate::NAME_PREFIX)
+}
+
+/// The /dev/shm name of the growth segment of `pool` whose directory entry records `suffix`
+/// (invariant 1).
+fn growth_segment_name(pool: &str, suffix: u64) -> String {
+    format!("{}{pool}-{suffix:016x}", crate::NAME_PREFIX)
+}
+
+/// What a file name of /dev/shm says about the pool it belongs to: the inverse of
+/// [`root_segment_name`] and [`growth_segment_name`] (invariant 1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum SegmentFileName<'a> {
+    /// `pyshm-<pool>`: segment 0.
+    Root(&'a str),
+    /// `pyshm-<pool>-<suffix>`: a growth segment. The suffix is 16 lowercase hex digits, or,
+    /// as directory version 1 named them, a decimal index (so `clean` finds those too).
+    Growth(&'a str),
+}
+
+/// Parses a /dev/shm file name as [`SegmentFileName`]; `None` for a name no pool would use
+/// (other `pyshm-` files: arenas of shm-arena's default prefix parse as a root that is not a
+/// pool, which opening its directory tells).
+pub(crate) fn parse_segment_name(file: &str) -> Option<SegmentFileName<'_>> {
+    let rest = file.strip_prefix(crate::NAME_PREFIX)?;
+    match rest.split_once('-') {
+        None => open::valid_pool_name(rest).then_some(SegmentFileName::Root(rest)),
+        Some((pool, suffix)) => {
+            let random = suffix.len() == 16 && suffix.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+            let legacy = (1..=3).contains(&suffix.len()) && suffix.bytes().all(|b| b.is_ascii_digit());
+            (open::valid_pool_name(pool) && (random || legacy)).then_some(SegmentFileName::Growth(pool))
+        }
     }
 }
 
@@ -332,6 +363,16 @@ impl Pool {
 }
 
 impl PoolShared {
+    /// The /dev/shm name of segment `index`, as the directory records it (invariant 1).
+    /// Meaningful for an index below the published `segment_count`.
+    fn segment_file_name(&self, index: usize) -> String {
+        if index == 0 {
+            root_segment_name(&self.name)
+        } else {
+            growth_segment_name(&self.name, self.dir().segments()[index].suffix.load(ORD))
+        }
+    }
+
     #[inline]
     fn dir(&self) -> Directory<'_> {
         // SAFETY: validated at assembly (block, size and layout), mapped while segment 0 lives
@@ -380,5 +421,35 @@ impl PoolShared {
             }
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_names_parse_back_to_their_pool() {
+        assert_eq!(parse_segment_name(&root_segment_name("named_1000")), Some(SegmentFileName::Root("named_1000")));
+        let growth = growth_segment_name("a.b_c", 0x0123_4567_89ab_cdef);
+        assert_eq!(growth, "pyshm-a.b_c-0123456789abcdef");
+        assert_eq!(parse_segment_name(&growth), Some(SegmentFileName::Growth("a.b_c")));
+        assert_eq!(parse_segment_name(&growth_segment_name("p", 1)), Some(SegmentFileName::Growth("p")));
+        // Directory version 1's names, so that `clean` still finds their leftovers.
+        assert_eq!(parse_segment_name("pyshm-p-12"), Some(SegmentFileName::Growth("p")));
+        // Not a pool's: another prefix, a name a pool cannot have, other suffixes.
+        for other in [
+            "other-p",
+            "pyshm-",
+            "pyshm-p-",
+            "pyshm--0123456789abcdef",
+            "pyshm-p-0123456789ABCDEF",
+            "pyshm-p-0123456789abcde",
+            "pyshm-p-1234",
+            "pyshm-test-foreign-42",
+            "pyshm-p q",
+        ] {
+            assert_eq!(parse_segment_name(other), None, "{other}");
+        }
     }
 }

@@ -24,7 +24,7 @@ use crate::sync::fork_generation;
 use shm_arena::{Arena, ArenaOptions, Block, CreateError, OpenError};
 use shm_sync::{ProcessTable, Registration};
 
-use super::{segment_name, wait_to_ns, Membership, Pool, PoolOptions, PoolShared, MAX_PROCESSES, ORD};
+use super::{root_segment_name, wait_to_ns, Membership, Pool, PoolOptions, PoolShared, MAX_PROCESSES, ORD};
 use crate::directory::{
     DirLayout, Directory, DIR_MAGIC, DIR_VERSION, FLAG_PERSISTENT, FLAG_PERSIST_NAMED, FLAG_TORN_DOWN, KIND_META,
     MAX_SEGMENTS,
@@ -34,7 +34,7 @@ use crate::locals::Locals;
 use crate::recycle::{Renewed, Spares};
 
 /// Checks a pool name: 1 to 100 of letters, digits, '_' and '.'.
-fn valid_pool_name(name: &str) -> bool {
+pub(super) fn valid_pool_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= 100 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
 }
 
@@ -105,7 +105,7 @@ impl Pool {
         let seg0 = match ArenaOptions::new(meta_capacity)
             .min_block(128)
             .owner_slots(owner_slots)
-            .name(segment_name(&name, 0))
+            .name(root_segment_name(&name))
             .create()
         {
             Ok(a) => a,
@@ -165,11 +165,11 @@ impl Pool {
         if let Some(existing) = Self::from_registry(name) {
             return Ok(existing);
         }
-        let seg0 = Arena::open(&segment_name(name, 0)).map_err(|e| match e {
+        let seg0 = Arena::open(&root_segment_name(name)).map_err(|e| match e {
             OpenError::NotFound { .. } => PoolError::NotFound { name: name.to_owned() },
             e => PoolError::Open(e),
         })?;
-        let not_a_pool = |why| PoolError::NotAPool { name: segment_name(name, 0), why };
+        let not_a_pool = |why| PoolError::NotAPool { name: root_segment_name(name), why };
         // The creator publishes the directory right after creating the segment: wait a little.
         let deadline = Instant::now() + Duration::from_secs(2);
         let root = loop {
@@ -212,7 +212,7 @@ impl Pool {
         let id = seg0.segment_id();
         let dir_ptr = seg0
             .as_ptr(dir_block)
-            .map_err(|_| PoolError::NotAPool { name: segment_name(&name, 0), why: "directory block" })?;
+            .map_err(|_| PoolError::NotAPool { name: root_segment_name(&name), why: "directory block" })?;
         let segments: Box<[OnceLock<Arena>]> = (0..MAX_SEGMENTS).map(|_| OnceLock::new()).collect();
         let _ = segments[0].set(seg0);
         let shared = Arc::new(PoolShared {

@@ -23,7 +23,7 @@ use std::time::Instant;
 use shm_arena::{AllocError, Arena, ArenaOptions, Block, CreateError, OpenOptions};
 use shm_sync::Locked;
 
-use super::{segment_name, CollectReport, PoolShared, ORD};
+use super::{growth_segment_name, CollectReport, PoolShared, ORD};
 use crate::directory::{FLAG_TORN_DOWN, KIND_META, MAX_SEGMENTS};
 use crate::error::{ArrayError, HandleError, PoolError};
 use crate::header::{ArrayHeader, FIXED};
@@ -84,13 +84,14 @@ impl PoolShared {
         if i >= MAX_SEGMENTS
             || i as u64 >= self.dir().header().segment_count.load(core::sync::atomic::Ordering::Acquire)
         {
-            return Err(PoolError::NotFound { name: segment_name(&self.name, i) });
+            return Err(PoolError::NotFound { name: format!("segment {i} of pool {}", self.name) });
         }
         let _guard = self.open_lock.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(a) = self.segments[i].get() {
             return Ok(a);
         }
-        let arena = Arena::open_with(&segment_name(&self.name, i), &OpenOptions::new())?;
+        // Pool invariant 1: by the name its entry records (published by the count read above).
+        let arena = Arena::open_with(&self.segment_file_name(i), &OpenOptions::new())?;
         let _ = self.segments[i].set(arena);
         Ok(self.segments[i].get().expect("just set"))
     }
@@ -273,21 +274,24 @@ impl PoolShared {
         // Every process of the pool may map every segment: as many owner slots as process slots.
         let owner_slots = h.process_slots.load(ORD) as u32 + 8;
         let options = ArenaOptions::new(capacity).min_block(min_block).owner_slots(owner_slots);
-        let arena = match options.name(segment_name(&self.name, count)).create() {
-            Ok(a) => a,
-            Err(CreateError::NoSpace { .. }) => return Ok(false),
-            Err(CreateError::AlreadyExists { .. }) => {
-                // We hold the directory lock, so a segment at this index was left by a grower
-                // that died before recording it, initialised or not: remove it and try again
-                // (an unopenable leftover used to make every allocation spin; found in review).
-                let _ = std::fs::remove_file(format!("/dev/shm/{}", segment_name(&self.name, count)));
-                return Ok(true);
+        // Pool invariant 1: a fresh random name. A name that exists already was pre-created by
+        // someone else (or is a 2^-64 collision): never open, reuse or remove it, draw another.
+        // A grower that died before recording its segment left a name nobody will draw again
+        // (`clean` removes it once the pool is gone).
+        let mut collisions = 0;
+        let (arena, suffix) = loop {
+            let suffix = shm_arena::random_u64()?;
+            match options.clone().name(growth_segment_name(&self.name, suffix)).create() {
+                Ok(a) => break (a, suffix),
+                Err(CreateError::NoSpace { .. }) => return Ok(false),
+                Err(CreateError::AlreadyExists { .. }) if collisions < 8 => collisions += 1,
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => return Err(e.into()),
         };
         let entry = &dir.segments()[count];
         entry.kind.store(kind, ORD);
         entry.capacity.store(arena.capacity(), ORD);
+        entry.suffix.store(suffix, ORD);
         let _guard = self.open_lock.lock().unwrap_or_else(|p| p.into_inner());
         let _ = self.segments[count].set(arena);
         // Release: directory invariant 3 (and invariant 2 here), the entry before the count.
