@@ -249,7 +249,8 @@ pub fn clean_pools(include_persistent: bool) -> CleanReport {
     }
     // Growth segments of ours whose segment 0 is gone (whoever's that was).
     let files = pool_files();
-    let roots: HashSet<&str> = files.iter().filter(|f| f.is_root).map(|f| f.pool.as_str()).collect();
+    let roots: HashSet<&str> =
+        files.iter().filter(|f| f.is_root && f.ownership == Ownership::Ours).map(|f| f.pool.as_str()).collect();
     for f in &files {
         match f.ownership {
             Ownership::Ours => {
