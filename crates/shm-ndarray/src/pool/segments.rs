@@ -245,7 +245,7 @@ impl PoolShared {
         if h.flags.load(ORD) & FLAG_TORN_DOWN != 0 {
             return Ok(false);
         }
-        let count = h.segment_count.load(ORD) as usize;
+        let count = (h.segment_count.load(ORD) as usize).min(MAX_SEGMENTS);
         // Someone else may have grown the pool while we waited for the lock.
         for i in 0..count {
             let e = &dir.segments()[i];
