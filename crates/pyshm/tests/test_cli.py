@@ -60,3 +60,20 @@ def test_without_metadata_the_version_is_the_packages_own(monkeypatch):
 def test_program_name():
     assert cli.program_name("/x/site-packages/pyshm/__main__.py") == "python -m pyshm"
     assert cli.program_name("/usr/local/bin/pyshm") == "pyshm"
+
+
+def test_clean_tells_how_to_remove_a_dead_persistent_pool_with_the_clis_own_option(capsys):
+    # `pyshm clean` leaves a dead persistent pool and says how to remove it: with the command
+    # line's option (`--persistent`), not the Rust/Python API's `include_persistent` argument.
+    name = f"clipersist{os.getpid()}"
+    code = f"import os, pyshm\npyshm.Pool(name={name!r}, persistent=True)\nos._exit(0)\n"
+    subprocess.run([PYTHON, "-c", code], check=True, timeout=120)
+    try:
+        assert cli.main(["clean"]) == 0
+        out = capsys.readouterr().out
+        (line,) = [ln for ln in out.splitlines() if ln.startswith(f"left pyshm-{name}:")]
+        assert "--persistent" in line and "include_persistent" not in line, line
+    finally:
+        for f in os.listdir("/dev/shm"):
+            if f == f"pyshm-{name}" or f.startswith(f"pyshm-{name}-"):
+                os.unlink(os.path.join("/dev/shm", f))
