@@ -185,3 +185,17 @@ def test_a_child_forked_while_another_thread_is_inside_is_left_unchanged(plain):
     finally:
         leave.set()
         t.join(60)
+
+
+def test_an_object_array_that_contains_itself_pickles_inside_a_block_as_outside():
+    # Plain pickle memoizes an array after its reduction's callable and args: an object array
+    # holding itself is then found in the memo. Inside handles() the array's args are a fresh
+    # wrapper whose state holds the array again, so it recurses forever (review).
+    o = np.empty(1, dtype=object)
+    o[0] = o
+    back = pickle.loads(pickle.dumps(o))
+    assert back[0] is back
+    with pyshm.handles():
+        data = pickle.dumps(o)
+    back = pickle.loads(data)
+    assert back[0] is back
