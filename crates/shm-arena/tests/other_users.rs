@@ -112,3 +112,23 @@ fn a_fifo_planted_under_a_segment_name_is_refused() {
     assert!(matches!(err, OpenError::NotAFile { .. }), "{err:?}");
     assert!(matches!(shm_arena::list_segments(&name).unwrap()[0].ownership, Ownership::NotAFile { .. }));
 }
+
+#[test]
+fn a_symlink_another_user_planted_under_a_segment_name_is_refused_naming_its_owner() {
+    // O_NOFOLLOW makes the open fail with ELOOP before the descriptor can be checked: the
+    // caller gets a bare system-call error (Python: PoolOSError errno ELOOP, not the
+    // PoolPermissionError every other planted file gives), with no owner named (review).
+    let pid = std::process::id();
+    let target = format!("pyshm-test.target-{pid}");
+    let name = format!("pyshm-test.link-{pid}");
+    let _g = Unlink(name.clone());
+    let arena = ArenaOptions::new(1 << 16).name(&target).create().unwrap();
+    let planted = as_nobody(|| {
+        i32::from(std::os::unix::fs::symlink(format!("/dev/shm/{target}"), format!("/dev/shm/{name}")).is_err())
+    });
+    assert_eq!(planted, 0, "could not plant the symlink");
+    let err = Arena::open(&name).err().expect("a symlink was followed");
+    assert!(matches!(err, OpenError::NotAFile { .. }), "{err:?}");
+    drop(arena);
+    let _ = shm_arena::unlink(&target);
+}
