@@ -246,3 +246,23 @@ fn a_unicode_description_whose_size_overflows_is_refused_without_a_panic() {
     let r = std::panic::catch_unwind(|| DType::new("<U4611686018427387905", 4).is_err());
     assert!(matches!(r, Ok(true)), "refused as an error, not accepted and not a panic: {r:?}");
 }
+
+#[test]
+fn a_token_generation_the_slot_never_had_is_refused_even_in_its_top_bits() {
+    // A token slot's state word is `generation << 2 | state`: the generation has 62 bits. A
+    // handle carries 64 (bytes 44..48 and 56..60), and the top two are shifted out in the
+    // comparison, so a handle with bit 62 or 63 set claims the real token (review: a bit
+    // flip that is not refused; bytes 60..64, "reserved", are not checked either).
+    let pool = Pool::create(&small()).unwrap();
+    let a = pool.empty(&DType::of::<f64>(), &[4], false).unwrap();
+    for (byte, bit) in [(59, 0x40), (59, 0x80), (60, 0x01)] {
+        let mut bytes = a.handle().unwrap().to_bytes();
+        bytes[byte] ^= bit;
+        let bad = Handle::from_bytes(&bytes).unwrap();
+        let result = pool.attach(&bad);
+        assert!(
+            result.is_err(),
+            "byte {byte} bit {bit:#x}: a handle with a generation the token never had was attached"
+        );
+    }
+}
