@@ -277,3 +277,13 @@ def test_deeply_nested_structured_dtypes_travel():
         dt = np.dtype([(f"level{depth}", dt), ("pad", "u1")])
     a = pyshm.zeros(2, dtype=dt)
     assert pyshm.attach(pyshm.handle(a)).dtype == dt
+
+
+def test_a_dtype_nested_too_deep_is_refused_naming_the_real_limit():
+    # The limit is 64 levels (shm-ndarray's MAX_DEPTH); the error says 16, the old limit.
+    dt = np.dtype("<f8")
+    for _ in range(70):
+        dt = np.dtype([("f", dt)])
+    with pytest.raises(TypeError) as info:
+        pyshm.zeros(2, dtype=dt)
+    assert "16 levels" not in str(info.value), str(info.value)[-80:]
