@@ -122,6 +122,7 @@ fn a_symlink_another_user_planted_under_a_segment_name_is_refused_naming_its_own
     let target = format!("pyshm-test.target-{pid}");
     let name = format!("pyshm-test.link-{pid}");
     let _g = Unlink(name.clone());
+    let _t = Unlink(target.clone());
     let arena = ArenaOptions::new(1 << 16).name(&target).create().unwrap();
     let planted = as_nobody(|| {
         i32::from(std::os::unix::fs::symlink(format!("/dev/shm/{target}"), format!("/dev/shm/{name}")).is_err())
