@@ -468,9 +468,9 @@ figures! {
         reason: String,
         /// The file's owner when that is why it was left (another uid, or not a regular file); else None.
         owner_uid: Option<u32>,
-        /// Whether the file is left because its pool has live processes (a live pool is never
-        /// cleaned), not because of what the file is.
-        in_use: bool,
+        /// Why, as a word: "not_owned", "permissions", "not_a_file", "live", "persistent" or
+        /// "not_a_pool" (so a program or the command line can word it its own way).
+        kind: String,
     }
 }
 
@@ -489,7 +489,15 @@ pub(crate) fn clean_pools(py: Python<'_>, include_persistent: bool) -> (Vec<Stri
                 SkipReason::NotOwned { owner_uid } | SkipReason::NotAFile { owner_uid } => Some(owner_uid),
                 _ => None,
             },
-            in_use: matches!(s.reason, SkipReason::Live { .. }),
+            kind: match s.reason {
+                SkipReason::NotOwned { .. } => "not_owned",
+                SkipReason::Permissions { .. } => "permissions",
+                SkipReason::NotAFile { .. } => "not_a_file",
+                SkipReason::Live { .. } => "live",
+                SkipReason::Persistent => "persistent",
+                SkipReason::NotAPool { .. } => "not_a_pool",
+            }
+            .to_owned(),
             reason: s.reason.to_string(),
             file: s.file,
             pool: s.pool,

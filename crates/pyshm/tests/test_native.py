@@ -107,15 +107,15 @@ def test_a_retype_with_a_subarray_dtype_is_an_invalid_handle_error():
 
 
 def test_equal_handles_hash_equal():
-    # Bytes 60..64 of a handle are reserved and not read by shm-ndarray: two byte strings that
-    # differ there make equal handles, which must then hash alike (Python's hash contract).
+    # Every byte of a handle is read (reserved ones must be zero), so equal handles have equal
+    # bytes and hash alike (Python's hash contract; sets, dicts).
     h = pyshm.handle(pyshm.zeros(4))
+    same = pyshm.Handle(h.pool, bytes(bytearray(h.data)))
+    assert same == h and hash(same) == hash(h) and len({h, same}) == 1
     data = bytearray(h.data)
     data[60] ^= 0xFF
-    other = pyshm.Handle(h.pool, bytes(data))
-    assert other == h
-    assert hash(other) == hash(h)
-    assert len({h, other}) == 1
+    with pytest.raises(pyshm.InvalidHandleError):
+        pyshm.Handle(h.pool, bytes(data))
 
 
 def test_a_cached_dtype_is_not_used_for_a_header_with_another_item_size():

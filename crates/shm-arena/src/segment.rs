@@ -386,12 +386,15 @@ impl Segment {
     /// Opens and validates the named segment `name` (invariants 5 and 2), waiting up to `wait`
     /// for its creator to finish.
     pub(crate) fn open(name: &str, populate: bool, wait: Duration) -> Result<Self, OpenError> {
-        let fd = sys::shm_open_existing(name).map_err(|e| {
-            if e == rustix::io::Errno::NOENT {
-                OpenError::NotFound { name: name.to_owned() }
-            } else {
-                OpenError::Sys { op: SysOp::ShmOpen, name: name.to_owned(), source: e }
-            }
+        let fd = sys::shm_open_existing(name).map_err(|e| match e {
+            rustix::io::Errno::NOENT => OpenError::NotFound { name: name.to_owned() },
+            // O_NOFOLLOW refused a symlink planted under the name: say whose it is, as for any
+            // entry that is not a regular file (invariant 5; found in review).
+            rustix::io::Errno::LOOP => match sys::entry_stat(name) {
+                Ok(st) => OpenError::NotAFile { name: name.to_owned(), owner_uid: st.uid, mode: st.mode },
+                Err(_) => OpenError::Sys { op: SysOp::ShmOpen, name: name.to_owned(), source: e },
+            },
+            _ => OpenError::Sys { op: SysOp::ShmOpen, name: name.to_owned(), source: e },
         })?;
         // Invariant 5: the descriptor, not the name, before anything is mapped.
         let stat = sys::file_stat(fd.as_fd()).map_err(|e| OpenError::Sys {

@@ -310,6 +310,22 @@ pub(crate) fn list_shm_objects(prefix: &str) -> std::io::Result<Vec<(String, Fil
     Ok(objects)
 }
 
+/// `lstat(2)` of `/dev/shm/<name>`: the entry itself, a symlink described rather than
+/// followed. Only for saying what a refused name is; nothing is opened or trusted from it.
+///
+/// # Errors
+///
+/// The errors of `lstat` (`ENOENT`, `EACCES`).
+///
+/// # References
+///
+/// - `lstat(2)`
+pub(crate) fn entry_stat(name: &str) -> std::io::Result<FileStat> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(std::path::Path::new(SHM_DIR).join(name))?;
+    Ok(FileStat { len: meta.len(), uid: meta.uid(), mode: meta.mode() })
+}
+
 /// `getrandom(2)` with no flags: fills `buf` with bytes from the kernel's CSPRNG.
 ///
 /// Loops until the whole buffer is filled (the syscall may return fewer bytes, and large

@@ -20,7 +20,7 @@
 //! 40  token       index u32, generation u32 (low bits)
 //! 48  offset      u64: bytes from the data start
 //! 56  token       generation u32 (high bits)
-//! 60  reserved    u32
+//! 60  reserved    u32, zero
 //! 64  shape       u64 x ndim, then strides i64 x ndim
 //! ```
 
@@ -117,8 +117,16 @@ impl Handle {
         }
         let u64_at = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
         let u32_at = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().expect("4 bytes"));
+        if u32_at(60) != 0 || (flags & 1 == 0 && (u64_at(40) != 0 || u32_at(56) != 0)) {
+            // Every byte is read: two different byte strings never decode to one handle.
+            return Err(bad("reserved bytes, or token bytes without a token, are not zero"));
+        }
         let token = (flags & 1 != 0)
             .then(|| Token { index: u32_at(40), generation: u64::from(u32_at(56)) << 32 | u64::from(u32_at(44)) });
+        if token.is_some_and(|t| t.generation >> 62 != 0) {
+            // A token table slot keeps 62 bits of generation; more would alias (found in review).
+            return Err(bad("token generation beyond 62 bits"));
+        }
         let shape = (0..ndim).map(|i| u64_at(HANDLE_FIXED_LEN + 8 * i)).collect();
         let strides = (0..ndim).map(|i| u64_at(HANDLE_FIXED_LEN + 8 * (ndim + i)) as i64).collect();
         Ok(Self {

@@ -61,11 +61,14 @@ def cmd_clean(include_persistent: bool) -> int:
     for name in removed:
         print(f"removed {name}")
     for s in skipped:
-        if s.in_use:
+        if s.kind == "live":
             continue  # a live pool: never cleaned, as expected
+        if s.kind == "persistent":
+            print(f"left {s.file}: persistent, its processes are all dead (clean it with --persistent)")
+            continue
         whose = f" (owned by uid {s.owner_uid}: ask its owner or root)" if s.owner_uid is not None else ""
         print(f"left {s.file}: {s.reason}{whose}")
-    if not removed and all(s.in_use for s in skipped):
+    if not removed and all(s.kind == "live" for s in skipped):
         print("nothing to clean: every pool has a live process" + ("" if include_persistent else " or is persistent"))
     return 0
 

@@ -94,6 +94,12 @@ def _reduce_in_context(a: np.ndarray) -> Any:
         r = handle_reduction(a)
         if r is not None:
             return r
+    if a.dtype.hasobject:
+        # No buffer to keep out of band, and the array itself must be what is reduced, so the
+        # pickler's memo finds it when its objects refer back to it (a wrapper made afresh at
+        # each reference recursed forever; found in review).
+        previous = _registration.previous
+        return previous(a) if previous is not None else a.__reduce__()
     # `np.asarray` of the array rebuilt from its own reduction: that same array, no copy.
     return (np.asarray, (_AsNumpyPickles(a, _registration.previous),))
 

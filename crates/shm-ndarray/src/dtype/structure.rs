@@ -50,7 +50,7 @@ pub enum Format {
     Subarray {
         /// The element of the subarray.
         base: Box<Format>,
-        /// Its shape: 1 to 32 extents.
+        /// Its shape: 1 to 64 extents (`MAX_DIMS`).
         shape: Vec<u64>,
     },
 }
@@ -58,6 +58,8 @@ pub enum Format {
 /// Deepest nesting of structs and subarrays a description may have: far beyond any real
 /// record, and it bounds the parser's recursion (a description is read from shared memory).
 const MAX_DEPTH: usize = 64;
+// The error messages name both limits in words.
+const _: () = assert!(MAX_DEPTH == 64 && crate::MAX_DIMS == 64, "update the limits the errors name");
 
 impl Format {
     /// Bytes one value of this format takes.
@@ -91,7 +93,7 @@ impl Format {
 
     fn from_value(v: Value, depth: usize) -> Result<Self, &'static str> {
         if depth > MAX_DEPTH {
-            return Err("nested deeper than 16 levels");
+            return Err("nested deeper than 64 levels");
         }
         match v {
             Value::Str(d) => {
@@ -116,7 +118,7 @@ impl Format {
                     let Value::Array(dims) = shape else { return Err("a subarray's shape is a list") };
                     let shape = dims.into_iter().map(uint).collect::<Result<Vec<_>, _>>()?;
                     if shape.is_empty() || shape.len() > crate::MAX_DIMS {
-                        return Err("a subarray has 1 to 32 dimensions");
+                        return Err("a subarray has 1 to 64 dimensions");
                     }
                     let base = Format::from_value(base, depth + 1)?;
                     shape
@@ -203,7 +205,7 @@ impl StructLayout {
 
     fn from_object(mut o: Vec<(String, Value)>, depth: usize) -> Result<Self, &'static str> {
         if depth > MAX_DEPTH {
-            return Err("nested deeper than 16 levels");
+            return Err("nested deeper than 64 levels");
         }
         let itemsize = uint(take(&mut o, "itemsize").ok_or("a struct needs an itemsize")?)?;
         let aligned = match take(&mut o, "aligned") {
@@ -305,7 +307,7 @@ impl Parser<'_> {
     fn value(&mut self, depth: usize) -> Result<Value, &'static str> {
         // Each struct level takes up to three JSON levels (struct, fields list, field).
         if depth > 4 * MAX_DEPTH {
-            return Err("nested deeper than 16 levels");
+            return Err("nested deeper than 64 levels");
         }
         self.ws();
         match self.bytes.get(self.at) {
