@@ -169,6 +169,7 @@ impl<const W: usize> RefCount<W> {
     /// # Errors
     ///
     /// [`RefError::Dead`], [`RefError::Orphaned`], [`RefError::HolderOutOfRange`].
+    /// Also [`RefError::Stranger`] when a live non-member holds the lock (invariant 6).
     pub fn acquire(&self, holder: u32, tokens: &TokenTable<'_>, members: &impl Members) -> Result<Acquired, RefError> {
         let (word, bit) = self.bit(holder)?;
         self.locked(tokens, members, |s| {
@@ -186,6 +187,7 @@ impl<const W: usize> RefCount<W> {
     ///
     /// [`RefError::NotHolder`], [`RefError::Dead`], [`RefError::Orphaned`],
     /// [`RefError::HolderOutOfRange`].
+    /// Also [`RefError::Stranger`] when a live non-member holds the lock (invariant 6).
     pub fn release(&self, holder: u32, tokens: &TokenTable<'_>, members: &impl Members) -> Result<Released, RefError> {
         let (word, bit) = self.bit(holder)?;
         self.locked(tokens, members, |s| {
@@ -270,6 +272,7 @@ impl<const W: usize> RefCount<W> {
     ///
     /// [`RefError::Orphaned`], [`RefError::HolderOutOfRange`]; a dead record gives
     /// `Ok(Released::NotHeld)`.
+    /// Also [`RefError::Stranger`] when a live non-member holds the lock (invariant 6).
     pub fn drop_holder(
         &self,
         holder: u32,
@@ -293,6 +296,7 @@ impl<const W: usize> RefCount<W> {
     /// # Errors
     ///
     /// [`RefError::Dead`], [`RefError::Orphaned`], [`TokenError::Full`].
+    /// Also [`RefError::Stranger`] when a live non-member holds the lock (invariant 6).
     pub fn send(&self, tokens: &TokenTable<'_>, members: &impl Members) -> Result<Token, RefError> {
         loop {
             let index = tokens.reserve()?;
@@ -324,6 +328,7 @@ impl<const W: usize> RefCount<W> {
     ///
     /// [`TokenError::Stale`] for a token already claimed or cancelled (also after the block was
     /// freed), [`RefError::ForeignToken`], [`RefError::Orphaned`], [`RefError::HolderOutOfRange`].
+    /// Also [`RefError::Stranger`] when a live non-member holds the lock (invariant 6).
     pub fn claim(
         &self,
         token: Token,
