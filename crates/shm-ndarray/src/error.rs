@@ -111,6 +111,17 @@ pub enum HandleError {
     /// The handle names places outside its array: corrupted or crafted.
     #[error("invalid handle: {0}")]
     Invalid(&'static str),
+    /// A lock of the pool is held by a live process that is not registered in the pool: its
+    /// shared memory was written by something that does not follow the protocol (a buggy or
+    /// hostile process of the same user). Nothing was taken over; the pool should be
+    /// recreated.
+    #[error("the pool is corrupt: {lock} lock is held by live pid {pid}, which is not a process of the pool")]
+    Stranger {
+        /// Pid in the lock word.
+        pid: u32,
+        /// Which lock.
+        lock: &'static str,
+    },
     /// The pool's segment could not be opened.
     #[error("cannot open the pool segment the handle names: {0}")]
     Segment(String),

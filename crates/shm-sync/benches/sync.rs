@@ -4,7 +4,7 @@
 #![allow(unsafe_code)] // the pthread mutex comparison
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use shm_sync::{Event, RefCount, RobustMutex, TokenSlot, TokenTable};
+use shm_sync::{AnyProcess, Event, RefCount, RobustMutex, TokenSlot, TokenTable};
 use std::hint::black_box;
 
 struct PthreadShared(Box<libc::pthread_mutex_t>);
@@ -53,15 +53,15 @@ fn refcount(c: &mut Criterion) {
     let mut g = c.benchmark_group("refcount");
     g.bench_function("acquire+release (second holder)", |b| {
         b.iter(|| {
-            rc.acquire(black_box(7), &tokens).unwrap();
-            rc.release(black_box(7), &tokens).unwrap();
+            rc.acquire(black_box(7), &tokens, &AnyProcess).unwrap();
+            rc.release(black_box(7), &tokens, &AnyProcess).unwrap();
         })
     });
     g.bench_function("send+claim+release (a handle's trip)", |b| {
         b.iter(|| {
-            let t = rc.send(&tokens).unwrap();
-            rc.claim(t, black_box(9), &tokens).unwrap();
-            rc.release(9, &tokens).unwrap();
+            let t = rc.send(&tokens, &AnyProcess).unwrap();
+            rc.claim(t, black_box(9), &tokens, &AnyProcess).unwrap();
+            rc.release(9, &tokens, &AnyProcess).unwrap();
         })
     });
     g.finish();

@@ -5,7 +5,9 @@
 //!
 //! - [`RobustMutex`]: a futex mutex whose lock word names its holder. A waiter that finds the
 //!   holder dead takes the mutex over and is told so ([`Locked::OwnerDied`]); uncontended
-//!   lock and unlock make no syscall.
+//!   lock and unlock make no syscall. A mutex that belongs to a group ([`Members`], such as a
+//!   [`ProcessTable`]) refuses a live holder outside the group instead of waiting for it
+//!   forever ([`LockError::Stranger`]).
 //! - [`Event`]: wait until a sequence word changes, notify one or all, with a registration
 //!   that lets a free path skip the notification when nobody listens; [`Semaphore`]: counted
 //!   permits across processes.
@@ -34,7 +36,9 @@ mod sync;
 mod transfer;
 
 pub use event::{Event, Listener, Wait};
-pub use mutex::{LockError, Locked, MutexGuard, RobustMutex, RECHECK};
+pub use mutex::{
+    AnyProcess, Holder, LockError, Locked, Members, MutexGuard, RobustMutex, Standing, RECHECK, STRANGER_STRIKES,
+};
 pub use process_table::{DeadProcess, ProcessSlot, ProcessTable, Registration, SlotState, TableFull};
 pub use refcount::{Acquired, RefCount, RefError, Released};
 pub use semaphore::Semaphore;

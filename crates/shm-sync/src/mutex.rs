@@ -33,6 +33,30 @@
 //! just after the lock is taken. A waiter uses it only when its pid matches the lock word's;
 //! otherwise (not written yet, or left by an earlier holder) it judges by pid alone.
 //!
+//! # Who may hold it: members and strangers
+//!
+//! Invariant 2 waits as long as the holder lives. That is right when only processes following
+//! the protocol write the word, but a buggy or hostile process that can write the memory can
+//! set it to the pid of any live process (pid 1, say) and every waiter would wait forever. A
+//! mutex that belongs to a group of processes (a pool's process table) therefore takes the
+//! group as a parameter, [`Members`], and adds:
+//!
+//! 5. A waiter never waits forever on a live holder that is not a member: after a [`RECHECK`]
+//!    timeout it asks [`Members::standing`] about a live holder, and a holder judged a
+//!    [`Standing::Stranger`] for the same lock word on [`STRANGER_STRIKES`] consecutive
+//!    rechecks makes the lock fail with [`LockError::Stranger`]. A stranger's word is never
+//!    taken over: a waiter that took over a live holder could break mutual exclusion with a
+//!    real member the judgement got wrong, so the worst a wrong judgement does is a typed error.
+//!
+//! The judgement is sound for a member that follows the group's rule: *a process enters the
+//! group (with a release fence) before it takes any of the group's mutexes, and leaves only
+//! after it released them all* ([`ProcessTable`](crate::ProcessTable) does the fence). A waiter's
+//! `Acquire` load that reads the member's lock word then also sees its entry. A member that
+//! leaves and re-enters between the waiter's load of the word and its scan could be misjudged
+//! once; the strikes ask for the same word on consecutive rechecks, a [`RECHECK`] apart, so
+//! that race would have to repeat. Uncontended lock and unlock never consult the group
+//! (invariant 4 holds): only a waiter that already slept does.
+//!
 //! # Orderings
 //!
 //! Acquiring CASes are `Acquire` and the releasing swap is `Release`: they pair to hand the
@@ -51,6 +75,51 @@ const POISONED: u32 = 1 << 31;
 
 /// How long a waiter sleeps before it checks whether the holder is still alive.
 pub const RECHECK: Duration = Duration::from_millis(20);
+
+/// How many consecutive rechecks must find the same lock word held by a live stranger before
+/// a waiter gives up with [`LockError::Stranger`] (invariant 5).
+pub const STRANGER_STRIKES: u32 = 2;
+
+/// The holder of a mutex, as a waiter sees it after a [`RECHECK`] timeout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Holder {
+    /// The pid in the lock word.
+    pub pid: u32,
+    /// The holder's full identity (pid and start time) when the owner word beside the lock
+    /// word names the same pid; `None` when it does not (not written yet, or left over).
+    pub identity: Option<u64>,
+}
+
+/// A waiter's judgement of a live holder (invariant 5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Standing {
+    /// The holder may hold the mutex: wait for it.
+    Member,
+    /// The holder is alive but not in the group the mutex belongs to: the word was written by
+    /// something that does not follow the protocol.
+    Stranger,
+}
+
+/// The group of processes that may hold a mutex (invariant 5).
+///
+/// Called only by a waiter after a [`RECHECK`] timeout, never on the uncontended path. An
+/// implementation must not take the mutex it judges, and must answer [`Standing::Member`] for
+/// every process that entered the group before locking and has not left it.
+pub trait Members {
+    /// Whether `holder`, alive, may hold the mutex.
+    fn standing(&self, holder: Holder) -> Standing;
+}
+
+/// Every live process may hold the mutex: waiters wait as long as the holder lives (what
+/// [`RobustMutex::lock`] does).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AnyProcess;
+
+impl Members for AnyProcess {
+    fn standing(&self, _holder: Holder) -> Standing {
+        Standing::Member
+    }
+}
 
 /// A mutex that lives in shared memory and survives its holder's death.
 ///
@@ -116,6 +185,14 @@ pub enum LockError {
         /// Pid of the holder when we gave up.
         holder: u32,
     },
+    /// A live process that is not a member of the mutex's group held it on
+    /// [`STRANGER_STRIKES`] consecutive rechecks (invariant 5): the shared memory was written
+    /// by something that does not follow the protocol. Nothing was taken over.
+    #[error("the mutex is held by live pid {holder}, which is not a member of its group: its lock word was written outside the protocol")]
+    Stranger {
+        /// Pid in the lock word.
+        holder: u32,
+    },
     /// `try_lock`: a live process holds the mutex.
     #[error("the mutex is held by pid {holder}")]
     WouldBlock {
@@ -154,7 +231,17 @@ impl RobustMutex {
     ///
     /// [`LockError::Poisoned`].
     pub fn lock(&self) -> Result<Locked<'_>, LockError> {
-        self.lock_until(None)
+        self.lock_until(None, &AnyProcess)
+    }
+
+    /// Locks, waiting as long as a live *member* of `members` holds the mutex (invariant 5).
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::Poisoned`], or [`LockError::Stranger`] when a live process that is not a
+    /// member holds it.
+    pub fn lock_among(&self, members: &impl Members) -> Result<Locked<'_>, LockError> {
+        self.lock_until(None, members)
     }
 
     /// Locks, waiting at most `timeout`.
@@ -163,7 +250,7 @@ impl RobustMutex {
     ///
     /// [`LockError::Poisoned`], or [`LockError::TimedOut`] naming the holder.
     pub fn lock_timeout(&self, timeout: Duration) -> Result<Locked<'_>, LockError> {
-        self.lock_until(Some(Instant::now() + timeout))
+        self.lock_until(Some(Instant::now() + timeout), &AnyProcess)
     }
 
     /// Locks if the mutex is free or its holder is dead; never sleeps.
@@ -208,17 +295,24 @@ impl RobustMutex {
     }
 
     #[inline]
-    fn lock_until(&self, deadline: Option<Instant>) -> Result<Locked<'_>, LockError> {
+    fn lock_until(&self, deadline: Option<Instant>, members: &impl Members) -> Result<Locked<'_>, LockError> {
         let me = sync::current_identity();
         // Invariant 4: the uncontended path.
         if self.acquire(0, me, 0) {
             return Ok(Locked::Acquired(self.guard(me)));
         }
-        self.lock_slow(me, deadline)
+        self.lock_slow(me, deadline, members)
     }
 
     #[cold]
-    fn lock_slow(&self, me: IdentityBits, deadline: Option<Instant>) -> Result<Locked<'_>, LockError> {
+    fn lock_slow(
+        &self,
+        me: IdentityBits,
+        deadline: Option<Instant>,
+        members: &impl Members,
+    ) -> Result<Locked<'_>, LockError> {
+        // Invariant 5: the word last judged a stranger's, and on how many rechecks in a row.
+        let mut strikes = (0, 0);
         loop {
             let w = self.word.load(Ordering::Relaxed);
             if w & POISONED != 0 {
@@ -249,13 +343,27 @@ impl RobustMutex {
                 // Acquire: orders our read of the owner word after the previous holder's
                 // unlock (which cleared it), so an older holder's identity is never paired
                 // with a newer holder's pid (found in review).
+                // The same Acquire load makes a member's group entry visible (invariant 5).
                 let now = self.word.load(Ordering::Acquire);
-                if now & PID_MASK != 0
-                    && now & POISONED == 0
-                    && self.holder_is_dead(now)
-                    && self.acquire(now, me, RECOVERING)
-                {
-                    return Ok(Locked::OwnerDied(self.guard(me)));
+                if now & PID_MASK == 0 || now & POISONED != 0 {
+                    continue;
+                }
+                if self.holder_is_dead(now) {
+                    if self.acquire(now, me, RECOVERING) {
+                        return Ok(Locked::OwnerDied(self.guard(me)));
+                    }
+                    continue;
+                }
+                match self.judge(now, members) {
+                    Judged::Member => strikes = (0, 0),
+                    Judged::Stranger => {
+                        strikes = if strikes.0 == now { (now, strikes.1 + 1) } else { (now, 1) };
+                        if strikes.1 >= STRANGER_STRIKES {
+                            return Err(LockError::Stranger { holder: now & PID_MASK });
+                        }
+                    }
+                    // It changed or died while we judged it: judge afresh next time.
+                    Judged::Moved => strikes = (0, 0),
                 }
             }
         }
@@ -288,6 +396,21 @@ impl RobustMutex {
         }
     }
 
+    /// Invariant 5: what the group says of the live holder of word `w`, confirmed against the
+    /// word and the holder's liveness after the group answered.
+    fn judge(&self, w: u32, members: &impl Members) -> Judged {
+        let pid = w & PID_MASK;
+        let owner = self.owner.load(Ordering::Relaxed);
+        let identity = (owner != 0 && pid_of(owner) == pid).then_some(owner);
+        match members.standing(Holder { pid, identity }) {
+            Standing::Member => Judged::Member,
+            // The holder may have unlocked (and left the group) or died while the group was
+            // read: only a word unchanged since, of a holder still alive, counts as a strike.
+            Standing::Stranger if self.word.load(Ordering::Acquire) == w && !self.holder_is_dead(w) => Judged::Stranger,
+            Standing::Stranger => Judged::Moved,
+        }
+    }
+
     fn unlock(&self, poison: bool) {
         self.owner.store(0, Ordering::Relaxed);
         // Release: pairs with the Acquire CAS of the next holder.
@@ -297,6 +420,17 @@ impl RobustMutex {
             sync::futex_wake(&self.word, if poison { u32::MAX } else { 1 });
         }
     }
+}
+
+/// What [`RobustMutex::judge`] concluded about a live holder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Judged {
+    /// A member: keep waiting.
+    Member,
+    /// A live stranger still holds the very word judged: one strike.
+    Stranger,
+    /// The word or the holder's liveness changed while the group was read.
+    Moved,
 }
 
 impl Default for RobustMutex {

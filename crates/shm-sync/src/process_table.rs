@@ -20,12 +20,20 @@
 //! | `Live(p)` | `1 << 62 \| p` | `Free` (unregister), `Recovering(r)` (p dead) |
 //! | `Recovering(r)` | `2 << 62 \| r` | `Free` (release_dead), `Recovering(s)` (r dead) |
 //!
+//! 4. A process is named by the table (as `Live` or `Recovering`) from before it takes any
+//!    mutex of the group the table stands for until after it released them all: the table is
+//!    the group's [`Members`](crate::Members), and a waiter refuses a live holder it does not
+//!    name ([`RobustMutex::lock_among`](crate::RobustMutex::lock_among), mutex invariant 5).
+//!    `register` and `claim_dead` end with a fence, so a waiter's `Acquire` load of a lock word
+//!    the process writes afterwards (with any ordering) also sees the slot naming it.
+//!
 //! Orderings: `AcqRel` CAS and `Acquire` loads; a slot's protocol decides on its own word
 //! only. The epoch is incremented just after the claim, by the new holder only; a reader that
 //! sees `Live(p)` may see the previous epoch for an instant, which only makes the fresh
 //! registration look stale to it (safe: nothing is acted on for a stale registration).
 
-use crate::sync::{self, AtomicU64, IdentityBits, Ordering};
+use crate::mutex::{Holder, Members, Standing};
+use crate::sync::{self, pid_of, AtomicU64, IdentityBits, Ordering};
 
 const KIND_SHIFT: u32 = 62;
 const IDENTITY_MASK: u64 = (1 << KIND_SHIFT) - 1;
@@ -165,6 +173,9 @@ impl<'a> ProcessTable<'a> {
                     u.store(0, Ordering::Relaxed);
                 }
                 let epoch = slot.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+                // Invariant 4: a release fence (SeqCst, which loom models) before any lock word
+                // this process writes from now on; a cold path, once per registration.
+                sync::dekker_fence();
                 return Ok(Registration { index: i as u32, epoch, identity });
             }
         }
@@ -224,15 +235,20 @@ impl<'a> ProcessTable<'a> {
             _ => return None,
         };
         let epoch = slot.epoch.load(Ordering::Acquire);
-        slot.state
+        let claimed = slot
+            .state
             .compare_exchange(
                 word,
                 (RECOVERING << KIND_SHIFT) | (me & IDENTITY_MASK),
                 Ordering::AcqRel,
                 Ordering::Relaxed,
             )
-            .ok()
-            .map(|_| DeadProcess { index, identity: dead, epoch, rescuer: me })
+            .is_ok();
+        // Invariant 4: the rescuer takes the dead process's locks next; fence as `register`.
+        claimed.then(|| {
+            sync::dekker_fence();
+            DeadProcess { index, identity: dead, epoch, rescuer: me }
+        })
     }
 
     /// Frees the slot of a recovered dead process (invariant 3: call it last).
@@ -245,5 +261,26 @@ impl<'a> ProcessTable<'a> {
     /// Slots in use (live or recovering).
     pub fn occupied(&self) -> usize {
         self.slots.iter().filter(|s| s.state.load(Ordering::Relaxed) != 0).count()
+    }
+}
+
+/// The table as the group of processes that may hold its pool's mutexes (invariant 4): a live
+/// holder is a member when a slot names it as `Live` or `Recovering`, by full identity when the
+/// waiter knows it, by pid otherwise. A scan of the slots, run only by a waiter after a
+/// [`RECHECK`](crate::RECHECK) timeout.
+impl Members for ProcessTable<'_> {
+    fn standing(&self, holder: Holder) -> Standing {
+        let named = self.slots.iter().any(|slot| match SlotState::decode(slot.state.load(Ordering::Acquire)) {
+            SlotState::Live(id) | SlotState::Recovering(id) => match holder.identity {
+                Some(identity) => id == identity & IDENTITY_MASK,
+                None => pid_of(id) == holder.pid,
+            },
+            _ => false,
+        });
+        if named {
+            Standing::Member
+        } else {
+            Standing::Stranger
+        }
     }
 }

@@ -28,11 +28,15 @@
 //!    process that acquires the record afterwards sees the new target. A reader that acquired
 //!    a record by an id of its own therefore checks [`RefCount::target`] afterwards: if the
 //!    target is still its id, the record was not renewed under it.
+//! 6. The record belongs to the group its holder slots number (a pool's
+//!    [`ProcessTable`](crate::ProcessTable)), passed to every operation as `members`: a waiter
+//!    refuses a live holder outside it with [`RefError::Stranger`] instead of waiting forever
+//!    (mutex invariant 5). [`AnyProcess`](crate::AnyProcess) waits for any live holder.
 //!
 //! Fields under the lock are `Relaxed`: the lock's Acquire/Release orders them. Readers outside
 //! the lock ([`RefCount::is_dead`], [`RefCount::holders`]) get a racy snapshot.
 
-use crate::mutex::{LockError, Locked, RobustMutex};
+use crate::mutex::{LockError, Locked, Members, RobustMutex};
 use crate::sync::{AtomicU64, Ordering};
 use crate::transfer::{Token, TokenError, TokenTable};
 
@@ -47,16 +51,16 @@ const TOKENS: u64 = u32::MAX as u64;
 /// # Examples
 ///
 /// ```
-/// use shm_sync::{Released, RefCount, TokenSlot, TokenTable};
+/// use shm_sync::{AnyProcess, Released, RefCount, TokenSlot, TokenTable};
 ///
 /// let slots: Vec<TokenSlot> = (0..8).map(|_| TokenSlot::new()).collect();
 /// let tokens = TokenTable::new(&slots);
 /// let rc: RefCount = RefCount::new();
 /// rc.init(42, 0); // target id 42, holder: process slot 0
-/// let token = rc.send(&tokens).unwrap(); // a handle in flight
-/// assert_eq!(rc.release(0, &tokens).unwrap(), Released::Remaining); // the token keeps it alive
-/// rc.claim(token, 1, &tokens).unwrap(); // process slot 1 received it
-/// assert_eq!(rc.release(1, &tokens).unwrap(), Released::Last); // free the block now
+/// let token = rc.send(&tokens, &AnyProcess).unwrap(); // a handle in flight
+/// assert_eq!(rc.release(0, &tokens, &AnyProcess).unwrap(), Released::Remaining); // the token keeps it alive
+/// rc.claim(token, 1, &tokens, &AnyProcess).unwrap(); // process slot 1 received it
+/// assert_eq!(rc.release(1, &tokens, &AnyProcess).unwrap(), Released::Last); // free the block now
 /// assert!(rc.is_dead());
 /// ```
 #[repr(C)]
@@ -119,6 +123,13 @@ pub enum RefError {
     /// A token problem (stale, table full).
     #[error(transparent)]
     Token(#[from] TokenError),
+    /// A live process that is not a member of the group (a process of the pool) holds the
+    /// record's lock: the shared memory was written outside the protocol (invariant 6).
+    #[error("the reference count's lock is held by live pid {holder}, which is not a process of its group")]
+    Stranger {
+        /// Pid in the lock word.
+        holder: u32,
+    },
     /// The token belongs to another record.
     #[error("the token does not belong to this reference")]
     ForeignToken,
@@ -158,9 +169,10 @@ impl<const W: usize> RefCount<W> {
     /// # Errors
     ///
     /// [`RefError::Dead`], [`RefError::Orphaned`], [`RefError::HolderOutOfRange`].
-    pub fn acquire(&self, holder: u32, tokens: &TokenTable<'_>) -> Result<Acquired, RefError> {
+    /// Also [`RefError::Stranger`] when a live non-member holds the lock (invariant 6).
+    pub fn acquire(&self, holder: u32, tokens: &TokenTable<'_>, members: &impl Members) -> Result<Acquired, RefError> {
         let (word, bit) = self.bit(holder)?;
-        self.locked(tokens, |s| {
+        self.locked(tokens, members, |s| {
             if s.state.load(Ordering::Relaxed) & DEAD != 0 {
                 return Err(RefError::Dead);
             }
@@ -175,9 +187,10 @@ impl<const W: usize> RefCount<W> {
     ///
     /// [`RefError::NotHolder`], [`RefError::Dead`], [`RefError::Orphaned`],
     /// [`RefError::HolderOutOfRange`].
-    pub fn release(&self, holder: u32, tokens: &TokenTable<'_>) -> Result<Released, RefError> {
+    /// Also [`RefError::Stranger`] when a live non-member holds the lock (invariant 6).
+    pub fn release(&self, holder: u32, tokens: &TokenTable<'_>, members: &impl Members) -> Result<Released, RefError> {
         let (word, bit) = self.bit(holder)?;
-        self.locked(tokens, |s| {
+        self.locked(tokens, members, |s| {
             if s.state.load(Ordering::Relaxed) & DEAD != 0 {
                 return Err(RefError::Dead);
             }
@@ -199,19 +212,19 @@ impl<const W: usize> RefCount<W> {
     /// # Examples
     ///
     /// ```
-    /// use shm_sync::{Released, RefCount, TokenSlot, TokenTable};
+    /// use shm_sync::{AnyProcess, Released, RefCount, TokenSlot, TokenTable};
     ///
     /// let slots: Vec<TokenSlot> = (0..8).map(|_| TokenSlot::new()).collect();
     /// let tokens = TokenTable::new(&slots);
     /// let rc: RefCount = RefCount::new();
     /// rc.init(42, 0);
-    /// assert_eq!(rc.release_or_renew(0, &tokens, 43).unwrap(), Released::Renewed);
+    /// assert_eq!(rc.release_or_renew(0, &tokens, 43, &AnyProcess).unwrap(), Released::Renewed);
     /// assert_eq!((rc.target(), rc.holders()), (43, vec![0])); // still ours, a new identity
-    /// let token = rc.send(&tokens).unwrap(); // a handle in flight keeps it alive
-    /// assert_eq!(rc.release_or_renew(0, &tokens, 44).unwrap(), Released::Remaining);
-    /// rc.claim(token, 1, &tokens).unwrap();
-    /// assert_eq!(rc.release_or_renew(1, &tokens, 45).unwrap(), Released::Renewed);
-    /// assert_eq!(rc.release(1, &tokens).unwrap(), Released::Last);
+    /// let token = rc.send(&tokens, &AnyProcess).unwrap(); // a handle in flight keeps it alive
+    /// assert_eq!(rc.release_or_renew(0, &tokens, 44, &AnyProcess).unwrap(), Released::Remaining);
+    /// rc.claim(token, 1, &tokens, &AnyProcess).unwrap();
+    /// assert_eq!(rc.release_or_renew(1, &tokens, 45, &AnyProcess).unwrap(), Released::Renewed);
+    /// assert_eq!(rc.release(1, &tokens, &AnyProcess).unwrap(), Released::Last);
     /// ```
     ///
     /// # Errors
@@ -222,9 +235,10 @@ impl<const W: usize> RefCount<W> {
         holder: u32,
         tokens: &TokenTable<'_>,
         new_target: u64,
+        members: &impl Members,
     ) -> Result<Released, RefError> {
         let (word, bit) = self.bit(holder)?;
-        self.locked(tokens, |s| {
+        self.locked(tokens, members, |s| {
             if s.state.load(Ordering::Relaxed) & DEAD != 0 {
                 return Err(RefError::Dead);
             }
@@ -258,9 +272,15 @@ impl<const W: usize> RefCount<W> {
     ///
     /// [`RefError::Orphaned`], [`RefError::HolderOutOfRange`]; a dead record gives
     /// `Ok(Released::NotHeld)`.
-    pub fn drop_holder(&self, holder: u32, tokens: &TokenTable<'_>) -> Result<Released, RefError> {
+    /// Also [`RefError::Stranger`] when a live non-member holds the lock (invariant 6).
+    pub fn drop_holder(
+        &self,
+        holder: u32,
+        tokens: &TokenTable<'_>,
+        members: &impl Members,
+    ) -> Result<Released, RefError> {
         let (word, bit) = self.bit(holder)?;
-        self.locked(tokens, |s| {
+        self.locked(tokens, members, |s| {
             if s.state.load(Ordering::Relaxed) & DEAD != 0
                 || s.holders[word].fetch_and(!bit, Ordering::Relaxed) & bit == 0
             {
@@ -276,10 +296,11 @@ impl<const W: usize> RefCount<W> {
     /// # Errors
     ///
     /// [`RefError::Dead`], [`RefError::Orphaned`], [`TokenError::Full`].
-    pub fn send(&self, tokens: &TokenTable<'_>) -> Result<Token, RefError> {
+    /// Also [`RefError::Stranger`] when a live non-member holds the lock (invariant 6).
+    pub fn send(&self, tokens: &TokenTable<'_>, members: &impl Members) -> Result<Token, RefError> {
         loop {
             let index = tokens.reserve()?;
-            let result = self.locked(tokens, |s| {
+            let result = self.locked(tokens, members, |s| {
                 if s.state.load(Ordering::Relaxed) & DEAD != 0 {
                     return Err(RefError::Dead);
                 }
@@ -307,9 +328,16 @@ impl<const W: usize> RefCount<W> {
     ///
     /// [`TokenError::Stale`] for a token already claimed or cancelled (also after the block was
     /// freed), [`RefError::ForeignToken`], [`RefError::Orphaned`], [`RefError::HolderOutOfRange`].
-    pub fn claim(&self, token: Token, holder: u32, tokens: &TokenTable<'_>) -> Result<Acquired, RefError> {
+    /// Also [`RefError::Stranger`] when a live non-member holds the lock (invariant 6).
+    pub fn claim(
+        &self,
+        token: Token,
+        holder: u32,
+        tokens: &TokenTable<'_>,
+        members: &impl Members,
+    ) -> Result<Acquired, RefError> {
         let (word, bit) = self.bit(holder)?;
-        self.locked(tokens, |s| {
+        self.locked(tokens, members, |s| {
             s.take_token(token, tokens)?;
             let before = s.holders[word].fetch_or(bit, Ordering::Relaxed);
             Ok(if before & bit == 0 { Acquired::First } else { Acquired::Already })
@@ -322,8 +350,8 @@ impl<const W: usize> RefCount<W> {
     /// # Errors
     ///
     /// As for [`RefCount::claim`].
-    pub fn cancel(&self, token: Token, tokens: &TokenTable<'_>) -> Result<Released, RefError> {
-        self.locked(tokens, |s| {
+    pub fn cancel(&self, token: Token, tokens: &TokenTable<'_>, members: &impl Members) -> Result<Released, RefError> {
+        self.locked(tokens, members, |s| {
             s.take_token(token, tokens)?;
             Ok(s.die_if_unreferenced())
         })
@@ -397,9 +425,15 @@ impl<const W: usize> RefCount<W> {
     }
 
     /// Runs `f` under the lock, repairing first if the previous holder died (invariant 2).
-    fn locked<R>(&self, tokens: &TokenTable<'_>, f: impl FnOnce(&Self) -> Result<R, RefError>) -> Result<R, RefError> {
+    fn locked<R>(
+        &self,
+        tokens: &TokenTable<'_>,
+        members: &impl Members,
+        f: impl FnOnce(&Self) -> Result<R, RefError>,
+    ) -> Result<R, RefError> {
         let guard = loop {
-            match self.lock.lock() {
+            // Invariant 6: wait for members only.
+            match self.lock.lock_among(members) {
                 Ok(Locked::Acquired(g)) => break g,
                 Ok(Locked::OwnerDied(mut g)) => {
                     let orphaned = self.repair(tokens);
@@ -414,7 +448,10 @@ impl<const W: usize> RefCount<W> {
                 Err(LockError::Poisoned) => {
                     self.lock.reset_poison();
                 }
-                Err(_) => unreachable!("lock() without a timeout only fails with Poisoned"),
+                Err(LockError::Stranger { holder }) => return Err(RefError::Stranger { holder }),
+                Err(LockError::TimedOut { .. } | LockError::WouldBlock { .. }) => {
+                    unreachable!("lock_among has no timeout and sleeps")
+                }
             }
         };
         let result = f(self);

@@ -10,15 +10,15 @@ mod common;
 
 use common::{fixture, model};
 use loom::thread;
-use shm_sync::{Acquired, RefError, Released, TokenTable};
+use shm_sync::{Acquired, AnyProcess, RefError, Released, TokenTable};
 
 #[test]
 fn two_holders_releasing_at_once_make_exactly_one_last() {
     model(|| {
         let f = fixture(&[0, 1]);
         let f1 = f.clone();
-        let other = thread::spawn(move || f1.rc.release(1, &TokenTable::new(&f1.slots)).unwrap());
-        let mine = f.rc.release(0, &TokenTable::new(&f.slots)).unwrap();
+        let other = thread::spawn(move || f1.rc.release(1, &TokenTable::new(&f1.slots), &AnyProcess).unwrap());
+        let mine = f.rc.release(0, &TokenTable::new(&f.slots), &AnyProcess).unwrap();
         let other = other.join().unwrap();
         assert_eq!([mine, other].iter().filter(|r| **r == Released::Last).count(), 1);
         assert!(f.rc.is_dead());
@@ -39,8 +39,8 @@ fn a_holder_dying_inside_a_change_is_repaired_by_the_next() {
         dying.join().unwrap();
         let t = TokenTable::new(&f.slots);
         // The survivor drops the dead holder's reference, then its own.
-        assert_eq!(f.rc.drop_holder(1, &t).unwrap(), Released::Remaining);
-        assert_eq!(f.rc.release(0, &t).unwrap(), Released::Last);
+        assert_eq!(f.rc.drop_holder(1, &t, &AnyProcess).unwrap(), Released::Remaining);
+        assert_eq!(f.rc.release(0, &t, &AnyProcess).unwrap(), Released::Last);
     });
 }
 
@@ -53,18 +53,18 @@ fn a_renewed_record_is_never_taken_for_its_old_self() {
         let f1 = f.clone();
         let late = thread::spawn(move || {
             let t = TokenTable::new(&f1.slots);
-            match f1.rc.acquire(1, &t) {
+            match f1.rc.acquire(1, &t, &AnyProcess) {
                 Ok(_) if f1.rc.target() == 7 => true,
                 Ok(_) => {
                     // Renewed under us: let go; the renewer's hold keeps the record.
-                    assert_eq!(f1.rc.release(1, &t).unwrap(), Released::Remaining);
+                    assert_eq!(f1.rc.release(1, &t, &AnyProcess).unwrap(), Released::Remaining);
                     false
                 }
                 Err(e) => panic!("a renewed record stays alive: {e:?}"),
             }
         });
         let t = TokenTable::new(&f.slots);
-        let released = f.rc.release_or_renew(0, &t, 9).unwrap();
+        let released = f.rc.release_or_renew(0, &t, 9, &AnyProcess).unwrap();
         let old_self_taken = late.join().unwrap();
         match released {
             Released::Renewed => {
@@ -86,8 +86,8 @@ fn a_record_released_last_is_never_revived() {
     model(|| {
         let f = fixture(&[0]);
         let f1 = f.clone();
-        let late = thread::spawn(move || f1.rc.acquire(1, &TokenTable::new(&f1.slots)));
-        let released = f.rc.release(0, &TokenTable::new(&f.slots)).unwrap();
+        let late = thread::spawn(move || f1.rc.acquire(1, &TokenTable::new(&f1.slots), &AnyProcess));
+        let released = f.rc.release(0, &TokenTable::new(&f.slots), &AnyProcess).unwrap();
         match (released, late.join().unwrap()) {
             (Released::Last, Err(RefError::Dead)) => {}
             (Released::Remaining, Ok(Acquired::First)) => assert!(!f.rc.is_dead()),

@@ -76,6 +76,58 @@ fn a_waiter_sleeping_on_the_lock_notices_the_holder_die() {
     assert!(matches!(m.lock().unwrap(), Locked::Acquired(_)));
 }
 
+/// Mutex invariant 5 across processes: a waiter of the group waits for a registered holder
+/// (and gets the lock when it lets go), but refuses a live holder outside the group (a
+/// forked child that never registered) instead of waiting for it, and leaves its lock alone.
+#[test]
+fn a_group_member_is_waited_for_and_a_live_stranger_refused() {
+    let mem = Shared::new();
+    let m: &RobustMutex = mem.at(0);
+    let go: &SharedU32 = mem.at(64);
+    let slots: &[ProcessSlot; 4] = mem.at(128);
+    let table = ProcessTable::new(slots);
+    table.register().unwrap();
+    // A member: holds the lock until told to let go, a few rechecks later.
+    let member = fork(|| {
+        let t = ProcessTable::new(slots);
+        let r = t.register().unwrap();
+        let g = m.lock_among(&t).unwrap().into_guard();
+        until("the parent lets the member go", || go.load(std::sync::atomic::Ordering::SeqCst) == 1);
+        drop(g);
+        t.unregister(r);
+        0
+    });
+    until("the member takes the lock", || m.holder() == Some(member as u32));
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| m.lock_among(&table).map(|l| drop(l.into_guard())));
+        std::thread::sleep(shm_sync::RECHECK * 4); // several rechecks judge the member
+        go.store(1, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(waiter.join().unwrap(), Ok(()), "a member was waited for");
+    });
+    assert_eq!(wait(member), 0);
+    // A stranger: alive, never registered, holding the lock.
+    let stranger = fork(|| {
+        std::mem::forget(m.lock().unwrap().into_guard());
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    });
+    until("the stranger takes the lock", || m.holder() == Some(stranger as u32));
+    // Watchdog: a waiter that waited forever would hang the test; abort it instead.
+    let (done, watchdog) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if watchdog.recv_timeout(Duration::from_secs(30)) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+            eprintln!("watchdog: lock_among still waits on a stranger after 30 s");
+            std::process::abort();
+        }
+    });
+    let refused = m.lock_among(&table).map(|l| drop(l.into_guard()));
+    drop(done);
+    assert_eq!(refused, Err(LockError::Stranger { holder: stranger as u32 }));
+    assert_eq!(m.holder(), Some(stranger as u32), "never taken over");
+    kill(stranger);
+}
+
 #[test]
 fn processes_exclude_each_other() {
     let mem = Shared::new();
@@ -160,7 +212,7 @@ fn a_dead_process_is_found_and_its_slot_recycled() {
 
 mod refcounts {
     use super::*;
-    use shm_sync::{Acquired, RefCount, RefError, Released, Token, TokenError, TokenSlot, TokenTable};
+    use shm_sync::{Acquired, AnyProcess, RefCount, RefError, Released, Token, TokenError, TokenSlot, TokenTable};
 
     struct Layout<'a> {
         table: ProcessTable<'a>,
@@ -183,18 +235,26 @@ mod refcounts {
         let pid = fork(|| {
             let l = layout(&mem);
             let r = l.table.register().unwrap();
-            assert_eq!(l.rc.acquire(r.index, &l.tokens).unwrap(), Acquired::First);
+            assert_eq!(l.rc.acquire(r.index, &l.tokens, &AnyProcess).unwrap(), Acquired::First);
             loop {
                 std::thread::sleep(Duration::from_secs(1));
             }
         });
         until("the child holds the block", || l.rc.holders().len() == 2);
-        assert_eq!(l.rc.release(me.index, &l.tokens).unwrap(), Released::Remaining, "the child still holds it");
+        assert_eq!(
+            l.rc.release(me.index, &l.tokens, &AnyProcess).unwrap(),
+            Released::Remaining,
+            "the child still holds it"
+        );
         kill(pid);
         let dead = l.table.find_dead();
         assert_eq!(dead.len(), 1);
         let claimed = l.table.claim_dead(dead[0]).unwrap();
-        assert_eq!(l.rc.drop_holder(claimed.index, &l.tokens).unwrap(), Released::Last, "the survivor frees it");
+        assert_eq!(
+            l.rc.drop_holder(claimed.index, &l.tokens, &AnyProcess).unwrap(),
+            Released::Last,
+            "the survivor frees it"
+        );
         assert!(l.table.release_dead(claimed));
         assert!(l.rc.is_dead());
     }
@@ -208,10 +268,10 @@ mod refcounts {
             let l = layout(&mem);
             let r = l.table.register().unwrap();
             l.rc.init(1, r.index);
-            let token = l.rc.send(&l.tokens).unwrap();
+            let token = l.rc.send(&l.tokens, &AnyProcess).unwrap();
             token_word.store(u64::from(token.index) << 32 | token.generation, std::sync::atomic::Ordering::SeqCst);
             // The sender lets go and exits cleanly before anyone claims.
-            assert_eq!(l.rc.release(r.index, &l.tokens).unwrap(), Released::Remaining);
+            assert_eq!(l.rc.release(r.index, &l.tokens, &AnyProcess).unwrap(), Released::Remaining);
             l.table.unregister(r);
             0
         });
@@ -220,11 +280,17 @@ mod refcounts {
         let token = Token { index: (bits >> 32) as u32, generation: bits & 0xFFFF_FFFF };
         assert!(!l.rc.is_dead(), "the token keeps it alive");
         let me = l.table.register().unwrap();
-        assert_eq!(l.rc.claim(token, me.index, &l.tokens).unwrap(), Acquired::First);
-        assert!(matches!(l.rc.claim(token, me.index, &l.tokens), Err(RefError::Token(TokenError::Stale { .. }))));
-        assert_eq!(l.rc.release(me.index, &l.tokens).unwrap(), Released::Last);
+        assert_eq!(l.rc.claim(token, me.index, &l.tokens, &AnyProcess).unwrap(), Acquired::First);
+        assert!(matches!(
+            l.rc.claim(token, me.index, &l.tokens, &AnyProcess),
+            Err(RefError::Token(TokenError::Stale { .. }))
+        ));
+        assert_eq!(l.rc.release(me.index, &l.tokens, &AnyProcess).unwrap(), Released::Last);
         assert!(
-            matches!(l.rc.claim(token, me.index, &l.tokens), Err(RefError::Token(TokenError::Stale { .. }))),
+            matches!(
+                l.rc.claim(token, me.index, &l.tokens, &AnyProcess),
+                Err(RefError::Token(TokenError::Stale { .. }))
+            ),
             "claimed after the free: refused"
         );
     }
@@ -235,14 +301,18 @@ mod refcounts {
         let l = layout(&mem);
         let me = l.table.register().unwrap();
         l.rc.init(1, me.index);
-        let lost = l.rc.send(&l.tokens).unwrap();
-        l.rc.release(me.index, &l.tokens).unwrap();
+        let lost = l.rc.send(&l.tokens, &AnyProcess).unwrap();
+        l.rc.release(me.index, &l.tokens, &AnyProcess).unwrap();
         std::thread::sleep(Duration::from_millis(5));
         let pending = l.tokens.pending();
         assert_eq!(pending.len(), 1);
         assert_eq!(pending[0].token, lost);
         assert!(pending[0].age_ns >= 5_000_000);
-        assert_eq!(l.rc.cancel(lost, &l.tokens).unwrap(), Released::Last, "the lost message's block is freed");
+        assert_eq!(
+            l.rc.cancel(lost, &l.tokens, &AnyProcess).unwrap(),
+            Released::Last,
+            "the lost message's block is freed"
+        );
         assert!(l.tokens.pending().is_empty());
     }
 
@@ -255,7 +325,7 @@ mod refcounts {
             // Hold every token slot's reservation by sending and never letting go, then die.
             let r = l.table.register().unwrap();
             l.rc.init(1, r.index);
-            while l.rc.send(&l.tokens).is_ok() {}
+            while l.rc.send(&l.tokens, &AnyProcess).is_ok() {}
             loop {
                 std::thread::sleep(Duration::from_secs(1));
             }
@@ -265,10 +335,10 @@ mod refcounts {
         // Tokens of a dead sender stay claimable (a receiver may still have the handle), so a
         // survivor reclaims them by age; the dead holder's bit goes with its process slot.
         let dead = l.table.claim_dead(l.table.find_dead()[0]).unwrap();
-        assert_eq!(l.rc.drop_holder(dead.index, &l.tokens).unwrap(), Released::Remaining);
+        assert_eq!(l.rc.drop_holder(dead.index, &l.tokens, &AnyProcess).unwrap(), Released::Remaining);
         let mut last = 0;
         for p in l.tokens.pending() {
-            if l.rc.cancel(p.token, &l.tokens).unwrap() == Released::Last {
+            if l.rc.cancel(p.token, &l.tokens, &AnyProcess).unwrap() == Released::Last {
                 last += 1;
             }
         }

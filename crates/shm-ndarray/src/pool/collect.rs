@@ -68,7 +68,7 @@ impl PoolShared {
             for (block, h) in self.headers(meta) {
                 let mut freed = false;
                 for d in &dead {
-                    match h.refcount.drop_holder(d.index, &tokens) {
+                    match h.refcount.drop_holder(d.index, &tokens, &table) {
                         Ok(Released::Last) | Err(RefError::Orphaned) => freed = true,
                         _ => {}
                     }
@@ -109,7 +109,7 @@ impl PoolShared {
                 let Some(meta) = MetaSegment::of(i, arena, kind) else { continue };
                 for (block, h) in self.headers(meta) {
                     if h.nonce.load(ORD) == p.target {
-                        match h.refcount.cancel(p.token, &tokens) {
+                        match h.refcount.cancel(p.token, &tokens, &self.processes()) {
                             Ok(Released::Last) | Err(RefError::Orphaned) => {
                                 cancelled += 1;
                                 self.free_array(i, block, h);

@@ -12,7 +12,10 @@
 //! 3. `leave` releases every hold under the slot that is still its own, marking each
 //!    `LocalArray` `NOT_HELD`, before it gives the slot up (local_array invariant 3).
 //! 4. The last process out tears a non-persistent pool down under the directory lock, which
-//!    `publish` and `unpublish` also take (pool invariant 5).
+//!    `publish` and `unpublish` also take (pool invariant 5). A leaving process collects, takes
+//!    the lock, decides, and unregisters under it: it holds the pool's locks only while
+//!    registered (pool invariant 7), and two processes leaving at once cannot both see the
+//!    other still there.
 //!
 //! Protocol: `slot` is the fast path of every operation; `register_slow` registers (collecting
 //! once if the table is full); `leave` runs at `Pool::leave` and at the last drop of the pool
@@ -127,19 +130,27 @@ impl PoolShared {
         self.give_back_renewed(reg.index);
         m.registration = None;
         self.fast_slot.store(0, ORD);
+        // Before anything that may take `membership` again (another thread registering anew
+        // is fine: it takes a slot of its own, and then we are not the last).
+        drop(m);
         let dir = self.dir();
         let h = dir.header();
-        self.processes().unregister(reg);
-        drop(m);
-        // Dead members do not count: recycle their slots first (pool invariant 4).
+        // Dead members do not count: recycle their slots first (pool invariant 4). Still
+        // registered, as anyone who takes the pool's locks must be (pool invariant 7).
         self.collect();
+        // Invariant 4: the decision and our unregistration happen under the directory lock, so
+        // of two processes leaving at once the second sees the first gone. A stranger holding
+        // the lock (pool invariant 7) leaves the pool in place for `clean`.
         let guard = self.name_lock();
-        let last = self.processes().occupied() == 0;
+        let last = self.processes().occupied() == 1;
         let flags = h.flags.load(ORD);
         let persists = flags & FLAG_PERSISTENT != 0 || (flags & FLAG_PERSIST_NAMED != 0 && has_names(&dir));
-        if last && !persists {
+        if guard.is_ok() && last && !persists {
             self.teardown();
         }
+        // Last, just before the lock is released: only members hold the pool's locks, and a
+        // waiter needs the same word on two rechecks to call us a stranger (mutex invariant 5).
+        self.processes().unregister(reg);
         drop(guard);
     }
 

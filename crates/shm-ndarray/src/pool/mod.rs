@@ -24,6 +24,13 @@
 //!    that leaves it; a process opening it afterwards gets [`PoolError::Gone`].
 //! 6. In the common case, creating an array, making a handle and attaching one make no
 //!    syscall: segments are mapped once per process, the pool itself once per process.
+//! 7. Only processes the process table names (`Live`, or `Recovering` a dead one's slot) hold
+//!    the pool's locks (the directory lock, every array's refcount lock): a process registers
+//!    before its first lock and unregisters last, under the directory lock. Every pool lock is
+//!    taken with the table as its group (`lock_among`, mutex invariant 5), so a live process
+//!    outside the table that holds one (a word written by a buggy or hostile process of the
+//!    same user) makes the operation fail with [`HandleError::Stranger`] (or
+//!    [`PoolError::NotAPool`] when growing) instead of waiting forever; it is never taken over.
 //!
 //! # One file per protocol
 //!
@@ -196,6 +203,7 @@ fn ref_to_handle(e: RefError) -> HandleError {
     match e {
         RefError::Dead | RefError::Orphaned | RefError::Token(_) | RefError::ForeignToken => HandleError::Stale,
         RefError::NotHolder { .. } | RefError::HolderOutOfRange { .. } => HandleError::Invalid("bad holder slot"),
+        RefError::Stranger { holder } => HandleError::Stranger { pid: holder, lock: "an array's reference count" },
     }
 }
 

@@ -16,7 +16,7 @@
 use std::sync::Arc;
 
 use shm_arena::Block;
-use shm_sync::{Locked, RefError, Released};
+use shm_sync::{LockError, Locked, RefError, Released};
 
 use super::pin::Pin;
 use super::{ref_to_handle, PoolShared, SharedArray, DIRECTORY_HOLDER, ORD};
@@ -52,15 +52,21 @@ pub(super) fn has_names(dir: &Directory<'_>) -> bool {
 }
 
 impl PoolShared {
-    pub(super) fn name_lock(&self) -> shm_sync::MutexGuard<'_> {
+    /// The directory lock, for the name table and teardown. Waits only for processes of the
+    /// pool (pool invariant 7): a live stranger holding it makes this
+    /// [`HandleError::Stranger`] instead of a wait that never ends.
+    pub(super) fn name_lock(&self) -> Result<shm_sync::MutexGuard<'_>, HandleError> {
         let h = self.dir().header();
         loop {
-            match h.lock.lock() {
-                Ok(Locked::Acquired(g)) => return g,
+            match h.lock.lock_among(&self.processes()) {
+                Ok(Locked::Acquired(g)) => return Ok(g),
                 Ok(Locked::OwnerDied(mut g)) => {
                     // Name entries are written before they are marked used: nothing to repair.
                     g.mark_consistent();
-                    return g;
+                    return Ok(g);
+                }
+                Err(LockError::Stranger { holder }) => {
+                    return Err(HandleError::Stranger { pid: holder, lock: "the pool directory's" })
                 }
                 Err(_) => {
                     h.lock.reset_poison();
@@ -75,14 +81,14 @@ impl PoolShared {
         }
         // Before the name lock: this may pin the array again, which takes other locks.
         array.ensure_held()?;
-        let _guard = self.name_lock();
+        let _guard = self.name_lock()?;
         let dir = self.dir();
         if dir.names().iter().any(|e| e.state.load(ORD) == 1 && load_name(e) == name) {
             return Err(NameError::Exists(name.to_owned()));
         }
         let entry = dir.names().iter().find(|e| e.state.load(ORD) == 0).ok_or(NameError::Full)?;
         let local = &array.local;
-        match local.header().refcount.acquire(DIRECTORY_HOLDER, &self.tokens()) {
+        match local.header().refcount.acquire(DIRECTORY_HOLDER, &self.tokens(), &self.processes()) {
             Ok(shm_sync::Acquired::First) => {}
             // One name per array: the directory holds one reference (found in review).
             Ok(shm_sync::Acquired::Already) => return Err(NameError::AlreadyNamed),
@@ -98,7 +104,7 @@ impl PoolShared {
 
     pub(super) fn lookup(self: &Arc<Self>, name: &str) -> Result<SharedArray, NameError> {
         let (seg, header, nonce) = {
-            let _guard = self.name_lock();
+            let _guard = self.name_lock()?;
             let dir = self.dir();
             let e = dir
                 .names()
@@ -112,7 +118,7 @@ impl PoolShared {
     }
 
     pub(super) fn unpublish(&self, name: &str) -> Result<(), NameError> {
-        let _guard = self.name_lock();
+        let _guard = self.name_lock()?;
         let dir = self.dir();
         let e = dir
             .names()
@@ -127,7 +133,7 @@ impl PoolShared {
         if let Ok((_, h)) = self.meta_segment(seg).and_then(|meta| meta.header(header)) {
             if h.nonce.load(ORD) == nonce {
                 if let Ok(Released::Last) | Err(RefError::Orphaned) =
-                    h.refcount.release(DIRECTORY_HOLDER, &self.tokens())
+                    h.refcount.release(DIRECTORY_HOLDER, &self.tokens(), &self.processes())
                 {
                     self.free_array(seg, header, h);
                 }

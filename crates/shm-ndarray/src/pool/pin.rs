@@ -89,7 +89,7 @@ impl PoolShared {
                     // We hold it already: the token is consumed, our hold stays single. A token
                     // that is no longer pending (the handle was attached before) changes
                     // nothing: our hold keeps the array alive.
-                    let _ = existing.header().refcount.claim(token, slot, &self.tokens());
+                    let _ = existing.header().refcount.claim(token, slot, &self.tokens(), &self.processes());
                 }
                 return Ok(existing.clone());
             }
@@ -143,8 +143,8 @@ impl PoolShared {
         let (ptr, h) = first_look(meta, header, nonce)?;
         let tokens = self.tokens();
         let acquired = match how {
-            Pin::Token(token) => h.refcount.claim(token, slot, &tokens),
-            Pin::Acquire => h.refcount.acquire(slot, &tokens),
+            Pin::Token(token) => h.refcount.claim(token, slot, &tokens, &self.processes()),
+            Pin::Acquire => h.refcount.acquire(slot, &tokens, &self.processes()),
         };
         let acquired = match acquired {
             Ok(a) => a,
@@ -168,7 +168,9 @@ impl PoolShared {
     /// Undoes a pin that `pin_header` made: only a hold it took (with `Already`, the bit
     /// belongs to another `LocalArray` of this process; found in review).
     fn unpin(&self, h: &ArrayHeader, acquired: shm_sync::Acquired, slot: u32, meta_seg: u16, header: Block) {
-        if acquired == shm_sync::Acquired::First && h.refcount.release(slot, &self.tokens()) == Ok(Released::Last) {
+        if acquired == shm_sync::Acquired::First
+            && h.refcount.release(slot, &self.tokens(), &self.processes()) == Ok(Released::Last)
+        {
             self.free_array(meta_seg, header, h);
         }
     }
@@ -206,7 +208,7 @@ impl PoolShared {
         let (_, h) = first_look(self.meta_segment(handle.meta_segment)?, handle.header, handle.nonce)?;
         // A pending token keeps its record alive (refcount invariant), and `take_token` checks
         // that the token is this record's: a token of another array is refused.
-        match h.refcount.cancel(token, &self.tokens()) {
+        match h.refcount.cancel(token, &self.tokens(), &self.processes()) {
             Ok(Released::Last) => {
                 self.free_array(handle.meta_segment, handle.header, h);
                 Ok(())

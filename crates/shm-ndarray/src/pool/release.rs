@@ -84,9 +84,9 @@ impl PoolShared {
             && Renewed::caches(local.meta_segment, local.header_block)
             && self.fast_slot.load(ORD) == fork_generation() << 16 | u64::from(slot + 1);
         let result = if renewable && !waiting {
-            h.refcount.release_or_renew(slot, &tokens, self.next_nonce())
+            h.refcount.release_or_renew(slot, &tokens, self.next_nonce(), &self.processes())
         } else {
-            h.refcount.release(slot, &tokens)
+            h.refcount.release(slot, &tokens, &self.processes())
         };
         match result {
             Ok(Released::Renewed) => {
@@ -124,7 +124,7 @@ impl PoolShared {
 
     /// Releases our hold on a renewed block (it is freed: we were its one reference).
     fn release_renewed(&self, slot: u32, seg: u16, block: Block, h: &ArrayHeader) {
-        match h.refcount.release(slot, &self.tokens()) {
+        match h.refcount.release(slot, &self.tokens(), &self.processes()) {
             Ok(Released::Last) | Err(RefError::Orphaned) => self.free_array(seg, block, h),
             _ => {}
         }

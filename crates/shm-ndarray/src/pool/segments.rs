@@ -21,9 +21,9 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use shm_arena::{AllocError, Arena, ArenaOptions, Block, CreateError, OpenOptions};
-use shm_sync::Locked;
+use shm_sync::{LockError, Locked};
 
-use super::{growth_segment_name, CollectReport, PoolShared, ORD};
+use super::{growth_segment_name, root_segment_name, CollectReport, PoolShared, ORD};
 use crate::directory::{FLAG_TORN_DOWN, KIND_META, MAX_SEGMENTS};
 use crate::error::{ArrayError, HandleError, PoolError};
 use crate::header::{ArrayHeader, FIXED};
@@ -227,13 +227,20 @@ impl PoolShared {
     fn grow(&self, kind: u64, size: u64) -> Result<bool, PoolError> {
         let dir = self.dir();
         let h = dir.header();
-        let guard = match h.lock.lock() {
+        // Pool invariant 7: wait for processes of the pool only.
+        let guard = match h.lock.lock_among(&self.processes()) {
             Ok(Locked::Acquired(g)) => g,
             Ok(Locked::OwnerDied(mut g)) => {
                 // The directory's protected state is append-only: an entry past the count is
                 // ignored, so there is nothing to repair.
                 g.mark_consistent();
                 g
+            }
+            Err(LockError::Stranger { .. }) => {
+                return Err(PoolError::NotAPool {
+                    name: root_segment_name(&self.name),
+                    why: "its directory lock is held by a live process that is not registered in the pool",
+                })
             }
             Err(_) => {
                 h.lock.reset_poison();

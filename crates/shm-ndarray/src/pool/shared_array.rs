@@ -165,12 +165,13 @@ impl SharedArray {
     /// gone.
     pub fn handle(&self) -> Result<Handle, HandleError> {
         self.ensure_held()?;
-        let token = self
-            .local
-            .header()
-            .refcount
-            .send(&self.local.pool.tokens())
-            .map_err(|_| HandleError::Invalid("the pool's transfer token table is full; reclaim old tokens"))?;
+        let token =
+            self.local.header().refcount.send(&self.local.pool.tokens(), &self.local.pool.processes()).map_err(
+                |e| match e {
+                    shm_sync::RefError::Stranger { .. } => super::ref_to_handle(e),
+                    _ => HandleError::Invalid("the pool's transfer token table is full; reclaim old tokens"),
+                },
+            )?;
         Ok(self.handle_with(Some(token)))
     }
 

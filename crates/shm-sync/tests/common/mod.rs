@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use loom::sync::Arc;
-use shm_sync::{RefCount, TokenSlot, TokenTable};
+use shm_sync::{AnyProcess, RefCount, TokenSlot, TokenTable};
 
 /// Runs `f` under loom, with the preemption bound fixed at 2 unless `LOOM_MAX_PREEMPTIONS`
 /// sets one (xtask sets 2; see `LOOM_MAX_PREEMPTIONS` in `xtask/src/test.rs` for why).
@@ -30,7 +30,7 @@ pub(crate) fn fixture(holders: &[u32]) -> Arc<Fixture> {
     f.rc.init(7, holders[0]);
     let t = TokenTable::new(&f.slots);
     for h in &holders[1..] {
-        f.rc.acquire(*h, &t).unwrap();
+        f.rc.acquire(*h, &t, &AnyProcess).unwrap();
     }
     Arc::new(f)
 }
