@@ -56,6 +56,12 @@ create_exception!(
 );
 create_exception!(
     pyshm,
+    PoolCorruptError,
+    PyRuntimeError,
+    "The pool's shared memory breaks its protocol (e.g. a lock held by a live process that is not one of the pool's): written by a buggy or hostile process of the same user. Nothing was taken over; recreate the pool."
+);
+create_exception!(
+    pyshm,
     PoolOSError,
     PyOSError,
     "A system call on the pool's shared memory failed; `errno` is the call's error number when known."
@@ -207,6 +213,7 @@ fn handle_err(e: HandleError) -> PyErr {
     let msg = e.to_string();
     match e {
         HandleError::Stale => StaleHandleError::new_err(msg),
+        HandleError::Stranger { .. } => PoolCorruptError::new_err(msg),
         // A segment the pool does not have: the handle is corrupt (a pool that is gone fails
         // earlier, when it is opened by name).
         _ => InvalidHandleError::new_err(msg),
@@ -257,6 +264,7 @@ pub(crate) fn add_exceptions(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("PoolNotFoundError", py.get_type::<PoolNotFoundError>())?;
     m.add("PoolMemoryError", py.get_type::<PoolMemoryError>())?;
     m.add("PoolOSError", py.get_type::<PoolOSError>())?;
+    m.add("PoolCorruptError", py.get_type::<PoolCorruptError>())?;
     m.add("PoolPermissionError", pool_permission_error(py)?)?;
     Ok(())
 }

@@ -19,6 +19,7 @@ EXCEPTIONS = [
     ("StaleHandleError", ("the handle's array was freed",), None),
     ("PoolNotFoundError", (errno.ENOENT, "pool 'x' not found"), errno.ENOENT),
     ("PoolMemoryError", ("pool full: 10 bytes requested",), None),
+    ("PoolCorruptError", ("the pool is corrupt: a lock is held by live pid 1",), None),
     ("PoolOSError", (errno.EIO, "read failed"), errno.EIO),
     ("PoolOSError", ("no errno here",), None),
     ("PoolPermissionError", (errno.EACCES, "shm_open refused"), errno.EACCES),

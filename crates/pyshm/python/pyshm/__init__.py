@@ -25,6 +25,7 @@ them as ``pyshm.list`` and ``pyshm.map``.
 
 from ._native import (
     InvalidHandleError,
+    PoolCorruptError,
     PoolMemoryError,
     PoolNotFoundError,
     PoolOSError,
@@ -117,6 +118,7 @@ __all__ = [
     "ones_like",
     "Pool",
     "PayloadError",
+    "PoolCorruptError",
     "PoolMemoryError",
     "PoolNotFoundError",
     "PoolOSError",

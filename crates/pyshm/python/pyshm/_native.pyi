@@ -20,6 +20,9 @@ class PoolNotFoundError(FileNotFoundError):
 class PoolMemoryError(MemoryError):
     """The pool (or /dev/shm) has no room for the array."""
 
+class PoolCorruptError(RuntimeError):
+    """The pool's shared memory breaks its protocol (a lock held by a live non-member)."""
+
 class PoolOSError(OSError):
     """A system call on the pool's shared memory failed; ``errno`` is set when known."""
 
