@@ -14,7 +14,21 @@ shutdown behaviour), with these additions:
    exit, collects what they held, and drops the handles of calls no worker attached.
 4. A worker unpickles its task inside the task (not in multiprocessing's queue), so a task it
    cannot unpickle fails with :class:`~pyshm.PayloadError` and the worker lives on; the
-   handles that task carried are dropped.
+   handles that task carried are dropped. This holds for any exception the unpickling raises,
+   ``SystemExit`` and ``KeyboardInterrupt`` included.
+5. A worker exits within a moment of the death of the process that created the executor (its
+   owner; see ``_parentwatch``), busy or idle, under every start method. An idle worker leaves
+   its pools first, as at a normal exit; a busy one exits at once, and what it held is
+   reclaimed like a crashed process's (``collect()`` in a survivor, or ``clean`` once no member
+   of the pool lives). A worker's main thread holds ``_task_lock`` from the moment it starts
+   unpickling a task until that task's result is pickled, so the two never overlap.
+6. A dead worker never leaves ``shutdown`` hanging. The standard library's manager thread, once
+   shut down, sends one ``None`` per live worker and joins them all; a worker killed while it
+   held the call queue's read lock (an idle worker waits for a task holding it) keeps the others
+   from ever reading their ``None``, and a wake-up from ``shutdown`` can hide the death from the
+   manager (CPython 3.9-3.13). pyshm's manager thread guards that join: once a worker is found
+   dead with a non-zero exit code, the remaining workers are terminated (killed if they linger)
+   and what they held is collected.
 """
 
 from __future__ import annotations
@@ -23,10 +37,12 @@ import concurrent.futures
 import concurrent.futures.process as _stdlib
 import os
 import threading
+import time
 import weakref
 from typing import Any, Callable, Iterable, Iterator, Optional
 
-from . import _allocator, _core, _pools
+from . import _allocator, _core, _parentwatch, _pools
+from ._native import NativePool
 from ._transfer import Packed, Payload, PayloadError
 
 __all__ = ["DEFAULT_ALLOCATOR_MIN_BYTES", "ProcessPoolExecutor", "usable_cpus"]
@@ -45,11 +61,41 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+#: How long a terminated worker may take to die before it is killed (``shutdown``'s guard).
+TERMINATE_GRACE_SECONDS = 2.0
+
+#: The exit code of a worker that exits because its owner died.
+OWNER_DIED_EXIT_CODE = 1
+
+_task_lock = threading.Lock()
+"""Held by a worker's main thread while it runs a task (invariant 5)."""
+
+
+def _owner_died() -> None:
+    """Runs in a worker's watch thread once the executor's owner is dead (invariant 5): leave
+    the pools if no task runs, then exit."""
+    if _task_lock.acquire(blocking=False):  # kept: no task may start now
+        for native in NativePool.open_pools():  # as at a normal exit (``_pools``, invariant 1)
+            try:
+                native.leave()
+            except BaseException:  # best effort: a survivor's collect() or clean does the rest
+                pass
+    os._exit(OWNER_DIED_EXIT_CODE)
+
+
 def _init_worker(
-    pool: str, min_bytes: Optional[int], initializer: Optional[Callable[..., Any]], initargs: tuple
+    pool: str,
+    min_bytes: Optional[int],
+    initializer: Optional[Callable[..., Any]],
+    initargs: tuple,
+    owner: Optional[_parentwatch.Owner] = None,
 ) -> None:
-    """Runs first in every worker: join the caller's pool as the default, install the
-    allocator, then the user's initializer."""
+    """Runs first in every worker: watch the owner, join the caller's pool as the default,
+    install the allocator, then the user's initializer."""
+    global _task_lock
+    _task_lock = threading.Lock()  # a forked worker may inherit one its parent held
+    if owner is not None:
+        _parentwatch.watch(owner, _owner_died)
     native = _pools.pool_named(pool)
     _pools.adopt_default(native)
     if min_bytes is not None:
@@ -61,9 +107,62 @@ def _init_worker(
 def _run_task(task: Packed) -> Payload:
     """Runs in a worker: the call (unpickled from its payload here, so that a task that cannot
     be unpickled fails with :class:`PayloadError` instead of killing the worker), its result as
-    a payload (``compact``: a small view of a large temporary is copied, not sent whole)."""
-    fn, args, kwargs = task.load()
-    return Payload(fn(*args, **kwargs), compact=True)
+    a payload (``compact``: a small view of a large temporary is copied, not sent whole),
+    pickled here, under ``_task_lock`` (invariant 5)."""
+    with _task_lock:
+        try:
+            fn, args, kwargs = task.load()
+        except PayloadError:
+            raise
+        except BaseException as e:  # SystemExit, KeyboardInterrupt, ... from a __reduce__ callable
+            raise PayloadError(f"the worker could not unpickle its task: {type(e).__name__}: {e}") from e
+        return Payload(fn(*args, **kwargs), compact=True).freeze()
+
+
+class _ManagerThread(_stdlib._ExecutorManagerThread):
+    """The standard library's manager thread, whose final join cannot hang on a dead worker
+    (invariant 6)."""
+
+    def join_executor_internals(self) -> None:
+        done = threading.Event()
+        terminated: list[bool] = []
+        guard = threading.Thread(
+            target=_guard_join, args=(self.processes, done, terminated), name="pyshm-join-guard", daemon=True
+        )
+        guard.start()
+        try:
+            super().join_executor_internals()
+        finally:
+            done.set()
+            guard.join()
+        if terminated:  # what the terminated workers held
+            try:
+                _core.collect()
+            except Exception:  # the pool is closed already (interpreter exit)
+                pass
+
+
+def _guard_join(processes: dict, done: threading.Event, terminated: list) -> None:
+    """While the manager joins the workers: if one of them died (a non-zero exit code), the
+    others may never get their ``None``; terminate them, and kill those that linger."""
+    while not done.wait(0.05):
+        try:
+            workers = list(processes.values())
+        except RuntimeError:  # changed while copied: look again
+            continue
+        if not any(p.exitcode not in (None, 0) for p in workers):
+            continue
+        terminated.append(True)
+        for p in workers:
+            if p.exitcode is None:
+                p.terminate()
+        deadline = time.monotonic() + TERMINATE_GRACE_SECONDS
+        while not done.wait(0.05) and time.monotonic() < deadline:
+            pass
+        for p in workers:
+            if p.exitcode is None:
+                p.kill()
+        return
 
 
 def _after(executor: "weakref.ref[ProcessPoolExecutor]", future: concurrent.futures.Future, payload: Payload) -> None:
@@ -111,7 +210,11 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
         pool = _core.default_pool().name
         extra = {} if max_tasks_per_child is None else {"max_tasks_per_child": max_tasks_per_child}
         super().__init__(
-            max_workers, mp_context, _init_worker, (pool, allocator_min_bytes, initializer, tuple(initargs)), **extra
+            max_workers,
+            mp_context,
+            _init_worker,
+            (pool, allocator_min_bytes, initializer, tuple(initargs), _parentwatch.owner()),
+            **extra,
         )
         self._pyshm_broken_lock = threading.Lock()
         self._pyshm_reclaim_state: Optional[str] = None  # None, "waiting", "done"
@@ -126,6 +229,15 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
         return future
 
     submit.__doc__ = concurrent.futures.ProcessPoolExecutor.submit.__doc__
+
+    def _start_executor_manager_thread(self) -> None:
+        # The standard library's (identical in CPython 3.9-3.13), with pyshm's manager thread.
+        if self._executor_manager_thread is None:
+            if not self._safe_to_dynamically_spawn_children:  # fork: start the workers first
+                self._launch_processes()
+            self._executor_manager_thread = _ManagerThread(self)
+            self._executor_manager_thread.start()
+            _stdlib._threads_wakeups[self._executor_manager_thread] = self._executor_manager_thread_wakeup
 
     def map(
         self,
