@@ -201,3 +201,18 @@ def rendezvous(flags, i: int, then_sleep: float) -> int:
         time.sleep(0.005)
     time.sleep(then_sleep)
     return os.getpid()
+
+
+def die_mid_result() -> None:
+    """Die by SIGKILL in the middle of sending a result: holding the result queue's write lock,
+    after a length header announcing 1 MiB that never comes."""
+    import struct
+    import sys
+
+    frame = sys._getframe(1)
+    while frame is not None and "result_queue" not in frame.f_locals:
+        frame = frame.f_back
+    results = frame.f_locals["result_queue"]  # the standard library's worker loop
+    results._wlock.acquire()
+    os.write(results._writer.fileno(), struct.pack("!i", 1 << 20))
+    os.kill(os.getpid(), signal.SIGKILL)

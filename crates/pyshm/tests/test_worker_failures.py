@@ -160,3 +160,43 @@ def test_shutdown_never_hangs_after_an_idle_worker_was_killed():
         pytest.fail(f"shutdown hung after {done} of {trials} trials")
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[-1] == "done"
+
+
+MID_RESULT = textwrap.dedent(
+    """
+    import sys
+    import multiprocessing as mp
+    from concurrent.futures.process import BrokenProcessPool
+    import pyshm
+    import frontend_workers as fw
+
+    ex = pyshm.ProcessPoolExecutor(2, mp_context=mp.get_context(sys.argv[1]))
+    print("pids", *[ex.submit(fw.pid).result() for _ in range(4)], flush=True)
+    running = ex.submit(fw.sleep_then, 1.0, 1)
+    doomed = ex.submit(fw.die_mid_result)
+    for f in (doomed, running):
+        try:
+            f.result()
+        except BrokenProcessPool:
+            print("broken", flush=True)
+    ex.shutdown(wait=True)
+    print("done", flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_worker_killed_while_sending_its_result_breaks_the_pool(method):
+    # The manager thread reads the result pipe: a message that stops after its length header
+    # (the writer died) would keep it reading forever, every other worker blocked on the write
+    # lock the dead one held, and every future pending.
+    try:
+        out = subprocess.run([PYTHON, "-c", MID_RESULT, method], capture_output=True, text=True, timeout=60, env=_env())
+    except subprocess.TimeoutExpired as e:  # the watchdog
+        lines = [ln.split() for ln in (e.stdout or b"").decode().splitlines()]
+        for pid in {int(p) for ln in lines if ln[0] == "pids" for p in ln[1:]}:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        pytest.fail(f"result() or shutdown hung after a worker died mid-result: {lines}")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-3:] == ["broken", "broken", "done"], out.stdout

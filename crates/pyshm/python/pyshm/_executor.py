@@ -26,15 +26,20 @@ shutdown behaviour), with these additions:
    shut down, sends one ``None`` per live worker and joins them all; a worker killed while it
    held the call queue's read lock (an idle worker waits for a task holding it) keeps the others
    from ever reading their ``None``, and a wake-up from ``shutdown`` can hide the death from the
-   manager (CPython 3.9-3.13). pyshm's manager thread guards that join: once a worker is found
-   dead with a non-zero exit code, the remaining workers are terminated (killed if they linger)
-   and what they held is collected.
+   manager (CPython 3.9-3.13); a worker killed in the middle of sending its result leaves the
+   manager reading a message that never ends, every future pending. So a guard thread watches
+   each manager thread: once a worker is dead with a non-zero exit code, the manager must break
+   the pool (or finish its shutdown) within ``STALL_GRACE_SECONDS``, or the remaining workers
+   are terminated and this process's write end of the result pipe is closed; the manager then
+   reads EOF and breaks the pool (``BrokenProcessPool`` for every pending future), its joins
+   return, and what the workers held is collected.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import concurrent.futures.process as _stdlib
+import multiprocessing.connection
 import os
 import threading
 import time
@@ -61,8 +66,15 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-#: How long a terminated worker may take to die before it is killed (``shutdown``'s guard).
+#: After a worker died, how long the manager thread may take to break the pool or finish its
+#: shutdown before pyshm unsticks it (invariant 6).
+STALL_GRACE_SECONDS = 1.0
+
+#: How long a terminated worker may take to die before it is killed (invariant 6).
 TERMINATE_GRACE_SECONDS = 2.0
+
+#: How often the stall guard looks for workers started since it last looked.
+GUARD_POLL_SECONDS = 0.5
 
 #: The exit code of a worker that exits because its owner died.
 OWNER_DIED_EXIT_CODE = 1
@@ -120,48 +132,57 @@ def _run_task(task: Packed) -> Payload:
 
 
 class _ManagerThread(_stdlib._ExecutorManagerThread):
-    """The standard library's manager thread, whose final join cannot hang on a dead worker
-    (invariant 6)."""
+    """The standard library's manager thread, watched by a pyshm-stall-guard thread that
+    unsticks it when a worker's death left it waiting forever (invariant 6)."""
 
-    def join_executor_internals(self) -> None:
-        done = threading.Event()
-        terminated: list[bool] = []
-        guard = threading.Thread(
-            target=_guard_join, args=(self.processes, done, terminated), name="pyshm-join-guard", daemon=True
-        )
+    def __init__(self, executor: "ProcessPoolExecutor") -> None:
+        super().__init__(executor)
+        self.pipe_lock = executor._pyshm_pipe_lock
+
+    def start(self) -> None:
+        super().start()
+        guard = threading.Thread(target=_guard_manager, args=(self,), name="pyshm-stall-guard", daemon=True)
         guard.start()
-        try:
-            super().join_executor_internals()
-        finally:
-            done.set()
-            guard.join()
-        if terminated:  # what the terminated workers held
-            try:
-                _core.collect()
-            except Exception:  # the pool is closed already (interpreter exit)
-                pass
 
 
-def _guard_join(processes: dict, done: threading.Event, terminated: list) -> None:
-    """While the manager joins the workers: if one of them died (a non-zero exit code), the
-    others may never get their ``None``; terminate them, and kill those that linger."""
-    while not done.wait(0.05):
+def _guard_manager(manager: _ManagerThread) -> None:
+    """Runs beside a manager thread, until it ends. Once a worker has died with a non-zero exit
+    code, the manager must break the pool (or finish its shutdown) and end within
+    ``STALL_GRACE_SECONDS``; if it does not, it waits on something the dead worker held: the
+    remaining workers are terminated (killed if they linger), and if the manager still waits,
+    this process's write end of the result pipe is closed, so that its read ends (EOF)."""
+    while manager.is_alive():
         try:
-            workers = list(processes.values())
+            workers = list(manager.processes.values())
         except RuntimeError:  # changed while copied: look again
             continue
         if not any(p.exitcode not in (None, 0) for p in workers):
+            sentinels = [p.sentinel for p in workers if p.exitcode is None]
+            try:
+                multiprocessing.connection.wait(sentinels, timeout=GUARD_POLL_SECONDS)
+            except (OSError, ValueError):  # a worker's sentinel closed meanwhile
+                time.sleep(GUARD_POLL_SECONDS)
             continue
-        terminated.append(True)
+        manager.join(STALL_GRACE_SECONDS)
+        if not manager.is_alive():
+            return
         for p in workers:
             if p.exitcode is None:
                 p.terminate()
         deadline = time.monotonic() + TERMINATE_GRACE_SECONDS
-        while not done.wait(0.05) and time.monotonic() < deadline:
-            pass
         for p in workers:
+            p.join(max(0.0, deadline - time.monotonic()))
             if p.exitcode is None:
                 p.kill()
+        manager.join(STALL_GRACE_SECONDS)
+        with manager.pipe_lock:  # shutdown() closes the pipe only after the manager ended
+            if manager.is_alive():  # reading a message whose writer died
+                manager.result_queue._writer.close()
+        manager.join()
+        try:
+            _core.collect()  # what the terminated workers held
+        except Exception:  # the pool is closed already (interpreter exit)
+            pass
         return
 
 
@@ -217,6 +238,7 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
             **extra,
         )
         self._pyshm_broken_lock = threading.Lock()
+        self._pyshm_pipe_lock = threading.Lock()  # invariant 6
         self._pyshm_reclaim_state: Optional[str] = None  # None, "waiting", "done"
         self._pyshm_to_release: list[Payload] = []
 
@@ -229,6 +251,28 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
         return future
 
     submit.__doc__ = concurrent.futures.ProcessPoolExecutor.submit.__doc__
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        # The standard library's (identical in CPython 3.9-3.13), except that the result pipe
+        # is closed under `_pyshm_pipe_lock`, never at the same time as the stall guard closes
+        # its write end (invariant 6).
+        with self._shutdown_lock:
+            self._cancel_pending_futures = cancel_futures
+            self._shutdown_thread = True
+            if self._executor_manager_thread_wakeup is not None:
+                self._executor_manager_thread_wakeup.wakeup()
+        if self._executor_manager_thread is not None and wait:
+            self._executor_manager_thread.join()
+        self._executor_manager_thread = None
+        self._call_queue = None
+        if self._result_queue is not None and wait:
+            with self._pyshm_pipe_lock:
+                self._result_queue.close()
+        self._result_queue = None
+        self._processes = None
+        self._executor_manager_thread_wakeup = None
+
+    shutdown.__doc__ = concurrent.futures.ProcessPoolExecutor.shutdown.__doc__
 
     def _start_executor_manager_thread(self) -> None:
         # The standard library's (identical in CPython 3.9-3.13), with pyshm's manager thread.
