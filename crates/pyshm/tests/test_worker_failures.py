@@ -94,7 +94,8 @@ def _env() -> dict:
 def test_workers_exit_when_their_owner_is_killed_and_clean_removes_the_pool(method, kind, state):
     # stderr goes to a file: workers that outlive the owner would hold a pipe open.
     with tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen([PYTHON, "-c", OWNER, method, kind, state], stdout=subprocess.PIPE, stderr=err, text=True, env=_env())
+        args = [PYTHON, "-c", OWNER, method, kind, state]
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, text=True, env=_env())
         try:
             line = _first_line(proc, timeout=120)
         finally:
