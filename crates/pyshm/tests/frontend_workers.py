@@ -162,3 +162,57 @@ def with_lock():
 
 def top5(n: int):
     return np.sort(np.random.default_rng(n).random(1_000_000))[-5:]
+
+
+def exit_outside(pid: int):
+    """Raises ``SystemExit`` in any process but ``pid``."""
+    if os.getpid() != pid:
+        raise SystemExit(3)
+    return None
+
+
+class ExitsWhenLoaded:
+    """Pickles fine; unpickling it in another process raises ``SystemExit``."""
+
+    def __reduce__(self):
+        return (exit_outside, (os.getpid(),))
+
+
+def interrupt_outside(pid: int):
+    """Raises ``KeyboardInterrupt`` in any process but ``pid``."""
+    if os.getpid() != pid:
+        raise KeyboardInterrupt
+    return None
+
+
+class InterruptsWhenLoaded:
+    """Pickles fine; unpickling it in another process raises ``KeyboardInterrupt``."""
+
+    def __reduce__(self):
+        return (interrupt_outside, (os.getpid(),))
+
+
+def rendezvous(flags, i: int, then_sleep: float) -> int:
+    """Mark ``flags[i]``, wait (bounded) until every flag is marked, so that each call runs in a
+    worker of its own, then sleep ``then_sleep`` seconds. Returns the worker's pid."""
+    flags[i] = 1
+    deadline = time.monotonic() + 60
+    while not flags.all() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(then_sleep)
+    return os.getpid()
+
+
+def die_mid_result() -> None:
+    """Die by SIGKILL in the middle of sending a result: holding the result queue's write lock,
+    after a length header announcing 1 MiB that never comes."""
+    import struct
+    import sys
+
+    frame = sys._getframe(1)
+    while frame is not None and "result_queue" not in frame.f_locals:
+        frame = frame.f_back
+    results = frame.f_locals["result_queue"]  # the standard library's worker loop
+    results._wlock.acquire()
+    os.write(results._writer.fileno(), struct.pack("!i", 1 << 20))
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -185,6 +185,19 @@ def test_failures_to_pickle_or_unpickle_leak_nothing_and_keep_the_worker(ctx):
     assert _settled_arrays(pool, before) == before
 
 
+def test_a_task_whose_unpickling_raises_system_exit_fails_with_payload_error(ctx):
+    pool = pyshm.default_pool()
+    gc.collect()
+    before = pool.stats().arrays
+    with pyshm.ProcessPoolExecutor(1, mp_context=ctx) as ex:
+        worker = ex.submit(fw.pid).result()
+        for bad, name in ((fw.ExitsWhenLoaded(), "SystemExit"), (fw.InterruptsWhenLoaded(), "KeyboardInterrupt")):
+            with pytest.raises(pyshm.PayloadError, match=f"could not unpickle its task: {name}"):
+                ex.submit(fw.report, np.ones(100_000), bad).result()
+        assert ex.submit(fw.pid).result() == worker  # the worker lives on
+    assert _settled_arrays(pool, before) == before  # the handles the tasks carried are dropped
+
+
 def test_small_views_of_large_results_do_not_pin_their_block(ctx):
     with pyshm.ProcessPoolExecutor(1, mp_context=ctx) as ex:
         r = ex.submit(fw.top5, 1).result()

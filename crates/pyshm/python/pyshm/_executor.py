@@ -14,19 +14,40 @@ shutdown behaviour), with these additions:
    exit, collects what they held, and drops the handles of calls no worker attached.
 4. A worker unpickles its task inside the task (not in multiprocessing's queue), so a task it
    cannot unpickle fails with :class:`~pyshm.PayloadError` and the worker lives on; the
-   handles that task carried are dropped.
+   handles that task carried are dropped. This holds for any exception the unpickling raises,
+   ``SystemExit`` and ``KeyboardInterrupt`` included.
+5. A worker exits within a moment of the death of the process that created the executor (its
+   owner; see ``_parentwatch``), busy or idle, under every start method. An idle worker leaves
+   its pools first, as at a normal exit; a busy one exits at once, and what it held is
+   reclaimed like a crashed process's (``collect()`` in a survivor, or ``clean`` once no member
+   of the pool lives). A worker's main thread holds ``_task_lock`` from the moment it starts
+   unpickling a task until that task's result is pickled, so the two never overlap.
+6. A dead worker never leaves ``shutdown`` hanging. The standard library's manager thread, once
+   shut down, sends one ``None`` per live worker and joins them all; a worker killed while it
+   held the call queue's read lock (an idle worker waits for a task holding it) keeps the others
+   from ever reading their ``None``, and a wake-up from ``shutdown`` can hide the death from the
+   manager (CPython 3.9-3.13); a worker killed in the middle of sending its result leaves the
+   manager reading a message that never ends, every future pending. So a guard thread watches
+   each manager thread: once a worker is dead with a non-zero exit code, the manager must break
+   the pool (or finish its shutdown) within ``STALL_GRACE_SECONDS``, or the remaining workers
+   are terminated and this process's write end of the result pipe is closed; the manager then
+   reads EOF and breaks the pool (``BrokenProcessPool`` for every pending future), its joins
+   return, and what the workers held is collected.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import concurrent.futures.process as _stdlib
+import multiprocessing.connection
 import os
 import threading
+import time
 import weakref
 from typing import Any, Callable, Iterable, Iterator, Optional
 
-from . import _allocator, _core, _pools
+from . import _allocator, _core, _parentwatch, _pools
+from ._native import NativePool
 from ._transfer import Packed, Payload, PayloadError
 
 __all__ = ["DEFAULT_ALLOCATOR_MIN_BYTES", "ProcessPoolExecutor", "usable_cpus"]
@@ -45,11 +66,48 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+#: After a worker died, how long the manager thread may take to break the pool or finish its
+#: shutdown before pyshm unsticks it (invariant 6).
+STALL_GRACE_SECONDS = 1.0
+
+#: How long a terminated worker may take to die before it is killed (invariant 6).
+TERMINATE_GRACE_SECONDS = 2.0
+
+#: How often the stall guard looks for workers started since it last looked.
+GUARD_POLL_SECONDS = 0.5
+
+#: The exit code of a worker that exits because its owner died.
+OWNER_DIED_EXIT_CODE = 1
+
+_task_lock = threading.Lock()
+"""Held by a worker's main thread while it runs a task (invariant 5)."""
+
+
+def _owner_died() -> None:
+    """Runs in a worker's watch thread once the executor's owner is dead (invariant 5): leave
+    the pools if no task runs, then exit."""
+    if _task_lock.acquire(blocking=False):  # kept: no task may start now
+        for native in NativePool.open_pools():  # as at a normal exit (``_pools``, invariant 1)
+            try:
+                native.leave()
+            except BaseException:  # best effort: a survivor's collect() or clean does the rest
+                pass
+    os._exit(OWNER_DIED_EXIT_CODE)
+
+
 def _init_worker(
-    pool: str, min_bytes: Optional[int], initializer: Optional[Callable[..., Any]], initargs: tuple
+    pool: str,
+    min_bytes: Optional[int],
+    initializer: Optional[Callable[..., Any]],
+    initargs: tuple,
+    owner: Optional[_parentwatch.Owner] = None,
 ) -> None:
-    """Runs first in every worker: join the caller's pool as the default, install the
-    allocator, then the user's initializer."""
+    """Runs first in every worker: watch the owner, join the caller's pool as the default,
+    install the allocator, then the user's initializer."""
+    global _task_lock
+    _task_lock = threading.Lock()  # a forked worker may inherit one its parent held
+    if owner is not None:
+        _parentwatch.watch(owner, _owner_died)
     native = _pools.pool_named(pool)
     _pools.adopt_default(native)
     if min_bytes is not None:
@@ -61,9 +119,71 @@ def _init_worker(
 def _run_task(task: Packed) -> Payload:
     """Runs in a worker: the call (unpickled from its payload here, so that a task that cannot
     be unpickled fails with :class:`PayloadError` instead of killing the worker), its result as
-    a payload (``compact``: a small view of a large temporary is copied, not sent whole)."""
-    fn, args, kwargs = task.load()
-    return Payload(fn(*args, **kwargs), compact=True)
+    a payload (``compact``: a small view of a large temporary is copied, not sent whole),
+    pickled here, under ``_task_lock`` (invariant 5)."""
+    with _task_lock:
+        try:
+            fn, args, kwargs = task.load()
+        except PayloadError:
+            raise
+        except BaseException as e:  # SystemExit, KeyboardInterrupt, ... from a __reduce__ callable
+            raise PayloadError(f"the worker could not unpickle its task: {type(e).__name__}: {e}") from e
+        return Payload(fn(*args, **kwargs), compact=True).freeze()
+
+
+class _ManagerThread(_stdlib._ExecutorManagerThread):
+    """The standard library's manager thread, watched by a pyshm-stall-guard thread that
+    unsticks it when a worker's death left it waiting forever (invariant 6)."""
+
+    def __init__(self, executor: "ProcessPoolExecutor") -> None:
+        super().__init__(executor)
+        self.pipe_lock = executor._pyshm_pipe_lock
+
+    def start(self) -> None:
+        super().start()
+        guard = threading.Thread(target=_guard_manager, args=(self,), name="pyshm-stall-guard", daemon=True)
+        guard.start()
+
+
+def _guard_manager(manager: _ManagerThread) -> None:
+    """Runs beside a manager thread, until it ends. Once a worker has died with a non-zero exit
+    code, the manager must break the pool (or finish its shutdown) and end within
+    ``STALL_GRACE_SECONDS``; if it does not, it waits on something the dead worker held: the
+    remaining workers are terminated (killed if they linger), and if the manager still waits,
+    this process's write end of the result pipe is closed, so that its read ends (EOF)."""
+    while manager.is_alive():
+        try:
+            workers = list(manager.processes.values())
+        except RuntimeError:  # changed while copied: look again
+            continue
+        if not any(p.exitcode not in (None, 0) for p in workers):
+            sentinels = [p.sentinel for p in workers if p.exitcode is None]
+            try:
+                multiprocessing.connection.wait(sentinels, timeout=GUARD_POLL_SECONDS)
+            except (OSError, ValueError):  # a worker's sentinel closed meanwhile
+                time.sleep(GUARD_POLL_SECONDS)
+            continue
+        manager.join(STALL_GRACE_SECONDS)
+        if not manager.is_alive():
+            return
+        for p in workers:
+            if p.exitcode is None:
+                p.terminate()
+        deadline = time.monotonic() + TERMINATE_GRACE_SECONDS
+        for p in workers:
+            p.join(max(0.0, deadline - time.monotonic()))
+            if p.exitcode is None:
+                p.kill()
+        manager.join(STALL_GRACE_SECONDS)
+        with manager.pipe_lock:  # shutdown() closes the pipe only after the manager ended
+            if manager.is_alive():  # reading a message whose writer died
+                manager.result_queue._writer.close()
+        manager.join()
+        try:
+            _core.collect()  # what the terminated workers held
+        except Exception:  # the pool is closed already (interpreter exit)
+            pass
+        return
 
 
 def _after(executor: "weakref.ref[ProcessPoolExecutor]", future: concurrent.futures.Future, payload: Payload) -> None:
@@ -111,9 +231,14 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
         pool = _core.default_pool().name
         extra = {} if max_tasks_per_child is None else {"max_tasks_per_child": max_tasks_per_child}
         super().__init__(
-            max_workers, mp_context, _init_worker, (pool, allocator_min_bytes, initializer, tuple(initargs)), **extra
+            max_workers,
+            mp_context,
+            _init_worker,
+            (pool, allocator_min_bytes, initializer, tuple(initargs), _parentwatch.owner()),
+            **extra,
         )
         self._pyshm_broken_lock = threading.Lock()
+        self._pyshm_pipe_lock = threading.Lock()  # invariant 6
         self._pyshm_reclaim_state: Optional[str] = None  # None, "waiting", "done"
         self._pyshm_to_release: list[Payload] = []
 
@@ -126,6 +251,37 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
         return future
 
     submit.__doc__ = concurrent.futures.ProcessPoolExecutor.submit.__doc__
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        # The standard library's (identical in CPython 3.9-3.13), except that the result pipe
+        # is closed under `_pyshm_pipe_lock`, never at the same time as the stall guard closes
+        # its write end (invariant 6).
+        with self._shutdown_lock:
+            self._cancel_pending_futures = cancel_futures
+            self._shutdown_thread = True
+            if self._executor_manager_thread_wakeup is not None:
+                self._executor_manager_thread_wakeup.wakeup()
+        if self._executor_manager_thread is not None and wait:
+            self._executor_manager_thread.join()
+        self._executor_manager_thread = None
+        self._call_queue = None
+        if self._result_queue is not None and wait:
+            with self._pyshm_pipe_lock:
+                self._result_queue.close()
+        self._result_queue = None
+        self._processes = None
+        self._executor_manager_thread_wakeup = None
+
+    shutdown.__doc__ = concurrent.futures.ProcessPoolExecutor.shutdown.__doc__
+
+    def _start_executor_manager_thread(self) -> None:
+        # The standard library's (identical in CPython 3.9-3.13), with pyshm's manager thread.
+        if self._executor_manager_thread is None:
+            if not self._safe_to_dynamically_spawn_children:  # fork: start the workers first
+                self._launch_processes()
+            self._executor_manager_thread = _ManagerThread(self)
+            self._executor_manager_thread.start()
+            _stdlib._threads_wakeups[self._executor_manager_thread] = self._executor_manager_thread_wakeup
 
     def map(
         self,

@@ -1,0 +1,203 @@
+"""Dead owners, dead workers: pyshm's workers never outlive the process that started them, and
+a dead worker never leaves the executor hanging (issue 13, items 4 and 8)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+
+import pytest
+
+from conftest import METHODS, shm_entries
+
+PYTHON = sys.executable
+TESTS = os.path.dirname(os.path.abspath(__file__))
+
+# A parent that starts two workers (an executor's or a ProcessContext's), leaves them idle or
+# busy in a long task, prints its pool's name and the workers' pids, and waits to be killed.
+OWNER = textwrap.dedent(
+    """
+    import sys, threading, time
+    import multiprocessing as mp
+    import numpy as np
+    import pyshm
+    import frontend_workers as fw
+
+    def main(method, kind, state):
+        then_sleep = 600.0 if state == "busy" else 0.0
+        flags = pyshm.zeros(2, dtype=np.int8)
+        held = pyshm.ones(1000)  # something of the parent's in the pool
+        if kind == "executor":
+            ex = pyshm.ProcessPoolExecutor(2, mp_context=mp.get_context(method))
+            futures = [ex.submit(fw.rendezvous, flags, i, then_sleep) for i in range(2)]
+            if state == "idle":
+                for f in futures:
+                    f.result(timeout=60)
+            get = lambda: ex
+        else:
+            pc = pyshm.ProcessContext(2, method)
+
+            def kernel(worker_id, index, value):
+                fw.rendezvous(flags, worker_id, then_sleep)
+
+            t = threading.Thread(target=pc.map, args=(kernel, 2), daemon=True)
+            t.start()
+            if state == "idle":
+                t.join(60)
+            get = lambda: pc._executor
+        deadline = time.monotonic() + 60
+        while not flags.all() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        pids = list(get()._processes)
+        print(pyshm.default_pool().name, *pids, flush=True)
+        time.sleep(600)
+
+    main(*sys.argv[1:])
+    """
+)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not: an orphan is reaped by whoever adopted it)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rpartition(b")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")
+
+
+def _first_line(proc: subprocess.Popen, timeout: float) -> str:
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    return got[0] if got else ""
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env.pop("PYSHM_POOL", None)  # a pool of the owner's own, whose files we then look for
+    env["PYTHONPATH"] = os.pathsep.join([TESTS] + [p for p in [env.get("PYTHONPATH")] if p])
+    return env
+
+
+@pytest.mark.parametrize("state", ["idle", "busy"])
+@pytest.mark.parametrize("kind", ["executor", "context"])
+@pytest.mark.parametrize("method", METHODS)
+def test_workers_exit_when_their_owner_is_killed_and_clean_removes_the_pool(method, kind, state):
+    # stderr goes to a file: workers that outlive the owner would hold a pipe open.
+    with tempfile.TemporaryFile("w+") as err:
+        args = [PYTHON, "-c", OWNER, method, kind, state]
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, text=True, env=_env())
+        try:
+            line = _first_line(proc, timeout=120)
+        finally:
+            proc.kill()  # SIGKILL: no exit handler of the owner runs
+            proc.wait(60)
+            proc.stdout.close()
+        err.seek(0)
+        assert line, f"the owner never reported its workers: {err.read()}"
+    name, *pids = line.split()
+    workers = [int(p) for p in pids]
+    assert len(workers) == 2, line
+    # Within 2 s of the owner's death (the issue allows 1 s to exit; the rest is for a loaded CI).
+    deadline = time.monotonic() + 2.0
+    while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    left = [p for p in workers if _alive(p)]
+    for p in left:  # never leave them behind, even when failing
+        os.kill(p, signal.SIGKILL)
+    assert not left, f"workers {left} outlived their owner ({method}, {kind}, {state})"
+    clean = subprocess.run([PYTHON, "-m", "pyshm", "clean"], capture_output=True, text=True, timeout=60)
+    assert clean.returncode == 0, clean.stderr
+    assert not [e for e in shm_entries() if e.startswith(f"pyshm-{name}")], clean.stdout
+
+
+# Two idle workers; kill one and shut down at once. The killed one may have held the call
+# queue's read lock (one idle worker always waits holding it), and shutdown's wake-up may hide
+# the death from the manager thread: CPython's executor then waits forever for the others.
+SHUTDOWN_RACE = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    import multiprocessing as mp
+    import numpy as np
+    import pyshm
+    import frontend_workers as fw
+
+    ctx = mp.get_context(sys.argv[1])
+    for trial in range(int(sys.argv[2])):
+        ex = pyshm.ProcessPoolExecutor(2, mp_context=ctx)
+        flags = pyshm.zeros(2, dtype=np.int8)
+        pids = [f.result(timeout=60) for f in [ex.submit(fw.rendezvous, flags, i, 0.0) for i in range(2)]]
+        print("pids", *pids, flush=True)
+        time.sleep(0.02)  # both idle: one holds the call queue's read lock, the other waits for it
+        os.kill(pids[trial % 2], signal.SIGKILL)
+        ex.shutdown(wait=True)
+        print("trial", trial, flush=True)
+    print("done", flush=True)
+    """
+)
+
+
+def test_shutdown_never_hangs_after_an_idle_worker_was_killed():
+    trials = 30
+    try:
+        out = subprocess.run(
+            [PYTHON, "-c", SHUTDOWN_RACE, "fork", str(trials)], capture_output=True, text=True, timeout=120, env=_env()
+        )
+    except subprocess.TimeoutExpired as e:  # the watchdog
+        lines = [ln.split() for ln in (e.stdout or b"").decode().splitlines()]
+        for pid in [int(p) for ln in lines if ln[0] == "pids" for p in ln[1:]]:
+            if _alive(pid):  # the hung executor's other worker
+                os.kill(pid, signal.SIGKILL)
+        done = sum(ln[0] == "trial" for ln in lines)
+        pytest.fail(f"shutdown hung after {done} of {trials} trials")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-1] == "done"
+
+
+MID_RESULT = textwrap.dedent(
+    """
+    import sys
+    import multiprocessing as mp
+    from concurrent.futures.process import BrokenProcessPool
+    import pyshm
+    import frontend_workers as fw
+
+    ex = pyshm.ProcessPoolExecutor(2, mp_context=mp.get_context(sys.argv[1]))
+    print("pids", *[ex.submit(fw.pid).result() for _ in range(4)], flush=True)
+    running = ex.submit(fw.sleep_then, 1.0, 1)
+    doomed = ex.submit(fw.die_mid_result)
+    for f in (doomed, running):
+        try:
+            f.result()
+        except BrokenProcessPool:
+            print("broken", flush=True)
+    ex.shutdown(wait=True)
+    print("done", flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_worker_killed_while_sending_its_result_breaks_the_pool(method):
+    # The manager thread reads the result pipe: a message that stops after its length header
+    # (the writer died) would keep it reading forever, every other worker blocked on the write
+    # lock the dead one held, and every future pending.
+    try:
+        out = subprocess.run([PYTHON, "-c", MID_RESULT, method], capture_output=True, text=True, timeout=60, env=_env())
+    except subprocess.TimeoutExpired as e:  # the watchdog
+        lines = [ln.split() for ln in (e.stdout or b"").decode().splitlines()]
+        for pid in {int(p) for ln in lines if ln[0] == "pids" for p in ln[1:]}:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        pytest.fail(f"result() or shutdown hung after a worker died mid-result: {lines}")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-3:] == ["broken", "broken", "done"], out.stdout
