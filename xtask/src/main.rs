@@ -1,7 +1,8 @@
 //! `cargo xtask <command>`: the project's automation, in plain Rust with no dependencies.
 //!
 //! 1. Two commands are all a newcomer needs: `demo` shows the project working, `test` runs
-//!    everything CI checks (`.ci/run` is `cargo xtask test` and nothing else).
+//!    everything CI checks (`.ci/run` is `cargo xtask test` and nothing else); `wheel` builds
+//!    the files a user installs.
 //! 2. Commands install what they need (rustfmt, clippy, cargo-fuzz, a Python virtual
 //!    environment in `.venv`) instead of asking the reader to.
 //! 3. Every program runs from the workspace root and is announced as `==> <command line>`, so any
@@ -18,6 +19,7 @@ mod fuzz;
 mod python;
 mod test;
 mod util;
+mod wheel;
 
 use std::env;
 use std::process::ExitCode;
@@ -32,6 +34,7 @@ commands:
   test [--no-loom] [--no-python]  everything CI checks (fmt, clippy, tests, loom, Python, leaks)
   fuzz [--time SECS] [TARGET]     run each fuzz target, or only TARGET, for SECS s (default 60)
   bench                           criterion benchmarks, throughput harness, Python benchmarks
+  wheel                           build and check the abi3 manylinux wheel and the sdist
   help                            this text
 ";
 
@@ -42,6 +45,7 @@ enum Command {
     Test(test::Options),
     Fuzz(fuzz::Options),
     Bench,
+    Wheel,
     Help,
 }
 
@@ -58,6 +62,7 @@ fn parse(args: &[String]) -> Result<Command> {
         "help" | "-h" | "--help" => no_more(Command::Help),
         "demo" => no_more(Command::Demo),
         "bench" => no_more(Command::Bench),
+        "wheel" => no_more(Command::Wheel),
         "test" => parse_test(rest),
         "fuzz" => parse_fuzz(rest),
         other => Err(Error::Usage(format!("unknown command `{other}`"))),
@@ -126,6 +131,7 @@ fn main() -> ExitCode {
         Command::Test(options) => test::run(options, &mut steps),
         Command::Fuzz(options) => fuzz::run(options, &mut steps),
         Command::Bench => bench::run(&mut steps),
+        Command::Wheel => wheel::run(&mut steps),
     };
     if !steps.is_empty() {
         print!("{}", steps.summary());
@@ -157,6 +163,7 @@ mod tests {
         assert_eq!(parse_words("--help").unwrap(), Command::Help);
         assert_eq!(parse_words("demo").unwrap(), Command::Demo);
         assert_eq!(parse_words("bench").unwrap(), Command::Bench);
+        assert_eq!(parse_words("wheel").unwrap(), Command::Wheel);
         assert!(matches!(parse_words("bench now"), Err(Error::Usage(_))));
         assert!(matches!(parse_words("deploy"), Err(Error::Usage(_))));
     }

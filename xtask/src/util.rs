@@ -86,12 +86,13 @@ pub(crate) struct Cmd {
     program: String,
     args: Vec<String>,
     envs: Vec<(String, String)>,
+    removed_envs: Vec<String>,
 }
 
 impl Cmd {
     /// A command running `program` (found on PATH unless it contains a `/`).
     pub(crate) fn new(program: impl Into<String>) -> Self {
-        Cmd { program: program.into(), args: Vec::new(), envs: Vec::new() }
+        Cmd { program: program.into(), args: Vec::new(), envs: Vec::new(), removed_envs: Vec::new() }
     }
 
     /// `cargo` from PATH: the rustup proxy, so `+nightly` works.
@@ -117,15 +118,26 @@ impl Cmd {
         self
     }
 
-    /// The command line as a shell would take it: `KEY=value program args...`.
+    /// Removes an environment variable for the program (shown in the banner as `env -u KEY`).
+    pub(crate) fn env_remove(mut self, key: impl Into<String>) -> Self {
+        self.removed_envs.push(key.into());
+        self
+    }
+
+    /// The command line as a shell would take it: `[env -u KEY...] KEY=value program args...`.
     pub(crate) fn command_line(&self) -> String {
+        let unset = self.removed_envs.iter().map(|k| format!("-u {}", shell_quote(k)));
+        let unset = (!self.removed_envs.is_empty()).then(|| "env".to_string()).into_iter().chain(unset);
         let envs = self.envs.iter().map(|(k, v)| format!("{k}={}", shell_quote(v)));
         let words = std::iter::once(&self.program).chain(&self.args).map(|w| shell_quote(w));
-        envs.chain(words).collect::<Vec<_>>().join(" ")
+        unset.chain(envs).chain(words).collect::<Vec<_>>().join(" ")
     }
 
     fn command(&self) -> Command {
         let mut command = Command::new(&self.program);
+        for key in &self.removed_envs {
+            command.env_remove(key);
+        }
         command.args(&self.args).envs(self.envs.iter().map(|(k, v)| (k, v)));
         command
     }
@@ -176,6 +188,24 @@ impl Cmd {
         }
         let status = child.wait().map_err(|e| self.spawn_error(e))?;
         self.check(status)
+    }
+
+    /// Like [`Cmd::run`], but also returns what the program wrote to stdout (still printed after
+    /// it ends), for commands whose report xtask checks.
+    pub(crate) fn output(&self) -> Result<String> {
+        println!("==> {}", self.command_line());
+        let _ = io::stdout().flush();
+        let output = self.command().stderr(Stdio::inherit()).output().map_err(|e| self.spawn_error(e))?;
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        print!("{stdout}");
+        self.check(output.status)?;
+        Ok(stdout)
+    }
+
+    /// Runs the program silently and returns its stdout if it succeeded; for "which version?".
+    pub(crate) fn probe_output(&self) -> Option<String> {
+        let output = self.command().stdin(Stdio::null()).stderr(Stdio::null()).output().ok()?;
+        output.status.success().then(|| String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
     /// Runs the program silently and reports whether it succeeded; for "is X installed?".
@@ -323,6 +353,8 @@ mod tests {
             .env("LOOM_MAX_PREEMPTIONS", "2");
         assert_eq!(cmd.command_line(), "RUSTFLAGS='--cfg shm_loom' LOOM_MAX_PREEMPTIONS=2 cargo test -p shm-arena");
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        let cmd = Cmd::new("pip").arg("install").env_remove("CARGO").env("PATH", "/usr/bin");
+        assert_eq!(cmd.command_line(), "env -u CARGO PATH=/usr/bin pip install");
         assert_eq!(shell_quote(""), "''");
     }
 

@@ -600,6 +600,10 @@ pub(crate) fn make_allocator(py: Python<'_>, pool: &NativePool, min_bytes: u64) 
 #[pyo3(signature = (handler))]
 pub(crate) fn set_handler<'py>(py: Python<'py>, handler: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
     let api = mem_api(py)?;
+    // numpy 2.0 (the newest for Python 3.9) installs any object unchecked, and then crashes.
+    if handler.is_some_and(|h| h.cast::<PyCapsule>().map_or(true, |c| !c.is_valid_checked(Some(CAPSULE_NAME)))) {
+        return Err(PyValueError::new_err("a handler must be a capsule named 'mem_handler'"));
+    }
     let h = handler.map_or(ptr::null_mut(), |h| h.as_ptr());
     // SAFETY: numpy's function with the GIL held; it takes its own reference to `h` (or uses
     // its default for NULL), checks the capsule's name, and returns a new reference or NULL
