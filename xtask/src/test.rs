@@ -141,10 +141,11 @@ fn run_python(steps: &mut Steps) -> Result<()> {
 }
 
 /// The tests that, run as root, start `sys.executable` as uid 65534 (the other user a named
-/// pool must be safe from).
+/// pool must be safe from), as pytest names them: relative to its root, `crates/pyshm` (the
+/// folder of pyproject.toml), where `--deselect` looks them up.
 const OTHER_USER_TESTS: [&str; 2] = [
-    "crates/pyshm/tests/test_named.py::test_another_user_cannot_capture_named_arrays",
-    "crates/pyshm/tests/test_named.py::test_clean_leaves_another_users_files_alone_and_says_so",
+    "tests/test_named.py::test_another_user_cannot_capture_named_arrays",
+    "tests/test_named.py::test_clean_leaves_another_users_files_alone_and_says_so",
 ];
 
 /// Whether [`OTHER_USER_TESTS`] can run with `python`: not as root, or uid 65534 can start it.

@@ -10,7 +10,8 @@
 //! 2. No Rust panic crosses into Python, and every Rust error becomes a Python exception in
 //!    one place ([`errors`]).
 //! 3. The GIL is released around waits (an allocation that may wait for memory, collection)
-//!    and around large fills ([`pool`]).
+//!    and around large fills ([`pool`]), always through [`gil::detach`], which is safe when
+//!    the interpreter exits meanwhile.
 //!
 //! Layout:
 //! - [`errors`]: the exception classes and the one mapping of Rust errors to them.
@@ -21,12 +22,14 @@
 //! - [`pool`]: `NativePool` (a `shm_ndarray::Pool`), this process's registry of open pools,
 //!   and the figures pools report (`PoolStats`, `CollectReport`, `PoolInfo`, `SkippedPoolFile`).
 //! - [`allocator`]: numpy's data-memory handler backed by a pool (NEP 49).
+//! - [`gil`]: releasing the GIL without a crash at interpreter exit.
 #![deny(unsafe_code)]
 
 #[allow(unsafe_code)] // numpy's handler structure, capsules, and the memory numpy is handed
 mod allocator;
 mod dtypes;
 mod errors;
+mod gil;
 mod handle;
 #[allow(unsafe_code)] // numpy's C API: arrays over blocks, reading an array's fields
 mod ndarray;
@@ -37,6 +40,7 @@ use pyo3::prelude::*;
 /// The module's export list: every class, exception, function and constant Python sees.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    gil::register_at_exit(m)?;
     errors::add_exceptions(m)?;
     m.add_class::<pool::NativePool>()?;
     m.add_class::<pool::PoolStats>()?;

@@ -26,6 +26,7 @@ use shm_ndarray::{ArrayError, Pool, PoolOptions, SharedArray};
 use crate::allocator;
 use crate::dtypes::{describe, numpy_dtype};
 use crate::errors::{invalid_handle, PoolOSError, Result};
+use crate::gil;
 use crate::handle::Handle;
 use crate::ndarray::{block_of, fill_zero, geometry, new_ndarray, view_inside, Block};
 
@@ -149,7 +150,7 @@ impl NativePool {
         if let Some(p) = persistent {
             o = o.persistent(p);
         }
-        let pool = py.detach(|| Pool::create(&o))?;
+        let pool = gil::detach(py, || Pool::create(&o))?;
         if wait.is_some() {
             pool.set_wait(duration(wait)?);
         }
@@ -162,7 +163,7 @@ impl NativePool {
         if let Some(p) = registered(py, &name) {
             return Ok(p);
         }
-        let pool = py.detach(|| Pool::open(&name))?;
+        let pool = gil::detach(py, || Pool::open(&name))?;
         Ok(register(py, pool)?)
     }
 
@@ -219,7 +220,7 @@ impl NativePool {
             }
             Ok(a)
         };
-        let array = if slow || (zero && nbytes >= RELEASE_GIL_BYTES) { py.detach(make) } else { make() }?;
+        let array = if slow || (zero && nbytes >= RELEASE_GIL_BYTES) { gil::detach(py, make) } else { make() }?;
         Ok(self.wrap(py, array, d.descr.bind(py))?)
     }
 
@@ -251,7 +252,7 @@ impl NativePool {
 
     /// Usage figures.
     fn stats(&self, py: Python<'_>) -> PoolStats {
-        let s = py.detach(|| self.pool.stats());
+        let s = gil::detach(py, || self.pool.stats());
         PoolStats {
             capacity: s.capacity,
             used: s.used,
@@ -266,7 +267,7 @@ impl NativePool {
 
     /// Frees what dead processes held; returns what it did.
     fn collect(&self, py: Python<'_>) -> CollectReport {
-        let r = py.detach(|| self.pool.collect());
+        let r = gil::detach(py, || self.pool.collect());
         CollectReport {
             dead_processes: r.dead_processes as u64,
             arrays_freed: r.arrays_freed as u64,
@@ -276,7 +277,7 @@ impl NativePool {
 
     /// Checks every segment's allocator; raises RuntimeError on a violation.
     fn check(&self, py: Python<'_>) -> Result<()> {
-        Ok(py.detach(|| self.pool.check())?)
+        Ok(gil::detach(py, || self.pool.check())?)
     }
 
     /// Registers `arr` (a pooled array) under `name`.
@@ -321,7 +322,7 @@ impl NativePool {
                        // Relaxed: the GIL orders this with handlers called under it; a handler running without
                        // the GIL that misses it allocates once more (see `allocator::HandlerState::pool_alloc`).
         this.left.store(true, std::sync::atomic::Ordering::Relaxed);
-        py.detach(|| this.pool.leave());
+        gil::detach(py, || this.pool.leave());
     }
 
     /// Unlinks the pool's files now.
@@ -350,7 +351,7 @@ impl NativePool {
     /// Cancels transfer tokens older than `seconds` (handles never attached).
     fn reclaim_tokens(&self, py: Python<'_>, seconds: f64) -> PyResult<usize> {
         let age = duration(Some(seconds))?.unwrap_or_default();
-        Ok(py.detach(|| self.pool.reclaim_tokens_older_than(age)))
+        Ok(gil::detach(py, || self.pool.reclaim_tokens_older_than(age)))
     }
 
     fn __repr__(&self) -> String {
@@ -445,7 +446,7 @@ figures! {
 /// Every pool in /dev/shm.
 #[pyfunction]
 pub(crate) fn list_pools(py: Python<'_>) -> Vec<PoolInfo> {
-    py.detach(shm_ndarray::list_pools)
+    gil::detach(py, shm_ndarray::list_pools)
         .into_iter()
         .map(|p| PoolInfo {
             name: p.name,
@@ -480,7 +481,7 @@ figures! {
 #[pyo3(signature = (include_persistent=false))]
 pub(crate) fn clean_pools(py: Python<'_>, include_persistent: bool) -> (Vec<String>, Vec<SkippedPoolFile>) {
     use shm_ndarray::SkipReason;
-    let report = py.detach(|| shm_ndarray::clean_pools(include_persistent));
+    let report = gil::detach(py, || shm_ndarray::clean_pools(include_persistent));
     let skipped = report
         .skipped
         .into_iter()
@@ -510,7 +511,7 @@ pub(crate) fn clean_pools(py: Python<'_>, include_persistent: bool) -> (Vec<Stri
 #[pyfunction]
 #[pyo3(signature = (include_persistent=false))]
 pub(crate) fn clean_dead_pools(py: Python<'_>, include_persistent: bool) -> Vec<String> {
-    py.detach(|| shm_ndarray::clean_dead_pools(include_persistent))
+    gil::detach(py, || shm_ndarray::clean_dead_pools(include_persistent))
 }
 
 /// Free bytes in /dev/shm.

@@ -280,3 +280,33 @@ def test_read_only_views_arrive_read_only():
     ro = np.broadcast_to(a[:1], (5, 3))
     got = ForkingPickler.loads(ForkingPickler.dumps(ro))
     assert np.shares_memory(got, a) and not got.flags.writeable and got.strides == (0, 0)
+
+
+DAEMONS_AT_EXIT = textwrap.dedent(
+    """
+    import threading, time
+    import pyshm
+
+    pool = pyshm.Pool()
+    a = pool.zeros(1 << 20)  # collect() then has an array to look at
+    def busy():
+        while True:  # each call releases the GIL and takes it back
+            pool.collect()
+            pool.stats()
+    for _ in range(4):
+        threading.Thread(target=busy, daemon=True).start()
+    time.sleep(0.05)
+    print("exiting", flush=True)
+    """
+)
+
+
+def test_daemon_threads_inside_pyshm_calls_do_not_crash_the_exit():
+    # Up to Python 3.13 a thread taking the GIL back after finalization began is ended with
+    # pthread_exit, a forced unwind through the native frames on its stack: with the wheel (its
+    # own unwinder) a segfault at every exit before pyshm parked such threads instead
+    # (crates/pyshm/src/gil.rs).
+    for run in range(12):
+        out = subprocess.run([PYTHON, "-c", DAEMONS_AT_EXIT], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, f"run {run}: exit status {out.returncode}\n{out.stderr}"
+        assert out.stdout == "exiting\n"

@@ -282,10 +282,15 @@ fn unlink_removes_the_name_but_not_the_mapping() {
 
 #[test]
 fn a_full_dev_shm_is_an_error_at_creation() {
-    // Ask for more than /dev/shm has: the reservation fails cleanly and leaves nothing behind.
-    let free = rustix::fs::statvfs("/dev/shm").map(|s| s.f_bavail * s.f_frsize).unwrap();
+    // Ask for more than /dev/shm holds: the reservation fails cleanly and leaves nothing behind.
+    // More than its whole size, not only more than is free: tmpfs refuses that at once, while a
+    // request between the two is allocated page by page until the limit, and a /dev/shm as
+    // large as the machine's memory (the usual default: half of it, or more in containers)
+    // would bring the OOM killer first on a machine that has other /dev/shm files.
+    let stat = rustix::fs::statvfs("/dev/shm").unwrap();
+    let (free, total) = (stat.f_bavail * stat.f_frsize, stat.f_blocks * stat.f_frsize);
     let name = format!("pyshm-test-nospace-{}", std::process::id());
-    let huge = (free + (1 << 30)).min(16 << 40);
+    let huge = (total + (1 << 30)).min(16 << 40);
     match ArenaOptions::new(huge).min_block(1 << 20).name(&name).create() {
         Err(shm_arena::CreateError::NoSpace { requested, available, .. }) => {
             assert!(requested > free);
