@@ -3,9 +3,9 @@
 //! 1. The main environment is `.venv` at the workspace root (ignored by git), made by the
 //!    system's `python3`; nothing is installed outside the project's environments.
 //! 2. The tools (maturin, ziglang and auditwheel to build and check wheels, numpy, pytest,
-//!    hypothesis, joblib for its vendored loky, tqdm for progress bars and anyio for the asyncio
-//!    front-end's tests) are installed only when one of them cannot be imported, so a warm run
-//!    does not touch the network.
+//!    hypothesis, joblib for its vendored loky, tqdm for progress bars, anyio for the asyncio
+//!    front-end's tests and mypy for the stubs' and types' tests) are installed only when one of
+//!    them cannot be imported, so a warm run does not touch the network.
 //! 3. `bench` and `demo` rebuild pyshm into `.venv` with `maturin develop --release`; `test`
 //!    installs the wheel that `cargo xtask wheel` builds instead, so the tests run against the
 //!    file users install, and one build serves every interpreter.
@@ -29,7 +29,7 @@ pub(crate) const VENV_BIN: &str = ".venv/bin";
 pub(crate) const BASE_PYTHON: &str = "python3";
 
 /// What the tests import besides pyshm (numpy arrives as pyshm's dependency too).
-const TEST_TOOLS: [&str; 6] = ["numpy", "pytest", "hypothesis", "joblib", "tqdm", "anyio"];
+const TEST_TOOLS: [&str; 7] = ["numpy", "pytest", "hypothesis", "joblib", "tqdm", "anyio", "mypy"];
 
 /// What builds and checks the package, in `.venv` only.
 const BUILD_TOOLS: [&str; 3] = ["maturin", "ziglang", "auditwheel"];

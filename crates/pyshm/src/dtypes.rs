@@ -92,7 +92,13 @@ pub(crate) fn describe(spec: &Bound<'_, PyAny>) -> Result<Arc<Described>> {
         return Ok(d);
     }
     let py = spec.py();
-    let mut dt = PyArrayDescr::new(py, spec)?;
+    let mut dt = if spec.is_none() {
+        // numpy's `dtype=None` is its default, float64; rust-numpy's converter would return no
+        // descriptor and set no error for it.
+        numpy::dtype::<f64>(py)
+    } else {
+        PyArrayDescr::new(py, spec)?
+    };
     if dt.itemsize() == 0 && matches!(dt.kind(), b'S' | b'U') {
         // A flexible type without a size (`np.dtype("U")`): one character, as numpy does.
         let order = if dt.kind() == b'U' { char::from(dt.byteorder()) } else { '|' };

@@ -20,9 +20,19 @@ def package_modules() -> dict[str, ast.Module]:
 
 
 def imports_of(name: str, tree: ast.Module) -> set[str]:
-    """Sibling modules that `name` imports, at any level (function-level imports count)."""
+    """Sibling modules that `name` imports, at any level (function-level imports count; those
+    under `if TYPE_CHECKING:` do not, since they never run)."""
     out = set()
+    type_only = {
+        id(n)
+        for block in ast.walk(tree)
+        if isinstance(block, ast.If) and isinstance(block.test, ast.Name) and block.test.id == "TYPE_CHECKING"
+        for stmt in block.body
+        for n in ast.walk(stmt)
+    }
     for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
         if isinstance(node, ast.ImportFrom) and node.level == 1:
             if node.module:
                 out.add(node.module.split(".")[0])

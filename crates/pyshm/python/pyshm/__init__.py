@@ -23,6 +23,8 @@ multiprocessing's pickler, which changes nothing for arrays outside a pool.
 them as ``pyshm.list`` and ``pyshm.map``.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._native import (
     InvalidHandleError,
     PoolCorruptError,
@@ -66,11 +68,13 @@ from ._map import (
     ThreadContext,
     alloc,
     get_default_context,
-    map,
     set_default_context,
 )
-from ._named import create, delete
-from ._named import list_names as list  # noqa: A001 (SharedArray's name)
+from ._map import map as map  # noqa: A004 (`x as x`: exported to type checkers, left out of __all__)
+from ._named import create, delete, list_names
+
+list = list_names  # noqa: A001 (SharedArray's name; assigned, so type checkers see it exported)
+del list_names
 from ._pickle import handles, register_loky
 from ._transfer import PayloadError, register_array_wrapper, unregister_array_wrapper
 
@@ -79,7 +83,11 @@ from ._transfer import PayloadError, register_array_wrapper, unregister_array_wr
 PayloadError.__module__ = "pyshm"
 
 
-def __getattr__(name: str):
+if TYPE_CHECKING:  # what `__getattr__` gives, for type checkers
+    from . import aio as aio
+
+
+def __getattr__(name: str) -> Any:
     # `pyshm.aio` is imported on first use: it brings asyncio, which workers seldom need.
     if name == "aio":
         import importlib

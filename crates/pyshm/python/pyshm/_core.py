@@ -13,7 +13,7 @@ The default pool, configuration, exit and fork live in ``_pools``; handles in ``
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
@@ -44,7 +44,10 @@ __all__ = [
 
 configure = _pools.configure
 
-ShapeLike = Union[int, Sequence[int]]
+if TYPE_CHECKING:  # the precise overloads are in _core.pyi, which type checkers read instead
+    from numpy.typing import NDArray
+
+    from ._typing import DTypeSpec, OrderCF, OrderKACF, ShapeLike
 
 
 def default_pool() -> "Pool":
@@ -74,39 +77,57 @@ def order_of(a: Any, order: Optional[str]) -> str:
 
 
 class _Constructors:
-    """The numpy-style constructors, over ``self._native`` (a ``NativePool``)."""
+    """The numpy-style constructors, over ``self._native`` (a ``NativePool``).
+
+    Their types, numpy's own (``zeros(3, np.int32)`` is an int32 array), are in ``_core.pyi``.
+    """
 
     _native: NativePool
 
-    def empty(self, shape: ShapeLike, dtype: Any = float, order: str = "C", *, like: Any = None) -> np.ndarray:
+    def empty(
+        self, shape: ShapeLike, dtype: DTypeSpec = float, order: OrderCF = "C", *, like: Optional[NDArray[Any]] = None
+    ) -> NDArray[Any]:
         """A new pooled array with unspecified contents, like ``numpy.empty``."""
         if like is not None:
             _check_like(like)
         return self._native.empty(shape, dtype, order)
 
-    def zeros(self, shape: ShapeLike, dtype: Any = float, order: str = "C", *, like: Any = None) -> np.ndarray:
+    def zeros(
+        self, shape: ShapeLike, dtype: DTypeSpec = float, order: OrderCF = "C", *, like: Optional[NDArray[Any]] = None
+    ) -> NDArray[Any]:
         """A new pooled array of zeros, like ``numpy.zeros``."""
         if like is not None:
             _check_like(like)
         return self._native.empty(shape, dtype, order, True)
 
-    def ones(self, shape: ShapeLike, dtype: Any = float, order: str = "C", *, like: Any = None) -> np.ndarray:
+    def ones(
+        self, shape: ShapeLike, dtype: DTypeSpec = float, order: OrderCF = "C", *, like: Optional[NDArray[Any]] = None
+    ) -> NDArray[Any]:
         """A new pooled array of ones, like ``numpy.ones``."""
         a = self.empty(shape, dtype, order, like=like)
         np.copyto(a, 1, casting="unsafe")
         return a
 
     def full(
-        self, shape: ShapeLike, fill_value: Any, dtype: Any = None, order: str = "C", *, like: Any = None
-    ) -> np.ndarray:
-        """A new pooled array filled with ``fill_value``, like ``numpy.full``."""
+        self,
+        shape: ShapeLike,
+        fill_value: Any,
+        dtype: DTypeSpec = None,
+        order: OrderCF = "C",
+        *,
+        like: Optional[NDArray[Any]] = None,
+    ) -> NDArray[Any]:
+        """A new pooled array filled with ``fill_value``, like ``numpy.full`` (the dtype is
+        ``fill_value``'s when not given)."""
         if dtype is None:
             dtype = np.array(fill_value).dtype
         a = self.empty(shape, dtype, order, like=like)
         np.copyto(a, fill_value, casting="unsafe")
         return a
 
-    def _like(self, prototype: Any, dtype: Any, order: str, shape: Optional[ShapeLike], zero: bool) -> np.ndarray:
+    def _like(
+        self, prototype: Any, dtype: DTypeSpec, order: OrderKACF, shape: Optional[ShapeLike], zero: bool
+    ) -> NDArray[Any]:
         proto = prototype if isinstance(prototype, np.ndarray) else np.asarray(prototype)
         return self._native.empty(
             proto.shape if shape is None else shape,
@@ -116,20 +137,36 @@ class _Constructors:
         )
 
     def empty_like(
-        self, prototype: Any, dtype: Any = None, order: str = "K", subok: bool = True, shape: Optional[ShapeLike] = None
-    ) -> np.ndarray:
-        """A new pooled array shaped like ``prototype``, like ``numpy.empty_like``."""
+        self,
+        prototype: Any,
+        dtype: DTypeSpec = None,
+        order: OrderKACF = "K",
+        subok: bool = True,
+        shape: Optional[ShapeLike] = None,
+    ) -> NDArray[Any]:
+        """A new pooled array shaped like ``prototype``, like ``numpy.empty_like`` (always a
+        plain ``numpy.ndarray``: ``subok`` is accepted and ignored)."""
         return self._like(prototype, dtype, order, shape, False)
 
     def zeros_like(
-        self, prototype: Any, dtype: Any = None, order: str = "K", subok: bool = True, shape: Optional[ShapeLike] = None
-    ) -> np.ndarray:
+        self,
+        prototype: Any,
+        dtype: DTypeSpec = None,
+        order: OrderKACF = "K",
+        subok: bool = True,
+        shape: Optional[ShapeLike] = None,
+    ) -> NDArray[Any]:
         """A new pooled array of zeros shaped like ``prototype``, like ``numpy.zeros_like``."""
         return self._like(prototype, dtype, order, shape, True)
 
     def ones_like(
-        self, prototype: Any, dtype: Any = None, order: str = "K", subok: bool = True, shape: Optional[ShapeLike] = None
-    ) -> np.ndarray:
+        self,
+        prototype: Any,
+        dtype: DTypeSpec = None,
+        order: OrderKACF = "K",
+        subok: bool = True,
+        shape: Optional[ShapeLike] = None,
+    ) -> NDArray[Any]:
         """A new pooled array of ones shaped like ``prototype``, like ``numpy.ones_like``."""
         a = self.empty_like(prototype, dtype, order, subok, shape)
         np.copyto(a, 1, casting="unsafe")
@@ -139,17 +176,19 @@ class _Constructors:
         self,
         prototype: Any,
         fill_value: Any,
-        dtype: Any = None,
-        order: str = "K",
+        dtype: DTypeSpec = None,
+        order: OrderKACF = "K",
         subok: bool = True,
         shape: Optional[ShapeLike] = None,
-    ) -> np.ndarray:
+    ) -> NDArray[Any]:
         """A new pooled array filled with ``fill_value``, like ``numpy.full_like``."""
         a = self.empty_like(prototype, dtype, order, subok, shape)
         np.copyto(a, fill_value, casting="unsafe")
         return a
 
-    def asarray(self, a: Any, dtype: Any = None, order: Optional[str] = None, *, like: Any = None) -> np.ndarray:
+    def asarray(
+        self, a: Any, dtype: DTypeSpec = None, order: OrderKACF = None, *, like: Optional[NDArray[Any]] = None
+    ) -> NDArray[Any]:
         """``a`` as a pooled array: ``a`` itself if it already lives in a pool with this dtype
         and order, otherwise a pooled copy (like ``numpy.asarray``)."""
         if like is not None:
@@ -166,7 +205,7 @@ class _Constructors:
         np.copyto(out, src, casting="no")
         return out
 
-    def copy(self, a: Any, order: str = "K") -> np.ndarray:
+    def copy(self, a: Any, order: OrderKACF = "K") -> NDArray[Any]:
         """A new pooled copy of ``a``, always (like ``numpy.copy``)."""
         src = np.asarray(a)
         out = self._native.empty(src.shape, src.dtype, order_of(src, order))
@@ -238,11 +277,11 @@ class Pool(_Constructors):
         """Check the allocator's invariants in every segment (``RuntimeError`` if broken)."""
         self._native.check()
 
-    def handle(self, a: np.ndarray) -> Handle:
+    def handle(self, a: NDArray[Any]) -> Handle:
         """A handle to ``a`` (see :func:`pyshm.handle`)."""
         return _handles.handle(a)
 
-    def attach(self, h: Handle) -> np.ndarray:
+    def attach(self, h: Handle) -> NDArray[Any]:
         """The array a handle names (see :func:`pyshm.attach`)."""
         return _handles.attach_handle(h)
 
@@ -286,17 +325,26 @@ def native_of(pool: Pool) -> NativePool:
 
 
 # Module-level constructors on the default pool. Written out (not generated) so that each is a
-# single Python call in front of the native one: `empty` is on the hot path.
+# single Python call in front of the native one: `empty` is on the hot path. Their overloads are
+# the methods' (in _core.pyi).
 
 
-def empty(shape: ShapeLike, dtype: Any = float, order: str = "C", *, like: Any = None) -> np.ndarray:
-    """A new array in the default pool with unspecified contents, like ``numpy.empty``."""
+def empty(
+    shape: ShapeLike, dtype: DTypeSpec = float, order: OrderCF = "C", *, like: Optional[NDArray[Any]] = None
+) -> NDArray[Any]:
+    """A new array in the default pool with unspecified contents, like ``numpy.empty``.
+
+    ``shape`` is an int or a sequence of ints (anything with ``__index__``, such as
+    ``numpy.int64``); ``dtype`` anything ``numpy.dtype`` takes; ``order`` ``"C"`` or ``"F"``.
+    ``like`` is accepted for numpy's signature and must be ``None`` or a numpy array."""
     if like is not None:
         _check_like(like)
     return (_pools.default or _pools.create_default()).empty(shape, dtype, order)
 
 
-def zeros(shape: ShapeLike, dtype: Any = float, order: str = "C", *, like: Any = None) -> np.ndarray:
+def zeros(
+    shape: ShapeLike, dtype: DTypeSpec = float, order: OrderCF = "C", *, like: Optional[NDArray[Any]] = None
+) -> NDArray[Any]:
     """A new array of zeros in the default pool, like ``numpy.zeros``."""
     if like is not None:
         _check_like(like)
@@ -307,33 +355,56 @@ def _on_default() -> Pool:
     return wrap_native(_pools.default or _pools.create_default())
 
 
-def ones(shape: ShapeLike, dtype: Any = float, order: str = "C", *, like: Any = None) -> np.ndarray:
+def ones(
+    shape: ShapeLike, dtype: DTypeSpec = float, order: OrderCF = "C", *, like: Optional[NDArray[Any]] = None
+) -> NDArray[Any]:
     """A new array of ones in the default pool, like ``numpy.ones``."""
     return _on_default().ones(shape, dtype, order, like=like)
 
 
-def full(shape: ShapeLike, fill_value: Any, dtype: Any = None, order: str = "C", *, like: Any = None) -> np.ndarray:
-    """A new array filled with ``fill_value`` in the default pool, like ``numpy.full``."""
+def full(
+    shape: ShapeLike,
+    fill_value: Any,
+    dtype: DTypeSpec = None,
+    order: OrderCF = "C",
+    *,
+    like: Optional[NDArray[Any]] = None,
+) -> NDArray[Any]:
+    """A new array filled with ``fill_value`` in the default pool, like ``numpy.full`` (the
+    dtype is ``fill_value``'s when not given)."""
     return _on_default().full(shape, fill_value, dtype, order, like=like)
 
 
 def empty_like(
-    prototype: Any, dtype: Any = None, order: str = "K", subok: bool = True, shape: Optional[ShapeLike] = None
-) -> np.ndarray:
-    """A new array in the default pool shaped like ``prototype``, like ``numpy.empty_like``."""
+    prototype: Any,
+    dtype: DTypeSpec = None,
+    order: OrderKACF = "K",
+    subok: bool = True,
+    shape: Optional[ShapeLike] = None,
+) -> NDArray[Any]:
+    """A new array in the default pool shaped like ``prototype``, like ``numpy.empty_like``
+    (always a plain ``numpy.ndarray``: ``subok`` is accepted and ignored)."""
     return _on_default().empty_like(prototype, dtype, order, subok, shape)
 
 
 def zeros_like(
-    prototype: Any, dtype: Any = None, order: str = "K", subok: bool = True, shape: Optional[ShapeLike] = None
-) -> np.ndarray:
+    prototype: Any,
+    dtype: DTypeSpec = None,
+    order: OrderKACF = "K",
+    subok: bool = True,
+    shape: Optional[ShapeLike] = None,
+) -> NDArray[Any]:
     """Like ``numpy.zeros_like``, in the default pool."""
     return _on_default().zeros_like(prototype, dtype, order, subok, shape)
 
 
 def ones_like(
-    prototype: Any, dtype: Any = None, order: str = "K", subok: bool = True, shape: Optional[ShapeLike] = None
-) -> np.ndarray:
+    prototype: Any,
+    dtype: DTypeSpec = None,
+    order: OrderKACF = "K",
+    subok: bool = True,
+    shape: Optional[ShapeLike] = None,
+) -> NDArray[Any]:
     """Like ``numpy.ones_like``, in the default pool."""
     return _on_default().ones_like(prototype, dtype, order, subok, shape)
 
@@ -341,16 +412,18 @@ def ones_like(
 def full_like(
     prototype: Any,
     fill_value: Any,
-    dtype: Any = None,
-    order: str = "K",
+    dtype: DTypeSpec = None,
+    order: OrderKACF = "K",
     subok: bool = True,
     shape: Optional[ShapeLike] = None,
-) -> np.ndarray:
+) -> NDArray[Any]:
     """Like ``numpy.full_like``, in the default pool."""
     return _on_default().full_like(prototype, fill_value, dtype, order, subok, shape)
 
 
-def asarray(a: Any, dtype: Any = None, order: Optional[str] = None, *, like: Any = None) -> np.ndarray:
+def asarray(
+    a: Any, dtype: DTypeSpec = None, order: OrderKACF = None, *, like: Optional[NDArray[Any]] = None
+) -> NDArray[Any]:
     """``a`` itself if it already lives in a pool (with this dtype and order), otherwise a copy
     of it in the default pool, like ``numpy.asarray``."""
     if isinstance(a, np.ndarray) and dtype is None and order is None and like is None and _native.is_pooled(a):
@@ -358,7 +431,7 @@ def asarray(a: Any, dtype: Any = None, order: Optional[str] = None, *, like: Any
     return _on_default().asarray(a, dtype, order, like=like)
 
 
-def copy(a: Any, order: str = "K") -> np.ndarray:
+def copy(a: Any, order: OrderKACF = "K") -> NDArray[Any]:
     """A new copy of ``a`` in the default pool, always (like ``numpy.copy``)."""
     return _on_default().copy(a, order)
 

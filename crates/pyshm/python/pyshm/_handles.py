@@ -8,17 +8,18 @@ A handle is ``pyshm.Handle`` (the native class): the pool's name, the handle's b
 
 from __future__ import annotations
 
-from typing import Optional, Union
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from . import _named, _native, _pools
 from ._native import Handle, NativePool
 
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
 __all__ = ["Handle", "handle", "attach"]
 
 
-def handle(a: np.ndarray) -> Handle:
+def handle(a: NDArray[Any]) -> Handle:
     """A :class:`Handle` to the pooled array or view ``a`` (``ValueError`` if ``a`` is not in a
     pool: use ``pyshm.asarray(a)`` first)."""
     h = _native.pooled_handle(a)
@@ -27,12 +28,12 @@ def handle(a: np.ndarray) -> Handle:
     return h
 
 
-def attach_handle(h: Handle) -> np.ndarray:
+def attach_handle(h: Handle) -> NDArray[Any]:
     """The array ``h`` names, in its pool (opened if this process has not yet)."""
     return _pools.pool_named(h.pool).attach(h)
 
 
-def attach(h: Union[Handle, str]) -> np.ndarray:
+def attach(h: Union[Handle, str]) -> NDArray[Any]:
     """The array a :class:`Handle` names, or the named array ``h`` (see :func:`pyshm.create`).
 
     Raises :class:`StaleHandleError` (a ``ValueError``) for a handle whose array was freed,
@@ -46,8 +47,12 @@ def attach(h: Union[Handle, str]) -> np.ndarray:
 
 
 def rebuild(
-    pool: str, data: bytes, retype: Optional[tuple] = None, default: bool = False, readonly: bool = False
-) -> np.ndarray:
+    pool: str,
+    data: bytes,
+    retype: Optional[tuple[Any, int, tuple[int, ...], tuple[int, ...]]] = None,
+    default: bool = False,
+    readonly: bool = False,
+) -> NDArray[Any]:
     """Unpickles an array sent as a handle (see ``_pickle``): the handle's parts as
     :class:`Handle` takes them, then whether the sender's default pool sent it (this process
     then adopts that pool as its default if it has none) and whether the array is read-only."""

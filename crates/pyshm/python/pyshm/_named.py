@@ -14,12 +14,15 @@ file and its owner. Sharing across users is not offered.
 from __future__ import annotations
 
 import os
-from typing import Any, List
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, List
 
 from . import _pools
 from ._native import NativePool
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
+    from ._typing import DTypeSpec, ShapeLike
 
 __all__ = ["create", "attach", "delete", "list_names"]
 
@@ -47,15 +50,18 @@ def _strip(name: str) -> str:
     return name[len("shm://") :] if name.startswith("shm://") else name
 
 
-def create(name: str, shape: Any, dtype: Any = float) -> np.ndarray:
-    """Create a zero-filled array named ``name`` (``FileExistsError`` if the name is taken)."""
+def create(name: str, shape: ShapeLike, dtype: DTypeSpec = float) -> NDArray[Any]:
+    """Create a zero-filled array named ``name`` (``FileExistsError`` if the name is taken).
+
+    ``shape`` and ``dtype`` are as :func:`pyshm.zeros` takes them, and so is the array's type
+    (``_named.pyi``): ``create("x", 3, np.int32)`` is an int32 array."""
     pool = _pool()
     a = pool.empty(shape, dtype, "C", True)
     pool.publish(_strip(name), a)
     return a
 
 
-def attach(name: str) -> np.ndarray:
+def attach(name: str) -> NDArray[Any]:
     """The array named ``name`` (``FileNotFoundError`` if there is none)."""
     return _pool().lookup(_strip(name))
 

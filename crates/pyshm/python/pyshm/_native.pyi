@@ -1,11 +1,18 @@
-"""Type stubs of pyshm's native module (kept in sync by tests/test_stubs.py)."""
+"""Type stubs of pyshm's native module (kept in sync by tests/test_stubs.py and checked against the
+module by mypy.stubtest in tests/test_typing.py)."""
 
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, SupportsIndex, Union, final
 
 import numpy as np
+from numpy.typing import DTypeLike, NDArray
+
+#: A shape: an int (or anything with ``__index__``) or a sequence of them.
+_ShapeLike = Union[SupportsIndex, Sequence[SupportsIndex]]
 
 HANDLE_FIXED_LEN: int
+"""Bytes of a handle without its view part (shm-ndarray's fixed encoding)."""
 __version__: str
+"""The pyshm crate's version."""
 
 class InvalidHandleError(ValueError):
     """A handle that names no valid array: malformed, corrupt, of another pool, or a view
@@ -30,10 +37,14 @@ class PoolPermissionError(PoolOSError, PermissionError):
     """A system call on the pool's shared memory was refused (EACCES or EPERM): a
     PoolOSError that is also a PermissionError."""
 
+@final
 class Handle:
     """A small picklable reference to a pooled array or view (``pyshm.Handle``)."""
 
-    def __init__(self, pool: str, data: bytes, retype: Optional[tuple[Any, int, tuple[int, ...], tuple[int, ...]]] = None) -> None: ...
+    def __new__(
+        cls, pool: str, data: bytes, retype: Optional[tuple[DTypeLike, int, tuple[int, ...], tuple[int, ...]]] = None
+    ) -> Handle:
+        """A handle from its parts: the pool's name, the handle's bytes and the view's retype."""
     @property
     def pool(self) -> str:
         """The name of the pool the array lives in."""
@@ -41,15 +52,25 @@ class Handle:
     def data(self) -> bytes:
         """The handle's bytes."""
     @property
-    def retype(self) -> Optional[tuple[np.dtype, int, tuple[int, ...], tuple[int, ...]]]:
+    def retype(self) -> Optional[tuple[np.dtype[Any], int, tuple[int, ...], tuple[int, ...]]]:
         """``(dtype, offset, shape, strides)`` of a view with another dtype than its array's."""
 
+@final
 class PoolStats:
     """A pool's usage, in bytes unless said otherwise (``pyshm.PoolStats``)."""
 
-    def __init__(
-        self, capacity: int, used: int, free: int, largest_free: int, arrays: int, segments: int, processes: int, reserved: int
-    ) -> None: ...
+    def __new__(
+        cls,
+        capacity: int,
+        used: int,
+        free: int,
+        largest_free: int,
+        arrays: int,
+        segments: int,
+        processes: int,
+        reserved: int,
+    ) -> PoolStats:
+        """The figures, in this order (as pickling passes them)."""
     @property
     def capacity(self) -> int:
         """Bytes of data segments reserved in /dev/shm (metadata segments not included)."""
@@ -75,54 +96,81 @@ class PoolStats:
     def reserved(self) -> int:
         """Bytes of freed small arrays' blocks that processes keep for their next small arrays."""
 
+@final
 class CollectReport:
     """What ``collect`` reclaimed (``pyshm.CollectReport``)."""
 
-    def __init__(self, dead_processes: int, arrays_freed: int, blocks_recovered: int) -> None: ...
+    def __new__(cls, dead_processes: int, arrays_freed: int, blocks_recovered: int) -> CollectReport:
+        """The figures, in this order (as pickling passes them)."""
     @property
-    def dead_processes(self) -> int: ...
+    def dead_processes(self) -> int:
+        """Dead processes whose holdings were reclaimed."""
     @property
-    def arrays_freed(self) -> int: ...
+    def arrays_freed(self) -> int:
+        """Arrays freed because only dead processes held them."""
     @property
-    def blocks_recovered(self) -> int: ...
+    def blocks_recovered(self) -> int:
+        """Blocks given back to the allocator (including ones a dead process was moving)."""
 
+@final
 class PoolInfo:
     """A pool found in /dev/shm by ``list_pools``."""
 
-    def __init__(self, name: str, bytes: int, used: int, live_processes: int, persistent: bool) -> None: ...
+    def __new__(cls, name: str, bytes: int, used: int, live_processes: int, persistent: bool) -> PoolInfo:
+        """The fields, in this order (as pickling passes them)."""
     @property
-    def name(self) -> str: ...
+    def name(self) -> str:
+        """The pool's name (its files are ``pyshm-<name>`` and ``pyshm-<name>-<suffix>``)."""
     @property
-    def bytes(self) -> int: ...
+    def bytes(self) -> int:
+        """Bytes of its files in /dev/shm."""
     @property
-    def used(self) -> int: ...
+    def used(self) -> int:
+        """Bytes of blocks holding array data."""
     @property
-    def live_processes(self) -> int: ...
+    def live_processes(self) -> int:
+        """Processes registered in the pool and still alive."""
     @property
-    def persistent(self) -> bool: ...
+    def persistent(self) -> bool:
+        """Whether it outlives its processes."""
 
+@final
 class SkippedPoolFile:
     """A pool file that ``clean_pools`` left in /dev/shm, and why."""
 
-    def __init__(self, file: str, pool: str, reason: str, owner_uid: Optional[int], kind: str) -> None: ...
+    def __new__(cls, file: str, pool: str, reason: str, owner_uid: Optional[int], kind: str) -> SkippedPoolFile:
+        """The fields, in this order (as pickling passes them)."""
     @property
-    def file(self) -> str: ...
+    def file(self) -> str:
+        """The file's name in /dev/shm."""
     @property
-    def pool(self) -> str: ...
+    def pool(self) -> str:
+        """The pool it belongs to by its name."""
     @property
-    def reason(self) -> str: ...
+    def reason(self) -> str:
+        """Why it was left, in words."""
     @property
-    def owner_uid(self) -> Optional[int]: ...
+    def owner_uid(self) -> Optional[int]:
+        """The file's owner when that is why it was left; else None."""
     @property
-    def kind(self) -> str: ...
+    def kind(self) -> str:
+        """Why, as a word: not_owned, permissions, not_a_file, live, persistent or not_a_pool."""
 
+@final
 class Block:
-    @property
-    def pool_name(self) -> str: ...
-    @property
-    def nbytes(self) -> int: ...
+    """This process's reference to a pooled array: the ``base`` of every numpy array over its data."""
 
+    @property
+    def pool_name(self) -> str:
+        """The name of the pool the array lives in."""
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the array's data."""
+
+@final
 class NativePool:
+    """One pool, registered once per process (``pyshm.Pool`` is a view of it)."""
+
     @staticmethod
     def create(
         name: Optional[str] = None,
@@ -131,48 +179,90 @@ class NativePool:
         wait: Optional[float] = None,
         persistent: Optional[bool] = None,
         persist_while_named: bool = False,
-    ) -> NativePool: ...
+    ) -> NativePool:
+        """Create a pool (or open the one of that name); the one registered here if there is one."""
     @staticmethod
-    def open(name: str) -> NativePool: ...
+    def open(name: str) -> NativePool:
+        """The pool of that name: the registered one, or the existing pool opened and registered."""
     @staticmethod
-    def find(name: str) -> Optional[NativePool]: ...
+    def find(name: str) -> Optional[NativePool]:
+        """The pool registered under that name, or None (opens nothing)."""
     @staticmethod
-    def open_pools() -> list[NativePool]: ...
+    def open_pools() -> list[NativePool]:
+        """Every registered pool."""
     @property
-    def name(self) -> str: ...
+    def name(self) -> str:
+        """The pool's name."""
     @property
-    def id(self) -> bytes: ...
+    def id(self) -> bytes:
+        """The pool's unique id (a name may be reused by a later pool)."""
     @property
-    def live_processes(self) -> int: ...
+    def live_processes(self) -> int:
+        """Processes registered."""
     wait: Optional[float]
+    """Seconds an allocation waits for other processes to free memory (None: not at all)."""
     def empty(
-        self, shape: Union[int, Sequence[int]], dtype: Any, order: Optional[str] = "C", zero: bool = False
-    ) -> np.ndarray: ...
-    def attach(self, handle: Handle) -> np.ndarray: ...
-    def cancel(self, handle: Handle) -> None: ...
-    def stats(self) -> PoolStats: ...
-    def collect(self) -> CollectReport: ...
-    def check(self) -> None: ...
-    def publish(self, name: str, arr: np.ndarray) -> None: ...
-    def lookup(self, name: str) -> np.ndarray: ...
-    def unpublish(self, name: str) -> None: ...
-    def names(self) -> list[str]: ...
-    def join(self) -> None: ...
-    def leave(self) -> None: ...
-    def unlink(self) -> None: ...
-    def reclaim_tokens(self, seconds: float) -> int: ...
+        self, shape: _ShapeLike, dtype: Optional[DTypeLike], order: Optional[str] = ..., zero: bool = False
+    ) -> NDArray[Any]:
+        """A new array: ``shape``, numpy dtype spec, "C" or "F" order, zero-filled or not."""
+    def attach(self, handle: Handle) -> NDArray[Any]:
+        """The array (or view) a handle names."""
+    def cancel(self, handle: Handle) -> None:
+        """Give back a handle's transfer token without attaching it."""
+    def stats(self) -> PoolStats:
+        """Usage figures."""
+    def collect(self) -> CollectReport:
+        """Free what dead processes held; return what it did."""
+    def check(self) -> None:
+        """Check every segment's allocator; RuntimeError on a violation."""
+    def publish(self, name: str, arr: NDArray[Any]) -> None:
+        """Register ``arr`` (a pooled array) under ``name``."""
+    def lookup(self, name: str) -> NDArray[Any]:
+        """The array registered under ``name``."""
+    def unpublish(self, name: str) -> None:
+        """Remove ``name``."""
+    def names(self) -> list[str]:
+        """Every registered name."""
+    def join(self) -> None:
+        """Register this process now (after a fork: re-acquire inherited arrays)."""
+    def leave(self) -> None:
+        """Leave the pool; allocators made on this object take nothing more from it."""
+    def unlink(self) -> None:
+        """Unlink the pool's files now."""
+    def reclaim_tokens(self, seconds: float) -> int:
+        """Cancel transfer tokens older than ``seconds`` (handles never attached); return how many."""
 
-def pooled_handle(arr: Any, tracked: bool = True) -> Optional[Handle]: ...
-def is_pooled(arr: Any) -> bool: ...
-def pool_name_of(arr: Any) -> Optional[str]: ...
-def list_pools() -> list[PoolInfo]: ...
-def clean_dead_pools(include_persistent: bool = False) -> list[str]: ...
-def clean_pools(include_persistent: bool = False) -> tuple[list[str], list[SkippedPoolFile]]: ...
-def shm_free_bytes() -> int: ...
+def pooled_handle(arr: object, tracked: bool = True) -> Optional[Handle]:
+    """A handle to ``arr`` if it is a pooled array or view, else None."""
+
+def is_pooled(arr: object) -> bool:
+    """Whether ``arr`` is a numpy array whose data lives in a pool."""
+
+def pool_name_of(arr: object) -> Optional[str]:
+    """The name of the pool ``arr``'s data lives in, or None."""
+
+def list_pools() -> list[PoolInfo]:
+    """Every pool in /dev/shm."""
+
+def clean_dead_pools(include_persistent: bool = False) -> list[str]:
+    """Remove pools whose processes are all dead; return their names."""
+
+def clean_pools(include_persistent: bool = False) -> tuple[list[str], list[SkippedPoolFile]]:
+    """Remove our pools whose processes are all dead; return their names and the files left, with why."""
+
+def shm_free_bytes() -> int:
+    """Free bytes in /dev/shm."""
 
 # numpy's data-memory handler backed by a pool (src/allocator.rs). A handler is a PyCapsule
 # named "mem_handler".
-def make_allocator(pool: NativePool, min_bytes: int) -> Any: ...
-def set_handler(handler: Optional[Any]) -> Any: ...
-def get_handler() -> Any: ...
-def allocator_stats() -> dict[str, int]: ...
+def make_allocator(pool: NativePool, min_bytes: int) -> Any:
+    """A new ``mem_handler`` capsule taking numpy allocations of at least ``min_bytes`` from ``pool``."""
+
+def set_handler(handler: Optional[Any]) -> Any:
+    """Make ``handler`` (None: numpy's default) this context's handler; return the previous one."""
+
+def get_handler() -> Any:
+    """The handler numpy uses for new arrays in this context."""
+
+def allocator_stats() -> dict[str, int]:
+    """This process's pool allocations by handlers: live allocations, their bytes, live handlers."""
