@@ -69,6 +69,7 @@ from ._map import (
     map,
     set_default_context,
 )
+from ._locks import Event, Lock
 from ._named import create, delete
 from ._named import list_names as list  # noqa: A001 (SharedArray's name)
 from ._pickle import handles, register_loky
@@ -102,6 +103,7 @@ __all__ = [
     "delete",
     "empty",
     "empty_like",
+    "Event",
     "full",
     "full_like",
     "Functor",
@@ -112,6 +114,7 @@ __all__ = [
     "install_allocator",
     "InvalidHandleError",
     "is_shared",
+    "Lock",
     "MapContext",
     "NdarrayFunctor",
     "ones",

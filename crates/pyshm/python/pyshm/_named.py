@@ -33,7 +33,8 @@ def pool_name() -> str:
     return os.environ.get("PYSHM_NAMED_POOL") or f"named_{os.geteuid()}"
 
 
-def _pool() -> NativePool:
+def named_pool() -> NativePool:
+    """This user's named-array pool, opened or created (also where named locks live)."""
     name = pool_name()
     n = NativePool.find(name)
     if n is not None:
@@ -49,7 +50,7 @@ def _strip(name: str) -> str:
 
 def create(name: str, shape: Any, dtype: Any = float) -> np.ndarray:
     """Create a zero-filled array named ``name`` (``FileExistsError`` if the name is taken)."""
-    pool = _pool()
+    pool = named_pool()
     a = pool.empty(shape, dtype, "C", True)
     pool.publish(_strip(name), a)
     return a
@@ -57,14 +58,15 @@ def create(name: str, shape: Any, dtype: Any = float) -> np.ndarray:
 
 def attach(name: str) -> np.ndarray:
     """The array named ``name`` (``FileNotFoundError`` if there is none)."""
-    return _pool().lookup(_strip(name))
+    return named_pool().lookup(_strip(name))
 
 
 def delete(name: str) -> None:
     """Delete the name; the array is freed once no process holds it."""
-    _pool().unpublish(_strip(name))
+    named_pool().unpublish(_strip(name))
 
 
 def list_names() -> List[str]:
-    """Every array name, sorted."""
-    return sorted(_pool().names())
+    """Every array name, sorted (names of locks and events, which start with a NUL byte, are
+    not array names)."""
+    return sorted(n for n in named_pool().names() if not n.startswith("\x00"))
