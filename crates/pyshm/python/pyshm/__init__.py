@@ -25,6 +25,7 @@ them as ``pyshm.list`` and ``pyshm.map``.
 
 from ._native import (
     InvalidHandleError,
+    NameTableFullError,
     PoolCorruptError,
     PoolMemoryError,
     PoolNotFoundError,
@@ -70,7 +71,7 @@ from ._map import (
     set_default_context,
 )
 from ._locks import Event, Lock
-from ._named import create, delete
+from ._named import NamedArray, create, delete
 from ._named import list_names as list  # noqa: A001 (SharedArray's name)
 from ._pickle import handles, register_loky
 from ._transfer import PayloadError, register_array_wrapper, unregister_array_wrapper
@@ -116,6 +117,8 @@ __all__ = [
     "is_shared",
     "Lock",
     "MapContext",
+    "NamedArray",
+    "NameTableFullError",
     "NdarrayFunctor",
     "ones",
     "ones_like",

@@ -14,14 +14,14 @@ file and its owner. Sharing across users is not offered.
 from __future__ import annotations
 
 import os
-from typing import Any, List
+from typing import Any, List, Tuple
 
 import numpy as np
 
 from . import _pools
 from ._native import NativePool
 
-__all__ = ["create", "attach", "delete", "list_names"]
+__all__ = ["NamedArray", "create", "attach", "delete", "list_names"]
 
 
 def pool_name() -> str:
@@ -66,7 +66,43 @@ def delete(name: str) -> None:
     named_pool().unpublish(_strip(name))
 
 
-def list_names() -> List[str]:
-    """Every array name, sorted (names of locks and events, which start with a NUL byte, are
-    not array names)."""
-    return sorted(n for n in named_pool().names() if not n.startswith("\x00"))
+class NamedArray(str):
+    """An entry of :func:`pyshm.list`: the array's name (a ``str``, usable wherever a name is),
+    with its ``dtype`` and ``shape`` as they were when the list was made.
+
+    Examples
+    --------
+    >>> import numpy as np, pyshm
+    >>> _ = pyshm.create("doc-example", (2, 3), np.int16)
+    >>> [(n, n.dtype, n.shape) for n in pyshm.list() if n == "doc-example"]
+    [('doc-example', dtype('int16'), (2, 3))]
+    >>> pyshm.delete("doc-example")
+    """
+
+    dtype: np.dtype
+    shape: Tuple[int, ...]
+
+    def __new__(cls, name: str, dtype: Any, shape: Tuple[int, ...]) -> "NamedArray":
+        entry = super().__new__(cls, name)
+        entry.dtype = np.dtype(dtype)
+        entry.shape = tuple(shape)
+        return entry
+
+    def __reduce__(self) -> Any:
+        return (NamedArray, (str(self), self.dtype, self.shape))
+
+
+def list_names() -> List[NamedArray]:
+    """Every array name, sorted, each a :class:`NamedArray` (a ``str``) carrying the array's
+    dtype and shape. Names of locks and events (which start with a NUL byte) are not array
+    names; a name deleted while the list is made is left out."""
+    pool = named_pool()
+    entries = []
+    for name in sorted(n for n in pool.names() if not n.startswith("\x00")):
+        try:
+            a = pool.lookup(name)
+        except (FileNotFoundError, ValueError):  # deleted (or its array freed) meanwhile
+            continue
+        entries.append(NamedArray(name, a.dtype, a.shape))
+        del a
+    return entries

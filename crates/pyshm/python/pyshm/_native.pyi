@@ -20,6 +20,9 @@ class PoolNotFoundError(FileNotFoundError):
 class PoolMemoryError(MemoryError):
     """The pool (or /dev/shm) has no room for the array."""
 
+class NameTableFullError(RuntimeError):
+    """The pool's table of array names is full: delete names to make room."""
+
 class PoolCorruptError(RuntimeError):
     """The pool's shared memory breaks its protocol (a lock held by a live non-member)."""
 
