@@ -59,10 +59,6 @@ def _state(kind: str, name: Optional[str]) -> np.ndarray:
     return state
 
 
-def _unlink(kind: str, name: str) -> None:
-    _named.named_pool().unpublish(f"{HIDDEN}{kind}:{name}")
-
-
 def _rebuild(cls: type, state: Any, name: Optional[str]) -> Any:
     if not (isinstance(state, np.ndarray) and _core.is_shared(state)):
         raise TypeError(
@@ -72,11 +68,35 @@ def _rebuild(cls: type, state: Any, name: Optional[str]) -> Any:
         )
     obj = cls.__new__(cls)
     obj._state, obj._name = state, name
-    obj.owner_died = False
     return obj
 
 
-class Lock:
+class _InPool:
+    """What locks and events share: a state array in the pool (invariant 1), an optional name
+    (invariant 3), and pickling as the state (invariant 2)."""
+
+    _KIND = ""
+
+    def __init__(self, name: Optional[str] = None) -> None:
+        self._state = _state(self._KIND, name)
+        self._name = name
+
+    @property
+    def name(self) -> Optional[str]:
+        """The name, or ``None``."""
+        return self._name
+
+    @classmethod
+    def unlink(cls, name: str) -> None:
+        """Delete the name ``name`` (``FileNotFoundError`` if there is none); objects that use
+        it keep working, and the state is freed with the last of them."""
+        _named.named_pool().unpublish(f"{HIDDEN}{cls._KIND}:{name}")
+
+    def __reduce__(self) -> Any:
+        return (_rebuild, (type(self), self._state, self._name))
+
+
+class Lock(_InPool):
     """A lock that every process of the pool can use, and that survives its holder's death.
 
     Parameters
@@ -109,11 +129,12 @@ class Lock:
 
     #: Whether the last ``acquire`` of this object took the lock over from a process that died
     #: holding it.
-    owner_died: bool
+    owner_died: bool = False
+
+    _KIND = "lock"
 
     def __init__(self, name: Optional[str] = None) -> None:
-        self._state = _state("lock", name)
-        self._name = name
+        super().__init__(name)
         self.owner_died = False
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
@@ -142,25 +163,11 @@ class Lock:
         """The pid of the process holding the lock, or ``None``."""
         return lock_holder(self._state)
 
-    @property
-    def name(self) -> Optional[str]:
-        """The lock's name, or ``None``."""
-        return self._name
-
-    @staticmethod
-    def unlink(name: str) -> None:
-        """Delete the lock name ``name`` (``FileNotFoundError`` if there is none); objects that
-        use the lock keep working."""
-        _unlink("lock", name)
-
     def __enter__(self) -> bool:
         return self.acquire()
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
-
-    def __reduce__(self) -> Any:
-        return (_rebuild, (type(self), self._state, self._name))
 
     def __repr__(self) -> str:
         what = "unlocked" if self.holder is None else f"locked by pid {self.holder}"
@@ -168,7 +175,7 @@ class Lock:
         return f"<pyshm.Lock{name} {what}>"
 
 
-class Event:
+class Event(_InPool):
     """A flag that every process of the pool can set, clear and wait for
     (``threading.Event`` across processes).
 
@@ -188,9 +195,7 @@ class Event:
     True
     """
 
-    def __init__(self, name: Optional[str] = None) -> None:
-        self._state = _state("event", name)
-        self._name = name
+    _KIND = "event"
 
     def set(self) -> None:
         """Set the flag and wake every process waiting for it."""
@@ -208,19 +213,6 @@ class Event:
         """Wait until the flag is set, at most ``timeout`` seconds (``None``: forever); the
         flag when the wait ends."""
         return event_wait(self._state, None if timeout is None else float(timeout))
-
-    @property
-    def name(self) -> Optional[str]:
-        """The event's name, or ``None``."""
-        return self._name
-
-    @staticmethod
-    def unlink(name: str) -> None:
-        """Delete the event name ``name`` (``FileNotFoundError`` if there is none)."""
-        _unlink("event", name)
-
-    def __reduce__(self) -> Any:
-        return (_rebuild, (type(self), self._state, self._name))
 
     def __repr__(self) -> str:
         name = "" if self._name is None else f" name={self._name!r}"
