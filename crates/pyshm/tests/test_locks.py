@@ -136,3 +136,26 @@ def test_named_ones_are_found_by_unrelated_programs():
         pyshm.Event.unlink(name)
     with pytest.raises(FileNotFoundError):
         pyshm.Lock.unlink(name)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_a_wait_is_interrupted_by_a_signal():
+    lock, event = pyshm.Lock(), pyshm.Event()
+    lock.acquire()
+
+    def interrupt(signum, frame):
+        raise Interrupted
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        for wait in (lock.acquire, event.wait):  # both would wait forever
+            signal.setitimer(signal.ITIMER_REAL, 0.2)
+            with pytest.raises(Interrupted):
+                wait()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        lock.release()
