@@ -4,7 +4,8 @@
 //!    system's `python3`; nothing is installed outside the project's environments.
 //! 2. The tools (maturin, ziglang and auditwheel to build and check wheels, numpy, pytest,
 //!    hypothesis, joblib for its vendored loky, tqdm for progress bars, anyio for the asyncio
-//!    front-end's tests and mypy for the stubs' and types' tests) are installed only when one of
+//!    front-end's tests, mypy for the stubs' and types' tests, cloudpickle, and nbclient with
+//!    ipykernel to run the notebook tests in a real Jupyter kernel) are installed only when one of
 //!    them cannot be imported, so a warm run does not touch the network.
 //! 3. `bench` and `demo` rebuild pyshm into `.venv` with `maturin develop --release`; `test`
 //!    installs the wheel that `cargo xtask wheel` builds instead, so the tests run against the
@@ -29,7 +30,8 @@ pub(crate) const VENV_BIN: &str = ".venv/bin";
 pub(crate) const BASE_PYTHON: &str = "python3";
 
 /// What the tests import besides pyshm (numpy arrives as pyshm's dependency too).
-const TEST_TOOLS: [&str; 7] = ["numpy", "pytest", "hypothesis", "joblib", "tqdm", "anyio", "mypy"];
+const TEST_TOOLS: [&str; 10] =
+    ["numpy", "pytest", "hypothesis", "joblib", "tqdm", "anyio", "mypy", "cloudpickle", "nbclient", "ipykernel"];
 
 /// What builds and checks the package, in `.venv` only.
 const BUILD_TOOLS: [&str; 3] = ["maturin", "ziglang", "auditwheel"];

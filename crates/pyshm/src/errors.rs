@@ -12,7 +12,8 @@
 //!    `FileNotFoundError`, errno `ENOENT`) for a pool that does not exist, [`PoolOSError`] (an
 //!    `OSError`) for a failed system call, with the call's errno when there is one, its subclass
 //!    [`PoolPermissionError`] (also a `PermissionError`) when that errno is `EACCES` or `EPERM`,
-//!    and `TimeoutError` for a pool whose creator did not finish in time.
+//!    `TimeoutError` for a pool whose creator did not finish in time, and
+//!    [`NameTableFullError`] (a `RuntimeError`) when a pool's name table is full.
 //! 3. pyshm's exception classes say `module = "pyshm"` and are re-exported there, so they
 //!    pickle (from a worker to its caller) as themselves. None takes other constructor
 //!    arguments than its builtin base, so the base's `__reduce__` rebuilds it (message, and
@@ -59,6 +60,12 @@ create_exception!(
     PoolCorruptError,
     PyRuntimeError,
     "The pool's shared memory breaks its protocol (e.g. a lock held by a live process that is not one of the pool's): written by a buggy or hostile process of the same user. Nothing was taken over; recreate the pool."
+);
+create_exception!(
+    pyshm,
+    NameTableFullError,
+    PyRuntimeError,
+    "The pool's table of array names is full: delete names (pyshm.delete) to make room. A RuntimeError, as it was before it had a class of its own."
 );
 create_exception!(
     pyshm,
@@ -246,7 +253,9 @@ impl From<Error> for PyErr {
                     NameError::NotFound(_) => PyFileNotFoundError::new_err((ENOENT, msg)),
                     NameError::Exists(_) => PyFileExistsError::new_err((EEXIST, msg)),
                     NameError::Invalid(_) | NameError::AlreadyNamed => PyValueError::new_err(msg),
-                    NameError::Full => PyRuntimeError::new_err(msg),
+                    NameError::Full => NameTableFullError::new_err(format!(
+                        "{msg}: delete names with pyshm.delete (names of locks and events count too)"
+                    )),
                     NameError::Handle(h) => handle_err(h),
                 }
             }
@@ -265,6 +274,7 @@ pub(crate) fn add_exceptions(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("PoolMemoryError", py.get_type::<PoolMemoryError>())?;
     m.add("PoolOSError", py.get_type::<PoolOSError>())?;
     m.add("PoolCorruptError", py.get_type::<PoolCorruptError>())?;
+    m.add("NameTableFullError", py.get_type::<NameTableFullError>())?;
     m.add("PoolPermissionError", pool_permission_error(py)?)?;
     Ok(())
 }

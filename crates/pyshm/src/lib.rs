@@ -23,6 +23,7 @@
 //!   and the figures pools report (`PoolStats`, `CollectReport`, `PoolInfo`, `SkippedPoolFile`).
 //! - [`allocator`]: numpy's data-memory handler backed by a pool (NEP 49).
 //! - [`gil`]: releasing the GIL without a crash at interpreter exit.
+//! - [`locks`]: `pyshm.Lock` and `pyshm.Event` over shm-sync's robust mutex and flag.
 #![deny(unsafe_code)]
 
 #[allow(unsafe_code)] // numpy's handler structure, capsules, and the memory numpy is handed
@@ -31,6 +32,8 @@ mod dtypes;
 mod errors;
 mod gil;
 mod handle;
+#[allow(unsafe_code)] // a mutex and a flag over a checked pooled block
+mod locks;
 #[allow(unsafe_code)] // numpy's C API: arrays over blocks, reading an array's fields
 mod ndarray;
 mod pool;
@@ -63,5 +66,12 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(allocator::set_handler, m)?)?;
     m.add_function(wrap_pyfunction!(allocator::get_handler, m)?)?;
     m.add_function(wrap_pyfunction!(allocator::allocator_stats, m)?)?;
+    m.add_function(wrap_pyfunction!(locks::lock_acquire, m)?)?;
+    m.add_function(wrap_pyfunction!(locks::lock_release, m)?)?;
+    m.add_function(wrap_pyfunction!(locks::lock_holder, m)?)?;
+    m.add_function(wrap_pyfunction!(locks::event_set, m)?)?;
+    m.add_function(wrap_pyfunction!(locks::event_clear, m)?)?;
+    m.add_function(wrap_pyfunction!(locks::event_is_set, m)?)?;
+    m.add_function(wrap_pyfunction!(locks::event_wait, m)?)?;
     Ok(())
 }

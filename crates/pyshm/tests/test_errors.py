@@ -20,6 +20,7 @@ EXCEPTIONS = [
     ("PoolNotFoundError", (errno.ENOENT, "pool 'x' not found"), errno.ENOENT),
     ("PoolMemoryError", ("pool full: 10 bytes requested",), None),
     ("PoolCorruptError", ("the pool is corrupt: a lock is held by live pid 1",), None),
+    ("NameTableFullError", ("the pool's name table is full",), None),
     ("PoolOSError", (errno.EIO, "read failed"), errno.EIO),
     ("PoolOSError", ("no errno here",), None),
     ("PoolPermissionError", (errno.EACCES, "shm_open refused"), errno.EACCES),

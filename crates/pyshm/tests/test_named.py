@@ -170,3 +170,20 @@ os._exit(0)  # dead, without leaving the pool
     finally:
         for f in files():
             os.unlink(f"/dev/shm/{f}")
+
+
+def test_list_entries_are_names_with_dtype_and_shape_and_a_full_table_has_its_own_error():
+    pyshm.create("typed", (2, 5), np.uint8)
+    try:
+        (entry,) = [n for n in pyshm.list() if n == "typed"]
+        assert isinstance(entry, str) and entry.dtype == np.uint8 and entry.shape == (2, 5)
+        assert pyshm.attach(entry).shape == (2, 5)  # usable as the name
+        made = []
+        with pytest.raises(pyshm.NameTableFullError, match="name table is full"):
+            for i in range(100_000):
+                pyshm.create(f"filler{i}", 1)
+                made.append(f"filler{i}")
+        assert isinstance(pyshm.NameTableFullError("x"), RuntimeError) and len(made) < 100_000
+    finally:
+        for name in ["typed"] + [n for n in pyshm.list() if n.startswith("filler")]:
+            pyshm.delete(name)

@@ -99,7 +99,9 @@ def test_python_stubs_name_every_public_name_of_their_module():
         for cls, members in stub_names(tree).items():
             runtime = getattr(mod, cls, None)
             if inspect.isclass(runtime) and runtime.__module__ == mod.__name__:
-                real = {n for c in runtime.__mro__ if c.__module__ == mod.__name__ for n in vars(c)}
+                # Members are what the class defines, and the instance attributes it annotates.
+                ours = [c for c in runtime.__mro__ if c.__module__ == mod.__name__]
+                real = {n for c in ours for n in [*vars(c), *vars(c).get("__annotations__", {})]}
                 real = {n for n in real if not n.startswith("_")}
                 stubbed_members = {n for c in runtime.__mro__ for n in stub_names(tree).get(c.__name__, ())}
                 assert real == {n for n in stubbed_members if not n.startswith("_")}, f"{name}.{cls}"

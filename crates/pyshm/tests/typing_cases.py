@@ -90,5 +90,6 @@ assert_type(pyshm.create("typed", (2, 3), np.uint16), np.ndarray[tuple[int, int]
 assert_type(pyshm.create("typed", shape), npt.NDArray[np.float64])
 assert_type(pyshm.attach("typed"), npt.NDArray[Any])
 assert_type(pyshm.handle(i32), pyshm.Handle)
-assert_type(pyshm.list(), list[str])
+assert_type(pyshm.list(), list[pyshm.NamedArray])
+first: str = pyshm.list()[0]  # each entry is a str too
 pyshm.map(lambda worker, index, item: None, [1, 2])

@@ -10,7 +10,8 @@
 //!   forever ([`LockError::Stranger`]).
 //! - [`Event`]: wait until a sequence word changes, notify one or all, with a registration
 //!   that lets a free path skip the notification when nobody listens; [`Semaphore`]: counted
-//!   permits across processes.
+//!   permits across processes; [`Flag`]: a set-or-clear flag with waits (Python's
+//!   `threading.Event`).
 //! - [`ProcessTable`]: slots naming processes by an identity that survives pid reuse, so
 //!   anyone can find the dead and recycle their slots.
 //! - [`RefCount`]: a reference count kept per holder process (a bitmap of process slots), so a
@@ -28,6 +29,7 @@
 #![deny(unsafe_code)]
 
 mod event;
+mod flag;
 mod mutex;
 mod process_table;
 mod refcount;
@@ -36,8 +38,10 @@ mod sync;
 mod transfer;
 
 pub use event::{Event, Listener, Wait};
+pub use flag::Flag;
 pub use mutex::{
-    AnyProcess, Holder, LockError, Locked, Members, MutexGuard, RobustMutex, Standing, RECHECK, STRANGER_STRIKES,
+    AnyProcess, Holder, LockError, Locked, Members, MutexGuard, NotHolder, RobustMutex, Standing, RECHECK,
+    STRANGER_STRIKES,
 };
 pub use process_table::{DeadProcess, ProcessSlot, ProcessTable, Registration, SlotState, TableFull};
 pub use refcount::{Acquired, RefCount, RefError, Released};

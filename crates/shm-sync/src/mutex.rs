@@ -201,6 +201,14 @@ pub enum LockError {
     },
 }
 
+/// [`RobustMutex::unlock_held`] by a process that does not hold the mutex.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the mutex is not held by this process (holder pid {holder}, 0 for none)")]
+pub struct NotHolder {
+    /// Pid in the lock word (0: free).
+    pub holder: u32,
+}
+
 impl RobustMutex {
     /// An unlocked mutex (all zero).
     #[cfg(not(all(shm_loom, feature = "loom")))]
@@ -284,6 +292,28 @@ impl RobustMutex {
     /// means. Returns whether it was poisoned.
     pub fn reset_poison(&self) -> bool {
         self.word.compare_exchange(POISONED, 0, Ordering::Acquire, Ordering::Relaxed).is_ok()
+    }
+
+    /// Unlocks a mutex that this process holds without a guard: for a binding that holds the
+    /// mutex across calls (it forgot the guard with [`core::mem::forget`]), such as a lock held
+    /// from Python between `acquire()` and `release()`. The caller declares the protected
+    /// state consistent: a mutex taken over from a dead holder is not poisoned.
+    ///
+    /// # Errors
+    ///
+    /// [`NotHolder`] when the lock word does not name this process (free, or held by another
+    /// process); nothing changes then.
+    pub fn unlock_held(&self) -> Result<(), NotHolder> {
+        let me = pid_of(sync::current_identity());
+        // Relaxed: only our own process could have stored our pid, so the read is
+        // ordered after that store by program order (or by the Python lock handing over
+        // between our threads).
+        let w = self.word.load(Ordering::Relaxed);
+        if w & PID_MASK != me || w & POISONED != 0 {
+            return Err(NotHolder { holder: w & PID_MASK });
+        }
+        self.unlock(false);
+        Ok(())
     }
 
     /// Pid of the current holder, if any.
@@ -480,6 +510,16 @@ impl Drop for MutexGuard<'_> {
 #[cfg(all(test, not(all(shm_loom, feature = "loom"))))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unlock_held_releases_only_for_the_holder() {
+        let m = RobustMutex::new();
+        assert_eq!(m.unlock_held(), Err(NotHolder { holder: 0 }));
+        core::mem::forget(m.lock().unwrap().into_guard());
+        assert_eq!(m.holder(), Some(std::process::id()));
+        assert_eq!(m.unlock_held(), Ok(()));
+        assert_eq!(m.holder(), None);
+    }
 
     #[test]
     fn try_lock_and_timeouts_name_the_holder() {

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._native import (
     InvalidHandleError,
+    NameTableFullError,
     PoolCorruptError,
     PoolMemoryError,
     PoolNotFoundError,
@@ -71,7 +72,8 @@ from ._map import (
     set_default_context,
 )
 from ._map import map as map  # noqa: A004 (`x as x`: exported to type checkers, left out of __all__)
-from ._named import create, delete, list_names
+from ._locks import Event, Lock
+from ._named import NamedArray, create, delete, list_names
 
 list = list_names  # noqa: A001 (SharedArray's name; assigned, so type checkers see it exported)
 del list_names
@@ -110,6 +112,7 @@ __all__ = [
     "delete",
     "empty",
     "empty_like",
+    "Event",
     "full",
     "full_like",
     "Functor",
@@ -120,7 +123,10 @@ __all__ = [
     "install_allocator",
     "InvalidHandleError",
     "is_shared",
+    "Lock",
     "MapContext",
+    "NamedArray",
+    "NameTableFullError",
     "NdarrayFunctor",
     "ones",
     "ones_like",

@@ -11,7 +11,8 @@ Invariants:
    ``alloc(per_worker=True)`` gives each one a row of its own.
 2. :class:`ProcessContext` starts its worker processes once, at its first ``map``, and keeps them
    until :meth:`ProcessContext.close` (or exit). Each ``map`` sends the kernel by value (its
-   code, closure and the globals it names, arrays by handle; see ``_sendfn``), so a kernel
+   code, closure and the globals it names, arrays by handle; cloudpickle does it, see
+   ``_transfer.PoolPickler``), so a kernel
    defined or changed after the workers started, a lambda, or a closure over pooled arrays runs
    the same under fork, spawn and forkserver, and sees the caller's arrays, not stale copies.
    This holds for what the kernel names itself (globals, closure cells, defaults). State it
@@ -34,9 +35,10 @@ import threading
 import types
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 
+import cloudpickle
 import numpy as np
 
-from . import _core, _executor, _sendfn
+from . import _core, _executor
 from ._transfer import Payload
 
 __all__ = [
@@ -410,18 +412,17 @@ class ProcessContext(MapContext):
         bar = _bar(progress, functor)
         done = self.alloc(self.num_workers, np.int64, fill=0) if bar is not None else None
         copies: dict = {}  # arrays the kernel names, copied into the pool once for all shares
-        sent = kernel
         if isinstance(kernel, types.FunctionType):
-            named = list(_sendfn.used_globals(kernel).values()) + list(_sendfn.closure_values(kernel))
+            named = list(_used_globals(kernel).values()) + list(_closure_values(kernel))
             for v in named:
                 if type(v) is np.ndarray and not v.dtype.hasobject and not _core.is_shared(v):
                     copies[id(v)] = _core.asarray(v)
-            sent = _sendfn.ByValue(kernel, copies)
         payloads: list[Payload] = []
         try:
             for i, s in enumerate(shares):
-                task = (sent,) + _share_of(functor, s) + (i, done)
-                payloads.append(_freeze_share(Payload(task, main_by_value=True), kernel, functor))
+                task = (kernel,) + _share_of(functor, s) + (i, done)
+                payload = Payload(task, replace=copies, by_value=kernel)
+                payloads.append(_freeze_share(payload, kernel, functor))
             ex = self._pool()
             try:
                 futures = [ex.submit(_run_share_task, p) for p in payloads]
@@ -458,6 +459,31 @@ class ProcessContext(MapContext):
         return f"ProcessContext(num_workers={self.num_workers}, start_method={self.start_method!r})"
 
 
+def _names_used(code: types.CodeType) -> set:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _names_used(const)
+    return names
+
+
+def _used_globals(fn: types.FunctionType) -> dict:
+    """The globals of ``fn`` that its code (or code nested in it) names: what cloudpickle sends
+    with it, and so the arrays ``map`` copies into the pool once for all shares."""
+    g = fn.__globals__
+    return {name: g[name] for name in _names_used(fn.__code__) if name in g}
+
+
+def _closure_values(fn: types.FunctionType) -> list:
+    values = []
+    for cell in fn.__closure__ or ():
+        try:
+            values.append(cell.cell_contents)
+        except ValueError:  # an empty cell (keeps the order of co_freevars)
+            values.append(None)
+    return values
+
+
 def _freeze_share(payload: Payload, kernel: Kernel, functor: Functor) -> Payload:
     """Pickle the share's payload now, so that a kernel or functor that cannot be sent fails
     here, in the caller, with a message that names the culprit."""
@@ -466,12 +492,12 @@ def _freeze_share(payload: Payload, kernel: Kernel, functor: Functor) -> Payload
     except Exception as e:
         payload.release()
         try:
-            pickle.dumps(type(functor))
+            cloudpickle.dumps(type(functor))
         except Exception:
             raise TypeError(
                 f"pyshm.map cannot send the functor to worker processes: its class "
-                f"{type(functor).__qualname__!r} cannot be pickled by reference ({e}); define it at "
-                "the top level of a module, or use ThreadContext or SerialContext"
+                f"{type(functor).__qualname__!r} cannot be pickled ({e}); "
+                "use ThreadContext or SerialContext"
             ) from e
         raise TypeError(_why_unpicklable(kernel, e)) from e
 
@@ -481,9 +507,9 @@ def _why_unpicklable(kernel: Kernel, error: Exception) -> str:
     msg = f"pyshm.map cannot send the kernel {name!r} to worker processes ({type(error).__name__}: {error})"
     culprit = None
     if isinstance(kernel, types.FunctionType):
-        named = dict(_sendfn.used_globals(kernel))
+        named = dict(_used_globals(kernel))
         if kernel.__closure__:
-            named.update(zip(kernel.__code__.co_freevars, _sendfn.closure_values(kernel)))
+            named.update(zip(kernel.__code__.co_freevars, _closure_values(kernel)))
         for var, value in named.items():
             if isinstance(value, (np.ndarray, types.FunctionType, types.ModuleType)):
                 continue  # arrays and modules always travel; functions fail on their own names

@@ -14,7 +14,9 @@ file and its owner. Sharing across users is not offered.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, List
+from typing import TYPE_CHECKING, Any, List, Tuple
+
+import numpy as np
 
 from . import _pools
 from ._native import NativePool
@@ -24,7 +26,7 @@ if TYPE_CHECKING:
 
     from ._typing import DTypeSpec, ShapeLike
 
-__all__ = ["create", "attach", "delete", "list_names"]
+__all__ = ["NamedArray", "create", "attach", "delete", "list_names"]
 
 
 def pool_name() -> str:
@@ -36,7 +38,8 @@ def pool_name() -> str:
     return os.environ.get("PYSHM_NAMED_POOL") or f"named_{os.geteuid()}"
 
 
-def _pool() -> NativePool:
+def named_pool() -> NativePool:
+    """This user's named-array pool, opened or created (also where named locks live)."""
     name = pool_name()
     n = NativePool.find(name)
     if n is not None:
@@ -55,7 +58,7 @@ def create(name: str, shape: ShapeLike, dtype: DTypeSpec = float) -> NDArray[Any
 
     ``shape`` and ``dtype`` are as :func:`pyshm.zeros` takes them, and so is the array's type
     (``_named.pyi``): ``create("x", 3, np.int32)`` is an int32 array."""
-    pool = _pool()
+    pool = named_pool()
     a = pool.empty(shape, dtype, "C", True)
     pool.publish(_strip(name), a)
     return a
@@ -63,14 +66,51 @@ def create(name: str, shape: ShapeLike, dtype: DTypeSpec = float) -> NDArray[Any
 
 def attach(name: str) -> NDArray[Any]:
     """The array named ``name`` (``FileNotFoundError`` if there is none)."""
-    return _pool().lookup(_strip(name))
+    return named_pool().lookup(_strip(name))
 
 
 def delete(name: str) -> None:
     """Delete the name; the array is freed once no process holds it."""
-    _pool().unpublish(_strip(name))
+    named_pool().unpublish(_strip(name))
 
 
-def list_names() -> List[str]:
-    """Every array name, sorted."""
-    return sorted(_pool().names())
+class NamedArray(str):
+    """An entry of :func:`pyshm.list`: the array's name (a ``str``, usable wherever a name is),
+    with its ``dtype`` and ``shape`` as they were when the list was made.
+
+    Examples
+    --------
+    >>> import numpy as np, pyshm
+    >>> _ = pyshm.create("doc-example", (2, 3), np.int16)
+    >>> [(n, n.dtype, n.shape) for n in pyshm.list() if n == "doc-example"]
+    [('doc-example', dtype('int16'), (2, 3))]
+    >>> pyshm.delete("doc-example")
+    """
+
+    dtype: np.dtype
+    shape: Tuple[int, ...]
+
+    def __new__(cls, name: str, dtype: Any, shape: Tuple[int, ...]) -> "NamedArray":
+        entry = super().__new__(cls, name)
+        entry.dtype = np.dtype(dtype)
+        entry.shape = tuple(shape)
+        return entry
+
+    def __reduce__(self) -> Any:
+        return (NamedArray, (str(self), self.dtype, self.shape))
+
+
+def list_names() -> List[NamedArray]:
+    """Every array name, sorted, each a :class:`NamedArray` (a ``str``) carrying the array's
+    dtype and shape. Names of locks and events (which start with a NUL byte) are not array
+    names; a name deleted while the list is made is left out."""
+    pool = named_pool()
+    entries = []
+    for name in sorted(n for n in pool.names() if not n.startswith("\x00")):
+        try:
+            a = pool.lookup(name)
+        except (FileNotFoundError, ValueError):  # deleted (or its array freed) meanwhile
+            continue
+        entries.append(NamedArray(name, a.dtype, a.shape))
+        del a
+    return entries

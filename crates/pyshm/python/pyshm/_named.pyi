@@ -2,12 +2,13 @@
 the other in tests/test_typing.py). ``create`` types as :func:`pyshm.zeros` does (see
 ``_core.pyi``)."""
 
-from typing import Any, List, overload
+from typing import Any, List, Tuple, overload
 from typing import SupportsIndex as _Int
 
 import numpy as np
 from numpy.typing import NDArray
 
+from ._native import NativePool
 from ._typing import Array, Array1D
 from ._typing import DTypeSpec as _DTypeSpec
 from ._typing import ScalarDTypeLike as _DT
@@ -15,10 +16,13 @@ from ._typing import ScalarT as _T
 from ._typing import ShapeLike as _Shape
 from ._typing import ShapeT as _ShapeT
 
-__all__ = ["create", "attach", "delete", "list_names"]
+__all__ = ["NamedArray", "create", "attach", "delete", "list_names"]
 
 def pool_name() -> str:
     """The name of this user's named-array pool: ``PYSHM_NAMED_POOL``, else ``named_<euid>``."""
+
+def named_pool() -> NativePool:
+    """This user's named-array pool, opened or created (also where named locks live)."""
 
 @overload
 def create(name: str, shape: _Int, dtype: None = ...) -> Array1D[np.float64]:
@@ -49,5 +53,16 @@ def attach(name: str) -> NDArray[Any]:
 def delete(name: str) -> None:
     """Delete the name; the array is freed once no process holds it."""
 
-def list_names() -> List[str]:
-    """Every array name, sorted."""
+class NamedArray(str):
+    """An entry of :func:`pyshm.list`: the array's name (a ``str``, usable wherever a name is),
+    with its ``dtype`` and ``shape`` as they were when the list was made."""
+
+    dtype: np.dtype[Any]
+    shape: Tuple[int, ...]
+    def __new__(cls, name: str, dtype: Any, shape: Tuple[int, ...]) -> NamedArray: ...
+    def __reduce__(self) -> Any: ...
+
+def list_names() -> List[NamedArray]:
+    """Every array name, sorted, each a :class:`NamedArray` (a ``str``) carrying the array's
+    dtype and shape. Names of locks and events (which start with a NUL byte) are not array
+    names; a name deleted while the list is made is left out."""

@@ -27,6 +27,9 @@ class PoolNotFoundError(FileNotFoundError):
 class PoolMemoryError(MemoryError):
     """The pool (or /dev/shm) has no room for the array."""
 
+class NameTableFullError(RuntimeError):
+    """The pool's table of array names is full: delete names to make room."""
+
 class PoolCorruptError(RuntimeError):
     """The pool's shared memory breaks its protocol (a lock held by a live non-member)."""
 
@@ -252,6 +255,24 @@ def clean_pools(include_persistent: bool = False) -> tuple[list[str], list[Skipp
 
 def shm_free_bytes() -> int:
     """Free bytes in /dev/shm."""
+
+# pyshm.Lock and pyshm.Event (src/locks.rs): `state` is a pooled uint64 array of 4.
+def lock_acquire(state: Any, blocking: bool, timeout: Optional[float]) -> int:
+    """Takes the lock in ``state``: 0 not acquired, 1 acquired, 2 acquired from a dead holder.
+    ``timeout`` in seconds (``None``: wait as long as a live process holds it)."""
+def lock_release(state: Any) -> None:
+    """Releases the lock in ``state``, held by this process (``RuntimeError`` otherwise)."""
+def lock_holder(state: Any) -> Optional[int]:
+    """Pid of the process holding the lock in ``state``, or ``None``."""
+def event_set(state: Any) -> None:
+    """Sets the event in ``state`` and wakes its waiters."""
+def event_clear(state: Any) -> None:
+    """Clears the event in ``state``."""
+def event_is_set(state: Any) -> bool:
+    """Whether the event in ``state`` is set."""
+def event_wait(state: Any, timeout: Optional[float]) -> bool:
+    """Waits for the event in ``state`` to be set, at most ``timeout`` seconds (``None``:
+    forever); whether it is set."""
 
 # numpy's data-memory handler backed by a pool (src/allocator.rs). A handler is a PyCapsule
 # named "mem_handler".

@@ -23,17 +23,18 @@ Invariants:
 from __future__ import annotations
 
 import functools
-import importlib
 import io
 import pickle
 import threading
 import types
+from collections import ChainMap
 from multiprocessing.reduction import ForkingPickler
 from typing import Any, Optional
 
+import cloudpickle
 import numpy as np
 
-from . import _core, _handles, _pickle, _sendfn
+from . import _core, _handles, _pickle
 from ._native import Handle
 
 __all__ = ["Packed", "Payload", "PayloadError", "PoolPickler", "register_array_wrapper", "unregister_array_wrapper"]
@@ -111,10 +112,6 @@ def _rebuild_wrapper(cls: type, attribute: str, array: Any, d: dict, slots: dict
     return obj
 
 
-def _reduce_module(m: types.ModuleType) -> Any:
-    return (importlib.import_module, (m.__name__,))
-
-
 def _handle(a: np.ndarray, handles: list[Handle]) -> Optional[Any]:
     try:
         r = _pickle.pooled_reduction(a)
@@ -145,7 +142,8 @@ def _pins_much_more(a: np.ndarray) -> bool:
     return owner.nbytes > 4 * a.nbytes and owner.nbytes - a.nbytes > _COMPACT_SLACK
 
 
-def _reduce_array(handles: list, compact: bool, a: np.ndarray) -> Any:
+def _reduce_array(handles: list, compact: bool, replace: dict, a: np.ndarray) -> Any:
+    a = replace.get(id(a), a)
     r = None if compact and _pins_much_more(a) else _handle(a, handles)
     if r is not None:
         return r
@@ -167,36 +165,56 @@ def _reduce_wrapper(obj: Any) -> Any:
     return (_rebuild_wrapper, (type(obj), attribute, array, d, slots))
 
 
-class PoolPickler(ForkingPickler):
-    """multiprocessing's pickler, plus: every ``numpy.ndarray`` (exactly that type) goes
-    through the pool (invariant 1), registered wrappers travel as attributes, and modules by
-    name. Python functions that pickle cannot send by reference (lambdas, nested functions)
-    go by value (``_sendfn``); with ``main_by_value``, so do those of the main script.
+class PoolPickler(cloudpickle.Pickler):
+    """cloudpickle's pickler with multiprocessing's reducers (connections, sockets), plus:
+    every ``numpy.ndarray`` (exactly that type) goes through the pool (invariant 1) and
+    registered wrappers travel as attributes.
 
-    ``handles`` collects every :class:`Handle` made (invariant 3). With
-    ``compact`` (results), a small view of a much larger numpy allocation is copied (see
-    ``_pins_much_more``) rather than sent as a view of the whole block. The
-    reducers are not bound to the pickler: a pickler in a reference cycle would keep its memo,
-    and so every array it pickled, alive until the garbage collector runs."""
+    Functions and classes that cannot be imported by name in the receiver (those of
+    ``__main__``, a notebook cell, ``python -c``, lambdas, nested functions) travel by value,
+    as cloudpickle sends them: code, closure and the globals the code names, pickled by this
+    same pickler, so arrays among them go by handle too. ``by_value`` is one more function to
+    send by value even if it can be imported (``pyshm.map``'s kernel: the worker runs the
+    caller's current code and sees the caller's current globals).
 
-    def __init__(self, file: Any, handles: list, main_by_value: bool = False, compact: bool = False) -> None:
-        super().__init__(file, pickle.HIGHEST_PROTOCOL)
-        self.main_by_value = main_by_value
-        table = self.dispatch_table  # ForkingPickler gives each pickler its own copy
-        table[np.ndarray] = functools.partial(_reduce_array, handles, compact)
-        table[types.ModuleType] = _reduce_module
+    ``handles`` collects every :class:`Handle` made (invariant 3). With ``compact`` (results),
+    a small view of a much larger numpy allocation is copied (see ``_pins_much_more``) rather
+    than sent as a view of the whole block. ``replace`` maps ``id(array)`` to the array to send
+    in its place (a pooled copy made once for many payloads). The reducers are not bound to the
+    pickler: a pickler in a reference cycle would keep its memo, and so every array it pickled,
+    alive until the garbage collector runs."""
+
+    def __init__(
+        self,
+        file: Any,
+        handles: list,
+        compact: bool = False,
+        replace: Optional[dict] = None,
+        by_value: Any = None,
+    ) -> None:
+        own: dict = {np.ndarray: functools.partial(_reduce_array, handles, compact, replace or {})}
         for cls in _wrappers:
-            table[cls] = _reduce_wrapper
+            own[cls] = _reduce_wrapper
+        # Before the base's __init__: the C pickler reads `dispatch_table` there, once (an
+        # instance attribute, since cloudpickle's class attribute hides the C member).
+        # `_extra_reducers` is what multiprocessing's `ForkingPickler.register` fills (typeshed
+        # leaves the private attribute out).
+        extra: dict = getattr(ForkingPickler, "_extra_reducers")  # noqa: B009
+        self.dispatch_table = ChainMap(own, extra, cloudpickle.Pickler.dispatch_table)
+        self.by_value = by_value
+        super().__init__(file, pickle.HIGHEST_PROTOCOL)
 
     def reducer_override(self, obj: Any) -> Any:
-        if type(obj) is types.FunctionType and not _sendfn.importable(obj, self.main_by_value):
-            return _sendfn.reduce_function(obj)
-        return NotImplemented
+        if obj is self.by_value and type(obj) is types.FunctionType:
+            return self._dynamic_function_reduce(obj)
+        return super().reducer_override(obj)
 
 
-def dumps(obj: Any, handles: list, main_by_value: bool = False, compact: bool = False) -> bytes:
+def dumps(
+    obj: Any, handles: list, compact: bool = False, replace: Optional[dict] = None, by_value: Any = None
+) -> bytes:
     buf = io.BytesIO()
-    PoolPickler(buf, handles, main_by_value, compact).dump(obj)
+    PoolPickler(buf, handles, compact, replace, by_value).dump(obj)
     return buf.getvalue()
 
 
@@ -216,24 +234,33 @@ class Payload:
     :class:`Packed` whose :meth:`Packed.load` gives it (so the receiver can turn a failure into
     an error of the task instead of dying in multiprocessing's queue)."""
 
-    __slots__ = ("obj", "data", "handles", "main_by_value", "compact", "lazy")
+    __slots__ = ("obj", "data", "handles", "compact", "lazy", "replace", "by_value")
 
-    def __init__(self, obj: Any, main_by_value: bool = False, compact: bool = False, lazy: bool = False) -> None:
+    def __init__(
+        self,
+        obj: Any,
+        compact: bool = False,
+        lazy: bool = False,
+        replace: Optional[dict] = None,
+        by_value: Any = None,
+    ) -> None:
         self.obj = obj
         self.data: Optional[bytes] = None
         self.handles: list[Handle] = []
-        self.main_by_value = main_by_value
         self.compact = compact
         self.lazy = lazy
+        self.replace = replace
+        self.by_value = by_value
 
     def freeze(self) -> "Payload":
         if self.data is None:
             try:
-                self.data = dumps(self.obj, self.handles, self.main_by_value, self.compact)
+                self.data = dumps(self.obj, self.handles, self.compact, self.replace, self.by_value)
             except BaseException:
                 self.release()  # the handles made before the failure would never be claimed
                 raise
-            self.obj = None  # what was sent is in `data`; the sender may free its copies
+            # What was sent is in `data`; the sender may free its copies.
+            self.obj = self.replace = self.by_value = None
         return self
 
     def __reduce__(self) -> Any:
