@@ -63,7 +63,7 @@
 //! # Features
 //!
 //! - `internals`: makes the building blocks public (`tree`, the lock-free buddy tree; `layout`,
-//!   the segment layout; `sync::AtomicWords`). For the fuzz targets, the loom models and the
+//!   the segment layout; `pages`, the reserved-page bitmap; `sync::AtomicWords`). For the fuzz targets, the loom models and the
 //!   benches; outside semver, they change with the protocols.
 //! - `loom`: with `RUSTFLAGS="--cfg shm_loom"`, runs the tree on loom's atomics (and turns on
 //!   `internals`, which the models need).
@@ -80,8 +80,15 @@ pub mod layout;
 #[allow(unreachable_pub)] // its `pub` items are the `internals` API
 mod layout;
 pub mod local_slots;
+#[allow(unsafe_code)] // the view of the bitmap region
+mod memory;
 mod options;
 mod owners;
+#[cfg(feature = "internals")]
+pub mod pages;
+#[cfg(not(feature = "internals"))]
+#[allow(unreachable_pub)] // its `pub` items are the `internals` API
+mod pages;
 #[allow(unsafe_code)] // the mapping and the typed views into it
 mod segment;
 pub mod sync;

@@ -46,7 +46,9 @@ fn create_is_private_reserved_and_unguessable() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     assert_eq!(meta.len(), a.segment_size());
-    assert!(meta.blocks() * 512 >= a.segment_size(), "pages are reserved at creation");
+    let metadata = a.stats().metadata_bytes;
+    assert_eq!(meta.blocks() * 512, metadata, "the metadata pages are reserved at creation, no data page");
+    assert!(metadata < a.segment_size());
     let (b, _g2) = named(1 << 20);
     assert_ne!(a.name(), b.name());
     assert_ne!(a.segment_id(), b.segment_id());
@@ -282,11 +284,17 @@ fn unlink_removes_the_name_but_not_the_mapping() {
 
 #[test]
 fn a_full_dev_shm_is_an_error_at_creation() {
-    // Ask for more than /dev/shm has: the reservation fails cleanly and leaves nothing behind.
+    // Ask to reserve more than /dev/shm has: the reservation fails cleanly and leaves nothing
+    // behind.
     let free = rustix::fs::statvfs("/dev/shm").map(|s| s.f_bavail * s.f_frsize).unwrap();
     let name = format!("pyshm-test-nospace-{}", std::process::id());
     let huge = (free + (1 << 30)).min(16 << 40);
-    match ArenaOptions::new(huge).min_block(1 << 20).name(&name).create() {
+    // Sparse (the default), the same capacity is only address space: creation succeeds.
+    if let Ok(sparse) = ArenaOptions::new(huge).min_block(1 << 20).name(&name).create() {
+        assert!(sparse.stats().metadata_bytes < sparse.segment_size() / 100, "{:?}", sparse.stats());
+        sparse.unlink().unwrap();
+    }
+    match ArenaOptions::new(huge).min_block(1 << 20).reserve_whole(true).name(&name).create() {
         Err(shm_arena::CreateError::NoSpace { requested, available, .. }) => {
             assert!(requested > free);
             assert!(available.is_some());
