@@ -353,7 +353,14 @@ impl Arena {
         if self.cache.caches(order) {
             while let Some(parked) = self.cache.pop(order) {
                 if let Ok(r) = tree.unpark(parked, tag) {
-                    return self.reserved(r, want, tag);
+                    let block = self.block_of(r);
+                    // A cached block of at most a page had its whole page reserved when it
+                    // was last handed out, and a parked block's page cannot be given back
+                    // (`pages` invariant 3): no check needed. Larger ones may need more pages.
+                    if block.size() <= crate::layout::PAGE {
+                        return Ok(block);
+                    }
+                    return self.reserve_pages(block, want, tag);
                 }
             }
         }
