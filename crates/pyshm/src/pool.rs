@@ -261,6 +261,7 @@ impl NativePool {
             segments: s.segments as u64,
             processes: s.processes as u64,
             reserved: s.reserved,
+            held: s.held,
         }
     }
 
@@ -392,7 +393,7 @@ macro_rules! figures {
 figures! {
     /// A pool's usage, in bytes unless said otherwise.
     PoolStats {
-        /// Bytes of data segments reserved in /dev/shm (metadata segments not included).
+        /// Bytes of address space of the data segments (sparse: see `held` for memory).
         capacity: u64,
         /// Bytes of blocks holding array data (small arrays, 4 KiB or less with their header,
         /// live in a metadata segment and count here too).
@@ -411,6 +412,9 @@ figures! {
         /// (not in `used`): given back when a process leaves the pool, when memory runs short,
         /// or by `collect` when it dies.
         reserved: u64,
+        /// Bytes the pool holds from /dev/shm: its segments' metadata and the pages reserved
+        /// for blocks (what the pool costs the machine).
+        held: u64,
     }
 }
 

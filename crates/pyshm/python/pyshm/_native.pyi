@@ -48,11 +48,20 @@ class PoolStats:
     """A pool's usage, in bytes unless said otherwise (``pyshm.PoolStats``)."""
 
     def __init__(
-        self, capacity: int, used: int, free: int, largest_free: int, arrays: int, segments: int, processes: int, reserved: int
+        self,
+        capacity: int,
+        used: int,
+        free: int,
+        largest_free: int,
+        arrays: int,
+        segments: int,
+        processes: int,
+        reserved: int,
+        held: int,
     ) -> None: ...
     @property
     def capacity(self) -> int:
-        """Bytes of data segments reserved in /dev/shm (metadata segments not included)."""
+        """Bytes of address space of the data segments (sparse: see ``held`` for memory)."""
     @property
     def used(self) -> int:
         """Bytes of blocks holding array data."""
@@ -74,6 +83,9 @@ class PoolStats:
     @property
     def reserved(self) -> int:
         """Bytes of freed small arrays' blocks that processes keep for their next small arrays."""
+    @property
+    def held(self) -> int:
+        """Bytes the pool holds from /dev/shm: segment metadata and the pages of its blocks."""
 
 class CollectReport:
     """What ``collect`` reclaimed (``pyshm.CollectReport``)."""

@@ -197,6 +197,10 @@ pub struct PoolStats {
     /// arrays' blocks, renewed rather than freed): given back when a process leaves the pool,
     /// when memory runs short, or by `collect` when it dies. Not in `used` or `arrays`.
     pub reserved: u64,
+    /// Bytes the pool holds from /dev/shm (or the memfd's tmpfs): every segment's metadata and
+    /// the pages reserved for blocks ([`shm_arena::ArenaStats`]). Segments are sparse, so this,
+    /// not `capacity`, is what the pool costs the machine.
+    pub held: u64,
 }
 
 fn ref_to_handle(e: RefError) -> HandleError {
@@ -408,6 +412,7 @@ impl PoolShared {
         for (i, arena, kind) in self.open_segments() {
             s.segments += 1;
             let a = arena.stats();
+            s.held += a.metadata_bytes + a.reserved_data_bytes;
             if kind == KIND_DATA {
                 s.capacity += a.capacity;
                 s.used += a.in_use_bytes;
