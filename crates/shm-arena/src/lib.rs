@@ -20,8 +20,11 @@
 //!    causes a block to be handed out twice. Its blocks carry its owner tag, so a survivor's
 //!    [`Arena::recover_dead_owners`] gets every byte back, including blocks caught mid-allocation
 //!    or mid-free.
-//! 4. A segment is created exclusively, mode 0600, under an unguessable name, with its pages
-//!    reserved up front: a full `/dev/shm` is [`CreateError::NoSpace`], never a `SIGBUS`.
+//! 4. A segment is created exclusively, mode 0600, under an unguessable name. It is sparse:
+//!    its metadata is reserved at creation and a block's pages when the block is handed out
+//!    (or every page up front with [`ArenaOptions::reserve_whole`]), so a full `/dev/shm` is
+//!    [`CreateError::NoSpace`] or [`AllocError::NoSpace`], never a `SIGBUS`. Freed pages go back
+//!    to the system on request ([`Arena::free_and_release`], [`Arena::release_free`]).
 //!    Opening validates the header completely; a foreign, truncated, corrupt or other-version
 //!    segment is an [`OpenError`].
 //! 5. Another user is never trusted: a named segment is mapped only if its open descriptor is
