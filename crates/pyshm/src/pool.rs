@@ -275,6 +275,11 @@ impl NativePool {
         }
     }
 
+    /// Gives the free pages of the data segments back to the system; returns the bytes.
+    fn trim(&self, py: Python<'_>) -> u64 {
+        py.detach(|| self.pool.trim())
+    }
+
     /// Checks every segment's allocator; raises RuntimeError on a violation.
     fn check(&self, py: Python<'_>) -> Result<()> {
         Ok(py.detach(|| self.pool.check())?)

@@ -78,3 +78,23 @@ fn a_default_pool_works_in_a_64_mib_dev_shm() {
     };
     assert!(status.success(), "child in a 64 MiB /dev/shm failed: {status:?}");
 }
+
+#[test]
+fn trim_gives_freed_arrays_pages_back() {
+    let pool = Pool::create(&PoolOptions::new()).unwrap();
+    let fresh = pool.stats().held;
+    let arrays: Vec<_> = (0..8).map(|_| ShmArray::<u8>::zeros(&pool, &[1 << 20]).unwrap()).collect();
+    let keep = ShmArray::<u8>::from_slice(&pool, &[1 << 20], &vec![7u8; 1 << 20]).unwrap();
+    let full = pool.stats().held;
+    assert!(full >= fresh + (9 << 20));
+    drop(arrays);
+    assert_eq!(pool.stats().held, full, "freed memory stays for reuse until a trim");
+    assert!(pool.trim() >= 8 << 20);
+    let trimmed = pool.stats().held;
+    assert!(trimmed <= full - (8 << 20), "{full} -> {trimmed}");
+    // What is still alive kept its data, and the pool works on.
+    assert!(keep.to_vec().iter().all(|x| *x == 7));
+    let again = ShmArray::<u8>::zeros(&pool, &[1 << 20]).unwrap();
+    assert!(again.to_vec().iter().all(|x| *x == 0));
+    pool.check().unwrap();
+}

@@ -50,6 +50,7 @@ from ._core import (
     ones,
     ones_like,
     stats,
+    trim,
     zeros,
     zeros_like,
 )
@@ -134,6 +135,7 @@ __all__ = [
     "StaleHandleError",
     "stats",
     "ThreadContext",
+    "trim",
     "uninstall_allocator",
     "unregister_array_wrapper",
     "zeros",

@@ -262,6 +262,21 @@ impl Pool {
         self.shared.collect()
     }
 
+    /// Gives the free pages of the data segments back to the system (`Arena::release_free`
+    /// on each: free blocks of a page or more are claimed, punched and freed). Returns the
+    /// bytes punched. Metadata segments are left alone (their blocks are swept for headers).
+    ///
+    /// While it runs, an allocation in another process may find a data segment full and grow
+    /// the pool by a segment (sparse: a few MiB of metadata).
+    pub fn trim(&self) -> u64 {
+        self.shared
+            .open_segments()
+            .into_iter()
+            .filter(|(_, _, k)| *k == KIND_DATA)
+            .map(|(_, a, _)| a.release_free())
+            .sum()
+    }
+
     /// Usage figures (walks the trees of every segment).
     pub fn stats(&self) -> PoolStats {
         self.shared.stats()
