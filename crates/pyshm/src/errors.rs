@@ -242,6 +242,7 @@ impl From<Error> for PyErr {
                         "{msg}; from Python: pyshm.configure(max_size=...) or PYSHM_MAX_SIZE, and \
                          pyshm.configure(wait=seconds) or PYSHM_WAIT"
                     )),
+                    ArrayError::NoSpace { .. } => PoolMemoryError::new_err(msg),
                     ArrayError::Grow(p) => pool_err(p),
                     ArrayError::PoolGone => PoolNotFoundError::new_err((ENOENT, msg)),
                 }

@@ -50,6 +50,7 @@ where
     if EXITING.load(SeqCst) {
         return f();
     }
+    #[allow(clippy::disallowed_methods)] // the wrapper itself
     let result = py.detach(move || {
         let result = f();
         RE_ENTERING.fetch_add(1, SeqCst);
@@ -70,7 +71,8 @@ fn park_for_good() -> ! {
     }
 }
 
-/// The `atexit` callback (invariant 2).
+/// The `atexit` callback (invariant 2). Before finalization, so pyo3's own detach is safe here.
+#[allow(clippy::disallowed_methods)]
 fn at_exit(py: Python<'_>) {
     EXITING.store(true, SeqCst);
     py.detach(|| {

@@ -262,6 +262,7 @@ impl NativePool {
             segments: s.segments as u64,
             processes: s.processes as u64,
             reserved: s.reserved,
+            held: s.held,
         }
     }
 
@@ -273,6 +274,11 @@ impl NativePool {
             arrays_freed: r.arrays_freed as u64,
             blocks_recovered: r.blocks_recovered,
         }
+    }
+
+    /// Gives the free pages of the data segments back to the system; returns the bytes.
+    fn trim(&self, py: Python<'_>) -> u64 {
+        gil::detach(py, || self.pool.trim())
     }
 
     /// Checks every segment's allocator; raises RuntimeError on a violation.
@@ -393,7 +399,7 @@ macro_rules! figures {
 figures! {
     /// A pool's usage, in bytes unless said otherwise.
     PoolStats {
-        /// Bytes of data segments reserved in /dev/shm (metadata segments not included).
+        /// Bytes of address space of the data segments (sparse: see `held` for memory).
         capacity: u64,
         /// Bytes of blocks holding array data (small arrays, 4 KiB or less with their header,
         /// live in a metadata segment and count here too).
@@ -412,6 +418,9 @@ figures! {
         /// (not in `used`): given back when a process leaves the pool, when memory runs short,
         /// or by `collect` when it dies.
         reserved: u64,
+        /// Bytes the pool holds from /dev/shm: its segments' metadata and the pages reserved
+        /// for blocks (what the pool costs the machine).
+        held: u64,
     }
 }
 

@@ -65,11 +65,11 @@ struct Registration {
 /// # }
 /// ```
 pub struct Arena {
-    segment: Segment,
+    pub(crate) segment: Segment,
     /// `fork_generation << 16 | tag` of the current registration; 0 when none.
     registration: AtomicU64,
     identity: Mutex<Registration>,
-    cache: LocalCache,
+    pub(crate) cache: LocalCache,
     /// The segment's trim epoch as this handle last saw it.
     seen_trim: crate::sync::local::AtomicU32,
 }
@@ -184,17 +184,17 @@ impl Arena {
         })
     }
 
-    fn tree(&self) -> BuddyTree<'_, [SharedU32]> {
+    pub(crate) fn tree(&self) -> BuddyTree<'_, [SharedU32]> {
         tree_of(&self.segment)
     }
 
-    fn owners(&self) -> OwnerTable<'_> {
+    pub(crate) fn owners(&self) -> OwnerTable<'_> {
         owners_of(&self.segment)
     }
 
     /// This arena's owner tag, registering again first if we are a forked child (invariant 1).
     #[inline]
-    fn tag(&self) -> Result<u16, RegisterError> {
+    pub(crate) fn tag(&self) -> Result<u16, RegisterError> {
         // Relaxed: written by this process only (registration), read by its threads; a stale
         // read only sends us to the locked slow path, which reads again.
         let r = self.registration.load(Relaxed);
@@ -292,7 +292,7 @@ impl Arena {
         }
     }
 
-    fn block_of(&self, r: NodeRef) -> Block {
+    pub(crate) fn block_of(&self, r: NodeRef) -> Block {
         let tree = self.tree();
         let l = self.segment.layout();
         Block::from_raw(
@@ -302,7 +302,7 @@ impl Arena {
         )
     }
 
-    fn node_of(&self, block: Block) -> Result<NodeRef, BlockError> {
+    pub(crate) fn node_of(&self, block: Block) -> Result<NodeRef, BlockError> {
         let l = self.segment.layout();
         let (offset, size) = (block.offset(), block.size());
         if offset.checked_add(size).is_none_or(|end| end > l.capacity) {
@@ -353,15 +353,29 @@ impl Arena {
         if self.cache.caches(order) {
             while let Some(parked) = self.cache.pop(order) {
                 if let Ok(r) = tree.unpark(parked, tag) {
-                    return Ok(self.block_of(r));
+                    let block = self.block_of(r);
+                    // A cached block of at most a page had its whole page reserved when it
+                    // was last handed out, and a parked block's page cannot be given back
+                    // (`pages` invariant 3): no check needed. Larger ones may need more pages.
+                    if block.size() <= crate::layout::PAGE {
+                        return Ok(block);
+                    }
+                    return self.reserve_pages(block, want, tag);
                 }
             }
         }
         if let Some(r) = tree.alloc(l.depth - order, tag) {
             self.owners().account(tag, block_size as i64);
-            return Ok(self.block_of(r));
+            return self.reserved(r, want, tag);
         }
-        self.alloc_slow(size, order, tag)
+        let block = self.alloc_slow(size, order, tag)?;
+        self.reserve_pages(block, want, tag)
+    }
+
+    /// The block of `r`, its first `want` bytes' pages reserved (memory model invariant 1).
+    #[inline]
+    fn reserved(&self, r: NodeRef, want: u64, tag: u16) -> Result<Block, AllocError> {
+        self.reserve_pages(self.block_of(r), want, tag)
     }
 
     #[cold]
@@ -582,7 +596,7 @@ impl Arena {
         self.flush_cache(tag);
     }
 
-    fn flush_cache(&self, tag: u16) {
+    pub(crate) fn flush_cache(&self, tag: u16) {
         let tree = self.tree();
         let owners = self.owners();
         let min_shift = self.segment.layout().min_block_shift;
@@ -611,6 +625,8 @@ impl Arena {
         ArenaStats {
             capacity: l.capacity,
             segment_size: l.segment_size,
+            reserved_data_bytes: self.reserved_data_bytes(),
+            metadata_bytes: l.metadata_bytes(),
             in_use_bytes: s.leaves_in_use << shift,
             cached_bytes: s.leaves_cached << shift,
             free_bytes: s.leaves_free << shift,
@@ -639,7 +655,18 @@ impl Arena {
     ///
     /// [`CheckError`] listing every violation.
     pub fn check(&self) -> Result<TreeReport, CheckError> {
-        let report = self.tree().check().map_err(|violations| CheckError { violations, owner_mismatches: vec![] })?;
+        let report = self.tree().check().map_err(|violations| CheckError {
+            violations,
+            owner_mismatches: vec![],
+            unreserved_blocks: vec![],
+        })?;
+        // Memory invariant 1: every block in use has (at least) its first page reserved.
+        let unreserved_blocks: Vec<Block> = if self.segment.whole_reserved() {
+            vec![]
+        } else {
+            let bits = self.page_bits();
+            self.blocks_in_use().into_iter().filter(|b| !bits.all_set(b.offset() / crate::layout::PAGE, 1)).collect()
+        };
         let shift = self.segment.layout().min_block_shift;
         let mut owner_mismatches = Vec::new();
         for info in self.owners().info() {
@@ -648,10 +675,10 @@ impl Arena {
                 owner_mismatches.push((info.tag, info.owned_bytes, counted));
             }
         }
-        if owner_mismatches.is_empty() {
+        if owner_mismatches.is_empty() && unreserved_blocks.is_empty() {
             Ok(report)
         } else {
-            Err(CheckError { violations: vec![], owner_mismatches })
+            Err(CheckError { violations: vec![], owner_mismatches, unreserved_blocks })
         }
     }
 
@@ -712,8 +739,14 @@ pub struct Recovery {
 pub struct ArenaStats {
     /// Usable bytes.
     pub capacity: u64,
-    /// Bytes of the whole segment.
+    /// Bytes of the whole segment (address space; see `reserved_data_bytes` for memory).
     pub segment_size: u64,
+    /// Bytes of data pages reserved from /dev/shm (the reserved-page bitmap; all of them for
+    /// an arena created with [`ArenaOptions::reserve_whole`](crate::ArenaOptions::reserve_whole)).
+    /// Held from the system = this plus `metadata_bytes`.
+    pub reserved_data_bytes: u64,
+    /// Bytes of metadata (header, owner table, tree, bitmap), reserved at creation.
+    pub metadata_bytes: u64,
     /// Bytes in blocks in use.
     pub in_use_bytes: u64,
     /// Bytes in blocks parked in process caches (free for use, not yet coalesced).
@@ -732,10 +765,12 @@ pub struct ArenaStats {
 
 /// Violations found by [`Arena::check`].
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("arena check failed: {} tree violations ({:?}...), {} owner byte counts off", violations.len(), violations.first(), owner_mismatches.len())]
+#[error("arena check failed: {} tree violations ({:?}...), {} owner byte counts off, {} blocks in use without reserved pages", violations.len(), violations.first(), owner_mismatches.len(), unreserved_blocks.len())]
 pub struct CheckError {
     /// Tree invariants broken.
     pub violations: Vec<TreeViolation>,
     /// (tag, bytes the slot says, bytes the tree holds for it).
     pub owner_mismatches: Vec<(u16, u64, u64)>,
+    /// Blocks in use whose first page is not marked reserved.
+    pub unreserved_blocks: Vec<Block>,
 }

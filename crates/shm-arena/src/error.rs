@@ -250,6 +250,29 @@ pub enum AllocError {
         /// Bytes parked in the caches of other handles (given back at their next operation).
         cached: u64,
     },
+    /// `/dev/shm` (or the memfd's tmpfs) cannot back the pages the block needs. The block was
+    /// given back to the arena; nothing is held for the request.
+    #[error("no room in /dev/shm for {requested} bytes ({reserving} bytes of pages to reserve, {} bytes free in /dev/shm); free memory, or enlarge /dev/shm (docker run --shm-size, a memory-backed Kubernetes emptyDir)", available.map_or_else(|| "unknown".to_owned(), |a| a.to_string()))]
+    NoSpace {
+        /// Bytes requested.
+        requested: u64,
+        /// Bytes of pages that had to be reserved.
+        reserving: u64,
+        /// Bytes free in /dev/shm when it failed, if known.
+        available: Option<u64>,
+    },
+    /// Reserving the block's pages failed for another reason (`fallocate(2)`); the block was
+    /// given back.
+    #[error("fallocate of {bytes} bytes at segment offset {offset} failed: {source}")]
+    Reserve {
+        /// Segment offset of the range.
+        offset: u64,
+        /// Bytes of the range.
+        bytes: u64,
+        /// The error.
+        #[source]
+        source: rustix::io::Errno,
+    },
     /// This process lost its owner registration (after a fork) and could not register again.
     #[error(transparent)]
     Register(#[from] RegisterErrorKind),

@@ -13,6 +13,7 @@
 //! owners_offset     owner_slots x 128-byte owner slots
 //! search_offset     search words of the tree (u32)
 //! tree_offset       node words of the tree (u32), 2^(depth+1) of them
+//! pages_offset      reserved-page bitmap (u32 words), one bit per page of the data region
 //! data_offset       capacity bytes of blocks, then padding up to the tree's full width
 //! segment_size      end
 //! ```
@@ -29,7 +30,8 @@ pub const MIN_BLOCK_MIN: u64 = 16;
 pub const MIN_BLOCK_MAX: u64 = 1 << 20;
 /// Most owner slots a segment may have (owner tags are 10 bits; two values are reserved).
 pub const OWNER_SLOTS_MAX: u32 = crate::tree::node::MAX_OWNER_TAG as u32;
-const PAGE: u64 = 4096;
+/// Bytes of a page: the unit of reservation and of giving memory back.
+pub const PAGE: u64 = 4096;
 
 /// The computed layout of a segment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +50,8 @@ pub struct Layout {
     pub search_offset: u64,
     /// Offset of the node words.
     pub tree_offset: u64,
+    /// Offset of the reserved-page bitmap (`pages_words` u32 words; derived, not recorded).
+    pub pages_offset: u64,
     /// Offset of the first block.
     pub data_offset: u64,
     /// Total bytes of the segment.
@@ -104,7 +108,9 @@ impl Layout {
         let search_bytes = BuddyTree::<[crate::sync::SharedU32]>::search_words(depth) as u64 * 4;
         let tree_offset = align_up(search_offset + search_bytes, PAGE);
         let tree_bytes = BuddyTree::<[crate::sync::SharedU32]>::node_words(depth) as u64 * 4;
-        let data_offset = align_up(tree_offset + tree_bytes, PAGE.max(min_block));
+        let pages_offset = align_up(tree_offset + tree_bytes, 128);
+        let pages_bytes = (align_up(capacity, PAGE) / PAGE / 32 + 1) * 4;
+        let data_offset = align_up(pages_offset + pages_bytes, PAGE.max(min_block));
         let segment_size = align_up(data_offset + capacity, PAGE);
         Ok(Self {
             min_block_shift,
@@ -114,6 +120,7 @@ impl Layout {
             owners_offset,
             search_offset,
             tree_offset,
+            pages_offset,
             data_offset,
             segment_size,
         })
@@ -135,6 +142,22 @@ impl Layout {
         (1u64 << (63 - leaves.leading_zeros())) << self.min_block_shift
     }
 
+    /// Pages of the data region (each has a bit in the reserved-page bitmap).
+    pub const fn data_pages(&self) -> u64 {
+        align_up(self.capacity, PAGE) / PAGE
+    }
+
+    /// Words of the reserved-page bitmap.
+    pub const fn pages_words(&self) -> usize {
+        (self.data_pages() / 32 + 1) as usize
+    }
+
+    /// Bytes of metadata pages from the start (header to bitmap, rounded up to a page): what
+    /// a sparse segment reserves at creation. The padding up to `data_offset` is never used.
+    pub const fn metadata_bytes(&self) -> u64 {
+        align_up(self.pages_offset + self.pages_words() as u64 * 4, PAGE)
+    }
+
     /// Bytes spent on metadata (everything but the data region).
     #[cfg_attr(not(feature = "internals"), allow(dead_code))] // for the fuzz targets and tests
     pub const fn overhead(&self) -> u64 {
@@ -153,7 +176,9 @@ mod tests {
         assert!(l.owners_offset >= HEADER_SIZE);
         assert!(l.search_offset >= l.owners_offset + 128 * OWNER_SLOT_SIZE);
         assert!(l.tree_offset % PAGE == 0 && l.tree_offset > l.search_offset);
-        assert_eq!(l.data_offset, l.tree_offset + (4u64 << 21));
+        assert_eq!(l.pages_offset, l.tree_offset + (4u64 << 21));
+        assert!(l.data_offset >= l.pages_offset + l.pages_words() as u64 * 4);
+        assert_eq!(l.data_pages(), (64 << 20) / PAGE);
         assert_eq!(l.segment_size, l.data_offset + (64 << 20));
         assert_eq!(l.max_block(), 64 << 20);
     }

@@ -20,8 +20,11 @@
 //!    causes a block to be handed out twice. Its blocks carry its owner tag, so a survivor's
 //!    [`Arena::recover_dead_owners`] gets every byte back, including blocks caught mid-allocation
 //!    or mid-free.
-//! 4. A segment is created exclusively, mode 0600, under an unguessable name, with its pages
-//!    reserved up front: a full `/dev/shm` is [`CreateError::NoSpace`], never a `SIGBUS`.
+//! 4. A segment is created exclusively, mode 0600, under an unguessable name. It is sparse:
+//!    its metadata is reserved at creation and a block's pages when the block is handed out
+//!    (or every page up front with [`ArenaOptions::reserve_whole`]), so a full `/dev/shm` is
+//!    [`CreateError::NoSpace`] or [`AllocError::NoSpace`], never a `SIGBUS`. Freed pages go back
+//!    to the system on request ([`Arena::free_and_release`], [`Arena::release_free`]).
 //!    Opening validates the header completely; a foreign, truncated, corrupt or other-version
 //!    segment is an [`OpenError`].
 //! 5. Another user is never trusted: a named segment is mapped only if its open descriptor is
@@ -63,7 +66,7 @@
 //! # Features
 //!
 //! - `internals`: makes the building blocks public (`tree`, the lock-free buddy tree; `layout`,
-//!   the segment layout; `sync::AtomicWords`). For the fuzz targets, the loom models and the
+//!   the segment layout; `pages`, the reserved-page bitmap; `sync::AtomicWords`). For the fuzz targets, the loom models and the
 //!   benches; outside semver, they change with the protocols.
 //! - `loom`: with `RUSTFLAGS="--cfg shm_loom"`, runs the tree on loom's atomics (and turns on
 //!   `internals`, which the models need).
@@ -80,8 +83,15 @@ pub mod layout;
 #[allow(unreachable_pub)] // its `pub` items are the `internals` API
 mod layout;
 pub mod local_slots;
+#[allow(unsafe_code)] // the view of the bitmap region
+mod memory;
 mod options;
 mod owners;
+#[cfg(feature = "internals")]
+pub mod pages;
+#[cfg(not(feature = "internals"))]
+#[allow(unreachable_pub)] // its `pub` items are the `internals` API
+mod pages;
 #[allow(unsafe_code)] // the mapping and the typed views into it
 mod segment;
 pub mod sync;

@@ -41,6 +41,7 @@ pub struct ArenaOptions {
     name: Option<String>,
     name_prefix: String,
     populate: bool,
+    reserve_whole: bool,
     cache_max_block: Option<u64>,
 }
 
@@ -54,8 +55,20 @@ impl ArenaOptions {
             name: None,
             name_prefix: DEFAULT_NAME_PREFIX.to_owned(),
             populate: false,
+            reserve_whole: false,
             cache_max_block: None,
         }
+    }
+
+    /// Reserve every page of the segment at creation, as every segment did before layout version 2 (default
+    /// `false`: the segment is sparse and a block's pages are reserved when it is handed out).
+    ///
+    /// Whole reservation makes creation cost about 2 us per page and holds the whole capacity
+    /// from `/dev/shm` until the segment is gone; in exchange no allocation ever makes a
+    /// syscall, and [`Arena::free_and_release`] and [`Arena::release_free`] give nothing back.
+    pub fn reserve_whole(mut self, whole: bool) -> Self {
+        self.reserve_whole = whole;
+        self
     }
 
     /// Minimum block size and alignment: a power of two from 16 bytes to 1 MiB (default 64).
@@ -143,7 +156,7 @@ impl ArenaOptions {
 
     fn create_in(&self, name: SegmentName) -> Result<Arena, CreateError> {
         let layout = self.layout()?;
-        let segment = Segment::create(name, layout, self.populate, |seg| {
+        let segment = Segment::create(name, layout, self.populate, self.reserve_whole, |seg| {
             let tree = tree_of(seg);
             tree.reserve_tail(layout.capacity_leaves());
         })?;

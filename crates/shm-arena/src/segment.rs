@@ -2,8 +2,12 @@
 //!
 //! Invariants:
 //! 1. A named segment is created exclusively, mode 0600, under a caller-chosen prefix plus 128
-//!    random bits unless the caller names it; its pages are reserved with `fallocate` before anyone can use
-//!    them, so a full `/dev/shm` is an error at creation, never a `SIGBUS` later.
+//!    random bits unless the caller names it. It is a sparse file (`ftruncate`): address space
+//!    is free, memory is not. The metadata pages (header, owner table, tree, reserved-page
+//!    bitmap) are reserved with `fallocate` at creation; data pages are reserved when a block
+//!    is handed out (`crate::pages`), or all at creation when the header's `WHOLE_RESERVED`
+//!    flag is set. Either way a full `/dev/shm` is an error (at creation or at allocation),
+//!    never a `SIGBUS` on a page a block owns.
 //! 2. Nothing in a segment is trusted before the header validates: the opener checks the size
 //!    of the object, then the magic, version, checksum and a recomputed [`Layout`], and only then
 //!    maps the whole segment. Every later access stays inside that layout.
@@ -45,7 +49,9 @@ use shm_platform::sync::{SharedU32, SharedU64};
 /// Magic at offset 0.
 pub const MAGIC: [u8; 8] = *b"PYSHMSEG";
 /// Version of the layout described in this module and in `layout`.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
+/// Header flag: every page of the segment was reserved at creation (no per-block reservation).
+pub(crate) const FLAG_WHOLE_RESERVED: u32 = 1;
 const READY: u32 = 0x5245_4459; // "READY" in spirit: any non-zero value other than garbage zero
 const INIT_OFFSET: usize = 512;
 const ROOT_OFFSET: usize = 520;
@@ -66,7 +72,8 @@ pub(crate) struct ImmutableHeader {
     pub(crate) depth: u32,
     pub(crate) capacity: u64,
     pub(crate) owner_slots: u32,
-    pub(crate) reserved0: u32,
+    /// [`FLAG_WHOLE_RESERVED`] or 0; any other bit is refused as corrupt.
+    pub(crate) flags: u32,
     pub(crate) owners_offset: u64,
     pub(crate) search_offset: u64,
     pub(crate) tree_offset: u64,
@@ -81,7 +88,7 @@ const _: () =
     assert!(ROOT_OFFSET % 8 == 0 && ROOT_OFFSET + 8 <= TRIM_OFFSET && TRIM_OFFSET + 4 <= HEADER_SIZE as usize);
 
 impl ImmutableHeader {
-    fn new(layout: &Layout, segment_id: [u8; 16], creator: u64) -> Self {
+    fn new(layout: &Layout, segment_id: [u8; 16], creator: u64, flags: u32) -> Self {
         let mut h = Self {
             magic: MAGIC,
             layout_version: LAYOUT_VERSION,
@@ -92,7 +99,7 @@ impl ImmutableHeader {
             depth: layout.depth,
             capacity: layout.capacity,
             owner_slots: layout.owner_slots,
-            reserved0: 0,
+            flags,
             owners_offset: layout.owners_offset,
             search_offset: layout.search_offset,
             tree_offset: layout.tree_offset,
@@ -122,7 +129,7 @@ impl ImmutableHeader {
         eat(&self.depth.to_le_bytes());
         eat(&self.capacity.to_le_bytes());
         eat(&self.owner_slots.to_le_bytes());
-        eat(&self.reserved0.to_le_bytes());
+        eat(&self.flags.to_le_bytes());
         for v in [self.owners_offset, self.search_offset, self.tree_offset, self.data_offset, self.segment_size] {
             eat(&v.to_le_bytes());
         }
@@ -148,6 +155,9 @@ impl ImmutableHeader {
         if self.header_size != HEADER_SIZE as u32 {
             return Err(corrupt("header size"));
         }
+        if self.flags & !FLAG_WHOLE_RESERVED != 0 {
+            return Err(corrupt("unknown header flags"));
+        }
         let min_block = 1u64.checked_shl(self.min_block_shift).unwrap_or(0);
         let layout =
             Layout::new(min_block, self.capacity, self.owner_slots).map_err(|_| corrupt("geometry out of range"))?;
@@ -159,6 +169,7 @@ impl ImmutableHeader {
             owners_offset: self.owners_offset,
             search_offset: self.search_offset,
             tree_offset: self.tree_offset,
+            pages_offset: layout.pages_offset,
             data_offset: self.data_offset,
             segment_size: self.segment_size,
         };
@@ -325,6 +336,7 @@ impl Segment {
         name: SegmentName,
         layout: Layout,
         populate: bool,
+        whole_reserved: bool,
         init: impl FnOnce(&Segment),
     ) -> Result<Self, CreateError> {
         let label = match &name {
@@ -354,9 +366,11 @@ impl Segment {
         };
         let size = layout.segment_size;
         sys::set_len(fd.as_fd(), size).map_err(|e| unlink_on_error(sys_err(SysOp::Ftruncate, e)))?;
-        if let Err(e) = sys::reserve(fd.as_fd(), size) {
+        // Invariant 1: the metadata always, the data pages only when asked to reserve it all.
+        let reserved = if whole_reserved { size } else { layout.metadata_bytes() };
+        if let Err(e) = sys::reserve(fd.as_fd(), 0, reserved) {
             let err = if e == rustix::io::Errno::NOSPC {
-                CreateError::NoSpace { name: label.clone(), requested: size, available: shm_free_bytes() }
+                CreateError::NoSpace { name: label.clone(), requested: reserved, available: shm_free_bytes() }
             } else {
                 sys_err(SysOp::Fallocate, e)
             };
@@ -370,7 +384,8 @@ impl Segment {
         let mut segment_id = [0u8; 16];
         sys::fill_random(&mut segment_id).map_err(|e| unlink_on_error(sys_err(SysOp::GetRandom, e)))?;
         let creator = ProcessIdentity::current().map(ProcessIdentity::to_bits).unwrap_or(0);
-        let header = ImmutableHeader::new(&layout, segment_id, creator);
+        let flags = if whole_reserved { FLAG_WHOLE_RESERVED } else { 0 };
+        let header = ImmutableHeader::new(&layout, segment_id, creator, flags);
         let segment = Segment { map, fd, name, layout, header };
         // SAFETY: the mapping is at least HEADER_SIZE bytes (layout invariant) and page
         // aligned, so the header fits and is aligned; nobody else uses the object before the
@@ -453,6 +468,11 @@ impl Segment {
 
     pub(crate) fn fd(&self) -> &OwnedFd {
         &self.fd
+    }
+
+    /// Whether every page was reserved at creation (the header's `WHOLE_RESERVED` flag).
+    pub(crate) fn whole_reserved(&self) -> bool {
+        self.header.flags & FLAG_WHOLE_RESERVED != 0
     }
 
     pub(crate) fn segment_id(&self) -> [u8; 16] {
@@ -603,8 +623,14 @@ mod tests {
     #[test]
     fn header_round_trips_and_detects_tampering() {
         let l = layout();
-        let h = ImmutableHeader::new(&l, [7; 16], 42);
+        let h = ImmutableHeader::new(&l, [7; 16], 42, 0);
         assert_eq!(h.validate("x", l.segment_size).unwrap(), l);
+        let whole = ImmutableHeader::new(&l, [7; 16], 42, FLAG_WHOLE_RESERVED);
+        assert_eq!(whole.validate("x", l.segment_size).unwrap(), l);
+        let mut bad = h;
+        bad.flags = 2;
+        bad.checksum = bad.compute_checksum();
+        assert!(matches!(bad.validate("x", l.segment_size), Err(OpenError::Corrupt { .. })), "unknown flags");
         let mut bad = h;
         bad.capacity += 64;
         assert!(matches!(bad.validate("x", l.segment_size), Err(OpenError::Corrupt { .. })));
@@ -612,8 +638,8 @@ mod tests {
         bad.magic = *b"NOTPYSHM";
         assert!(matches!(bad.validate("x", l.segment_size), Err(OpenError::Foreign { .. })));
         let mut bad = h;
-        bad.layout_version = 2;
-        assert!(matches!(bad.validate("x", l.segment_size), Err(OpenError::Version { found: 2, .. })));
+        bad.layout_version = 1;
+        assert!(matches!(bad.validate("x", l.segment_size), Err(OpenError::Version { found: 1, .. })));
         let mut bad = h;
         bad.tree_offset += 4096;
         bad.checksum = bad.compute_checksum();

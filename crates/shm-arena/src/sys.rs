@@ -11,7 +11,7 @@
 //!    no segment.
 //!
 //! The wrappers fall into three groups: naming and sizing shared-memory files (`shm_*`,
-//! [`memfd_create`], [`seal_size`], [`set_len`], [`reserve`], [`file_len`], [`file_mode`],
+//! [`memfd_create`], [`seal_size`], [`set_len`], [`reserve`], [`punch`], [`file_len`], [`file_mode`],
 //! [`shm_free_bytes`], [`list_shm_objects`]), who owns them ([`file_stat`], [`effective_uid`]),
 //! and randomness for segment names ([`fill_random`]). The shared futex and process identity are the platform layer's
 //! (`shm_platform::futex`, `shm_platform::process`).
@@ -159,11 +159,12 @@ pub(crate) fn set_len(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
     rustix::fs::ftruncate(fd, len)
 }
 
-/// `fallocate(2)` with mode 0 over `[0, len)`: allocates every page of the file now.
+/// `fallocate(2)` with mode 0 over `[offset, offset + len)`: allocates those pages now.
 ///
 /// This is what turns a full `/dev/shm` (Docker's default is 64 MB) into `ENOSPC` at creation
-/// instead of a `SIGBUS` at the first write to an unbacked page. It also extends the file to
-/// `len` if it is shorter. `len == 0` is a no-op (the syscall itself rejects it).
+/// or allocation instead of a `SIGBUS` at the first write to an unbacked page. It also extends
+/// the file if it is shorter. `len == 0` is a no-op (the syscall itself rejects it). Pages
+/// already allocated are kept (but walked: about 50 us per MiB, so callers skip them).
 ///
 /// # Errors
 ///
@@ -173,11 +174,29 @@ pub(crate) fn set_len(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
 /// # References
 ///
 /// - `fallocate(2)`, `posix_fallocate(3)`
-pub(crate) fn reserve(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
+pub(crate) fn reserve(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
     if len == 0 {
         return Ok(());
     }
-    rustix::fs::fallocate(fd, FallocateFlags::empty(), 0, len)
+    rustix::fs::fallocate(fd, FallocateFlags::empty(), offset, len)
+}
+
+/// `fallocate(2)` with `FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE` over
+/// `[offset, offset + len)`: gives those pages back to the system (tmpfs frees them and every
+/// mapping of them reads zeros, or faults in fresh unreserved pages, afterwards).
+///
+/// # Errors
+///
+/// `EPERM` if a write seal forbids it, `EOPNOTSUPP` where holes are not supported, `EINTR`.
+///
+/// # References
+///
+/// - `fallocate(2)` ("Deallocating file space")
+pub(crate) fn punch(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    rustix::fs::fallocate(fd, FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE, offset, len)
 }
 
 /// `fstat(2)` `st_size`: the file's current size in bytes.
@@ -390,7 +409,7 @@ mod tests {
 
         assert_eq!(shm_create_exclusive(name).unwrap_err(), Errno::EXIST);
 
-        reserve(created.as_fd(), 3 * 4096).expect("fallocate");
+        reserve(created.as_fd(), 0, 3 * 4096).expect("fallocate");
         let opened = shm_open_existing(name).expect("open");
         assert_eq!(file_len(opened.as_fd()).unwrap(), 3 * 4096);
         set_len(opened.as_fd(), 4096).expect("ftruncate");
@@ -421,7 +440,7 @@ mod tests {
     fn sealed_memfd_cannot_change_size() {
         let fd = memfd_create("pyshm-test").expect("memfd_create");
         set_len(fd.as_fd(), 2 * 4096).unwrap();
-        reserve(fd.as_fd(), 2 * 4096).unwrap();
+        reserve(fd.as_fd(), 0, 2 * 4096).unwrap();
         seal_size(fd.as_fd()).expect("seal");
         assert_eq!(set_len(fd.as_fd(), 4096).unwrap_err(), Errno::PERM);
         assert_eq!(set_len(fd.as_fd(), 4 * 4096).unwrap_err(), Errno::PERM);
@@ -431,7 +450,7 @@ mod tests {
     #[test]
     fn reserve_zero_is_a_no_op() {
         let fd = memfd_create("pyshm-test").unwrap();
-        reserve(fd.as_fd(), 0).unwrap();
+        reserve(fd.as_fd(), 0, 0).unwrap();
         assert_eq!(file_len(fd.as_fd()).unwrap(), 0);
     }
 

@@ -46,7 +46,9 @@ fn create_is_private_reserved_and_unguessable() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     assert_eq!(meta.len(), a.segment_size());
-    assert!(meta.blocks() * 512 >= a.segment_size(), "pages are reserved at creation");
+    let metadata = a.stats().metadata_bytes;
+    assert_eq!(meta.blocks() * 512, metadata, "the metadata pages are reserved at creation, no data page");
+    assert!(metadata < a.segment_size());
     let (b, _g2) = named(1 << 20);
     assert_ne!(a.name(), b.name());
     assert_ne!(a.segment_id(), b.segment_id());
@@ -282,16 +284,22 @@ fn unlink_removes_the_name_but_not_the_mapping() {
 
 #[test]
 fn a_full_dev_shm_is_an_error_at_creation() {
-    // Ask for more than /dev/shm holds: the reservation fails cleanly and leaves nothing behind.
-    // More than its whole size, not only more than is free: tmpfs refuses that at once, while a
-    // request between the two is allocated page by page until the limit, and a /dev/shm as
-    // large as the machine's memory (the usual default: half of it, or more in containers)
+    // Ask to reserve more than /dev/shm holds: the reservation fails cleanly and leaves nothing
+    // behind. More than its whole size, not only more than is free: tmpfs refuses that at once,
+    // while a request between the two is allocated page by page until the limit, and a /dev/shm
+    // as large as the machine's memory (the usual default: half of it, or more in containers)
     // would bring the OOM killer first on a machine that has other /dev/shm files.
     let stat = rustix::fs::statvfs("/dev/shm").unwrap();
     let (free, total) = (stat.f_bavail * stat.f_frsize, stat.f_blocks * stat.f_frsize);
     let name = format!("pyshm-test-nospace-{}", std::process::id());
     let huge = (total + (1 << 30)).min(16 << 40);
-    match ArenaOptions::new(huge).min_block(1 << 20).name(&name).create() {
+    // Sparse (the default), the same capacity is only address space: creation succeeds.
+    if let Ok(sparse) = ArenaOptions::new(huge).min_block(1 << 20).name(&name).create() {
+        let (stats, size) = (sparse.stats(), sparse.segment_size());
+        sparse.unlink().unwrap(); // before the assertion: a failure leaves no file
+        assert!(stats.metadata_bytes < size / 100, "{stats:?}");
+    }
+    match ArenaOptions::new(huge).min_block(1 << 20).reserve_whole(true).name(&name).create() {
         Err(shm_arena::CreateError::NoSpace { requested, available, .. }) => {
             assert!(requested > free);
             assert!(available.is_some());

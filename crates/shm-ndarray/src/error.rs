@@ -83,6 +83,19 @@ pub enum ArrayError {
         /// Free bytes in /dev/shm.
         shm_free: u64,
     },
+    /// /dev/shm (or the memfd's tmpfs) has no room for the pages the array needs, even after
+    /// collecting what dead processes held.
+    #[error("pool {pool:?}: no room in /dev/shm for {requested} bytes ({reserving} bytes of pages to reserve), /dev/shm has {shm_free} bytes free; free arrays, or enlarge /dev/shm (docker run --shm-size=..., a memory-backed Kubernetes emptyDir)")]
+    NoSpace {
+        /// The pool name.
+        pool: String,
+        /// Bytes requested.
+        requested: u64,
+        /// Bytes of pages that had to be reserved.
+        reserving: u64,
+        /// Free bytes in /dev/shm.
+        shm_free: u64,
+    },
     /// Growing the pool failed for a system reason.
     #[error(transparent)]
     Grow(#[from] PoolError),

@@ -53,6 +53,7 @@ from ._core import (
     ones,
     ones_like,
     stats,
+    trim,
     zeros,
     zeros_like,
 )
@@ -148,6 +149,7 @@ __all__ = [
     "StaleHandleError",
     "stats",
     "ThreadContext",
+    "trim",
     "uninstall_allocator",
     "unregister_array_wrapper",
     "zeros",

@@ -40,6 +40,7 @@ __all__ = [
     "is_shared",
     "stats",
     "collect",
+    "trim",
 ]
 
 configure = _pools.configure
@@ -267,6 +268,28 @@ class Pool(_Constructors):
         """Reclaim what dead processes held (this also runs by itself when memory runs out)."""
         return self._native.collect()
 
+    def trim(self) -> int:
+        """Give the pool's free memory back to the system.
+
+        Freed arrays' memory stays with the pool for fast reuse; this returns the pages of
+        every free block of a page or more in the data segments to ``/dev/shm``.
+
+        Returns
+        -------
+        int
+            Bytes given back.
+
+        Examples
+        --------
+        >>> import pyshm
+        >>> with pyshm.Pool() as pool:
+        ...     a = pool.zeros(1 << 20, dtype="u1")
+        ...     del a
+        ...     pool.trim() >= 1 << 20
+        True
+        """
+        return self._native.trim()
+
     def reclaim_handles(self, older_than: float) -> int:
         """Cancel handles sent more than ``older_than`` seconds ago and never attached (a
         handle keeps its array alive until attached, even after its sender died, because it may
@@ -449,3 +472,11 @@ def stats() -> PoolStats:
 def collect() -> CollectReport:
     """Reclaim what dead processes held in the default pool."""
     return _on_default().collect()
+
+
+def trim() -> int:
+    """Give the default pool's free memory back to the system; returns the bytes.
+
+    See :meth:`Pool.trim`.
+    """
+    return _on_default().trim()

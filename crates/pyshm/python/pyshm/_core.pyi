@@ -376,6 +376,9 @@ class Pool(_Constructors):
         """Capacity, use, free space, largest free block, arrays, segments and processes."""
     def collect(self) -> CollectReport:
         """Reclaim what dead processes held (this also runs by itself when memory runs out)."""
+    def trim(self) -> int:
+        """Give the pool's free memory back to the system: the pages of every free block of a
+        page or more in its data segments; returns the bytes given back."""
     def reclaim_handles(self, older_than: float) -> int:
         """Cancel handles sent more than ``older_than`` seconds ago and never attached (a
         handle keeps its array alive until attached, even after its sender died, because it may
@@ -609,3 +612,7 @@ def stats() -> PoolStats:
 
 def collect() -> CollectReport:
     """Reclaim what dead processes held in the default pool."""
+
+def trim() -> int:
+    """Give the default pool's free memory back to the system; returns the bytes (see
+    :meth:`Pool.trim`)."""

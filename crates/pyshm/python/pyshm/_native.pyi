@@ -72,11 +72,12 @@ class PoolStats:
         segments: int,
         processes: int,
         reserved: int,
+        held: int,
     ) -> PoolStats:
         """The figures, in this order (as pickling passes them)."""
     @property
     def capacity(self) -> int:
-        """Bytes of data segments reserved in /dev/shm (metadata segments not included)."""
+        """Bytes of address space of the data segments (sparse: see ``held`` for memory)."""
     @property
     def used(self) -> int:
         """Bytes of blocks holding array data."""
@@ -98,6 +99,9 @@ class PoolStats:
     @property
     def reserved(self) -> int:
         """Bytes of freed small arrays' blocks that processes keep for their next small arrays."""
+    @property
+    def held(self) -> int:
+        """Bytes the pool holds from /dev/shm: segment metadata and the pages of its blocks."""
 
 @final
 class CollectReport:
@@ -205,6 +209,7 @@ class NativePool:
     wait: Optional[float]
     """Seconds an allocation waits for other processes to free memory (None: not at all)."""
     def empty(
+        held: int,
         self, shape: _ShapeLike, dtype: Optional[DTypeLike], order: Optional[str] = ..., zero: bool = False
     ) -> NDArray[Any]:
         """A new array: ``shape``, numpy dtype spec, "C" or "F" order, zero-filled or not."""

@@ -7,9 +7,10 @@
 //! shm-arena check <name>                         check every invariant (exit 1 if broken)
 //! shm-arena recover <name>                       free what dead owners held
 //! shm-arena stress <name> [--seconds S] [--seed N] [--live K] [--max-size B]
-//!                                                random allocs and frees, every block filled
-//!                                                with a pattern and verified (exit 3 on a
-//!                                                pattern broken by someone else)
+//!                                                random allocs and frees (some giving pages
+//!                                                back, some trims), every block filled with
+//!                                                a pattern and verified (exit 3 on a pattern
+//!                                                broken by someone else)
 //! ```
 
 use std::process::ExitCode;
@@ -157,7 +158,9 @@ fn stress(name: &str, args: &[String]) -> Result<ExitCode> {
     while Instant::now() < deadline {
         for _ in 0..64 {
             if live.len() < live_max && (live.is_empty() || rng.next() % 2 == 0) {
-                let size = 16 + rng.next() % max_size;
+                // The whole block is filled: ask for all of it, so that all its pages are
+                // reserved (only the requested bytes are).
+                let size = (16 + rng.next() % max_size).next_power_of_two();
                 match a.alloc(size) {
                     Ok(b) => {
                         seq += 1;
@@ -165,7 +168,7 @@ fn stress(name: &str, args: &[String]) -> Result<ExitCode> {
                         live.push((b, me | seq));
                         allocs += 1;
                     }
-                    Err(AllocError::Exhausted { .. }) => full += 1,
+                    Err(AllocError::Exhausted { .. } | AllocError::NoSpace { .. }) => full += 1,
                     Err(e) => return Err(e.into()),
                 }
             } else if !live.is_empty() {
@@ -174,9 +177,18 @@ fn stress(name: &str, args: &[String]) -> Result<ExitCode> {
                     eprintln!("block {b:?} of pattern {pattern:#x} was overwritten: two owners of one block");
                     return Ok(ExitCode::from(3));
                 }
-                a.free(b)?;
+                // Some frees give the pages back, and now and then everything free is
+                // punched: the kill tests cover those protocols too.
+                if rng.next() % 4 == 0 {
+                    a.free_and_release(b)?;
+                } else {
+                    a.free(b)?;
+                }
                 frees += 1;
             }
+        }
+        if rng.next() % 16 == 0 {
+            a.release_free();
         }
     }
     for (b, pattern) in live {

@@ -197,6 +197,10 @@ pub struct PoolStats {
     /// arrays' blocks, renewed rather than freed): given back when a process leaves the pool,
     /// when memory runs short, or by `collect` when it dies. Not in `used` or `arrays`.
     pub reserved: u64,
+    /// Bytes the pool holds from /dev/shm (or the memfd's tmpfs): every segment's metadata and
+    /// the pages reserved for blocks ([`shm_arena::ArenaStats`]). Segments are sparse, so this,
+    /// not `capacity`, is what the pool costs the machine.
+    pub held: u64,
 }
 
 fn ref_to_handle(e: RefError) -> HandleError {
@@ -256,6 +260,21 @@ impl Pool {
     /// Frees what dead processes held and recycles their slots (invariant 4).
     pub fn collect(&self) -> CollectReport {
         self.shared.collect()
+    }
+
+    /// Gives the free pages of the data segments back to the system (`Arena::release_free`
+    /// on each: free blocks of a page or more are claimed, punched and freed). Returns the
+    /// bytes punched. Metadata segments are left alone (their blocks are swept for headers).
+    ///
+    /// While it runs, an allocation in another process may find a data segment full and grow
+    /// the pool by a segment (sparse: a few MiB of metadata).
+    pub fn trim(&self) -> u64 {
+        self.shared
+            .open_segments()
+            .into_iter()
+            .filter(|(_, _, k)| *k == KIND_DATA)
+            .map(|(_, a, _)| a.release_free())
+            .sum()
     }
 
     /// Usage figures (walks the trees of every segment).
@@ -408,6 +427,7 @@ impl PoolShared {
         for (i, arena, kind) in self.open_segments() {
             s.segments += 1;
             let a = arena.stats();
+            s.held += a.metadata_bytes + a.reserved_data_bytes;
             if kind == KIND_DATA {
                 s.capacity += a.capacity;
                 s.used += a.in_use_bytes;

@@ -155,6 +155,8 @@ impl PoolShared {
         // A grow that reports progress without any must not spin forever.
         let mut grows = 0;
         loop {
+            // /dev/shm itself is full: a new segment would not help, only freed memory would.
+            let mut no_space = None;
             for (i, arena, k) in self.open_segments() {
                 if k == kind && arena.max_block() >= size {
                     match arena.alloc_with_ptr(size) {
@@ -163,6 +165,9 @@ impl PoolShared {
                             return Ok((i, b, p));
                         }
                         Err(AllocError::Exhausted { .. } | AllocError::TooLarge { .. }) => {}
+                        Err(AllocError::NoSpace { reserving, available, .. }) => {
+                            no_space = Some((reserving, available.unwrap_or(0)));
+                        }
                         Err(e) => return Err(ArrayError::Grow(e.into())),
                     }
                 }
@@ -179,6 +184,9 @@ impl PoolShared {
                 if self.collect() != CollectReport::default() || gave_back {
                     continue;
                 }
+            }
+            if let Some((reserving, shm_free)) = no_space {
+                return Err(ArrayError::NoSpace { pool: self.name.clone(), requested: size, reserving, shm_free });
             }
             if grows < 8 {
                 match self.grow(kind, size) {
@@ -270,7 +278,18 @@ impl PoolShared {
         let (capacity, min_block) = if kind == KIND_META {
             (16 << 20, 128)
         } else {
-            (h.data_segment_capacity.load(ORD).max(size.next_power_of_two()), h.data_min_block.load(ORD))
+            let standard = h.data_segment_capacity.load(ORD);
+            let min_block = h.data_min_block.load(ORD);
+            if size.next_power_of_two() > standard {
+                // A segment of its own for a large array: its address space is a power of two
+                // (free: the segment is sparse), its tree coarse (about 1024 leaves, so a few KiB
+                // of metadata), and only the array's pages are reserved.
+                let capacity = size.next_power_of_two();
+                // 1 MiB: the largest minimum block an arena takes.
+                (capacity, (capacity >> 10).clamp(min_block, 1 << 20))
+            } else {
+                (standard, min_block)
+            }
         };
         // `max_size` bounds every segment after segment 0 (small arrays live in metadata
         // segments, so those count too).

@@ -1,0 +1,188 @@
+//! What an [`Arena`] holds from the system, and giving it back: reserving a block's pages when
+//! it is handed out, and punching them when it is freed or trimmed (the memory model of
+//! docs/architecture.md; the bitmap's invariants are in `crate::pages`).
+//!
+//! Invariants:
+//! 1. A block handed out by `alloc` has the pages of its first `max(size, min block)` bytes
+//!    (rounded up to a page; for a block smaller than a page, the page holding it) reserved:
+//!    writing them never raises `SIGBUS`. The rest of a power-of-two block (its tail beyond
+//!    the request) is address space only: it costs nothing and must not be written.
+//! 2. The warm path makes no syscall: the bits of a reused block are already set.
+//! 3. When reserving fails, the block goes back to the tree before the error is returned.
+//! 4. Pages are given back only by a holder of a block covering them, between claiming the
+//!    block and freeing it (`pages` invariant 3): no other process can be using them.
+
+use crate::arena::Arena;
+use crate::block::Block;
+use crate::error::{AllocError, BlockError};
+use crate::layout::PAGE;
+use crate::pages::PageBits;
+use crate::sync::SharedU32;
+use crate::sys;
+use crate::tree::BlockStateError;
+use std::os::fd::AsFd;
+
+impl Arena {
+    pub(crate) fn page_bits(&self) -> PageBits<'_, [SharedU32]> {
+        let l = self.segment.layout();
+        // SAFETY: the bitmap region lies inside the validated layout (after the tree, before
+        // the data), 128-byte aligned, and every process accesses it only atomically.
+        PageBits::new(unsafe { self.segment.atomics::<SharedU32>(l.pages_offset, l.pages_words()) })
+    }
+
+    /// Pages `[first, first + count)` of the data region covering the first `want` bytes of
+    /// `block` (invariant 1).
+    fn pages_of(block: Block, want: u64) -> (u64, u64) {
+        let first = block.offset() / PAGE;
+        let end = block.offset() + want.min(block.size()).max(1);
+        (first, end.div_ceil(PAGE) - first)
+    }
+
+    /// Makes sure the pages `block` needs for `want` bytes are reserved (invariants 1-3).
+    #[inline]
+    pub(crate) fn reserve_pages(&self, block: Block, want: u64, tag: u16) -> Result<Block, AllocError> {
+        if self.segment.whole_reserved() {
+            return Ok(block);
+        }
+        let (first, count) = Self::pages_of(block, want);
+        if self.page_bits().all_set(first, count) {
+            return Ok(block);
+        }
+        self.reserve_slow(block, want, first, count, tag)
+    }
+
+    #[cold]
+    fn reserve_slow(&self, block: Block, want: u64, first: u64, count: u64, tag: u16) -> Result<Block, AllocError> {
+        let offset = self.segment.layout().data_offset + first * PAGE;
+        match sys::reserve(self.segment.fd().as_fd(), offset, count * PAGE) {
+            Ok(()) => {
+                self.page_bits().set(first, count);
+                Ok(block)
+            }
+            Err(e) => {
+                // Invariant 3: the block was ours alone; give it back before reporting.
+                if let Ok(r) = self.node_of(block) {
+                    if let Ok(freed) = self.tree().free(r, tag) {
+                        self.owners().account(freed.previous_owner, -(block.size() as i64));
+                    }
+                }
+                Err(if e == rustix::io::Errno::NOSPC {
+                    AllocError::NoSpace {
+                        requested: want,
+                        reserving: count * PAGE,
+                        available: crate::segment::shm_free_bytes(),
+                    }
+                } else {
+                    AllocError::Reserve { offset, bytes: count * PAGE, source: e }
+                })
+            }
+        }
+    }
+
+    /// Clears the bits of a block we hold (of at least a page) and punches its pages.
+    /// Returns the bytes punched.
+    fn give_back(&self, block: Block) -> u64 {
+        let (first, count) = Self::pages_of(block, block.size());
+        // `pages` invariant 3: clear first, then punch; a crash in between costs a
+        // re-reservation later, never a SIGBUS.
+        self.page_bits().clear(first, count);
+        let offset = self.segment.layout().data_offset + first * PAGE;
+        // A failed punch leaves the pages held (bits clear: re-reserved idempotently later).
+        match sys::punch(self.segment.fd().as_fd(), offset, count * PAGE) {
+            Ok(()) => count * PAGE,
+            Err(_) => 0,
+        }
+    }
+
+    /// Frees `block` and gives its pages back to the system (`fallocate` punch), so that it
+    /// stops counting against `/dev/shm`. A block smaller than a page shares its page with
+    /// others: it is only freed (see [`Arena::release_free`]).
+    ///
+    /// Slower than [`Arena::free`] (a punch walks the pages, about 370 us per MiB) and the next
+    /// allocation of that memory reserves it again: for memory beyond a warm reserve.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Arena::free`]; nothing is changed then.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_arena::ArenaOptions;
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let arena = ArenaOptions::new(4 << 20).create_anonymous()?;
+    /// let block = arena.alloc(1 << 20)?;
+    /// assert_eq!(arena.stats().reserved_data_bytes, 1 << 20);
+    /// arena.free_and_release(block)?;
+    /// assert_eq!(arena.stats().reserved_data_bytes, 0);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn free_and_release(&self, block: Block) -> Result<(), BlockError> {
+        if block.size() < PAGE || self.segment.whole_reserved() {
+            return self.free(block);
+        }
+        let r = self.node_of(block)?;
+        let tag = self.tag().map_err(|_| BlockError::State(BlockStateError::NotAllocated { index: r.index }))?;
+        let tree = self.tree();
+        let owners = self.owners();
+        // Claim it first (the tree's atomic step that refuses a double free): parked under our
+        // tag it is allocatable by no one, and recovered with us if we die (invariant 4).
+        let parked = tree.park(r, tag)?;
+        if parked.previous_owner != tag {
+            owners.account(parked.previous_owner, -(block.size() as i64));
+            owners.account(tag, block.size() as i64);
+        }
+        self.give_back(block);
+        tree.free_parked(r, tag)?;
+        owners.account(tag, -(block.size() as i64));
+        Ok(())
+    }
+
+    /// Gives back to the system every free page of the arena: claims each vacant block of a
+    /// page or more through the ordinary allocation path (largest first, so nobody else can
+    /// use it meanwhile), punches it and frees it again. Returns the bytes punched.
+    ///
+    /// Also empties this handle's cache. While it runs, allocations by others may find the
+    /// arena full (their slow path retries after recovering and asking caches back).
+    pub fn release_free(&self) -> u64 {
+        if self.segment.whole_reserved() {
+            return 0;
+        }
+        let Ok(tag) = self.tag() else { return 0 };
+        self.flush_cache(tag);
+        let l = *self.segment.layout();
+        let tree = self.tree();
+        let owners = self.owners();
+        let page_order = (PAGE.max(l.min_block()).trailing_zeros() - l.min_block_shift).min(l.depth);
+        let top = l.max_block().trailing_zeros() - l.min_block_shift;
+        let mut claimed = Vec::new();
+        for order in (page_order..=top).rev() {
+            while let Some(r) = tree.alloc(l.depth - order, tag) {
+                owners.account(tag, 1i64 << (order + l.min_block_shift));
+                claimed.push(r);
+            }
+        }
+        let mut punched = 0;
+        for r in claimed {
+            let block = self.block_of(r);
+            if block.size() >= PAGE {
+                punched += self.give_back(block);
+            }
+            if tree.free(r, tag).is_ok() {
+                owners.account(tag, -(block.size() as i64));
+            }
+        }
+        punched
+    }
+
+    /// Bytes of the data region marked reserved (a walk of the bitmap).
+    pub(crate) fn reserved_data_bytes(&self) -> u64 {
+        let l = self.segment.layout();
+        if self.segment.whole_reserved() {
+            return l.segment_size - l.metadata_bytes();
+        }
+        self.page_bits().count(l.data_pages()) * PAGE
+    }
+}

@@ -1,0 +1,174 @@
+//! The memory model: sparse segments, pages reserved per block, given back on request, and a
+//! full /dev/shm reported as `AllocError::NoSpace` instead of a `SIGBUS`.
+//!
+//! The small-/dev/shm test runs itself again as a child in a private mount namespace
+//! (`unshare -m`, as root, which CI is) with a 64 MiB tmpfs mounted on /dev/shm: the child sees
+//! only that tmpfs, the machine's /dev/shm is untouched, and the mount vanishes with the child.
+#![allow(unsafe_code)] // writing the blocks
+
+use std::os::unix::fs::MetadataExt;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use shm_arena::{AllocError, Arena, ArenaOptions};
+
+const PAGE: u64 = 4096;
+
+/// Unlinks a named arena when the test ends, pass or fail.
+struct Unlink(String);
+impl Drop for Unlink {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(format!("/dev/shm/{}", self.0));
+    }
+}
+
+/// Bytes tmpfs holds for the arena's file (allocated blocks, not its length).
+fn held(a: &Arena) -> u64 {
+    std::fs::metadata(format!("/dev/shm/{}", a.name().unwrap())).unwrap().blocks() * 512
+}
+
+fn touch(a: &Arena, b: shm_arena::Block, bytes: u64) {
+    let p = a.as_ptr(b).unwrap();
+    // SAFETY: the block is ours, at least `bytes` long, and its first `bytes` are reserved.
+    unsafe { p.as_ptr().write_bytes(0x5A, bytes as usize) };
+}
+
+#[test]
+fn a_segment_holds_its_metadata_and_the_pages_of_its_blocks_only() {
+    let a = ArenaOptions::new(256 << 20).min_block(4096).create().unwrap();
+    let _g = Unlink(a.name().unwrap().to_owned());
+    let s = a.stats();
+    assert_eq!(s.reserved_data_bytes, 0);
+    assert_eq!(held(&a), s.metadata_bytes, "only the metadata is reserved at creation");
+    assert!(s.metadata_bytes < 1 << 20, "{}", s.metadata_bytes);
+    // 40 MB takes a 64 MiB block, but only its 40 MB (rounded to a page) are held.
+    let size = 40_000_000;
+    let b = a.alloc(size).unwrap();
+    assert_eq!(b.size(), 64 << 20);
+    touch(&a, b, size);
+    let rounded = size.div_ceil(PAGE) * PAGE;
+    assert_eq!(a.stats().reserved_data_bytes, rounded);
+    assert_eq!(held(&a), s.metadata_bytes + rounded);
+    a.check().unwrap();
+    // Giving it back returns the memory; the arena is as new.
+    a.free_and_release(b).unwrap();
+    assert_eq!(a.stats().reserved_data_bytes, 0);
+    assert_eq!(held(&a), s.metadata_bytes);
+    a.check().unwrap();
+}
+
+#[test]
+fn reuse_is_warm_and_a_trim_punches_every_free_page() {
+    let a = ArenaOptions::new(16 << 20).create().unwrap();
+    let _g = Unlink(a.name().unwrap().to_owned());
+    let meta = a.stats().metadata_bytes;
+    let blocks: Vec<_> = (0..8).map(|_| a.alloc(1 << 20).unwrap()).collect();
+    let small: Vec<_> = (0..64).map(|_| a.alloc(1000).unwrap()).collect();
+    for b in &blocks {
+        touch(&a, *b, 1 << 20);
+    }
+    let reserved = a.stats().reserved_data_bytes;
+    assert_eq!(reserved, (8 << 20) + 16 * PAGE, "64 blocks of 1 KiB share 16 pages");
+    for b in blocks.iter().skip(1) {
+        a.free(*b).unwrap(); // a plain free keeps the pages (the warm reserve)
+    }
+    assert_eq!(a.stats().reserved_data_bytes, reserved);
+    let again = a.alloc(1 << 20).unwrap();
+    assert_eq!(a.stats().reserved_data_bytes, reserved, "a reused block needs no new pages");
+    a.free(again).unwrap();
+    // The trim claims and punches every free page-sized region; in-use blocks keep theirs.
+    assert!(a.release_free() >= 7 << 20);
+    assert_eq!(a.stats().reserved_data_bytes, (1 << 20) + 16 * PAGE);
+    assert_eq!(held(&a), meta + (1 << 20) + 16 * PAGE);
+    a.check().unwrap();
+    // What is still in use kept its bytes.
+    // SAFETY: nobody writes the block meanwhile.
+    assert!(unsafe { a.bytes(blocks[0]).unwrap() }.iter().all(|x| *x == 0x5A));
+    for b in small {
+        a.free(b).unwrap();
+    }
+    a.free(blocks[0]).unwrap();
+    a.release_free();
+    assert_eq!(a.stats().reserved_data_bytes, 0);
+    assert_eq!(held(&a), meta);
+    a.check().unwrap();
+}
+
+#[test]
+fn whole_reservation_is_still_available() {
+    let a = ArenaOptions::new(4 << 20).reserve_whole(true).create().unwrap();
+    let _g = Unlink(a.name().unwrap().to_owned());
+    assert_eq!(held(&a), a.segment_size());
+    assert_eq!(a.stats().reserved_data_bytes, a.segment_size() - a.stats().metadata_bytes);
+    let b = a.alloc(1 << 20).unwrap();
+    a.free_and_release(b).unwrap();
+    assert_eq!(a.release_free(), 0);
+    assert_eq!(held(&a), a.segment_size(), "nothing is given back");
+    // Another process (here a second handle) learns the mode from the header.
+    let other = Arena::open(a.name().unwrap()).unwrap();
+    assert_eq!(other.stats().reserved_data_bytes, a.stats().reserved_data_bytes);
+}
+
+const CHILD: &str = "PYSHM_TEST_SMALL_SHM_CHILD";
+
+/// The body, run in the child with a 64 MiB /dev/shm of its own.
+fn in_small_shm() {
+    // Address space is free: a 1 GiB arena fits in a 64 MiB /dev/shm.
+    let a = ArenaOptions::new(1 << 30).min_block(4096).create().unwrap();
+    let mut held = Vec::new();
+    // Small and medium blocks succeed while space lasts...
+    for _ in 0..40 {
+        let b = a.alloc(1 << 20).unwrap();
+        touch(&a, b, 1 << 20);
+        held.push(b);
+    }
+    // ...and a request that cannot fit is a typed error, not a SIGBUS at first touch.
+    match a.alloc(100 << 20) {
+        Err(AllocError::NoSpace { requested, available: Some(free), .. }) => {
+            assert_eq!(requested, 100 << 20);
+            assert!(free < 64 << 20, "{free}");
+        }
+        other => panic!("expected NoSpace, got {other:?}"),
+    }
+    a.check().unwrap(); // the failed block went back
+                        // Giving memory back makes room again.
+    for b in held.drain(..) {
+        a.free_and_release(b).unwrap();
+    }
+    let b = a.alloc(50 << 20).unwrap();
+    touch(&a, b, 50 << 20);
+    a.free(b).unwrap();
+    a.check().unwrap();
+    a.unlink().unwrap();
+}
+
+#[test]
+fn a_64_mib_dev_shm_gives_a_typed_error_not_a_sigbus() {
+    if std::env::var_os(CHILD).is_some() {
+        return in_small_shm();
+    }
+    let me = std::env::current_exe().unwrap();
+    let script = format!(
+        "mount -t tmpfs -o size=64m tmpfs /dev/shm && exec {} --exact a_64_mib_dev_shm_gives_a_typed_error_not_a_sigbus --nocapture",
+        me.display()
+    );
+    let mut child = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .env(CHILD, "1")
+        .spawn()
+        .expect("spawn unshare (the test runs as root, as CI does)");
+    // Watchdog: the child must finish; a SIGBUS or a hang fails the test.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the child in a 64 MiB /dev/shm did not finish in 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "child in a 64 MiB /dev/shm failed: {status:?}");
+}

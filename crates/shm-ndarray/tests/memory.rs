@@ -1,0 +1,100 @@
+//! What a pool costs the machine: sparse segments, an array's block costs its size rounded to a
+//! page, and a full /dev/shm is a typed error (`ArrayError::NoSpace`), never a `SIGBUS`.
+//!
+//! The small-/dev/shm test runs itself again as a child in a private mount namespace
+//! (`unshare -m`, as root, which CI is) with a 64 MiB tmpfs mounted on /dev/shm: only the child
+//! sees it, and the mount vanishes with the child.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use shm_ndarray::{ArrayError, Pool, PoolOptions, ShmArray};
+
+#[test]
+fn a_fresh_pool_holds_a_few_mib_and_an_array_its_pages() {
+    let pool = Pool::create(&PoolOptions::new()).unwrap();
+    let fresh = pool.stats().held;
+    assert!(fresh <= 4 << 20, "a fresh default pool holds {fresh} bytes");
+    // A small and a medium array: their data segment's metadata and their pages.
+    let small = ShmArray::<u8>::zeros(&pool, &[1000]).unwrap();
+    let medium = ShmArray::<u8>::zeros(&pool, &[1 << 20]).unwrap();
+    let with_data_segment = pool.stats().held;
+    assert!(with_data_segment <= fresh + (4 << 20), "{fresh} -> {with_data_segment}");
+    // A large array gets a sparse segment of its own: 100 MB costs 100 MB (to the page, plus
+    // a few KiB of metadata), not the 128 MiB of its power-of-two block.
+    let size = 100_000_000u64;
+    let large = ShmArray::<u8>::zeros(&pool, &[size]).unwrap();
+    let cost = pool.stats().held - with_data_segment;
+    assert!(cost as f64 <= size as f64 * 1.01, "100 MB held {cost} bytes");
+    assert!(cost >= size);
+    drop((small, medium, large));
+}
+
+const CHILD: &str = "PYSHM_TEST_SMALL_SHM_CHILD";
+
+fn in_small_shm() {
+    let pool = Pool::create(&PoolOptions::new()).unwrap();
+    // Small and medium arrays succeed while space lasts...
+    let small: Vec<_> = (0..200).map(|_| ShmArray::<f64>::zeros(&pool, &[1000]).unwrap()).collect();
+    let medium: Vec<_> = (0..20).map(|_| ShmArray::<u8>::zeros(&pool, &[1 << 20]).unwrap()).collect();
+    // ...and one that cannot fit is a typed error naming the way out.
+    match ShmArray::<u8>::zeros(&pool, &[100 << 20]) {
+        Err(e @ ArrayError::NoSpace { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains("--shm-size") && text.contains("emptyDir"), "{text}");
+        }
+        other => panic!("expected NoSpace, got {:?}", other.map(|a| a.len())),
+    }
+    drop((small, medium));
+}
+
+#[test]
+fn a_default_pool_works_in_a_64_mib_dev_shm() {
+    if std::env::var_os(CHILD).is_some() {
+        return in_small_shm();
+    }
+    let me = std::env::current_exe().unwrap();
+    let script = format!(
+        "mount -t tmpfs -o size=64m tmpfs /dev/shm && exec {} --exact a_default_pool_works_in_a_64_mib_dev_shm --nocapture",
+        me.display()
+    );
+    let mut child = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .env(CHILD, "1")
+        .spawn()
+        .expect("spawn unshare (the test runs as root, as CI does)");
+    // Watchdog: a SIGBUS or a hang fails the test.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the child in a 64 MiB /dev/shm did not finish in 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "child in a 64 MiB /dev/shm failed: {status:?}");
+}
+
+#[test]
+fn trim_gives_freed_arrays_pages_back() {
+    let pool = Pool::create(&PoolOptions::new()).unwrap();
+    let fresh = pool.stats().held;
+    let arrays: Vec<_> = (0..8).map(|_| ShmArray::<u8>::zeros(&pool, &[1 << 20]).unwrap()).collect();
+    let keep = ShmArray::<u8>::from_slice(&pool, &[1 << 20], &vec![7u8; 1 << 20]).unwrap();
+    let full = pool.stats().held;
+    assert!(full >= fresh + (9 << 20));
+    drop(arrays);
+    assert_eq!(pool.stats().held, full, "freed memory stays for reuse until a trim");
+    assert!(pool.trim() >= 8 << 20);
+    let trimmed = pool.stats().held;
+    assert!(trimmed <= full - (8 << 20), "{full} -> {trimmed}");
+    // What is still alive kept its data, and the pool works on.
+    assert!(keep.to_vec().iter().all(|x| *x == 7));
+    let again = ShmArray::<u8>::zeros(&pool, &[1 << 20]).unwrap();
+    assert!(again.to_vec().iter().all(|x| *x == 0));
+    pool.check().unwrap();
+}
