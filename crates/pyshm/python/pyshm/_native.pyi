@@ -209,7 +209,6 @@ class NativePool:
     wait: Optional[float]
     """Seconds an allocation waits for other processes to free memory (None: not at all)."""
     def empty(
-        held: int,
         self, shape: _ShapeLike, dtype: Optional[DTypeLike], order: Optional[str] = ..., zero: bool = False
     ) -> NDArray[Any]:
         """A new array: ``shape``, numpy dtype spec, "C" or "F" order, zero-filled or not."""
@@ -221,6 +220,8 @@ class NativePool:
         """Usage figures."""
     def collect(self) -> CollectReport:
         """Free what dead processes held; return what it did."""
+    def trim(self) -> int:
+        """Give the pages of free blocks of data segments back to the OS; return how many bytes."""
     def check(self) -> None:
         """Check every segment's allocator; RuntimeError on a violation."""
     def publish(self, name: str, arr: NDArray[Any]) -> None:
