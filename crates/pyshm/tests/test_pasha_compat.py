@@ -333,6 +333,8 @@ def test_ndarray_functor_swaps_the_axis_to_the_front_as_pasha():
     values = [v for _, v in functor.iterate(functor.split(1)[0])]
     assert len(values) == 4 and values[1].shape == (3, 2)
     np.testing.assert_array_equal(values[1], a[:, :, 1].T)
+    nested = psh.NdarrayFunctor([[1, 2], [3, 4]], axis=1)  # an array-like, as pasha takes
+    assert [v.tolist() for _, v in nested.iterate(slice(0, 2))] == [[1, 3], [2, 4]]
     assert isinstance(Functor.try_wrap(range(3)), psh.SequenceFunctor)
     assert isinstance(Functor.try_wrap("abc"), psh.SequenceFunctor)  # any Sequence, as pasha
 

@@ -191,8 +191,9 @@ class SequenceFunctor(Functor):
 
 
 class NdarrayFunctor(SequenceFunctor):
-    """Maps over a numpy array along ``axis`` (the first axis when ``None``): ``index`` is
-    the position along it, ``value`` the sub-array there (a view, or a scalar for 1-D). As in
+    """Maps over a numpy array (or an array-like, through ``np.asarray``) along ``axis`` (the
+    first axis when ``None``): ``index`` is the position along it, ``value`` the sub-array
+    there (a view, or a scalar for 1-D). As in
     pasha, the sub-array is that of ``np.swapaxes(array, 0, axis)``: for ``axis=2`` of a
     ``(A, B, C)`` array, values have shape ``(B, A)``.
 
@@ -200,9 +201,8 @@ class NdarrayFunctor(SequenceFunctor):
     pooled is copied into the pool once per ``map``, so kernels that write into ``value`` write
     into that copy: write results into arrays from :func:`alloc` instead."""
 
-    def __init__(self, array: np.ndarray, axis: Optional[int] = None) -> None:
-        if not isinstance(array, np.ndarray):
-            raise TypeError(f"NdarrayFunctor takes a numpy array, not {type(array).__name__}")
+    def __init__(self, array: Any, axis: Optional[int] = None) -> None:
+        array = np.asarray(array)  # an array-like (a nested list, say) as numpy sees it, as pasha
         if array.ndim == 0:
             raise ValueError("NdarrayFunctor needs an array with at least one dimension")
         self.array = array
