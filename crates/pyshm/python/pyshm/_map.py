@@ -1,8 +1,10 @@
 """``pyshm.map`` and ``pyshm.alloc``: a parallel map whose kernels write into shared arrays.
 
 The model is pasha's: ``map(kernel, functor)`` calls ``kernel(worker_id, index, value)`` for
-every element the functor yields, spread over the workers of a context, and kernels write their
-results into arrays made with :func:`alloc`, which every worker sees.
+every element the functor yields (``kernel(worker_id, *entry)`` for a functor whose entries are
+not pairs), spread over the workers of a context, and kernels write their results into arrays
+made with :func:`alloc`, which every worker sees. Where pasha and pyshm could differ, pyshm does
+what pasha does (tests/test_pasha_compat.py is pasha's suite, ported).
 
 Invariants:
 
@@ -27,12 +29,15 @@ Invariants:
 from __future__ import annotations
 
 import abc
+import collections.abc
 import concurrent.futures
+import copy
 import multiprocessing
 import os
 import pickle
 import threading
 import types
+import weakref
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import cloudpickle
@@ -55,88 +60,151 @@ __all__ = [
     "set_default_context",
 ]
 
-Kernel = Callable[[int, Any, Any], Any]
+Kernel = Callable[..., Any]  # kernel(worker_id, *entry); entries are (index, value) unless a functor says otherwise
 
 # --------------------------------------------------------------------------------------------
 # Functors
 
 
-class Functor(abc.ABC):
-    """What ``map`` maps over: subclasses say how to split the work into shares and how to
-    iterate over one share. A share must be picklable (it is sent to a worker process)."""
+class _ArgumentError(TypeError, ValueError):
+    """What ``map`` cannot map over, or ``alloc`` arguments that give no shape: a ``TypeError``
+    (pyshm's word for it) and a ``ValueError`` (pasha's), so code written for either catches it."""
 
-    @abc.abstractmethod
+
+class Functor:
+    """What ``map`` maps over: subclasses say how to split the work into shares
+    (:meth:`split`) and how to iterate over one share (:meth:`iterate`). A share must be
+    picklable (it is sent to a worker process).
+
+    A subclass that defines the classmethod :meth:`wrap` takes part in automatic wrapping: ``map``
+    offers it every value that is not a functor and uses what it returns (``None``: not mine).
+    A value with a ``_pasha_functor_()`` method is wrapped by calling it, before anything else.
+    """
+
+    _functor_types: "weakref.WeakSet[type[Functor]]" = weakref.WeakSet()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        Functor._functor_types.add(cls)
+
     def split(self, num_workers: int) -> Sequence[Any]:
         """At most ``num_workers`` shares that together cover every element once."""
+        raise NotImplementedError(f"{type(self).__name__}.split")
 
-    @abc.abstractmethod
-    def iterate(self, share: Any) -> Iterable[tuple[Any, Any]]:
-        """``(index, value)`` for every element of ``share``."""
+    def iterate(self, share: Any) -> Iterable[tuple[Any, ...]]:
+        """The entries of ``share``, each a tuple: ``map`` calls ``kernel(worker_id, *entry)``,
+        so ``(index, value)`` gives pyshm's (and pasha's) usual ``kernel(worker_id, index,
+        value)``; a functor may give more (or fewer) items per entry."""
+        raise NotImplementedError(f"{type(self).__name__}.iterate")
 
     def __len__(self) -> int:
         """The number of elements (for progress bars); subclasses that know it say so."""
         raise TypeError(f"{type(self).__name__} does not know its length")
 
-    @staticmethod
-    def wrap(value: Any) -> "Functor":
-        """``value`` as a functor: a functor as is, a numpy array as :class:`NdarrayFunctor`,
-        a list, tuple or range as :class:`SequenceFunctor`, an int ``n`` as ``range(n)``."""
+    @classmethod
+    def wrap(cls, value: Any) -> Optional["Functor"]:
+        """On :class:`Functor` itself: ``value`` as a functor (see :meth:`try_wrap`). On a
+        subclass: ``value`` as that subclass if it can wrap it, else ``None``; subclasses that
+        want automatic wrapping override it."""
+        if cls is Functor:
+            return cls.try_wrap(value)
+        return None
+
+    @classmethod
+    def try_wrap(cls, value: Any) -> "Functor":
+        """``value`` as a functor: a functor as is; ``value._pasha_functor_()`` if it has that
+        method; otherwise what the one subclass whose :meth:`wrap` accepts it returns: a numpy
+        array as :class:`NdarrayFunctor`, any other sequence (list, tuple, range, ...) as
+        :class:`SequenceFunctor`, an int ``n`` as ``range(n)``, or a type of your own.
+
+        Raises
+        ------
+        TypeError
+            No subclass wraps ``value``, or more than one does (also a ``ValueError``, as in
+            pasha)."""
         if isinstance(value, Functor):
             return value
-        if isinstance(value, np.ndarray):
-            return NdarrayFunctor(value)
-        if isinstance(value, (list, tuple, range)):
-            return SequenceFunctor(value)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return SequenceFunctor(range(value))
-        raise TypeError(
-            f"pyshm.map cannot map over a {type(value).__name__}: pass a numpy array, a list, tuple "
-            "or range, an int, or a pyshm.Functor"
+        if hasattr(value, "_pasha_functor_"):
+            return value._pasha_functor_()
+        found = []
+        for ftype in list(Functor._functor_types):
+            if "wrap" in ftype.__dict__:  # its own wrap, not one inherited (pasha's ambiguity)
+                f = ftype.wrap(value)
+                if f is not None:
+                    found.append(f)
+        if len(found) == 1:
+            return found[0]
+        if found:
+            names = sorted(type(f).__name__ for f in found)
+            raise _ArgumentError(f"more than one functor wraps a {type(value).__name__}: {names}")
+        raise _ArgumentError(
+            f"pyshm.map cannot map over a {type(value).__name__}: pass a numpy array, a sequence "
+            "(list, tuple, range), an int, a pyshm.Functor, or a value a Functor subclass wraps"
         )
 
 
-def _ranges(n: int, parts: int) -> list[range]:
-    """``range(n)`` cut into at most ``parts`` contiguous, nearly equal, non-empty ranges."""
+def _indices(share: Any, n: int) -> Iterable[int]:
+    """The positions a sequence share covers: a slice of ``range(n)`` (pasha's shares) or any
+    iterable of ints (a ``range``, say)."""
+    return range(*share.indices(n)) if isinstance(share, slice) else share
+
+
+def _slices(n: int, parts: int) -> list[slice]:
+    """``range(n)`` cut into at most ``parts`` contiguous, nearly equal, non-empty slices."""
     parts = max(1, min(parts, n))
     step, extra = divmod(n, parts)
     out, start = [], 0
     for i in range(parts):
         stop = start + step + (1 if i < extra else 0)
         if stop > start:
-            out.append(range(start, stop))
+            out.append(slice(start, stop))
         start = stop
     return out
 
 
 class SequenceFunctor(Functor):
-    """Maps over a sequence: ``index`` is the position, ``value`` the element."""
+    """Maps over a sequence: ``index`` is the position, ``value`` the element. Shares are
+    slices of the positions (``split(2)`` of four elements is ``[slice(0, 2), slice(2, 4)]``);
+    :meth:`iterate` also takes a ``range`` or any iterable of positions."""
 
     def __init__(self, sequence: Sequence[Any]) -> None:
         self.sequence = sequence
 
-    def split(self, num_workers: int) -> list[range]:
-        return _ranges(len(self.sequence), num_workers)
+    @classmethod
+    def wrap(cls, value: Any) -> Optional["SequenceFunctor"]:
+        """Any ``collections.abc.Sequence`` (list, tuple, range, str, ...), and an int ``n`` as
+        ``range(n)``."""
+        if isinstance(value, collections.abc.Sequence):
+            return cls(value)
+        if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+            return cls(range(value))
+        return None
 
-    def iterate(self, share: range) -> Iterator[tuple[int, Any]]:
+    def split(self, num_workers: int) -> list[slice]:
+        return _slices(len(self.sequence), num_workers)
+
+    def iterate(self, share: Any) -> Iterator[tuple[int, Any]]:
         seq = self.sequence
-        for i in share:
+        for i in _indices(share, len(seq)):
             yield i, seq[i]
 
     def __len__(self) -> int:
         return len(self.sequence)
 
 
-class NdarrayFunctor(Functor):
-    """Maps over a numpy array along ``axis`` (the first axis when ``None``): ``index`` is
-    the position along it, ``value`` the sub-array there (a view, or a scalar for 1-D).
+class NdarrayFunctor(SequenceFunctor):
+    """Maps over a numpy array (or an array-like, through ``np.asarray``) along ``axis`` (the
+    first axis when ``None``): ``index`` is the position along it, ``value`` the sub-array
+    there (a view, or a scalar for 1-D). As in
+    pasha, the sub-array is that of ``np.swapaxes(array, 0, axis)``: for ``axis=2`` of a
+    ``(A, B, C)`` array, values have shape ``(B, A)``.
 
     Under :class:`ProcessContext` the array reaches the workers by handle; an array that is not
     pooled is copied into the pool once per ``map``, so kernels that write into ``value`` write
     into that copy: write results into arrays from :func:`alloc` instead."""
 
-    def __init__(self, array: np.ndarray, axis: Optional[int] = None) -> None:
-        if not isinstance(array, np.ndarray):
-            raise TypeError(f"NdarrayFunctor takes a numpy array, not {type(array).__name__}")
+    def __init__(self, array: Any, axis: Optional[int] = None) -> None:
+        array = np.asarray(array)  # an array-like (a nested list, say) as numpy sees it, as pasha
         if array.ndim == 0:
             raise ValueError("NdarrayFunctor needs an array with at least one dimension")
         self.array = array
@@ -145,20 +213,19 @@ class NdarrayFunctor(Functor):
             raise getattr(np, "exceptions", np).AxisError(axis, array.ndim)
         self.axis = axis % array.ndim
 
-    def split(self, num_workers: int) -> list[range]:
-        return _ranges(self.array.shape[self.axis], num_workers)
+    @classmethod
+    def wrap(cls, value: Any) -> Optional["NdarrayFunctor"]:
+        """A numpy array with at least one dimension."""
+        return cls(value) if isinstance(value, np.ndarray) and value.ndim > 0 else None
 
-    def iterate(self, share: range) -> Iterator[tuple[int, Any]]:
-        a = self.array if self.axis == 0 else np.moveaxis(self.array, self.axis, 0)
-        for i in share:
-            yield i, a[i]
-
-    def __len__(self) -> int:
-        return self.array.shape[self.axis]
+    @property
+    def sequence(self) -> np.ndarray:  # type: ignore[override]
+        """The array with the mapped axis first (``np.swapaxes(array, 0, axis)``, a view)."""
+        return self.array if self.axis == 0 else np.swapaxes(self.array, 0, self.axis)
 
 
 def _split(functor: Functor, num_workers: int) -> Sequence[Any]:
-    shares = functor.split(num_workers)
+    shares = list(functor.split(num_workers))
     if len(shares) > num_workers:
         raise ValueError(
             f"{type(functor).__name__}.split({num_workers}) gave {len(shares)} shares; at most "
@@ -180,12 +247,12 @@ def _length(functor: Functor) -> Optional[int]:
 
 def _run_share(kernel: Kernel, functor: Functor, share: Any, worker_id: int, done: Optional[np.ndarray]) -> None:
     if done is None:
-        for index, value in functor.iterate(share):
-            kernel(worker_id, index, value)
+        for entry in functor.iterate(share):
+            kernel(worker_id, *entry)
         return
     n = 0
-    for index, value in functor.iterate(share):
-        kernel(worker_id, index, value)
+    for entry in functor.iterate(share):
+        kernel(worker_id, *entry)
         n += 1
         done[worker_id] = n
 
@@ -209,8 +276,11 @@ class _SequenceSlice(Functor):
 
 def _share_of(functor: Functor, share: Any) -> tuple:
     """``(functor, share)`` as sent to a worker: a sequence's share carries only its slice."""
-    if type(functor) is SequenceFunctor and isinstance(share, range) and share.step == 1:
-        return (_SequenceSlice(functor.sequence[share.start : share.stop], share.start), None)
+    if type(functor) is SequenceFunctor and isinstance(share, (slice, range)):
+        positions = _indices(share, len(functor.sequence))
+        if isinstance(positions, range) and positions.step == 1:
+            start, stop = positions.start, positions.stop
+            return (_SequenceSlice(functor.sequence[start:stop], start), None)
     return (functor, share)
 
 
@@ -224,6 +294,17 @@ class MapContext(abc.ABC):
     from :meth:`alloc` can be shared with any process, whichever context made them."""
 
     num_workers: int = 1
+
+    def __init__(self, num_workers: int = 1) -> None:
+        """A context of your own (a subclass that implements :meth:`map`) says how many workers
+        it has here, as in pasha: ``alloc(per_worker=True)`` gives one row per worker."""
+        self.num_workers = num_workers
+
+    @staticmethod
+    def run_worker(kernel: Kernel, functor: Functor, share: Any, worker_id: int) -> None:
+        """One worker's loop: ``kernel(worker_id, *entry)`` for every entry of
+        ``functor.iterate(share)``. For contexts of your own, as pasha's ``run_worker``."""
+        _run_share(kernel, functor, share, worker_id, None)
 
     def alloc(
         self,
@@ -239,8 +320,16 @@ class MapContext(abc.ABC):
 
         ``shape`` and ``dtype`` default to those of ``like`` (float64 without it), ``order`` to
         ``like``'s layout (C without it). ``fill`` is a scalar or array-like copied into the
-        array (uninitialised without it). ``per_worker=True`` adds a leading axis of length
-        :attr:`num_workers`, one row per ``worker_id``, for reductions."""
+        array (uninitialised without it). ``per_worker=True`` adds an axis of length
+        :attr:`num_workers`, one entry per ``worker_id``, for reductions: the first axis for C
+        order, the last for Fortran order (as pasha), so that each worker's part is contiguous
+        (``a[worker_id]`` or ``a[..., worker_id]``); any order given or taken from ``like``
+        counts, and the explicit one wins.
+
+        Raises
+        ------
+        TypeError
+            Neither ``shape`` nor ``like`` is given (also a ``ValueError``, as in pasha)."""
         if like is not None:
             like = np.asarray(like)
             if shape is None:
@@ -248,13 +337,13 @@ class MapContext(abc.ABC):
             if dtype is None:
                 dtype = like.dtype
         if shape is None:
-            raise TypeError("alloc() needs a shape, or like= an array")
+            raise _ArgumentError("alloc() needs a shape, or like= an array")
         shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
-        if per_worker:
-            shape = (self.num_workers,) + shape
         order = _core.order_of(like, order) if like is not None else (order or "C").upper()
         if order not in ("C", "F"):
             raise ValueError(f"order must be 'C', 'F', 'A', 'K' or None, not {order!r}")
+        if per_worker:
+            shape = (self.num_workers,) + shape if order == "C" else shape + (self.num_workers,)
         out = _core.empty(shape, float if dtype is None else dtype, order)
         if fill is not None:
             np.copyto(out, fill, casting="unsafe")
@@ -262,8 +351,8 @@ class MapContext(abc.ABC):
 
     @abc.abstractmethod
     def map(self, kernel: Kernel, functor: Any, *, progress: bool = False) -> None:
-        """Call ``kernel(worker_id, index, value)`` for every element of ``functor`` (see
-        :func:`pyshm.map`)."""
+        """Call ``kernel(worker_id, *entry)`` for every entry of ``functor``, usually
+        ``kernel(worker_id, index, value)`` (see :func:`pyshm.map`)."""
 
     def close(self) -> None:
         """Release the context's workers (a no-op for contexts without any)."""
@@ -276,17 +365,21 @@ class MapContext(abc.ABC):
 
 
 class SerialContext(MapContext):
-    """Runs every kernel call in this thread, one after the other (``worker_id`` 0)."""
+    """Runs every kernel call in this thread, one after the other (``worker_id`` 0).
+    ``num_workers`` is accepted for pasha's ``set_default_context('serial', n)`` and ignored:
+    there is always one worker."""
 
-    num_workers = 1
+    def __init__(self, num_workers: Optional[int] = None) -> None:
+        del num_workers  # always one
+        super().__init__(1)
 
     def map(self, kernel: Kernel, functor: Any, *, progress: bool = False) -> None:
         functor = Functor.wrap(functor)
         bar = _bar(progress, functor)
         try:
             for share in _split(functor, 1):
-                for index, value in functor.iterate(share):
-                    kernel(0, index, value)
+                for entry in functor.iterate(share):
+                    kernel(0, *entry)
                     if bar is not None:
                         bar.update(1)
         finally:
@@ -407,7 +500,8 @@ class ProcessContext(MapContext):
         if isinstance(functor, NdarrayFunctor) and not _core.is_shared(functor.array):
             # Into the pool once for every share, not once per share (the caller's functor and
             # array are left as they are).
-            functor = NdarrayFunctor(_core.asarray(functor.array), functor.axis)
+            functor = copy.copy(functor)  # a subclass stays itself
+            functor.array = _core.asarray(functor.array)
         shares = _split(functor, self.num_workers)
         bar = _bar(progress, functor)
         done = self.alloc(self.num_workers, np.int64, fill=0) if bar is not None else None
@@ -545,18 +639,19 @@ def get_default_context() -> MapContext:
         return _default_context
 
 
-def set_default_context(context: Union[MapContext, str], **kwargs: Any) -> MapContext:
+def set_default_context(context: Union[MapContext, str], *args: Any, **kwargs: Any) -> MapContext:
     """Make ``context`` the default: a context object, or ``"serial"``, ``"threads"`` or
-    ``"processes"`` with the keyword arguments of that context's class. Returns it."""
+    ``"processes"`` with the arguments of that context's class
+    (``set_default_context("threads", 2)`` as in pasha). Returns it."""
     global _default_context
     if isinstance(context, str):
         try:
             cls = _NAMED[context]
         except KeyError:
             raise ValueError(f"unknown context {context!r}: use 'serial', 'threads' or 'processes'") from None
-        context = cls(**kwargs)
-    elif kwargs:
-        raise TypeError("keyword arguments go with a context name, not a context object")
+        context = cls(*args, **kwargs)
+    elif args or kwargs:
+        raise TypeError("arguments go with a context name, not a context object")
     if not isinstance(context, MapContext):
         raise TypeError(f"set_default_context() takes a MapContext or a name, not {type(context).__name__}")
     with _default_lock:
@@ -583,12 +678,15 @@ def map(  # noqa: A001 (pasha's name)
 ) -> None:
     """Call ``kernel(worker_id, index, value)`` for every element of ``functor``, in parallel.
 
-    ``functor`` is a numpy array (its first axis), a list, tuple or range, an int ``n``, or a
-    :class:`Functor`. ``context`` defaults to :func:`get_default_context`. Kernels return
-    nothing: they write their results into arrays made with :func:`alloc` (or any pooled array).
+    ``functor`` is a numpy array (its first axis), a sequence (list, tuple, range, ...), an int
+    ``n``, a :class:`Functor`, or a value a functor wraps (:meth:`Functor.try_wrap`). A functor
+    whose entries have other than two items gets ``kernel(worker_id, *entry)``. ``context``
+    defaults to :func:`get_default_context`. Kernels return nothing: they write their results
+    into arrays made with :func:`alloc` (or any pooled array).
     ``progress=True`` shows a tqdm bar (``pip install pyshm[progress]``).
 
     Raises the first exception a kernel raised (after every share finished), or
-    ``concurrent.futures.process.BrokenProcessPool`` if a worker process died."""
+    ``concurrent.futures.process.BrokenProcessPool`` if a worker process died;
+    ``TypeError`` (also a ``ValueError``) if ``functor`` cannot be wrapped."""
     (context or get_default_context()).map(kernel, functor, progress=progress)
 
