@@ -1,0 +1,17 @@
+"""Functions that run in joblib, Ray and Dask workers (importable by name in each)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def joblib_flags(x: np.ndarray) -> tuple:
+    return (bool(x.flags.writeable), type(x).__name__)
+
+
+def joblib_write_first(x: np.ndarray) -> None:
+    x[0] = 42.0
+
+
+def joblib_add_one(x: np.ndarray) -> np.ndarray:
+    return x + 1
