@@ -15,3 +15,14 @@ def joblib_write_first(x: np.ndarray) -> None:
 
 def joblib_add_one(x: np.ndarray) -> np.ndarray:
     return x + 1
+
+
+def ray_add_one_in_place(x: np.ndarray) -> np.ndarray:
+    x += 1
+    return x * 2
+
+
+def ray_describe(x: np.ndarray) -> tuple:
+    import pyshm
+
+    return (bool(x.flags.writeable), bool(pyshm.is_shared(x)), type(x).__name__)
