@@ -3,7 +3,7 @@
 //! 1. The environment is `.venv` at the workspace root (ignored by git), made by the system's
 //!    `python3`; nothing is installed outside it.
 //! 2. The tools (maturin, numpy, pytest, hypothesis, joblib for its vendored loky and the
-//!    `pyshm` joblib backend, ray and cloudpickle for the scale-out tests, tqdm for progress
+//!    `pyshm` joblib backend, ray, dask, distributed and cloudpickle for the scale-out tests, tqdm for progress
 //!    bars and anyio for the asyncio front-end's tests) are installed only when one of them cannot
 //!    be imported, so a warm run does not touch the network.
 //! 3. The pyshm package is rebuilt into it with `maturin develop --release` on every run, so the
@@ -37,7 +37,19 @@ pub(crate) fn prepare(steps: &mut Steps) -> Result<()> {
         })?;
     }
 
-    let tools = ["maturin", "numpy", "pytest", "hypothesis", "joblib", "tqdm", "anyio", "ray", "cloudpickle"];
+    let tools = [
+        "maturin",
+        "numpy",
+        "pytest",
+        "hypothesis",
+        "joblib",
+        "tqdm",
+        "anyio",
+        "ray",
+        "cloudpickle",
+        "dask",
+        "distributed",
+    ];
     let import = Cmd::new(PYTHON).args(["-c", &format!("import {}", tools.join(", "))]);
     if import.probe() {
         steps.skip("python: pip install", "tools already installed");

@@ -26,3 +26,16 @@ def ray_describe(x: np.ndarray) -> tuple:
     import pyshm
 
     return (bool(x.flags.writeable), bool(pyshm.is_shared(x)), type(x).__name__)
+
+
+def dask_write_and_make(x: np.ndarray) -> np.ndarray:
+    import pyshm
+
+    x[0] = 9.0
+    return pyshm.by_handle(pyshm.full(x.size, 2.0))
+
+
+def dask_describe(x: np.ndarray) -> tuple:
+    import pyshm
+
+    return (bool(x.flags.writeable), bool(pyshm.is_shared(x)), type(x).__name__)

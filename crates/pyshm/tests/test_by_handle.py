@@ -1,4 +1,5 @@
-"""pyshm.by_handle: pickles as a handle by any pickler, unpickles to the pooled array itself."""
+"""pyshm.by_handle: pickles as a handle by any pickler, unpickles to the pooled array itself
+(still marked, so a relay sends it on as a handle)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def test_pickles_small_and_unpickles_to_the_same_memory():
         data = dumps(pyshm.by_handle(a))
         assert len(data) < 400
         b = pickle.loads(data)
-        assert type(b) is np.ndarray and b.flags.writeable
+        assert type(b) is pyshm.ByHandle and b.flags.writeable
         b[1] += 1
     assert a[1] == 3
 
@@ -32,7 +33,7 @@ def test_is_the_array_itself_in_this_process_and_ufuncs_give_plain_arrays():
     w[0] = 5
     assert a[0] == 5 and isinstance(w, np.ndarray)
     assert type(w + 1) is np.ndarray and type(np.sum(w)) is np.float64
-    assert type(pickle.loads(pickle.dumps(w[2:5]))) is np.ndarray
+    assert type(pickle.loads(pickle.dumps(w[2:5]))) is pyshm.ByHandle
 
 
 def test_a_read_only_view_stays_read_only():
@@ -55,6 +56,14 @@ def test_another_host_gets_an_error_naming_the_pool_and_the_host():
     with pytest.raises(pyshm.PoolNotFoundError, match=f"pool '{pyshm.handle(a).pool}' on host '{host}'"):
         pickle.loads(forged)
     pickle.loads(data)  # the token of the pickle that was loaded is claimed
+
+
+def test_a_relay_sends_it_on_as_a_handle():
+    a = pyshm.zeros(100_000)
+    relayed = pickle.dumps(pickle.loads(pickle.dumps(pyshm.by_handle(a))))
+    assert len(relayed) < 400
+    pickle.loads(relayed)[0] = 4
+    assert a[0] == 4
 
 
 def test_a_pool_that_is_not_reachable_gives_the_same_error():

@@ -42,15 +42,15 @@ def test_a_pooled_argument_arrives_writable_and_results_come_back_by_handle(clus
 def test_plain_arrays_take_rays_own_path(cluster):
     d = pyshm.ray.remote(engine_workers.ray_describe)
     assert ray.get(d.remote(np.zeros(300_000)), timeout=120) == (False, False, "ndarray")
-    assert ray.get(d.options(num_cpus=1).remote(pyshm.zeros(300_000)), timeout=120) == (True, True, "ndarray")
+    assert ray.get(d.options(num_cpus=1).remote(pyshm.zeros(300_000)), timeout=120) == (True, True, "ByHandle")
 
 
 def test_by_handle_and_put_with_plain_ray_remote(cluster):
     d = ray.remote(engine_workers.ray_describe)
     a = pyshm.zeros(1000)
-    assert ray.get(d.remote(pyshm.by_handle(a)), timeout=120) == (True, True, "ndarray")
+    assert ray.get(d.remote(pyshm.by_handle(a)), timeout=120) == (True, True, "ByHandle")
     ref = pyshm.ray.put(a)
-    assert ray.get(d.remote(ref), timeout=120) == (True, True, "ndarray")
+    assert ray.get(d.remote(ref), timeout=120) == (True, True, "ByHandle")
     b = ray.get(ref, timeout=120)
     b[0] = 5
     assert a[0] == 5

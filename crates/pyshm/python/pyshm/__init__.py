@@ -16,8 +16,8 @@ Front-ends on the same pool:
 - ``pyshm.aio``: ``await aio.run(fn, ...)`` and ``async for ... in aio.map(fn, array)``.
 - ``pyshm.allocator()``: numpy's own allocations taken from the pool (NEP 49).
 - ``pyshm.by_handle(a)``: ``a`` sent as a handle by any pickler (Dask, Ray, joblib); and
-  ``pyshm.joblib`` (a joblib backend) and ``pyshm.ray`` (a ``ray.remote`` that does it for you),
-  imported on first use.
+  ``pyshm.joblib`` (a joblib backend), ``pyshm.ray`` (a ``ray.remote`` that does it for you)
+  and ``pyshm.dask`` (``install(client)``), imported on first use.
 
 Importing pyshm patches nothing: it registers a reducer for ``numpy.ndarray`` with
 multiprocessing's pickler, which changes nothing for arrays outside a pool.
@@ -86,7 +86,7 @@ PayloadError.__module__ = "pyshm"
 def __getattr__(name: str):
     # `pyshm.aio` is imported on first use: it brings asyncio, which workers seldom need; the
     # engine modules import their engine, which pyshm does not depend on.
-    if name in ("aio", "joblib", "ray"):
+    if name in ("aio", "dask", "joblib", "ray"):
         import importlib
 
         return importlib.import_module("." + name, __name__)

@@ -10,8 +10,9 @@ Invariants:
    the data. Picklers that dispatch on the exact type (``copyreg``, ``reducer_override`` tables
    keyed by ``numpy.ndarray``) do not see it as an ndarray, so nothing registered for plain
    arrays is changed or consulted.
-3. Unpickling gives the pooled array itself (a plain ``numpy.ndarray``, the same memory,
-   writable unless the sender's view was read-only), or raises :class:`PoolNotFoundError`
+3. Unpickling gives the pooled array itself (the same memory, writable unless the sender's view
+   was read-only), still marked :class:`ByHandle`, so a relay that unpickles and pickles again
+   (Dask's scheduler, a task passing its argument on) sends it as a handle too; or it raises :class:`PoolNotFoundError`
    naming the pool and both hosts when the pool cannot be reached here. The host identity is the
    kernel's boot id (two containers of one machine share it) plus the hostname for the message;
    reachability of the pool's name in this process's /dev/shm decides the rest.
@@ -50,7 +51,7 @@ def host_identity() -> tuple[str, str]:
 class ByHandle(np.ndarray):
     """A pooled array (a view of it) that pickles as a handle wherever it is pickled.
 
-    Made by :func:`by_handle`; see there. Unpickles to a plain ``numpy.ndarray``.
+    Made by :func:`by_handle`; see there. Unpickles to the same class, over the same memory.
     """
 
     def __reduce_ex__(self, protocol: Any) -> Any:
@@ -75,7 +76,8 @@ def by_handle(a: np.ndarray) -> np.ndarray:
 
     Dask, Ray, joblib, cloudpickle and plain ``pickle`` send what this returns as a handle of
     about a hundred bytes; on another process of this machine it unpickles to the pooled array
-    itself: the same memory, writable. A task can return ``by_handle(result)`` the same way.
+    itself: the same memory, writable, still marked (so a relay sends it on as a handle too). A
+    task can return ``by_handle(result)`` the same way.
 
     Parameters
     ----------
@@ -108,7 +110,7 @@ def by_handle(a: np.ndarray) -> np.ndarray:
     >>> b = pickle.loads(pickle.dumps(pyshm.by_handle(a)))
     >>> b[0] = 7.0
     >>> float(a[0]), type(b).__name__
-    (7.0, 'ndarray')
+    (7.0, 'ByHandle')
     """
     if not isinstance(a, np.ndarray) or _native.pooled_handle(a, False) is None:
         raise ValueError(
@@ -128,7 +130,7 @@ def _rebuild(hostname: str, boot: str, pool: str, data: bytes, *rest: Any) -> np
             f"by value (without pyshm.by_handle) to other hosts"
         )
     try:
-        return _handles.rebuild(pool, data, *rest)
+        return _handles.rebuild(pool, data, *rest).view(ByHandle)
     except PoolNotFoundError as e:
         raise PoolNotFoundError(
             f"array sent by handle from pool {pool!r} on host {hostname!r} cannot be attached on "
