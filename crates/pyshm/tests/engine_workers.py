@@ -39,3 +39,11 @@ def dask_describe(x: np.ndarray) -> tuple:
     import pyshm
 
     return (bool(x.flags.writeable), bool(pyshm.is_shared(x)), type(x).__name__)
+
+
+def pool_of(a: np.ndarray) -> str:
+    """The name of the pool ``a`` lives in, without making a transfer token (which would stay
+    pending and show in later tests' ``reclaim_handles`` counts)."""
+    from pyshm import _native
+
+    return _native.pooled_handle(a, False).pool

@@ -15,6 +15,8 @@ import pytest
 import pyshm
 from pyshm import _by_handle
 
+from engine_workers import pool_of
+
 
 def test_pickles_small_and_unpickles_to_the_same_memory():
     a = pyshm.zeros(100_000)
@@ -53,7 +55,7 @@ def test_another_host_gets_an_error_naming_the_pool_and_the_host():
     data = pickle.dumps(pyshm.by_handle(a))
     host, boot = _by_handle.host_identity()
     forged = data.replace(boot.encode(), b"0" * len(boot))
-    with pytest.raises(pyshm.PoolNotFoundError, match=f"pool '{pyshm.handle(a).pool}' on host '{host}'"):
+    with pytest.raises(pyshm.PoolNotFoundError, match=f"pool '{pool_of(a)}' on host '{host}'"):
         pickle.loads(forged)
     pickle.loads(data)  # the token of the pickle that was loaded is claimed
 
@@ -67,7 +69,7 @@ def test_a_relay_sends_it_on_as_a_handle():
 
 
 def test_a_pool_that_is_not_reachable_gives_the_same_error():
-    h = pyshm.handle(pyshm.zeros(10))
+    h = pyshm._native.pooled_handle(pyshm.zeros(10), False)  # no token: nothing left pending
     host, boot = _by_handle.host_identity()
     with pytest.raises(pyshm.PoolNotFoundError, match="not reachable here"):
         _by_handle._rebuild(host, boot, "pyshm_gone_for_test", h.__reduce__()[1][1])
@@ -89,11 +91,11 @@ def test_a_result_comes_back_by_handle(tmp_path):
     code = (
         "import pickle, sys, pyshm; r = pyshm.full(1000, 3.0); "
         "open(sys.argv[1], 'wb').write(pickle.dumps(pyshm.by_handle(r))); "
-        "print(pyshm.handle(r).pool)"
+        "print(pyshm.default_pool().name)"
     )
-    mine = pyshm.handle(pyshm.zeros(1)).pool
+    mine = pool_of(pyshm.zeros(1))
     env = dict(os.environ, PYSHM_POOL=mine)  # the child's results are born in our pool
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60, env=env)
     assert out.returncode == 0, out.stderr
     r = pickle.loads(path.read_bytes())
-    assert pyshm.is_shared(r) and (r == 3).all() and pyshm.handle(r).pool == out.stdout.strip() == mine
+    assert pyshm.is_shared(r) and (r == 3).all() and pool_of(r) == out.stdout.strip() == mine

@@ -10,7 +10,7 @@ from joblib import Parallel, delayed
 import pyshm
 import pyshm.joblib
 
-from engine_workers import joblib_add_one, joblib_flags, joblib_write_first
+from engine_workers import joblib_add_one, joblib_flags, joblib_write_first, pool_of
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def test_results_are_born_in_the_pool_and_come_back_by_handle(backend):
     x = pyshm.ones(300_000)
     (r,) = Parallel()(delayed(joblib_add_one)(x) for _ in range(1))
     assert pyshm.is_shared(r) and r.flags.writeable and (r == 2).all()
-    assert pyshm.handle(r).pool == pyshm.handle(x).pool
+    assert pool_of(r) == pool_of(x)
 
 
 def test_plain_arrays_travel_as_under_joblibs_default(backend):

@@ -12,6 +12,7 @@ import pyshm.ray
 import ray
 
 import engine_workers
+from engine_workers import pool_of
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def test_a_pooled_argument_arrives_writable_and_results_come_back_by_handle(clus
     a = pyshm.zeros(300_000)
     r = ray.get(f.remote(a), timeout=120)
     assert (a == 1).all() and (r == 2).all()
-    assert pyshm.is_shared(r) and r.flags.writeable and pyshm.handle(r).pool == pyshm.handle(a).pool
+    assert pyshm.is_shared(r) and r.flags.writeable and pool_of(r) == pool_of(a)
 
 
 def test_plain_arrays_take_rays_own_path(cluster):
