@@ -84,7 +84,9 @@ class PyshmBackend(LokyBackend):
         env["PYSHM_JOBLIB"] = "1"
         return env
 
-    def configure(self, n_jobs: int = 1, parallel: Any = None, prefer: Any = None, require: Any = None, **kwargs: Any) -> int:
+    def configure(
+        self, n_jobs: int = 1, parallel: Any = None, prefer: Any = None, require: Any = None, **kwargs: Any
+    ) -> int:
         kwargs.setdefault("initializer", _worker_init)
         kwargs.setdefault("initargs", (self.allocator_min_bytes,))
         n = super().configure(n_jobs, parallel, prefer, require, **kwargs)
