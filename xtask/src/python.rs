@@ -3,7 +3,8 @@
 //! 1. The main environment is `.venv` at the workspace root (ignored by git), made by the
 //!    system's `python3`; nothing is installed outside the project's environments.
 //! 2. The tools (maturin, ziglang and auditwheel to build and check wheels, numpy, pytest,
-//!    hypothesis, joblib for its vendored loky, tqdm for progress bars, anyio for the asyncio
+//!    hypothesis, joblib for its vendored loky and the `pyshm` joblib backend, ray, dask and
+//!    distributed for the scale-out tests, tqdm for progress bars, anyio for the asyncio
 //!    front-end's tests, mypy for the stubs' and types' tests, cloudpickle, and nbclient with
 //!    ipykernel to run the notebook tests in a real Jupyter kernel) are installed only when one of
 //!    them cannot be imported, so a warm run does not touch the network.
@@ -30,8 +31,21 @@ pub(crate) const VENV_BIN: &str = ".venv/bin";
 pub(crate) const BASE_PYTHON: &str = "python3";
 
 /// What the tests import besides pyshm (numpy arrives as pyshm's dependency too).
-const TEST_TOOLS: [&str; 10] =
-    ["numpy", "pytest", "hypothesis", "joblib", "tqdm", "anyio", "mypy", "cloudpickle", "nbclient", "ipykernel"];
+const TEST_TOOLS: [&str; 13] = [
+    "numpy",
+    "pytest",
+    "hypothesis",
+    "joblib",
+    "tqdm",
+    "anyio",
+    "mypy",
+    "cloudpickle",
+    "nbclient",
+    "ipykernel",
+    "ray",
+    "dask",
+    "distributed",
+];
 
 /// What builds and checks the package, in `.venv` only.
 const BUILD_TOOLS: [&str; 3] = ["maturin", "ziglang", "auditwheel"];

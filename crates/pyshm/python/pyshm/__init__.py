@@ -15,6 +15,9 @@ Front-ends on the same pool:
   (pasha's model), over serial, thread or persistent process contexts.
 - ``pyshm.aio``: ``await aio.run(fn, ...)`` and ``async for ... in aio.map(fn, array)``.
 - ``pyshm.allocator()``: numpy's own allocations taken from the pool (NEP 49).
+- ``pyshm.by_handle(a)``: ``a`` sent as a handle by any pickler (Dask, Ray, joblib); and
+  ``pyshm.joblib`` (a joblib backend), ``pyshm.ray`` (a ``ray.remote`` that does it for you)
+  and ``pyshm.dask`` (``install(client)``), imported on first use.
 
 Importing pyshm patches nothing: it registers a reducer for ``numpy.ndarray`` with
 multiprocessing's pickler, which changes nothing for arrays outside a pool.
@@ -58,6 +61,7 @@ from ._core import (
     zeros_like,
 )
 from ._handles import Handle, attach, handle
+from ._by_handle import ByHandle, by_handle
 from ._allocator import allocator, install_allocator, uninstall_allocator
 from ._executor import ProcessPoolExecutor
 from ._map import (
@@ -91,11 +95,12 @@ if TYPE_CHECKING:  # what `__getattr__` gives, for type checkers
 
 
 def __getattr__(name: str) -> Any:
-    # `pyshm.aio` is imported on first use: it brings asyncio, which workers seldom need.
-    if name == "aio":
+    # `pyshm.aio` is imported on first use: it brings asyncio, which workers seldom need; the
+    # engine modules import their engine, which pyshm does not depend on.
+    if name in ("aio", "dask", "joblib", "ray"):
         import importlib
 
-        return importlib.import_module(".aio", __name__)
+        return importlib.import_module("." + name, __name__)
     raise AttributeError(f"module 'pyshm' has no attribute {name!r}")
 
 __all__ = [
@@ -104,6 +109,8 @@ __all__ = [
     "allocator",
     "asarray",
     "attach",
+    "by_handle",
+    "ByHandle",
     "collect",
     "CollectReport",
     "configure",

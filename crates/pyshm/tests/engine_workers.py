@@ -1,0 +1,49 @@
+"""Functions that run in joblib, Ray and Dask workers (importable by name in each)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def joblib_flags(x: np.ndarray) -> tuple:
+    return (bool(x.flags.writeable), type(x).__name__)
+
+
+def joblib_write_first(x: np.ndarray) -> None:
+    x[0] = 42.0
+
+
+def joblib_add_one(x: np.ndarray) -> np.ndarray:
+    return x + 1
+
+
+def ray_add_one_in_place(x: np.ndarray) -> np.ndarray:
+    x += 1
+    return x * 2
+
+
+def ray_describe(x: np.ndarray) -> tuple:
+    import pyshm
+
+    return (bool(x.flags.writeable), bool(pyshm.is_shared(x)), type(x).__name__)
+
+
+def dask_write_and_make(x: np.ndarray) -> np.ndarray:
+    import pyshm
+
+    x[0] = 9.0
+    return pyshm.by_handle(pyshm.full(x.size, 2.0))
+
+
+def dask_describe(x: np.ndarray) -> tuple:
+    import pyshm
+
+    return (bool(x.flags.writeable), bool(pyshm.is_shared(x)), type(x).__name__)
+
+
+def pool_of(a: np.ndarray) -> str:
+    """The name of the pool ``a`` lives in, without making a transfer token (which would stay
+    pending and show in later tests' ``reclaim_handles`` counts)."""
+    from pyshm import _native
+
+    return _native.pooled_handle(a, False).pool

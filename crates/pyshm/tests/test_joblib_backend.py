@@ -1,0 +1,61 @@
+"""joblib: the "pyshm" backend sends pooled arrays as handles; plain arrays as joblib does."""
+
+from __future__ import annotations
+
+import joblib
+import numpy as np
+import pytest
+from joblib import Parallel, delayed
+
+import pyshm
+import pyshm.joblib
+
+from engine_workers import joblib_add_one, joblib_flags, joblib_write_first, pool_of
+
+
+@pytest.fixture(scope="module")
+def backend():
+    with joblib.parallel_config(backend="pyshm", n_jobs=2):
+        yield
+
+
+def test_pooled_arguments_are_the_callers_memory_and_writable(backend):
+    x = pyshm.zeros(300_000)  # above joblib's 1 MB memmapping threshold
+    assert Parallel()(delayed(joblib_flags)(x) for _ in range(2)) == [(True, "ndarray")] * 2
+    Parallel()(delayed(joblib_write_first)(x[i:]) for i in range(4))
+    assert list(x[:4]) == [42.0] * 4
+
+
+def test_results_are_born_in_the_pool_and_come_back_by_handle(backend):
+    x = pyshm.ones(300_000)
+    (r,) = Parallel()(delayed(joblib_add_one)(x) for _ in range(1))
+    assert pyshm.is_shared(r) and r.flags.writeable and (r == 2).all()
+    assert pool_of(r) == pool_of(x)
+
+
+def test_plain_arrays_travel_as_under_joblibs_default(backend):
+    p = np.zeros(300_000)
+    assert Parallel()(delayed(joblib_flags)(p) for _ in range(2)) == [(False, "memmap")] * 2
+    (r,) = Parallel()(delayed(joblib_add_one)(p[:10]) for _ in range(1))
+    assert type(r) is np.ndarray and (r == 1).all()
+
+
+def test_the_default_backend_still_gets_the_right_data():
+    x = pyshm.ones(300_000)
+    with joblib.parallel_config(backend="loky", n_jobs=2):
+        r = Parallel()(delayed(joblib_add_one)(x) for _ in range(2))
+    assert all((a == 2).all() for a in r)
+
+
+def test_register_is_idempotent_and_import_pyshm_registers_nothing():
+    import subprocess
+    import sys
+
+    code = "import joblib, pyshm; from joblib.parallel import BACKENDS; print('pyshm' in BACKENDS)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr
+    pyshm.joblib.register()
+    pyshm.joblib.register()
+    from joblib.parallel import BACKENDS
+
+    assert BACKENDS["pyshm"] is pyshm.joblib.PyshmBackend
