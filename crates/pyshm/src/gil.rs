@@ -21,6 +21,10 @@
 //! 3. [`at_exit`] is an `atexit` callback registered when the module is first imported, so it
 //!    runs after every callback the package registers later (atexit runs them last-in,
 //!    first-out): leaving pools at exit still releases the GIL as usual.
+//! 4. A child made by `os.fork` starts with `re_entering` at zero (an `os.register_at_fork`
+//!    child hook): it has only the forking thread, which holds the GIL, so a count inherited from
+//!    threads of the parent that were taking the GIL back would make its [`at_exit`] wait the
+//!    full [`RE_ENTRY_WAIT`] for threads that do not exist.
 
 // Process-local state of this module, not shared memory: loom never models it (the facade the
 // lint points to is for the shared-memory protocols of the crates below).
@@ -83,12 +87,19 @@ fn at_exit(py: Python<'_>) {
     });
 }
 
-/// Registers [`at_exit`] with Python's `atexit` (invariant 3).
+/// Registers [`at_exit`] with Python's `atexit` (invariant 3) and the fork hook (invariant 4).
 pub(crate) fn register_at_exit(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     let callback = PyCFunction::new_closure(py, Some(c"_pyshm_gil_at_exit"), None, |args, _kwargs| {
         at_exit(args.py());
     })?;
     py.import("atexit")?.call_method1("register", (callback,))?;
+    let after_fork = PyCFunction::new_closure(py, Some(c"_pyshm_gil_after_fork"), None, |_args, _kwargs| {
+        // The child's only thread holds the GIL: nothing of it is taking the GIL back.
+        RE_ENTERING.store(0, SeqCst);
+    })?;
+    let kwargs = pyo3::types::PyDict::new(py);
+    kwargs.set_item("after_in_child", after_fork)?;
+    py.import("os")?.call_method("register_at_fork", (), Some(&kwargs))?;
     Ok(())
 }
