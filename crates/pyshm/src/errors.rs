@@ -12,7 +12,9 @@
 //!    `FileNotFoundError`, errno `ENOENT`) for a pool that does not exist, [`PoolOSError`] (an
 //!    `OSError`) for a failed system call, with the call's errno when there is one, its subclass
 //!    [`PoolPermissionError`] (also a `PermissionError`) when that errno is `EACCES` or `EPERM`,
-//!    and `TimeoutError` for a pool whose creator did not finish in time.
+//!    `TimeoutError` for a pool whose creator did not finish in time, and
+//!    [`TokenTableFullError`] (a `RuntimeError`: nothing is wrong with the array or the
+//!    handle) when every transfer token slot is taken.
 //! 3. pyshm's exception classes say `module = "pyshm"` and are re-exported there, so they
 //!    pickle (from a worker to its caller) as themselves. None takes other constructor
 //!    arguments than its builtin base, so the base's `__reduce__` rebuilds it (message, and
@@ -59,6 +61,12 @@ create_exception!(
     PoolCorruptError,
     PyRuntimeError,
     "The pool's shared memory breaks its protocol (e.g. a lock held by a live process that is not one of the pool's): written by a buggy or hostile process of the same user. Nothing was taken over; recreate the pool."
+);
+create_exception!(
+    pyshm,
+    TokenTableFullError,
+    PyRuntimeError,
+    "No handle could be made: every transfer token slot of the pool is taken by a handle sent and not attached yet. Nothing was taken; send the data instead, let receivers attach, or reclaim old tokens (Pool.reclaim_tokens)."
 );
 create_exception!(
     pyshm,
@@ -214,6 +222,7 @@ fn handle_err(e: HandleError) -> PyErr {
     match e {
         HandleError::Stale => StaleHandleError::new_err(msg),
         HandleError::Stranger { .. } => PoolCorruptError::new_err(msg),
+        HandleError::TokensFull { .. } => TokenTableFullError::new_err(msg),
         // A segment the pool does not have: the handle is corrupt (a pool that is gone fails
         // earlier, when it is opened by name).
         _ => InvalidHandleError::new_err(msg),
@@ -265,6 +274,7 @@ pub(crate) fn add_exceptions(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("PoolMemoryError", py.get_type::<PoolMemoryError>())?;
     m.add("PoolOSError", py.get_type::<PoolOSError>())?;
     m.add("PoolCorruptError", py.get_type::<PoolCorruptError>())?;
+    m.add("TokenTableFullError", py.get_type::<TokenTableFullError>())?;
     m.add("PoolPermissionError", pool_permission_error(py)?)?;
     Ok(())
 }

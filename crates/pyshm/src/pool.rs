@@ -261,6 +261,8 @@ impl NativePool {
             segments: s.segments as u64,
             processes: s.processes as u64,
             reserved: s.reserved,
+            handles_in_flight: s.handles_in_flight,
+            token_slots: s.token_slots,
         }
     }
 
@@ -411,6 +413,11 @@ figures! {
         /// (not in `used`): given back when a process leaves the pool, when memory runs short,
         /// or by `collect` when it dies.
         reserved: u64,
+        /// Handles sent and not attached (or cancelled) yet: each holds one of the pool's
+        /// transfer token slots.
+        handles_in_flight: u64,
+        /// The pool's transfer token slots: how many handles can be in flight at once.
+        token_slots: u64,
     }
 }
 

@@ -125,4 +125,12 @@ pub enum HandleError {
     /// The pool's segment could not be opened.
     #[error("cannot open the pool segment the handle names: {0}")]
     Segment(String),
+    /// No handle could be made: every transfer token slot of the pool is taken by a handle
+    /// sent and not attached yet. Nothing was taken; the sender may send the data instead,
+    /// wait for receivers to attach, or reclaim old tokens (`Pool::reclaim_tokens_older_than`).
+    #[error("cannot make a handle: all {slots} transfer token slots of the pool are taken by handles sent and not attached yet; send the data instead, or reclaim old tokens")]
+    TokensFull {
+        /// Slots in the pool's token table.
+        slots: usize,
+    },
 }

@@ -219,6 +219,25 @@ fn cancelling_a_handle_gives_its_token_back_and_frees_an_array_nobody_else_holds
 }
 
 #[test]
+fn a_full_token_table_refuses_a_handle_with_tokens_full_and_takes_nothing() {
+    let pool = Pool::create(&small().token_slots(4)).unwrap();
+    let a = pool.empty(&DType::of::<u8>(), &[16], false).unwrap();
+    let sent: Vec<Handle> = (0..4).map(|_| a.handle().unwrap()).collect();
+    assert_eq!((pool.stats().handles_in_flight, pool.stats().token_slots), (4, 4));
+    let err = a.handle().unwrap_err();
+    assert_eq!(err, HandleError::TokensFull { slots: 4 });
+    assert!(err.to_string().contains("all 4 transfer token slots"), "{err}");
+    assert_eq!(pool.stats().handles_in_flight, 4, "the refused handle took nothing");
+    pool.cancel(&sent[0]).unwrap();
+    let again = a.handle().unwrap();
+    for h in sent[1..].iter().chain([&again]) {
+        pool.cancel(h).unwrap();
+    }
+    assert_eq!(pool.stats().handles_in_flight, 0);
+    pool.check().unwrap();
+}
+
+#[test]
 fn a_header_whose_description_is_not_ascii_is_refused_without_a_panic() {
     let pool = Pool::create(&small()).unwrap();
     let a = pool.empty(&DType::new("|S5", 5).unwrap(), &[2], false).unwrap();

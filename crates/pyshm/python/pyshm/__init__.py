@@ -31,6 +31,7 @@ from ._native import (
     PoolOSError,
     PoolPermissionError,
     StaleHandleError,
+    TokenTableFullError,
 )
 from ._native import __version__ as __version__  # the pyshm crate's version: one source
 from ._core import (
@@ -134,6 +135,7 @@ __all__ = [
     "StaleHandleError",
     "stats",
     "ThreadContext",
+    "TokenTableFullError",
     "uninstall_allocator",
     "unregister_array_wrapper",
     "zeros",

@@ -23,6 +23,10 @@ class PoolMemoryError(MemoryError):
 class PoolCorruptError(RuntimeError):
     """The pool's shared memory breaks its protocol (a lock held by a live non-member)."""
 
+class TokenTableFullError(RuntimeError):
+    """No handle could be made: every transfer token slot of the pool is taken by a handle sent
+    and not attached yet. Nothing was taken."""
+
 class PoolOSError(OSError):
     """A system call on the pool's shared memory failed; ``errno`` is set when known."""
 
@@ -48,7 +52,17 @@ class PoolStats:
     """A pool's usage, in bytes unless said otherwise (``pyshm.PoolStats``)."""
 
     def __init__(
-        self, capacity: int, used: int, free: int, largest_free: int, arrays: int, segments: int, processes: int, reserved: int
+        self,
+        capacity: int,
+        used: int,
+        free: int,
+        largest_free: int,
+        arrays: int,
+        segments: int,
+        processes: int,
+        reserved: int,
+        handles_in_flight: int,
+        token_slots: int,
     ) -> None: ...
     @property
     def capacity(self) -> int:
@@ -74,6 +88,12 @@ class PoolStats:
     @property
     def reserved(self) -> int:
         """Bytes of freed small arrays' blocks that processes keep for their next small arrays."""
+    @property
+    def handles_in_flight(self) -> int:
+        """Handles sent and not attached (or cancelled) yet: each holds a transfer token slot."""
+    @property
+    def token_slots(self) -> int:
+        """The pool's transfer token slots: how many handles can be in flight at once."""
 
 class CollectReport:
     """What ``collect`` reclaimed (``pyshm.CollectReport``)."""

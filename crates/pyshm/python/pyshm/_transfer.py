@@ -34,7 +34,7 @@ from typing import Any, Optional
 import numpy as np
 
 from . import _core, _handles, _pickle, _sendfn
-from ._native import Handle
+from ._native import Handle, TokenTableFullError
 
 __all__ = ["Packed", "Payload", "PayloadError", "PoolPickler", "register_array_wrapper", "unregister_array_wrapper"]
 
@@ -118,8 +118,8 @@ def _reduce_module(m: types.ModuleType) -> Any:
 def _handle(a: np.ndarray, handles: list[Handle]) -> Optional[Any]:
     try:
         r = _pickle.pooled_reduction(a)
-    except (ValueError, OSError):  # its pool is closed or gone here: send the data instead
-        return None
+    except (ValueError, OSError, TokenTableFullError):  # pool closed or gone here, or no free token:
+        return None  # send the data instead
     if r is None:
         return None
     handles.append(r[0])

@@ -197,6 +197,10 @@ pub struct PoolStats {
     /// arrays' blocks, renewed rather than freed): given back when a process leaves the pool,
     /// when memory runs short, or by `collect` when it dies. Not in `used` or `arrays`.
     pub reserved: u64,
+    /// Handles sent and not attached yet: transfer tokens pending.
+    pub handles_in_flight: u64,
+    /// Transfer token slots of the pool: how many handles can be in flight at once.
+    pub token_slots: u64,
 }
 
 fn ref_to_handle(e: RefError) -> HandleError {
@@ -404,7 +408,13 @@ impl PoolShared {
     }
 
     fn stats(&self) -> PoolStats {
-        let mut s = PoolStats { processes: self.processes().occupied(), ..PoolStats::default() };
+        let tokens = self.tokens();
+        let mut s = PoolStats {
+            processes: self.processes().occupied(),
+            handles_in_flight: tokens.pending().len() as u64,
+            token_slots: tokens.len() as u64,
+            ..PoolStats::default()
+        };
         for (i, arena, kind) in self.open_segments() {
             s.segments += 1;
             let a = arena.stats();

@@ -1,0 +1,113 @@
+"""Transfer tokens are never a cliff: a message too big for the token table arrives, a pickle
+that fails gives back every token it took, and an explicit handle that cannot be made raises
+TokenTableFullError (issue 13, item 5)."""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing
+import pickle
+from multiprocessing.reduction import ForkingPickler
+
+import numpy as np
+import pytest
+
+import pyshm
+import workers
+
+
+def unpicklable():
+    return lambda: 0  # a lambda pickles by reference, which fails
+
+
+def test_a_pickle_that_fails_half_way_gives_back_every_token_it_took():
+    with pyshm.Pool() as pool:
+        a = pool.zeros(10)
+        b = pool.ones((4, 4))
+        assert pool.stats().handles_in_flight == 0
+        with pytest.raises((pickle.PicklingError, AttributeError)):
+            ForkingPickler.dumps((a, b[1:], unpicklable()))
+        assert pool.stats().handles_in_flight == 0, "the tokens of a and b[1:] are given back"
+        parent, child = multiprocessing.Pipe()
+        with pytest.raises((pickle.PicklingError, AttributeError)):
+            parent.send([a, {"b": b}, unpicklable()])
+        assert pool.stats().handles_in_flight == 0, "Connection.send gives them back too"
+        arrays = pool.stats().arrays
+        del a
+        gc.collect()
+        assert pool.stats().arrays == arrays - 1, "a is freed: no token keeps it alive"
+        ok = ForkingPickler.dumps(b)
+        assert pool.stats().handles_in_flight == 1, "a pickle that succeeds keeps its token"
+        assert np.shares_memory(ForkingPickler.loads(ok), b)
+        assert pool.stats().handles_in_flight == 0
+        parent.close()
+        child.close()
+
+
+def test_a_pickle_inside_a_failing_pickle_gives_back_its_tokens_too():
+    from pyshm._transfer import Payload
+
+    with pyshm.Pool() as pool:
+        a = pool.zeros(10)
+        # The payload pickles its content (one handle) inside the outer pickle, which then fails.
+        with pytest.raises((pickle.PicklingError, AttributeError)):
+            ForkingPickler.dumps((Payload([a]), unpicklable()))
+        assert pool.stats().handles_in_flight == 0
+
+
+def test_a_queue_message_of_20000_pooled_arrays_arrives_and_tokens_return_to_baseline():
+    with pyshm.Pool() as pool:
+        slots = pool.stats().token_slots
+        n = 20_000
+        assert n > slots, "the message needs more tokens than the table has"
+        arrays = [pool.full(3, float(i)) for i in range(n)]
+        q = multiprocessing.get_context("fork").Queue()
+        q.put(arrays)  # pickled by the queue's feeder thread
+        got = q.get(timeout=120)
+        assert len(got) == n
+        assert all(g[0] == i and g.shape == (3,) for i, g in enumerate(got))
+        shared = sum(np.shares_memory(g, a) for g, a in zip(got, arrays))
+        assert shared == slots, "as many as there are tokens go as handles, the rest by value"
+        assert pool.stats().handles_in_flight == 0, "unpickling claimed every token"
+        after = pool.full(2, 7.0)
+        assert np.shares_memory(ForkingPickler.loads(ForkingPickler.dumps(after)), after), "sending works"
+        q.close()
+        q.join_thread()
+
+
+def test_a_message_bigger_than_the_table_reaches_another_process(ctx):
+    with pyshm.Pool() as pool:
+        n = pool.stats().token_slots + 500
+        arrays = [pool.full(2, float(i)) for i in range(n)]
+        q = ctx.Queue()
+        q.put(arrays)
+        p = ctx.Process(target=workers.check_numbered_arrays, args=(q, n))
+        p.start()
+        p.join(120)  # watchdog
+        if p.is_alive():
+            p.kill()
+            p.join(10)
+        assert p.exitcode == 0, "the child got every array with the right values"
+        assert pool.stats().handles_in_flight == 0
+
+
+def test_an_explicit_handle_on_a_full_table_raises_token_table_full_error():
+    with pyshm.Pool() as pool:
+        a = pool.zeros(5)
+        slots = pool.stats().token_slots
+        made = []
+        with pytest.raises(pyshm.TokenTableFullError, match=f"all {slots} transfer token slots"):
+            for _ in range(slots + 1):
+                made.append(pool.handle(a))
+        assert len(made) == slots
+        assert isinstance(pyshm.TokenTableFullError("x"), RuntimeError)
+        with pytest.raises(pyshm.TokenTableFullError):
+            with pyshm.handles():
+                pickle.dumps(a)
+        # multiprocessing's pickler sends the data instead: the message is not lost.
+        b = ForkingPickler.loads(ForkingPickler.dumps(a))
+        assert not np.shares_memory(a, b) and np.array_equal(a, b)
+        for h in made:
+            pyshm._handles.cancel(h)
+        assert pool.stats().handles_in_flight == 0
+        assert np.shares_memory(ForkingPickler.loads(ForkingPickler.dumps(a)), a), "handles again"
