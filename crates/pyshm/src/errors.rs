@@ -12,9 +12,10 @@
 //!    `FileNotFoundError`, errno `ENOENT`) for a pool that does not exist, [`PoolOSError`] (an
 //!    `OSError`) for a failed system call, with the call's errno when there is one, its subclass
 //!    [`PoolPermissionError`] (also a `PermissionError`) when that errno is `EACCES` or `EPERM`,
-//!    `TimeoutError` for a pool whose creator did not finish in time, and
-//!    [`TokenTableFullError`] (a `RuntimeError`: nothing is wrong with the array or the
-//!    handle) when every transfer token slot is taken.
+//!    `TimeoutError` for a pool whose creator did not finish in time, and [`PoolFullError`] (a
+//!    `RuntimeError`: nothing is wrong with the array or the handle) when every process slot
+//!    is taken, from every entry point, with its subclass [`TokenTableFullError`] when every
+//!    transfer token slot is.
 //! 3. pyshm's exception classes say `module = "pyshm"` and are re-exported there, so they
 //!    pickle (from a worker to its caller) as themselves. None takes other constructor
 //!    arguments than its builtin base, so the base's `__reduce__` rebuilds it (message, and
@@ -64,8 +65,14 @@ create_exception!(
 );
 create_exception!(
     pyshm,
-    TokenTableFullError,
+    PoolFullError,
     PyRuntimeError,
+    "A table of the pool is full: every process slot is taken by a live process (raised by joining, attaching, unpickling and making arrays alike), or, as its subclass TokenTableFullError, every transfer token slot."
+);
+create_exception!(
+    pyshm,
+    TokenTableFullError,
+    PoolFullError,
     "No handle could be made: every transfer token slot of the pool is taken by a handle sent and not attached yet. Nothing was taken; send the data instead, let receivers attach, or reclaim old tokens (Pool.reclaim_tokens)."
 );
 create_exception!(
@@ -198,7 +205,9 @@ fn open_err(e: OpenError) -> PyErr {
 
 fn register_err(e: RegisterError, msg: String) -> PyErr {
     match e {
-        RegisterError::Full { .. } => PyRuntimeError::new_err(msg),
+        // The arena's owner table has room for every process slot and a few more: full only
+        // when the pool is, and the same outcome for the caller.
+        RegisterError::Full { .. } => PoolFullError::new_err(msg),
         RegisterError::Identity(_) => os_error(None, msg),
     }
 }
@@ -210,7 +219,7 @@ fn pool_err(e: PoolError) -> PyErr {
         PoolError::InvalidName { .. } | PoolError::Options(_) | PoolError::NotAPool { .. } => {
             PyValueError::new_err(msg)
         }
-        PoolError::Full { .. } => PyRuntimeError::new_err(msg),
+        PoolError::Full { .. } => PoolFullError::new_err(msg),
         PoolError::Create(c) => create_err(c),
         PoolError::Open(o) => open_err(o),
         PoolError::Alloc(_) => PoolMemoryError::new_err(msg),
@@ -223,6 +232,7 @@ fn handle_err(e: HandleError) -> PyErr {
         HandleError::Stale => StaleHandleError::new_err(msg),
         HandleError::Stranger { .. } => PoolCorruptError::new_err(msg),
         HandleError::TokensFull { .. } => TokenTableFullError::new_err(msg),
+        HandleError::PoolFull { .. } => PoolFullError::new_err(msg),
         // A segment the pool does not have: the handle is corrupt (a pool that is gone fails
         // earlier, when it is opened by name).
         _ => InvalidHandleError::new_err(msg),
@@ -274,6 +284,7 @@ pub(crate) fn add_exceptions(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("PoolMemoryError", py.get_type::<PoolMemoryError>())?;
     m.add("PoolOSError", py.get_type::<PoolOSError>())?;
     m.add("PoolCorruptError", py.get_type::<PoolCorruptError>())?;
+    m.add("PoolFullError", py.get_type::<PoolFullError>())?;
     m.add("TokenTableFullError", py.get_type::<TokenTableFullError>())?;
     m.add("PoolPermissionError", pool_permission_error(py)?)?;
     Ok(())

@@ -1,12 +1,15 @@
 """Transfer tokens are never a cliff: a message too big for the token table arrives, a pickle
 that fails gives back every token it took, and an explicit handle that cannot be made raises
-TokenTableFullError (issue 13, item 5)."""
+TokenTableFullError (issue 13, item 5); a process beyond the pool's process slots gets
+PoolFullError (item 6)."""
 
 from __future__ import annotations
 
 import gc
 import multiprocessing
+import os
 import pickle
+import select
 from multiprocessing.reduction import ForkingPickler
 
 import numpy as np
@@ -111,3 +114,77 @@ def test_an_explicit_handle_on_a_full_table_raises_token_table_full_error():
             pyshm._handles.cancel(h)
         assert pool.stats().handles_in_flight == 0
         assert np.shares_memory(ForkingPickler.loads(ForkingPickler.dumps(a)), a), "handles again"
+
+
+def _child_until_released(release: tuple[int, int], report_fd: int, job) -> None:
+    """In a forked child: run ``job``, write its one-byte report, wait for the parent to close
+    the release pipe (at most 120 s: a watchdog), and exit without running the parent's
+    cleanup."""
+    code = 1
+    try:
+        os.close(release[1])  # only the parent's write end keeps the pipe open
+        os.write(report_fd, job())
+        select.select([release[0]], [], [], 120)
+        code = 0
+    finally:
+        os._exit(code)
+
+
+def test_a_process_beyond_the_pools_process_slots_gets_pool_full_error_from_every_entry_point():
+    with pyshm.Pool() as pool:
+        a = pool.zeros(4)
+        h = pool.handle(a)
+        message = ForkingPickler.dumps(a)
+        release_r, release_w = os.pipe()
+        report_r, report_w = os.pipe()
+        children = []
+
+        def join():
+            try:
+                pool.zeros(1)
+            except pyshm.PoolFullError:
+                return b"F"
+            return b"J"
+
+        def every_entry_point():
+            seen = []
+            for attempt in (lambda: pool.zeros(1), lambda: pyshm.attach(h), lambda: ForkingPickler.loads(message)):
+                try:
+                    attempt()
+                    seen.append("ok")
+                except pyshm.PoolFullError as e:
+                    seen.append("full" if "process slots taken by live processes" in str(e) else str(e))
+                except BaseException as e:  # noqa: BLE001 - reported to the parent
+                    seen.append(type(e).__name__)
+            return b"Y" if seen == ["full"] * 3 else b"N"
+
+        try:
+            while len(children) < 300:  # 255 slots by default; the parent holds one
+                pid = os.fork()
+                if pid == 0:
+                    _child_until_released((release_r, release_w), report_w, join)
+                children.append(pid)
+                ready, _, _ = select.select([report_r], [], [], 60)
+                assert ready, "a child did not report within 60 s"
+                if os.read(report_r, 1) == b"F":
+                    break
+            assert pool.stats().processes == len(children), "the parent and all but the last child joined"
+            assert len(children) >= 255, "at least 255 processes per pool: the parent and 254 children"
+            pid = os.fork()
+            if pid == 0:
+                _child_until_released((release_r, release_w), report_w, every_entry_point)
+            children.append(pid)
+            ready, _, _ = select.select([report_r], [], [], 60)
+            assert ready and os.read(report_r, 1) == b"Y", "zeros, attach and unpickling each raise PoolFullError"
+        finally:
+            os.close(release_w)  # every child exits now
+            for pid in children:
+                os.waitpid(pid, 0)
+            os.close(release_r)
+            os.close(report_r)
+            os.close(report_w)
+        pool.collect()
+        assert pool.stats().processes == 1
+        pyshm._handles.cancel(h)
+        assert pool.stats().handles_in_flight == 1, "the message's token"
+        assert np.shares_memory(ForkingPickler.loads(message), a)

@@ -133,4 +133,14 @@ pub enum HandleError {
         /// Slots in the pool's token table.
         slots: usize,
     },
+    /// This process could not join the pool to attach the array: every process slot is taken
+    /// by a live process (the same outcome as [`PoolError::Full`], which making an array or
+    /// joining gives).
+    #[error("cannot attach: pool {pool:?} has all {slots} process slots taken by live processes")]
+    PoolFull {
+        /// The pool name.
+        pool: String,
+        /// Number of process slots.
+        slots: u32,
+    },
 }

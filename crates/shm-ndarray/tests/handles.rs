@@ -238,6 +238,25 @@ fn a_full_token_table_refuses_a_handle_with_tokens_full_and_takes_nothing() {
 }
 
 #[test]
+fn a_process_that_finds_every_slot_taken_gets_pool_full_from_attach_and_create() {
+    let pool = Pool::create(&small().process_slots(1)).unwrap();
+    let a = ShmArray::<u8>::zeros(&pool, &[16]).unwrap(); // the parent takes the one slot
+    let bytes = a.handle().unwrap().to_bytes();
+    let pid = fork(|| {
+        let h = Handle::from_bytes(&bytes).unwrap();
+        let attach = matches!(pool.attach(&h), Err(HandleError::PoolFull { slots: 1, .. }));
+        let create = matches!(
+            pool.empty(&DType::of::<u8>(), &[16], false),
+            Err(shm_ndarray::ArrayError::Grow(shm_ndarray::PoolError::Full { slots: 1, .. }))
+        );
+        i32::from(!attach) | i32::from(!create) << 1
+    });
+    assert_eq!(wait(pid), 0, "1: attach, 2: create did not say the pool is full");
+    let h = Handle::from_bytes(&bytes).unwrap();
+    drop(pool.attach(&h).unwrap()); // the parent, a member, claims the token
+}
+
+#[test]
 fn a_header_whose_description_is_not_ascii_is_refused_without_a_panic() {
     let pool = Pool::create(&small()).unwrap();
     let a = pool.empty(&DType::new("|S5", 5).unwrap(), &[2], false).unwrap();

@@ -26,6 +26,7 @@ them as ``pyshm.list`` and ``pyshm.map``.
 from ._native import (
     InvalidHandleError,
     PoolCorruptError,
+    PoolFullError,
     PoolMemoryError,
     PoolNotFoundError,
     PoolOSError,
@@ -120,6 +121,7 @@ __all__ = [
     "Pool",
     "PayloadError",
     "PoolCorruptError",
+    "PoolFullError",
     "PoolMemoryError",
     "PoolNotFoundError",
     "PoolOSError",

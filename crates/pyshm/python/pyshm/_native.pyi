@@ -23,7 +23,11 @@ class PoolMemoryError(MemoryError):
 class PoolCorruptError(RuntimeError):
     """The pool's shared memory breaks its protocol (a lock held by a live non-member)."""
 
-class TokenTableFullError(RuntimeError):
+class PoolFullError(RuntimeError):
+    """A table of the pool is full: every process slot is taken by a live process (from
+    joining, attaching, unpickling and making arrays alike)."""
+
+class TokenTableFullError(PoolFullError):
     """No handle could be made: every transfer token slot of the pool is taken by a handle sent
     and not attached yet. Nothing was taken."""
 

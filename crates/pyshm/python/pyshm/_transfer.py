@@ -34,7 +34,7 @@ from typing import Any, Optional
 import numpy as np
 
 from . import _core, _handles, _pickle, _sendfn
-from ._native import Handle, TokenTableFullError
+from ._native import Handle, PoolFullError
 
 __all__ = ["Packed", "Payload", "PayloadError", "PoolPickler", "register_array_wrapper", "unregister_array_wrapper"]
 
@@ -118,7 +118,7 @@ def _reduce_module(m: types.ModuleType) -> Any:
 def _handle(a: np.ndarray, handles: list[Handle]) -> Optional[Any]:
     try:
         r = _pickle.pooled_reduction(a)
-    except (ValueError, OSError, TokenTableFullError):  # pool closed or gone here, or no free token:
+    except (ValueError, OSError, PoolFullError):  # pool closed or gone here, or no free slot:
         return None  # send the data instead
     if r is None:
         return None
