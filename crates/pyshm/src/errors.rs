@@ -220,6 +220,8 @@ fn pool_err(e: PoolError) -> PyErr {
             PyValueError::new_err(msg)
         }
         PoolError::Full { .. } => PoolFullError::new_err(msg),
+        // Joining is not permitted across pid namespaces (EPERM): a PoolPermissionError.
+        PoolError::OtherNamespace { .. } => os_error(Some(EPERM), msg),
         PoolError::Create(c) => create_err(c),
         PoolError::Open(o) => open_err(o),
         PoolError::Alloc(_) => PoolMemoryError::new_err(msg),

@@ -475,8 +475,9 @@ figures! {
         reason: String,
         /// The file's owner when that is why it was left (another uid, or not a regular file); else None.
         owner_uid: Option<u32>,
-        /// Why, as a word: "not_owned", "permissions", "not_a_file", "live", "persistent" or
-        /// "not_a_pool" (so a program or the command line can word it its own way).
+        /// Why, as a word: "not_owned", "permissions", "not_a_file", "live", "persistent",
+        /// "not_a_pool" or "other_namespace" (so a program or the command line can word it its
+        /// own way).
         kind: String,
     }
 }
@@ -503,6 +504,7 @@ pub(crate) fn clean_pools(py: Python<'_>, include_persistent: bool) -> (Vec<Stri
                 SkipReason::Live { .. } => "live",
                 SkipReason::Persistent => "persistent",
                 SkipReason::NotAPool { .. } => "not_a_pool",
+                SkipReason::OtherNamespace { .. } => "other_namespace",
             }
             .to_owned(),
             reason: s.reason.to_string(),

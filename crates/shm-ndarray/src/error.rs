@@ -33,6 +33,18 @@ pub enum PoolError {
         /// What was found.
         why: &'static str,
     },
+    /// The pool was made in another pid namespace (another container sharing /dev/shm): pids
+    /// there mean other processes here, so this process could not tell its processes alive
+    /// from dead and must not join (directory invariant 5).
+    #[error("pool {name:?} belongs to another pid namespace (pid:[{pool_namespace}], this process is in pid:[{ours}]): processes of different pid namespaces cannot share a pool; use a pool of your own")]
+    OtherNamespace {
+        /// The pool name.
+        name: String,
+        /// The pool's pid namespace (inode number; 0 if its creator could not tell).
+        pool_namespace: u64,
+        /// This process's (0 if it cannot tell).
+        ours: u64,
+    },
     /// Every process slot is taken by a live process.
     #[error("pool {name:?} has all {slots} process slots taken by live processes")]
     Full {
