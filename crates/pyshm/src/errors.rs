@@ -235,6 +235,7 @@ fn handle_err(e: HandleError) -> PyErr {
         HandleError::Stranger { .. } => PoolCorruptError::new_err(msg),
         HandleError::TokensFull { .. } => TokenTableFullError::new_err(msg),
         HandleError::PoolFull { .. } => PoolFullError::new_err(msg),
+        HandleError::OtherNamespace { .. } => os_error(Some(EPERM), msg),
         // A segment the pool does not have: the handle is corrupt (a pool that is gone fails
         // earlier, when it is opened by name).
         _ => InvalidHandleError::new_err(msg),

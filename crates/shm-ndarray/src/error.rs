@@ -155,4 +155,15 @@ pub enum HandleError {
         /// Number of process slots.
         slots: u32,
     },
+    /// This process could not join the pool to attach the array: the pool was made in another
+    /// pid namespace (the same outcome as [`PoolError::OtherNamespace`]).
+    #[error("cannot attach: pool {pool:?} belongs to another pid namespace (pid:[{pool_namespace}], this process is in pid:[{ours}]): processes of different pid namespaces cannot share a pool")]
+    OtherNamespace {
+        /// The pool name.
+        pool: String,
+        /// The pool's pid namespace.
+        pool_namespace: u64,
+        /// This process's.
+        ours: u64,
+    },
 }

@@ -7,7 +7,7 @@
 use std::process::Command;
 use std::sync::atomic::Ordering;
 
-use shm_ndarray::{clean_pools, ArrayError, DType, Pool, PoolError, PoolOptions, ShmArray, SkipReason};
+use shm_ndarray::{clean_pools, ArrayError, DType, HandleError, Pool, PoolError, PoolOptions, ShmArray, SkipReason};
 use shm_testkit::{fork, until, wait, SharedPage};
 
 const TOOL: &str = env!("CARGO_BIN_EXE_shm-ndarray");
@@ -48,22 +48,26 @@ fn a_process_in_another_pid_namespace_is_refused_and_leaves_the_pool_alone() {
 #[test]
 fn a_child_forked_into_a_new_pid_namespace_cannot_use_the_pool_it_inherited() {
     let pool = Pool::create(&small()).unwrap();
-    let _a = ShmArray::<u8>::zeros(&pool, &[8]).unwrap();
+    let a = ShmArray::<u8>::zeros(&pool, &[8]).unwrap();
+    let h = a.handle().unwrap();
     let code = fork(|| {
         // SAFETY: unshare(2) with a valid flag; this forked child is single-threaded.
         if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
             return 10;
         }
         // The grandchild is pid 1 of the new namespace.
-        wait(fork(|| match pool.empty(&DType::of::<u8>(), &[8], false) {
-            Err(ArrayError::Grow(PoolError::OtherNamespace { pool_namespace, ours, .. })) if pool_namespace != ours => {
-                0
-            }
-            _ => 11,
+        wait(fork(|| {
+            let create = matches!(
+                pool.empty(&DType::of::<u8>(), &[8], false),
+                Err(ArrayError::Grow(PoolError::OtherNamespace { pool_namespace, ours, .. })) if pool_namespace != ours
+            );
+            let attach = matches!(pool.attach(&h), Err(HandleError::OtherNamespace { .. }));
+            i32::from(!create) + 2 * i32::from(!attach)
         }))
     });
-    assert_eq!(wait(code), 0, "10: unshare failed (not root?), 11: the pool was usable");
+    assert_eq!(wait(code), 0, "10: unshare failed (not root?); bit 1: creating, bit 2: attaching was not refused");
     assert_eq!(pool.stats().processes, 1);
+    drop(ShmArray::<u8>::attach(&pool, &h).unwrap()); // the token is still there to claim
 }
 
 #[test]

@@ -66,6 +66,9 @@ impl PoolShared {
     ) -> Result<LocalRef, HandleError> {
         let slot = self.slot().map_err(|e| match e {
             PoolError::Full { name, slots } => HandleError::PoolFull { pool: name, slots },
+            PoolError::OtherNamespace { name, pool_namespace, ours } => {
+                HandleError::OtherNamespace { pool: name, pool_namespace, ours }
+            }
             e => HandleError::Segment(e.to_string()),
         })?;
         let meta_segment = self.meta_segment(meta_seg)?;
