@@ -233,7 +233,7 @@ fn handle_err(e: HandleError) -> PyErr {
     match e {
         HandleError::Stale => StaleHandleError::new_err(msg),
         HandleError::Stranger { .. } => PoolCorruptError::new_err(msg),
-        HandleError::TokensFull { .. } => TokenTableFullError::new_err(msg),
+        HandleError::TokensFull { .. } | HandleError::SenderQuota { .. } => TokenTableFullError::new_err(msg),
         HandleError::PoolFull { .. } => PoolFullError::new_err(msg),
         HandleError::OtherNamespace { .. } => os_error(Some(EPERM), msg),
         // A segment the pool does not have: the handle is corrupt (a pool that is gone fails

@@ -70,7 +70,7 @@ def test_a_queue_message_of_20000_pooled_arrays_arrives_and_tokens_return_to_bas
         assert len(got) == n
         assert all(g[0] == i and g.shape == (3,) for i, g in enumerate(got))
         shared = sum(np.shares_memory(g, a) for g, a in zip(got, arrays))
-        assert shared == slots, "as many as there are tokens go as handles, the rest by value"
+        assert shared == slots // 2, "as many as this process's share of tokens go as handles, the rest by value"
         assert pool.stats().handles_in_flight == 0, "unpickling claimed every token"
         after = pool.full(2, 7.0)
         assert np.shares_memory(ForkingPickler.loads(ForkingPickler.dumps(after)), after), "sending works"
@@ -94,22 +94,37 @@ def test_a_message_bigger_than_the_table_reaches_another_process(ctx):
         assert pool.stats().handles_in_flight == 0
 
 
-def test_an_explicit_handle_on_a_full_table_raises_token_table_full_error():
+def test_an_explicit_handle_beyond_this_processs_share_raises_token_table_full_error():
     with pyshm.Pool() as pool:
         a = pool.zeros(5)
-        slots = pool.stats().token_slots
+        share = pool.stats().token_slots // 2
         made = []
-        with pytest.raises(pyshm.TokenTableFullError, match=f"all {slots} transfer token slots"):
-            for _ in range(slots + 1):
+        with pytest.raises(pyshm.TokenTableFullError, match=f"its share of the {2 * share} transfer token slots"):
+            for _ in range(share + 1):
                 made.append(pool.handle(a))
-        assert len(made) == slots
-        assert isinstance(pyshm.TokenTableFullError("x"), RuntimeError)
+        assert len(made) == share
+        assert isinstance(pyshm.TokenTableFullError("x"), pyshm.PoolFullError)
         with pytest.raises(pyshm.TokenTableFullError):
             with pyshm.handles():
                 pickle.dumps(a)
         # multiprocessing's pickler sends the data instead: the message is not lost.
         b = ForkingPickler.loads(ForkingPickler.dumps(a))
         assert not np.shares_memory(a, b) and np.array_equal(a, b)
+        # Another process of the pool still has its share of the table.
+        def send_one(conn):
+            conn.send(pool.full(2, 4.0))
+            conn.recv()
+
+        fork = multiprocessing.get_context("fork")
+        parent, child = fork.Pipe()
+        p = fork.Process(target=send_one, args=(child,))
+        p.start()
+        got = parent.recv() if parent.poll(60) else None
+        assert got is not None and pyshm.is_shared(got) and (got == 4.0).all(), "the other process sent a handle"
+        parent.send("bye")
+        p.join(60)
+        assert p.exitcode == 0
+        del got
         for h in made:
             pyshm._handles.cancel(h)
         assert pool.stats().handles_in_flight == 0

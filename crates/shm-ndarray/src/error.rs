@@ -145,6 +145,16 @@ pub enum HandleError {
         /// Slots in the pool's token table.
         slots: usize,
     },
+    /// No handle could be made: this process already has half the pool's transfer token slots
+    /// in flight, its share (so one program cannot take the table from the others). Nothing
+    /// was taken; what to do is as for [`HandleError::TokensFull`].
+    #[error("cannot make a handle: this process has {quota} handles in flight, its share of the {slots} transfer token slots of the pool; send the data instead, or reclaim old tokens")]
+    SenderQuota {
+        /// Slots one process may hold.
+        quota: usize,
+        /// Slots in the pool's token table.
+        slots: usize,
+    },
     /// This process could not join the pool to attach the array: every process slot is taken
     /// by a live process (the same outcome as [`PoolError::Full`], which making an array or
     /// joining gives).

@@ -219,20 +219,31 @@ fn cancelling_a_handle_gives_its_token_back_and_frees_an_array_nobody_else_holds
 }
 
 #[test]
-fn a_full_token_table_refuses_a_handle_with_tokens_full_and_takes_nothing() {
+fn a_full_token_table_or_a_senders_full_share_refuses_a_handle_and_takes_nothing() {
     let pool = Pool::create(&small().token_slots(4)).unwrap();
     let a = pool.empty(&DType::of::<u8>(), &[16], false).unwrap();
-    let sent: Vec<Handle> = (0..4).map(|_| a.handle().unwrap()).collect();
-    assert_eq!((pool.stats().handles_in_flight, pool.stats().token_slots), (4, 4));
+    // One process holds at most half the slots.
+    let sent: Vec<Handle> = (0..2).map(|_| a.handle().unwrap()).collect();
     let err = a.handle().unwrap_err();
-    assert_eq!(err, HandleError::TokensFull { slots: 4 });
-    assert!(err.to_string().contains("all 4 transfer token slots"), "{err}");
-    assert_eq!(pool.stats().handles_in_flight, 4, "the refused handle took nothing");
-    pool.cancel(&sent[0]).unwrap();
-    let again = a.handle().unwrap();
-    for h in sent[1..].iter().chain([&again]) {
-        pool.cancel(h).unwrap();
+    assert_eq!(err, HandleError::SenderQuota { quota: 2, slots: 4 });
+    assert!(err.to_string().contains("its share of the 4 transfer token slots"), "{err}");
+    assert_eq!(pool.stats().handles_in_flight, 2, "the refused handle took nothing");
+    // Two other processes take the other two slots (their tokens stay pending after they exit);
+    // a fourth process, with none of its own, finds the table full.
+    for expect_full in [false, false, true] {
+        let pid = fork(|| match (a.handle(), expect_full) {
+            (Ok(_), false) => 0,
+            (Err(HandleError::TokensFull { slots: 4 }), true) => 0,
+            _ => 1,
+        });
+        assert_eq!(wait(pid), 0, "expected full: {expect_full}");
     }
+    assert_eq!((pool.stats().handles_in_flight, pool.stats().token_slots), (4, 4));
+    pool.collect();
+    assert_eq!(pool.reclaim_tokens_older_than(std::time::Duration::ZERO), 4);
+    let again = a.handle().unwrap();
+    pool.cancel(&again).unwrap();
+    assert!(matches!(pool.cancel(&sent[0]), Err(HandleError::Stale)), "reclaimed already");
     assert_eq!(pool.stats().handles_in_flight, 0);
     pool.check().unwrap();
 }
