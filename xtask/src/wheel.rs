@@ -8,7 +8,13 @@
 //!    Install section says why this tag. `auditwheel show` must find the wheel consistent with
 //!    exactly that tag, which it is not when the wheel needs newer glibc symbols or links any
 //!    library outside the manylinux policy; otherwise the command fails.
-//! 3. The wheel is installed into a fresh virtual environment outside `.venv`, by a pip that
+//! 3. The native module unwinds with the system's unwinder, `libgcc_s.so.1` (part of every
+//!    manylinux policy), not the static one zig links by default: glibc drives a forced unwind
+//!    (`pthread_exit`, which CPython up to 3.13 uses on daemon threads at exit) through
+//!    `libgcc_s`, and a module with an unwinder of its own then crashes in it (measured: 8 exits
+//!    of 8). The link argument goes to the module's rustc only (after `--`), never to build
+//!    scripts, and the check below refuses a wheel whose module does not need `libgcc_s.so.1`.
+//! 4. The wheel is installed into a fresh virtual environment outside `.venv`, by a pip that
 //!    cannot build anything (`--only-binary :all:`) and runs without Rust (no PATH entry holding
 //!    cargo, rustc or rustup; no `CARGO*` or `RUSTUP*` variables), and a smoke test runs there:
 //!    import, a pooled array sent to a spawn child, `python -m pyshm --version`.
@@ -105,9 +111,11 @@ pub(crate) fn build(steps: &mut Steps) -> Result<Built> {
     let path = env::var_os("PATH").unwrap_or_default();
     let path = env::join_paths(std::iter::once(venv_bin.clone()).chain(env::split_paths(&path)))
         .map_err(|e| Error::Check(format!("PATH cannot hold {}: {e}", venv_bin.display())))?;
+    let unwinder = system_unwinder()?;
     let build = Cmd::new(&maturin)
         .args(["build", "--release", "--strip", "--zig", "--compatibility", COMPATIBILITY])
         .args(["-m", manifest, "--out", WHEEL_DIR])
+        .args(["--", "-C", &format!("link-arg={}", unwinder.display())])
         .env("PATH", path.to_string_lossy().into_owned());
     steps.cmd("python: wheel build", &build)?;
     let sdist = Cmd::new(&maturin).args(["sdist", "-m", manifest, "--out", WHEEL_DIR]);
@@ -164,7 +172,29 @@ fn check_audit(report: &str, tag: &str) -> Result<(), String> {
     if words.contains("external shared libraries are required") {
         return Err(format!("it needs shared libraries outside the manylinux policy:\n{report}"));
     }
+    if !words.contains("libgcc_s.so.1") {
+        return Err(format!("its module does not unwind with the system's libgcc_s.so.1 (see invariant 3):\n{report}"));
+    }
     Ok(())
+}
+
+/// The system's `libgcc_s.so.1`, which the native module links for its unwinder (invariant 3):
+/// in the multiarch folder of Debian and Ubuntu, or the `lib64` of Red Hat's family.
+fn system_unwinder() -> Result<PathBuf> {
+    let multiarch = format!("{}-linux-gnu", env::consts::ARCH);
+    let candidates = [
+        format!("/lib/{multiarch}/libgcc_s.so.1"),
+        format!("/usr/lib/{multiarch}/libgcc_s.so.1"),
+        "/lib64/libgcc_s.so.1".to_owned(),
+        "/usr/lib64/libgcc_s.so.1".to_owned(),
+    ];
+    candidates.iter().map(PathBuf::from).find(|p| p.exists()).ok_or_else(|| {
+        Error::Check(format!(
+            "no libgcc_s.so.1 in {} (GCC's runtime library, which every glibc system has): the wheel's \
+             module must link the system's unwinder",
+            candidates.join(", ")
+        ))
+    })
 }
 
 /// Installs `wheel` into a fresh environment without Rust and runs [`SMOKE_SCRIPT`] there.
@@ -223,7 +253,8 @@ is consistent with the following platform tag:
 \"manylinux_2_17_x86_64\".
 
 The wheel references external versioned symbols in these
-system-provided shared libraries: libc.so.6 with versions
+system-provided shared libraries: libgcc_s.so.1 with versions
+{'GCC_3.0', 'GCC_3.3', 'GCC_4.2.0'}, libc.so.6 with versions
 {'GLIBC_2.2.5', 'GLIBC_2.14', 'GLIBC_2.17'}
 
 This constrains the platform tag to \"manylinux_2_17_x86_64\".
@@ -240,6 +271,13 @@ This constrains the platform tag to \"manylinux_2_17_x86_64\".
         );
         assert!(check_audit(&external, "manylinux_2_17_x86_64").unwrap_err().contains("linux_x86_64"));
         assert!(check_audit("nothing useful", "manylinux_2_17_x86_64").is_err());
+        let own_unwinder = REPORT.replace("libgcc_s.so.1 with versions\n{'GCC_3.0', 'GCC_3.3', 'GCC_4.2.0'}, ", "");
+        assert!(check_audit(&own_unwinder, "manylinux_2_17_x86_64").unwrap_err().contains("libgcc_s"));
+    }
+
+    #[test]
+    fn the_system_unwinder_is_found() {
+        assert!(system_unwinder().unwrap().ends_with("libgcc_s.so.1"));
     }
 
     #[test]

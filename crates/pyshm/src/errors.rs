@@ -12,8 +12,11 @@
 //!    `FileNotFoundError`, errno `ENOENT`) for a pool that does not exist, [`PoolOSError`] (an
 //!    `OSError`) for a failed system call, with the call's errno when there is one, its subclass
 //!    [`PoolPermissionError`] (also a `PermissionError`) when that errno is `EACCES` or `EPERM`,
-//!    `TimeoutError` for a pool whose creator did not finish in time, and
-//!    [`NameTableFullError`] (a `RuntimeError`) when a pool's name table is full.
+//!    `TimeoutError` for a pool whose creator did not finish in time, [`NameTableFullError`] (a
+//!    `RuntimeError`) when a pool's name table is full, and [`PoolFullError`] (a `RuntimeError`:
+//!    nothing is wrong with the array or the handle) when every process slot is taken, from
+//!    every entry point, with its subclass [`TokenTableFullError`] when every transfer token
+//!    slot is.
 //! 3. pyshm's exception classes say `module = "pyshm"` and are re-exported there, so they
 //!    pickle (from a worker to its caller) as themselves. None takes other constructor
 //!    arguments than its builtin base, so the base's `__reduce__` rebuilds it (message, and
@@ -66,6 +69,18 @@ create_exception!(
     NameTableFullError,
     PyRuntimeError,
     "The pool's table of array names is full: delete names (pyshm.delete) to make room. A RuntimeError, as it was before it had a class of its own."
+);
+create_exception!(
+    pyshm,
+    PoolFullError,
+    PyRuntimeError,
+    "A table of the pool is full: every process slot is taken by a live process (raised by joining, attaching, unpickling and making arrays alike), or, as its subclass TokenTableFullError, every transfer token slot."
+);
+create_exception!(
+    pyshm,
+    TokenTableFullError,
+    PoolFullError,
+    "No handle could be made: every transfer token slot of the pool is taken by a handle sent and not attached yet. Nothing was taken; send the data instead, let receivers attach, or reclaim old tokens (Pool.reclaim_tokens)."
 );
 create_exception!(
     pyshm,
@@ -197,7 +212,9 @@ fn open_err(e: OpenError) -> PyErr {
 
 fn register_err(e: RegisterError, msg: String) -> PyErr {
     match e {
-        RegisterError::Full { .. } => PyRuntimeError::new_err(msg),
+        // The arena's owner table has room for every process slot and a few more: full only
+        // when the pool is, and the same outcome for the caller.
+        RegisterError::Full { .. } => PoolFullError::new_err(msg),
         RegisterError::Identity(_) => os_error(None, msg),
     }
 }
@@ -209,7 +226,9 @@ fn pool_err(e: PoolError) -> PyErr {
         PoolError::InvalidName { .. } | PoolError::Options(_) | PoolError::NotAPool { .. } => {
             PyValueError::new_err(msg)
         }
-        PoolError::Full { .. } => PyRuntimeError::new_err(msg),
+        PoolError::Full { .. } => PoolFullError::new_err(msg),
+        // Joining is not permitted across pid namespaces (EPERM): a PoolPermissionError.
+        PoolError::OtherNamespace { .. } => os_error(Some(EPERM), msg),
         PoolError::Create(c) => create_err(c),
         PoolError::Open(o) => open_err(o),
         PoolError::Alloc(_) => PoolMemoryError::new_err(msg),
@@ -221,6 +240,9 @@ fn handle_err(e: HandleError) -> PyErr {
     match e {
         HandleError::Stale => StaleHandleError::new_err(msg),
         HandleError::Stranger { .. } => PoolCorruptError::new_err(msg),
+        HandleError::TokensFull { .. } | HandleError::SenderQuota { .. } => TokenTableFullError::new_err(msg),
+        HandleError::PoolFull { .. } => PoolFullError::new_err(msg),
+        HandleError::OtherNamespace { .. } => os_error(Some(EPERM), msg),
         // A segment the pool does not have: the handle is corrupt (a pool that is gone fails
         // earlier, when it is opened by name).
         _ => InvalidHandleError::new_err(msg),
@@ -276,6 +298,8 @@ pub(crate) fn add_exceptions(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("PoolOSError", py.get_type::<PoolOSError>())?;
     m.add("PoolCorruptError", py.get_type::<PoolCorruptError>())?;
     m.add("NameTableFullError", py.get_type::<NameTableFullError>())?;
+    m.add("PoolFullError", py.get_type::<PoolFullError>())?;
+    m.add("TokenTableFullError", py.get_type::<TokenTableFullError>())?;
     m.add("PoolPermissionError", pool_permission_error(py)?)?;
     Ok(())
 }

@@ -20,7 +20,11 @@
 //!    [`at_exit`] sees the thread's increment and waits for it, or the thread sees the flag.
 //! 3. [`at_exit`] is an `atexit` callback registered when the module is first imported, so it
 //!    runs after every callback the package registers later (atexit runs them last-in,
-//!    first-out): leaving pools at exit still releases the GIL as usual.
+//!    first-out): leaving pools at exit still releases the GIL as usual. A callback registered
+//!    before pyshm's import runs after it (multiprocessing's own exit function, when
+//!    `multiprocessing.util` was imported first, and pyshm's leaving of pools inside it): such
+//!    calls then run holding the GIL, which stalls other threads for their length but is
+//!    correct, since invariant 1 only changes where the GIL is not released.
 //! 4. A child made by `os.fork` starts with `re_entering` at zero (an `os.register_at_fork`
 //!    child hook): it has only the forking thread, which holds the GIL, so a count inherited from
 //!    threads of the parent that were taking the GIL back would make its [`at_exit`] wait the

@@ -263,6 +263,8 @@ impl NativePool {
             processes: s.processes as u64,
             reserved: s.reserved,
             held: s.held,
+            handles_in_flight: s.handles_in_flight,
+            token_slots: s.token_slots,
         }
     }
 
@@ -421,6 +423,11 @@ figures! {
         /// Bytes the pool holds from /dev/shm: its segments' metadata and the pages reserved
         /// for blocks (what the pool costs the machine).
         held: u64,
+        /// Handles sent and not attached (or cancelled) yet: each holds one of the pool's
+        /// transfer token slots.
+        handles_in_flight: u64,
+        /// The pool's transfer token slots: how many handles can be in flight at once.
+        token_slots: u64,
     }
 }
 
@@ -478,8 +485,9 @@ figures! {
         reason: String,
         /// The file's owner when that is why it was left (another uid, or not a regular file); else None.
         owner_uid: Option<u32>,
-        /// Why, as a word: "not_owned", "permissions", "not_a_file", "live", "persistent" or
-        /// "not_a_pool" (so a program or the command line can word it its own way).
+        /// Why, as a word: "not_owned", "permissions", "not_a_file", "live", "persistent",
+        /// "not_a_pool" or "other_namespace" (so a program or the command line can word it its
+        /// own way).
         kind: String,
     }
 }
@@ -506,6 +514,7 @@ pub(crate) fn clean_pools(py: Python<'_>, include_persistent: bool) -> (Vec<Stri
                 SkipReason::Live { .. } => "live",
                 SkipReason::Persistent => "persistent",
                 SkipReason::NotAPool { .. } => "not_a_pool",
+                SkipReason::OtherNamespace { .. } => "other_namespace",
             }
             .to_owned(),
             reason: s.reason.to_string(),

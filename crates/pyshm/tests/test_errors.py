@@ -25,6 +25,8 @@ EXCEPTIONS = [
     ("PoolOSError", ("no errno here",), None),
     ("PoolPermissionError", (errno.EACCES, "shm_open refused"), errno.EACCES),
     ("PayloadError", ("cannot unpickle the task",), None),
+    ("PoolFullError", ("pool 'x' has all 255 process slots taken by live processes",), None),
+    ("TokenTableFullError", ("cannot make a handle: all 8 transfer token slots are taken",), None),
 ]
 
 

@@ -72,3 +72,11 @@ def allocate(n: int) -> int:
     a = pyshm.empty(n, dtype=np.uint8)
     a[:] = 1
     return int(a.sum())
+
+
+def check_numbered_arrays(q, n: int) -> None:
+    """Exits 0 when the queue's next message is ``n`` arrays whose first elements count 0..n-1."""
+    arrays = q.get(timeout=60)
+    ok = len(arrays) == n and all(a[0] == i for i, a in enumerate(arrays))
+    if not ok:
+        raise SystemExit(1)

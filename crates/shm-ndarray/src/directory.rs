@@ -13,9 +13,14 @@
 //!    with the rest of the entry before the count publishes it: processes open it by what the
 //!    directory says, never by a name they compute, so a name another user guessed and
 //!    pre-created is never used (version 2; a version-1 reader refuses this directory).
+//! 5. `pid_namespace` is the pid namespace of the pool's creator (the inode number of its
+//!    `/proc/self/ns/pid`, 0 if unknown), written before the directory is published and never
+//!    changed. Only processes of that namespace join the pool, so every identity the pool keeps
+//!    (process slots, lock words, token senders, arena owners) is judged in the namespace it
+//!    was taken in: a process of another namespace is never declared dead here (version 3).
 //!
 //! ```text
-//! DirHeader (256 bytes): magic, version, id, flags, config, counts, lock, freed event
+//! DirHeader (256 bytes): magic, version, id, flags, config, counts, lock, freed event, pid ns
 //! segments   MAX_SEGMENTS x SegmentEntry (kind, capacity, suffix, reserved)
 //! processes  process_slots x ProcessSlot (64 bytes)
 //! tokens     token_slots x TokenSlot (32 bytes)
@@ -27,8 +32,9 @@ use shm_sync::{Event, ProcessSlot, RobustMutex, TokenSlot};
 use crate::sync::SharedU64;
 
 pub(crate) const DIR_MAGIC: u64 = u64::from_le_bytes(*b"PYSHMPOL");
-/// Version 2: segment entries record their file's random suffix (invariant 4).
-pub(crate) const DIR_VERSION: u64 = 2;
+/// Version 2: segment entries record their file's random suffix (invariant 4). Version 3: the
+/// creator's pid namespace (invariant 5); a version-2 reader, which would not check it, refuses.
+pub(crate) const DIR_VERSION: u64 = 3;
 /// Most segments a pool can have.
 pub const MAX_SEGMENTS: usize = 256;
 /// Most bytes of an array name.
@@ -57,7 +63,9 @@ pub(crate) struct DirHeader {
     pub(crate) segment_count: SharedU64,
     pub(crate) lock: RobustMutex,
     pub(crate) freed: Event,
-    pub(crate) reserved: [SharedU64; 16],
+    /// The creator's pid namespace (invariant 5).
+    pub(crate) pid_namespace: SharedU64,
+    pub(crate) reserved: [SharedU64; 15],
 }
 
 const _: () = assert!(core::mem::size_of::<DirHeader>() <= 256);

@@ -33,6 +33,18 @@ pub enum PoolError {
         /// What was found.
         why: &'static str,
     },
+    /// The pool was made in another pid namespace (another container sharing /dev/shm): pids
+    /// there mean other processes here, so this process could not tell its processes alive
+    /// from dead and must not join (directory invariant 5).
+    #[error("pool {name:?} belongs to another pid namespace (pid:[{pool_namespace}], this process is in pid:[{ours}]): processes of different pid namespaces cannot share a pool; use a pool of your own")]
+    OtherNamespace {
+        /// The pool name.
+        name: String,
+        /// The pool's pid namespace (inode number; 0 if its creator could not tell).
+        pool_namespace: u64,
+        /// This process's (0 if it cannot tell).
+        ours: u64,
+    },
     /// Every process slot is taken by a live process.
     #[error("pool {name:?} has all {slots} process slots taken by live processes")]
     Full {
@@ -138,4 +150,43 @@ pub enum HandleError {
     /// The pool's segment could not be opened.
     #[error("cannot open the pool segment the handle names: {0}")]
     Segment(String),
+    /// No handle could be made: every transfer token slot of the pool is taken by a handle
+    /// sent and not attached yet. Nothing was taken; the sender may send the data instead,
+    /// wait for receivers to attach, or reclaim old tokens (`Pool::reclaim_tokens_older_than`).
+    #[error("cannot make a handle: all {slots} transfer token slots of the pool are taken by handles sent and not attached yet; send the data instead, or reclaim old tokens")]
+    TokensFull {
+        /// Slots in the pool's token table.
+        slots: usize,
+    },
+    /// No handle could be made: this process already has half the pool's transfer token slots
+    /// in flight, its share (so one program cannot take the table from the others). Nothing
+    /// was taken; what to do is as for [`HandleError::TokensFull`].
+    #[error("cannot make a handle: this process has {quota} handles in flight, its share of the {slots} transfer token slots of the pool; send the data instead, or reclaim old tokens")]
+    SenderQuota {
+        /// Slots one process may hold.
+        quota: usize,
+        /// Slots in the pool's token table.
+        slots: usize,
+    },
+    /// This process could not join the pool to attach the array: every process slot is taken
+    /// by a live process (the same outcome as [`PoolError::Full`], which making an array or
+    /// joining gives).
+    #[error("cannot attach: pool {pool:?} has all {slots} process slots taken by live processes")]
+    PoolFull {
+        /// The pool name.
+        pool: String,
+        /// Number of process slots.
+        slots: u32,
+    },
+    /// This process could not join the pool to attach the array: the pool was made in another
+    /// pid namespace (the same outcome as [`PoolError::OtherNamespace`]).
+    #[error("cannot attach: pool {pool:?} belongs to another pid namespace (pid:[{pool_namespace}], this process is in pid:[{ours}]): processes of different pid namespaces cannot share a pool")]
+    OtherNamespace {
+        /// The pool name.
+        pool: String,
+        /// The pool's pid namespace.
+        pool_namespace: u64,
+        /// This process's.
+        ours: u64,
+    },
 }

@@ -219,6 +219,55 @@ fn cancelling_a_handle_gives_its_token_back_and_frees_an_array_nobody_else_holds
 }
 
 #[test]
+fn a_full_token_table_or_a_senders_full_share_refuses_a_handle_and_takes_nothing() {
+    let pool = Pool::create(&small().token_slots(4)).unwrap();
+    let a = pool.empty(&DType::of::<u8>(), &[16], false).unwrap();
+    // One process holds at most half the slots.
+    let sent: Vec<Handle> = (0..2).map(|_| a.handle().unwrap()).collect();
+    let err = a.handle().unwrap_err();
+    assert_eq!(err, HandleError::SenderQuota { quota: 2, slots: 4 });
+    assert!(err.to_string().contains("its share of the 4 transfer token slots"), "{err}");
+    assert_eq!(pool.stats().handles_in_flight, 2, "the refused handle took nothing");
+    // Two other processes take the other two slots (their tokens stay pending after they exit);
+    // a fourth process, with none of its own, finds the table full.
+    for expect_full in [false, false, true] {
+        let pid = fork(|| match (a.handle(), expect_full) {
+            (Ok(_), false) => 0,
+            (Err(HandleError::TokensFull { slots: 4 }), true) => 0,
+            _ => 1,
+        });
+        assert_eq!(wait(pid), 0, "expected full: {expect_full}");
+    }
+    assert_eq!((pool.stats().handles_in_flight, pool.stats().token_slots), (4, 4));
+    pool.collect();
+    assert_eq!(pool.reclaim_tokens_older_than(std::time::Duration::ZERO), 4);
+    let again = a.handle().unwrap();
+    pool.cancel(&again).unwrap();
+    assert!(matches!(pool.cancel(&sent[0]), Err(HandleError::Stale)), "reclaimed already");
+    assert_eq!(pool.stats().handles_in_flight, 0);
+    pool.check().unwrap();
+}
+
+#[test]
+fn a_process_that_finds_every_slot_taken_gets_pool_full_from_attach_and_create() {
+    let pool = Pool::create(&small().process_slots(1)).unwrap();
+    let a = ShmArray::<u8>::zeros(&pool, &[16]).unwrap(); // the parent takes the one slot
+    let bytes = a.handle().unwrap().to_bytes();
+    let pid = fork(|| {
+        let h = Handle::from_bytes(&bytes).unwrap();
+        let attach = matches!(pool.attach(&h), Err(HandleError::PoolFull { slots: 1, .. }));
+        let create = matches!(
+            pool.empty(&DType::of::<u8>(), &[16], false),
+            Err(shm_ndarray::ArrayError::Grow(shm_ndarray::PoolError::Full { slots: 1, .. }))
+        );
+        i32::from(!attach) | i32::from(!create) << 1
+    });
+    assert_eq!(wait(pid), 0, "1: attach, 2: create did not say the pool is full");
+    let h = Handle::from_bytes(&bytes).unwrap();
+    drop(pool.attach(&h).unwrap()); // the parent, a member, claims the token
+}
+
+#[test]
 fn a_header_whose_description_is_not_ascii_is_refused_without_a_panic() {
     let pool = Pool::create(&small()).unwrap();
     let a = pool.empty(&DType::new("|S5", 5).unwrap(), &[2], false).unwrap();

@@ -506,6 +506,25 @@ pub fn fork_generation() -> u64 {
     FORK_GENERATION.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// The pid namespace of the calling process, as the inode number of `/proc/self/ns/pid`, or
+/// `None` when `/proc` does not show it.
+///
+/// A pid, and so a [`ProcessIdentity`], means something only in its pid namespace: a process of
+/// another namespace has another pid here (or none), so its identity must never be judged here.
+/// Layers above record the namespace beside the identities they keep and refuse to judge (or
+/// share with) processes of another one. Read on every call (a `stat`, a few microseconds): a
+/// child forked after `unshare(CLONE_NEWPID)` is in a new namespace, so it is never cached.
+///
+/// # Examples
+///
+/// ```
+/// let ns = shm_platform::process::pid_namespace();
+/// assert_eq!(ns, shm_platform::process::pid_namespace()); // the same process, the same namespace
+/// ```
+pub fn pid_namespace() -> Option<u64> {
+    sys::pid_namespace_inode().ok()
+}
+
 #[cfg(test)]
 // `fork`, `waitpid` and `_exit` in the fork test.
 #[allow(unsafe_code)]

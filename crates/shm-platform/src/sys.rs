@@ -129,6 +129,20 @@ pub(crate) fn current_pid() -> u32 {
     rustix::process::getpid().as_raw_pid() as u32
 }
 
+/// `stat(2)` of `/proc/self/ns/pid`: the inode number naming the calling process's pid
+/// namespace (equal inode numbers on one procfs mean one namespace).
+///
+/// # Errors
+///
+/// Any errno of `stat(2)`: `ENOENT` where `/proc` is not mounted or has no `ns` directory.
+///
+/// # References
+///
+/// - `stat(2)`, `pid_namespaces(7)`, `namespaces(7)` ("The /proc/pid/ns/ directory")
+pub(crate) fn pid_namespace_inode() -> io::Result<u64> {
+    rustix::fs::stat("/proc/self/ns/pid").map(|s| s.st_ino)
+}
+
 /// `pthread_atfork(3)` with only a child handler: after every `fork()` made through libc, the
 /// child runs `child` before `fork` returns in it.
 ///

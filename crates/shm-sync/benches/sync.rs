@@ -65,8 +65,40 @@ fn refcount(c: &mut Criterion) {
         })
     });
     g.finish();
+    holder_capacity(c, &tokens);
     let e = Event::new();
     c.bench_function("event/notify_if_waiting (nobody waits)", |b| b.iter(|| black_box(&e).notify_if_waiting()));
+}
+
+/// Today's header record (256 holders, 4 words) beside one with 4,096 holders (64 words, the
+/// bitmap issue 13 item 6 would need), in one run: a second holder's acquire+release, and the
+/// last holder's release that must scan every word to learn it was the last (then re-init).
+fn holder_capacity(c: &mut Criterion, tokens: &TokenTable<'_>) {
+    fn bench<const W: usize>(
+        g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+        tokens: &TokenTable<'_>,
+    ) {
+        let holders = 64 * W as u32;
+        let rc: RefCount<W> = RefCount::new();
+        rc.init(1, 0);
+        g.bench_function(format!("{holders} holders: acquire+release (second holder, slot {})", holders - 5), |b| {
+            b.iter(|| {
+                rc.acquire(black_box(holders - 5), tokens, &AnyProcess).unwrap();
+                rc.release(black_box(holders - 5), tokens, &AnyProcess).unwrap();
+            })
+        });
+        let last: RefCount<W> = RefCount::new();
+        g.bench_function(format!("{holders} holders: init+release (the last holder)"), |b| {
+            b.iter(|| {
+                last.init(1, black_box(3));
+                black_box(last.release(3, tokens, &AnyProcess).unwrap());
+            })
+        });
+    }
+    let mut g = c.benchmark_group("refcount_holders");
+    bench::<4>(&mut g, tokens);
+    bench::<64>(&mut g, tokens);
+    g.finish();
 }
 
 criterion_group! {

@@ -12,6 +12,13 @@
 //!    in the middle (see `refcount`).
 //! 3. Reserving a slot (`Free -> Reserved`) names the reserving process, so a slot reserved by
 //!    a process that died before publishing it is found and freed.
+//! 4. One process never holds more than half the slots (reserved or pending, named by its
+//!    identity in `sender`): one program that sends and never has its handles attached cannot
+//!    take the table from every other process of the pool. Each process keeps a local upper
+//!    bound of its tokens (raised by every reservation, never lowered by claims it does not
+//!    see); only when the bound reaches the quota does it count its slots, and it refuses
+//!    ([`TokenError::SenderQuota`]) if the count does too. The check costs one local add per
+//!    reservation and a scan of the table once per `quota - count` reservations.
 //!
 //! | state | word | next |
 //! |---|---|---|
@@ -89,6 +96,14 @@ pub enum TokenError {
         /// Number of slots.
         slots: usize,
     },
+    /// This process already has its share of the slots in flight (invariant 4).
+    #[error("this process has {quota} handles in flight, its share of the {slots} transfer token slots; send the data instead, or reclaim old tokens")]
+    SenderQuota {
+        /// Slots one process may hold.
+        quota: usize,
+        /// Number of slots.
+        slots: usize,
+    },
     /// The token was claimed or cancelled already (or never existed).
     #[error("token {index} (generation {generation}) is stale: it was claimed or cancelled already")]
     Stale {
@@ -127,6 +142,15 @@ impl<'a> TokenTable<'a> {
     pub(crate) fn reserve(&self) -> Result<u32, TokenError> {
         let me = sync::current_identity();
         let n = self.slots.len();
+        let quota = Self::quota(n);
+        if sync::note_reservation() >= quota {
+            // Invariant 4: the bound says we may be at our share; count for real.
+            let mine = self.count_sent_by(me);
+            sync::set_sent_bound(mine + 1);
+            if mine >= quota {
+                return Err(TokenError::SenderQuota { quota, slots: n });
+            }
+        }
         let start = sync::next_token_hint() % n.max(1);
         for k in 0..n {
             let i = (start + k) % n;
@@ -141,6 +165,21 @@ impl<'a> TokenTable<'a> {
             }
         }
         Err(TokenError::Full { slots: self.slots.len() })
+    }
+
+    /// Slots one process may hold in a table of `slots` (invariant 4): half, at least one.
+    pub fn quota(slots: usize) -> usize {
+        (slots / 2).max(1)
+    }
+
+    /// Slots reserved or pending whose sender is `identity` (invariant 4).
+    fn count_sent_by(&self, identity: u64) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| {
+                s.state.load(Ordering::Acquire) & KIND_MASK != FREE && s.sender.load(Ordering::Relaxed) == identity
+            })
+            .count()
     }
 
     /// Gives back a reserved slot that was not published.
@@ -274,10 +313,13 @@ mod tests {
         let slots: Vec<TokenSlot> = (0..2).map(|_| TokenSlot::new()).collect();
         let t = TokenTable::new(&slots);
         let a = t.reserve().unwrap();
-        let b = t.reserve().unwrap();
-        assert_eq!(t.reserve(), Err(TokenError::Full { slots: 2 }));
+        let b = slots.iter().position(|s| s.state.load(Ordering::Relaxed) == 0).unwrap() as u32;
+        // Slot b as another live process would reserve it (this process's share is 1 of 2).
+        slots[b as usize].state.fetch_or(RESERVED, Ordering::Relaxed);
+        assert_eq!(t.reserve(), Err(TokenError::SenderQuota { quota: 1, slots: 2 }), "our share is taken");
         slots[a as usize].sender.store(dead_identity(), Ordering::Relaxed);
         assert_eq!(t.free_dead_reservations(), 1, "only the dead sender's reservation");
+        slots[b as usize].sender.store(sync::current_identity(), Ordering::Relaxed); // ours now
         let token = t.publish(b, 9).unwrap();
         assert!(t.is_pending_for(token, 9) && !t.is_pending_for(token, 8));
         assert_eq!(t.count_pending(9), 1);
@@ -286,5 +328,26 @@ mod tests {
         let again = t.reserve().unwrap();
         let token2 = t.publish(again, 9).unwrap();
         assert_ne!((token2.index, token2.generation), (token.index, token.generation), "a new generation");
+    }
+
+    #[test]
+    fn one_process_holds_at_most_half_the_slots_and_gets_them_back_when_claimed() {
+        let slots: Vec<TokenSlot> = (0..8).map(|_| TokenSlot::new()).collect();
+        let t = TokenTable::new(&slots);
+        let mine: Vec<Token> = (0..4).map(|_| t.publish(t.reserve().unwrap(), 1).unwrap()).collect();
+        assert_eq!(t.reserve(), Err(TokenError::SenderQuota { quota: 4, slots: 8 }));
+        assert_eq!(t.count_pending(1), 4, "the refusal took nothing");
+        t.retire(mine[0]).unwrap(); // claimed by a receiver
+        let again = t.reserve().unwrap();
+        t.unreserve(again);
+        // Slots other processes hold do not count against this one.
+        let other = dead_identity();
+        for s in slots.iter().filter(|s| s.state.load(Ordering::Relaxed) & KIND_MASK == FREE).take(4) {
+            s.state.fetch_or(RESERVED, Ordering::Relaxed);
+            s.sender.store(other, Ordering::Relaxed);
+        }
+        // 3 of ours and 4 of another's: one slot left, and ours to take (3 < our share of 4).
+        assert!(t.reserve().is_ok(), "3 of ours in flight: below our share");
+        assert_eq!(t.reserve(), Err(TokenError::SenderQuota { quota: 4, slots: 8 }), "4 of ours again");
     }
 }

@@ -32,11 +32,13 @@ from ._native import (
     InvalidHandleError,
     NameTableFullError,
     PoolCorruptError,
+    PoolFullError,
     PoolMemoryError,
     PoolNotFoundError,
     PoolOSError,
     PoolPermissionError,
     StaleHandleError,
+    TokenTableFullError,
 )
 from ._native import __version__ as __version__  # the pyshm crate's version: one source
 from ._core import (
@@ -141,6 +143,7 @@ __all__ = [
     "Pool",
     "PayloadError",
     "PoolCorruptError",
+    "PoolFullError",
     "PoolMemoryError",
     "PoolNotFoundError",
     "PoolOSError",
@@ -157,6 +160,7 @@ __all__ = [
     "stats",
     "ThreadContext",
     "trim",
+    "TokenTableFullError",
     "uninstall_allocator",
     "unregister_array_wrapper",
     "zeros",

@@ -33,6 +33,14 @@ class NameTableFullError(RuntimeError):
 class PoolCorruptError(RuntimeError):
     """The pool's shared memory breaks its protocol (a lock held by a live non-member)."""
 
+class PoolFullError(RuntimeError):
+    """A table of the pool is full: every process slot is taken by a live process (from
+    joining, attaching, unpickling and making arrays alike)."""
+
+class TokenTableFullError(PoolFullError):
+    """No handle could be made: every transfer token slot of the pool is taken by a handle sent
+    and not attached yet. Nothing was taken."""
+
 class PoolOSError(OSError):
     """A system call on the pool's shared memory failed; ``errno`` is set when known."""
 
@@ -73,6 +81,8 @@ class PoolStats:
         processes: int,
         reserved: int,
         held: int,
+        handles_in_flight: int,
+        token_slots: int,
     ) -> PoolStats:
         """The figures, in this order (as pickling passes them)."""
     @property
@@ -102,6 +112,12 @@ class PoolStats:
     @property
     def held(self) -> int:
         """Bytes the pool holds from /dev/shm: segment metadata and the pages of its blocks."""
+    @property
+    def handles_in_flight(self) -> int:
+        """Handles sent and not attached (or cancelled) yet: each holds a transfer token slot."""
+    @property
+    def token_slots(self) -> int:
+        """The pool's transfer token slots: how many handles can be in flight at once."""
 
 @final
 class CollectReport:

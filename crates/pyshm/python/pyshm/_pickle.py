@@ -14,6 +14,17 @@ Invariants:
 4. ``handles()`` changes the process only while some thread is inside a block: its ``copyreg``
    reducer is registered when the first block opens and removed (the previous reducer, if
    any, put back) when the last one closes, whatever happened inside.
+5. A ``ForkingPickler`` pickle that fails at any point gives back the token of every handle it
+   made: ``ForkingPickler.dump`` (which ``ForkingPickler.dumps``, multiprocessing's queues,
+   pipes and process start all go through) is wrapped to record the handles made inside it
+   (``_Sends``) and cancel them when it raises. A pickle inside another's (a payload's) hands
+   its handles on to the outer one when it succeeds, so the outer one's failure gives them back
+   too. The wrapper changes nothing else: it calls the ``dump`` it replaced.
+6. When the pool's token table is full, ``ForkingPickler`` and loky send that array by value
+   (numpy's own pickle, a copy), so a message is never dropped for want of a token; the
+   receiver's unpickling of the handles before it gives their tokens back. Only where a handle
+   was asked for explicitly (``pyshm.handle``, ``handles()``) is ``TokenTableFullError``
+   raised.
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import copyreg
+import functools
 import os
 import pickle
 import sys
@@ -31,7 +43,7 @@ from typing import Any, Iterator, Optional
 import numpy as np
 
 from . import _handles, _native, _pools
-from ._native import Handle
+from ._native import Handle, TokenTableFullError
 
 __all__ = ["handles", "register_loky"]
 
@@ -40,13 +52,58 @@ _in_handles = contextvars.ContextVar("pyshm_handles", default=False)
 _loky_done: set[str] = set()
 
 
+class _Sends(threading.local):
+    """The handles made by each ``ForkingPickler.dump`` running in this thread, innermost last
+    (invariant 5)."""
+
+    def __init__(self) -> None:
+        self.frames: list[list[Handle]] = []
+
+
+_sends = _Sends()
+
+
+def _give_back(handles: list[Handle]) -> None:
+    for h in handles:
+        try:
+            _handles.cancel(h)
+        except (ValueError, OSError):  # attached or cancelled already, or the pool is gone here
+            pass
+
+
+def _tracking_dump(previous: Any) -> Any:
+    """``ForkingPickler.dump`` that gives back the handles it made when it fails (invariant 5)."""
+
+    @functools.wraps(previous)
+    def dump(self: Any, obj: Any) -> Any:
+        frame: list[Handle] = []
+        _sends.frames.append(frame)
+        try:
+            result = previous(self, obj)
+        except BaseException:
+            _sends.frames.pop()
+            _give_back(frame)
+            raise
+        _sends.frames.pop()
+        if _sends.frames:  # a pickle inside another: its handles travel with the outer one
+            _sends.frames[-1].extend(frame)
+        return result
+
+    dump._pyshm_tracking = True  # type: ignore[attr-defined]
+    return dump
+
+
 def pooled_reduction(a: np.ndarray) -> Optional[tuple[Handle, Any]]:
     """``(handle, reduction)`` for a pooled array, or ``None``: the :class:`Handle` made (with
     its transfer token) and ``(rebuild, args)``, whose args are the handle's own pickle
-    arguments (pool, bytes[, retype]) then ``default`` and ``readonly`` when set."""
+    arguments (pool, bytes[, retype]) then ``default`` and ``readonly`` when set. The handle is
+    recorded with the ``ForkingPickler.dump`` running in this thread, if any (invariant 5).
+    Raises ``TokenTableFullError`` when the pool's token table is full."""
     h = _native.pooled_handle(a)
     if h is None:
         return None
+    if _sends.frames:
+        _sends.frames[-1].append(h)
     args: tuple = (*h.__reduce__()[1], _pools.is_default(h.pool), not a.flags.writeable)
     if len(args) == 4:  # no retype: keep the positions of `rebuild`'s arguments
         args = (args[0], args[1], None, args[2], args[3])
@@ -61,14 +118,22 @@ def handle_reduction(a: np.ndarray) -> Any:
     return None if r is None else r[1]
 
 
+def _handle_or_none(a: np.ndarray) -> Any:
+    """``handle_reduction(a)``, or ``None`` when the pool's token table is full (invariant 6)."""
+    try:
+        return handle_reduction(a)
+    except TokenTableFullError:
+        return None
+
+
 def _reduce_for_transfer(a: np.ndarray) -> Any:
     # multiprocessing's pickler runs at the default protocol.
-    return handle_reduction(a) or a.__reduce_ex__(pickle.DEFAULT_PROTOCOL)
+    return _handle_or_none(a) or a.__reduce_ex__(pickle.DEFAULT_PROTOCOL)
 
 
 def _reduce_for_loky(a: np.ndarray) -> Any:
     # loky pickles at the highest protocol, where numpy writes the data in place.
-    return handle_reduction(a) or a.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
+    return _handle_or_none(a) or a.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
 
 
 class _AsNumpyPickles:
@@ -213,4 +278,6 @@ def register_loky_if_loaded() -> None:
 
 
 ForkingPickler.register(np.ndarray, _reduce_for_transfer)
+if not getattr(ForkingPickler.__dict__.get("dump"), "_pyshm_tracking", False):  # once, also on reload
+    ForkingPickler.dump = _tracking_dump(ForkingPickler.dump)  # type: ignore[method-assign]
 _pools.new_pool_hooks.append(register_loky_if_loaded)

@@ -35,7 +35,7 @@ import cloudpickle
 import numpy as np
 
 from . import _core, _handles, _pickle
-from ._native import Handle
+from ._native import Handle, PoolFullError
 
 __all__ = ["Packed", "Payload", "PayloadError", "PoolPickler", "register_array_wrapper", "unregister_array_wrapper"]
 
@@ -115,8 +115,8 @@ def _rebuild_wrapper(cls: type, attribute: str, array: Any, d: dict, slots: dict
 def _handle(a: np.ndarray, handles: list[Handle]) -> Optional[Any]:
     try:
         r = _pickle.pooled_reduction(a)
-    except (ValueError, OSError):  # its pool is closed or gone here: send the data instead
-        return None
+    except (ValueError, OSError, PoolFullError):  # pool closed or gone here, or no free slot:
+        return None  # send the data instead
     if r is None:
         return None
     handles.append(r[0])

@@ -42,6 +42,9 @@ pub struct PoolInfo {
     pub live_processes: usize,
     /// Whether it outlives its processes.
     pub persistent: bool,
+    /// The pid namespace it was made in, when it is not this process's (its processes cannot
+    /// be judged from here: `live_processes` is 0 and means nothing then).
+    pub other_namespace: Option<u64>,
 }
 
 /// What [`clean_pools`] did: the pools it removed, and every pool file it left alone, with why.
@@ -90,6 +93,13 @@ pub enum SkipReason {
     },
     /// Segment 0 of a persistent pool whose processes are all dead (removed only when asked).
     Persistent,
+    /// Segment 0 of a pool made in another pid namespace (another container sharing /dev/shm):
+    /// its processes' pids mean nothing here, so whether they live cannot be told, and the pool
+    /// is never removed from here (directory invariant 5).
+    OtherNamespace {
+        /// The pool's pid namespace (inode number).
+        namespace: u64,
+    },
     /// Our file, named as a pool's segment 0, that cannot be read as a pool: a pool being
     /// created right now, one of another pyshm version, a corrupt one, or an arena that only
     /// shares the prefix. Whether a process uses it cannot be told, so it is left; remove it by
@@ -108,6 +118,9 @@ impl core::fmt::Display for SkipReason {
             SkipReason::NotAFile { owner_uid } => write!(f, "not a regular file (owner uid {owner_uid})"),
             SkipReason::Live { processes } => write!(f, "in use by {processes} live process(es)"),
             SkipReason::Persistent => f.write_str("persistent (clean it with include_persistent)"),
+            SkipReason::OtherNamespace { namespace } => {
+                write!(f, "made in another pid namespace (pid:[{namespace}]): clean it from there")
+            }
             SkipReason::NotAPool { why } => write!(f, "not a pool this pyshm can read: {why}"),
         }
     }
@@ -180,11 +193,20 @@ fn inspect(name: &str, bytes: u64) -> Result<PoolInfo, Unreadable> {
     // SAFETY: `read_directory` validated the block, its size and the layout.
     let dir = unsafe { Directory::new(base.as_ptr(), layout) };
     let h = dir.header();
+    let namespace = h.pid_namespace.load(ORD);
+    let other_namespace = (namespace != shm_arena::process::pid_namespace().unwrap_or(0)).then_some(namespace);
     let table = ProcessTable::new(dir.processes());
-    let live = (0..layout.process_slots as u32)
-        .filter(|i| matches!(table.state(*i), Some(shm_sync::SlotState::Live(_) | shm_sync::SlotState::Recovering(_))))
-        .count()
-        .saturating_sub(table.find_dead().len());
+    // A pool of another pid namespace: its slots' pids mean other processes here, never judged.
+    let live = if other_namespace.is_some() {
+        0
+    } else {
+        (0..layout.process_slots as u32)
+            .filter(|i| {
+                matches!(table.state(*i), Some(shm_sync::SlotState::Live(_) | shm_sync::SlotState::Recovering(_)))
+            })
+            .count()
+            .saturating_sub(table.find_dead().len())
+    };
     let mut used = 0;
     let count = h.segment_count.load(core::sync::atomic::Ordering::Acquire).min(MAX_SEGMENTS as u64);
     for i in 1..count as usize {
@@ -201,6 +223,7 @@ fn inspect(name: &str, bytes: u64) -> Result<PoolInfo, Unreadable> {
         bytes,
         used,
         live_processes: live,
+        other_namespace,
         persistent: h.flags.load(ORD) & FLAG_PERSISTENT != 0
             || (h.flags.load(ORD) & FLAG_PERSIST_NAMED != 0 && has_names(&dir)),
     })
@@ -230,7 +253,9 @@ pub fn clean_pools(include_persistent: bool) -> CleanReport {
                 continue;
             }
         };
-        let reason = if info.live_processes > 0 {
+        let reason = if let Some(namespace) = info.other_namespace {
+            Some(SkipReason::OtherNamespace { namespace })
+        } else if info.live_processes > 0 {
             Some(SkipReason::Live { processes: info.live_processes })
         } else if info.persistent && !include_persistent {
             Some(SkipReason::Persistent)

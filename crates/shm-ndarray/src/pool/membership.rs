@@ -59,6 +59,13 @@ impl PoolShared {
             }
         }
         let inherited = m.registration.is_some();
+        // Directory invariant 5: only processes of the creator's pid namespace join; checked at
+        // every registration, so also in a child forked into a new namespace.
+        let pool_namespace = self.dir().header().pid_namespace.load(ORD);
+        let ours = shm_arena::process::pid_namespace().unwrap_or(0);
+        if pool_namespace != ours {
+            return Err(PoolError::OtherNamespace { name: self.name.clone(), pool_namespace, ours });
+        }
         let table = self.processes();
         let reg = match table.register() {
             Ok(r) => r,

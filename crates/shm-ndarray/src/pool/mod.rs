@@ -201,6 +201,10 @@ pub struct PoolStats {
     /// the pages reserved for blocks ([`shm_arena::ArenaStats`]). Segments are sparse, so this,
     /// not `capacity`, is what the pool costs the machine.
     pub held: u64,
+    /// Handles sent and not attached yet: transfer tokens pending.
+    pub handles_in_flight: u64,
+    /// Transfer token slots of the pool: how many handles can be in flight at once.
+    pub token_slots: u64,
 }
 
 fn ref_to_handle(e: RefError) -> HandleError {
@@ -423,7 +427,13 @@ impl PoolShared {
     }
 
     fn stats(&self) -> PoolStats {
-        let mut s = PoolStats { processes: self.processes().occupied(), ..PoolStats::default() };
+        let tokens = self.tokens();
+        let mut s = PoolStats {
+            processes: self.processes().occupied(),
+            handles_in_flight: tokens.pending().len() as u64,
+            token_slots: tokens.len() as u64,
+            ..PoolStats::default()
+        };
         for (i, arena, kind) in self.open_segments() {
             s.segments += 1;
             let a = arena.stats();

@@ -139,6 +139,7 @@ impl Pool {
         h.process_slots.store(u64::from(options.process_slots), ORD);
         h.token_slots.store(u64::from(options.token_slots), ORD);
         h.name_slots.store(u64::from(options.name_slots), ORD);
+        h.pid_namespace.store(shm_arena::process::pid_namespace().unwrap_or(0), ORD);
         dir.segments()[0].kind.store(KIND_META, ORD);
         dir.segments()[0].capacity.store(meta_capacity, ORD);
         h.segment_count.store(1, ORD);

@@ -12,6 +12,8 @@
 
 use std::time::Duration;
 
+use super::MAX_PROCESSES;
+
 /// How to create (or open) a pool.
 #[derive(Clone, Debug)]
 pub struct PoolOptions {
@@ -36,7 +38,7 @@ impl Default for PoolOptions {
             max_size: default_max_size(),
             min_block: 256,
             meta_capacity: 16 << 20,
-            process_slots: 128,
+            process_slots: MAX_PROCESSES,
             token_slots: 8192,
             name_slots: 256,
             persistent: None,

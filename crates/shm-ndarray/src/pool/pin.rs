@@ -30,7 +30,7 @@ use super::local_array::{held_slot, holder_word, LocalArray, LocalRef};
 use super::segments::MetaSegment;
 use super::{hex, ref_to_handle, PoolShared, SharedArray, ORD};
 use crate::directory::KIND_DATA;
-use crate::error::HandleError;
+use crate::error::{HandleError, PoolError};
 use crate::handle::Handle;
 use crate::header::{view_fits, ArrayHeader, ARRAY_MAGIC};
 
@@ -64,7 +64,13 @@ impl PoolShared {
         nonce: u64,
         how: Pin,
     ) -> Result<LocalRef, HandleError> {
-        let slot = self.slot().map_err(|e| HandleError::Segment(e.to_string()))?;
+        let slot = self.slot().map_err(|e| match e {
+            PoolError::Full { name, slots } => HandleError::PoolFull { pool: name, slots },
+            PoolError::OtherNamespace { name, pool_namespace, ours } => {
+                HandleError::OtherNamespace { pool: name, pool_namespace, ours }
+            }
+            e => HandleError::Segment(e.to_string()),
+        })?;
         let meta_segment = self.meta_segment(meta_seg)?;
         // Declared before the guard, so dropped after it (locals invariant 3).
         let existing;

@@ -160,18 +160,24 @@ impl SharedArray {
     ///
     /// # Errors
     ///
-    /// [`HandleError::Invalid`] if the pool's token table is full; [`HandleError::Stale`] if
-    /// this process let go of the array (`Pool::leave`, or inherited across a fork) and it is
-    /// gone.
+    /// [`HandleError::TokensFull`] if every transfer token slot of the pool is taken, and
+    /// [`HandleError::SenderQuota`] if this process has half of them in flight (nothing was
+    /// taken then); [`HandleError::Stale`] if this process let go of the array
+    /// (`Pool::leave`, or inherited across a fork) and it is gone.
     pub fn handle(&self) -> Result<Handle, HandleError> {
         self.ensure_held()?;
-        let token =
-            self.local.header().refcount.send(&self.local.pool.tokens(), &self.local.pool.processes()).map_err(
-                |e| match e {
-                    shm_sync::RefError::Stranger { .. } => super::ref_to_handle(e),
-                    _ => HandleError::Invalid("the pool's transfer token table is full; reclaim old tokens"),
-                },
-            )?;
+        let token = self
+            .local
+            .header()
+            .refcount
+            .send(&self.local.pool.tokens(), &self.local.pool.processes())
+            .map_err(|e| match e {
+                shm_sync::RefError::Token(shm_sync::TokenError::Full { slots }) => HandleError::TokensFull { slots },
+                shm_sync::RefError::Token(shm_sync::TokenError::SenderQuota { quota, slots }) => {
+                    HandleError::SenderQuota { quota, slots }
+                }
+                _ => super::ref_to_handle(e),
+            })?;
         Ok(self.handle_with(Some(token)))
     }
 
