@@ -20,6 +20,7 @@ use crate::pages::PageBits;
 use crate::sync::SharedU32;
 use crate::sys;
 use crate::tree::BlockStateError;
+use core::sync::atomic::Ordering::Relaxed;
 use std::os::fd::AsFd;
 
 impl Arena {
@@ -56,7 +57,9 @@ impl Arena {
         let offset = self.segment.layout().data_offset + first * PAGE;
         match sys::reserve(self.segment.fd().as_fd(), offset, count * PAGE) {
             Ok(()) => {
-                self.page_bits().set(first, count);
+                let flipped = self.page_bits().set(first, count);
+                // Relaxed: a count for policy (`pages` invariant 5), ordered by nothing.
+                self.segment.reserved_pages_word().fetch_add(flipped, Relaxed);
                 Ok(block)
             }
             Err(e) => {
@@ -85,7 +88,10 @@ impl Arena {
         let (first, count) = Self::pages_of(block, block.size());
         // `pages` invariant 3: clear first, then punch; a crash in between costs a
         // re-reservation later, never a SIGBUS.
-        self.page_bits().clear(first, count);
+        let flipped = self.page_bits().clear(first, count);
+        // Relaxed: as in `reserve_slow`. Saturating: a count left high by a dead process is
+        // only a hint (`pages` invariant 5).
+        let _ = self.segment.reserved_pages_word().fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(flipped)));
         let offset = self.segment.layout().data_offset + first * PAGE;
         // A failed punch leaves the pages held (bits clear: re-reserved idempotently later).
         match sys::punch(self.segment.fd().as_fd(), offset, count * PAGE) {
@@ -175,6 +181,19 @@ impl Arena {
             }
         }
         punched
+    }
+
+    /// Bytes this arena holds from the system by its count: metadata plus the reserved-page
+    /// count kept beside the bitmap (one load, for policies on hot paths). Exact unless a
+    /// process died between flipping bits and counting them; [`Arena::stats`] walks the
+    /// bitmap instead.
+    #[inline]
+    pub fn held_bytes(&self) -> u64 {
+        let l = self.segment.layout();
+        if self.segment.whole_reserved() {
+            return l.segment_size;
+        }
+        l.metadata_bytes() + self.segment.reserved_pages_word().load(Relaxed) * PAGE
     }
 
     /// Bytes of the data region marked reserved (a walk of the bitmap).
