@@ -19,9 +19,19 @@ use crate::layout::PAGE;
 use crate::pages::PageBits;
 use crate::sync::SharedU32;
 use crate::sys;
-use crate::tree::BlockStateError;
+use crate::tree::{BlockStateError, NodeRef};
 use core::sync::atomic::Ordering::Relaxed;
 use std::os::fd::AsFd;
+
+/// A block parked by [`Arena::park_to_release`], to be given back by [`Arena::release_parked`]
+/// (if dropped instead, it stays parked until this process's blocks are recovered).
+#[must_use = "release it with Arena::release_parked"]
+#[derive(Debug)]
+pub struct ParkedBlock {
+    block: Block,
+    node: NodeRef,
+    tag: u16,
+}
 
 impl Arena {
     pub(crate) fn page_bits(&self) -> PageBits<'_, [SharedU32]> {
@@ -126,24 +136,50 @@ impl Arena {
     /// # }
     /// ```
     pub fn free_and_release(&self, block: Block) -> Result<(), BlockError> {
+        if let Some(parked) = self.park_to_release(block)? {
+            self.release_parked(parked);
+        }
+        Ok(())
+    }
+
+    /// The first half of [`Arena::free_and_release`]: takes `block` back from whoever owns it
+    /// into this process's keeping (parked: allocatable by no one, and recovered with this
+    /// process if it dies, like a cached block). Returns `None` when the block was simply freed
+    /// (smaller than a page, or a wholly reserved arena: nothing to give back).
+    ///
+    /// Parking is one atomic step of the tree; the punch is the slow part, so a caller that
+    /// must finish other work first (the pool clears the array's header) parks, does it, and
+    /// then calls [`Arena::release_parked`].
+    ///
+    /// # Errors
+    ///
+    /// As for [`Arena::free`]; nothing is changed then.
+    pub fn park_to_release(&self, block: Block) -> Result<Option<ParkedBlock>, BlockError> {
         if block.size() < PAGE || self.segment.whole_reserved() {
-            return self.free(block);
+            return self.free(block).map(|()| None);
         }
         let r = self.node_of(block)?;
         let tag = self.tag().map_err(|_| BlockError::State(BlockStateError::NotAllocated { index: r.index }))?;
-        let tree = self.tree();
-        let owners = self.owners();
         // Claim it first (the tree's atomic step that refuses a double free): parked under our
         // tag it is allocatable by no one, and recovered with us if we die (invariant 4).
-        let parked = tree.park(r, tag)?;
+        let parked = self.tree().park(r, tag)?;
         if parked.previous_owner != tag {
+            let owners = self.owners();
             owners.account(parked.previous_owner, -(block.size() as i64));
             owners.account(tag, block.size() as i64);
         }
-        self.give_back(block);
-        tree.free_parked(r, tag)?;
-        owners.account(tag, -(block.size() as i64));
-        Ok(())
+        Ok(Some(ParkedBlock { block, node: r, tag }))
+    }
+
+    /// The second half of [`Arena::free_and_release`]: punches the parked block's pages and
+    /// frees it. Returns the bytes punched.
+    pub fn release_parked(&self, parked: ParkedBlock) -> u64 {
+        let ParkedBlock { block, node, tag } = parked;
+        let punched = self.give_back(block);
+        if self.tree().free_parked(node, tag).is_ok() {
+            self.owners().account(tag, -(block.size() as i64));
+        }
+        punched
     }
 
     /// Gives back to the system every free page of the arena: claims each vacant block of a
@@ -194,6 +230,11 @@ impl Arena {
             return l.segment_size;
         }
         l.metadata_bytes() + self.segment.reserved_pages_word().load(Relaxed) * PAGE
+    }
+
+    /// Bytes of metadata (header to bitmap, rounded to a page), reserved at creation.
+    pub fn metadata_bytes(&self) -> u64 {
+        self.segment.layout().metadata_bytes()
     }
 
     /// Bytes of the data region marked reserved (a walk of the bitmap).
