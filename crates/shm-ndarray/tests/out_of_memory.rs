@@ -85,7 +85,10 @@ fn an_allocation_does_not_spin_on_a_half_created_segment() {
 #[test]
 fn a_free_reaches_a_waiter_even_from_a_small_cached_block() {
     let pool = Pool::create(
-        &PoolOptions::new().segment_capacity(1 << 16).max_size((1 << 16) + (32 << 10)).wait(Some(Duration::from_secs(10))),
+        &PoolOptions::new()
+            .segment_capacity(1 << 16)
+            .max_size((1 << 16) + (32 << 10))
+            .wait(Some(Duration::from_secs(10))),
     )
     .unwrap();
     let big = pool.empty(&DType::of::<u8>(), &[1 << 16], false).unwrap();

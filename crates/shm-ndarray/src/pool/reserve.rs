@@ -36,15 +36,19 @@ fn pages_of(data_len: u64) -> u64 {
     data_len.max(1).div_ceil(PAGE) * PAGE
 }
 
+/// The bound a directory's `keep` word says (the default for a directory made without one).
+pub(super) fn keep_of(word: u64) -> u64 {
+    if word & KEEP_SET != 0 {
+        word & !KEEP_SET
+    } else {
+        default_keep()
+    }
+}
+
 impl PoolShared {
     /// The warm reserve's bound (`PoolOptions::keep`, written by the creator).
     pub(super) fn keep(&self) -> u64 {
-        let word = self.dir().header().keep.load(Relaxed);
-        if word & KEEP_SET != 0 {
-            word & !KEEP_SET
-        } else {
-            default_keep()
-        }
+        keep_of(self.dir().header().keep.load(Relaxed))
     }
 
     /// Counts a new array's data as live (invariant 3). Relaxed: a count for policy only.
