@@ -346,7 +346,7 @@ class Pool(_Constructors):
     capacity of each data segment, ``max_size`` the most bytes the pool may take in /dev/shm,
     ``wait`` how long an allocation may wait for other processes to free memory. A named pool
     is persistent (it outlives its processes until unlinked) unless ``persistent=False``.
-    ``keep`` bounds the warm reserve: bytes of freed arrays kept for reuse (default 256 MiB,
+    ``keep`` bounds the warm reserve: bytes of freed arrays kept for reuse (default 512 MiB,
     at most an eighth of /dev/shm); freed memory beyond it is given back to the system at once.
 
     Used as a context manager, the pool is closed on exit (see :meth:`close`). It has the

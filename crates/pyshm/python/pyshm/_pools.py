@@ -97,7 +97,7 @@ def configure(
     ``max_size`` the most bytes the pool may hold in /dev/shm in all (default: half of
     /dev/shm), ``wait`` how many seconds an allocation may wait for other processes to free
     memory before it raises ``MemoryError`` (default: do not wait), and ``keep`` the warm
-    reserve: how many bytes of freed arrays the pool keeps for reuse (default 256 MiB, at most
+    reserve: how many bytes of freed arrays the pool keeps for reuse (default 512 MiB, at most
     an eighth of /dev/shm; freed memory beyond it goes back to the system at once). The
     environment variables ``PYSHM_SIZE``, ``PYSHM_MAX_SIZE``, ``PYSHM_KEEP`` (``512M``,
     ``2G``, ...) and ``PYSHM_WAIT`` do the same.

@@ -6,7 +6,7 @@
 //!    1); a process that opens the pool reads them there, never from its own options.
 //! 2. The defaults leave room for the rest of the machine: data segments grow up to half of
 //!    /dev/shm (at least 256 MiB), and the warm reserve of freed memory kept for reuse is
-//!    256 MiB or an eighth of /dev/shm, whichever is less.
+//!    512 MiB or an eighth of /dev/shm, whichever is less.
 //!
 //! The one option that is per process is `wait`: how long this process's allocations wait for
 //! other processes to free memory (`Pool::set_wait` changes it later).
@@ -56,12 +56,13 @@ fn default_max_size() -> u64 {
     rustix::fs::statvfs("/dev/shm").map(|s| s.f_blocks * s.f_frsize / 2).unwrap_or(1 << 30).max(256 << 20)
 }
 
-/// The default warm reserve: 256 MiB (W1 of docs/performance.md, a 160 MB result made and
-/// freed per call, keeps its speed with it), at most an eighth of /dev/shm (8 MiB in a 64 MiB
-/// container).
+/// The default warm reserve: 512 MiB, at most an eighth of /dev/shm (8 MiB in a 64 MiB
+/// container). Measured with W1 of docs/performance.md (a 160 MB array made and freed per
+/// call, and with a plain input a second 160 MB copy): it keeps its speed with 2 x 160 MB warm
+/// and loses it below (docs/performance.md, "The warm reserve").
 pub fn default_keep() -> u64 {
     let shm = rustix::fs::statvfs("/dev/shm").map(|s| s.f_blocks * s.f_frsize).unwrap_or(8 << 30);
-    (256 << 20).min(shm / 8)
+    (512 << 20).min(shm / 8)
 }
 
 impl PoolOptions {
