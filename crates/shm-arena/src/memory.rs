@@ -93,7 +93,8 @@ impl Arena {
     }
 
     /// Clears the bits of a block we hold (of at least a page) and punches its pages.
-    /// Returns the bytes punched.
+    /// Returns the bytes given back: the pages whose bits were set (pages reserved with a
+    /// clear bit, left by a death, are punched too but not counted).
     fn give_back(&self, block: Block) -> u64 {
         let (first, count) = Self::pages_of(block, block.size());
         // `pages` invariant 3: clear first, then punch; a crash in between costs a
@@ -105,7 +106,7 @@ impl Arena {
         let offset = self.segment.layout().data_offset + first * PAGE;
         // A failed punch leaves the pages held (bits clear: re-reserved idempotently later).
         match sys::punch(self.segment.fd().as_fd(), offset, count * PAGE) {
-            Ok(()) => count * PAGE,
+            Ok(()) => flipped * PAGE,
             Err(_) => 0,
         }
     }
@@ -172,7 +173,7 @@ impl Arena {
     }
 
     /// The second half of [`Arena::free_and_release`]: punches the parked block's pages and
-    /// frees it. Returns the bytes punched.
+    /// frees it. Returns the bytes given back.
     pub fn release_parked(&self, parked: ParkedBlock) -> u64 {
         let ParkedBlock { block, node, tag } = parked;
         let punched = self.give_back(block);
@@ -184,7 +185,8 @@ impl Arena {
 
     /// Gives back to the system every free page of the arena: claims each vacant block of a
     /// page or more through the ordinary allocation path (largest first, so nobody else can
-    /// use it meanwhile), punches it and frees it again. Returns the bytes punched.
+    /// use it meanwhile), punches it and frees it again. Returns the bytes given back (pages
+    /// that were marked reserved).
     ///
     /// Also empties this handle's cache. While it runs, allocations by others may find the
     /// arena full (their slow path retries after recovering and asking caches back).

@@ -80,7 +80,7 @@ fn reuse_is_warm_and_a_trim_punches_every_free_page() {
     assert_eq!(a.stats().reserved_data_bytes, reserved, "a reused block needs no new pages");
     a.free(again).unwrap();
     // The trim claims and punches every free page-sized region; in-use blocks keep theirs.
-    assert!(a.release_free() >= 7 << 20);
+    assert_eq!(a.release_free(), 7 << 20, "the bytes that were reserved, no more");
     assert_eq!(a.stats().reserved_data_bytes, (1 << 20) + 16 * PAGE);
     assert_eq!(held(&a), meta + (1 << 20) + 16 * PAGE);
     assert_eq!(a.held_bytes(), held(&a), "the count follows the bitmap");

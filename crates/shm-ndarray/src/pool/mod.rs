@@ -292,7 +292,8 @@ impl Pool {
 
     /// Gives the free pages of the data segments back to the system (`Arena::release_free`
     /// on each: free blocks of a page or more are claimed, punched and freed). Returns the
-    /// bytes punched. Metadata segments are left alone (their blocks are swept for headers).
+    /// bytes given back (pages that were reserved). Metadata segments are left alone (their
+    /// blocks are swept for headers).
     ///
     /// While it runs, an allocation in another process may find a data segment full and grow
     /// the pool by a segment (sparse: a few MiB of metadata).
