@@ -14,6 +14,8 @@
 //! 4. `benchmarks/frontends` writes its figures to `target/bench/frontends.json`, and
 //!    `benchmarks/plot.py` draws them to `target/bench/frontends.svg`; the chart in
 //!    `docs/img/frontends.svg` is replaced by hand, from a run on a quiet machine.
+//! 5. `benchmarks/footprint.py` measures what pools hold in /dev/shm beside the stdlib's
+//!    `SharedMemory` in the same run (issue 12's Targets), into `target/bench/footprint.json`.
 //!
 //! Benchmarks report; they do not judge. The figures worth keeping go to docs/performance.md,
 //! with the machine and the date, because this project's machines are shared and noisy.
@@ -25,6 +27,9 @@ use crate::util::{Cmd, Result, Steps};
 
 const THROUGHPUT_EXAMPLE: &str = "crates/shm-arena/examples/bench_throughput.rs";
 const PYTHON_BENCHMARKS: &str = "benchmarks/run.py";
+/// What pools cost /dev/shm against the stdlib (issue 12's Targets).
+const FOOTPRINT: &str = "benchmarks/footprint.py";
+const FOOTPRINT_JSON: &str = "target/bench/footprint.json";
 /// A directory with a `__main__.py`: `python benchmarks/frontends` runs it.
 const FRONTEND_BENCHMARKS: &str = "benchmarks/frontends";
 const PLOT: &str = "benchmarks/plot.py";
@@ -54,6 +59,7 @@ pub(crate) fn run(steps: &mut Steps) -> Result<()> {
         } else {
             steps.skip("python benchmarks", format!("{PYTHON_BENCHMARKS} does not exist yet"));
         }
+        steps.cmd("footprint", &Cmd::new(python::PYTHON).args([FOOTPRINT, "--json", FOOTPRINT_JSON]))?;
         if Path::new(FRONTEND_BENCHMARKS).exists() {
             install_peers(steps)?;
             let bench = Cmd::new(python::PYTHON).args([FRONTEND_BENCHMARKS, "--json", FRONTENDS_JSON]);

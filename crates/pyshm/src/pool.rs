@@ -127,7 +127,8 @@ impl NativePool {
     /// Creates a pool (or opens the one of that name); the pool registered under that name in
     /// this process if there is one (invariant 1).
     #[staticmethod]
-    #[pyo3(signature = (name=None, size=None, max_size=None, wait=None, persistent=None, persist_while_named=false))]
+    #[pyo3(signature = (name=None, size=None, max_size=None, wait=None, persistent=None, persist_while_named=false, keep=None))]
+    #[allow(clippy::too_many_arguments)] // the keyword arguments of pyshm.Pool
     fn create(
         py: Python<'_>,
         name: Option<String>,
@@ -136,6 +137,7 @@ impl NativePool {
         wait: Option<f64>,
         persistent: Option<bool>,
         persist_while_named: bool,
+        keep: Option<u64>,
     ) -> Result<Py<Self>> {
         let mut o = PoolOptions::new().wait(duration(wait)?).persist_while_named(persist_while_named);
         if let Some(n) = name {
@@ -146,6 +148,9 @@ impl NativePool {
         }
         if let Some(m) = max_size {
             o = o.max_size(m);
+        }
+        if let Some(k) = keep {
+            o = o.keep(k);
         }
         if let Some(p) = persistent {
             o = o.persistent(p);
@@ -265,6 +270,10 @@ impl NativePool {
             held: s.held,
             handles_in_flight: s.handles_in_flight,
             token_slots: s.token_slots,
+            live: s.live,
+            warm: s.warm,
+            keep: s.keep,
+            overhead: s.overhead(),
         }
     }
 
@@ -387,7 +396,9 @@ macro_rules! figures {
             }
 
             fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyType>, Bound<'py, PyTuple>)> {
-                Ok((py.get_type::<Self>(), ($(self.$field.clone(),)*).into_pyobject(py)?))
+                // One object per field (a Rust tuple converts only up to 12 elements).
+                let fields = [$(pyo3::IntoPyObjectExt::into_py_any(self.$field.clone(), py)?),*];
+                Ok((py.get_type::<Self>(), PyTuple::new(py, fields)?))
             }
 
             fn __repr__(&self) -> String {
@@ -428,6 +439,14 @@ figures! {
         handles_in_flight: u64,
         /// The pool's transfer token slots: how many handles can be in flight at once.
         token_slots: u64,
+        /// Bytes of array data alive (every array's `nbytes`).
+        live: u64,
+        /// The warm reserve now: bytes of freed arrays' pages kept for reuse.
+        warm: u64,
+        /// The warm reserve's bound (`configure(keep=...)`).
+        keep: u64,
+        /// `held / live` (infinite when nothing is live but memory is held).
+        overhead: f64,
     }
 }
 
@@ -448,8 +467,14 @@ figures! {
     PoolInfo {
         /// The pool's name.
         name: String,
-        /// Bytes its files take.
+        /// Bytes of its files (address space: segments are sparse, see `held`).
         bytes: u64,
+        /// Bytes it holds from /dev/shm.
+        held: u64,
+        /// Bytes of freed arrays' pages kept for reuse (the warm reserve).
+        warm: u64,
+        /// The warm reserve's bound.
+        keep: u64,
         /// Bytes of blocks holding array data.
         used: u64,
         /// Processes registered and alive.
@@ -467,6 +492,9 @@ pub(crate) fn list_pools(py: Python<'_>) -> Vec<PoolInfo> {
         .map(|p| PoolInfo {
             name: p.name,
             bytes: p.bytes,
+            held: p.held,
+            warm: p.warm,
+            keep: p.keep,
             used: p.used,
             live_processes: p.live_processes as u64,
             persistent: p.persistent,

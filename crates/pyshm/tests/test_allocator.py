@@ -160,7 +160,9 @@ def test_resize_grows_in_place_moves_and_shrinks_out_of_the_pool():
 @pytest.mark.parametrize("nbytes", [600_000, 5_000_000])
 def test_zeros_are_zero_in_reused_memory(nbytes):
     capacity = 1 << (nbytes - 1).bit_length()
-    with pyshm.Pool(size=capacity, max_size=capacity) as pool:  # one block: it must be reused
+    # One block, so it must be reused: max_size counts held bytes, one segment's pages and its
+    # metadata (about 20 KiB), and no room for a second segment.
+    with pyshm.Pool(size=capacity, max_size=capacity + (64 << 10)) as pool:
         with allocator(pool=pool):
             a = np.empty(nbytes, dtype=np.uint8)
             a[:] = 7
@@ -313,7 +315,8 @@ def test_a_multiprocessing_child_that_inherited_arrays_releases_only_its_own_hol
 
 
 def test_a_full_pool_falls_back_to_private_memory():
-    with pyshm.Pool(size=1 << 20, max_size=2 << 20) as pool:
+    # max_size counts held bytes: two 1 MiB segments with their metadata (about 20 KiB each).
+    with pyshm.Pool(size=1 << 20, max_size=(2 << 20) + (128 << 10)) as pool:
         with allocator(pool=pool):
             a, b = np.ones(N), np.ones(N)  # one 1 MiB block each: the pool is full
             c = np.ones(N)

@@ -86,7 +86,8 @@ def test_a_killed_parent_leaves_nothing_once_clean_has_run():
 
 
 def test_an_exhausted_pool_raises_memory_error_with_the_numbers():
-    with pyshm.Pool(size=1 << 20, max_size=2 << 20) as pool:
+    # max_size counts held bytes: two 1 MiB segments with their metadata (about 20 KiB each).
+    with pyshm.Pool(size=1 << 20, max_size=(2 << 20) + (128 << 10)) as pool:
         keep = [pool.empty(1 << 20, dtype=np.uint8) for _ in range(2)]
         with pytest.raises(MemoryError) as e:
             pool.empty(1 << 20, dtype=np.uint8)
@@ -197,7 +198,7 @@ def test_the_environment_sets_up_the_default_pool():
             print("full", pyshm.default_pool().wait)
         """
     )
-    env = {**os.environ, "PYSHM_SIZE": "1M", "PYSHM_MAX_SIZE": "2MiB", "PYSHM_WAIT": "0.1"}
+    env = {**os.environ, "PYSHM_SIZE": "1M", "PYSHM_MAX_SIZE": "2176K", "PYSHM_WAIT": "0.1"}
     env.pop("PYSHM_POOL", None)
     out = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, timeout=60, env=env)
     assert out.returncode == 0, out.stderr

@@ -1,6 +1,9 @@
 """What the pool costs /dev/shm: ``stats().held`` and ``trim()``."""
 
+import os
+
 import numpy as np
+import pytest
 
 import pyshm
 
@@ -29,3 +32,41 @@ def test_module_level_trim_uses_the_default_pool():
     del a
     assert pyshm.trim() >= 0
     assert pyshm.stats().held > 0
+
+
+def test_freed_memory_beyond_keep_goes_back_without_a_call():
+    keep = 8 << 20
+    with pyshm.Pool(keep=keep) as pool:
+        arrays = [pool.full(4 << 20, 3, dtype=np.uint8) for _ in range(6)]
+        s = pool.stats()
+        assert (s.live, s.keep) == (24 << 20, keep)
+        assert 1.0 <= s.overhead < 1.2, s
+        del arrays
+        s = pool.stats()
+        assert s.live == 0 and s.warm <= keep, s
+        assert s.held <= keep + (4 << 20), s
+        pool.trim()
+        s = pool.stats()
+        assert s.warm == 0 and s.held <= 4 << 20, s
+        pool.check()
+
+
+def test_keep_is_configurable_and_checked(tmp_path):
+    import subprocess
+    import sys
+
+    with pytest.raises(ValueError, match="keep"):
+        pyshm.Pool(keep=-1)
+    with pytest.raises(ValueError, match="keep"):
+        pyshm.configure(keep=-1)
+    with pyshm.Pool(keep=0) as pool:
+        a = pool.full(1 << 20, 1, dtype=np.uint8)
+        del a
+        assert pool.stats().warm == 0, "keep=0: every free gives its pages back"
+    # PYSHM_KEEP sets the default pool's (0 allowed).
+    code = "import pyshm; print(pyshm.stats().keep)"
+    env = {**os.environ, "PYSHM_KEEP": "3M"}
+    env.pop("PYSHM_POOL", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) == 3 << 20

@@ -57,7 +57,7 @@ def test_the_cli_lists_pools_and_cleans_only_dead_ones():
     pyshm.empty(10)
     name = pyshm.default_pool().name
     ls = subprocess.run([PYTHON, "-m", "pyshm", "ls"], capture_output=True, text=True, timeout=60)
-    assert ls.returncode == 0 and name in ls.stdout and "LIVE" in ls.stdout
+    assert ls.returncode == 0 and name in ls.stdout and "PROCS" in ls.stdout
     clean = subprocess.run([PYTHON, "-m", "pyshm", "clean"], capture_output=True, text=True, timeout=60)
     assert clean.returncode == 0 and name not in clean.stdout
     assert any(e.startswith(f"pyshm-{name}") for e in shm_entries())

@@ -109,6 +109,7 @@ pub use arena::{Arena, ArenaStats, CheckError, Recovery};
 pub use block::Block;
 pub use error::{AllocError, BlockError, CreateError, OpenError, RegisterError};
 pub use layout::LayoutError;
+pub use memory::ParkedBlock;
 pub use options::{
     ArenaOptions, OpenOptions, DEFAULT_MIN_BLOCK, DEFAULT_NAME_PREFIX, DEFAULT_OPEN_WAIT, DEFAULT_OWNER_SLOTS,
 };

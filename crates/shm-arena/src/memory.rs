@@ -19,8 +19,19 @@ use crate::layout::PAGE;
 use crate::pages::PageBits;
 use crate::sync::SharedU32;
 use crate::sys;
-use crate::tree::BlockStateError;
+use crate::tree::{BlockStateError, NodeRef};
+use core::sync::atomic::Ordering::Relaxed;
 use std::os::fd::AsFd;
+
+/// A block parked by [`Arena::park_to_release`], to be given back by [`Arena::release_parked`]
+/// (if dropped instead, it stays parked until this process's blocks are recovered).
+#[must_use = "release it with Arena::release_parked"]
+#[derive(Debug)]
+pub struct ParkedBlock {
+    block: Block,
+    node: NodeRef,
+    tag: u16,
+}
 
 impl Arena {
     pub(crate) fn page_bits(&self) -> PageBits<'_, [SharedU32]> {
@@ -56,7 +67,9 @@ impl Arena {
         let offset = self.segment.layout().data_offset + first * PAGE;
         match sys::reserve(self.segment.fd().as_fd(), offset, count * PAGE) {
             Ok(()) => {
-                self.page_bits().set(first, count);
+                let flipped = self.page_bits().set(first, count);
+                // Relaxed: a count for policy (`pages` invariant 5), ordered by nothing.
+                self.segment.reserved_pages_word().fetch_add(flipped, Relaxed);
                 Ok(block)
             }
             Err(e) => {
@@ -80,16 +93,20 @@ impl Arena {
     }
 
     /// Clears the bits of a block we hold (of at least a page) and punches its pages.
-    /// Returns the bytes punched.
+    /// Returns the bytes given back: the pages whose bits were set (pages reserved with a
+    /// clear bit, left by a death, are punched too but not counted).
     fn give_back(&self, block: Block) -> u64 {
         let (first, count) = Self::pages_of(block, block.size());
         // `pages` invariant 3: clear first, then punch; a crash in between costs a
         // re-reservation later, never a SIGBUS.
-        self.page_bits().clear(first, count);
+        let flipped = self.page_bits().clear(first, count);
+        // Relaxed: as in `reserve_slow`. Saturating: a count left high by a dead process is
+        // only a hint (`pages` invariant 5).
+        let _ = self.segment.reserved_pages_word().fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(flipped)));
         let offset = self.segment.layout().data_offset + first * PAGE;
         // A failed punch leaves the pages held (bits clear: re-reserved idempotently later).
         match sys::punch(self.segment.fd().as_fd(), offset, count * PAGE) {
-            Ok(()) => count * PAGE,
+            Ok(()) => flipped * PAGE,
             Err(_) => 0,
         }
     }
@@ -120,29 +137,56 @@ impl Arena {
     /// # }
     /// ```
     pub fn free_and_release(&self, block: Block) -> Result<(), BlockError> {
+        if let Some(parked) = self.park_to_release(block)? {
+            self.release_parked(parked);
+        }
+        Ok(())
+    }
+
+    /// The first half of [`Arena::free_and_release`]: takes `block` back from whoever owns it
+    /// into this process's keeping (parked: allocatable by no one, and recovered with this
+    /// process if it dies, like a cached block). Returns `None` when the block was simply freed
+    /// (smaller than a page, or a wholly reserved arena: nothing to give back).
+    ///
+    /// Parking is one atomic step of the tree; the punch is the slow part, so a caller that
+    /// must finish other work first (the pool clears the array's header) parks, does it, and
+    /// then calls [`Arena::release_parked`].
+    ///
+    /// # Errors
+    ///
+    /// As for [`Arena::free`]; nothing is changed then.
+    pub fn park_to_release(&self, block: Block) -> Result<Option<ParkedBlock>, BlockError> {
         if block.size() < PAGE || self.segment.whole_reserved() {
-            return self.free(block);
+            return self.free(block).map(|()| None);
         }
         let r = self.node_of(block)?;
         let tag = self.tag().map_err(|_| BlockError::State(BlockStateError::NotAllocated { index: r.index }))?;
-        let tree = self.tree();
-        let owners = self.owners();
         // Claim it first (the tree's atomic step that refuses a double free): parked under our
         // tag it is allocatable by no one, and recovered with us if we die (invariant 4).
-        let parked = tree.park(r, tag)?;
+        let parked = self.tree().park(r, tag)?;
         if parked.previous_owner != tag {
+            let owners = self.owners();
             owners.account(parked.previous_owner, -(block.size() as i64));
             owners.account(tag, block.size() as i64);
         }
-        self.give_back(block);
-        tree.free_parked(r, tag)?;
-        owners.account(tag, -(block.size() as i64));
-        Ok(())
+        Ok(Some(ParkedBlock { block, node: r, tag }))
+    }
+
+    /// The second half of [`Arena::free_and_release`]: punches the parked block's pages and
+    /// frees it. Returns the bytes given back.
+    pub fn release_parked(&self, parked: ParkedBlock) -> u64 {
+        let ParkedBlock { block, node, tag } = parked;
+        let punched = self.give_back(block);
+        if self.tree().free_parked(node, tag).is_ok() {
+            self.owners().account(tag, -(block.size() as i64));
+        }
+        punched
     }
 
     /// Gives back to the system every free page of the arena: claims each vacant block of a
     /// page or more through the ordinary allocation path (largest first, so nobody else can
-    /// use it meanwhile), punches it and frees it again. Returns the bytes punched.
+    /// use it meanwhile), punches it and frees it again. Returns the bytes given back (pages
+    /// that were marked reserved).
     ///
     /// Also empties this handle's cache. While it runs, allocations by others may find the
     /// arena full (their slow path retries after recovering and asking caches back).
@@ -175,6 +219,24 @@ impl Arena {
             }
         }
         punched
+    }
+
+    /// Bytes this arena holds from the system by its count: metadata plus the reserved-page
+    /// count kept beside the bitmap (one load, for policies on hot paths). Exact unless a
+    /// process died between flipping bits and counting them; [`Arena::stats`] walks the
+    /// bitmap instead.
+    #[inline]
+    pub fn held_bytes(&self) -> u64 {
+        let l = self.segment.layout();
+        if self.segment.whole_reserved() {
+            return l.segment_size;
+        }
+        l.metadata_bytes() + self.segment.reserved_pages_word().load(Relaxed) * PAGE
+    }
+
+    /// Bytes of metadata (header to bitmap, rounded to a page), reserved at creation.
+    pub fn metadata_bytes(&self) -> u64 {
+        self.segment.layout().metadata_bytes()
     }
 
     /// Bytes of the data region marked reserved (a walk of the bitmap).

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::arena::{tree_of, Arena};
 use crate::error::CreateError;
-use crate::layout::Layout;
+use crate::layout::{Layout, LayoutError};
 use crate::segment::{Segment, SegmentName};
 
 /// Prefix of a random segment name when [`ArenaOptions::name_prefix`] is not set. It is the
@@ -129,6 +129,18 @@ impl ArenaOptions {
 
     fn layout(&self) -> Result<Layout, CreateError> {
         Ok(Layout::new(self.min_block, self.capacity, self.owner_slots)?)
+    }
+
+    /// Bytes an arena made with these options holds from the system at creation (its
+    /// metadata: header, owner table, tree and bitmap, rounded to a page), before any block
+    /// is handed out. All of the segment for [`ArenaOptions::reserve_whole`].
+    ///
+    /// # Errors
+    ///
+    /// [`LayoutError`] for a geometry `create` would refuse.
+    pub fn held_at_creation(&self) -> Result<u64, LayoutError> {
+        let layout = Layout::new(self.min_block, self.capacity, self.owner_slots)?;
+        Ok(if self.reserve_whole { layout.segment_size } else { layout.metadata_bytes() })
     }
 
     /// Creates a named segment (`/dev/shm/<name>`) that other processes can [`Arena::open`].

@@ -16,6 +16,11 @@
 //!    clear before the next owner's check.
 //! 4. Blocks smaller than a page share their page: they only ever set its bit (a reservation
 //!    by two neighbours at once is two idempotent `fallocate`s), never clear it.
+//! 5. The segment's reserved-page count follows the bits: whoever flips bits adds (or
+//!    subtracts) exactly the bits it flipped, known from the `fetch_or`/`fetch_and` results.
+//!    It is a hint for the pool's give-back policy, never for safety: a process killed
+//!    between flipping and counting leaves it off by those pages (`Arena::stats` walks the
+//!    bitmap instead).
 
 use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
@@ -71,18 +76,16 @@ impl<'a, W: AtomicWords + ?Sized> PageBits<'a, W> {
     }
 
     /// Marks `[first, first + count)` reserved; call only after reserving them (invariant 2).
-    pub fn set(&self, first: u64, count: u64) {
-        for (w, m) in masks(first, count) {
-            self.words.fetch_or(w, m, Release);
-        }
+    /// Returns how many bits were clear before (invariant 5).
+    pub fn set(&self, first: u64, count: u64) -> u64 {
+        masks(first, count).map(|(w, m)| u64::from((!self.words.fetch_or(w, m, Release) & m).count_ones())).sum()
     }
 
     /// Marks `[first, first + count)` not reserved, before punching them (invariant 3).
     /// Relaxed: the pages are the caller's alone; the block's free in the tree publishes it.
-    pub fn clear(&self, first: u64, count: u64) {
-        for (w, m) in masks(first, count) {
-            self.words.fetch_and(w, !m, Relaxed);
-        }
+    /// Returns how many bits were set before (invariant 5).
+    pub fn clear(&self, first: u64, count: u64) -> u64 {
+        masks(first, count).map(|(w, m)| u64::from((self.words.fetch_and(w, !m, Relaxed) & m).count_ones())).sum()
     }
 
     /// Pages marked reserved among the first `pages` (a walk; approximate while others work).
@@ -110,11 +113,14 @@ mod tests {
         let w = words(4);
         let bits = PageBits::new(&w[..]);
         assert!(!bits.all_set(3, 70));
-        bits.set(3, 70);
+        assert_eq!(bits.set(3, 70), 70);
+        assert_eq!(bits.set(0, 10), 3, "only the bits that flip are counted");
+        bits.clear(0, 3);
         assert!(bits.all_set(3, 70) && bits.all_set(40, 1));
         assert!(!bits.all_set(2, 2) && !bits.all_set(72, 2));
         assert_eq!(bits.count(128), 70);
-        bits.clear(10, 20);
+        assert_eq!(bits.clear(10, 20), 20);
+        assert_eq!(bits.clear(10, 20), 0);
         assert!(!bits.all_set(3, 70) && bits.all_set(30, 43));
         assert_eq!(bits.count(128), 50);
         assert!(bits.all_set(0, 0), "an empty range is trivially reserved");

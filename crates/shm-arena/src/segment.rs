@@ -31,6 +31,8 @@
 //! 520  root word (u64): free for the layer above (e.g. the block holding its own directory)
 //! 528  trim epoch (u32): bumped by an allocation that failed; every handle empties its cache
 //!      when it sees a new value (zero in a new segment)
+//! 536  reserved-page count (u64): the bitmap's set bits, counted as they flip (zero in a new
+//!      segment; a hint for give-back policy, the bitmap stays the truth: `pages` invariant 5)
 //! ```
 
 use std::os::fd::{AsFd, OwnedFd};
@@ -56,6 +58,7 @@ const READY: u32 = 0x5245_4459; // "READY" in spirit: any non-zero value other t
 const INIT_OFFSET: usize = 512;
 const ROOT_OFFSET: usize = 520;
 const TRIM_OFFSET: usize = 528;
+const RESERVED_OFFSET: usize = 536;
 /// Longest name: `NAME_MAX`, the longest file name in `/dev/shm`.
 const MAX_NAME_LEN: usize = 255;
 
@@ -86,6 +89,8 @@ const _: () = assert!(std::mem::size_of::<ImmutableHeader>() <= INIT_OFFSET);
 const _: () = assert!(std::mem::size_of::<ImmutableHeader>() == 112);
 const _: () =
     assert!(ROOT_OFFSET % 8 == 0 && ROOT_OFFSET + 8 <= TRIM_OFFSET && TRIM_OFFSET + 4 <= HEADER_SIZE as usize);
+const _: () = assert!(RESERVED_OFFSET % 8 == 0 && TRIM_OFFSET + 4 <= RESERVED_OFFSET);
+const _: () = assert!(RESERVED_OFFSET + 8 <= HEADER_SIZE as usize);
 
 impl ImmutableHeader {
     fn new(layout: &Layout, segment_id: [u8; 16], creator: u64, flags: u32) -> Self {
@@ -500,6 +505,12 @@ impl Segment {
     pub(crate) fn trim_word(&self) -> &SharedU32 {
         // SAFETY: as for `init_word`, at TRIM_OFFSET (4-byte aligned, inside the header page).
         unsafe { &*self.base().as_ptr().wrapping_add(TRIM_OFFSET).cast::<SharedU32>() }
+    }
+
+    /// The reserved-page count (see the module doc's header page).
+    pub(crate) fn reserved_pages_word(&self) -> &SharedU64 {
+        // SAFETY: as for `init_word`, at RESERVED_OFFSET (8-byte aligned, inside the header page).
+        unsafe { &*self.base().as_ptr().wrapping_add(RESERVED_OFFSET).cast::<SharedU64>() }
     }
 
     /// `count` atomic words of `T` at `offset`.

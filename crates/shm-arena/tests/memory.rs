@@ -69,6 +69,9 @@ fn reuse_is_warm_and_a_trim_punches_every_free_page() {
     }
     let reserved = a.stats().reserved_data_bytes;
     assert_eq!(reserved, (8 << 20) + 16 * PAGE, "64 blocks of 1 KiB share 16 pages");
+    assert_eq!(a.held_bytes(), meta + reserved);
+    // Another handle (another process) reads the same count.
+    assert_eq!(Arena::open(a.name().unwrap()).unwrap().held_bytes(), meta + reserved);
     for b in blocks.iter().skip(1) {
         a.free(*b).unwrap(); // a plain free keeps the pages (the warm reserve)
     }
@@ -77,9 +80,10 @@ fn reuse_is_warm_and_a_trim_punches_every_free_page() {
     assert_eq!(a.stats().reserved_data_bytes, reserved, "a reused block needs no new pages");
     a.free(again).unwrap();
     // The trim claims and punches every free page-sized region; in-use blocks keep theirs.
-    assert!(a.release_free() >= 7 << 20);
+    assert_eq!(a.release_free(), 7 << 20, "the bytes that were reserved, no more");
     assert_eq!(a.stats().reserved_data_bytes, (1 << 20) + 16 * PAGE);
     assert_eq!(held(&a), meta + (1 << 20) + 16 * PAGE);
+    assert_eq!(a.held_bytes(), held(&a), "the count follows the bitmap");
     a.check().unwrap();
     // What is still in use kept its bytes.
     // SAFETY: nobody writes the block meanwhile.
@@ -91,6 +95,7 @@ fn reuse_is_warm_and_a_trim_punches_every_free_page() {
     a.release_free();
     assert_eq!(a.stats().reserved_data_bytes, 0);
     assert_eq!(held(&a), meta);
+    assert_eq!(a.held_bytes(), meta);
     a.check().unwrap();
 }
 
@@ -99,6 +104,7 @@ fn whole_reservation_is_still_available() {
     let a = ArenaOptions::new(4 << 20).reserve_whole(true).create().unwrap();
     let _g = Unlink(a.name().unwrap().to_owned());
     assert_eq!(held(&a), a.segment_size());
+    assert_eq!(a.held_bytes(), a.segment_size());
     assert_eq!(a.stats().reserved_data_bytes, a.segment_size() - a.stats().metadata_bytes);
     let b = a.alloc(1 << 20).unwrap();
     a.free_and_release(b).unwrap();

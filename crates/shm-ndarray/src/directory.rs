@@ -65,8 +65,19 @@ pub(crate) struct DirHeader {
     pub(crate) freed: Event,
     /// The creator's pid namespace (invariant 5).
     pub(crate) pid_namespace: SharedU64,
-    pub(crate) reserved: [SharedU64; 15],
+    /// The warm reserve's bound, `KEEP_SET | bytes` (zero in a directory made before `keep`
+    /// existed: the default applies). Written by the creator.
+    pub(crate) keep: SharedU64,
+    /// Bytes of data pages that live arrays use: each array outside a metadata segment adds its
+    /// data length rounded up to a page when it is made and takes it off when it is freed. A
+    /// count for the give-back policy (pool invariant 8), not for safety: a process killed
+    /// between allocating and counting leaves it off.
+    pub(crate) live_data: SharedU64,
+    pub(crate) reserved: [SharedU64; 13],
 }
+
+/// Marks the `keep` word as written.
+pub(crate) const KEEP_SET: u64 = 1 << 63;
 
 const _: () = assert!(core::mem::size_of::<DirHeader>() <= 256);
 

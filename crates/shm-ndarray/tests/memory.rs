@@ -98,3 +98,81 @@ fn trim_gives_freed_arrays_pages_back() {
     assert!(again.to_vec().iter().all(|x| *x == 0));
     pool.check().unwrap();
 }
+
+/// An array of `shape` bytes, every one `value` (every page touched).
+fn full(pool: &Pool, shape: &[u64], value: u8) -> ShmArray<u8> {
+    let mut a = ShmArray::<u8>::zeros(pool, shape).unwrap();
+    a.as_slice_mut().unwrap().fill(value);
+    a
+}
+
+/// Held bytes of the data pages: what the warm reserve is about.
+fn data_held(pool: &Pool, fresh: u64) -> u64 {
+    pool.stats().held.saturating_sub(fresh)
+}
+
+#[test]
+fn freed_data_beyond_keep_goes_back_at_once_and_trim_takes_the_rest() {
+    let keep = 8u64 << 20;
+    let pool = Pool::create(&PoolOptions::new().keep(keep)).unwrap();
+    // A data segment exists (its metadata is part of the floor).
+    drop(ShmArray::<u8>::zeros(&pool, &[8192]).unwrap());
+    pool.trim();
+    let floor = pool.stats().held;
+    let arrays: Vec<_> = (0..6).map(|_| full(&pool, &[4 << 20], 7)).collect();
+    let s = pool.stats();
+    assert_eq!((s.live, s.keep), (24 << 20, keep));
+    assert!(s.overhead() >= 1.0 && s.overhead() < 1.2, "{s:?}");
+    assert!(data_held(&pool, floor) >= 24 << 20);
+    drop(arrays);
+    // No call: the frees themselves kept at most `keep` (one 4 MiB block over is given back).
+    let s = pool.stats();
+    assert_eq!(s.live, 0);
+    assert!(s.warm <= keep, "{s:?}");
+    assert!(data_held(&pool, floor) <= keep, "held {} over the floor {floor}", s.held);
+    // The warm reserve is warm: making and freeing an array again and again reserves nothing
+    // new after the first time.
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        drop(full(&pool, &[4 << 20], 1));
+        held.push(pool.stats().held);
+    }
+    assert!(held.windows(2).all(|w| w[0] == w[1]), "a reused block needs no new pages: {held:?}");
+    // A large array (a segment of its own) is given back as soon as it is freed.
+    let large = full(&pool, &[100 << 20], 1);
+    drop(large);
+    assert!(pool.stats().warm <= keep, "{:?}", pool.stats());
+    // trim gives back the warm reserve too.
+    pool.trim();
+    let s = pool.stats();
+    assert_eq!(s.warm, 0, "{s:?}");
+    assert!(s.held <= 4 << 20, "after trim the pool holds {} bytes", s.held);
+    pool.check().unwrap();
+}
+
+#[test]
+fn a_process_killed_while_giving_memory_back_leaves_a_consistent_pool() {
+    // keep = 0: every free of a data block punches, so a kill lands inside give-back often.
+    let pool = Pool::create(&PoolOptions::new().keep(0)).unwrap();
+    for round in 0..8u64 {
+        let pid = shm_testkit::fork(|| loop {
+            let a = full(&pool, &[3 << 20], 9);
+            let b = full(&pool, &[70_000], 9);
+            drop((a, b));
+        });
+        std::thread::sleep(Duration::from_millis(20 + 13 * round));
+        shm_testkit::kill(pid); // asserts it died of SIGKILL, not a panic or a SIGBUS
+    }
+    pool.collect();
+    pool.check().unwrap();
+    // Every page handed out is usable (no SIGBUS: set bits mean reserved pages), and the
+    // memory is all there again.
+    let arrays: Vec<_> = (0..8).map(|_| full(&pool, &[3 << 20], 5)).collect();
+    assert!(arrays.iter().all(|a| a.to_vec().iter().all(|x| *x == 5)));
+    drop(arrays);
+    pool.trim();
+    let s = pool.stats();
+    assert_eq!((s.live, s.arrays), (0, 0), "{s:?}");
+    assert!(s.held <= 4 << 20, "after trim the pool holds {} bytes", s.held);
+    pool.check().unwrap();
+}

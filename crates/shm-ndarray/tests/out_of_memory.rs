@@ -6,6 +6,10 @@ use std::time::Duration;
 
 use shm_ndarray::{ArrayError, DType, Pool, PoolOptions, ShmArray};
 
+/// `max_size` for one 1 MiB data segment: `max_size` counts held bytes, the segment's data
+/// pages and its metadata (about 20 KiB), but not a 16 MiB metadata segment's (1 MiB of tree).
+const ONE_SEGMENT: u64 = (1 << 20) + (32 << 10);
+
 /// 1 MiB data segments, up to 8 MiB.
 fn one_mib_segments() -> PoolOptions {
     PoolOptions::new().segment_capacity(1 << 20).max_size(8 << 20)
@@ -13,7 +17,7 @@ fn one_mib_segments() -> PoolOptions {
 
 #[test]
 fn a_full_pool_fails_with_numbers_or_waits_for_a_free() {
-    let pool = Pool::create(&PoolOptions::new().segment_capacity(1 << 20).max_size(1 << 20)).unwrap();
+    let pool = Pool::create(&PoolOptions::new().segment_capacity(1 << 20).max_size(ONE_SEGMENT)).unwrap();
     let a = ShmArray::<u8>::zeros(&pool, &[1 << 20]).unwrap();
     // (Arrays of 4 KiB or less live in the metadata segment: take a larger one.)
     match ShmArray::<u8>::zeros(&pool, &[8192]) {
@@ -26,7 +30,7 @@ fn a_full_pool_fails_with_numbers_or_waits_for_a_free() {
     assert!(err.contains("max_size") && err.contains("/dev/shm"), "says how to fix it: {err}");
     // With waiting, a free by another process (here, a thread) lets the allocation through.
     let waiting = Pool::create(
-        &PoolOptions::new().segment_capacity(1 << 20).max_size(1 << 20).wait(Some(Duration::from_secs(10))),
+        &PoolOptions::new().segment_capacity(1 << 20).max_size(ONE_SEGMENT).wait(Some(Duration::from_secs(10))),
     )
     .unwrap();
     let big = ShmArray::<u8>::zeros(&waiting, &[1 << 20]).unwrap();
@@ -58,7 +62,7 @@ fn the_pool_grows_by_segments_up_to_its_limit() {
 
 #[test]
 fn an_allocation_does_not_spin_on_a_half_created_segment() {
-    let pool = Pool::create(&one_mib_segments().max_size(1 << 20).wait(Some(Duration::from_millis(200)))).unwrap();
+    let pool = Pool::create(&one_mib_segments().max_size(ONE_SEGMENT).wait(Some(Duration::from_millis(200)))).unwrap();
     let _fill = pool.empty(&DType::of::<u8>(), &[1 << 20], false).unwrap();
     // An empty object where pools used to grow next (what a process SIGKILLed inside segment
     // creation left, or another user planted): growth draws random names now, and must not
@@ -81,7 +85,10 @@ fn an_allocation_does_not_spin_on_a_half_created_segment() {
 #[test]
 fn a_free_reaches_a_waiter_even_from_a_small_cached_block() {
     let pool = Pool::create(
-        &PoolOptions::new().segment_capacity(1 << 16).max_size(1 << 16).wait(Some(Duration::from_secs(10))),
+        &PoolOptions::new()
+            .segment_capacity(1 << 16)
+            .max_size((1 << 16) + (32 << 10))
+            .wait(Some(Duration::from_secs(10))),
     )
     .unwrap();
     let big = pool.empty(&DType::of::<u8>(), &[1 << 16], false).unwrap();
@@ -101,13 +108,14 @@ fn a_free_reaches_a_waiter_even_from_a_small_cached_block() {
 #[test]
 fn an_allocation_that_finds_no_room_takes_back_this_processes_renewed_blocks() {
     // A full metadata segment whose only free room is blocks this process renewed must still
-    // serve an array of another size. (The pool cannot grow: a metadata segment takes 16 MiB.)
-    let pool = Pool::create(&PoolOptions::new().segment_capacity(1 << 20).max_size(1 << 20)).unwrap();
+    // serve an array of another size. (The pool cannot grow: a new metadata segment holds about
+    // 1 MiB of tree at creation, more than max_size.)
+    let pool = Pool::create(&PoolOptions::new().segment_capacity(1 << 20).max_size(512 << 10)).unwrap();
     let before = pool.stats();
     let mut big = Vec::new();
     while let Ok(a) = ShmArray::<u8>::zeros(&pool, &[3000]) {
         big.push(a); // 4 KiB blocks
-        assert!(big.len() <= 5000, "the metadata segment never filled up");
+        assert!(big.len() <= 5000, "the metadata segment never filled up: {:?}", pool.stats());
     }
     // Fill what is left with smaller blocks (1 byte of data: a 256-byte block each).
     let mut filler = Vec::new();

@@ -47,11 +47,16 @@ def cmd_ls() -> int:
     if not pools:
         print("no pyshm pools in /dev/shm")
         return 0
-    print(f"{'NAME':<40} {'SIZE':>10} {'USED':>10} {'LIVE':>5}  PERSISTENT")
+    # HELD is what the pool costs /dev/shm; SIZE (its files' length) is sparse address space.
+    print(
+        f"{'NAME':<34} {'HELD':>10} {'USED':>10} {'WARM':>10} {'KEEP':>10} {'HELD/USED':>9} {'SIZE':>10} "
+        f"{'PROCS':>5}  PERSISTENT"
+    )
     for p in sorted(pools, key=lambda p: p.name):
+        ratio = f"{p.held / p.used:.2f}" if p.used else "-"
         print(
-            f"{p.name:<40} {_size(p.bytes):>10} {_size(p.used):>10} {p.live_processes:>5}  "
-            f"{'yes' if p.persistent else 'no'}"
+            f"{p.name:<34} {_size(p.held):>10} {_size(p.used):>10} {_size(p.warm):>10} {_size(p.keep):>10} "
+            f"{ratio:>9} {_size(p.bytes):>10} {p.live_processes:>5}  {'yes' if p.persistent else 'no'}"
         )
     return 0
 
@@ -77,7 +82,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog=program_name(sys.argv[0]), description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("ls", help="list pools: name, size, bytes used, live processes")
+    sub.add_parser("ls", help="list pools: name, bytes held, used and kept warm, live processes")
     clean = sub.add_parser("clean", help="remove pools whose processes are all dead (never a live one)")
     clean.add_argument("--persistent", action="store_true", help="also remove dead persistent (named) pools")
     sub.add_parser("demo", help="send arrays to worker processes and show what it costs")

@@ -222,6 +222,8 @@ class Pool(_Constructors):
     capacity of each data segment, ``max_size`` the most bytes the pool may take in /dev/shm,
     ``wait`` how long an allocation may wait for other processes to free memory. A named pool
     is persistent (it outlives its processes until unlinked) unless ``persistent=False``.
+    ``keep`` bounds the warm reserve: bytes of freed arrays kept for reuse (default 512 MiB,
+    at most an eighth of /dev/shm); freed memory beyond it is given back to the system at once.
 
     Used as a context manager, the pool is closed on exit (see :meth:`close`). It has the
     module's constructors as methods: ``pool.empty(...)``, ``pool.zeros(...)``, and so on.
@@ -235,8 +237,13 @@ class Pool(_Constructors):
         wait: Optional[float] = None,
         *,
         persistent: Optional[bool] = None,
+        keep: Optional[int] = None,
     ) -> None:
-        self._native = _pools.track(NativePool.create(name, size, max_size, wait, persistent))
+        if keep is not None and (not isinstance(keep, (int, np.integer)) or keep < 0):
+            raise ValueError(f"keep must be a non-negative number of bytes, not {keep!r}")
+        self._native = _pools.track(
+            NativePool.create(name, size, max_size, wait, persistent, keep=None if keep is None else int(keep))
+        )
         if wait is not None:
             self._native.wait = float(wait)
         self._closed = False
@@ -261,7 +268,7 @@ class Pool(_Constructors):
         self._native.wait = seconds
 
     def stats(self) -> PoolStats:
-        """Capacity, use, free space, largest free block, arrays, segments and processes."""
+        """Capacity, use, held and live bytes, the warm reserve, arrays, segments and processes."""
         return self._native.stats()
 
     def collect(self) -> CollectReport:

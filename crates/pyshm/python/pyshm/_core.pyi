@@ -346,6 +346,8 @@ class Pool(_Constructors):
     capacity of each data segment, ``max_size`` the most bytes the pool may take in /dev/shm,
     ``wait`` how long an allocation may wait for other processes to free memory. A named pool
     is persistent (it outlives its processes until unlinked) unless ``persistent=False``.
+    ``keep`` bounds the warm reserve: bytes of freed arrays kept for reuse (default 512 MiB,
+    at most an eighth of /dev/shm); freed memory beyond it is given back to the system at once.
 
     Used as a context manager, the pool is closed on exit (see :meth:`close`). It has the
     module's constructors as methods: ``pool.empty(...)``, ``pool.zeros(...)``, and so on.
@@ -361,6 +363,7 @@ class Pool(_Constructors):
         wait: Optional[float] = None,
         *,
         persistent: Optional[bool] = None,
+        keep: Optional[int] = None,
     ) -> None: ...
     @classmethod
     def open(cls, name: str) -> Pool:
@@ -374,7 +377,7 @@ class Pool(_Constructors):
     @wait.setter
     def wait(self, seconds: Optional[float]) -> None: ...
     def stats(self) -> PoolStats:
-        """Capacity, use, free space, largest free block, arrays, segments and processes."""
+        """Capacity, use, held and live bytes, the warm reserve, arrays, segments and processes."""
     def collect(self) -> CollectReport:
         """Reclaim what dead processes held (this also runs by itself when memory runs out)."""
     def trim(self) -> int:

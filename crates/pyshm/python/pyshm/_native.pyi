@@ -83,6 +83,10 @@ class PoolStats:
         held: int,
         handles_in_flight: int,
         token_slots: int,
+        live: int,
+        warm: int,
+        keep: int,
+        overhead: float,
     ) -> PoolStats:
         """The figures, in this order (as pickling passes them)."""
     @property
@@ -118,6 +122,18 @@ class PoolStats:
     @property
     def token_slots(self) -> int:
         """The pool's transfer token slots: how many handles can be in flight at once."""
+    @property
+    def live(self) -> int:
+        """Bytes of array data alive (every array's ``nbytes``)."""
+    @property
+    def warm(self) -> int:
+        """The warm reserve now: bytes of freed arrays' pages kept for reuse."""
+    @property
+    def keep(self) -> int:
+        """The warm reserve's bound (``configure(keep=...)``)."""
+    @property
+    def overhead(self) -> float:
+        """``held / live`` (infinite when nothing is live but memory is held)."""
 
 @final
 class CollectReport:
@@ -139,14 +155,25 @@ class CollectReport:
 class PoolInfo:
     """A pool found in /dev/shm by ``list_pools``."""
 
-    def __new__(cls, name: str, bytes: int, used: int, live_processes: int, persistent: bool) -> PoolInfo:
+    def __new__(
+        cls, name: str, bytes: int, held: int, warm: int, keep: int, used: int, live_processes: int, persistent: bool
+    ) -> PoolInfo:
         """The fields, in this order (as pickling passes them)."""
     @property
     def name(self) -> str:
         """The pool's name (its files are ``pyshm-<name>`` and ``pyshm-<name>-<suffix>``)."""
     @property
     def bytes(self) -> int:
-        """Bytes of its files in /dev/shm."""
+        """Bytes of its files in /dev/shm (address space: segments are sparse, see ``held``)."""
+    @property
+    def held(self) -> int:
+        """Bytes it holds from /dev/shm."""
+    @property
+    def warm(self) -> int:
+        """Bytes of freed arrays' pages kept for reuse (the warm reserve)."""
+    @property
+    def keep(self) -> int:
+        """The warm reserve's bound."""
     @property
     def used(self) -> int:
         """Bytes of blocks holding array data."""
@@ -202,6 +229,7 @@ class NativePool:
         wait: Optional[float] = None,
         persistent: Optional[bool] = None,
         persist_while_named: bool = False,
+        keep: Optional[int] = None,
     ) -> NativePool:
         """Create a pool (or open the one of that name); the one registered here if there is one."""
     @staticmethod
@@ -237,7 +265,7 @@ class NativePool:
     def collect(self) -> CollectReport:
         """Free what dead processes held; return what it did."""
     def trim(self) -> int:
-        """Give the pages of free blocks of data segments back to the OS; return how many bytes."""
+        """Give the free pages of the data segments back to the system; return the bytes."""
     def check(self) -> None:
         """Check every segment's allocator; RuntimeError on a violation."""
     def publish(self, name: str, arr: NDArray[Any]) -> None:

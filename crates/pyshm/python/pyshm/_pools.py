@@ -41,7 +41,7 @@ lock = threading.RLock()
 default: Optional[NativePool] = None
 """The default pool once it exists (read without the lock on the hot path)."""
 
-_config: dict[str, Any] = {"size": None, "max_size": None, "wait": None}
+_config: dict[str, Any] = {"size": None, "max_size": None, "wait": None, "keep": None}
 
 new_pool_hooks: list[Callable[[], None]] = []
 """Called after each pool this process opens (``_pickle`` adds loky's registration)."""
@@ -51,8 +51,8 @@ new_pool_hooks: list[Callable[[], None]] = []
 # Sizes from the environment
 
 
-def parse_size(text: str, what: str) -> int:
-    """``"512M"``, ``"2G"``, ``"1048576"`` -> bytes."""
+def parse_size(text: str, what: str, zero: bool = False) -> int:
+    """``"512M"``, ``"2G"``, ``"1048576"`` -> bytes (``zero``: 0 is allowed)."""
     t = text.strip().upper().removesuffix("B").removesuffix("I")
     scale = 1
     for suffix, s in (("K", 1 << 10), ("M", 1 << 20), ("G", 1 << 30), ("T", 1 << 40)):
@@ -63,8 +63,8 @@ def parse_size(text: str, what: str) -> int:
         value = float(t) * scale
     except ValueError:
         raise ValueError(f"{what}={text!r}: expected a size such as 512M or 2G") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{what}={text!r}: expected a positive size")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        raise ValueError(f"{what}={text!r}: expected a {'non-negative' if zero else 'positive'} size")
     return int(value)
 
 
@@ -75,6 +75,8 @@ def env_config() -> dict[str, Any]:
         cfg["size"] = parse_size(os.environ["PYSHM_SIZE"], "PYSHM_SIZE")
     if cfg["max_size"] is None and os.environ.get("PYSHM_MAX_SIZE"):
         cfg["max_size"] = parse_size(os.environ["PYSHM_MAX_SIZE"], "PYSHM_MAX_SIZE")
+    if cfg["keep"] is None and os.environ.get("PYSHM_KEEP"):
+        cfg["keep"] = parse_size(os.environ["PYSHM_KEEP"], "PYSHM_KEEP", zero=True)
     if cfg["wait"] is None and os.environ.get("PYSHM_WAIT"):
         try:
             cfg["wait"] = float(os.environ["PYSHM_WAIT"])
@@ -83,33 +85,45 @@ def env_config() -> dict[str, Any]:
     return cfg
 
 
-def configure(size: Optional[int] = None, max_size: Optional[int] = None, wait: Optional[float] = None) -> None:
+def configure(
+    size: Optional[int] = None,
+    max_size: Optional[int] = None,
+    wait: Optional[float] = None,
+    keep: Optional[int] = None,
+) -> None:
     """Set up the default pool before its first use.
 
     ``size`` is the capacity of each data segment (a larger array gets a segment of its own),
-    ``max_size`` the most bytes the pool may reserve in /dev/shm in all (default: half of
-    /dev/shm), and ``wait`` how many seconds an allocation may wait for other processes to free
-    memory before it raises ``MemoryError`` (default: do not wait). The environment variables
-    ``PYSHM_SIZE``, ``PYSHM_MAX_SIZE`` (``512M``, ``2G``, ...) and ``PYSHM_WAIT`` do the same.
+    ``max_size`` the most bytes the pool may hold in /dev/shm in all (default: half of
+    /dev/shm), ``wait`` how many seconds an allocation may wait for other processes to free
+    memory before it raises ``MemoryError`` (default: do not wait), and ``keep`` the warm
+    reserve: how many bytes of freed arrays the pool keeps for reuse (default 512 MiB, at most
+    an eighth of /dev/shm; freed memory beyond it goes back to the system at once). The
+    environment variables ``PYSHM_SIZE``, ``PYSHM_MAX_SIZE``, ``PYSHM_KEEP`` (``512M``,
+    ``2G``, ...) and ``PYSHM_WAIT`` do the same.
 
-    Once the default pool exists only ``wait`` can change; changing ``size`` or ``max_size``
-    then raises ``RuntimeError``.
+    Once the default pool exists only ``wait`` can change; changing ``size``, ``max_size`` or
+    ``keep`` then raises ``RuntimeError``.
     """
     for what, v in (("size", size), ("max_size", max_size)):
         if v is not None and (not isinstance(v, (int, np.integer)) or v <= 0):
             raise ValueError(f"{what} must be a positive number of bytes, not {v!r}")
+    if keep is not None and (not isinstance(keep, (int, np.integer)) or keep < 0):
+        raise ValueError(f"keep must be a non-negative number of bytes, not {keep!r}")
     if wait is not None and not (isinstance(wait, (int, float)) and wait >= 0):
         raise ValueError(f"wait must be a non-negative number of seconds, not {wait!r}")
     with lock:
-        if default is not None and (size is not None or max_size is not None):
+        if default is not None and (size is not None or max_size is not None or keep is not None):
             raise RuntimeError(
                 "the default pool exists already; call pyshm.configure() before the first array, "
-                "or set PYSHM_SIZE / PYSHM_MAX_SIZE in the environment"
+                "or set PYSHM_SIZE / PYSHM_MAX_SIZE / PYSHM_KEEP in the environment"
             )
         if size is not None:
             _config["size"] = int(size)
         if max_size is not None:
             _config["max_size"] = int(max_size)
+        if keep is not None:
+            _config["keep"] = int(keep)
         if wait is not None:
             _config["wait"] = float(wait)
             if default is not None:
@@ -208,7 +222,9 @@ def create_default() -> NativePool:
                 except PoolNotFoundError:
                     native = None
         if native is None:
-            native = NativePool.create(name, cfg["size"], cfg["max_size"], cfg["wait"], persistent=False)
+            native = NativePool.create(
+                name, cfg["size"], cfg["max_size"], cfg["wait"], persistent=False, keep=cfg["keep"]
+            )
             os.environ["PYSHM_POOL"] = native.name
         elif cfg["wait"] is not None:
             native.wait = cfg["wait"]

@@ -34,8 +34,15 @@ use crate::directory::{Directory, FLAG_PERSISTENT, FLAG_PERSIST_NAMED, KIND_DATA
 pub struct PoolInfo {
     /// The pool's name.
     pub name: String,
-    /// Bytes its segments take in /dev/shm.
+    /// Bytes of its segments' files (address space: segments are sparse, see `held`).
     pub bytes: u64,
+    /// Bytes its segments hold from /dev/shm (metadata and reserved pages).
+    pub held: u64,
+    /// Bytes of data pages held beyond what live arrays use (the warm reserve, by the pool's
+    /// counts).
+    pub warm: u64,
+    /// The warm reserve's bound (`PoolOptions::keep`).
+    pub keep: u64,
     /// Bytes of data blocks in use (0 if it could not be read).
     pub used: u64,
     /// Processes registered that are alive.
@@ -208,19 +215,27 @@ fn inspect(name: &str, bytes: u64) -> Result<PoolInfo, Unreadable> {
             .saturating_sub(table.find_dead().len())
     };
     let mut used = 0;
+    let mut held = seg0.metadata_bytes() + seg0.stats().reserved_data_bytes;
+    let mut data_reserved = 0;
     let count = h.segment_count.load(core::sync::atomic::Ordering::Acquire).min(MAX_SEGMENTS as u64);
     for i in 1..count as usize {
         let entry = &dir.segments()[i];
-        if entry.kind.load(ORD) == KIND_DATA {
-            let file = growth_segment_name(name, entry.suffix.load(ORD));
-            if let Ok(a) = Arena::open_with(&file, &OpenOptions::new().wait(Duration::from_millis(10))) {
-                used += a.stats().in_use_bytes;
+        let file = growth_segment_name(name, entry.suffix.load(ORD));
+        if let Ok(a) = Arena::open_with(&file, &OpenOptions::new().wait(Duration::from_millis(10))) {
+            let s = a.stats();
+            held += s.metadata_bytes + s.reserved_data_bytes;
+            if entry.kind.load(ORD) == KIND_DATA {
+                used += s.in_use_bytes;
+                data_reserved += s.reserved_data_bytes;
             }
         }
     }
     Ok(PoolInfo {
         name: name.to_owned(),
         bytes,
+        held,
+        warm: data_reserved.saturating_sub(h.live_data.load(ORD)),
+        keep: super::reserve::keep_of(h.keep.load(ORD)),
         used,
         live_processes: live,
         other_namespace,

@@ -167,6 +167,8 @@ impl PoolShared {
             // bytes (the header's own size), aligned to 128: nobody else sees it until a handle
             // exists.
             unsafe { header.init(nonce, slot, (data_seg, data_block.to_bits(), data_len), 0, meta) };
+            // Reserve invariant 3: counted before anyone can free it.
+            self.count_live_data(data_len);
             // Ownership passes from the arena (our tag) to the refcount (header invariant 2):
             // header first, so a death in between is recovered by one of the two mechanisms.
             meta_arena.disown(header_block).expect("our block");

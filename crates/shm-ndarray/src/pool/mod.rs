@@ -31,6 +31,12 @@
 //!    outside the table that holds one (a word written by a buggy or hostile process of the
 //!    same user) makes the operation fail with [`HandleError::Stranger`] (or
 //!    [`PoolError::NotAPool`] when growing) instead of waiting forever; it is never taken over.
+//! 8. Freed array data stays reserved for reuse (the warm reserve) while the data segments hold
+//!    at most `keep` bytes beyond what live arrays use; the process that frees an array's data
+//!    beyond that gives its pages back at once (`reserve`). Without any call, a pool whose
+//!    arrays are all freed holds its segments' metadata, at most `keep` bytes of data pages
+//!    and the small blocks processes cache; after [`Pool::trim`], the metadata and the pages
+//!    of metadata segments.
 //!
 //! # One file per protocol
 //!
@@ -45,6 +51,7 @@
 //!   memory, and the one checked view of an array header in a metadata segment (invariant 1).
 //! - `create`: making an array: its blocks, its header, its `LocalArray` written in place.
 //! - `pin`: attaching a handle through every check of a first pin, and cancelling one.
+//! - `reserve`: the warm reserve, and giving freed data beyond it back (invariant 8).
 //! - `release`: letting go of an array: freeing it, or renewing a small array's block
 //!   (invariant 3).
 //! - `collect`: what happens when a process dies holding an array (invariant 4), and lost
@@ -79,13 +86,14 @@ mod open;
 mod options;
 mod pin;
 mod release;
+mod reserve;
 mod segments;
 mod shared_array;
 
 pub use admin::{clean_dead_pools, clean_pools, list_pools, CleanReport, PoolInfo, SkipReason, SkippedFile};
 pub use collect::CollectReport;
 pub use names::NameError;
-pub use options::PoolOptions;
+pub use options::{default_keep, PoolOptions};
 pub use shared_array::SharedArray;
 
 use local_array::LocalArray;
@@ -205,6 +213,26 @@ pub struct PoolStats {
     pub handles_in_flight: u64,
     /// Transfer token slots of the pool: how many handles can be in flight at once.
     pub token_slots: u64,
+    /// Bytes of array data alive: the data length of every array (headers, the rounding to
+    /// blocks and pages, and metadata excluded). `held / live` is the pool's overhead
+    /// ([`PoolStats::overhead`]).
+    pub live: u64,
+    /// The warm reserve now: bytes of data pages held beyond the pages live arrays use (freed
+    /// arrays' pages kept for reuse), at most about `keep` (pool invariant 8).
+    pub warm: u64,
+    /// The warm reserve's bound (`PoolOptions::keep`).
+    pub keep: u64,
+}
+
+impl PoolStats {
+    /// Bytes held per byte of live array data (`held / live`; infinite when nothing is live
+    /// but memory is held, 1 for an empty pool holding nothing).
+    pub fn overhead(&self) -> f64 {
+        if self.live == 0 {
+            return if self.held == 0 { 1.0 } else { f64::INFINITY };
+        }
+        self.held as f64 / self.live as f64
+    }
 }
 
 fn ref_to_handle(e: RefError) -> HandleError {
@@ -268,7 +296,8 @@ impl Pool {
 
     /// Gives the free pages of the data segments back to the system (`Arena::release_free`
     /// on each: free blocks of a page or more are claimed, punched and freed). Returns the
-    /// bytes punched. Metadata segments are left alone (their blocks are swept for headers).
+    /// bytes given back (pages that were reserved). Metadata segments are left alone (their
+    /// blocks are swept for headers).
     ///
     /// While it runs, an allocation in another process may find a data segment full and grow
     /// the pool by a segment (sparse: a few MiB of metadata).
@@ -432,13 +461,19 @@ impl PoolShared {
             processes: self.processes().occupied(),
             handles_in_flight: tokens.pending().len() as u64,
             token_slots: tokens.len() as u64,
+            keep: self.keep(),
             ..PoolStats::default()
         };
+        // Pages of data segments live arrays use, summed from their headers (not the
+        // directory's count, which is a hint: reserve invariant 3).
+        let mut live_pages = 0;
+        let mut data_reserved = 0;
         for (i, arena, kind) in self.open_segments() {
             s.segments += 1;
             let a = arena.stats();
             s.held += a.metadata_bytes + a.reserved_data_bytes;
             if kind == KIND_DATA {
+                data_reserved += a.reserved_data_bytes;
                 s.capacity += a.capacity;
                 s.used += a.in_use_bytes;
                 s.free += a.free_bytes + a.cached_bytes;
@@ -452,12 +487,17 @@ impl PoolShared {
                         continue;
                     }
                     s.arrays += 1;
+                    let data_len = h.data_len.load(ORD);
+                    s.live += data_len;
                     if h.inline_offset.load(ORD) != 0 {
                         s.used += block.size();
+                    } else {
+                        live_pages += data_len.max(1).div_ceil(4096) * 4096;
                     }
                 }
             }
         }
+        s.warm = data_reserved.saturating_sub(live_pages);
         s
     }
 }

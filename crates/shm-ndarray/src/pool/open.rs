@@ -26,8 +26,8 @@ use shm_sync::{ProcessTable, Registration};
 
 use super::{root_segment_name, wait_to_ns, Membership, Pool, PoolOptions, PoolShared, MAX_PROCESSES, ORD};
 use crate::directory::{
-    DirLayout, Directory, DIR_MAGIC, DIR_VERSION, FLAG_PERSISTENT, FLAG_PERSIST_NAMED, FLAG_TORN_DOWN, KIND_META,
-    MAX_SEGMENTS,
+    DirLayout, Directory, DIR_MAGIC, DIR_VERSION, FLAG_PERSISTENT, FLAG_PERSIST_NAMED, FLAG_TORN_DOWN, KEEP_SET,
+    KIND_META, MAX_SEGMENTS,
 };
 use crate::error::PoolError;
 use crate::locals::Locals;
@@ -136,6 +136,7 @@ impl Pool {
         h.data_segment_capacity.store(options.segment_capacity, ORD);
         h.max_size.store(options.max_size, ORD);
         h.data_min_block.store(options.min_block, ORD);
+        h.keep.store(KEEP_SET | options.keep, ORD);
         h.process_slots.store(u64::from(options.process_slots), ORD);
         h.token_slots.store(u64::from(options.token_slots), ORD);
         h.name_slots.store(u64::from(options.name_slots), ORD);

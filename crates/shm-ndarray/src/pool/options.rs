@@ -5,7 +5,8 @@
 //! 1. Options are read once, by the creator, and written into the directory (pool invariant
 //!    1); a process that opens the pool reads them there, never from its own options.
 //! 2. The defaults leave room for the rest of the machine: data segments grow up to half of
-//!    /dev/shm (at least 256 MiB).
+//!    /dev/shm (at least 256 MiB), and the warm reserve of freed memory kept for reuse is
+//!    512 MiB or an eighth of /dev/shm, whichever is less.
 //!
 //! The one option that is per process is `wait`: how long this process's allocations wait for
 //! other processes to free memory (`Pool::set_wait` changes it later).
@@ -13,6 +14,7 @@
 use std::time::Duration;
 
 use super::MAX_PROCESSES;
+use crate::directory::KEEP_SET;
 
 /// How to create (or open) a pool.
 #[derive(Clone, Debug)]
@@ -28,6 +30,7 @@ pub struct PoolOptions {
     pub(crate) persistent: Option<bool>,
     pub(crate) persist_while_named: bool,
     pub(crate) wait: Option<Duration>,
+    pub(crate) keep: u64,
 }
 
 impl Default for PoolOptions {
@@ -44,6 +47,7 @@ impl Default for PoolOptions {
             persistent: None,
             persist_while_named: false,
             wait: None,
+            keep: default_keep(),
         }
     }
 }
@@ -51,6 +55,15 @@ impl Default for PoolOptions {
 /// Half of /dev/shm, at least 256 MiB: a pool should not starve the rest of the machine.
 fn default_max_size() -> u64 {
     rustix::fs::statvfs("/dev/shm").map(|s| s.f_blocks * s.f_frsize / 2).unwrap_or(1 << 30).max(256 << 20)
+}
+
+/// The default warm reserve: 512 MiB, at most an eighth of /dev/shm (8 MiB in a 64 MiB
+/// container). Measured with W1 of docs/performance.md (a 160 MB array made and freed per
+/// call, and with a plain input a second 160 MB copy): it keeps its speed with 2 x 160 MB warm
+/// and loses it below (docs/performance.md, "The warm reserve").
+pub fn default_keep() -> u64 {
+    let shm = rustix::fs::statvfs("/dev/shm").map(|s| s.f_blocks * s.f_frsize).unwrap_or(8 << 30);
+    (512 << 20).min(shm / 8)
 }
 
 impl PoolOptions {
@@ -98,6 +111,14 @@ impl PoolOptions {
     /// the model of a store of named arrays, which disappears with its last name.
     pub fn persist_while_named(mut self, yes: bool) -> Self {
         self.persist_while_named = yes;
+        self
+    }
+    /// The warm reserve: how many bytes of freed array data the pool keeps reserved for reuse
+    /// (reusing them makes no syscall). Freed data beyond it is given back to the system at
+    /// once, by the process that frees it (a punch, about 370 us per MiB). Default
+    /// [`default_keep`].
+    pub fn keep(mut self, bytes: u64) -> Self {
+        self.keep = bytes.min(!KEEP_SET);
         self
     }
     /// How long an allocation waits for other processes to free memory before it fails.

@@ -37,11 +37,12 @@ impl PoolShared {
         // Someone waits for memory: free straight to the shared tree, not into this process's
         // cache, where a waiter in another process could not reach it (found in review).
         let waiting = self.dir().header().freed.has_listeners();
+        let mut parked = None;
         if h.inline_offset.load(ORD) == 0 {
             let data_seg = h.data_segment.load(ORD) as u16;
             let data_block = Block::from_bits(h.data_block.load(ORD));
             if let Ok(a) = self.segment(data_seg) {
-                let _ = a.free(data_block);
+                parked = self.free_data(a, data_block, h.data_len.load(ORD)).map(|p| (a, p));
                 if waiting {
                     a.trim();
                 }
@@ -53,6 +54,11 @@ impl PoolShared {
             if waiting {
                 a.trim();
             }
+        }
+        // The slow part last: the header is freed, the data block parked under our tag (a
+        // death now leaves it to the arena's recovery, pages still reserved).
+        if let Some((a, p)) = parked {
+            a.release_parked(p);
         }
         self.dir().header().freed.notify_if_waiting();
     }

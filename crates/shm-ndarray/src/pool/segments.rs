@@ -9,7 +9,10 @@
 //!    `segment_count` publishes it (`Release`), and never under a torn-down pool's name.
 //! 3. A segment, once mapped by this process, stays mapped while the pool lives (`segments` is
 //!    a set of `OnceLock`s): references into it live as long as `&PoolShared`.
-//! 4. `max_size` bounds the sum of every segment after segment 0.
+//! 4. `max_size` bounds the bytes held by every segment after segment 0 when the pool grows: a
+//!    segment is added only if their held bytes plus the request fit. Allocations inside
+//!    existing segments reserve pages without this check (at most a data segment's capacity,
+//!    64 MiB by default, beyond the bound).
 //!
 //! Protocol: `alloc_in` tries the segment that served the last allocation of the kind; the
 //! slow path tries every segment of the kind, gives back this process's renewed blocks and
@@ -279,7 +282,10 @@ impl PoolShared {
             (16 << 20, 128)
         } else {
             let standard = h.data_segment_capacity.load(ORD);
-            let min_block = h.data_min_block.load(ORD);
+            // Data blocks are at least a page: an array whose header and data exceed
+            // INLINE_MAX (4 KiB) has its data here, so a smaller minimum block only costs tree
+            // metadata (8 bytes per leaf: 2 MiB for 64 MiB at 256 bytes, 128 KiB at a page).
+            let min_block = h.data_min_block.load(ORD).max(4096);
             if size.next_power_of_two() > standard {
                 // A segment of its own for a large array: its address space is a power of two
                 // (free: the segment is sparse), its tree coarse (about 1024 leaves, so a few KiB
@@ -291,15 +297,19 @@ impl PoolShared {
                 (standard, min_block)
             }
         };
-        // `max_size` bounds every segment after segment 0 (small arrays live in metadata
-        // segments, so those count too).
-        let used: u64 = (1..count).map(|i| dir.segments()[i].capacity.load(ORD)).sum();
-        if used + capacity > h.max_size.load(ORD) {
-            return Ok(false);
-        }
+        // `max_size` bounds what the segments after segment 0 hold from the system (invariant
+        // 4; small arrays live in metadata segments, so those count too): their held bytes
+        // and the request, not their address space.
+        let used: u64 = (1..count)
+            .map(|i| self.segment(i as u16).map_or(dir.segments()[i].capacity.load(ORD), |a| a.held_bytes()))
+            .sum();
         // Every process of the pool may map every segment: as many owner slots as process slots.
         let owner_slots = h.process_slots.load(ORD) as u32 + 8;
         let options = ArenaOptions::new(capacity).min_block(min_block).owner_slots(owner_slots);
+        let metadata = options.held_at_creation().unwrap_or(capacity);
+        if used + metadata + size > h.max_size.load(ORD) {
+            return Ok(false);
+        }
         // Pool invariant 1: a fresh random name. A name that exists already was pre-created by
         // someone else (or is a 2^-64 collision): never open, reuse or remove it, draw another.
         // A grower that died before recording its segment left a name nobody will draw again
