@@ -7,7 +7,9 @@ library's executor, in one run.
    function of this script (the common case: by reference, see pyshm._mainref) and a lambda
    (by value). Each round starts a stdlib executor and a pyshm one (2 workers each, warmed up)
    and times ``--tasks`` calls on each, the two alternating; the report gives the median rate
-   over the rounds and the median of the per-round ratios.
+   over the rounds and the median of the per-round ratios, and the median CPU time per call
+   (the caller's threads plus the workers' main threads, from ``/proc/<pid>/schedstat``),
+   which a loaded machine disturbs much less than the rate.
 2. ``submit(add_one, x).result()`` with a plain 160 MB ``x`` against bare ``add_one(x)`` and
    against ``pyshm.copy(x)`` (the copy into the pool that a plain input costs), alternating, with
    medians over the rounds.
@@ -33,33 +35,49 @@ def add_one(x):
     return x + 1
 
 
-def rate(ex, fn, n: int) -> float:
+def oncpu(pids) -> float:
+    """Seconds the main threads of ``pids`` have run (``/proc/<pid>/schedstat``, ns)."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/schedstat") as f:
+            total += int(f.read().split()[0])
+    return total / 1e9
+
+
+def rate(ex, fn, n: int) -> tuple[float, float]:
+    """Calls per second, and CPU seconds per call (this process's threads plus the workers)."""
     for i in range(20):
         assert ex.submit(fn, i).result() == i + 1
+    pids = list(ex._processes)
+    c, w = time.process_time(), oncpu(pids)
     t = time.perf_counter()
     for i in range(n):
         ex.submit(fn, i).result()
-    return n / (time.perf_counter() - t)
+    elapsed = time.perf_counter() - t
+    cpu = time.process_time() - c + oncpu(pids) - w
+    return n / elapsed, cpu / n
 
 
 def tiny(method: str, rounds: int, n: int) -> None:
     ctx = mp.get_context(method)
     by_value = lambda x: x + 1  # noqa: E731 - a lambda on purpose: it travels by value
     for label, fn in (("add_one (top level)", add_one), ("a lambda", by_value)):
-        std, shm, ratios = [], [], []
+        std, shm, ratios, std_cpu, shm_cpu = [], [], [], [], []
         for _ in range(rounds):
             with cf.ProcessPoolExecutor(2, mp_context=ctx) as a, pyshm.ProcessPoolExecutor(2, mp_context=ctx) as b:
-                if fn is by_value:  # the stdlib cannot pickle a lambda: its row times add_one
-                    s = rate(a, add_one, n)
-                else:
-                    s = rate(a, fn, n)
-                p = rate(b, fn, n)
+                # The stdlib cannot pickle a lambda: its row times add_one.
+                s, sc = rate(a, add_one, n)
+                p, pc = rate(b, fn, n)
             std.append(s)
             shm.append(p)
             ratios.append(p / s)
+            std_cpu.append(sc)
+            shm_cpu.append(pc)
+        med = statistics.median
         print(
-            f"| {method} | {label} | {statistics.median(std) / 1e3:.2f}k/s | {statistics.median(shm) / 1e3:.2f}k/s "
-            f"| {statistics.median(ratios):.2f}x (rounds {min(ratios):.2f}-{max(ratios):.2f}) |"
+            f"| {method} | {label} | {med(std) / 1e3:.2f}k/s | {med(shm) / 1e3:.2f}k/s "
+            f"| {med(ratios):.2f}x (rounds {min(ratios):.2f}-{max(ratios):.2f}) "
+            f"| {fmt(med(std_cpu))} | {fmt(med(shm_cpu))} | {med(std_cpu) / med(shm_cpu):.2f}x |"
         )
 
 
@@ -98,8 +116,9 @@ def main() -> None:
     parser.add_argument("--skip-big", action="store_true")
     args = parser.parse_args()
     print(machine_line())
-    print("| start method | function | stdlib | pyshm | pyshm / stdlib, median |")
-    print("|---|---|---|---|---|")
+    print("| start method | function | stdlib | pyshm | pyshm / stdlib rate, median | CPU per call, stdlib "
+          "| pyshm | stdlib / pyshm CPU |")
+    print("|---|---|---|---|---|---|---|---|")
     for method in args.methods.split(","):
         tiny(method, args.rounds, args.tasks)
     if not args.skip_big:

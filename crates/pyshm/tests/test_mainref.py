@@ -129,3 +129,46 @@ def test_unknown_start_method_goes_by_value():
     from pyshm import _mainref
 
     assert _mainref.by_reference_rule(None)(test_unknown_start_method_goes_by_value) is False
+
+
+def test_plain_payloads_pickle_as_the_full_pickler():
+    """Calls of scalars and functions found by name take the plain C pickler: the same bytes
+    as PoolPickler's, no handles; anything else (a nested function, an array) takes the full
+    one."""
+    import io
+    import pickle
+
+    import numpy as np
+
+    from pyshm import _transfer
+
+    def full(obj):
+        buf = io.BytesIO()
+        _transfer.PoolPickler(buf, []).dump(obj)
+        return buf.getvalue()
+
+    import math
+    import os.path
+
+    for call in ((os.path.join, ("a", "b"), {}), (math.hypot, (1, 2.5, True), {}), (max, ("s", None, b"x", 1j), {"k": 3})):
+        assert _transfer._plain(call, None, 2)
+        assert _transfer.dumps(call, []) == full(call)
+        assert pickle.loads(_transfer.dumps(call, [])) == call
+
+    def nested(x):
+        return x
+
+    assert not _transfer._plain((nested, (1,), {}), None, 2)
+    assert pickle.loads(_transfer.dumps((nested, (1,), {}), []))[0](5) == 5
+    assert not _transfer._plain((max, (np.arange(3),), {}), None, 2)
+    assert not _transfer._plain((max, (pyshm_name(),), {}), None, 2)
+    assert not _transfer._plain((np.add, (1,), {}), None, 2)  # a ufunc: the full pickler decides
+
+
+def pyshm_name():
+    """A str subclass (a NamedArray-like value) is not a plain str."""
+
+    class Name(str):
+        pass
+
+    return Name("a")
