@@ -245,7 +245,8 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
         self._pyshm_reclaim_state: Optional[str] = None  # None, "waiting", "done"
         self._pyshm_to_release: list[Payload] = []
         # Which functions and classes of __main__ the workers find by name (see _mainref).
-        self._pyshm_by_reference = _mainref.by_reference_rule(self._mp_context.get_start_method())
+        context = self._mp_context
+        self._pyshm_by_reference = _mainref.by_reference_rule(None if context is None else context.get_start_method())
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
         payload = Payload((fn, args, kwargs), lazy=True, by_reference=self._pyshm_by_reference)

@@ -176,7 +176,9 @@ class _Script:
 
     def rule(self, obj: Any) -> bool:
         name = getattr(obj, "__qualname__", None)
-        d = self.defs.get(name) if isinstance(name, str) else None
+        if not isinstance(name, str):
+            return False
+        d = self.defs.get(name)
         if d is None or getattr(sys.modules.get("__main__"), name, None) is not obj:
             return False
         first, last, decorators = d
@@ -190,8 +192,8 @@ class _Script:
             start = min((first, *decorators))
             for value in vars(obj).values():
                 fn = getattr(value, "__func__", value)
-                code = getattr(fn, "__code__", None)
-                if isinstance(code, types.CodeType) and self._code_here(code, start, last):
+                fn_code = getattr(fn, "__code__", None)
+                if isinstance(fn_code, types.CodeType) and self._code_here(fn_code, start, last):
                     return True
         return False
 
