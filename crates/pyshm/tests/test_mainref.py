@@ -150,7 +150,8 @@ def test_plain_payloads_pickle_as_the_full_pickler():
     import math
     import os.path
 
-    for call in ((os.path.join, ("a", "b"), {}), (math.hypot, (1, 2.5, True), {}), (max, ("s", None, b"x", 1j), {"k": 3})):
+    calls = ((os.path.join, ("a", "b"), {}), (math.hypot, (1, 2.5, True), {}), (max, ("s", None, b"x", 1j), {"k": 3}))
+    for call in calls:
         assert _transfer._plain(call, None, 2)
         assert _transfer.dumps(call, []) == full(call)
         assert pickle.loads(_transfer.dumps(call, [])) == call
