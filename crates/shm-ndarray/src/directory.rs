@@ -15,8 +15,8 @@
 //!    pre-created is never used (version 2; a version-1 reader refuses this directory).
 //!
 //! ```text
-//! DirHeader (256 bytes): magic, version, id, flags, config, counts, lock, freed event
-//! segments   MAX_SEGMENTS x SegmentEntry (kind, capacity, suffix, reserved)
+//! DirHeader (256 bytes): magic, version, id, flags, config, counts, lock, freed event, backend
+//! segments   MAX_SEGMENTS x SegmentEntry (kind, capacity, suffix, memfd_ino)
 //! processes  process_slots x ProcessSlot (64 bytes)
 //! tokens     token_slots x TokenSlot (32 bytes)
 //! names      name_slots x NameEntry (128 bytes)
@@ -57,7 +57,10 @@ pub(crate) struct DirHeader {
     pub(crate) segment_count: SharedU64,
     pub(crate) lock: RobustMutex,
     pub(crate) freed: Event,
-    pub(crate) reserved: [SharedU64; 16],
+    /// The segment backend (`pool::backend`, invariant 1): 0 files in /dev/shm, 1 memfds.
+    /// Formerly reserved (always 0), so older pools read as the /dev/shm backend.
+    pub(crate) backend: SharedU64,
+    pub(crate) reserved: [SharedU64; 15],
 }
 
 const _: () = assert!(core::mem::size_of::<DirHeader>() <= 256);
@@ -69,7 +72,9 @@ pub(crate) struct SegmentEntry {
     /// The random part of a growth segment's file name, `pyshm-<pool>-<suffix as 16 hex
     /// digits>` (invariant 4); unused for segment 0, which is `pyshm-<pool>`.
     pub(crate) suffix: SharedU64,
-    pub(crate) reserved: SharedU64,
+    /// The inode of a memfd segment (`pool::backend`, invariant 2); 0 for a named segment
+    /// (formerly reserved, always 0).
+    pub(crate) memfd_ino: SharedU64,
 }
 
 const _: () = assert!(core::mem::size_of::<SegmentEntry>() == 32);

@@ -50,6 +50,17 @@ pub enum PoolError {
     /// Opening a segment failed.
     #[error(transparent)]
     Open(#[from] OpenError),
+    /// A memfd segment of the pool could not be reached: no live process of the pool holds its
+    /// descriptor any more (`pool::backend`, invariant 4).
+    #[error("pool {pool:?}: cannot reach its memfd segment {index}: {why}")]
+    SegmentUnreachable {
+        /// The pool name.
+        pool: String,
+        /// The segment's index in the directory.
+        index: usize,
+        /// What was tried.
+        why: String,
+    },
     /// Allocating the pool's own metadata failed.
     #[error("allocating pool metadata: {0}")]
     Alloc(#[from] AllocError),

@@ -18,6 +18,7 @@ pub struct PoolOptions {
     pub(crate) name: Option<String>,
     pub(crate) segment_capacity: u64,
     pub(crate) max_size: u64,
+    pub(crate) max_size_set: bool,
     pub(crate) min_block: u64,
     pub(crate) meta_capacity: u64,
     pub(crate) process_slots: u32,
@@ -26,6 +27,7 @@ pub struct PoolOptions {
     pub(crate) persistent: Option<bool>,
     pub(crate) persist_while_named: bool,
     pub(crate) wait: Option<Duration>,
+    pub(crate) backend: super::Backend,
 }
 
 impl Default for PoolOptions {
@@ -34,6 +36,7 @@ impl Default for PoolOptions {
             name: None,
             segment_capacity: 64 << 20,
             max_size: default_max_size(),
+            max_size_set: false,
             min_block: 256,
             meta_capacity: 16 << 20,
             process_slots: 128,
@@ -42,6 +45,19 @@ impl Default for PoolOptions {
             persistent: None,
             persist_while_named: false,
             wait: None,
+            backend: super::Backend::Shm,
+        }
+    }
+}
+
+impl PoolOptions {
+    /// `max_size` as set, or the default of the backend: half of /dev/shm for files there,
+    /// half of the memory (the cgroup's limit if lower) for memfds, which /dev/shm does not bound.
+    pub(crate) fn effective_max_size(&self) -> u64 {
+        if self.max_size_set || self.backend == super::Backend::Shm {
+            self.max_size
+        } else {
+            super::backend::memory_limit().map_or(self.max_size, |m| (m / 2).max(256 << 20))
         }
     }
 }
@@ -70,6 +86,7 @@ impl PoolOptions {
     /// Most bytes the pool may reserve in /dev/shm beyond its first (metadata) segment.
     pub fn max_size(mut self, bytes: u64) -> Self {
         self.max_size = bytes;
+        self.max_size_set = true;
         self
     }
     /// Smallest data block (and alignment of array data), a power of two from 64.
@@ -96,6 +113,12 @@ impl PoolOptions {
     /// the model of a store of named arrays, which disappears with its last name.
     pub fn persist_while_named(mut self, yes: bool) -> Self {
         self.persist_while_named = yes;
+        self
+    }
+    /// Where the segments the pool grows into live: files in /dev/shm (the default) or
+    /// memfds, which do not count against /dev/shm (`pool/backend.rs`).
+    pub fn backend(mut self, backend: super::Backend) -> Self {
+        self.backend = backend;
         self
     }
     /// How long an allocation waits for other processes to free memory before it fails.
