@@ -47,11 +47,14 @@ def cmd_ls() -> int:
     if not pools:
         print("no pyshm pools in /dev/shm")
         return 0
-    print(f"{'NAME':<40} {'SIZE':>10} {'USED':>10} {'LIVE':>5}  PERSISTENT")
+    # SIZE and USED count /dev/shm only: a memfd pool's growth segments live in the memory of
+    # its processes, are not files, and vanish with the last process that holds them.
+    print(f"{'NAME':<40} {'SIZE':>10} {'USED':>10} {'LIVE':>5}  PERSISTENT  BACKEND")
     for p in sorted(pools, key=lambda p: p.name):
+        backend = f"memfd (+{p.memfd_segments} segments)" if p.backend == "memfd" else "shm"
         print(
             f"{p.name:<40} {_size(p.bytes):>10} {_size(p.used):>10} {p.live_processes:>5}  "
-            f"{'yes' if p.persistent else 'no'}"
+            f"{'yes' if p.persistent else 'no':<10}  {backend}"
         )
     return 0
 

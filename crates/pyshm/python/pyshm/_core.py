@@ -222,6 +222,7 @@ class Pool(_Constructors):
     capacity of each data segment, ``max_size`` the most bytes the pool may take in /dev/shm,
     ``wait`` how long an allocation may wait for other processes to free memory. A named pool
     is persistent (it outlives its processes until unlinked) unless ``persistent=False``.
+    ``backend="memfd"`` keeps the pool's segments out of /dev/shm (see :func:`configure`).
 
     Used as a context manager, the pool is closed on exit (see :meth:`close`). It has the
     module's constructors as methods: ``pool.empty(...)``, ``pool.zeros(...)``, and so on.
@@ -235,8 +236,11 @@ class Pool(_Constructors):
         wait: Optional[float] = None,
         *,
         persistent: Optional[bool] = None,
+        backend: Optional[str] = None,
     ) -> None:
-        self._native = _pools.track(NativePool.create(name, size, max_size, wait, persistent))
+        if backend is not None and backend not in _pools.BACKENDS:
+            raise ValueError(f"backend must be 'shm' or 'memfd', not {backend!r}")
+        self._native = _pools.track(NativePool.create(name, size, max_size, wait, persistent, backend=backend))
         if wait is not None:
             self._native.wait = float(wait)
         self._closed = False
@@ -250,6 +254,12 @@ class Pool(_Constructors):
     def name(self) -> str:
         """The pool's name: its files in /dev/shm are ``pyshm-<name>`` and ``pyshm-<name>-<random suffix>``."""
         return self._native.name
+
+    @property
+    def backend(self) -> str:
+        """Where the pool's segments after the first live: ``"shm"`` (files in /dev/shm) or
+        ``"memfd"`` (anonymous memory shared by descriptor), as its creator chose."""
+        return self._native.backend
 
     @property
     def wait(self) -> Optional[float]:

@@ -360,6 +360,7 @@ class Pool(_Constructors):
         wait: Optional[float] = None,
         *,
         persistent: Optional[bool] = None,
+        backend: Optional[str] = None,
     ) -> None: ...
     @classmethod
     def open(cls, name: str) -> Pool:
@@ -367,6 +368,9 @@ class Pool(_Constructors):
     @property
     def name(self) -> str:
         """The pool's name: its files in /dev/shm are ``pyshm-<name>`` and ``pyshm-<name>-<random suffix>``."""
+    @property
+    def backend(self) -> str:
+        """Where the pool's segments after the first live: ``"shm"`` or ``"memfd"``."""
     @property
     def wait(self) -> Optional[float]:
         """Seconds an allocation may wait for memory (``None``: it fails at once)."""

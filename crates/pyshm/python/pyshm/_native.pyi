@@ -123,7 +123,16 @@ class CollectReport:
 class PoolInfo:
     """A pool found in /dev/shm by ``list_pools``."""
 
-    def __new__(cls, name: str, bytes: int, used: int, live_processes: int, persistent: bool) -> PoolInfo:
+    def __new__(
+        cls,
+        name: str,
+        bytes: int,
+        used: int,
+        live_processes: int,
+        persistent: bool,
+        backend: str,
+        memfd_segments: int,
+    ) -> PoolInfo:
         """The fields, in this order (as pickling passes them)."""
     @property
     def name(self) -> str:
@@ -140,6 +149,12 @@ class PoolInfo:
     @property
     def persistent(self) -> bool:
         """Whether it outlives its processes."""
+    @property
+    def backend(self) -> str:
+        """Where its growth segments live: ``"shm"`` or ``"memfd"``."""
+    @property
+    def memfd_segments(self) -> int:
+        """Its memfd segments (not in /dev/shm, not counted in ``bytes`` or ``used``)."""
 
 @final
 class SkippedPoolFile:
@@ -186,6 +201,7 @@ class NativePool:
         wait: Optional[float] = None,
         persistent: Optional[bool] = None,
         persist_while_named: bool = False,
+        backend: Optional[str] = None,
     ) -> NativePool:
         """Create a pool (or open the one of that name); the one registered here if there is one."""
     @staticmethod
@@ -197,6 +213,9 @@ class NativePool:
     @staticmethod
     def open_pools() -> list[NativePool]:
         """Every registered pool."""
+    @property
+    def backend(self) -> str:
+        """Where the pool's growth segments live: ``"shm"`` or ``"memfd"``."""
     @property
     def name(self) -> str:
         """The pool's name."""
@@ -221,6 +240,8 @@ class NativePool:
         """Usage figures."""
     def collect(self) -> CollectReport:
         """Free what dead processes held; return what it did."""
+    def trim(self) -> int:
+        """Give the free pages of the data segments back to the system; return the bytes."""
     def check(self) -> None:
         """Check every segment's allocator; RuntimeError on a violation."""
     def publish(self, name: str, arr: NDArray[Any]) -> None:

@@ -41,7 +41,10 @@ lock = threading.RLock()
 default: Optional[NativePool] = None
 """The default pool once it exists (read without the lock on the hot path)."""
 
-_config: dict[str, Any] = {"size": None, "max_size": None, "wait": None}
+_config: dict[str, Any] = {"size": None, "max_size": None, "wait": None, "backend": None}
+
+BACKENDS = ("shm", "memfd")
+"""Where the default pool's growth segments live: files in /dev/shm, or memfds."""
 
 new_pool_hooks: list[Callable[[], None]] = []
 """Called after each pool this process opens (``_pickle`` adds loky's registration)."""
@@ -80,32 +83,50 @@ def env_config() -> dict[str, Any]:
             cfg["wait"] = float(os.environ["PYSHM_WAIT"])
         except ValueError:
             raise ValueError(f"PYSHM_WAIT={os.environ['PYSHM_WAIT']!r}: expected seconds") from None
+    if cfg["backend"] is None and os.environ.get("PYSHM_BACKEND"):
+        backend = os.environ["PYSHM_BACKEND"].strip().lower()
+        if backend not in BACKENDS:
+            raise ValueError(f"PYSHM_BACKEND={os.environ['PYSHM_BACKEND']!r}: expected 'shm' or 'memfd'")
+        cfg["backend"] = backend
     return cfg
 
 
-def configure(size: Optional[int] = None, max_size: Optional[int] = None, wait: Optional[float] = None) -> None:
+def configure(
+    size: Optional[int] = None,
+    max_size: Optional[int] = None,
+    wait: Optional[float] = None,
+    backend: Optional[str] = None,
+) -> None:
     """Set up the default pool before its first use.
 
     ``size`` is the capacity of each data segment (a larger array gets a segment of its own),
     ``max_size`` the most bytes the pool may reserve in /dev/shm in all (default: half of
     /dev/shm), and ``wait`` how many seconds an allocation may wait for other processes to free
-    memory before it raises ``MemoryError`` (default: do not wait). The environment variables
-    ``PYSHM_SIZE``, ``PYSHM_MAX_SIZE`` (``512M``, ``2G``, ...) and ``PYSHM_WAIT`` do the same.
+    memory before it raises ``MemoryError`` (default: do not wait). ``backend`` says where
+    the pool's segments live: ``"shm"`` (default), files in /dev/shm, or ``"memfd"``, anonymous
+    memory shared with the program's other processes by descriptor, which does not count
+    against /dev/shm (for containers with a small /dev/shm; only the pool's first segment,
+    about 1.4 MiB, stays there). The environment variables ``PYSHM_SIZE``, ``PYSHM_MAX_SIZE``
+    (``512M``, ``2G``, ...), ``PYSHM_WAIT`` and ``PYSHM_BACKEND`` do the same.
 
-    Once the default pool exists only ``wait`` can change; changing ``size`` or ``max_size``
-    then raises ``RuntimeError``.
+    Once the default pool exists only ``wait`` can change; changing ``size``, ``max_size`` or
+    ``backend`` then raises ``RuntimeError``.
     """
     for what, v in (("size", size), ("max_size", max_size)):
         if v is not None and (not isinstance(v, (int, np.integer)) or v <= 0):
             raise ValueError(f"{what} must be a positive number of bytes, not {v!r}")
     if wait is not None and not (isinstance(wait, (int, float)) and wait >= 0):
         raise ValueError(f"wait must be a non-negative number of seconds, not {wait!r}")
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"backend must be 'shm' or 'memfd', not {backend!r}")
     with lock:
-        if default is not None and (size is not None or max_size is not None):
+        if default is not None and (size is not None or max_size is not None or backend is not None):
             raise RuntimeError(
                 "the default pool exists already; call pyshm.configure() before the first array, "
-                "or set PYSHM_SIZE / PYSHM_MAX_SIZE in the environment"
+                "or set PYSHM_SIZE / PYSHM_MAX_SIZE / PYSHM_BACKEND in the environment"
             )
+        if backend is not None:
+            _config["backend"] = backend
         if size is not None:
             _config["size"] = int(size)
         if max_size is not None:
@@ -208,7 +229,9 @@ def create_default() -> NativePool:
                 except PoolNotFoundError:
                     native = None
         if native is None:
-            native = NativePool.create(name, cfg["size"], cfg["max_size"], cfg["wait"], persistent=False)
+            native = NativePool.create(
+                name, cfg["size"], cfg["max_size"], cfg["wait"], persistent=False, backend=cfg["backend"]
+            )
             os.environ["PYSHM_POOL"] = native.name
         elif cfg["wait"] is not None:
             native.wait = cfg["wait"]
