@@ -96,7 +96,7 @@ pub enum ArrayError {
     },
     /// /dev/shm (or the memfd's tmpfs) has no room for the pages the array needs, even after
     /// collecting what dead processes held.
-    #[error("pool {pool:?}: no room in /dev/shm for {requested} bytes ({reserving} bytes of pages to reserve), /dev/shm has {shm_free} bytes free; free arrays, or enlarge /dev/shm (docker run --shm-size=..., a memory-backed Kubernetes emptyDir)")]
+    #[error("pool {pool:?}: no room in /dev/shm for {requested} bytes ({reserving} bytes of pages to reserve), /dev/shm has {shm_free} bytes free; free arrays, enlarge /dev/shm (docker run --shm-size=..., a memory-backed Kubernetes emptyDir), or keep the pool out of /dev/shm with PYSHM_BACKEND=memfd")]
     NoSpace {
         /// The pool name.
         pool: String,
