@@ -55,6 +55,7 @@ __all__ = [
     "is_shared",
     "stats",
     "collect",
+    "trim",
 ]
 
 _OptShape = Optional[_Shape]

@@ -228,7 +228,6 @@ class NativePool:
     wait: Optional[float]
     """Seconds an allocation waits for other processes to free memory (None: not at all)."""
     def empty(
-        held: int,
         self, shape: _ShapeLike, dtype: Optional[DTypeLike], order: Optional[str] = ..., zero: bool = False
     ) -> NDArray[Any]:
         """A new array: ``shape``, numpy dtype spec, "C" or "F" order, zero-filled or not."""
