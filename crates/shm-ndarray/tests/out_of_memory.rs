@@ -7,17 +7,27 @@ use std::time::Duration;
 use shm_ndarray::{ArrayError, DType, Pool, PoolOptions, ShmArray};
 
 /// `max_size` for one 1 MiB data segment: `max_size` counts held bytes, the segment's data
-/// pages and its metadata (about 20 KiB), but not a 16 MiB metadata segment's (1 MiB of tree).
+/// pages and its metadata (about 20 KiB with [`SLOTS`]), but not a 16 MiB metadata segment's
+/// (1 MiB of tree).
 const ONE_SEGMENT: u64 = (1 << 20) + (32 << 10);
+
+/// Process slots of these pools: a segment's owner table, part of its metadata, grows with
+/// them, and the limits above are set for this many.
+const SLOTS: u32 = 128;
+
+/// Small pools: [`SLOTS`] processes, the given data segment capacity.
+fn small_pool(segment_capacity: u64) -> PoolOptions {
+    PoolOptions::new().process_slots(SLOTS).segment_capacity(segment_capacity)
+}
 
 /// 1 MiB data segments, up to 8 MiB.
 fn one_mib_segments() -> PoolOptions {
-    PoolOptions::new().segment_capacity(1 << 20).max_size(8 << 20)
+    small_pool(1 << 20).max_size(8 << 20)
 }
 
 #[test]
 fn a_full_pool_fails_with_numbers_or_waits_for_a_free() {
-    let pool = Pool::create(&PoolOptions::new().segment_capacity(1 << 20).max_size(ONE_SEGMENT)).unwrap();
+    let pool = Pool::create(&small_pool(1 << 20).max_size(ONE_SEGMENT)).unwrap();
     let a = ShmArray::<u8>::zeros(&pool, &[1 << 20]).unwrap();
     // (Arrays of 4 KiB or less live in the metadata segment: take a larger one.)
     match ShmArray::<u8>::zeros(&pool, &[8192]) {
@@ -30,7 +40,7 @@ fn a_full_pool_fails_with_numbers_or_waits_for_a_free() {
     assert!(err.contains("max_size") && err.contains("/dev/shm"), "says how to fix it: {err}");
     // With waiting, a free by another process (here, a thread) lets the allocation through.
     let waiting = Pool::create(
-        &PoolOptions::new().segment_capacity(1 << 20).max_size(ONE_SEGMENT).wait(Some(Duration::from_secs(10))),
+        &small_pool(1 << 20).max_size(ONE_SEGMENT).wait(Some(Duration::from_secs(10))),
     )
     .unwrap();
     let big = ShmArray::<u8>::zeros(&waiting, &[1 << 20]).unwrap();
@@ -47,7 +57,7 @@ fn a_full_pool_fails_with_numbers_or_waits_for_a_free() {
 
 #[test]
 fn the_pool_grows_by_segments_up_to_its_limit() {
-    let pool = Pool::create(&PoolOptions::new().segment_capacity(1 << 20).max_size(9 << 20)).unwrap();
+    let pool = Pool::create(&small_pool(1 << 20).max_size(9 << 20)).unwrap();
     let arrays: Vec<_> = (0..5).map(|_| ShmArray::<u8>::zeros(&pool, &[1 << 20]).unwrap()).collect();
     let s = pool.stats();
     assert_eq!(s.capacity, 5 << 20);
@@ -85,8 +95,7 @@ fn an_allocation_does_not_spin_on_a_half_created_segment() {
 #[test]
 fn a_free_reaches_a_waiter_even_from_a_small_cached_block() {
     let pool = Pool::create(
-        &PoolOptions::new()
-            .segment_capacity(1 << 16)
+        &small_pool(1 << 16)
             .max_size((1 << 16) + (32 << 10))
             .wait(Some(Duration::from_secs(10))),
     )
@@ -110,7 +119,7 @@ fn an_allocation_that_finds_no_room_takes_back_this_processes_renewed_blocks() {
     // A full metadata segment whose only free room is blocks this process renewed must still
     // serve an array of another size. (The pool cannot grow: a new metadata segment holds about
     // 1 MiB of tree at creation, more than max_size.)
-    let pool = Pool::create(&PoolOptions::new().segment_capacity(1 << 20).max_size(512 << 10)).unwrap();
+    let pool = Pool::create(&small_pool(1 << 20).max_size(512 << 10)).unwrap();
     let before = pool.stats();
     let mut big = Vec::new();
     while let Ok(a) = ShmArray::<u8>::zeros(&pool, &[3000]) {
