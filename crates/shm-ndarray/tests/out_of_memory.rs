@@ -39,10 +39,7 @@ fn a_full_pool_fails_with_numbers_or_waits_for_a_free() {
     let err = ShmArray::<u8>::zeros(&pool, &[8192]).unwrap_err().to_string();
     assert!(err.contains("max_size") && err.contains("/dev/shm"), "says how to fix it: {err}");
     // With waiting, a free by another process (here, a thread) lets the allocation through.
-    let waiting = Pool::create(
-        &small_pool(1 << 20).max_size(ONE_SEGMENT).wait(Some(Duration::from_secs(10))),
-    )
-    .unwrap();
+    let waiting = Pool::create(&small_pool(1 << 20).max_size(ONE_SEGMENT).wait(Some(Duration::from_secs(10)))).unwrap();
     let big = ShmArray::<u8>::zeros(&waiting, &[1 << 20]).unwrap();
     std::thread::scope(|s| {
         s.spawn(move || {
@@ -94,12 +91,8 @@ fn an_allocation_does_not_spin_on_a_half_created_segment() {
 
 #[test]
 fn a_free_reaches_a_waiter_even_from_a_small_cached_block() {
-    let pool = Pool::create(
-        &small_pool(1 << 16)
-            .max_size((1 << 16) + (32 << 10))
-            .wait(Some(Duration::from_secs(10))),
-    )
-    .unwrap();
+    let pool = Pool::create(&small_pool(1 << 16).max_size((1 << 16) + (32 << 10)).wait(Some(Duration::from_secs(10))))
+        .unwrap();
     let big = pool.empty(&DType::of::<u8>(), &[1 << 16], false).unwrap();
     let smalls = std::thread::spawn({
         let pool = pool.clone();

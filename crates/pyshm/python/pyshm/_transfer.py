@@ -28,7 +28,7 @@ import pickle
 import threading
 import types
 from multiprocessing.reduction import ForkingPickler
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import cloudpickle
 import numpy as np
@@ -217,7 +217,7 @@ class PoolPickler(cloudpickle.Pickler):
         table[np.ndarray] = functools.partial(_reduce_array, handles, compact, replace or {})
         for cls in _wrappers:
             table[cls] = _reduce_wrapper
-        self.dispatch_table = table
+        self.dispatch_table: Mapping[Any, Any] = table  # the class's own (cloudpickle's) is a ChainMap
         self.by_value = by_value
         self.by_reference = by_reference
         super().__init__(file, pickle.HIGHEST_PROTOCOL)
