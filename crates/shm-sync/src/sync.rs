@@ -29,9 +29,12 @@ mod hint {
         TOKEN_HINT.store(next, core::sync::atomic::Ordering::Relaxed);
     }
 
-    use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+    use core::sync::atomic::{
+        AtomicU64, AtomicUsize,
+        Ordering::{Acquire, Relaxed, Release},
+    };
 
-    /// Token tables this process keeps a bound for; beyond them it counts at every reservation.
+    /// Token tables this process keeps a bound for at once (more take turns).
     const TABLES: usize = 32;
     /// The bound of a table not seen yet: at least any quota, so the first reservation counts.
     const UNKNOWN: usize = usize::MAX / 2;
@@ -44,30 +47,39 @@ mod hint {
     static KEYS: [AtomicU64; TABLES] = [const { AtomicU64::new(0) }; TABLES];
     static BOUNDS: [AtomicUsize; TABLES] = [const { AtomicUsize::new(UNKNOWN) }; TABLES];
 
-    /// The bound of table `key`, taking an unused entry the first time; `None` when all are taken.
-    fn bound_of(key: u64) -> Option<&'static AtomicUsize> {
+    /// Next entry to give to a table when all are taken.
+    static VICTIM: AtomicUsize = AtomicUsize::new(0);
+
+    /// The bound of table `key`, taking an unused entry the first time, or else another
+    /// table's: its bound restarts at [`UNKNOWN`], so either table counts at its next
+    /// reservation, which keeps every bound an upper bound.
+    fn bound_of(key: u64) -> &'static AtomicUsize {
         let key = key.max(1);
         for (k, bound) in KEYS.iter().zip(&BOUNDS) {
-            match k.compare_exchange(0, key, Relaxed, Relaxed) {
-                Ok(_) => return Some(bound),
-                Err(held) if held == key => return Some(bound),
-                Err(_) => {}
+            let held = match k.load(Acquire) {
+                0 => k.compare_exchange(0, key, Acquire, Acquire).unwrap_or_else(|held| held),
+                held => held,
+            };
+            if held == 0 || held == key {
+                return bound;
             }
         }
-        None
+        let v = VICTIM.fetch_add(1, Relaxed) % TABLES;
+        BOUNDS[v].store(UNKNOWN, Relaxed);
+        // Release: a thread that finds `key` here sees the bound reset with it.
+        KEYS[v].store(key, Release);
+        &BOUNDS[v]
     }
 
     /// Raises the bound of table `key` by one; returns it as it was ([`UNKNOWN`] or more when the
-    /// table has no bound: the caller counts).
+    /// table has no bound yet: the caller counts).
     pub(crate) fn note_reservation(key: u64) -> usize {
-        bound_of(key).map_or(UNKNOWN, |b| b.fetch_add(1, Relaxed))
+        bound_of(key).fetch_add(1, Relaxed)
     }
 
     /// Sets the bound of table `key` to a fresh count.
     pub(crate) fn set_sent_bound(key: u64, count: usize) {
-        if let Some(b) = bound_of(key) {
-            b.store(count, Relaxed);
-        }
+        bound_of(key).store(count, Relaxed);
     }
 }
 

@@ -379,5 +379,15 @@ mod tests {
         b.unreserve(b.reserve().unwrap()); // a send through the other pool
         let more = (0..4).filter(|_| a.reserve().is_ok()).count();
         assert_eq!(a.count_sent_by(sync::current_identity()), 4, "{more} more taken in a: beyond the share of 4");
+        // More tables than the process keeps bounds for: they take turns, and still a holds 4.
+        a.unreserve(
+            a_slots.iter().position(|s| s.state.load(Ordering::Relaxed) & KIND_MASK == RESERVED).unwrap() as u32
+        );
+        let others: Vec<Vec<TokenSlot>> = (0..40).map(|_| (0..2).map(|_| TokenSlot::new()).collect()).collect();
+        for slots in &others {
+            TokenTable::new(slots).reserve().unwrap();
+        }
+        let more = (0..4).filter(|_| a.reserve().is_ok()).count();
+        assert_eq!((more, a.count_sent_by(sync::current_identity())), (1, 4));
     }
 }
