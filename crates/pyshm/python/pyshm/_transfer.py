@@ -13,7 +13,8 @@ Invariants:
    numpy pickles it, so a payload never fails because of where an array lives.
 2. The sender's objects are never modified: copies are new arrays, and an object registered
    with :func:`register_array_wrapper` is rebuilt on the other side from its attributes.
-3. Every handle a payload makes is recorded in ``Payload.handles``. If the receiver dies before
+3. Every handle a payload makes is recorded in ``Payload.handles``, also those of arrays marked
+   :func:`pyshm.by_handle` (which stay marked). If the receiver dies before
    it attaches them, :meth:`Payload.release` claims and drops them; otherwise their transfer
    tokens would keep the arrays alive (see docs/architecture.md, "The Python layer").
 4. Importing this module changes nothing global: :class:`PoolPickler` is used only by
@@ -33,7 +34,7 @@ from typing import Any, Mapping, Optional
 import cloudpickle
 import numpy as np
 
-from . import _core, _handles, _mainref, _pickle
+from . import _by_handle, _core, _handles, _mainref, _pickle
 from ._native import Handle, PoolFullError
 
 __all__ = ["Packed", "Payload", "PayloadError", "PoolPickler", "register_array_wrapper", "unregister_array_wrapper"]
@@ -158,6 +159,15 @@ def _reduce_array(handles: list, compact: bool, replace: dict, a: np.ndarray) ->
     return a.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
 
 
+def _reduce_by_handle(handles: list, a: _by_handle.ByHandle) -> Any:
+    # A by-handle array stays one (a handle, rebuilt marked), and its handle is the payload's
+    # (invariant 3: given back when the payload fails or its receiver dies).
+    h, r = _by_handle.reduction(a, pickle.HIGHEST_PROTOCOL)
+    if h is not None:
+        handles.append(h)
+    return r
+
+
 def _reduce_wrapper(obj: Any) -> Any:
     attribute = _wrappers[type(obj)]
     array, d, slots = _wrapper_state(obj, attribute)
@@ -215,6 +225,7 @@ class PoolPickler(cloudpickle.Pickler):
         # leaves the private attribute out).
         table = _base_dispatch_table()
         table[np.ndarray] = functools.partial(_reduce_array, handles, compact, replace or {})
+        table[_by_handle.ByHandle] = functools.partial(_reduce_by_handle, handles)
         for cls in _wrappers:
             table[cls] = _reduce_wrapper
         self.dispatch_table: Mapping[Any, Any] = table  # the class's own (cloudpickle's) is a ChainMap

@@ -451,7 +451,10 @@ impl PoolShared {
 
     #[inline]
     fn tokens(&self) -> TokenTable<'_> {
-        TokenTable::new(self.dir().tokens())
+        // Keyed by the pool's id: the same pool mapped twice shares one bound (transfer
+        // invariant 4), and another pool mapped at a reused address does not inherit it.
+        let id = &self.dir().header().id;
+        TokenTable::with_key(self.dir().tokens(), id[0].load(ORD) ^ id[1].load(ORD).rotate_left(32))
     }
 
     fn wait(&self) -> Option<Duration> {
