@@ -222,7 +222,9 @@ fn register_err(e: RegisterError, msg: String) -> PyErr {
 fn pool_err(e: PoolError) -> PyErr {
     let msg = e.to_string();
     match e {
-        PoolError::NotFound { .. } | PoolError::Gone { .. } => PoolNotFoundError::new_err((ENOENT, msg)),
+        PoolError::NotFound { .. } | PoolError::Gone { .. } | PoolError::SegmentUnreachable { .. } => {
+            PoolNotFoundError::new_err((ENOENT, msg))
+        }
         PoolError::InvalidName { .. } | PoolError::Options(_) | PoolError::NotAPool { .. } => {
             PyValueError::new_err(msg)
         }

@@ -21,7 +21,7 @@ use numpy::PyArrayDescr;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString, PyTuple, PyType};
-use shm_ndarray::{ArrayError, Pool, PoolOptions, SharedArray};
+use shm_ndarray::{ArrayError, Backend, Pool, PoolOptions, SharedArray};
 
 use crate::allocator;
 use crate::dtypes::{describe, numpy_dtype};
@@ -127,8 +127,8 @@ impl NativePool {
     /// Creates a pool (or opens the one of that name); the pool registered under that name in
     /// this process if there is one (invariant 1).
     #[staticmethod]
-    #[pyo3(signature = (name=None, size=None, max_size=None, wait=None, persistent=None, persist_while_named=false, keep=None))]
-    #[allow(clippy::too_many_arguments)] // the keyword arguments of pyshm.Pool
+    #[pyo3(signature = (name=None, size=None, max_size=None, wait=None, persistent=None, persist_while_named=false, keep=None, backend=None))]
+    #[allow(clippy::too_many_arguments)] // one argument per option, as pyshm.Pool passes them
     fn create(
         py: Python<'_>,
         name: Option<String>,
@@ -138,8 +138,12 @@ impl NativePool {
         persistent: Option<bool>,
         persist_while_named: bool,
         keep: Option<u64>,
+        backend: Option<&str>,
     ) -> Result<Py<Self>> {
         let mut o = PoolOptions::new().wait(duration(wait)?).persist_while_named(persist_while_named);
+        if let Some(b) = backend {
+            o = o.backend(b.parse::<Backend>()?);
+        }
         if let Some(n) = name {
             o = o.name(n);
         }
@@ -182,6 +186,12 @@ impl NativePool {
     #[staticmethod]
     fn open_pools(py: Python<'_>) -> Vec<Py<Self>> {
         with_open(|open| open.iter().map(|p| p.clone_ref(py)).collect())
+    }
+
+    /// Where the pool's growth segments live: `"shm"` (files in /dev/shm) or `"memfd"`.
+    #[getter]
+    fn backend(&self) -> &'static str {
+        self.pool.backend().as_str()
     }
 
     /// The pool's name (its files in /dev/shm are `pyshm-<name>` and `pyshm-<name>-<random suffix>`).
@@ -481,6 +491,10 @@ figures! {
         live_processes: u64,
         /// Whether it outlives its processes.
         persistent: bool,
+        /// Where its growth segments live: `"shm"` or `"memfd"`.
+        backend: String,
+        /// Its memfd segments (not in /dev/shm, not counted in `bytes` or `used`).
+        memfd_segments: u64,
     }
 }
 
@@ -498,6 +512,8 @@ pub(crate) fn list_pools(py: Python<'_>) -> Vec<PoolInfo> {
             used: p.used,
             live_processes: p.live_processes as u64,
             persistent: p.persistent,
+            backend: p.backend.as_str().to_owned(),
+            memfd_segments: p.memfd_segments as u64,
         })
         .collect()
 }

@@ -99,3 +99,23 @@ def test_a_result_comes_back_by_handle(tmp_path):
     assert out.returncode == 0, out.stderr
     r = pickle.loads(path.read_bytes())
     assert pyshm.is_shared(r) and (r == 3).all() and pool_of(r) == out.stdout.strip() == mine
+
+
+def test_a_payload_records_its_by_handle_arrays_and_gives_their_tokens_back():
+    # pyshm's executor, map and aio send payloads: a by-handle array inside one is a handle of
+    # the payload, given back when its pickle fails or its receiver dies (found in review).
+    from pyshm import _transfer
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("not this one")
+
+    a = pyshm.zeros(10)
+    before = pyshm.default_pool().stats().handles_in_flight
+    with pytest.raises(RuntimeError, match="not this one"):
+        _transfer.Payload([pyshm.by_handle(a), Unpicklable()]).freeze()
+    assert pyshm.default_pool().stats().handles_in_flight == before, "the failed payload's token"
+    p = _transfer.Payload({"x": pyshm.by_handle(a)}).freeze()
+    assert len(p.handles) == 1
+    p.release()  # the receiver died before loading it
+    assert pyshm.default_pool().stats().handles_in_flight == before

@@ -23,6 +23,13 @@ def unpicklable():
     return lambda: 0  # a lambda pickles by reference, which fails
 
 
+class Unpicklable:
+    """Refuses every pickler, cloudpickle too (which pickles lambdas)."""
+
+    def __reduce__(self):
+        raise RuntimeError("this object refuses to be pickled")
+
+
 def test_a_pickle_that_fails_half_way_gives_back_every_token_it_took():
     with pyshm.Pool() as pool:
         a = pool.zeros(10)
@@ -45,6 +52,25 @@ def test_a_pickle_that_fails_half_way_gives_back_every_token_it_took():
         assert pool.stats().handles_in_flight == 0
         parent.close()
         child.close()
+
+
+def test_a_loky_pickle_that_fails_gives_back_its_tokens():
+    # joblib's process backend pickles with loky's pickler, not ForkingPickler (found in review:
+    # its failed pickles kept their tokens until reclaim_handles).
+    from joblib.externals.loky.backend import reduction
+
+    with pyshm.Pool() as pool:
+        a = pool.zeros(10)
+        assert pyshm._pickle.register_loky()
+        for _ in range(2):  # also with the class a later set_loky_pickler makes
+            with pytest.raises(RuntimeError, match="refuses"):
+                reduction.dumps([a, {"b": a[1:]}, Unpicklable()])
+            assert pool.stats().handles_in_flight == 0
+            reduction.set_loky_pickler(reduction.get_loky_pickler_name())
+        ok = reduction.dumps(a)
+        assert pool.stats().handles_in_flight == 1, "a pickle that succeeds keeps its token"
+        assert np.shares_memory(pickle.loads(ok), a)
+        assert pool.stats().handles_in_flight == 0
 
 
 def test_a_pickle_inside_a_failing_pickle_gives_back_its_tokens_too():

@@ -65,7 +65,13 @@ impl Arena {
     #[cold]
     fn reserve_slow(&self, block: Block, want: u64, first: u64, count: u64, tag: u16) -> Result<Block, AllocError> {
         let offset = self.segment.layout().data_offset + first * PAGE;
-        match sys::reserve(self.segment.fd().as_fd(), offset, count * PAGE) {
+        // A memfd is not in /dev/shm: nothing to reserve there (`FLAG_LAZY_PAGES`).
+        let reserved = if self.segment.lazy_pages() {
+            Ok(())
+        } else {
+            sys::reserve(self.segment.fd().as_fd(), offset, count * PAGE)
+        };
+        match reserved {
             Ok(()) => {
                 let flipped = self.page_bits().set(first, count);
                 // Relaxed: a count for policy (`pages` invariant 5), ordered by nothing.

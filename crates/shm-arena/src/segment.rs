@@ -54,6 +54,10 @@ pub const MAGIC: [u8; 8] = *b"PYSHMSEG";
 pub const LAYOUT_VERSION: u32 = 2;
 /// Header flag: every page of the segment was reserved at creation (no per-block reservation).
 pub(crate) const FLAG_WHOLE_RESERVED: u32 = 1;
+/// Header flag: a memfd whose data pages are never reserved with `fallocate` (it is not in
+/// /dev/shm's tmpfs: its pages are charged to the memory cgroup when touched, and running out
+/// is the cgroup's OOM path, not `ENOSPC`). The bitmap still marks the pages handed out.
+pub(crate) const FLAG_LAZY_PAGES: u32 = 2;
 const READY: u32 = 0x5245_4459; // "READY" in spirit: any non-zero value other than garbage zero
 const INIT_OFFSET: usize = 512;
 const ROOT_OFFSET: usize = 520;
@@ -75,7 +79,7 @@ pub(crate) struct ImmutableHeader {
     pub(crate) depth: u32,
     pub(crate) capacity: u64,
     pub(crate) owner_slots: u32,
-    /// [`FLAG_WHOLE_RESERVED`] or 0; any other bit is refused as corrupt.
+    /// [`FLAG_WHOLE_RESERVED`], [`FLAG_LAZY_PAGES`] or 0; any other bit is refused as corrupt.
     pub(crate) flags: u32,
     pub(crate) owners_offset: u64,
     pub(crate) search_offset: u64,
@@ -160,7 +164,7 @@ impl ImmutableHeader {
         if self.header_size != HEADER_SIZE as u32 {
             return Err(corrupt("header size"));
         }
-        if self.flags & !FLAG_WHOLE_RESERVED != 0 {
+        if self.flags & !(FLAG_WHOLE_RESERVED | FLAG_LAZY_PAGES) != 0 {
             return Err(corrupt("unknown header flags"));
         }
         let min_block = 1u64.checked_shl(self.min_block_shift).unwrap_or(0);
@@ -389,7 +393,13 @@ impl Segment {
         let mut segment_id = [0u8; 16];
         sys::fill_random(&mut segment_id).map_err(|e| unlink_on_error(sys_err(SysOp::GetRandom, e)))?;
         let creator = ProcessIdentity::current().map(ProcessIdentity::to_bits).unwrap_or(0);
-        let flags = if whole_reserved { FLAG_WHOLE_RESERVED } else { 0 };
+        let flags = if whole_reserved {
+            FLAG_WHOLE_RESERVED
+        } else if name == SegmentName::Anonymous {
+            FLAG_LAZY_PAGES
+        } else {
+            0
+        };
         let header = ImmutableHeader::new(&layout, segment_id, creator, flags);
         let segment = Segment { map, fd, name, layout, header };
         // SAFETY: the mapping is at least HEADER_SIZE bytes (layout invariant) and page
@@ -478,6 +488,11 @@ impl Segment {
     /// Whether every page was reserved at creation (the header's `WHOLE_RESERVED` flag).
     pub(crate) fn whole_reserved(&self) -> bool {
         self.header.flags & FLAG_WHOLE_RESERVED != 0
+    }
+
+    /// Whether data pages are handed out without `fallocate` ([`FLAG_LAZY_PAGES`]: a memfd).
+    pub(crate) fn lazy_pages(&self) -> bool {
+        self.header.flags & FLAG_LAZY_PAGES != 0
     }
 
     pub(crate) fn segment_id(&self) -> [u8; 16] {
@@ -638,8 +653,10 @@ mod tests {
         assert_eq!(h.validate("x", l.segment_size).unwrap(), l);
         let whole = ImmutableHeader::new(&l, [7; 16], 42, FLAG_WHOLE_RESERVED);
         assert_eq!(whole.validate("x", l.segment_size).unwrap(), l);
+        let lazy = ImmutableHeader::new(&l, [7; 16], 42, FLAG_LAZY_PAGES);
+        assert_eq!(lazy.validate("x", l.segment_size).unwrap(), l);
         let mut bad = h;
-        bad.flags = 2;
+        bad.flags = 4;
         bad.checksum = bad.compute_checksum();
         assert!(matches!(bad.validate("x", l.segment_size), Err(OpenError::Corrupt { .. })), "unknown flags");
         let mut bad = h;

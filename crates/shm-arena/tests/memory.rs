@@ -153,11 +153,60 @@ fn a_64_mib_dev_shm_gives_a_typed_error_not_a_sigbus() {
     if std::env::var_os(CHILD).is_some() {
         return in_small_shm();
     }
+    run_in_small_shm("a_64_mib_dev_shm_gives_a_typed_error_not_a_sigbus");
+}
+
+/// The body of the next test: a tmpfs `fallocate` that fails with `ENOSPC` rolls back the pages
+/// it added and never written. Pages it found already reserved (here by an earlier block, never
+/// written, bits still set) must survive that rollback (Linux zeroes and marks them up to date
+/// on the second reservation, so they are no longer undoable), or the bits would claim pages the
+/// file no longer holds and a write to them would `SIGBUS`.
+fn a_failed_reservation_leaves_no_stale_bits() {
+    let a = ArenaOptions::new(1 << 30).min_block(4096).cache_max_block(0).create().unwrap();
+    let meta = a.stats().metadata_bytes;
+    // 1 MiB reserved and never written (an np.empty array), freed the ordinary way: bits kept.
+    let first = a.alloc(1 << 20).unwrap();
+    a.free(first).unwrap();
+    assert_eq!(a.stats().reserved_data_bytes, 1 << 20);
+    assert_eq!(held(&a), meta + (1 << 20));
+    // Another file takes most of /dev/shm; a larger block over the same pages does not fit in
+    // what is left, so its fallocate fails midway (tmpfs refuses at once only a request larger
+    // than the whole file system).
+    let filler = std::fs::File::create("/dev/shm/filler").unwrap();
+    filler.set_len(48 << 20).unwrap();
+    rustix::fs::fallocate(&filler, rustix::fs::FallocateFlags::empty(), 0, 48 << 20).unwrap();
+    assert!(matches!(a.alloc(30 << 20), Err(AllocError::NoSpace { .. })));
+    // Every page the bitmap calls reserved is still held by the file (memory invariant 1).
+    let reserved = a.stats().reserved_data_bytes;
+    assert!(held(&a) >= meta + reserved, "bits say {reserved} bytes reserved, the file holds {}", held(&a) - meta);
+    // So a block on those pages can be written even when /dev/shm is full.
+    let top = std::fs::File::create("/dev/shm/filler2").unwrap();
+    for _ in 0..64 {
+        // Takes every page left, a MiB at a time (each call fails at once when none is left).
+        let end = top.metadata().unwrap().len();
+        if rustix::fs::fallocate(&top, rustix::fs::FallocateFlags::empty(), end, 1 << 20).is_err() {
+            break;
+        }
+    }
+    let again = a.alloc(1 << 20).unwrap();
+    touch(&a, again, 1 << 20);
+    a.free(again).unwrap();
+    a.unlink().unwrap();
+}
+
+#[test]
+fn a_failed_reservation_leaves_no_stale_bits_in_a_64_mib_dev_shm() {
+    if std::env::var_os(CHILD).is_some() {
+        return a_failed_reservation_leaves_no_stale_bits();
+    }
+    run_in_small_shm("a_failed_reservation_leaves_no_stale_bits_in_a_64_mib_dev_shm");
+}
+
+/// Runs test `name` of this binary again in a child with a 64 MiB /dev/shm of its own.
+fn run_in_small_shm(name: &str) {
     let me = std::env::current_exe().unwrap();
-    let script = format!(
-        "mount -t tmpfs -o size=64m tmpfs /dev/shm && exec {} --exact a_64_mib_dev_shm_gives_a_typed_error_not_a_sigbus --nocapture",
-        me.display()
-    );
+    let script =
+        format!("mount -t tmpfs -o size=64m tmpfs /dev/shm && exec {} --exact {name} --nocapture", me.display());
     let mut child = Command::new("unshare")
         .args(["-m", "--propagation", "private", "sh", "-c", &script])
         .env(CHILD, "1")
@@ -176,5 +225,5 @@ fn a_64_mib_dev_shm_gives_a_typed_error_not_a_sigbus() {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    assert!(status.success(), "child in a 64 MiB /dev/shm failed: {status:?}");
+    assert!(status.success(), "child {name} in a 64 MiB /dev/shm failed: {status:?}");
 }

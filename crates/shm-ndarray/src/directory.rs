@@ -20,8 +20,9 @@
 //!    was taken in: a process of another namespace is never declared dead here (version 3).
 //!
 //! ```text
-//! DirHeader (256 bytes): magic, version, id, flags, config, counts, lock, freed event, pid ns
-//! segments   MAX_SEGMENTS x SegmentEntry (kind, capacity, suffix, reserved)
+//! DirHeader (256 bytes): magic, version, id, flags, config, counts, lock, freed event, pid ns,
+//!            keep, live data, backend
+//! segments   MAX_SEGMENTS x SegmentEntry (kind, capacity, suffix, memfd_ino)
 //! processes  process_slots x ProcessSlot (64 bytes)
 //! tokens     token_slots x TokenSlot (32 bytes)
 //! names      name_slots x NameEntry (128 bytes)
@@ -73,7 +74,10 @@ pub(crate) struct DirHeader {
     /// count for the give-back policy (pool invariant 8), not for safety: a process killed
     /// between allocating and counting leaves it off.
     pub(crate) live_data: SharedU64,
-    pub(crate) reserved: [SharedU64; 13],
+    /// The segment backend (`pool::backend`, invariant 1): 0 files in /dev/shm, 1 memfds.
+    /// Formerly reserved (always 0), so older pools read as the /dev/shm backend.
+    pub(crate) backend: SharedU64,
+    pub(crate) reserved: [SharedU64; 12],
 }
 
 /// Marks the `keep` word as written.
@@ -88,7 +92,9 @@ pub(crate) struct SegmentEntry {
     /// The random part of a growth segment's file name, `pyshm-<pool>-<suffix as 16 hex
     /// digits>` (invariant 4); unused for segment 0, which is `pyshm-<pool>`.
     pub(crate) suffix: SharedU64,
-    pub(crate) reserved: SharedU64,
+    /// The inode of a memfd segment (`pool::backend`, invariant 2); 0 for a named segment
+    /// (formerly reserved, always 0).
+    pub(crate) memfd_ino: SharedU64,
 }
 
 const _: () = assert!(core::mem::size_of::<SegmentEntry>() == 32);

@@ -62,6 +62,17 @@ pub enum PoolError {
     /// Opening a segment failed.
     #[error(transparent)]
     Open(#[from] OpenError),
+    /// A memfd segment of the pool could not be reached: no live process of the pool holds its
+    /// descriptor any more (`pool::backend`, invariant 4).
+    #[error("pool {pool:?}: cannot reach its memfd segment {index}: {why}")]
+    SegmentUnreachable {
+        /// The pool name.
+        pool: String,
+        /// The segment's index in the directory.
+        index: usize,
+        /// What was tried.
+        why: String,
+    },
     /// Allocating the pool's own metadata failed.
     #[error("allocating pool metadata: {0}")]
     Alloc(#[from] AllocError),
@@ -97,7 +108,7 @@ pub enum ArrayError {
     },
     /// /dev/shm (or the memfd's tmpfs) has no room for the pages the array needs, even after
     /// collecting what dead processes held.
-    #[error("pool {pool:?}: no room in /dev/shm for {requested} bytes ({reserving} bytes of pages to reserve), /dev/shm has {shm_free} bytes free; free arrays, or enlarge /dev/shm (docker run --shm-size=..., a memory-backed Kubernetes emptyDir)")]
+    #[error("pool {pool:?}: no room in /dev/shm for {requested} bytes ({reserving} bytes of pages to reserve), /dev/shm has {shm_free} bytes free; free arrays, enlarge /dev/shm (docker run --shm-size=..., a memory-backed Kubernetes emptyDir), or keep the pool out of /dev/shm with PYSHM_BACKEND=memfd")]
     NoSpace {
         /// The pool name.
         pool: String,

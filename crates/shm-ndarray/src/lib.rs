@@ -61,7 +61,7 @@ pub use error::{ArrayError, HandleError, PoolError};
 pub use handle::{Handle, HANDLE_FIXED_LEN};
 pub use header::{view_fits, MAX_DIMS};
 pub use pool::{
-    clean_dead_pools, clean_pools, default_keep, list_pools, CleanReport, CollectReport, NameError, Pool, PoolInfo,
-    PoolOptions, PoolStats, SharedArray, SkipReason, SkippedFile, MAX_PROCESSES,
+    clean_dead_pools, clean_pools, default_keep, list_pools, Backend, CleanReport, CollectReport, NameError, Pool,
+    PoolInfo, PoolOptions, PoolStats, SharedArray, SkipReason, SkippedFile, MAX_PROCESSES,
 };
 pub use typed::{ShmArray, SliceMut, SliceRef, TypedError};

@@ -15,8 +15,9 @@
 //! 4. One process never holds more than half the slots (reserved or pending, named by its
 //!    identity in `sender`): one program that sends and never has its handles attached cannot
 //!    take the table from every other process of the pool. Each process keeps a local upper
-//!    bound of its tokens (raised by every reservation, never lowered by claims it does not
-//!    see); only when the bound reaches the quota does it count its slots, and it refuses
+//!    bound of its tokens per table (raised by every reservation, never lowered by claims it
+//!    does not see, nor by a count of another table); only when the bound reaches the quota
+//!    does it count its slots, and it refuses
 //!    ([`TokenError::SenderQuota`]) if the count does too. The check costs one local add per
 //!    reservation and a scan of the table once per `quota - count` reservations.
 //!
@@ -117,12 +118,23 @@ pub enum TokenError {
 /// A table of token slots in shared memory.
 pub struct TokenTable<'a> {
     slots: &'a [TokenSlot],
+    /// Names the table to this process's bound on its tokens in flight (invariant 4).
+    key: u64,
 }
 
 impl<'a> TokenTable<'a> {
-    /// A table over `slots` (zeroed slots are free).
+    /// A table over `slots` (zeroed slots are free), known to this process's bound on its
+    /// tokens in flight (invariant 4) by the address of the slots. A table that may be mapped
+    /// at more than one address, or unmapped and another mapped in its place, needs
+    /// [`TokenTable::with_key`].
     pub fn new(slots: &'a [TokenSlot]) -> Self {
-        Self { slots }
+        Self { slots, key: slots.as_ptr() as u64 }
+    }
+
+    /// A table over `slots` known by `key`, the same for the table wherever and however often
+    /// it is mapped, and different from every other table's (a pool's unique id).
+    pub fn with_key(slots: &'a [TokenSlot], key: u64) -> Self {
+        Self { slots, key }
     }
 
     /// Number of slots.
@@ -143,10 +155,10 @@ impl<'a> TokenTable<'a> {
         let me = sync::current_identity();
         let n = self.slots.len();
         let quota = Self::quota(n);
-        if sync::note_reservation() >= quota {
+        if sync::note_reservation(self.key) >= quota {
             // Invariant 4: the bound says we may be at our share; count for real.
             let mine = self.count_sent_by(me);
-            sync::set_sent_bound(mine + 1);
+            sync::set_sent_bound(self.key, mine + 1);
             if mine >= quota {
                 return Err(TokenError::SenderQuota { quota, slots: n });
             }
@@ -349,5 +361,33 @@ mod tests {
         // 3 of ours and 4 of another's: one slot left, and ours to take (3 < our share of 4).
         assert!(t.reserve().is_ok(), "3 of ours in flight: below our share");
         assert_eq!(t.reserve(), Err(TokenError::SenderQuota { quota: 4, slots: 8 }), "4 of ours again");
+    }
+
+    #[test]
+    fn sending_through_another_pool_does_not_lift_this_pools_share() {
+        // Two pools' tables in one process: the local bound of one must not be lowered by a
+        // count of the other (found in review: the bound was one per process).
+        let a_slots: Vec<TokenSlot> = (0..8).map(|_| TokenSlot::new()).collect();
+        let b_slots: Vec<TokenSlot> = (0..8).map(|_| TokenSlot::new()).collect();
+        let (a, b) = (TokenTable::new(&a_slots), TokenTable::new(&b_slots));
+        let mut mine = Vec::new();
+        while let Ok(i) = a.reserve() {
+            mine.push(i);
+        }
+        assert_eq!(mine.len(), 4, "our share of a");
+        a.unreserve(mine.pop().unwrap()); // one claimed: 3 in flight in a
+        b.unreserve(b.reserve().unwrap()); // a send through the other pool
+        let more = (0..4).filter(|_| a.reserve().is_ok()).count();
+        assert_eq!(a.count_sent_by(sync::current_identity()), 4, "{more} more taken in a: beyond the share of 4");
+        // More tables than the process keeps bounds for: they take turns, and still a holds 4.
+        a.unreserve(
+            a_slots.iter().position(|s| s.state.load(Ordering::Relaxed) & KIND_MASK == RESERVED).unwrap() as u32
+        );
+        let others: Vec<Vec<TokenSlot>> = (0..40).map(|_| (0..2).map(|_| TokenSlot::new()).collect()).collect();
+        for slots in &others {
+            TokenTable::new(slots).reserve().unwrap();
+        }
+        let more = (0..4).filter(|_| a.reserve().is_ok()).count();
+        assert_eq!((more, a.count_sent_by(sync::current_identity())), (1, 4));
     }
 }

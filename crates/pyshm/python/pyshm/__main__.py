@@ -47,16 +47,19 @@ def cmd_ls() -> int:
     if not pools:
         print("no pyshm pools in /dev/shm")
         return 0
-    # HELD is what the pool costs /dev/shm; SIZE (its files' length) is sparse address space.
+    # HELD is what the pool costs /dev/shm; SIZE (its files' length) is sparse address space. A
+    # memfd pool's growth segments live in the memory of its processes, are not files, and vanish
+    # with the last process that holds them: HELD, USED and SIZE count /dev/shm only.
     print(
         f"{'NAME':<34} {'HELD':>10} {'USED':>10} {'WARM':>10} {'KEEP':>10} {'HELD/USED':>9} {'SIZE':>10} "
-        f"{'PROCS':>5}  PERSISTENT"
+        f"{'PROCS':>5}  PERSISTENT  BACKEND"
     )
     for p in sorted(pools, key=lambda p: p.name):
         ratio = f"{p.held / p.used:.2f}" if p.used else "-"
+        backend = f"memfd (+{p.memfd_segments} segments)" if p.backend == "memfd" else "shm"
         print(
             f"{p.name:<34} {_size(p.held):>10} {_size(p.used):>10} {_size(p.warm):>10} {_size(p.keep):>10} "
-            f"{ratio:>9} {_size(p.bytes):>10} {p.live_processes:>5}  {'yes' if p.persistent else 'no'}"
+            f"{ratio:>9} {_size(p.bytes):>10} {p.live_processes:>5}  {'yes' if p.persistent else 'no':<10}  {backend}"
         )
     return 0
 

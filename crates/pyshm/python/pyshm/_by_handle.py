@@ -29,7 +29,7 @@ from typing import Any, Optional
 import numpy as np
 
 from . import _handles, _native, _pickle
-from ._native import PoolNotFoundError
+from ._native import Handle, PoolNotFoundError
 
 __all__ = ["ByHandle", "by_handle", "host_identity"]
 
@@ -59,11 +59,7 @@ class ByHandle(np.ndarray):
     """
 
     def __reduce_ex__(self, protocol: Any) -> Any:
-        r = _pickle.pooled_reduction(self)
-        if r is None:  # not pooled any more (a copy made by numpy): the data, as numpy sends it
-            return self.view(np.ndarray).__reduce_ex__(protocol)
-        hostname, boot = host_identity()
-        return (_rebuild, (hostname, boot, *r[1][1]))
+        return reduction(self, protocol)[1]
 
     def __reduce__(self) -> Any:
         return self.__reduce_ex__(pickle.DEFAULT_PROTOCOL)
@@ -73,6 +69,17 @@ class ByHandle(np.ndarray):
         if return_scalar and isinstance(arr, np.ndarray) and arr.ndim == 0:
             return arr[()]
         return arr.view(np.ndarray) if isinstance(arr, np.ndarray) else arr
+
+
+def reduction(a: ByHandle, protocol: Any) -> tuple[Optional[Handle], Any]:
+    """``(handle, reduction)`` of a by-handle array: the :class:`Handle` made (``None`` for an
+    array not pooled any more, a copy made by numpy, which is reduced as numpy reduces it) and
+    what ``__reduce_ex__`` returns. For picklers that record the handles they send (payloads)."""
+    r = _pickle.pooled_reduction(a)
+    if r is None:
+        return None, a.view(np.ndarray).__reduce_ex__(protocol)
+    hostname, boot = host_identity()
+    return r[0], (_rebuild, (hostname, boot, *r[1][1]))
 
 
 def by_handle(a: np.ndarray) -> np.ndarray:

@@ -224,6 +224,7 @@ class Pool(_Constructors):
     is persistent (it outlives its processes until unlinked) unless ``persistent=False``.
     ``keep`` bounds the warm reserve: bytes of freed arrays kept for reuse (default 512 MiB,
     at most an eighth of /dev/shm); freed memory beyond it is given back to the system at once.
+    ``backend="memfd"`` keeps the pool's segments out of /dev/shm (see :func:`configure`).
 
     Used as a context manager, the pool is closed on exit (see :meth:`close`). It has the
     module's constructors as methods: ``pool.empty(...)``, ``pool.zeros(...)``, and so on.
@@ -238,12 +239,14 @@ class Pool(_Constructors):
         *,
         persistent: Optional[bool] = None,
         keep: Optional[int] = None,
+        backend: Optional[str] = None,
     ) -> None:
         if keep is not None and (not isinstance(keep, (int, np.integer)) or keep < 0):
             raise ValueError(f"keep must be a non-negative number of bytes, not {keep!r}")
-        self._native = _pools.track(
-            NativePool.create(name, size, max_size, wait, persistent, keep=None if keep is None else int(keep))
-        )
+        if backend is not None and backend not in _pools.BACKENDS:
+            raise ValueError(f"backend must be 'shm' or 'memfd', not {backend!r}")
+        keep = None if keep is None else int(keep)
+        self._native = _pools.track(NativePool.create(name, size, max_size, wait, persistent, keep=keep, backend=backend))
         if wait is not None:
             self._native.wait = float(wait)
         self._closed = False
@@ -257,6 +260,12 @@ class Pool(_Constructors):
     def name(self) -> str:
         """The pool's name: its files in /dev/shm are ``pyshm-<name>`` and ``pyshm-<name>-<random suffix>``."""
         return self._native.name
+
+    @property
+    def backend(self) -> str:
+        """Where the pool's segments after the first live: ``"shm"`` (files in /dev/shm) or
+        ``"memfd"`` (anonymous memory shared by descriptor), as its creator chose."""
+        return self._native.backend
 
     @property
     def wait(self) -> Optional[float]:

@@ -364,6 +364,7 @@ class Pool(_Constructors):
         *,
         persistent: Optional[bool] = None,
         keep: Optional[int] = None,
+        backend: Optional[str] = None,
     ) -> None: ...
     @classmethod
     def open(cls, name: str) -> Pool:
@@ -371,6 +372,9 @@ class Pool(_Constructors):
     @property
     def name(self) -> str:
         """The pool's name: its files in /dev/shm are ``pyshm-<name>`` and ``pyshm-<name>-<random suffix>``."""
+    @property
+    def backend(self) -> str:
+        """Where the pool's segments after the first live: ``"shm"`` or ``"memfd"``."""
     @property
     def wait(self) -> Optional[float]:
         """Seconds an allocation may wait for memory (``None``: it fails at once)."""

@@ -46,9 +46,9 @@ import time
 import weakref
 from typing import Any, Callable, Iterable, Iterator, Optional
 
-from . import _allocator, _core, _parentwatch, _pools
+from . import _allocator, _core, _mainref, _parentwatch, _pools
 from ._native import NativePool
-from ._transfer import Packed, Payload, PayloadError
+from ._transfer import ATOMIC, Packed, Payload, PayloadError
 
 __all__ = ["DEFAULT_ALLOCATOR_MIN_BYTES", "ProcessPoolExecutor", "usable_cpus"]
 
@@ -116,7 +116,7 @@ def _init_worker(
         initializer(*initargs)
 
 
-def _run_task(task: Packed) -> Payload:
+def _run_task(task: Packed) -> Any:
     """Runs in a worker: the call (unpickled from its payload here, so that a task that cannot
     be unpickled fails with :class:`PayloadError` instead of killing the worker), its result as
     a payload (``compact``: a small view of a large temporary is copied, not sent whole),
@@ -128,7 +128,10 @@ def _run_task(task: Packed) -> Payload:
             raise
         except BaseException as e:  # SystemExit, KeyboardInterrupt, ... from a __reduce__ callable
             raise PayloadError(f"the worker could not unpickle its task: {type(e).__name__}: {e}") from e
-        return Payload(fn(*args, **kwargs), compact=True).freeze()
+        result = fn(*args, **kwargs)
+        if type(result) in ATOMIC:  # nothing of the pool's in it: as the standard library sends it
+            return result
+        return Payload(result, compact=True, by_reference=_mainref.result_rule).freeze()
 
 
 class _ManagerThread(_stdlib._ExecutorManagerThread):
@@ -241,9 +244,12 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
         self._pyshm_pipe_lock = threading.Lock()  # invariant 6
         self._pyshm_reclaim_state: Optional[str] = None  # None, "waiting", "done"
         self._pyshm_to_release: list[Payload] = []
+        # Which functions and classes of __main__ the workers find by name (see _mainref).
+        context = self._mp_context
+        self._pyshm_by_reference = _mainref.by_reference_rule(None if context is None else context.get_start_method())
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
-        payload = Payload((fn, args, kwargs), lazy=True)
+        payload = Payload((fn, args, kwargs), lazy=True, by_reference=self._pyshm_by_reference)
         future = super().submit(_run_task, payload)
         # Weakly: a future that outlives its executor must not keep it (and its workers) alive.
         executor = weakref.ref(self)

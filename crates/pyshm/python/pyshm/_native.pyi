@@ -156,7 +156,17 @@ class PoolInfo:
     """A pool found in /dev/shm by ``list_pools``."""
 
     def __new__(
-        cls, name: str, bytes: int, held: int, warm: int, keep: int, used: int, live_processes: int, persistent: bool
+        cls,
+        name: str,
+        bytes: int,
+        held: int,
+        warm: int,
+        keep: int,
+        used: int,
+        live_processes: int,
+        persistent: bool,
+        backend: str,
+        memfd_segments: int,
     ) -> PoolInfo:
         """The fields, in this order (as pickling passes them)."""
     @property
@@ -183,6 +193,12 @@ class PoolInfo:
     @property
     def persistent(self) -> bool:
         """Whether it outlives its processes."""
+    @property
+    def backend(self) -> str:
+        """Where its growth segments live: ``"shm"`` or ``"memfd"``."""
+    @property
+    def memfd_segments(self) -> int:
+        """Its memfd segments (not in /dev/shm, not counted in ``bytes`` or ``used``)."""
 
 @final
 class SkippedPoolFile:
@@ -230,6 +246,7 @@ class NativePool:
         persistent: Optional[bool] = None,
         persist_while_named: bool = False,
         keep: Optional[int] = None,
+        backend: Optional[str] = None,
     ) -> NativePool:
         """Create a pool (or open the one of that name); the one registered here if there is one."""
     @staticmethod
@@ -241,6 +258,9 @@ class NativePool:
     @staticmethod
     def open_pools() -> list[NativePool]:
         """Every registered pool."""
+    @property
+    def backend(self) -> str:
+        """Where the pool's growth segments live: ``"shm"`` or ``"memfd"``."""
     @property
     def name(self) -> str:
         """The pool's name."""

@@ -14,10 +14,11 @@ Invariants:
 4. ``handles()`` changes the process only while some thread is inside a block: its ``copyreg``
    reducer is registered when the first block opens and removed (the previous reducer, if
    any, put back) when the last one closes, whatever happened inside.
-5. A ``ForkingPickler`` pickle that fails at any point gives back the token of every handle it
-   made: ``ForkingPickler.dump`` (which ``ForkingPickler.dumps``, multiprocessing's queues,
-   pipes and process start all go through) is wrapped to record the handles made inside it
-   (``_Sends``) and cancel them when it raises. A pickle inside another's (a payload's) hands
+5. A ``ForkingPickler`` or loky pickle that fails at any point gives back the token of every
+   handle it made: ``ForkingPickler.dump`` (which ``ForkingPickler.dumps``, multiprocessing's
+   queues, pipes and process start all go through) and the ``dump`` of loky's pickler class
+   (once registered, also classes ``set_loky_pickler`` makes later) are wrapped to record the
+   handles made inside them (``_Sends``) and cancel them when they raise. A pickle inside another's (a payload's) hands
    its handles on to the outer one when it succeeds, so the outer one's failure gives them back
    too. The wrapper changes nothing else: it calls the ``dump`` it replaced.
 6. When the pool's token table is full, ``ForkingPickler`` and loky send that array by value
@@ -265,9 +266,35 @@ def register_loky() -> bool:
         except ImportError:
             continue
         reduction.register(np.ndarray, _reduce_for_loky)
+        _track_loky(reduction)
         _loky_done.add(mod)
         found = True
     return found
+
+
+def _track_loky_pickler(reduction: Any) -> None:
+    """Wrap the ``dump`` of loky's current pickler class like ``ForkingPickler.dump`` (invariant
+    5), once per class."""
+    cls = reduction.get_loky_pickler()
+    if cls is not None and not getattr(cls.__dict__.get("dump"), "_pyshm_tracking", False):
+        cls.dump = _tracking_dump(cls.dump)
+
+
+def _track_loky(reduction: Any) -> None:
+    """Make loky's pickles give back their handles when they fail (invariant 5): its pickler
+    class now, and each one ``set_loky_pickler`` makes later (loky makes a new class there)."""
+    _track_loky_pickler(reduction)
+    original = reduction.set_loky_pickler
+    if getattr(original, "_pyshm_tracking", False):
+        return
+
+    @functools.wraps(original)
+    def set_loky_pickler(loky_pickler: Any = None) -> None:
+        original(loky_pickler)
+        _track_loky_pickler(reduction)
+
+    set_loky_pickler._pyshm_tracking = True  # type: ignore[attr-defined]
+    reduction.set_loky_pickler = set_loky_pickler
 
 
 def register_loky_if_loaded() -> None:

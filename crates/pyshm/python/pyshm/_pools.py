@@ -41,7 +41,10 @@ lock = threading.RLock()
 default: Optional[NativePool] = None
 """The default pool once it exists (read without the lock on the hot path)."""
 
-_config: dict[str, Any] = {"size": None, "max_size": None, "wait": None, "keep": None}
+_config: dict[str, Any] = {"size": None, "max_size": None, "wait": None, "keep": None, "backend": None}
+
+BACKENDS = ("shm", "memfd")
+"""Where the default pool's growth segments live: files in /dev/shm, or memfds."""
 
 new_pool_hooks: list[Callable[[], None]] = []
 """Called after each pool this process opens (``_pickle`` adds loky's registration)."""
@@ -82,6 +85,11 @@ def env_config() -> dict[str, Any]:
             cfg["wait"] = float(os.environ["PYSHM_WAIT"])
         except ValueError:
             raise ValueError(f"PYSHM_WAIT={os.environ['PYSHM_WAIT']!r}: expected seconds") from None
+    if cfg["backend"] is None and os.environ.get("PYSHM_BACKEND"):
+        backend = os.environ["PYSHM_BACKEND"].strip().lower()
+        if backend not in BACKENDS:
+            raise ValueError(f"PYSHM_BACKEND={os.environ['PYSHM_BACKEND']!r}: expected 'shm' or 'memfd'")
+        cfg["backend"] = backend
     return cfg
 
 
@@ -90,6 +98,7 @@ def configure(
     max_size: Optional[int] = None,
     wait: Optional[float] = None,
     keep: Optional[int] = None,
+    backend: Optional[str] = None,
 ) -> None:
     """Set up the default pool before its first use.
 
@@ -98,12 +107,16 @@ def configure(
     /dev/shm), ``wait`` how many seconds an allocation may wait for other processes to free
     memory before it raises ``MemoryError`` (default: do not wait), and ``keep`` the warm
     reserve: how many bytes of freed arrays the pool keeps for reuse (default 512 MiB, at most
-    an eighth of /dev/shm; freed memory beyond it goes back to the system at once). The
-    environment variables ``PYSHM_SIZE``, ``PYSHM_MAX_SIZE``, ``PYSHM_KEEP`` (``512M``,
-    ``2G``, ...) and ``PYSHM_WAIT`` do the same.
+    an eighth of /dev/shm; freed memory beyond it goes back to the system at once).
+    ``backend`` says where the pool's segments live: ``"shm"`` (default), files in /dev/shm, or
+    ``"memfd"``, anonymous memory shared with the program's other processes by descriptor,
+    which does not count against /dev/shm (for containers with a small /dev/shm; only the
+    pool's first segment, about 1.4 MiB, stays there). The environment variables
+    ``PYSHM_SIZE``, ``PYSHM_MAX_SIZE``, ``PYSHM_KEEP`` (``512M``, ``2G``, ...), ``PYSHM_WAIT``
+    and ``PYSHM_BACKEND`` do the same.
 
-    Once the default pool exists only ``wait`` can change; changing ``size``, ``max_size`` or
-    ``keep`` then raises ``RuntimeError``.
+    Once the default pool exists only ``wait`` can change; changing ``size``, ``max_size``,
+    ``keep`` or ``backend`` then raises ``RuntimeError``.
     """
     for what, v in (("size", size), ("max_size", max_size)):
         if v is not None and (not isinstance(v, (int, np.integer)) or v <= 0):
@@ -112,12 +125,18 @@ def configure(
         raise ValueError(f"keep must be a non-negative number of bytes, not {keep!r}")
     if wait is not None and not (isinstance(wait, (int, float)) and wait >= 0):
         raise ValueError(f"wait must be a non-negative number of seconds, not {wait!r}")
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"backend must be 'shm' or 'memfd', not {backend!r}")
     with lock:
-        if default is not None and (size is not None or max_size is not None or keep is not None):
+        if default is not None and (
+            size is not None or max_size is not None or keep is not None or backend is not None
+        ):
             raise RuntimeError(
                 "the default pool exists already; call pyshm.configure() before the first array, "
-                "or set PYSHM_SIZE / PYSHM_MAX_SIZE / PYSHM_KEEP in the environment"
+                "or set PYSHM_SIZE / PYSHM_MAX_SIZE / PYSHM_KEEP / PYSHM_BACKEND in the environment"
             )
+        if backend is not None:
+            _config["backend"] = backend
         if size is not None:
             _config["size"] = int(size)
         if max_size is not None:
@@ -223,7 +242,13 @@ def create_default() -> NativePool:
                     native = None
         if native is None:
             native = NativePool.create(
-                name, cfg["size"], cfg["max_size"], cfg["wait"], persistent=False, keep=cfg["keep"]
+                name,
+                cfg["size"],
+                cfg["max_size"],
+                cfg["wait"],
+                persistent=False,
+                keep=cfg["keep"],
+                backend=cfg["backend"],
             )
             os.environ["PYSHM_POOL"] = native.name
         elif cfg["wait"] is not None:

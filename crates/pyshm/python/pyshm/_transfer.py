@@ -13,7 +13,8 @@ Invariants:
    numpy pickles it, so a payload never fails because of where an array lives.
 2. The sender's objects are never modified: copies are new arrays, and an object registered
    with :func:`register_array_wrapper` is rebuilt on the other side from its attributes.
-3. Every handle a payload makes is recorded in ``Payload.handles``. If the receiver dies before
+3. Every handle a payload makes is recorded in ``Payload.handles``, also those of arrays marked
+   :func:`pyshm.by_handle` (which stay marked). If the receiver dies before
    it attaches them, :meth:`Payload.release` claims and drops them; otherwise their transfer
    tokens would keep the arrays alive (see docs/architecture.md, "The Python layer").
 4. Importing this module changes nothing global: :class:`PoolPickler` is used only by
@@ -27,14 +28,13 @@ import io
 import pickle
 import threading
 import types
-from collections import ChainMap
 from multiprocessing.reduction import ForkingPickler
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import cloudpickle
 import numpy as np
 
-from . import _core, _handles, _pickle
+from . import _by_handle, _core, _handles, _mainref, _pickle
 from ._native import Handle, PoolFullError
 
 __all__ = ["Packed", "Payload", "PayloadError", "PoolPickler", "register_array_wrapper", "unregister_array_wrapper"]
@@ -159,10 +159,32 @@ def _reduce_array(handles: list, compact: bool, replace: dict, a: np.ndarray) ->
     return a.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
 
 
+def _reduce_by_handle(handles: list, a: _by_handle.ByHandle) -> Any:
+    # A by-handle array stays one (a handle, rebuilt marked), and its handle is the payload's
+    # (invariant 3: given back when the payload fails or its receiver dies).
+    h, r = _by_handle.reduction(a, pickle.HIGHEST_PROTOCOL)
+    if h is not None:
+        handles.append(h)
+    return r
+
+
 def _reduce_wrapper(obj: Any) -> Any:
     attribute = _wrappers[type(obj)]
     array, d, slots = _wrapper_state(obj, attribute)
     return (_rebuild_wrapper, (type(obj), attribute, array, d, slots))
+
+
+def _base_dispatch_table() -> dict:
+    """cloudpickle's reducers (which include ``copyreg``'s) then multiprocessing's, as a new
+    dict read from the live tables (a reducer registered at any time counts). cloudpickle's
+    table is a ChainMap: its maps are merged as plain dicts, last map first, which takes a
+    fraction of a microsecond where copying the ChainMap itself takes several."""
+    table: dict = {}
+    base = cloudpickle.Pickler.dispatch_table
+    for m in reversed(getattr(base, "maps", [base])):
+        table.update(m)
+    table.update(getattr(ForkingPickler, "_extra_reducers"))  # noqa: B009
+    return table
 
 
 class PoolPickler(cloudpickle.Pickler):
@@ -175,7 +197,9 @@ class PoolPickler(cloudpickle.Pickler):
     as cloudpickle sends them: code, closure and the globals the code names, pickled by this
     same pickler, so arrays among them go by handle too. ``by_value`` is one more function to
     send by value even if it can be imported (``pyshm.map``'s kernel: the worker runs the
-    caller's current code and sees the caller's current globals).
+    caller's current code and sees the caller's current globals). ``by_reference`` is the rule
+    (from :mod:`pyshm._mainref`) under which a function or class of ``__main__`` that the
+    receiver finds by name goes by name instead, as the standard library sends it.
 
     ``handles`` collects every :class:`Handle` made (invariant 3). With ``compact`` (results),
     a small view of a much larger numpy allocation is copied (see ``_pins_much_more``) rather
@@ -191,31 +215,94 @@ class PoolPickler(cloudpickle.Pickler):
         compact: bool = False,
         replace: Optional[dict] = None,
         by_value: Any = None,
+        by_reference: Optional[_mainref.Rule] = None,
     ) -> None:
-        own: dict = {np.ndarray: functools.partial(_reduce_array, handles, compact, replace or {})}
-        for cls in _wrappers:
-            own[cls] = _reduce_wrapper
         # Before the base's __init__: the C pickler reads `dispatch_table` there, once (an
-        # instance attribute, since cloudpickle's class attribute hides the C member).
+        # instance attribute, since cloudpickle's class attribute hides the C member). A plain
+        # dict: the C pickler looks every object's type up in it, and a dict is a C lookup where
+        # a ChainMap would be a Python call raising KeyError at each miss.
         # `_extra_reducers` is what multiprocessing's `ForkingPickler.register` fills (typeshed
         # leaves the private attribute out).
-        extra: dict = getattr(ForkingPickler, "_extra_reducers")  # noqa: B009
-        self.dispatch_table = ChainMap(own, extra, cloudpickle.Pickler.dispatch_table)
+        table = _base_dispatch_table()
+        table[np.ndarray] = functools.partial(_reduce_array, handles, compact, replace or {})
+        table[_by_handle.ByHandle] = functools.partial(_reduce_by_handle, handles)
+        for cls in _wrappers:
+            table[cls] = _reduce_wrapper
+        self.dispatch_table: Mapping[Any, Any] = table  # the class's own (cloudpickle's) is a ChainMap
         self.by_value = by_value
+        self.by_reference = by_reference
         super().__init__(file, pickle.HIGHEST_PROTOCOL)
 
     def reducer_override(self, obj: Any) -> Any:
-        if obj is self.by_value and type(obj) is types.FunctionType:
-            return self._dynamic_function_reduce(obj)
+        t = type(obj)
+        if t is types.FunctionType:
+            if obj is self.by_value:
+                return self._dynamic_function_reduce(obj)
+            if self.by_reference is not None and obj.__module__ == "__main__" and self.by_reference(obj):
+                return NotImplemented  # pickle's own by-name reference (save_global)
+        elif t is type and self.by_reference is not None and obj.__module__ == "__main__" and self.by_reference(obj):
+            return NotImplemented
         return super().reducer_override(obj)
 
 
 def dumps(
-    obj: Any, handles: list, compact: bool = False, replace: Optional[dict] = None, by_value: Any = None
+    obj: Any,
+    handles: list,
+    compact: bool = False,
+    replace: Optional[dict] = None,
+    by_value: Any = None,
+    by_reference: Optional[_mainref.Rule] = None,
 ) -> bytes:
+    if by_value is None and _plain(obj, by_reference, 2):
+        try:
+            return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+        except Exception:  # not found by name after all: the full pickler decides (and says why)
+            pass
     buf = io.BytesIO()
-    PoolPickler(buf, handles, compact, replace, by_value).dump(obj)
+    PoolPickler(buf, handles, compact, replace, by_value, by_reference).dump(obj)
     return buf.getvalue()
+
+
+#: Types that every pickler writes the same way, with no reducer of pyshm's or cloudpickle's.
+ATOMIC = frozenset({int, float, complex, bool, str, bytes, type(None)})
+
+
+def _plain(obj: Any, by_reference: Optional[_mainref.Rule], depth: int) -> bool:
+    """Whether ``obj`` pickles the same with the plain C pickler as with :class:`PoolPickler`,
+    found cheaply: atomic values, functions that go by name (see ``_by_name``), and up to
+    ``depth`` levels of small tuples, lists and str-keyed dicts of them (a call
+    ``(fn, args, kwargs)`` of scalars). Anything else (arrays, instances, classes) takes the
+    full pickler. Plain pickling is a few microseconds faster per payload."""
+    t = type(obj)
+    if t in ATOMIC:
+        return True
+    if t is types.FunctionType or t is types.BuiltinFunctionType:
+        return _by_name(obj, by_reference)
+    if depth == 0:
+        return False
+    if t is tuple or t is list:
+        return len(obj) <= 8 and all(_plain(v, by_reference, depth - 1) for v in obj)
+    if t is dict:
+        return len(obj) <= 8 and all(type(k) is str and _plain(v, by_reference, depth - 1) for k, v in obj.items())
+    return False
+
+
+def _by_name(fn: Any, by_reference: Optional[_mainref.Rule]) -> bool:
+    """Whether cloudpickle (with ``by_reference``, as :class:`PoolPickler` runs it) would send
+    ``fn`` by name: a function of ``__main__`` that the rule lets go by reference, or one of an
+    imported module found at its qualified name (plain pickle checks the latter itself and
+    raises otherwise), while no module is registered with cloudpickle to go by value."""
+    module = getattr(fn, "__module__", None)
+    if module == "__main__":
+        return by_reference is not None and type(fn) is types.FunctionType and by_reference(fn)
+    if module is None or "<" in fn.__qualname__ or _by_value_modules():
+        return False
+    return True
+
+
+def _by_value_modules() -> bool:
+    """Whether some module is registered with ``cloudpickle.register_pickle_by_value``."""
+    return bool(getattr(cloudpickle.cloudpickle, "_PICKLE_BY_VALUE_MODULES", True))
 
 
 class PayloadError(RuntimeError):
@@ -234,7 +321,7 @@ class Payload:
     :class:`Packed` whose :meth:`Packed.load` gives it (so the receiver can turn a failure into
     an error of the task instead of dying in multiprocessing's queue)."""
 
-    __slots__ = ("obj", "data", "handles", "compact", "lazy", "replace", "by_value")
+    __slots__ = ("obj", "data", "handles", "compact", "lazy", "replace", "by_value", "by_reference")
 
     def __init__(
         self,
@@ -243,6 +330,7 @@ class Payload:
         lazy: bool = False,
         replace: Optional[dict] = None,
         by_value: Any = None,
+        by_reference: Optional[_mainref.Rule] = None,
     ) -> None:
         self.obj = obj
         self.data: Optional[bytes] = None
@@ -251,11 +339,12 @@ class Payload:
         self.lazy = lazy
         self.replace = replace
         self.by_value = by_value
+        self.by_reference = by_reference
 
     def freeze(self) -> "Payload":
         if self.data is None:
             try:
-                self.data = dumps(self.obj, self.handles, self.compact, self.replace, self.by_value)
+                self.data = dumps(self.obj, self.handles, self.compact, self.replace, self.by_value, self.by_reference)
             except BaseException:
                 self.release()  # the handles made before the failure would never be claimed
                 raise

@@ -51,12 +51,13 @@ fn hex(b: &[u8]) -> String {
 fn ls() -> Result<()> {
     for p in list_pools() {
         println!(
-            "{}\t{}\t{}\t{}{}",
+            "{}\t{}\t{}\t{}{}{}",
             p.name,
             p.bytes,
             p.used,
             p.live_processes,
-            if p.persistent { "\tpersistent" } else { "" }
+            if p.persistent { "\tpersistent" } else { "" },
+            if p.memfd_segments > 0 { format!("\t+{} memfd segments", p.memfd_segments) } else { String::new() }
         );
     }
     Ok(())

@@ -24,6 +24,7 @@ use std::time::Duration;
 use shm_arena::{Arena, OpenError, OpenOptions, Ownership};
 use shm_sync::ProcessTable;
 
+use super::backend::Backend;
 use super::names::has_names;
 use super::open::read_directory;
 use super::{growth_segment_name, parse_segment_name, root_segment_name, SegmentFileName, ORD};
@@ -52,6 +53,11 @@ pub struct PoolInfo {
     /// The pid namespace it was made in, when it is not this process's (its processes cannot
     /// be judged from here: `live_processes` is 0 and means nothing then).
     pub other_namespace: Option<u64>,
+    /// Where its growth segments live.
+    pub backend: Backend,
+    /// How many of its segments are memfds (not in /dev/shm: neither `bytes` nor `used`
+    /// counts them, and they vanish with the last process that holds them).
+    pub memfd_segments: usize,
 }
 
 /// What [`clean_pools`] did: the pools it removed, and every pool file it left alone, with why.
@@ -217,9 +223,16 @@ fn inspect(name: &str, bytes: u64) -> Result<PoolInfo, Unreadable> {
     let mut used = 0;
     let mut held = seg0.metadata_bytes() + seg0.stats().reserved_data_bytes;
     let mut data_reserved = 0;
+    let mut memfd_segments = 0;
     let count = h.segment_count.load(core::sync::atomic::Ordering::Acquire).min(MAX_SEGMENTS as u64);
     for i in 1..count as usize {
         let entry = &dir.segments()[i];
+        // A memfd segment is not in /dev/shm and cannot be opened from outside the pool: its
+        // bytes are in the memory of the processes that hold it (backend invariant 3).
+        if entry.memfd_ino.load(ORD) != 0 {
+            memfd_segments += 1;
+            continue;
+        }
         let file = growth_segment_name(name, entry.suffix.load(ORD));
         if let Ok(a) = Arena::open_with(&file, &OpenOptions::new().wait(Duration::from_millis(10))) {
             let s = a.stats();
@@ -239,6 +252,8 @@ fn inspect(name: &str, bytes: u64) -> Result<PoolInfo, Unreadable> {
         used,
         live_processes: live,
         other_namespace,
+        backend: Backend::from_word(h.backend.load(ORD)),
+        memfd_segments,
         persistent: h.flags.load(ORD) & FLAG_PERSISTENT != 0
             || (h.flags.load(ORD) & FLAG_PERSIST_NAMED != 0 && has_names(&dir)),
     })

@@ -87,7 +87,9 @@ impl PoolShared {
         // dead one's holder bits in a segment we could not open (found in review).
         let count =
             self.dir().header().segment_count.load(core::sync::atomic::Ordering::Acquire).min(MAX_SEGMENTS as u64);
-        if segments.len() as u64 == count {
+        // A memfd segment that no live process holds is gone for good (backend invariant 4):
+        // nobody can see a header in it again.
+        if segments.len() as u64 + self.lost_segments(&segments) == count {
             for d in dead {
                 table.release_dead(d);
                 report.dead_processes += 1;

@@ -167,7 +167,10 @@ impl PoolShared {
         dir.header().flags.fetch_or(FLAG_TORN_DOWN, ORD);
         let count = dir.header().segment_count.load(core::sync::atomic::Ordering::Acquire) as usize;
         for i in 0..count.min(MAX_SEGMENTS) {
-            let _ = shm_arena::Arena::open(&self.segment_file_name(i)).map(|a| a.unlink());
+            // A memfd segment has no name to remove (backend invariant 2).
+            if dir.segments()[i].memfd_ino.load(ORD) == 0 {
+                let _ = shm_arena::Arena::open(&self.segment_file_name(i)).map(|a| a.unlink());
+            }
             if let Some(a) = self.segments[i].get() {
                 let _ = a.unlink();
             }

@@ -58,6 +58,8 @@
 //!   tokens.
 //! - `names`: named arrays.
 //! - `admin`: listing and cleaning pools in /dev/shm without joining them.
+//! - `backend`: where growth segments live (/dev/shm files or memfds) and how a process
+//!   reaches a memfd segment it did not inherit.
 //! - `local_array`: this process's one hold of an array, with its hand-rolled reference count.
 //! - `shared_array`: [`SharedArray`], an array or a view of one, as this process holds it.
 
@@ -77,6 +79,7 @@ use crate::recycle::{Renewed, Spares};
 use crate::DType;
 
 mod admin;
+mod backend;
 mod collect;
 mod create;
 mod local_array;
@@ -91,6 +94,7 @@ mod segments;
 mod shared_array;
 
 pub use admin::{clean_dead_pools, clean_pools, list_pools, CleanReport, PoolInfo, SkipReason, SkippedFile};
+pub use backend::Backend;
 pub use collect::CollectReport;
 pub use names::NameError;
 pub use options::{default_keep, PoolOptions};
@@ -447,7 +451,10 @@ impl PoolShared {
 
     #[inline]
     fn tokens(&self) -> TokenTable<'_> {
-        TokenTable::new(self.dir().tokens())
+        // Keyed by the pool's id: the same pool mapped twice shares one bound (transfer
+        // invariant 4), and another pool mapped at a reused address does not inherit it.
+        let id = &self.dir().header().id;
+        TokenTable::with_key(self.dir().tokens(), id[0].load(ORD) ^ id[1].load(ORD).rotate_left(32))
     }
 
     fn wait(&self) -> Option<Duration> {

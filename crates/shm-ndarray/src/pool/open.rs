@@ -134,13 +134,14 @@ impl Pool {
             | if options.persist_while_named { FLAG_PERSIST_NAMED } else { 0 };
         h.flags.store(flags, ORD);
         h.data_segment_capacity.store(options.segment_capacity, ORD);
-        h.max_size.store(options.max_size, ORD);
+        h.max_size.store(options.effective_max_size(), ORD);
         h.data_min_block.store(options.min_block, ORD);
         h.keep.store(KEEP_SET | options.keep, ORD);
         h.process_slots.store(u64::from(options.process_slots), ORD);
         h.token_slots.store(u64::from(options.token_slots), ORD);
         h.name_slots.store(u64::from(options.name_slots), ORD);
         h.pid_namespace.store(shm_arena::process::pid_namespace().unwrap_or(0), ORD);
+        h.backend.store(options.backend.to_word(), ORD);
         dir.segments()[0].kind.store(KIND_META, ORD);
         dir.segments()[0].capacity.store(meta_capacity, ORD);
         h.segment_count.store(1, ORD);

@@ -22,6 +22,7 @@ pub struct PoolOptions {
     pub(crate) name: Option<String>,
     pub(crate) segment_capacity: u64,
     pub(crate) max_size: u64,
+    pub(crate) max_size_set: bool,
     pub(crate) min_block: u64,
     pub(crate) meta_capacity: u64,
     pub(crate) process_slots: u32,
@@ -31,6 +32,7 @@ pub struct PoolOptions {
     pub(crate) persist_while_named: bool,
     pub(crate) wait: Option<Duration>,
     pub(crate) keep: u64,
+    pub(crate) backend: super::Backend,
 }
 
 impl Default for PoolOptions {
@@ -39,6 +41,7 @@ impl Default for PoolOptions {
             name: None,
             segment_capacity: 64 << 20,
             max_size: default_max_size(),
+            max_size_set: false,
             min_block: 256,
             meta_capacity: 16 << 20,
             process_slots: MAX_PROCESSES,
@@ -48,6 +51,19 @@ impl Default for PoolOptions {
             persist_while_named: false,
             wait: None,
             keep: default_keep(),
+            backend: super::Backend::Shm,
+        }
+    }
+}
+
+impl PoolOptions {
+    /// `max_size` as set, or the default of the backend: half of /dev/shm for files there,
+    /// half of the memory (the cgroup's limit if lower) for memfds, which /dev/shm does not bound.
+    pub(crate) fn effective_max_size(&self) -> u64 {
+        if self.max_size_set || self.backend == super::Backend::Shm {
+            self.max_size
+        } else {
+            super::backend::memory_limit().map_or(self.max_size, |m| (m / 2).max(256 << 20))
         }
     }
 }
@@ -85,6 +101,7 @@ impl PoolOptions {
     /// Most bytes the pool may reserve in /dev/shm beyond its first (metadata) segment.
     pub fn max_size(mut self, bytes: u64) -> Self {
         self.max_size = bytes;
+        self.max_size_set = true;
         self
     }
     /// Smallest data block (and alignment of array data), a power of two from 64.
@@ -121,6 +138,14 @@ impl PoolOptions {
         self.keep = bytes.min(!KEEP_SET);
         self
     }
+
+    /// Where the segments the pool grows into live: files in /dev/shm (the default) or
+    /// memfds, which do not count against /dev/shm (`pool/backend.rs`).
+    pub fn backend(mut self, backend: super::Backend) -> Self {
+        self.backend = backend;
+        self
+    }
+
     /// How long an allocation waits for other processes to free memory before it fails.
     pub fn wait(mut self, wait: Option<Duration>) -> Self {
         self.wait = wait;

@@ -109,8 +109,10 @@ impl PoolShared {
         };
         let data_len = h.data_len.load(ORD);
         let Some(data) = self.data_of(header, ptr, h, data_len) else {
+            // A memfd segment that no live process holds any more (backend invariant 4) says so.
+            let unreachable = self.unreachable_data_segment(h);
             unpin(h);
-            return Err(HandleError::Invalid("the header names no valid data block"));
+            return Err(unreachable.unwrap_or(HandleError::Invalid("the header names no valid data block")));
         };
         let local = LocalRef::new(LocalArray {
             refs: crate::sync::SharedU64::new(1),

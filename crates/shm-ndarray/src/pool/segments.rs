@@ -23,10 +23,10 @@ use std::ptr::NonNull;
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use shm_arena::{AllocError, Arena, ArenaOptions, Block, CreateError, OpenOptions};
+use shm_arena::{AllocError, Arena, ArenaOptions, Block, OpenOptions};
 use shm_sync::{LockError, Locked};
 
-use super::{growth_segment_name, root_segment_name, CollectReport, PoolShared, ORD};
+use super::{root_segment_name, CollectReport, PoolShared, ORD};
 use crate::directory::{FLAG_TORN_DOWN, KIND_META, MAX_SEGMENTS};
 use crate::error::{ArrayError, HandleError, PoolError};
 use crate::header::{ArrayHeader, FIXED};
@@ -94,7 +94,12 @@ impl PoolShared {
             return Ok(a);
         }
         // Pool invariant 1: by the name its entry records (published by the count read above).
-        let arena = Arena::open_with(&self.segment_file_name(i), &OpenOptions::new())?;
+        // Backend invariant 2: by name, or a memfd through a live member.
+        let arena = if i == 0 {
+            Arena::open_with(&self.segment_file_name(i), &OpenOptions::new())?
+        } else {
+            self.open_growth_segment(i)?
+        };
         let _ = self.segments[i].set(arena);
         Ok(self.segments[i].get().expect("just set"))
     }
@@ -310,24 +315,14 @@ impl PoolShared {
         if used + metadata + size > h.max_size.load(ORD) {
             return Ok(false);
         }
-        // Pool invariant 1: a fresh random name. A name that exists already was pre-created by
-        // someone else (or is a 2^-64 collision): never open, reuse or remove it, draw another.
-        // A grower that died before recording its segment left a name nobody will draw again
-        // (`clean` removes it once the pool is gone).
-        let mut collisions = 0;
-        let (arena, suffix) = loop {
-            let suffix = shm_arena::random_u64()?;
-            match options.clone().name(growth_segment_name(&self.name, suffix)).create() {
-                Ok(a) => break (a, suffix),
-                Err(CreateError::NoSpace { .. }) => return Ok(false),
-                Err(CreateError::AlreadyExists { .. }) if collisions < 8 => collisions += 1,
-                Err(e) => return Err(e.into()),
-            }
-        };
+        // Pool invariant 1 (a fresh random name, never an existing one), or a memfd.
+        let Some(new) = self.create_segment(&options)? else { return Ok(false) };
+        let (arena, suffix) = (new.arena, new.suffix);
         let entry = &dir.segments()[count];
         entry.kind.store(kind, ORD);
         entry.capacity.store(arena.capacity(), ORD);
         entry.suffix.store(suffix, ORD);
+        entry.memfd_ino.store(new.memfd_ino, ORD);
         let _guard = self.open_lock.lock().unwrap_or_else(|p| p.into_inner());
         let _ = self.segments[count].set(arena);
         // Release: directory invariant 3 (and invariant 2 here), the entry before the count.
