@@ -10,6 +10,10 @@
 //! 2. A collector frees an array only if its own drop of a dead holder killed the refcount
 //!    (`Released::Last` or `Orphaned`); a header found dead but not freed is left to its freer,
 //!    who may be alive inside `free_array` (pool invariant 3).
+//!    Known gap: a freer killed after its release returned `Last` and before `free_array`
+//!    cleared the magic leaves the header (and, before `free_data`, the data block) to nobody:
+//!    the record is `DEAD` with no holder bit, so no sweep learns its freer died. Rare (the
+//!    memory test's give-back kill hits it about 1 run in 50); found in review, session 6.
 //! 3. Dead slots are recycled only after every segment was swept: a new process must never
 //!    inherit a dead one's holder bits.
 //! 4. A renewed block is a held array to a sweep: a dead renewer's blocks are freed like any
