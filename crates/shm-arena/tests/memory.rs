@@ -7,8 +7,6 @@
 #![allow(unsafe_code)] // writing the blocks
 
 use std::os::unix::fs::MetadataExt;
-use std::process::Command;
-use std::time::{Duration, Instant};
 
 use shm_arena::{AllocError, Arena, ArenaOptions};
 
@@ -204,26 +202,5 @@ fn a_failed_reservation_leaves_no_stale_bits_in_a_64_mib_dev_shm() {
 
 /// Runs test `name` of this binary again in a child with a 64 MiB /dev/shm of its own.
 fn run_in_small_shm(name: &str) {
-    let me = std::env::current_exe().unwrap();
-    let script =
-        format!("mount -t tmpfs -o size=64m tmpfs /dev/shm && exec {} --exact {name} --nocapture", me.display());
-    let mut child = Command::new("unshare")
-        .args(["-m", "--propagation", "private", "sh", "-c", &script])
-        .env(CHILD, "1")
-        .spawn()
-        .expect("spawn unshare (the test runs as root, as CI does)");
-    // Watchdog: the child must finish; a SIGBUS or a hang fails the test.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the child in a 64 MiB /dev/shm did not finish in 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(status.success(), "child {name} in a 64 MiB /dev/shm failed: {status:?}");
+    shm_testkit::run_in_small_dev_shm(name, CHILD);
 }

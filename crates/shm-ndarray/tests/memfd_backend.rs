@@ -221,28 +221,5 @@ fn a_200_mb_array_works_in_a_64_mib_dev_shm() {
     // The test runs itself again as a child in a private mount namespace (`unshare -m`, as
     // root, which CI is) with a 64 MiB tmpfs on /dev/shm: only the child sees it, and the mount
     // vanishes with the child.
-    let me = std::env::current_exe().unwrap();
-    let script = format!(
-        "mount -t tmpfs -o size=64m tmpfs /dev/shm && exec {} --exact a_200_mb_array_works_in_a_64_mib_dev_shm --nocapture",
-        me.display()
-    );
-    let mut child = Command::new("unshare")
-        .args(["-m", "--propagation", "private", "sh", "-c", &script])
-        .env(SMALL_SHM_CHILD, "1")
-        .spawn()
-        .expect("spawn unshare (the test runs as root, as CI does)");
-    // Watchdog: a SIGBUS or a hang fails the test.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the child in a 64 MiB /dev/shm did not finish in 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(status.success(), "child in a 64 MiB /dev/shm failed: {status:?}");
+    shm_testkit::run_in_small_dev_shm("a_200_mb_array_works_in_a_64_mib_dev_shm", SMALL_SHM_CHILD);
 }

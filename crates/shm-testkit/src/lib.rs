@@ -132,3 +132,33 @@ impl Drop for SharedPage {
         unsafe { libc::munmap(self.0.cast(), 4096) };
     }
 }
+
+/// Runs test `name` of the current test binary again, as a child in a private mount namespace
+/// (`unshare -m`, as root, which CI is) with a 64 MiB tmpfs on /dev/shm: only the child sees
+/// it, and the mount vanishes with the child. The child has `marker` set in its environment, so
+/// the test knows to do its work instead of starting another child. A watchdog fails the test
+/// when the child does not finish in 60 s; a SIGBUS, a panic or a failure in it fails it too.
+pub fn run_in_small_dev_shm(name: &str, marker: &str) {
+    use std::time::{Duration, Instant};
+    let me = std::env::current_exe().unwrap();
+    let script =
+        format!("mount -t tmpfs -o size=64m tmpfs /dev/shm && exec {} --exact {name} --nocapture", me.display());
+    let mut child = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .env(marker, "1")
+        .spawn()
+        .expect("spawn unshare (the test runs as root, as CI does)");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the child {name} in a 64 MiB /dev/shm did not finish in 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "child {name} in a 64 MiB /dev/shm failed: {status:?}");
+}
