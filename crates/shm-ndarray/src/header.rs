@@ -25,7 +25,8 @@
 //! 0    magic            "PYSHMARR"
 //! 8    nonce
 //! 16   refcount         RefCount<4>: lock, state, target (= nonce), 256 holder bits
-//! 80   data segment     u32, then u32 reserved
+//! 80   data segment     u32, then u32: how far the array's freer got (`FREEING_DATA`,
+//!                        `DATA_FREED`; 0 while it lives)
 //! 88   data block       Block::to_bits
 //! 96   data length      bytes
 //! 104  itemsize
@@ -70,6 +71,12 @@ pub(crate) const FIXED: usize = 128;
 
 /// The nonce word of a renewed header (invariant 4): no array. Real nonces are odd.
 pub(crate) const RENEWED: u64 = 0;
+
+/// The data-segment word's upper half while a dead array's data block is being freed: set just
+/// before the arena gives it back (release invariant 5).
+pub(crate) const FREEING_DATA: u64 = 1 << 32;
+/// The data-segment word's upper half once a dead array's data block is given back.
+pub(crate) const DATA_FREED: u64 = 2 << 32;
 
 /// Flag: the base array is Fortran-ordered.
 pub(crate) const FLAG_FORTRAN: u32 = 1;

@@ -45,6 +45,8 @@ mod error;
 mod handle;
 #[allow(unsafe_code)] // the header lives in shared memory; its variable part is written by pointer
 mod header;
+#[cfg(feature = "kill-points")]
+pub mod kill_points;
 #[allow(unsafe_code)] // zeroed tables
 mod locals;
 #[allow(unsafe_code)] // views of the directory and headers inside mapped blocks; hand-rolled reference counts

@@ -44,7 +44,7 @@ pub use mutex::{
     STRANGER_STRIKES,
 };
 pub use process_table::{DeadProcess, ProcessSlot, ProcessTable, Registration, SlotState, TableFull};
-pub use refcount::{Acquired, RefCount, RefError, Released};
+pub use refcount::{Acquired, RefCount, RefError, Released, NO_FREER};
 pub use semaphore::Semaphore;
 pub use transfer::{PendingToken, Token, TokenError, TokenSlot, TokenTable};
 

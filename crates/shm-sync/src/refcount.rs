@@ -21,6 +21,13 @@
 //!    that is being freed. Exactly one caller learns that the record died ([`Released::Last`],
 //!    or [`RefError::Orphaned`] for the one whose repair found it dead), and that caller frees
 //!    the block.
+//! 7. The dead record names its freer: the process slot of the caller that learned of the
+//!    death (the `holder` of the operation, the dead slot for [`RefCount::drop_holder`], the
+//!    `freer` given to [`RefCount::cancel`]), written with `DEAD` in the same store. If the freer
+//!    dies before it is done, [`RefCount::drop_holder`] for its slot returns
+//!    [`Released::FreerDied`] (every time, until the block is gone): the one process recovering
+//!    that slot finishes the free. Without this a freer killed between its `Last` and the end
+//!    of its free left the block to nobody (found by a kill test, session 6).
 //! 4. A dead process's references are dropped by [`RefCount::drop_holder`] for its slot; its
 //!    tokens stay pending until claimed or reclaimed, because a receiver may still claim them.
 //! 5. The target changes only under the lock, and only while its one reference is the holder
@@ -42,6 +49,14 @@ use crate::transfer::{Token, TokenError, TokenTable};
 
 const DEAD: u64 = 1 << 63;
 const TOKENS: u64 = u32::MAX as u64;
+/// Bits 32..48 of a dead record's state: its freer's slot + 1 (invariant 7); 0 = no slot.
+const FREER_SHIFT: u32 = 32;
+const FREER_MASK: u64 = 0xFFFF << FREER_SHIFT;
+
+/// The freer of a record that dies in an operation whose caller has no process slot to name
+/// (a pending token's cancel by a process outside the pool): if it dies before it is done,
+/// the block leaks (invariant 7 covers every other caller).
+pub const NO_FREER: u32 = u32::MAX;
 
 /// A reference-count record with room for `64 * W` holder processes.
 ///
@@ -66,7 +81,8 @@ const TOKENS: u64 = u32::MAX as u64;
 #[repr(C)]
 pub struct RefCount<const W: usize = 2> {
     lock: RobustMutex,
-    /// Bit 63: `DEAD`; bits 0..32: pending tokens.
+    /// Bit 63: `DEAD`; bits 32..48: the freer's slot + 1 once dead (invariant 7); bits
+    /// 0..32: pending tokens.
     state: AtomicU64,
     /// The caller's id for this record, as stored in its tokens.
     target: AtomicU64,
@@ -94,6 +110,10 @@ pub enum Released {
     /// That would have been the last reference: the caller still holds the record, now under
     /// a new target, and may reuse what it counts ([`RefCount::release_or_renew`]).
     Renewed,
+    /// From [`RefCount::drop_holder`]: the record is dead and the dead slot was its freer,
+    /// which died before it finished freeing what the record counts: the caller (recovering
+    /// that slot) finishes the free (invariant 7).
+    FreerDied,
 }
 
 /// Why a reference operation was refused.
@@ -172,7 +192,7 @@ impl<const W: usize> RefCount<W> {
     /// Also [`RefError::Stranger`] when a live non-member holds the lock (invariant 6).
     pub fn acquire(&self, holder: u32, tokens: &TokenTable<'_>, members: &impl Members) -> Result<Acquired, RefError> {
         let (word, bit) = self.bit(holder)?;
-        self.locked(tokens, members, |s| {
+        self.locked(tokens, members, holder, |s| {
             if s.state.load(Ordering::Relaxed) & DEAD != 0 {
                 return Err(RefError::Dead);
             }
@@ -189,15 +209,32 @@ impl<const W: usize> RefCount<W> {
     /// [`RefError::HolderOutOfRange`].
     /// Also [`RefError::Stranger`] when a live non-member holds the lock (invariant 6).
     pub fn release(&self, holder: u32, tokens: &TokenTable<'_>, members: &impl Members) -> Result<Released, RefError> {
+        self.release_as(holder, holder, tokens, members)
+    }
+
+    /// Stops holding the record for `holder`, a slot that is not a process (such as a name
+    /// directory's), on behalf of process slot `freer`: the freer the record names if this
+    /// kills it (invariant 7).
+    ///
+    /// # Errors
+    ///
+    /// As for [`RefCount::release`].
+    pub fn release_as(
+        &self,
+        holder: u32,
+        freer: u32,
+        tokens: &TokenTable<'_>,
+        members: &impl Members,
+    ) -> Result<Released, RefError> {
         let (word, bit) = self.bit(holder)?;
-        self.locked(tokens, members, |s| {
+        self.locked(tokens, members, freer, |s| {
             if s.state.load(Ordering::Relaxed) & DEAD != 0 {
                 return Err(RefError::Dead);
             }
             if s.holders[word].fetch_and(!bit, Ordering::Relaxed) & bit == 0 {
                 return Err(RefError::NotHolder { holder });
             }
-            Ok(s.die_if_unreferenced())
+            Ok(s.die_if_unreferenced(freer))
         })
     }
 
@@ -238,7 +275,7 @@ impl<const W: usize> RefCount<W> {
         members: &impl Members,
     ) -> Result<Released, RefError> {
         let (word, bit) = self.bit(holder)?;
-        self.locked(tokens, members, |s| {
+        self.locked(tokens, members, holder, |s| {
             if s.state.load(Ordering::Relaxed) & DEAD != 0 {
                 return Err(RefError::Dead);
             }
@@ -254,7 +291,7 @@ impl<const W: usize> RefCount<W> {
                 return Ok(Released::Renewed);
             }
             s.holders[word].fetch_and(!bit, Ordering::Relaxed);
-            Ok(s.die_if_unreferenced())
+            Ok(s.die_if_unreferenced(holder))
         })
     }
 
@@ -266,12 +303,18 @@ impl<const W: usize> RefCount<W> {
         self.target.load(Ordering::Relaxed)
     }
 
-    /// Drops the reference a dead process in slot `holder` held (recovery, invariant 4).
+    /// Drops the reference a dead process in slot `holder` held (recovery, invariant 4). The
+    /// caller is that slot's one rescuer: if this drop kills the record, the dead record names
+    /// `holder` as its freer (invariant 7), so a rescuer that dies while freeing is followed by
+    /// the next rescuer of the same slot.
+    ///
+    /// Returns [`Released::FreerDied`] for a dead record whose freer is `holder` (invariant 7):
+    /// the caller must finish freeing what it counts.
     ///
     /// # Errors
     ///
-    /// [`RefError::Orphaned`], [`RefError::HolderOutOfRange`]; a dead record gives
-    /// `Ok(Released::NotHeld)`.
+    /// [`RefError::Orphaned`], [`RefError::HolderOutOfRange`]; a dead record that `holder`
+    /// was not freeing gives `Ok(Released::NotHeld)`.
     /// Also [`RefError::Stranger`] when a live non-member holds the lock (invariant 6).
     pub fn drop_holder(
         &self,
@@ -280,18 +323,21 @@ impl<const W: usize> RefCount<W> {
         members: &impl Members,
     ) -> Result<Released, RefError> {
         let (word, bit) = self.bit(holder)?;
-        self.locked(tokens, members, |s| {
-            if s.state.load(Ordering::Relaxed) & DEAD != 0
-                || s.holders[word].fetch_and(!bit, Ordering::Relaxed) & bit == 0
-            {
+        self.locked(tokens, members, holder, |s| {
+            let state = s.state.load(Ordering::Relaxed);
+            if state & DEAD != 0 {
+                return Ok(if freer_of(state) == Some(holder) { Released::FreerDied } else { Released::NotHeld });
+            }
+            if s.holders[word].fetch_and(!bit, Ordering::Relaxed) & bit == 0 {
                 return Ok(Released::NotHeld);
             }
-            Ok(s.die_if_unreferenced())
+            Ok(s.die_if_unreferenced(holder))
         })
     }
 
     /// Sends a reference: a pending token that keeps the record alive until claimed or
-    /// cancelled, whatever happens to the sender.
+    /// cancelled, whatever happens to the sender. The sender holds the record, so a send never
+    /// kills it (if a repair finds it dead all the same, it names no freer: invariant 7).
     ///
     /// # Errors
     ///
@@ -300,7 +346,7 @@ impl<const W: usize> RefCount<W> {
     pub fn send(&self, tokens: &TokenTable<'_>, members: &impl Members) -> Result<Token, RefError> {
         loop {
             let index = tokens.reserve()?;
-            let result = self.locked(tokens, members, |s| {
+            let result = self.locked(tokens, members, NO_FREER, |s| {
                 if s.state.load(Ordering::Relaxed) & DEAD != 0 {
                     return Err(RefError::Dead);
                 }
@@ -337,7 +383,7 @@ impl<const W: usize> RefCount<W> {
         members: &impl Members,
     ) -> Result<Acquired, RefError> {
         let (word, bit) = self.bit(holder)?;
-        self.locked(tokens, members, |s| {
+        self.locked(tokens, members, holder, |s| {
             s.take_token(token, tokens)?;
             let before = s.holders[word].fetch_or(bit, Ordering::Relaxed);
             Ok(if before & bit == 0 { Acquired::First } else { Acquired::Already })
@@ -345,15 +391,22 @@ impl<const W: usize> RefCount<W> {
     }
 
     /// Cancels a token that will never be claimed (a lost message, or one older than the
-    /// caller's limit).
+    /// caller's limit). `freer` is the caller's process slot ([`NO_FREER`] if it has none): the
+    /// freer the record names if this kills it (invariant 7).
     ///
     /// # Errors
     ///
     /// As for [`RefCount::claim`].
-    pub fn cancel(&self, token: Token, tokens: &TokenTable<'_>, members: &impl Members) -> Result<Released, RefError> {
-        self.locked(tokens, members, |s| {
+    pub fn cancel(
+        &self,
+        token: Token,
+        freer: u32,
+        tokens: &TokenTable<'_>,
+        members: &impl Members,
+    ) -> Result<Released, RefError> {
+        self.locked(tokens, members, freer, |s| {
             s.take_token(token, tokens)?;
-            Ok(s.die_if_unreferenced())
+            Ok(s.die_if_unreferenced(freer))
         })
     }
 
@@ -365,6 +418,32 @@ impl<const W: usize> RefCount<W> {
     /// Pending tokens (a snapshot).
     pub fn pending_tokens(&self) -> u64 {
         self.state.load(Ordering::Acquire) & TOKENS
+    }
+
+    /// The freer a dead record names (invariant 7; a snapshot): `None` while it lives, or when
+    /// its freer had no slot.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_sync::{AnyProcess, Released, RefCount, TokenSlot, TokenTable};
+    ///
+    /// let slots: Vec<TokenSlot> = (0..8).map(|_| TokenSlot::new()).collect();
+    /// let tokens = TokenTable::new(&slots);
+    /// let rc: RefCount = RefCount::new();
+    /// rc.init(42, 3);
+    /// assert_eq!(rc.release(3, &tokens, &AnyProcess).unwrap(), Released::Last);
+    /// assert_eq!(rc.freer(), Some(3)); // the process in slot 3 frees the block
+    /// // If it dies before it is done, the rescuer of slot 3 hears so and finishes the free:
+    /// assert_eq!(rc.drop_holder(3, &tokens, &AnyProcess).unwrap(), Released::FreerDied);
+    /// assert_eq!(rc.drop_holder(4, &tokens, &AnyProcess).unwrap(), Released::NotHeld);
+    /// ```
+    pub fn freer(&self) -> Option<u32> {
+        let state = self.state.load(Ordering::Acquire);
+        if state & DEAD == 0 {
+            return None;
+        }
+        freer_of(state)
     }
 
     /// Process slots holding the record (a snapshot).
@@ -413,22 +492,27 @@ impl<const W: usize> RefCount<W> {
         Ok(())
     }
 
-    /// Under the lock: if nothing references the record any more, it dies (invariant 3).
-    fn die_if_unreferenced(&self) -> Released {
+    /// Under the lock: if nothing references the record any more, it dies (invariant 3), naming
+    /// `freer` (invariant 7).
+    fn die_if_unreferenced(&self, freer: u32) -> Released {
         let unheld = self.holders.iter().all(|w| w.load(Ordering::Relaxed) == 0);
         if unheld && self.state.load(Ordering::Relaxed) & TOKENS == 0 {
-            self.state.fetch_or(DEAD, Ordering::Relaxed);
+            // No token is pending: the state was 0, and becomes DEAD with its freer.
+            let named = if u64::from(freer) < FREER_MASK >> FREER_SHIFT { u64::from(freer) + 1 } else { 0 };
+            self.state.store(DEAD | named << FREER_SHIFT, Ordering::Relaxed);
             Released::Last
         } else {
             Released::Remaining
         }
     }
 
-    /// Runs `f` under the lock, repairing first if the previous holder died (invariant 2).
+    /// Runs `f` under the lock, repairing first if the previous holder died (invariant 2);
+    /// `freer` is named if the repair finds the record dead (invariant 7).
     fn locked<R>(
         &self,
         tokens: &TokenTable<'_>,
         members: &impl Members,
+        freer: u32,
         f: impl FnOnce(&Self) -> Result<R, RefError>,
     ) -> Result<R, RefError> {
         let guard = loop {
@@ -436,7 +520,7 @@ impl<const W: usize> RefCount<W> {
             match self.lock.lock_among(members) {
                 Ok(Locked::Acquired(g)) => break g,
                 Ok(Locked::OwnerDied(mut g)) => {
-                    let orphaned = self.repair(tokens);
+                    let orphaned = self.repair(tokens, freer);
                     g.mark_consistent();
                     if orphaned {
                         return Err(RefError::Orphaned);
@@ -460,14 +544,22 @@ impl<const W: usize> RefCount<W> {
     }
 
     /// Rebuilds the token count from the table; returns whether the record died of it.
-    fn repair(&self, tokens: &TokenTable<'_>) -> bool {
+    fn repair(&self, tokens: &TokenTable<'_>, freer: u32) -> bool {
         let state = self.state.load(Ordering::Relaxed);
         if state & DEAD != 0 {
             return false;
         }
         let pending = tokens.count_pending(self.target.load(Ordering::Relaxed));
         self.state.store(pending.min(TOKENS), Ordering::Relaxed);
-        self.die_if_unreferenced() == Released::Last
+        self.die_if_unreferenced(freer) == Released::Last
+    }
+}
+
+/// The freer named by a dead record's state word (invariant 7).
+fn freer_of(state: u64) -> Option<u32> {
+    match (state & FREER_MASK) >> FREER_SHIFT {
+        0 => None,
+        n => Some(n as u32 - 1),
     }
 }
 

@@ -1,5 +1,6 @@
 //! loom models of the holder-tracked refcount: exactly one last release, repair after a
-//! holder dies inside a change, renewal, and no revival of a record released last.
+//! holder dies inside a change, renewal, no revival of a record released last, and a dead
+//! record naming its freer to the rescuer of that slot alone.
 //!
 //! Run by `cargo xtask test` with `RUSTFLAGS="--cfg shm_loom" LOOM_MAX_PREEMPTIONS=2`.
 //! The futex is modelled by a loom Mutex + Condvar (see `shm_platform::sync::primitive`): an
@@ -93,5 +94,31 @@ fn a_record_released_last_is_never_revived() {
             (Released::Remaining, Ok(Acquired::First)) => assert!(!f.rc.is_dead()),
             other => panic!("a freed block was revived, or a held one freed: {other:?}"),
         }
+    });
+}
+
+#[test]
+fn the_freer_of_a_dead_record_is_named_to_the_rescuer_of_its_slot_alone() {
+    // Two holders let go at once; whichever learns it was the last is the freer, and dies
+    // before freeing. A rescuer dropping each slot hears `FreerDied` for the freer's slot
+    // only, as often as it asks (a rescuer that dies too is followed by another).
+    model(|| {
+        let f = fixture(&[0, 1]);
+        let f1 = f.clone();
+        let other = thread::spawn(move || f1.rc.release(1, &TokenTable::new(&f1.slots), &AnyProcess).unwrap());
+        let mine = f.rc.release(0, &TokenTable::new(&f.slots), &AnyProcess).unwrap();
+        let other = other.join().unwrap();
+        let freer = match (mine, other) {
+            (Released::Last, Released::Remaining) => 0,
+            (Released::Remaining, Released::Last) => 1,
+            both => panic!("exactly one last release: {both:?}"),
+        };
+        assert_eq!(f.rc.freer(), Some(freer));
+        let t = TokenTable::new(&f.slots);
+        for _ in 0..2 {
+            assert_eq!(f.rc.drop_holder(freer, &t, &AnyProcess).unwrap(), Released::FreerDied);
+            assert_eq!(f.rc.drop_holder(1 - freer, &t, &AnyProcess).unwrap(), Released::NotHeld);
+        }
+        assert!(f.rc.is_dead(), "a freer's death never revives the record");
     });
 }

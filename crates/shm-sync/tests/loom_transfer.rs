@@ -34,7 +34,7 @@ fn claim_and_cancel_race_and_exactly_one_wins() {
         let token = f.rc.send(&t, &AnyProcess).unwrap();
         f.rc.release(0, &t, &AnyProcess).unwrap();
         let f1 = f.clone();
-        let canceller = thread::spawn(move || f1.rc.cancel(token, &TokenTable::new(&f1.slots), &AnyProcess));
+        let canceller = thread::spawn(move || f1.rc.cancel(token, 1, &TokenTable::new(&f1.slots), &AnyProcess));
         let claimed = f.rc.claim(token, 1, &t, &AnyProcess);
         let cancelled = canceller.join().unwrap();
         match (claimed, cancelled) {

@@ -309,7 +309,7 @@ mod refcounts {
         assert_eq!(pending[0].token, lost);
         assert!(pending[0].age_ns >= 5_000_000);
         assert_eq!(
-            l.rc.cancel(lost, &l.tokens, &AnyProcess).unwrap(),
+            l.rc.cancel(lost, me.index, &l.tokens, &AnyProcess).unwrap(),
             Released::Last,
             "the lost message's block is freed"
         );
@@ -339,7 +339,7 @@ mod refcounts {
         assert_eq!(l.rc.drop_holder(dead.index, &l.tokens, &AnyProcess).unwrap(), Released::Remaining);
         let mut last = 0;
         for p in l.tokens.pending() {
-            if l.rc.cancel(p.token, &l.tokens, &AnyProcess).unwrap() == Released::Last {
+            if l.rc.cancel(p.token, shm_sync::NO_FREER, &l.tokens, &AnyProcess).unwrap() == Released::Last {
                 last += 1;
             }
         }

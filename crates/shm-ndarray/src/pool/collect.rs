@@ -8,12 +8,11 @@
 //!    magic), and runs every arena's recovery of blocks it allocated and never published (pool
 //!    invariant 4).
 //! 2. A collector frees an array only if its own drop of a dead holder killed the refcount
-//!    (`Released::Last` or `Orphaned`); a header found dead but not freed is left to its freer,
-//!    who may be alive inside `free_array` (pool invariant 3).
-//!    Known gap: a freer killed after its release returned `Last` and before `free_array`
-//!    cleared the magic leaves the header (and, before `free_data`, the data block) to nobody:
-//!    the record is `DEAD` with no holder bit, so no sweep learns its freer died. Rare (the
-//!    memory test's give-back kill hits it about 1 run in 50); found in review, session 6.
+//!    (`Released::Last` or `Orphaned`), or finishes its free if the dead slot was its freer
+//!    (`Released::FreerDied`: shm-sync refcount invariant 7, release invariant 5); any other
+//!    header found dead is left to its freer, alive inside `free_array` (pool invariant 3).
+//!    (Before session 7 a freer killed between its `Last` and the end of `free_array` leaked
+//!    the array: the memory test's give-back kill hit it about 1 run in 50.)
 //! 3. Dead slots are recycled only after every segment was swept: a new process must never
 //!    inherit a dead one's holder bits.
 //! 4. A renewed block is a held array to a sweep: a dead renewer's blocks are freed like any
@@ -70,18 +69,23 @@ impl PoolShared {
             report.blocks_recovered += arena.recover_dead_owners().blocks_freed;
             let Some(meta) = MetaSegment::of(*i, arena, *kind) else { continue };
             for (block, h) in self.headers(meta) {
-                let mut freed = false;
+                let (mut freed, mut finish) = (false, false);
                 for d in &dead {
                     match h.refcount.drop_holder(d.index, &tokens, &table) {
                         Ok(Released::Last) | Err(RefError::Orphaned) => freed = true,
+                        Ok(Released::FreerDied) => finish = true,
                         _ => {}
                     }
                 }
-                // A header that is DEAD but not freed is left alone: its freer may be alive and
-                // inside `free_array`, and freeing it here could free a reused header's data
-                // (found in review). Only the one caller that learned of the death frees.
+                // A header that is DEAD but not freed, whose freer is not among our dead, is
+                // left alone: its freer is alive and inside `free_array`, and freeing it here
+                // could free a reused header's data (found in review). Only the one caller that
+                // learned of the death frees, or the rescuer of its slot finishes.
                 if freed {
                     self.free_array(*i, block, h);
+                    report.arrays_freed += 1;
+                } else if finish {
+                    self.finish_free(*i, block, h);
                     report.arrays_freed += 1;
                 }
             }
@@ -115,7 +119,7 @@ impl PoolShared {
                 let Some(meta) = MetaSegment::of(i, arena, kind) else { continue };
                 for (block, h) in self.headers(meta) {
                     if h.nonce.load(ORD) == p.target {
-                        match h.refcount.cancel(p.token, &tokens, &self.processes()) {
+                        match h.refcount.cancel(p.token, self.freer_slot(), &tokens, &self.processes()) {
                             Ok(Released::Last) | Err(RefError::Orphaned) => {
                                 cancelled += 1;
                                 self.free_array(i, block, h);

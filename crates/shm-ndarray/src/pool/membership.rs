@@ -49,6 +49,17 @@ impl PoolShared {
         self.register_slow()
     }
 
+    /// This process's slot if it has one now, else `NO_FREER`: the freer a refcount names when
+    /// an operation without a holder (a cancel) kills it (shm-sync refcount invariant 7).
+    pub(super) fn freer_slot(&self) -> u32 {
+        let fast = self.fast_slot.load(ORD);
+        if fast != 0 && fast >> 16 == fork_generation() {
+            (fast & 0xFFFF) as u32 - 1
+        } else {
+            shm_sync::NO_FREER
+        }
+    }
+
     #[cold]
     fn register_slow(&self) -> Result<u32, PoolError> {
         let mut m = self.membership.lock().unwrap_or_else(|p| p.into_inner());

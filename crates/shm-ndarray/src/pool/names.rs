@@ -133,7 +133,7 @@ impl PoolShared {
         if let Ok((_, h)) = self.meta_segment(seg).and_then(|meta| meta.header(header)) {
             if h.nonce.load(ORD) == nonce {
                 if let Ok(Released::Last) | Err(RefError::Orphaned) =
-                    h.refcount.release(DIRECTORY_HOLDER, &self.tokens(), &self.processes())
+                    h.refcount.release_as(DIRECTORY_HOLDER, self.freer_slot(), &self.tokens(), &self.processes())
                 {
                     self.free_array(seg, header, h);
                 }

@@ -216,7 +216,7 @@ impl PoolShared {
         let (_, h) = first_look(self.meta_segment(handle.meta_segment)?, handle.header, handle.nonce)?;
         // A pending token keeps its record alive (refcount invariant), and `take_token` checks
         // that the token is this record's: a token of another array is refused.
-        match h.refcount.cancel(token, &self.tokens(), &self.processes()) {
+        match h.refcount.cancel(token, self.freer_slot(), &self.tokens(), &self.processes()) {
             Ok(Released::Last) => {
                 self.free_array(handle.meta_segment, handle.header, h);
                 Ok(())

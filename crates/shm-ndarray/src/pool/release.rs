@@ -13,6 +13,17 @@
 //!    does not fit the cache is released after all.
 //! 4. A hold is released once: `holder` turns `NOT_HELD` under the entry's lock before the
 //!    release (local_array invariant 3).
+//! 5. A free can be finished by another process: the freer's slot is named by the dead refcount
+//!    (shm-sync refcount invariant 7), and every step of `free_array` leaves a mark the
+//!    finisher (`finish_free`, run by the rescuer of the dead freer's slot) reads. The data
+//!    block: `FREEING_DATA` in the header before the arena takes it back, `DATA_FREED` after;
+//!    the finisher frees it only if it can adopt it (still allocated, disowned, same
+//!    generation: nobody freed it), so after `DATA_FREED` it never tries, and in the few
+//!    instructions between `FREEING_DATA` and the arena's commit the adopt decides. The header
+//!    block: the freer adopts it (our owner tag) before it clears the magic, so a death after
+//!    that leaves it to the arena's recovery of dead owners, which `collect` runs before it
+//!    sweeps; a header whose magic a sweep still sees is disowned, or was never touched.
+//!    The live-data count may stay one array high when a freer dies inside `free_data`.
 //!
 //! Protocol: the last `LocalRef` of an array calls `release_local`; `leave` calls
 //! `release_hold` for every array still held; renewed blocks go back (`give_back_renewed`)
@@ -27,30 +38,63 @@ use shm_sync::{RefError, Released};
 
 use super::local_array::{held_slot, LocalArray, NOT_HELD};
 use super::{PoolShared, ORD};
-use crate::header::{ArrayHeader, RENEWED};
+use crate::header::{ArrayHeader, DATA_FREED, FREEING_DATA, RENEWED};
 use crate::recycle::Renewed;
+
+/// A test's point of death (`kill_points`); nothing without the feature.
+#[inline(always)]
+fn kill_point(_point: &'static str) {
+    #[cfg(feature = "kill-points")]
+    crate::kill_points::reached(_point);
+}
 
 impl PoolShared {
     /// Frees a dead array's data block (if it has one of its own), then its header block
-    /// (pool invariant 3).
+    /// (pool invariant 3), marking each step for a finisher (invariant 5).
     pub(super) fn free_array(&self, meta_seg: u16, header_block: Block, h: &ArrayHeader) {
+        self.free_steps(meta_seg, header_block, h, false);
+    }
+
+    /// Finishes the free of a dead array whose freer died before it was done (invariant 5): the
+    /// caller is the rescuer of the freer's slot (`Released::FreerDied`).
+    pub(super) fn finish_free(&self, meta_seg: u16, header_block: Block, h: &ArrayHeader) {
+        self.free_steps(meta_seg, header_block, h, true);
+    }
+
+    fn free_steps(&self, meta_seg: u16, header_block: Block, h: &ArrayHeader, finishing: bool) {
+        kill_point("free:start");
         // Someone waits for memory: free straight to the shared tree, not into this process's
         // cache, where a waiter in another process could not reach it (found in review).
         let waiting = self.dir().header().freed.has_listeners();
         let mut parked = None;
         if h.inline_offset.load(ORD) == 0 {
-            let data_seg = h.data_segment.load(ORD) as u16;
+            let word = h.data_segment.load(ORD);
+            let data_seg = word as u16;
             let data_block = Block::from_bits(h.data_block.load(ORD));
-            if let Ok(a) = self.segment(data_seg) {
+            // A finisher frees the data only if nobody did: the block is still disowned, with
+            // its generation (invariant 5).
+            let ours = |a: &shm_arena::Arena| !finishing || (word & DATA_FREED == 0 && a.adopt(data_block).is_ok());
+            if let Some(a) = self.segment(data_seg).ok().filter(|a| ours(a)) {
+                h.data_segment.store(word | FREEING_DATA, ORD);
+                kill_point("free:data-marked");
                 parked = self.free_data(a, data_block, h.data_len.load(ORD)).map(|p| (a, p));
+                h.data_segment.store(word | DATA_FREED, ORD);
+                kill_point("free:data-freed");
                 if waiting {
                     a.trim();
                 }
             }
         }
-        h.magic.store(0, ORD);
         if let Ok(a) = self.segment(meta_seg) {
-            let _ = a.free(header_block);
+            // Ours before the magic goes: a death from here on leaves the block to the arena's
+            // recovery (invariant 5). A finisher that cannot adopt it finds it owned by the dead
+            // freer already: recovery frees it. (The freer itself goes on either way, as it
+            // always did: it is the array's one freer.)
+            if a.adopt(header_block).is_ok() || !finishing {
+                kill_point("free:header-adopted");
+                h.magic.store(0, ORD);
+                let _ = a.free(header_block);
+            }
             if waiting {
                 a.trim();
             }
