@@ -49,9 +49,9 @@ use crate::transfer::{Token, TokenError, TokenTable};
 
 const DEAD: u64 = 1 << 63;
 const TOKENS: u64 = u32::MAX as u64;
-/// Bits 32..48 of a dead record's state: its freer's slot + 1 (invariant 7); 0 = no slot.
-const FREER_SHIFT: u32 = 32;
-const FREER_MASK: u64 = 0xFFFF << FREER_SHIFT;
+/// Bits 48..63 of a dead record's state: its freer's slot + 1 (invariant 7); 0 = no slot.
+const FREER_SHIFT: u32 = 48;
+const FREER_MASK: u64 = 0x7FFF << FREER_SHIFT;
 
 /// The freer of a record that dies in an operation whose caller has no process slot to name
 /// (a pending token's cancel by a process outside the pool): if it dies before it is done,
@@ -81,7 +81,7 @@ pub const NO_FREER: u32 = u32::MAX;
 #[repr(C)]
 pub struct RefCount<const W: usize = 2> {
     lock: RobustMutex,
-    /// Bit 63: `DEAD`; bits 32..48: the freer's slot + 1 once dead (invariant 7); bits
+    /// Bit 63: `DEAD`; bits 48..63: the freer's slot + 1 once dead (invariant 7); bits
     /// 0..32: pending tokens.
     state: AtomicU64,
     /// The caller's id for this record, as stored in its tokens.
