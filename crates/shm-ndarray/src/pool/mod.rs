@@ -56,7 +56,7 @@
 //!   (invariant 3).
 //! - `collect`: what happens when a process dies holding an array (invariant 4), and lost
 //!   tokens.
-//! - `names`: named arrays.
+//! - `names`: named arrays; `name_index`: the growable hash index of names behind them.
 //! - `admin`: listing and cleaning pools in /dev/shm without joining them.
 //! - `backend`: where growth segments live (/dev/shm files or memfds) and how a process
 //!   reaches a memfd segment it did not inherit.
@@ -84,6 +84,7 @@ mod collect;
 mod create;
 mod local_array;
 mod membership;
+mod name_index;
 mod names;
 mod open;
 mod options;
@@ -96,6 +97,7 @@ mod shared_array;
 pub use admin::{clean_dead_pools, clean_pools, list_pools, CleanReport, PoolInfo, SkipReason, SkippedFile};
 pub use backend::Backend;
 pub use collect::CollectReport;
+pub use name_index::{kill_at, CrashPoint, MAX_NAMES};
 pub use names::NameError;
 pub use options::{default_keep, PoolOptions};
 pub use shared_array::SharedArray;
@@ -226,6 +228,9 @@ pub struct PoolStats {
     pub warm: u64,
     /// The warm reserve's bound (`PoolOptions::keep`).
     pub keep: u64,
+    /// Bytes of metadata blocks the name table holds: its index (none without names) and a
+    /// 128-byte entry per name. Included in `held` through the pages they reserve.
+    pub name_table: u64,
 }
 
 impl PoolStats {
@@ -469,6 +474,7 @@ impl PoolShared {
             handles_in_flight: tokens.pending().len() as u64,
             token_slots: tokens.len() as u64,
             keep: self.keep(),
+            name_table: self.name_table_bytes(),
             ..PoolStats::default()
         };
         // Pages of data segments live arrays use, summed from their headers (not the
