@@ -371,11 +371,13 @@ impl Pool {
         self.shared.cancel(handle)
     }
 
-    /// Registers `array` under `name` (the name then holds a reference until deleted).
+    /// Registers `array` under `name` (the name then holds a reference until deleted). A pool
+    /// holds up to [`MAX_NAMES`] names; looking one up costs the same at any number.
     ///
     /// # Errors
     ///
-    /// [`NameError`].
+    /// [`NameError`]: invalid, taken, the array named already, [`NameError::Full`] at
+    /// [`MAX_NAMES`], [`NameError::Memory`] when the pool has no room for the table's blocks.
     pub fn publish(&self, name: &str, array: &SharedArray) -> Result<(), NameError> {
         self.shared.publish(name, array)
     }
@@ -398,7 +400,9 @@ impl Pool {
         self.shared.unpublish(name)
     }
 
-    /// Every registered name.
+    /// Every registered name, in no particular order (names starting with a NUL byte, which
+    /// pyshm's named locks and events use, included). Empty if the directory lock is held by
+    /// a live process outside the pool (pool invariant 7).
     pub fn names(&self) -> Vec<String> {
         self.shared.names()
     }
