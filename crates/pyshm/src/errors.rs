@@ -68,7 +68,7 @@ create_exception!(
     pyshm,
     NameTableFullError,
     PyRuntimeError,
-    "The pool's table of array names is full: delete names (pyshm.delete) to make room. A RuntimeError, as it was before it had a class of its own."
+    "The pool holds as many names as it can (524,288): delete names (pyshm.delete) to make room. A RuntimeError, as it was before it had a class of its own."
 );
 create_exception!(
     pyshm,
@@ -282,6 +282,8 @@ impl From<Error> for PyErr {
                         "{msg}: delete names with pyshm.delete (names of locks and events count too)"
                     )),
                     NameError::Handle(h) => handle_err(h),
+                    // No memory for the table's blocks: what a full pool raises for an array.
+                    NameError::Memory(a) => PyErr::from(Error::Array(a)),
                 }
             }
             Error::DType(e) => PyTypeError::new_err(e.to_string()),

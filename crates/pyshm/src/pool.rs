@@ -284,6 +284,7 @@ impl NativePool {
             warm: s.warm,
             keep: s.keep,
             overhead: s.overhead(),
+            name_table: s.name_table,
         }
     }
 
@@ -457,6 +458,9 @@ figures! {
         keep: u64,
         /// `held / live` (infinite when nothing is live but memory is held).
         overhead: f64,
+        /// Bytes of metadata blocks the pool's name table holds: its index (none without
+        /// names) and a 128-byte entry per name.
+        name_table: u64,
     }
 }
 

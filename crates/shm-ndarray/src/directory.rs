@@ -1,9 +1,9 @@
 //! The pool directory: the block in metadata segment 0 that every process of the pool shares.
 //!
 //! Invariants:
-//! 1. Its layout is a pure function of four counts (segments, process slots, token slots, name
-//!    slots) recorded at its start; an opener recomputes the offsets and checks the block is
-//!    large enough before it touches any of them.
+//! 1. Its layout is a pure function of three counts (segments, process slots, token slots)
+//!    recorded at its start; an opener recomputes the offsets and checks the block is large
+//!    enough before it touches any of them.
 //! 2. The directory is created once, before the root word of segment 0 publishes it, and lives
 //!    as long as the pool; only its atomics change afterwards.
 //! 3. Segment entries are appended under the directory lock and published by `segment_count`
@@ -18,6 +18,10 @@
 //!    changed. Only processes of that namespace join the pool, so every identity the pool keeps
 //!    (process slots, lock words, token senders, arena owners) is judged in the namespace it
 //!    was taken in: a process of another namespace is never declared dead here (version 3).
+//! 6. The name table is not in the directory: the directory holds only its root ([`NameRoot`],
+//!    128 bytes), which names a hash index in a block of a metadata segment, and each name is
+//!    an entry block of its own there (`pool::name_index`; version 4: a version-3 reader, which
+//!    would look for 256 fixed entries here, refuses).
 //!
 //! ```text
 //! DirHeader (256 bytes): magic, version, id, flags, config, counts, lock, freed event, pid ns,
@@ -25,7 +29,7 @@
 //! segments   MAX_SEGMENTS x SegmentEntry (kind, capacity, suffix, memfd_ino)
 //! processes  process_slots x ProcessSlot (64 bytes)
 //! tokens     token_slots x TokenSlot (32 bytes)
-//! names      name_slots x NameEntry (128 bytes)
+//! names      NameRoot (128 bytes): the name index's place, counts and intent record
 //! ```
 
 use shm_sync::{Event, ProcessSlot, RobustMutex, TokenSlot};
@@ -35,7 +39,8 @@ use crate::sync::SharedU64;
 pub(crate) const DIR_MAGIC: u64 = u64::from_le_bytes(*b"PYSHMPOL");
 /// Version 2: segment entries record their file's random suffix (invariant 4). Version 3: the
 /// creator's pid namespace (invariant 5); a version-2 reader, which would not check it, refuses.
-pub(crate) const DIR_VERSION: u64 = 3;
+/// Version 4: the growable name table (invariant 6).
+pub(crate) const DIR_VERSION: u64 = 4;
 /// Most segments a pool can have.
 pub const MAX_SEGMENTS: usize = 256;
 /// Most bytes of an array name.
@@ -60,6 +65,7 @@ pub(crate) struct DirHeader {
     pub(crate) data_min_block: SharedU64,
     pub(crate) process_slots: SharedU64,
     pub(crate) token_slots: SharedU64,
+    /// The fixed name table's slot count up to version 3; 0 since version 4 (invariant 6).
     pub(crate) name_slots: SharedU64,
     pub(crate) segment_count: SharedU64,
     pub(crate) lock: RobustMutex,
@@ -99,9 +105,12 @@ pub(crate) struct SegmentEntry {
 
 const _: () = assert!(core::mem::size_of::<SegmentEntry>() == 32);
 
+/// A name: an entry block of its own (128 bytes) in a metadata segment (invariant 6), found
+/// through the name index (`pool::name_index`).
 #[repr(C)]
 pub(crate) struct NameEntry {
-    /// 0 free, 1 in use.
+    /// [`NAME_ENTRY_MAGIC`] while the entry is in use (header invariant 1: every block of a
+    /// metadata segment starts with a kind magic, and this one is not an array header's).
     pub(crate) state: SharedU64,
     pub(crate) meta_segment: SharedU64,
     pub(crate) header: SharedU64,
@@ -111,6 +120,28 @@ pub(crate) struct NameEntry {
 }
 
 const _: () = assert!(core::mem::size_of::<NameEntry>() == 128);
+
+/// The magic at the start of a name entry block.
+pub(crate) const NAME_ENTRY_MAGIC: u64 = u64::from_le_bytes(*b"PYSHMNAM");
+
+/// The name table's root in the directory (invariant 6; the protocol and its invariants are
+/// `pool::name_index`'s). Every word changes only under the directory lock.
+#[repr(C)]
+pub(crate) struct NameRoot {
+    /// Where the index is: `segment << 56 | block bits`, 0 for no index (no name).
+    pub(crate) index: SharedU64,
+    /// Names in the index.
+    pub(crate) count: SharedU64,
+    /// Deleted slots of the index not yet reused.
+    pub(crate) tombstones: SharedU64,
+    /// The operation in progress (an intent record): 0 for none.
+    pub(crate) op: SharedU64,
+    /// The intent's arguments (which ones depends on `op`).
+    pub(crate) args: [SharedU64; 4],
+    pub(crate) reserved: [SharedU64; 8],
+}
+
+const _: () = assert!(core::mem::size_of::<NameRoot>() == 128);
 
 /// Offsets of the directory's regions, from the block start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,17 +153,16 @@ pub(crate) struct DirLayout {
     pub(crate) size: usize,
     pub(crate) process_slots: usize,
     pub(crate) token_slots: usize,
-    pub(crate) name_slots: usize,
 }
 
 impl DirLayout {
-    pub(crate) fn new(process_slots: usize, token_slots: usize, name_slots: usize) -> Self {
+    pub(crate) fn new(process_slots: usize, token_slots: usize) -> Self {
         let segments = 256;
         let processes = (segments + MAX_SEGMENTS * core::mem::size_of::<SegmentEntry>()).next_multiple_of(64);
         let tokens = processes + process_slots * 64;
         let names = tokens + token_slots * 32;
-        let size = names + name_slots * 128;
-        Self { segments, processes, tokens, names, size, process_slots, token_slots, name_slots }
+        let size = names + core::mem::size_of::<NameRoot>();
+        Self { segments, processes, tokens, names, size, process_slots, token_slots }
     }
 }
 
@@ -183,8 +213,8 @@ impl<'a> Directory<'a> {
         self.slice(self.layout.tokens, self.layout.token_slots)
     }
 
-    pub(crate) fn names(&self) -> &'a [NameEntry] {
-        self.slice(self.layout.names, self.layout.name_slots)
+    pub(crate) fn names(&self) -> &'a NameRoot {
+        self.at(self.layout.names)
     }
 }
 

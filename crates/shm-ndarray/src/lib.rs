@@ -64,6 +64,9 @@ pub use handle::{Handle, HANDLE_FIXED_LEN};
 pub use header::{view_fits, MAX_DIMS};
 pub use pool::{
     clean_dead_pools, clean_pools, default_keep, list_pools, Backend, CleanReport, CollectReport, NameError, Pool,
-    PoolInfo, PoolOptions, PoolStats, SharedArray, SkipReason, SkippedFile, MAX_PROCESSES,
+    PoolInfo, PoolOptions, PoolStats, SharedArray, SkipReason, SkippedFile, MAX_NAMES, MAX_PROCESSES,
 };
+/// Test hook: SIGKILL this process at a point of the name protocol (`pool::name_index`).
+#[doc(hidden)]
+pub use pool::{kill_at as name_kill_at, CrashPoint as NameCrashPoint};
 pub use typed::{ShmArray, SliceMut, SliceRef, TypedError};

@@ -28,7 +28,7 @@ class PoolMemoryError(MemoryError):
     """The pool (or /dev/shm) has no room for the array."""
 
 class NameTableFullError(RuntimeError):
-    """The pool's table of array names is full: delete names to make room."""
+    """The pool holds as many names as it can (524,288): delete names to make room."""
 
 class PoolCorruptError(RuntimeError):
     """The pool's shared memory breaks its protocol (a lock held by a live non-member)."""
@@ -87,6 +87,7 @@ class PoolStats:
         warm: int,
         keep: int,
         overhead: float,
+        name_table: int,
     ) -> PoolStats:
         """The figures, in this order (as pickling passes them)."""
     @property
@@ -134,6 +135,9 @@ class PoolStats:
     @property
     def overhead(self) -> float:
         """``held / live`` (infinite when nothing is live but memory is held)."""
+    @property
+    def name_table(self) -> int:
+        """Bytes of metadata blocks the name table holds: its index and 128 bytes per name."""
 
 @final
 class CollectReport:

@@ -56,7 +56,7 @@
 //!   (invariant 3).
 //! - `collect`: what happens when a process dies holding an array (invariant 4), and lost
 //!   tokens.
-//! - `names`: named arrays.
+//! - `names`: named arrays; `name_index`: the growable hash index of names behind them.
 //! - `admin`: listing and cleaning pools in /dev/shm without joining them.
 //! - `backend`: where growth segments live (/dev/shm files or memfds) and how a process
 //!   reaches a memfd segment it did not inherit.
@@ -84,6 +84,7 @@ mod collect;
 mod create;
 mod local_array;
 mod membership;
+mod name_index;
 mod names;
 mod open;
 mod options;
@@ -96,6 +97,7 @@ mod shared_array;
 pub use admin::{clean_dead_pools, clean_pools, list_pools, CleanReport, PoolInfo, SkipReason, SkippedFile};
 pub use backend::Backend;
 pub use collect::CollectReport;
+pub use name_index::{kill_at, CrashPoint, MAX_NAMES};
 pub use names::NameError;
 pub use options::{default_keep, PoolOptions};
 pub use shared_array::SharedArray;
@@ -226,6 +228,9 @@ pub struct PoolStats {
     pub warm: u64,
     /// The warm reserve's bound (`PoolOptions::keep`).
     pub keep: u64,
+    /// Bytes of metadata blocks the name table holds: its index (none without names) and a
+    /// 128-byte entry per name. Included in `held` through the pages they reserve.
+    pub name_table: u64,
 }
 
 impl PoolStats {
@@ -366,11 +371,13 @@ impl Pool {
         self.shared.cancel(handle)
     }
 
-    /// Registers `array` under `name` (the name then holds a reference until deleted).
+    /// Registers `array` under `name` (the name then holds a reference until deleted). A pool
+    /// holds up to [`MAX_NAMES`] names; looking one up costs the same at any number.
     ///
     /// # Errors
     ///
-    /// [`NameError`].
+    /// [`NameError`]: invalid, taken, the array named already, [`NameError::Full`] at
+    /// [`MAX_NAMES`], [`NameError::Memory`] when the pool has no room for the table's blocks.
     pub fn publish(&self, name: &str, array: &SharedArray) -> Result<(), NameError> {
         self.shared.publish(name, array)
     }
@@ -393,7 +400,9 @@ impl Pool {
         self.shared.unpublish(name)
     }
 
-    /// Every registered name.
+    /// Every registered name, in no particular order (names starting with a NUL byte, which
+    /// pyshm's named locks and events use, included). Empty if the directory lock is held by
+    /// a live process outside the pool (pool invariant 7).
     pub fn names(&self) -> Vec<String> {
         self.shared.names()
     }
@@ -469,6 +478,7 @@ impl PoolShared {
             handles_in_flight: tokens.pending().len() as u64,
             token_slots: tokens.len() as u64,
             keep: self.keep(),
+            name_table: self.name_table_bytes(),
             ..PoolStats::default()
         };
         // Pages of data segments live arrays use, summed from their headers (not the

@@ -55,7 +55,7 @@ pub(super) fn read_directory(seg0: &Arena, root: u64) -> Result<(Block, NonNull<
     }
     // SAFETY: a validated block of at least 256 bytes (the header), mapped while `seg0` lives;
     // only the header, all atomics, is read through this view.
-    let probe = unsafe { Directory::new(base.as_ptr(), DirLayout::new(0, 0, 0)) };
+    let probe = unsafe { Directory::new(base.as_ptr(), DirLayout::new(0, 0)) };
     let h = probe.header();
     if h.magic.load(core::sync::atomic::Ordering::Acquire) != DIR_MAGIC {
         return Err("no directory magic");
@@ -63,11 +63,11 @@ pub(super) fn read_directory(seg0: &Arena, root: u64) -> Result<(Block, NonNull<
     if h.version.load(ORD) != DIR_VERSION {
         return Err("another directory version");
     }
-    let counts = (h.process_slots.load(ORD), h.token_slots.load(ORD), h.name_slots.load(ORD));
-    if counts.0 == 0 || counts.0 > u64::from(MAX_PROCESSES) || counts.1 > 1 << 24 || counts.2 > 1 << 20 {
+    let counts = (h.process_slots.load(ORD), h.token_slots.load(ORD));
+    if counts.0 == 0 || counts.0 > u64::from(MAX_PROCESSES) || counts.1 > 1 << 24 {
         return Err("directory counts out of range");
     }
-    let layout = DirLayout::new(counts.0 as usize, counts.1 as usize, counts.2 as usize);
+    let layout = DirLayout::new(counts.0 as usize, counts.1 as usize);
     if layout.size as u64 > block.size() {
         return Err("directory larger than its block");
     }
@@ -95,11 +95,10 @@ impl Pool {
         if options.process_slots == 0 || options.process_slots > MAX_PROCESSES {
             return Err(PoolError::Options("process_slots must be 1..=255"));
         }
-        if options.token_slots == 0 || options.name_slots == 0 {
-            return Err(PoolError::Options("token_slots and name_slots must be positive"));
+        if options.token_slots == 0 {
+            return Err(PoolError::Options("token_slots must be positive"));
         }
-        let layout =
-            DirLayout::new(options.process_slots as usize, options.token_slots as usize, options.name_slots as usize);
+        let layout = DirLayout::new(options.process_slots as usize, options.token_slots as usize);
         let meta_capacity = options.meta_capacity.max((layout.size as u64 * 2).next_power_of_two());
         let owner_slots = options.process_slots + 8;
         let seg0 = match ArenaOptions::new(meta_capacity)
@@ -139,7 +138,8 @@ impl Pool {
         h.keep.store(KEEP_SET | options.keep, ORD);
         h.process_slots.store(u64::from(options.process_slots), ORD);
         h.token_slots.store(u64::from(options.token_slots), ORD);
-        h.name_slots.store(u64::from(options.name_slots), ORD);
+        // Directory invariant 6: no fixed name table (a fresh root: no index, no intent).
+        h.name_slots.store(0, ORD);
         h.pid_namespace.store(shm_arena::process::pid_namespace().unwrap_or(0), ORD);
         h.backend.store(options.backend.to_word(), ORD);
         dir.segments()[0].kind.store(KIND_META, ORD);
