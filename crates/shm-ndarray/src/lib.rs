@@ -45,7 +45,7 @@ mod error;
 mod handle;
 #[allow(unsafe_code)] // the header lives in shared memory; its variable part is written by pointer
 mod header;
-#[cfg(feature = "kill-points")]
+#[doc(hidden)]
 pub mod kill_points;
 #[allow(unsafe_code)] // zeroed tables
 mod locals;
@@ -68,5 +68,4 @@ pub use pool::{
 };
 /// Test hook: SIGKILL this process at a point of the name protocol (`pool::name_index`).
 #[doc(hidden)]
-pub use pool::{kill_at as name_kill_at, CrashPoint as NameCrashPoint};
 pub use typed::{ShmArray, SliceMut, SliceRef, TypedError};

@@ -1,13 +1,15 @@
 //! A process killed while it frees an array, after its release learned it was the last
 //! reference and before the free was done: the rescuer of its slot finishes the free (shm-sync
 //! refcount invariant 7, release invariant 5). Each step of the free is a kill point
-//! (feature `kill-points`), so every window is hit on every run, not 1 run in 50.
+//! (`shm_ndarray::kill_points`, feature `kill-points`), so every window is hit on every run, not 1 run in 50.
 
-use shm_ndarray::{kill_points, Pool, PoolOptions, ShmArray};
+use shm_ndarray::kill_points::{arm, KillPoint};
+use shm_ndarray::{Pool, PoolOptions, ShmArray};
 use shm_testkit::{fork, wait};
 
 /// Every step of a free where a death leaves work behind.
-const POINTS: [&str; 4] = ["free:start", "free:data-marked", "free:data-freed", "free:header-adopted"];
+const POINTS: [KillPoint; 4] =
+    [KillPoint::FreeStart, KillPoint::FreeDataMarked, KillPoint::FreeDataFreed, KillPoint::FreeHeaderAdopted];
 
 fn full(pool: &Pool, len: u64, value: u8) -> ShmArray<u8> {
     let mut a = ShmArray::<u8>::zeros(pool, &[len]).unwrap();
@@ -16,13 +18,13 @@ fn full(pool: &Pool, len: u64, value: u8) -> ShmArray<u8> {
 }
 
 /// A child makes an array of `len` bytes and drops it, dying at `point` inside the free.
-fn die_freeing(pool: &Pool, len: u64, point: &'static str) {
+fn die_freeing(pool: &Pool, len: u64, point: KillPoint) {
     let pid = fork(|| {
-        kill_points::arm(point);
+        arm(point);
         drop(full(pool, len, 9));
         0 // not reached: the free passes every point
     });
-    assert_eq!(wait(pid), -libc::SIGABRT, "the child did not die at {point}");
+    assert_eq!(wait(pid), -libc::SIGKILL, "the child did not die at {point:?}");
 }
 
 /// After `collect`, nothing of the dead freer's array is left, and the memory is whole: every
@@ -57,7 +59,7 @@ fn a_freer_killed_at_any_step_is_finished_by_the_rescuer_of_its_slot() {
                 };
                 let pool = Pool::create(&options).unwrap();
                 die_freeing(&pool, len, point);
-                assert_whole(&pool, len, &format!("keep {keep:?}, {len} bytes, killed at {point}"));
+                assert_whole(&pool, len, &format!("keep {keep:?}, {len} bytes, killed at {point:?}"));
             }
         }
     }
@@ -68,7 +70,7 @@ fn a_freer_killed_while_another_process_holds_nothing_leaves_no_slot_behind() {
     // Two freers die one after the other at the first step; the slots are recycled only once
     // their frees are finished, and a third process can still join and make arrays.
     let pool = Pool::create(&PoolOptions::new().keep(0)).unwrap();
-    for point in ["free:start", "free:data-marked"] {
+    for point in [KillPoint::FreeStart, KillPoint::FreeDataMarked] {
         die_freeing(&pool, 70_000, point);
     }
     let report = pool.collect();

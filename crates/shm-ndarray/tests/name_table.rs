@@ -5,7 +5,8 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use shm_ndarray::{name_kill_at, NameCrashPoint, NameError, Pool, PoolOptions, ShmArray};
+use shm_ndarray::kill_points::{arm, KillPoint};
+use shm_ndarray::{NameError, Pool, PoolOptions, ShmArray};
 use shm_testkit::fork;
 
 /// 4 MiB data segments (small arrays live in metadata segments anyway).
@@ -128,9 +129,9 @@ fn sixty_five_thousand_names_are_created_listed_attached_and_deleted() {
 }
 
 /// Runs `work` in a child armed to die at `point`, and checks it died by SIGKILL.
-fn killed_at(pool: &Pool, point: NameCrashPoint, work: impl FnOnce(&Pool)) {
+fn killed_at(pool: &Pool, point: KillPoint, work: impl FnOnce(&Pool)) {
     let pid = fork(|| {
-        name_kill_at(point);
+        arm(point);
         work(pool);
         0
     });
@@ -140,7 +141,7 @@ fn killed_at(pool: &Pool, point: NameCrashPoint, work: impl FnOnce(&Pool)) {
 
 #[test]
 fn a_process_killed_at_any_point_of_a_publish_or_delete_leaves_a_consistent_table() {
-    use NameCrashPoint::*;
+    use KillPoint::*;
     let pool = Pool::create(&options()).unwrap();
     for i in 0..20 {
         publish(&pool, &format!("n{i}"), i).unwrap();
@@ -176,17 +177,17 @@ fn a_process_killed_at_any_point_of_a_publish_or_delete_leaves_a_consistent_tabl
 
 #[test]
 fn a_process_killed_at_any_point_of_a_resize_or_a_repair_leaves_a_consistent_table() {
-    use NameCrashPoint::*;
+    use KillPoint::*;
     let pool = Pool::create(&options()).unwrap();
     for point in [ResizeIntent, ResizeFilled, ResizeCommitted, ResizeFreed] {
         // The 49th name grows the 64-slot index: the child dies in that growth.
         killed_at(&pool, point, |p| {
             // Armed only for the growth: the first name makes the index, a resize too.
-            name_kill_at(Never);
+            arm(Never);
             for i in 0..48 {
                 publish(p, &format!("n{i}"), i).unwrap();
             }
-            name_kill_at(point);
+            arm(point);
             for i in 48..60 {
                 let _ = publish(p, &format!("n{i}"), i);
             }

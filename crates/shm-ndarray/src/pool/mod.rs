@@ -97,7 +97,7 @@ mod shared_array;
 pub use admin::{clean_dead_pools, clean_pools, list_pools, CleanReport, PoolInfo, SkipReason, SkippedFile};
 pub use backend::Backend;
 pub use collect::CollectReport;
-pub use name_index::{kill_at, CrashPoint, MAX_NAMES};
+pub use name_index::MAX_NAMES;
 pub use names::NameError;
 pub use options::{default_keep, PoolOptions};
 pub use shared_array::SharedArray;

@@ -56,6 +56,7 @@ use shm_sync::Released;
 use super::{NameError, PoolShared, DIRECTORY_HOLDER, ORD};
 use crate::directory::{load_name, store_name, NameEntry, NameRoot, KIND_META, MAX_NAME_LEN, NAME_ENTRY_MAGIC};
 use crate::error::ArrayError;
+use crate::kill_points::{self, KillPoint};
 use crate::sync::SharedU64;
 
 /// Fewest slots of an index (1 KiB).
@@ -77,59 +78,6 @@ const OP_NONE: u64 = 0;
 const OP_PUBLISH: u64 = 1;
 const OP_UNPUBLISH: u64 = 2;
 const OP_RESIZE: u64 = 3;
-
-/// The points of the name protocol where [`kill_at`] can SIGKILL this process, to test that
-/// every one leaves a table the next holder of the lock repairs (invariant 2).
-#[doc(hidden)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u64)]
-pub enum CrashPoint {
-    /// Not armed.
-    Never = 0,
-    /// Publish: intent recorded, entry still tagged.
-    PublishIntent,
-    /// Publish: entry disowned, no reference taken.
-    PublishDisowned,
-    /// Publish: the directory's reference taken, the entry not in the index.
-    PublishReferenced,
-    /// Publish: in the index, intent not cleared.
-    PublishInserted,
-    /// Delete: intent recorded.
-    DeleteIntent,
-    /// Delete: slot deleted, entry not freed.
-    DeleteRemoved,
-    /// Delete: entry freed, reference not released.
-    DeleteFreed,
-    /// Delete: reference released, intent not cleared.
-    DeleteReleased,
-    /// Resize: intent recorded, new index tagged.
-    ResizeIntent,
-    /// Resize: new index filled and disowned, not committed.
-    ResizeFilled,
-    /// Resize: committed, old index not freed.
-    ResizeCommitted,
-    /// Resize: old index freed, intent not cleared.
-    ResizeFreed,
-    /// Repair: dead owners' blocks recovered, nothing repaired yet.
-    Repairing,
-}
-
-/// The armed [`CrashPoint`], as its number (0: none). One relaxed load per point.
-static CRASH_AT: SharedU64 = SharedU64::new(0);
-
-/// Arms a [`CrashPoint`] in this process: reaching it SIGKILLs the process (a test hook; the
-/// name protocol's crash tests use it in forked children).
-#[doc(hidden)]
-pub fn kill_at(point: CrashPoint) {
-    CRASH_AT.store(point as u64, ORD);
-}
-
-#[inline]
-fn crash_point(point: CrashPoint) {
-    if CRASH_AT.load(ORD) == point as u64 {
-        let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
-    }
-}
 
 /// A block of a metadata segment as one word: `segment << 56 | block bits` (0 is no block: the
 /// bits of a real block have a nonzero size).
@@ -343,20 +291,20 @@ impl PoolShared {
     ) -> Result<(), E> {
         let entry_word = entry.to_word().expect("checked by new_entry");
         self.intend(OP_PUBLISH, [entry_word, u64::from(array.0), array.1.to_bits(), array.2]);
-        crash_point(CrashPoint::PublishIntent);
+        kill_points::reached(KillPoint::PublishIntent);
         if let Ok(meta) = self.meta_segment(entry.segment) {
             let _ = meta.arena.disown(entry.block);
         }
-        crash_point(CrashPoint::PublishDisowned);
+        kill_points::reached(KillPoint::PublishDisowned);
         let taken = take_reference();
-        crash_point(CrashPoint::PublishReferenced);
+        kill_points::reached(KillPoint::PublishReferenced);
         if let Err(e) = taken {
             self.free_name_block(entry);
             self.name_root().op.store(OP_NONE, ORD);
             return Err(e);
         }
         self.put_in_index(hash(name), entry_word);
-        crash_point(CrashPoint::PublishInserted);
+        kill_points::reached(KillPoint::PublishInserted);
         self.name_root().op.store(OP_NONE, ORD);
         Ok(())
     }
@@ -384,17 +332,17 @@ impl PoolShared {
         );
         let entry_word = found.place.to_word().unwrap_or(0);
         self.intend(OP_UNPUBLISH, [entry_word, u64::from(seg), header.to_bits(), nonce]);
-        crash_point(CrashPoint::DeleteIntent);
+        kill_points::reached(KillPoint::DeleteIntent);
         if let Some(index) = self.index() {
             index.words[2 * found.slot].store(TOMBSTONE, ORD);
             root.count.store(root.count.load(ORD).saturating_sub(1), ORD);
             root.tombstones.store(root.tombstones.load(ORD) + 1, ORD);
         }
-        crash_point(CrashPoint::DeleteRemoved);
+        kill_points::reached(KillPoint::DeleteRemoved);
         self.free_name_block(found.place);
-        crash_point(CrashPoint::DeleteFreed);
+        kill_points::reached(KillPoint::DeleteFreed);
         self.drop_directory_reference(seg, header, nonce);
-        crash_point(CrashPoint::DeleteReleased);
+        kill_points::reached(KillPoint::DeleteReleased);
         root.op.store(OP_NONE, ORD);
     }
 
@@ -451,7 +399,7 @@ impl PoolShared {
         let old = root.index.load(ORD);
         let new_word = new.and_then(Place::to_word).unwrap_or(0);
         self.intend(OP_RESIZE, [old, new_word, 0, 0]);
-        crash_point(CrashPoint::ResizeIntent);
+        kill_points::reached(KillPoint::ResizeIntent);
         if let Some(new) = new {
             // Resolved before anything changes: a block that does not resolve (it cannot: we
             // hold it) leaves the index as it is.
@@ -471,15 +419,15 @@ impl PoolShared {
                 let _ = meta.arena.disown(new.block);
             }
         }
-        crash_point(CrashPoint::ResizeFilled);
+        kill_points::reached(KillPoint::ResizeFilled);
         // The commit (invariant 6).
         root.index.store(new_word, ORD);
         root.tombstones.store(0, ORD);
-        crash_point(CrashPoint::ResizeCommitted);
+        kill_points::reached(KillPoint::ResizeCommitted);
         if let Some(old) = Place::from_word(old) {
             self.free_name_block(old);
         }
-        crash_point(CrashPoint::ResizeFreed);
+        kill_points::reached(KillPoint::ResizeFreed);
         root.op.store(OP_NONE, ORD);
     }
 
@@ -497,7 +445,7 @@ impl PoolShared {
                 arena.recover_dead_owners();
             }
         }
-        crash_point(CrashPoint::Repairing);
+        kill_points::reached(KillPoint::Repairing);
         match root.op.load(ORD) {
             OP_PUBLISH => {
                 let (seg, header, nonce) = (args[1] as u16, Block::from_bits(args[2]), args[3]);

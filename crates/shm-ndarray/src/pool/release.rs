@@ -39,14 +39,8 @@ use shm_sync::{RefError, Released};
 use super::local_array::{held_slot, LocalArray, NOT_HELD};
 use super::{PoolShared, ORD};
 use crate::header::{ArrayHeader, DATA_FREED, FREEING_DATA, RENEWED};
+use crate::kill_points::{self, KillPoint};
 use crate::recycle::Renewed;
-
-/// A test's point of death (`kill_points`); nothing without the feature.
-#[inline(always)]
-fn kill_point(_point: &'static str) {
-    #[cfg(feature = "kill-points")]
-    crate::kill_points::reached(_point);
-}
 
 impl PoolShared {
     /// Frees a dead array's data block (if it has one of its own), then its header block
@@ -62,7 +56,7 @@ impl PoolShared {
     }
 
     fn free_steps(&self, meta_seg: u16, header_block: Block, h: &ArrayHeader, finishing: bool) {
-        kill_point("free:start");
+        kill_points::reached(KillPoint::FreeStart);
         // Someone waits for memory: free straight to the shared tree, not into this process's
         // cache, where a waiter in another process could not reach it (found in review).
         let waiting = self.dir().header().freed.has_listeners();
@@ -76,10 +70,10 @@ impl PoolShared {
             let ours = |a: &shm_arena::Arena| !finishing || (word & DATA_FREED == 0 && a.adopt(data_block).is_ok());
             if let Some(a) = self.segment(data_seg).ok().filter(|a| ours(a)) {
                 h.data_segment.store(word | FREEING_DATA, ORD);
-                kill_point("free:data-marked");
+                kill_points::reached(KillPoint::FreeDataMarked);
                 parked = self.free_data(a, data_block, h.data_len.load(ORD)).map(|p| (a, p));
                 h.data_segment.store(word | DATA_FREED, ORD);
-                kill_point("free:data-freed");
+                kill_points::reached(KillPoint::FreeDataFreed);
                 if waiting {
                     a.trim();
                 }
@@ -91,7 +85,7 @@ impl PoolShared {
             // freer already: recovery frees it. (The freer itself goes on either way, as it
             // always did: it is the array's one freer.)
             if a.adopt(header_block).is_ok() || !finishing {
-                kill_point("free:header-adopted");
+                kill_points::reached(KillPoint::FreeHeaderAdopted);
                 h.magic.store(0, ORD);
                 let _ = a.free(header_block);
             }
