@@ -118,6 +118,8 @@ impl PoolShared {
     }
 
     pub(super) fn unpublish(&self, name: &str) -> Result<(), NameError> {
+        // Before the lock: it may register (a forked child's first operation).
+        let freer = self.freer_slot();
         let _guard = self.name_lock()?;
         let dir = self.dir();
         let e = dir
@@ -133,7 +135,7 @@ impl PoolShared {
         if let Ok((_, h)) = self.meta_segment(seg).and_then(|meta| meta.header(header)) {
             if h.nonce.load(ORD) == nonce {
                 if let Ok(Released::Last) | Err(RefError::Orphaned) =
-                    h.refcount.release_as(DIRECTORY_HOLDER, self.freer_slot(), &self.tokens(), &self.processes())
+                    h.refcount.release_as(DIRECTORY_HOLDER, freer, &self.tokens(), &self.processes())
                 {
                     self.free_array(seg, header, h);
                 }
