@@ -78,3 +78,83 @@ fn a_freer_killed_while_another_process_holds_nothing_leaves_no_slot_behind() {
     assert_eq!(report.arrays_freed, 2, "both frees are finished: {report:?}");
     assert_whole(&pool, 70_000, "two dead freers");
 }
+
+// Review (session 7): the freer of an operation without a holder, and rescuers that die too.
+
+#[test]
+fn a_forked_child_whose_first_operation_is_an_unpublish_that_kills_the_array_is_finished() {
+    // The name is the array's last reference; the child's unpublish frees it, and the child,
+    // forked and not yet registered again, dies at the first step of the free.
+    let pool = Pool::create(&PoolOptions::new().keep(0)).unwrap();
+    let a = full(&pool, 70_000, 7);
+    pool.publish("review-named", a.as_shared()).unwrap();
+    drop(a);
+    assert_eq!(pool.stats().arrays, 1);
+    let pid = fork(|| {
+        arm(KillPoint::FreeStart);
+        let _ = pool.unpublish("review-named");
+        0
+    });
+    assert_eq!(wait(pid), -libc::SIGKILL, "the child did not die freeing");
+    assert_whole(&pool, 70_000, "a child killed freeing in its first unpublish");
+}
+
+#[test]
+fn a_forked_child_whose_first_operation_is_a_cancel_that_kills_the_array_is_finished() {
+    // A pending token is the array's last reference; the child's cancel frees it.
+    let pool = Pool::create(&PoolOptions::new().keep(0)).unwrap();
+    let a = full(&pool, 70_000, 7);
+    let handle = a.handle().unwrap();
+    drop(a);
+    assert_eq!(pool.stats().arrays, 1);
+    let pid = fork(|| {
+        arm(KillPoint::FreeStart);
+        let _ = pool.cancel(&handle);
+        0
+    });
+    assert_eq!(wait(pid), -libc::SIGKILL, "the child did not die freeing");
+    assert_whole(&pool, 70_000, "a child killed freeing in its first cancel");
+}
+
+/// A child makes an array and dies holding it (exits without dropping it).
+fn die_holding(pool: &Pool, len: u64) {
+    let pid = fork(|| {
+        std::mem::forget(full(pool, len, 3));
+        0
+    });
+    assert_eq!(wait(pid), 0);
+}
+
+#[test]
+fn a_collector_killed_while_freeing_a_dead_holders_array_is_followed_by_the_next() {
+    // The record dies in the collector's drop of the dead holder and names that dead slot;
+    // the collector dies inside the free; the next collector re-claims the slot and finishes.
+    for point in POINTS {
+        let pool = Pool::create(&PoolOptions::new().keep(0)).unwrap();
+        die_holding(&pool, 70_000);
+        let pid = fork(|| {
+            arm(point);
+            pool.collect();
+            0
+        });
+        assert_eq!(wait(pid), -libc::SIGKILL, "the collector did not die at {point:?}");
+        assert_whole(&pool, 70_000, &format!("a collector killed at {point:?}"));
+    }
+}
+
+#[test]
+fn a_finisher_killed_at_each_step_is_followed_by_the_next() {
+    // The freer dies at its first step; the rescuer of its slot dies at `point` inside the
+    // finish; a third process finishes.
+    for point in POINTS {
+        let pool = Pool::create(&PoolOptions::new().keep(0)).unwrap();
+        die_freeing(&pool, 70_000, KillPoint::FreeStart);
+        let pid = fork(|| {
+            arm(point);
+            pool.collect();
+            0
+        });
+        assert_eq!(wait(pid), -libc::SIGKILL, "the finisher did not die at {point:?}");
+        assert_whole(&pool, 70_000, &format!("a finisher killed at {point:?}"));
+    }
+}

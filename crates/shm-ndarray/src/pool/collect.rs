@@ -108,6 +108,7 @@ impl PoolShared {
 
     pub(super) fn reclaim_tokens(&self, age: Duration) -> usize {
         let tokens = self.tokens();
+        let freer = self.freer_slot();
         let mut cancelled = 0;
         'token: for p in tokens.pending() {
             if p.age_ns < age.as_nanos() as u64 {
@@ -119,7 +120,7 @@ impl PoolShared {
                 let Some(meta) = MetaSegment::of(i, arena, kind) else { continue };
                 for (block, h) in self.headers(meta) {
                     if h.nonce.load(ORD) == p.target {
-                        match h.refcount.cancel(p.token, self.freer_slot(), &tokens, &self.processes()) {
+                        match h.refcount.cancel(p.token, freer, &tokens, &self.processes()) {
                             Ok(Released::Last) | Err(RefError::Orphaned) => {
                                 cancelled += 1;
                                 self.free_array(i, block, h);

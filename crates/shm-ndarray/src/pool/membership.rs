@@ -49,9 +49,19 @@ impl PoolShared {
         self.register_slow()
     }
 
-    /// This process's slot if it has one now, else `NO_FREER`: the freer a refcount names when
-    /// an operation without a holder (a cancel) kills it (shm-sync refcount invariant 7).
+    /// This process's slot, registering first as every operation does (`NO_FREER` only if it
+    /// cannot register): the freer a refcount names when an operation without a holder (a
+    /// cancel, an unpublish) kills it (shm-sync refcount invariant 7). A forked child's first
+    /// operation must not name nobody: its death in the free would leak the array (found in
+    /// review, session 7). Call it before taking a pool lock (registering may collect).
     pub(super) fn freer_slot(&self) -> u32 {
+        self.slot().unwrap_or(shm_sync::NO_FREER)
+    }
+
+    /// This process's slot if it is registered on this side of every fork, else `NO_FREER`,
+    /// without registering: the freer for a free that runs under a pool lock (a name table
+    /// repair), where registering (which may collect) must not happen.
+    pub(super) fn registered_slot(&self) -> u32 {
         let fast = self.fast_slot.load(ORD);
         if fast != 0 && fast >> 16 == fork_generation() {
             (fast & 0xFFFF) as u32 - 1

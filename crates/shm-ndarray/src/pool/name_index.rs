@@ -323,7 +323,7 @@ impl PoolShared {
 
     /// Deletes a found name, under the lock: intent, slot, entry, then the directory's reference
     /// (freeing the array if it was the last).
-    pub(super) fn remove_name(&self, found: Found<'_>) {
+    pub(super) fn remove_name(&self, found: Found<'_>, freer: u32) {
         let root = self.name_root();
         let (seg, header, nonce) = (
             found.entry.meta_segment.load(ORD) as u16,
@@ -341,20 +341,20 @@ impl PoolShared {
         kill_points::reached(KillPoint::DeleteRemoved);
         self.free_name_block(found.place);
         kill_points::reached(KillPoint::DeleteFreed);
-        self.drop_directory_reference(seg, header, nonce);
+        self.drop_directory_reference(seg, header, nonce, freer);
         kill_points::reached(KillPoint::DeleteReleased);
         root.op.store(OP_NONE, ORD);
     }
 
     /// Releases the directory's reference to the array at `(seg, header)` if it is still that
     /// array (`nonce`) and the directory still holds it; frees it if that was the last.
-    fn drop_directory_reference(&self, seg: u16, header: Block, nonce: u64) {
+    fn drop_directory_reference(&self, seg: u16, header: Block, nonce: u64, freer: u32) {
         let Ok((_, h)) = self.meta_segment(seg).and_then(|meta| meta.header(header)) else { return };
         if h.nonce.load(ORD) != nonce || !h.refcount.is_held_by(DIRECTORY_HOLDER) {
             return;
         }
         if let Ok(Released::Last) | Err(shm_sync::RefError::Orphaned) =
-            h.refcount.release_as(DIRECTORY_HOLDER, self.freer_slot(), &self.tokens(), &self.processes())
+            h.refcount.release_as(DIRECTORY_HOLDER, freer, &self.tokens(), &self.processes())
         {
             self.free_array(seg, header, h);
         }
@@ -470,7 +470,7 @@ impl PoolShared {
                         if let Some((place, _)) = entry {
                             self.free_name_block(place);
                         }
-                        self.drop_directory_reference(seg, header, nonce);
+                        self.drop_directory_reference(seg, header, nonce, self.registered_slot());
                     }
                 }
             }
@@ -485,7 +485,12 @@ impl PoolShared {
                         self.free_name_block(place);
                     }
                 }
-                self.drop_directory_reference(args[1] as u16, Block::from_bits(args[2]), args[3]);
+                self.drop_directory_reference(
+                    args[1] as u16,
+                    Block::from_bits(args[2]),
+                    args[3],
+                    self.registered_slot(),
+                );
             }
             OP_RESIZE => {
                 // Invariant 6: keep the index the root names, free the other.

@@ -183,10 +183,12 @@ impl PoolShared {
     }
 
     pub(super) fn unpublish(&self, name: &str) -> Result<(), NameError> {
+        // Before the lock: it may register (a forked child's first operation).
+        let freer = self.freer_slot();
         {
             let _guard = self.name_lock()?;
             let found = self.find_name(name).ok_or_else(|| NameError::NotFound(name.to_owned()))?;
-            self.remove_name(found);
+            self.remove_name(found, freer);
         }
         // Shrink (or free) the index if it became too empty; a failure to allocate a smaller
         // one only leaves the larger.

@@ -23,7 +23,9 @@
 //!    block: the freer adopts it (our owner tag) before it clears the magic, so a death after
 //!    that leaves it to the arena's recovery of dead owners, which `collect` runs before it
 //!    sweeps; a header whose magic a sweep still sees is disowned, or was never touched.
-//!    The live-data count may stay one array high when a freer dies inside `free_data`.
+//!    The live-data count (a hint: reserve invariant 3) may end one array low when a freer dies
+//!    inside `free_data` after taking the count off and before the arena took the block: the
+//!    finisher adopts it and takes the count off again (found in review, session 7).
 //!
 //! Protocol: the last `LocalRef` of an array calls `release_local`; `leave` calls
 //! `release_hold` for every array still held; renewed blocks go back (`give_back_renewed`)
