@@ -458,6 +458,14 @@ impl Arena {
         Ok(())
     }
 
+    /// Whether `block` is, right now, an allocated block of this arena with its generation and
+    /// no owner ([`Arena::disown`]): published to everyone, neither being made by a process
+    /// nor taken back by one. The load is `SeqCst`, so a caller that finds the block disowned
+    /// sees everything its disowner wrote before [`Arena::disown`].
+    pub fn is_disowned(&self, block: Block) -> bool {
+        self.node_of(block).is_ok_and(|r| self.tree().validate(r).is_ok_and(|w| w.owner() == SHARED_OWNER))
+    }
+
     /// Allocates like [`Arena::alloc`] and also returns the block's address, without the
     /// validation [`Arena::as_ptr`] does (the block was just allocated by this call).
     ///

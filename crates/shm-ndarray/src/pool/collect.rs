@@ -17,6 +17,15 @@
 //!    inherit a dead one's holder bits.
 //! 4. A renewed block is a held array to a sweep: a dead renewer's blocks are freed like any
 //!    array it held (header invariant 4).
+//! 5. A sweep looks only at disowned header blocks. A block owned by a process is one it is
+//!    making (its creator disowns it after writing the header) or freeing (a freer adopts the
+//!    header block before it clears the magic, release invariant 5), or one a dead process
+//!    left, which the arena's recovery frees. Such a block may still carry the magic and the
+//!    dead refcount of the header freed there before (recovery frees without clearing), and
+//!    acting on that could free the new array: found in review, session 7. Once a block is
+//!    found disowned (a `SeqCst` load after the disowner's CAS), its header is the published
+//!    one, and it cannot be freed and reused under the sweep while a dead slot it acts for
+//!    holds it or is its freer.
 //!
 //! Protocol: `collect` runs when a process joins or leaves, when an allocation would otherwise
 //! fail, and on request; pending tokens of dead senders stay claimable until
@@ -46,12 +55,15 @@ pub struct CollectReport {
 impl PoolShared {
     /// The array headers in use in metadata segment `meta` (pool invariant 1: every block there
     /// but the directory starts with a header's magic or is skipped; nothing is read past the
-    /// magic of one that does not).
+    /// magic of one that does not). Only disowned blocks (invariant 5): a block a process is
+    /// making (or has taken back to free) is not a published header, and may still hold the
+    /// stale magic and dead refcount of the header freed there before.
     pub(super) fn headers<'a>(&self, meta: MetaSegment<'a>) -> Vec<(Block, &'a ArrayHeader)> {
         meta.arena
             .blocks_in_use()
             .into_iter()
             .filter(|b| !(meta.index == 0 && *b == self.dir_block))
+            .filter(|b| meta.arena.is_disowned(*b))
             .filter_map(|b| {
                 let (_, h) = meta.header(b).ok()?;
                 (h.magic.load(core::sync::atomic::Ordering::Acquire) == ARRAY_MAGIC).then_some((b, h))
