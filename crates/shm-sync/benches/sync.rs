@@ -71,8 +71,9 @@ fn refcount(c: &mut Criterion) {
 }
 
 /// Today's header record (256 holders, 4 words) beside one with 4,096 holders (64 words, the
-/// bitmap issue 13 item 6 would need), in one run: a second holder's acquire+release, and the
-/// last holder's release that must scan every word to learn it was the last (then re-init).
+/// bitmap issue 13 item 6 would need), in one run: a second holder's acquire+release, the last
+/// holder's release (with a re-init), and `collect`'s sweep (`drop_holder` of a dead slot, which
+/// usually held nothing).
 fn holder_capacity(c: &mut Criterion, tokens: &TokenTable<'_>) {
     fn bench<const W: usize>(
         g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
@@ -92,6 +93,18 @@ fn holder_capacity(c: &mut Criterion, tokens: &TokenTable<'_>) {
             b.iter(|| {
                 last.init(1, black_box(3));
                 black_box(last.release(3, tokens, &AnyProcess).unwrap());
+            })
+        });
+        // `collect`'s sweep: every header is asked to drop a dead slot; most did not hold it.
+        let swept: RefCount<W> = RefCount::new();
+        swept.init(1, 0);
+        g.bench_function(format!("{holders} holders: drop_holder of a slot that does not hold it (a sweep)"), |b| {
+            b.iter(|| black_box(swept.drop_holder(black_box(holders - 7), tokens, &AnyProcess).unwrap()))
+        });
+        g.bench_function(format!("{holders} holders: acquire+drop_holder (a dead holder swept)"), |b| {
+            b.iter(|| {
+                swept.acquire(black_box(holders - 7), tokens, &AnyProcess).unwrap();
+                black_box(swept.drop_holder(black_box(holders - 7), tokens, &AnyProcess).unwrap())
             })
         });
     }

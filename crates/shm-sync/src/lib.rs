@@ -30,6 +30,7 @@
 
 mod event;
 mod flag;
+mod holders;
 mod mutex;
 mod process_table;
 mod refcount;

@@ -13,9 +13,11 @@
 //!
 //! 1. Every change happens under the record's [`RobustMutex`], so the bitmap, the token count,
 //!    the `DEAD` flag and the record's token slots move together.
-//! 2. The bitmap and the token table are the truth; the token count is derived. Whoever takes
-//!    the lock over from a holder that died mid-change ([`Locked::OwnerDied`]) recomputes the
-//!    count from the table and marks the state consistent, so the lock is never left poisoned.
+//! 2. The holder set (`holders`) and the token table are the truth; the holder count and the
+//!    token count in the state word are derived. Whoever takes the lock over from a holder that
+//!    died mid-change ([`Locked::OwnerDied`]) recomputes both from the set and the table and
+//!    marks the state consistent, so the lock is never left poisoned. Because the holder count
+//!    is kept, no operation scans the set to learn whether the record is still held.
 //! 3. A record is `DEAD` exactly when it has no holder and no pending token, and it never
 //!    comes back: acquire, send and claim refuse a dead record, so nobody can revive a block
 //!    that is being freed. Exactly one caller learns that the record died ([`Released::Last`],
@@ -36,12 +38,19 @@
 //! Fields under the lock are `Relaxed`: the lock's Acquire/Release orders them. Readers outside
 //! the lock ([`RefCount::is_dead`], [`RefCount::holders`]) get a racy snapshot.
 
+use crate::holders::{Change, HolderBitmap, SlotBit};
 use crate::mutex::{LockError, Locked, Members, RobustMutex};
 use crate::sync::{AtomicU64, Ordering};
 use crate::transfer::{Token, TokenError, TokenTable};
 
 const DEAD: u64 = 1 << 63;
 const TOKENS: u64 = u32::MAX as u64;
+/// The holder count's lowest bit in the state word.
+const HOLDERS_SHIFT: u32 = 32;
+/// One holder, as counted in the state word.
+const ONE_HOLDER: u64 = 1 << HOLDERS_SHIFT;
+/// The holder count's bits (16: room for 65,535 holders).
+const HOLDERS: u64 = 0xFFFF << HOLDERS_SHIFT;
 
 /// A reference-count record with room for `64 * W` holder processes.
 ///
@@ -66,11 +75,21 @@ const TOKENS: u64 = u32::MAX as u64;
 #[repr(C)]
 pub struct RefCount<const W: usize = 2> {
     lock: RobustMutex,
-    /// Bit 63: `DEAD`; bits 0..32: pending tokens.
+    /// Changed only under the lock (invariant 1).
+    ///
+    /// | bits | meaning |
+    /// |---|---|
+    /// | 63 | `DEAD` (invariant 3): set once, never cleared |
+    /// | 48..63 | zero |
+    /// | 32..48 | holders: how many slots `holders` names (derived, invariant 2) |
+    /// | 0..32 | pending tokens of this record in the table (derived, invariant 2) |
+    ///
+    /// Unreferenced (no holder, no token) exactly when the low 48 bits are zero.
     state: AtomicU64,
     /// The caller's id for this record, as stored in its tokens.
     target: AtomicU64,
-    holders: [AtomicU64; W],
+    /// Which process slots hold the record (`holders` module).
+    holders: HolderBitmap<W>,
 }
 
 /// What [`RefCount::acquire`] or [`RefCount::claim`] did.
@@ -136,13 +155,19 @@ pub enum RefError {
 }
 
 impl<const W: usize> RefCount<W> {
+    /// Holders the record can name: slots `0..CAPACITY`.
+    pub const CAPACITY: u32 = HolderBitmap::<W>::CAPACITY;
+    // The holder count's 16 bits hold every holder.
+    const FITS: () = assert!(HolderBitmap::<W>::CAPACITY as u64 <= HOLDERS >> HOLDERS_SHIFT);
+
     /// A record with no holder.
     pub fn new() -> Self {
+        let () = Self::FITS;
         Self {
             lock: RobustMutex::new(),
             state: AtomicU64::new(0),
             target: AtomicU64::new(0),
-            holders: core::array::from_fn(|_| AtomicU64::new(0)),
+            holders: HolderBitmap::new(),
         }
     }
 
@@ -155,13 +180,13 @@ impl<const W: usize> RefCount<W> {
     ///
     /// If `holder >= 64 * W` (a caller bug: slots come from a table the caller sized).
     pub fn init(&self, target: u64, holder: u32) {
-        assert!((holder as usize) < 64 * W, "holder slot {holder} beyond {} holders", 64 * W);
+        let Some(first) = HolderBitmap::<W>::slot(holder) else {
+            panic!("holder slot {holder} beyond {} holders", Self::CAPACITY)
+        };
         self.lock.reset();
         self.target.store(target, Ordering::Relaxed);
-        self.state.store(0, Ordering::Relaxed);
-        for (i, w) in self.holders.iter().enumerate() {
-            w.store(if i == holder as usize / 64 { 1 << (holder % 64) } else { 0 }, Ordering::Relaxed);
-        }
+        self.state.store(ONE_HOLDER, Ordering::Relaxed);
+        self.holders.reset(first);
     }
 
     /// Starts holding the record for process slot `holder`.
@@ -171,13 +196,12 @@ impl<const W: usize> RefCount<W> {
     /// [`RefError::Dead`], [`RefError::Orphaned`], [`RefError::HolderOutOfRange`].
     /// Also [`RefError::Stranger`] when a live non-member holds the lock (invariant 6).
     pub fn acquire(&self, holder: u32, tokens: &TokenTable<'_>, members: &impl Members) -> Result<Acquired, RefError> {
-        let (word, bit) = self.bit(holder)?;
+        let slot = self.bit(holder)?;
         self.locked(tokens, members, |s| {
             if s.state.load(Ordering::Relaxed) & DEAD != 0 {
                 return Err(RefError::Dead);
             }
-            let before = s.holders[word].fetch_or(bit, Ordering::Relaxed);
-            Ok(if before & bit == 0 { Acquired::First } else { Acquired::Already })
+            Ok(s.add_holder(slot))
         })
     }
 
@@ -189,12 +213,12 @@ impl<const W: usize> RefCount<W> {
     /// [`RefError::HolderOutOfRange`].
     /// Also [`RefError::Stranger`] when a live non-member holds the lock (invariant 6).
     pub fn release(&self, holder: u32, tokens: &TokenTable<'_>, members: &impl Members) -> Result<Released, RefError> {
-        let (word, bit) = self.bit(holder)?;
+        let slot = self.bit(holder)?;
         self.locked(tokens, members, |s| {
             if s.state.load(Ordering::Relaxed) & DEAD != 0 {
                 return Err(RefError::Dead);
             }
-            if s.holders[word].fetch_and(!bit, Ordering::Relaxed) & bit == 0 {
+            if s.remove_holder(slot) == Change::Unchanged {
                 return Err(RefError::NotHolder { holder });
             }
             Ok(s.die_if_unreferenced())
@@ -237,23 +261,21 @@ impl<const W: usize> RefCount<W> {
         new_target: u64,
         members: &impl Members,
     ) -> Result<Released, RefError> {
-        let (word, bit) = self.bit(holder)?;
+        let slot = self.bit(holder)?;
         self.locked(tokens, members, |s| {
-            if s.state.load(Ordering::Relaxed) & DEAD != 0 {
+            let state = s.state.load(Ordering::Relaxed);
+            if state & DEAD != 0 {
                 return Err(RefError::Dead);
             }
-            let mine = s.holders[word].load(Ordering::Relaxed);
-            if mine & bit == 0 {
+            if !s.holders.contains(slot) {
                 return Err(RefError::NotHolder { holder });
             }
-            let alone = mine == bit
-                && s.holders.iter().enumerate().all(|(i, w)| i == word || w.load(Ordering::Relaxed) == 0)
-                && s.state.load(Ordering::Relaxed) & TOKENS == 0;
-            if alone {
+            // We hold it: alone when we are the one holder and no token is pending.
+            if state & (HOLDERS | TOKENS) == ONE_HOLDER {
                 s.target.store(new_target, Ordering::Relaxed);
                 return Ok(Released::Renewed);
             }
-            s.holders[word].fetch_and(!bit, Ordering::Relaxed);
+            s.remove_holder(slot);
             Ok(s.die_if_unreferenced())
         })
     }
@@ -279,11 +301,9 @@ impl<const W: usize> RefCount<W> {
         tokens: &TokenTable<'_>,
         members: &impl Members,
     ) -> Result<Released, RefError> {
-        let (word, bit) = self.bit(holder)?;
+        let slot = self.bit(holder)?;
         self.locked(tokens, members, |s| {
-            if s.state.load(Ordering::Relaxed) & DEAD != 0
-                || s.holders[word].fetch_and(!bit, Ordering::Relaxed) & bit == 0
-            {
+            if s.state.load(Ordering::Relaxed) & DEAD != 0 || s.remove_holder(slot) == Change::Unchanged {
                 return Ok(Released::NotHeld);
             }
             Ok(s.die_if_unreferenced())
@@ -336,11 +356,10 @@ impl<const W: usize> RefCount<W> {
         tokens: &TokenTable<'_>,
         members: &impl Members,
     ) -> Result<Acquired, RefError> {
-        let (word, bit) = self.bit(holder)?;
+        let slot = self.bit(holder)?;
         self.locked(tokens, members, |s| {
             s.take_token(token, tokens)?;
-            let before = s.holders[word].fetch_or(bit, Ordering::Relaxed);
-            Ok(if before & bit == 0 { Acquired::First } else { Acquired::Already })
+            Ok(s.add_holder(slot))
         })
     }
 
@@ -369,27 +388,44 @@ impl<const W: usize> RefCount<W> {
 
     /// Process slots holding the record (a snapshot).
     pub fn holders(&self) -> Vec<u32> {
-        let mut out = Vec::new();
-        for (i, w) in self.holders.iter().enumerate() {
-            let mut bits = w.load(Ordering::Acquire);
-            while bits != 0 {
-                out.push(i as u32 * 64 + bits.trailing_zeros());
-                bits &= bits - 1;
-            }
-        }
-        out
+        self.holders.iter().collect()
+    }
+
+    /// How many process slots hold the record (a snapshot of the derived count, invariant 2).
+    pub fn holder_count(&self) -> u32 {
+        ((self.state.load(Ordering::Acquire) & HOLDERS) >> HOLDERS_SHIFT) as u32
     }
 
     /// Whether slot `holder` holds the record (a snapshot).
     pub fn is_held_by(&self, holder: u32) -> bool {
-        self.bit(holder).is_ok_and(|(w, b)| self.holders[w].load(Ordering::Acquire) & b != 0)
+        self.bit(holder).is_ok_and(|slot| self.holders.contains_snapshot(slot))
     }
 
-    fn bit(&self, holder: u32) -> Result<(usize, u64), RefError> {
-        if holder as usize >= 64 * W {
-            return Err(RefError::HolderOutOfRange { holder, capacity: 64 * W as u32 });
+    fn bit(&self, holder: u32) -> Result<SlotBit, RefError> {
+        HolderBitmap::<W>::slot(holder).ok_or(RefError::HolderOutOfRange { holder, capacity: Self::CAPACITY })
+    }
+
+    /// Under the lock: `slot` holds the record; the count follows the set (invariant 2: a
+    /// death between the two is repaired from the set).
+    #[inline]
+    fn add_holder(&self, slot: SlotBit) -> Acquired {
+        match self.holders.insert(slot) {
+            Change::Changed => {
+                self.state.fetch_add(ONE_HOLDER, Ordering::Relaxed);
+                Acquired::First
+            }
+            Change::Unchanged => Acquired::Already,
         }
-        Ok((holder as usize / 64, 1 << (holder % 64)))
+    }
+
+    /// Under the lock: `slot` no longer holds the record; the count follows (as `add_holder`).
+    #[inline]
+    fn remove_holder(&self, slot: SlotBit) -> Change {
+        let change = self.holders.remove(slot);
+        if change == Change::Changed {
+            self.state.fetch_sub(ONE_HOLDER, Ordering::Relaxed);
+        }
+        change
     }
 
     fn take_token(&self, token: Token, tokens: &TokenTable<'_>) -> Result<(), RefError> {
@@ -413,10 +449,11 @@ impl<const W: usize> RefCount<W> {
         Ok(())
     }
 
-    /// Under the lock: if nothing references the record any more, it dies (invariant 3).
+    /// Under the lock: if nothing references the record any more, it dies (invariant 3). The
+    /// counts decide, without a scan of the holder set (invariant 2).
+    #[inline]
     fn die_if_unreferenced(&self) -> Released {
-        let unheld = self.holders.iter().all(|w| w.load(Ordering::Relaxed) == 0);
-        if unheld && self.state.load(Ordering::Relaxed) & TOKENS == 0 {
+        if self.state.load(Ordering::Relaxed) & (HOLDERS | TOKENS) == 0 {
             self.state.fetch_or(DEAD, Ordering::Relaxed);
             Released::Last
         } else {
@@ -459,14 +496,17 @@ impl<const W: usize> RefCount<W> {
         result
     }
 
-    /// Rebuilds the token count from the table; returns whether the record died of it.
+    /// Rebuilds both counts from the truth, the holder set and the token table (invariant 2);
+    /// returns whether the record died of it.
+    #[cold]
     fn repair(&self, tokens: &TokenTable<'_>) -> bool {
         let state = self.state.load(Ordering::Relaxed);
         if state & DEAD != 0 {
             return false;
         }
         let pending = tokens.count_pending(self.target.load(Ordering::Relaxed));
-        self.state.store(pending.min(TOKENS), Ordering::Relaxed);
+        let held = u64::from(self.holders.count()) << HOLDERS_SHIFT;
+        self.state.store(held | pending.min(TOKENS), Ordering::Relaxed);
         self.die_if_unreferenced() == Released::Last
     }
 }
@@ -478,6 +518,28 @@ impl<const W: usize> RefCount<W> {
     #[doc(hidden)]
     pub fn lock_and_abandon(&self) {
         std::mem::forget(self.lock.lock().map(Locked::into_guard));
+    }
+
+    /// Model support: take the lock, add `holder` to the holder set but not to the count, and
+    /// die there, lock held (a process killed between the two steps of `add_holder`).
+    #[doc(hidden)]
+    pub fn insert_holder_and_abandon(&self, holder: u32) {
+        let guard = self.lock.lock().map(Locked::into_guard);
+        if let Ok(slot) = self.bit(holder) {
+            self.holders.insert(slot);
+        }
+        std::mem::forget(guard);
+    }
+
+    /// Model support: as [`RefCount::insert_holder_and_abandon`], removing `holder` from the
+    /// set but not from the count (killed inside `remove_holder`).
+    #[doc(hidden)]
+    pub fn remove_holder_and_abandon(&self, holder: u32) {
+        let guard = self.lock.lock().map(Locked::into_guard);
+        if let Ok(slot) = self.bit(holder) {
+            self.holders.remove(slot);
+        }
+        std::mem::forget(guard);
     }
 }
 
