@@ -37,6 +37,7 @@
 //!      descr            descr length bytes (numpy's description)
 //! ```
 
+use shm_sync::holders::HolderBitmap;
 use shm_sync::RefCount;
 
 use crate::dtype::{DType, DTypeKind};
@@ -62,7 +63,7 @@ pub(crate) const ARRAY_MAGIC: u64 = u64::from_le_bytes(*b"PYSHMARR");
 /// Words of holder bits in a header's refcount: 256 holders (255 processes and the directory).
 pub(crate) const HOLDER_WORDS: usize = 4;
 /// The refcount of an array.
-pub(crate) type ArrayRefCount = RefCount<HOLDER_WORDS>;
+pub(crate) type ArrayRefCount = RefCount<HolderBitmap<HOLDER_WORDS>>;
 /// Largest number of dimensions (numpy 2's `NPY_MAXDIMS`).
 pub const MAX_DIMS: usize = 64;
 /// Bytes of the fixed part.

@@ -38,7 +38,8 @@
 //! Fields under the lock are `Relaxed`: the lock's Acquire/Release orders them. Readers outside
 //! the lock ([`RefCount::is_dead`], [`RefCount::holders`]) get a racy snapshot.
 
-use crate::holders::{Change, HolderBitmap, SlotBit};
+use crate::holders::{Change, HolderBitmap, HolderList, Holders, NoRoom};
+use crate::mutex::AnyProcess;
 use crate::mutex::{LockError, Locked, Members, RobustMutex};
 use crate::sync::{AtomicU64, Ordering};
 use crate::transfer::{Token, TokenError, TokenTable};
@@ -52,7 +53,10 @@ const ONE_HOLDER: u64 = 1 << HOLDERS_SHIFT;
 /// The holder count's bits (16: room for 65,535 holders).
 const HOLDERS: u64 = 0xFFFF << HOLDERS_SHIFT;
 
-/// A reference-count record with room for `64 * W` holder processes.
+/// A reference-count record whose holder processes are kept in `H` (the `holders` module):
+/// [`HolderBitmap<W>`] names `64 * W` slots; [`HolderList`] names twelve in the same 32 bytes
+/// as a 256-slot bitmap, and up to 65,535 with an overflow bitmap its group resolves
+/// ([`RefCount::link_overflow`]).
 ///
 /// Lives in shared memory beside the data it counts (zeroed memory is a record with no holder
 /// that is not dead; [`RefCount::init`] makes the creator its first holder).
@@ -73,7 +77,7 @@ const HOLDERS: u64 = 0xFFFF << HOLDERS_SHIFT;
 /// assert!(rc.is_dead());
 /// ```
 #[repr(C)]
-pub struct RefCount<const W: usize = 2> {
+pub struct RefCount<H: Holders = HolderBitmap<2>> {
     lock: RobustMutex,
     /// Changed only under the lock (invariant 1).
     ///
@@ -89,7 +93,7 @@ pub struct RefCount<const W: usize = 2> {
     /// The caller's id for this record, as stored in its tokens.
     target: AtomicU64,
     /// Which process slots hold the record (`holders` module).
-    holders: HolderBitmap<W>,
+    holders: H,
 }
 
 /// What [`RefCount::acquire`] or [`RefCount::claim`] did.
@@ -139,6 +143,17 @@ pub enum RefError {
         /// Holders the record can name.
         capacity: u32,
     },
+    /// The record's inline holders are full and it links no overflow ([`HolderList`]):
+    /// allocate a zeroed bitmap the group resolves, link it with
+    /// [`RefCount::link_overflow`], and try again. Nothing was changed.
+    #[error("the reference count's inline holders are full: link an overflow bitmap and try again")]
+    NeedsOverflow,
+    /// The record links an overflow its group does not resolve.
+    #[error("the reference count links holder overflow {id}, which its group does not know")]
+    OverflowUnavailable {
+        /// The id the record links.
+        id: u64,
+    },
     /// A token problem (stale, table full).
     #[error(transparent)]
     Token(#[from] TokenError),
@@ -154,21 +169,17 @@ pub enum RefError {
     ForeignToken,
 }
 
-impl<const W: usize> RefCount<W> {
-    /// Holders the record can name: slots `0..CAPACITY`.
-    pub const CAPACITY: u32 = HolderBitmap::<W>::CAPACITY;
+impl<H: Holders> RefCount<H> {
+    /// Holders the record could ever name: slots `0..CAPACITY` (a [`HolderList`] names those
+    /// beyond its lanes only within its overflow's bits).
+    pub const CAPACITY: u32 = H::LIMIT;
     // The holder count's 16 bits hold every holder.
-    const FITS: () = assert!(HolderBitmap::<W>::CAPACITY as u64 <= HOLDERS >> HOLDERS_SHIFT);
+    const FITS: () = assert!(H::LIMIT as u64 <= HOLDERS >> HOLDERS_SHIFT);
 
     /// A record with no holder.
     pub fn new() -> Self {
         let () = Self::FITS;
-        Self {
-            lock: RobustMutex::new(),
-            state: AtomicU64::new(0),
-            target: AtomicU64::new(0),
-            holders: HolderBitmap::new(),
-        }
+        Self { lock: RobustMutex::new(), state: AtomicU64::new(0), target: AtomicU64::new(0), holders: H::empty() }
     }
 
     /// Makes a fresh record (not yet visible to others) held by `holder`, known to tokens as
@@ -178,15 +189,13 @@ impl<const W: usize> RefCount<W> {
     ///
     /// # Panics
     ///
-    /// If `holder >= 64 * W` (a caller bug: slots come from a table the caller sized).
+    /// If `holder` does not fit the storage without an overflow (a caller bug: slots come
+    /// from a table the caller sized).
     pub fn init(&self, target: u64, holder: u32) {
-        let Some(first) = HolderBitmap::<W>::slot(holder) else {
-            panic!("holder slot {holder} beyond {} holders", Self::CAPACITY)
-        };
         self.lock.reset();
         self.target.store(target, Ordering::Relaxed);
         self.state.store(ONE_HOLDER, Ordering::Relaxed);
-        self.holders.reset(first);
+        self.holders.reset(holder);
     }
 
     /// Starts holding the record for process slot `holder`.
@@ -201,7 +210,7 @@ impl<const W: usize> RefCount<W> {
             if s.state.load(Ordering::Relaxed) & DEAD != 0 {
                 return Err(RefError::Dead);
             }
-            Ok(s.add_holder(slot))
+            s.add_holder(slot, members)
         })
     }
 
@@ -218,7 +227,7 @@ impl<const W: usize> RefCount<W> {
             if s.state.load(Ordering::Relaxed) & DEAD != 0 {
                 return Err(RefError::Dead);
             }
-            if s.remove_holder(slot) == Change::Unchanged {
+            if s.remove_holder(slot, members) == Change::Unchanged {
                 return Err(RefError::NotHolder { holder });
             }
             Ok(s.die_if_unreferenced())
@@ -267,7 +276,7 @@ impl<const W: usize> RefCount<W> {
             if state & DEAD != 0 {
                 return Err(RefError::Dead);
             }
-            if !s.holders.contains(slot) {
+            if !s.holders.contains(slot, members) {
                 return Err(RefError::NotHolder { holder });
             }
             // We hold it: alone when we are the one holder and no token is pending.
@@ -275,7 +284,7 @@ impl<const W: usize> RefCount<W> {
                 s.target.store(new_target, Ordering::Relaxed);
                 return Ok(Released::Renewed);
             }
-            s.remove_holder(slot);
+            s.remove_holder(slot, members);
             Ok(s.die_if_unreferenced())
         })
     }
@@ -303,7 +312,7 @@ impl<const W: usize> RefCount<W> {
     ) -> Result<Released, RefError> {
         let slot = self.bit(holder)?;
         self.locked(tokens, members, |s| {
-            if s.state.load(Ordering::Relaxed) & DEAD != 0 || s.remove_holder(slot) == Change::Unchanged {
+            if s.state.load(Ordering::Relaxed) & DEAD != 0 || s.remove_holder(slot, members) == Change::Unchanged {
                 return Ok(Released::NotHeld);
             }
             Ok(s.die_if_unreferenced())
@@ -358,8 +367,11 @@ impl<const W: usize> RefCount<W> {
     ) -> Result<Acquired, RefError> {
         let slot = self.bit(holder)?;
         self.locked(tokens, members, |s| {
+            // Room first: a claim refused for want of room keeps its token (the caller links
+            // an overflow and claims again).
+            s.holders.room_for(slot, members).map_err(|e| no_room(holder, e))?;
             s.take_token(token, tokens)?;
-            Ok(s.add_holder(slot))
+            s.add_holder(slot, members)
         })
     }
 
@@ -386,9 +398,15 @@ impl<const W: usize> RefCount<W> {
         self.state.load(Ordering::Acquire) & TOKENS
     }
 
-    /// Process slots holding the record (a snapshot).
+    /// Process slots holding the record (a snapshot). A [`HolderList`] record's overflow
+    /// holders are listed only by [`RefCount::holders_among`], which can resolve it.
     pub fn holders(&self) -> Vec<u32> {
-        self.holders.iter().collect()
+        self.holders.collect(&AnyProcess)
+    }
+
+    /// Process slots holding the record, its overflow resolved by `group` (a snapshot).
+    pub fn holders_among(&self, group: &impl Members) -> Vec<u32> {
+        self.holders.collect(group)
     }
 
     /// How many process slots hold the record (a snapshot of the derived count, invariant 2).
@@ -398,30 +416,39 @@ impl<const W: usize> RefCount<W> {
 
     /// Whether slot `holder` holds the record (a snapshot).
     pub fn is_held_by(&self, holder: u32) -> bool {
-        self.bit(holder).is_ok_and(|slot| self.holders.contains_snapshot(slot))
+        self.holders.contains_snapshot(holder, &AnyProcess)
     }
 
-    fn bit(&self, holder: u32) -> Result<SlotBit, RefError> {
-        HolderBitmap::<W>::slot(holder).ok_or(RefError::HolderOutOfRange { holder, capacity: Self::CAPACITY })
+    /// Whether slot `holder` holds the record, its overflow resolved by `group` (a snapshot).
+    pub fn is_held_by_among(&self, holder: u32, group: &impl Members) -> bool {
+        self.holders.contains_snapshot(holder, group)
+    }
+
+    fn bit(&self, holder: u32) -> Result<u32, RefError> {
+        if holder < H::LIMIT {
+            Ok(holder)
+        } else {
+            Err(RefError::HolderOutOfRange { holder, capacity: Self::CAPACITY })
+        }
     }
 
     /// Under the lock: `slot` holds the record; the count follows the set (invariant 2: a
     /// death between the two is repaired from the set).
     #[inline]
-    fn add_holder(&self, slot: SlotBit) -> Acquired {
-        match self.holders.insert(slot) {
+    fn add_holder(&self, slot: u32, members: &impl Members) -> Result<Acquired, RefError> {
+        match self.holders.insert(slot, members).map_err(|e| no_room(slot, e))? {
             Change::Changed => {
                 self.state.fetch_add(ONE_HOLDER, Ordering::Relaxed);
-                Acquired::First
+                Ok(Acquired::First)
             }
-            Change::Unchanged => Acquired::Already,
+            Change::Unchanged => Ok(Acquired::Already),
         }
     }
 
     /// Under the lock: `slot` no longer holds the record; the count follows (as `add_holder`).
     #[inline]
-    fn remove_holder(&self, slot: SlotBit) -> Change {
-        let change = self.holders.remove(slot);
+    fn remove_holder(&self, slot: u32, members: &impl Members) -> Change {
+        let change = self.holders.remove(slot, members);
         if change == Change::Changed {
             self.state.fetch_sub(ONE_HOLDER, Ordering::Relaxed);
         }
@@ -473,7 +500,7 @@ impl<const W: usize> RefCount<W> {
             match self.lock.lock_among(members) {
                 Ok(Locked::Acquired(g)) => break g,
                 Ok(Locked::OwnerDied(mut g)) => {
-                    let orphaned = self.repair(tokens);
+                    let orphaned = self.repair(tokens, members);
                     g.mark_consistent();
                     if orphaned {
                         return Err(RefError::Orphaned);
@@ -499,20 +526,92 @@ impl<const W: usize> RefCount<W> {
     /// Rebuilds both counts from the truth, the holder set and the token table (invariant 2);
     /// returns whether the record died of it.
     #[cold]
-    fn repair(&self, tokens: &TokenTable<'_>) -> bool {
+    fn repair(&self, tokens: &TokenTable<'_>, members: &impl Members) -> bool {
         let state = self.state.load(Ordering::Relaxed);
         if state & DEAD != 0 {
             return false;
         }
         let pending = tokens.count_pending(self.target.load(Ordering::Relaxed));
-        let held = u64::from(self.holders.count()) << HOLDERS_SHIFT;
+        let held = u64::from(self.holders.count(members)) << HOLDERS_SHIFT;
         self.state.store(held | pending.min(TOKENS), Ordering::Relaxed);
         self.die_if_unreferenced() == Released::Last
     }
 }
 
+/// The refcount error for a slot the holder set has no room for.
+fn no_room(holder: u32, e: NoRoom) -> RefError {
+    match e {
+        NoRoom::OutOfRange { capacity } => RefError::HolderOutOfRange { holder, capacity },
+        NoRoom::NeedsOverflow => RefError::NeedsOverflow,
+        NoRoom::OverflowUnavailable { id } => RefError::OverflowUnavailable { id },
+    }
+}
+
+impl RefCount<HolderList> {
+    /// Links overflow bitmap `id` (which `members` resolves to zeroed words) for holders
+    /// beyond the twelve inline ones, after [`RefError::NeedsOverflow`]. The link is one store
+    /// under the lock, never undone (holders invariant 4): [`Change::Unchanged`] when another
+    /// process linked one first, and then `id` is still the caller's to free.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_sync::holders::{Change, HolderList};
+    /// use shm_sync::{AtomicU64, Holder, Members, RefCount, RefError, Standing, TokenSlot, TokenTable};
+    ///
+    /// struct Pool(Vec<AtomicU64>); // resolves overflow id 1 to 4,096 bits
+    /// impl Members for Pool {
+    ///     fn standing(&self, _: Holder) -> Standing { Standing::Member }
+    ///     fn holder_overflow(&self, id: u64) -> Option<&[AtomicU64]> { (id == 1).then_some(&self.0[..]) }
+    /// }
+    /// let pool = Pool((0..64).map(|_| AtomicU64::new(0)).collect());
+    /// let slots: Vec<TokenSlot> = (0..8).map(|_| TokenSlot::new()).collect();
+    /// let tokens = TokenTable::new(&slots);
+    /// let rc: RefCount<HolderList> = RefCount::new();
+    /// rc.init(42, 0);
+    /// for slot in 1..12 {
+    ///     rc.acquire(slot, &tokens, &pool).unwrap();
+    /// }
+    /// assert_eq!(rc.acquire(4000, &tokens, &pool), Err(RefError::NeedsOverflow));
+    /// assert_eq!(rc.link_overflow(1, &tokens, &pool).unwrap(), Change::Changed);
+    /// rc.acquire(4000, &tokens, &pool).unwrap();
+    /// assert_eq!((rc.holder_count(), rc.is_held_by_among(4000, &pool)), (13, true));
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`RefError::Dead`] (the caller frees `id`), [`RefError::Orphaned`],
+    /// [`RefError::Stranger`].
+    pub fn link_overflow(&self, id: u64, tokens: &TokenTable<'_>, members: &impl Members) -> Result<Change, RefError> {
+        assert_ne!(id, 0, "overflow id 0 means none");
+        self.locked(tokens, members, |s| {
+            if s.state.load(Ordering::Relaxed) & DEAD != 0 {
+                return Err(RefError::Dead);
+            }
+            Ok(s.holders.link(id))
+        })
+    }
+
+    /// The linked overflow's id, 0 when none (a snapshot; once linked it stays, so the one
+    /// that frees what the record counts frees it too).
+    pub fn overflow_id(&self) -> u64 {
+        self.holders.overflow_id()
+    }
+}
+
 #[cfg(all(shm_loom, feature = "loom"))]
-impl<const W: usize> RefCount<W> {
+impl RefCount<HolderList> {
+    /// Model support: take the lock, link overflow `id`, and die there, lock held.
+    #[doc(hidden)]
+    pub fn link_overflow_and_abandon(&self, id: u64) {
+        let guard = self.lock.lock().map(Locked::into_guard);
+        self.holders.link(id);
+        std::mem::forget(guard);
+    }
+}
+
+#[cfg(all(shm_loom, feature = "loom"))]
+impl<H: Holders> RefCount<H> {
     /// Model support: take the record's lock and never release it, as a process killed inside
     /// a change would.
     #[doc(hidden)]
@@ -523,33 +622,29 @@ impl<const W: usize> RefCount<W> {
     /// Model support: take the lock, add `holder` to the holder set but not to the count, and
     /// die there, lock held (a process killed between the two steps of `add_holder`).
     #[doc(hidden)]
-    pub fn insert_holder_and_abandon(&self, holder: u32) {
+    pub fn insert_holder_and_abandon(&self, holder: u32, members: &impl Members) {
         let guard = self.lock.lock().map(Locked::into_guard);
-        if let Ok(slot) = self.bit(holder) {
-            self.holders.insert(slot);
-        }
+        let _ = self.holders.insert(holder, members);
         std::mem::forget(guard);
     }
 
     /// Model support: as [`RefCount::insert_holder_and_abandon`], removing `holder` from the
     /// set but not from the count (killed inside `remove_holder`).
     #[doc(hidden)]
-    pub fn remove_holder_and_abandon(&self, holder: u32) {
+    pub fn remove_holder_and_abandon(&self, holder: u32, members: &impl Members) {
         let guard = self.lock.lock().map(Locked::into_guard);
-        if let Ok(slot) = self.bit(holder) {
-            self.holders.remove(slot);
-        }
+        self.holders.remove(holder, members);
         std::mem::forget(guard);
     }
 }
 
-impl<const W: usize> Default for RefCount<W> {
+impl<H: Holders> Default for RefCount<H> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<const W: usize> core::fmt::Debug for RefCount<W> {
+impl<H: Holders> core::fmt::Debug for RefCount<H> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("RefCount")
             .field("holders", &self.holders())

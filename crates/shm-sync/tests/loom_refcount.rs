@@ -107,7 +107,7 @@ fn a_holder_killed_between_the_set_and_the_count_is_counted_by_the_repair() {
         let f = fixture(&[0]);
         let f1 = f.clone();
         let dying = thread::spawn(move || {
-            f1.rc.insert_holder_and_abandon(1);
+            f1.rc.insert_holder_and_abandon(1, &AnyProcess);
             shm_sync::loom_support::die();
         });
         dying.join().unwrap();
@@ -125,7 +125,7 @@ fn a_holder_killed_between_removal_and_the_count_is_not_counted_twice() {
         let f = fixture(&[0, 1]);
         let f1 = f.clone();
         let dying = thread::spawn(move || {
-            f1.rc.remove_holder_and_abandon(1);
+            f1.rc.remove_holder_and_abandon(1, &AnyProcess);
             shm_sync::loom_support::die();
         });
         dying.join().unwrap();

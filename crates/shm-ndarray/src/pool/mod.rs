@@ -243,6 +243,8 @@ fn ref_to_handle(e: RefError) -> HandleError {
     match e {
         RefError::Dead | RefError::Orphaned | RefError::Token(_) | RefError::ForeignToken => HandleError::Stale,
         RefError::NotHolder { .. } | RefError::HolderOutOfRange { .. } => HandleError::Invalid("bad holder slot"),
+        // Array headers keep a holder bitmap, which never overflows.
+        RefError::NeedsOverflow | RefError::OverflowUnavailable { .. } => HandleError::Invalid("holder overflow"),
         RefError::Stranger { holder } => HandleError::Stranger { pid: holder, lock: "an array's reference count" },
     }
 }
