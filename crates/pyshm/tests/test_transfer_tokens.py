@@ -172,7 +172,10 @@ def _child_until_released(release: tuple[int, int], report_fd: int, job) -> None
 
 
 def test_a_process_beyond_the_pools_process_slots_gets_pool_full_error_from_every_entry_point():
-    with pyshm.Pool() as pool:
+    # 300 slots, so that slots beyond 255 hold `a` (every child inherits it and holds it once
+    # it joins: twelve inline holders, the rest in its overflow block); every process of the
+    # full table is a forked interpreter (4,096 would be too many for a test).
+    with pyshm.Pool(process_slots=300) as pool:
         a = pool.zeros(4)
         h = pool.handle(a)
         message = ForkingPickler.dumps(a)
@@ -200,7 +203,7 @@ def test_a_process_beyond_the_pools_process_slots_gets_pool_full_error_from_ever
             return b"Y" if seen == ["full"] * 3 else b"N"
 
         try:
-            while len(children) < 300:  # 255 slots by default; the parent holds one
+            while len(children) < 320:  # 300 slots; the parent holds one
                 pid = os.fork()
                 if pid == 0:
                     _child_until_released((release_r, release_w), report_w, join)
@@ -210,7 +213,7 @@ def test_a_process_beyond_the_pools_process_slots_gets_pool_full_error_from_ever
                 if os.read(report_r, 1) == b"F":
                     break
             assert pool.stats().processes == len(children), "the parent and all but the last child joined"
-            assert len(children) >= 255, "at least 255 processes per pool: the parent and 254 children"
+            assert len(children) == 300, "300 processes in the pool: the parent and 299 children"
             pid = os.fork()
             if pid == 0:
                 _child_until_released((release_r, release_w), report_w, every_entry_point)

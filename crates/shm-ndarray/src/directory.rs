@@ -35,7 +35,10 @@ use crate::sync::SharedU64;
 pub(crate) const DIR_MAGIC: u64 = u64::from_le_bytes(*b"PYSHMPOL");
 /// Version 2: segment entries record their file's random suffix (invariant 4). Version 3: the
 /// creator's pid namespace (invariant 5); a version-2 reader, which would not check it, refuses.
-pub(crate) const DIR_VERSION: u64 = 3;
+/// Version 4: array headers keep twelve holders inline and the rest in overflow blocks of the
+/// metadata segments (`pool::overflow`), for up to 4,096 process slots; a version-3 reader,
+/// which would read the lanes as a bitmap, refuses.
+pub(crate) const DIR_VERSION: u64 = 4;
 /// Most segments a pool can have.
 pub const MAX_SEGMENTS: usize = 256;
 /// Most bytes of an array name.

@@ -24,7 +24,9 @@
 //! ```text
 //! 0    magic            "PYSHMARR"
 //! 8    nonce
-//! 16   refcount         RefCount<4>: lock, state, target (= nonce), 256 holder bits
+//! 16   refcount         RefCount<HolderList>: lock, state (dead, holders, tokens), target
+//!                        (= nonce), 12 inline holder slots, the overflow block's id
+//!                        (`pool::overflow`; directory version 4)
 //! 80   data segment     u32, then u32 reserved
 //! 88   data block       Block::to_bits
 //! 96   data length      bytes
@@ -37,7 +39,7 @@
 //!      descr            descr length bytes (numpy's description)
 //! ```
 
-use shm_sync::holders::HolderBitmap;
+use shm_sync::holders::HolderList;
 use shm_sync::RefCount;
 
 use crate::dtype::{DType, DTypeKind};
@@ -60,10 +62,9 @@ pub(crate) fn field_ptr<T, F>(p: *mut u8, _field: fn(&T) -> &F) -> *mut F {
 
 /// Magic of an array header.
 pub(crate) const ARRAY_MAGIC: u64 = u64::from_le_bytes(*b"PYSHMARR");
-/// Words of holder bits in a header's refcount: 256 holders (255 processes and the directory).
-pub(crate) const HOLDER_WORDS: usize = 4;
-/// The refcount of an array.
-pub(crate) type ArrayRefCount = RefCount<HolderBitmap<HOLDER_WORDS>>;
+/// The refcount of an array: twelve holders inline, the rest in an overflow block of the
+/// pool's metadata (`pool::overflow`), so up to `MAX_PROCESSES` processes and the directory.
+pub(crate) type ArrayRefCount = RefCount<HolderList>;
 /// Largest number of dimensions (numpy 2's `NPY_MAXDIMS`).
 pub const MAX_DIMS: usize = 64;
 /// Bytes of the fixed part.

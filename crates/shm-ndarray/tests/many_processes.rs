@@ -1,7 +1,13 @@
-//! Pools with many processes (issue 13 item 6): every process slot taken, the highest slots
-//! holding arrays beside the lowest, holders at high slots SIGKILLed and `collect` reclaiming
-//! exactly what they held, one process too many refused with `PoolError::Full`; and 1,024
-//! short-lived processes going through one pool in batches, slots recycled.
+//! Pools with many processes (issue 13 item 6): every process slot of a 320-slot pool taken,
+//! slots beyond 255 holding arrays beside the lowest (one array held by all of them, so its
+//! holders go through the refcount's overflow block), holders at slots beyond 255 SIGKILLed and
+//! `collect` reclaiming exactly what they held, one process too many refused with
+//! `PoolError::Full`; and 1,024 short-lived processes going through one pool in batches, slots
+//! recycled.
+//!
+//! Not 4,096 live processes: each process also takes an owner slot in every arena segment it
+//! maps, and an arena has at most 1,022 (`shm_arena`'s 10-bit owner tags), so a pool cannot have
+//! more than about 1,014 processes at once yet; and 4,096 forked children are too many for CI.
 //!
 //! Every child is a fork of this test (`shm_testkit::fork`) that blocks on a pipe only the
 //! parent writes, so it exits when the parent closes it or dies; a watchdog thread SIGKILLs every
@@ -11,9 +17,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use shm_ndarray::{HandleError, Pool, PoolError, PoolOptions, ShmArray, MAX_PROCESSES};
+use shm_ndarray::{HandleError, Pool, PoolError, PoolOptions, ShmArray};
 use shm_testkit::{fork, kill, wait};
 
+/// Process slots of the full-table test: beyond 256, so slots a 256-bit holder bitmap could not
+/// name hold arrays.
+const SLOTS: u32 = 320;
 /// Generous: the slowest step is forking a few hundred children on 2 busy cores.
 const WATCHDOG: Duration = Duration::from_secs(240);
 
@@ -88,15 +97,16 @@ impl Drop for Children {
 fn every_slot_taken_the_highest_hold_arrays_their_kill_is_collected_exactly_and_one_more_is_refused() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let children = Children::new("the full table test");
-    let pool = Pool::create(&PoolOptions::new()).unwrap();
+    let pool = Pool::create(&PoolOptions::new().process_slots(SLOTS)).unwrap();
     let shared = ShmArray::<u64>::from_slice(&pool, &[8], &[7; 8]).unwrap();
     let base = pool.stats();
     let (release_r, release_w) = pipe();
     let (report_r, report_w) = pipe();
     // Slot 0 is ours; a child registering takes the lowest free slot, so child `i` (forked
-    // after child `i - 1` reported) is slot `i`: slots up to MAX_PROCESSES - 1 hold arrays.
+    // after child `i - 1` reported) is slot `i`: slots up to SLOTS - 1 hold arrays, and all
+    // of them hold `shared` (twelve inline, the rest in its overflow block).
     let mut pids = vec![0];
-    for slot in 1..MAX_PROCESSES {
+    for slot in 1..SLOTS {
         let pid = fork(|| {
             close(release_w);
             // Joining re-acquires `shared` under our own slot; then an array only we hold.
@@ -114,14 +124,14 @@ fn every_slot_taken_the_highest_hold_arrays_their_kill_is_collected_exactly_and_
         assert_eq!(read_byte(report_r), Some(b'Y'), "child at slot {slot}");
         assert_eq!(pool.stats().processes, slot as usize + 1);
     }
-    assert_eq!(pool.stats().arrays, base.arrays + u64::from(MAX_PROCESSES) - 1);
+    assert_eq!(pool.stats().arrays, base.arrays + u64::from(SLOTS) - 1);
 
     // One process too many: joining, making an array and attaching are all refused alike.
     let handle = shared.handle().unwrap();
     let extra = fork(|| {
         close(release_w);
-        let join = matches!(pool.join(), Err(PoolError::Full { slots, .. }) if slots == MAX_PROCESSES);
-        let attach = matches!(pool.attach(&handle), Err(HandleError::PoolFull { slots, .. }) if slots == MAX_PROCESSES);
+        let join = matches!(pool.join(), Err(PoolError::Full { slots, .. }) if slots == SLOTS);
+        let attach = matches!(pool.attach(&handle), Err(HandleError::PoolFull { slots, .. }) if slots == SLOTS);
         i32::from(!(join && attach))
     });
     children.add(extra);
@@ -130,15 +140,16 @@ fn every_slot_taken_the_highest_hold_arrays_their_kill_is_collected_exactly_and_
 
     // SIGKILL the holders at the highest slots: collect drops their hold of `shared` and
     // frees the array each held alone, and nothing else.
-    let killed: Vec<u32> = (MAX_PROCESSES - 60..MAX_PROCESSES).step_by(6).collect();
+    let killed: Vec<u32> = (SLOTS - 60..SLOTS).step_by(6).collect();
+    assert!(killed.iter().all(|s| *s > 255));
     for slot in &killed {
         kill(pids[*slot as usize]);
     }
     let r = pool.collect();
     assert_eq!((r.dead_processes, r.arrays_freed), (killed.len(), killed.len()));
     let after = pool.stats();
-    assert_eq!(after.arrays, base.arrays + u64::from(MAX_PROCESSES) - 1 - killed.len() as u64);
-    assert_eq!(after.processes, MAX_PROCESSES as usize - killed.len());
+    assert_eq!(after.arrays, base.arrays + u64::from(SLOTS) - 1 - killed.len() as u64);
+    assert_eq!(after.processes, SLOTS as usize - killed.len());
     assert_eq!(shared.to_vec(), [7; 8], "the array the dead shared with others is intact");
 
     // Their slots are free again: a newcomer takes the lowest of them and holds arrays there.

@@ -56,6 +56,7 @@
 //!   (invariant 3).
 //! - `collect`: what happens when a process dies holding an array (invariant 4), and lost
 //!   tokens.
+//! - `overflow`: the blocks where an array's refcount keeps its holders beyond twelve.
 //! - `names`: named arrays.
 //! - `admin`: listing and cleaning pools in /dev/shm without joining them.
 //! - `backend`: where growth segments live (/dev/shm files or memfds) and how a process
@@ -87,6 +88,7 @@ mod membership;
 mod names;
 mod open;
 mod options;
+mod overflow;
 mod pin;
 mod release;
 mod reserve;
@@ -105,10 +107,13 @@ use membership::Membership;
 use options::{wait_to_ns, NO_WAIT};
 use segments::MetaSegment;
 
-/// Holder bit of the named-array directory (never a process slot).
-pub(crate) const DIRECTORY_HOLDER: u32 = 255;
-/// Most processes a pool can have at once.
-pub const MAX_PROCESSES: u32 = 255;
+/// Holder slot of the named-array directory (never a process slot).
+pub(crate) const DIRECTORY_HOLDER: u32 = MAX_PROCESSES;
+/// Most processes a pool can have at once: its process table's slots (every array's refcount
+/// can name them all: `overflow`). Every process also takes an owner slot in each arena
+/// segment it maps, of which a segment has at most 1,022 (`open::ARENA_OWNER_SLOTS_MAX`), so a pool
+/// has room for about 1,000 processes at once until the arena's owner table grows too.
+pub const MAX_PROCESSES: u32 = 4096;
 const ORD: core::sync::atomic::Ordering = core::sync::atomic::Ordering::Relaxed;
 
 /// The /dev/shm name of segment 0 of `pool` (invariant 1).
@@ -243,8 +248,11 @@ fn ref_to_handle(e: RefError) -> HandleError {
     match e {
         RefError::Dead | RefError::Orphaned | RefError::Token(_) | RefError::ForeignToken => HandleError::Stale,
         RefError::NotHolder { .. } | RefError::HolderOutOfRange { .. } => HandleError::Invalid("bad holder slot"),
-        // Array headers keep a holder bitmap, which never overflows.
-        RefError::NeedsOverflow | RefError::OverflowUnavailable { .. } => HandleError::Invalid("holder overflow"),
+        // `with_holder_room` links an overflow on NeedsOverflow; an id nothing resolves is
+        // memory written outside the protocol.
+        RefError::NeedsOverflow | RefError::OverflowUnavailable { .. } => {
+            HandleError::Invalid("the array's holder overflow block is missing")
+        }
         RefError::Stranger { holder } => HandleError::Stranger { pid: holder, lock: "an array's reference count" },
     }
 }

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use shm_arena::Block;
 use shm_sync::{LockError, Locked, RefError, Released};
 
+use super::overflow::LinkError;
 use super::pin::Pin;
 use super::{ref_to_handle, PoolShared, SharedArray, DIRECTORY_HOLDER, ORD};
 use crate::directory::{load_name, store_name, Directory, MAX_NAME_LEN};
@@ -81,19 +82,33 @@ impl PoolShared {
         }
         // Before the name lock: this may pin the array again, which takes other locks.
         array.ensure_held()?;
-        let _guard = self.name_lock()?;
-        let dir = self.dir();
-        if dir.names().iter().any(|e| e.state.load(ORD) == 1 && load_name(e) == name) {
-            return Err(NameError::Exists(name.to_owned()));
-        }
-        let entry = dir.names().iter().find(|e| e.state.load(ORD) == 0).ok_or(NameError::Full)?;
         let local = &array.local;
-        match local.header().refcount.acquire(DIRECTORY_HOLDER, &self.tokens(), &self.processes()) {
-            Ok(shm_sync::Acquired::First) => {}
-            // One name per array: the directory holds one reference (found in review).
-            Ok(shm_sync::Acquired::Already) => return Err(NameError::AlreadyNamed),
-            Err(e) => return Err(NameError::Handle(ref_to_handle(e))),
-        }
+        let (_guard, entry) = loop {
+            let guard = self.name_lock()?;
+            let dir = self.dir();
+            if dir.names().iter().any(|e| e.state.load(ORD) == 1 && load_name(e) == name) {
+                return Err(NameError::Exists(name.to_owned()));
+            }
+            let entry = dir.names().iter().find(|e| e.state.load(ORD) == 0).ok_or(NameError::Full)?;
+            match local.header().refcount.acquire(DIRECTORY_HOLDER, &self.tokens(), &self.group()) {
+                Ok(shm_sync::Acquired::First) => break (guard, entry),
+                // One name per array: the directory holds one reference (found in review).
+                Ok(shm_sync::Acquired::Already) => return Err(NameError::AlreadyNamed),
+                // More than twelve holders and no overflow yet: link one outside the name lock
+                // (the allocation may grow the pool, which takes the same lock), then again.
+                Err(RefError::NeedsOverflow) => {
+                    drop(guard);
+                    let at = (local.meta_segment, local.header_block);
+                    self.link_overflow(at, local.header()).map_err(|e| {
+                        NameError::Handle(match e {
+                            LinkError::Ref(e) => ref_to_handle(e),
+                            LinkError::NoMemory => HandleError::NoHolderRoom { pool: self.name.clone() },
+                        })
+                    })?;
+                }
+                Err(e) => return Err(NameError::Handle(ref_to_handle(e))),
+            }
+        };
         store_name(entry, name);
         entry.meta_segment.store(u64::from(local.meta_segment), ORD);
         entry.header.store(local.header_block.to_bits(), ORD);
@@ -133,7 +148,7 @@ impl PoolShared {
         if let Ok((_, h)) = self.meta_segment(seg).and_then(|meta| meta.header(header)) {
             if h.nonce.load(ORD) == nonce {
                 if let Ok(Released::Last) | Err(RefError::Orphaned) =
-                    h.refcount.release(DIRECTORY_HOLDER, &self.tokens(), &self.processes())
+                    h.refcount.release(DIRECTORY_HOLDER, &self.tokens(), &self.group())
                 {
                     self.free_array(seg, header, h);
                 }
