@@ -233,3 +233,62 @@ fn a_thousand_short_lived_processes_go_through_one_pool_in_batches() {
     close(report_r);
     close(report_w);
 }
+
+#[test]
+fn holders_sigkilled_while_their_array_overflows_leave_it_whole_and_collectable() {
+    // Each round: a new array with data of its own, inherited by 24 children that all join at
+    // once, so twelve take the inline lanes and the others race to link an overflow block
+    // (refused linkers free theirs); some are SIGKILLed at random moments of that, inside the
+    // link or not. Then everyone goes, `collect` runs, and the array must be freed exactly when
+    // its creator lets go, with the pool's allocators intact.
+    const ROUNDS: usize = 12;
+    const CHILDREN: usize = 24;
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let children = Children::new("the overflow kill test");
+    let pool = Pool::create(&PoolOptions::new().process_slots(64)).unwrap();
+    let base = pool.stats();
+    let mut seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() | 1;
+    let mut random = move |n: u32| {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        seed % n
+    };
+    for round in 0..ROUNDS {
+        let array = ShmArray::<u8>::from_slice(&pool, &[8192], &[round as u8; 8192]).unwrap();
+        let (go_r, go_w) = pipe();
+        let mut pids = Vec::new();
+        for _ in 0..CHILDREN {
+            let pid = fork(|| {
+                close(go_w);
+                let _ = read_byte(go_r); // all start together
+                pool.join().unwrap();
+                let ok = array.to_vec().iter().all(|x| *x == round as u8);
+                pool.leave();
+                i32::from(!ok)
+            });
+            children.add(pid);
+            pids.push(pid);
+        }
+        close(go_r);
+        close(go_w); // EOF: go
+        for pid in &pids {
+            std::thread::sleep(Duration::from_micros(u64::from(random(400))));
+            if random(3) == 0 {
+                // SAFETY: a signal to our own child (it may have exited already: then a no-op
+                // on a zombie, and `wait` reports its exit code).
+                unsafe { libc::kill(*pid, libc::SIGKILL) };
+            }
+        }
+        for pid in pids {
+            let code = wait(pid);
+            assert!(code == 0 || code == -libc::SIGKILL, "round {round}: a child exited with {code}");
+        }
+        pool.collect();
+        assert_eq!(array.to_vec()[8191], round as u8, "round {round}: the array stays whole");
+        assert_eq!(pool.stats().processes, 1, "round {round}");
+        drop(array);
+        assert_eq!(pool.stats().arrays, base.arrays, "round {round}: freed when its creator let go");
+        pool.check().unwrap();
+    }
+}

@@ -3,8 +3,9 @@
 //! # Why not one shared integer
 //!
 //! A single shared count cannot be repaired after a holder dies: nobody knows how much of it
-//! was the dead process's. Here every process that holds a block has one bit in the record's
-//! holder bitmap (its [`ProcessTable`](crate::ProcessTable) slot), and references in flight are
+//! was the dead process's. Here every process that holds a block is named in the record's
+//! holder set by its [`ProcessTable`](crate::ProcessTable) slot (a bit of a bitmap, or a lane
+//! or overflow bit of a [`HolderList`]: the `holders` module), and references in flight are
 //! tokens in a [`TokenTable`]. Counting within a process stays in that process; the shared
 //! record changes only when a process starts or stops holding the block, or a token is sent,
 //! claimed or cancelled.
