@@ -225,8 +225,9 @@ class Pool(_Constructors):
     ``keep`` bounds the warm reserve: bytes of freed arrays kept for reuse (default 512 MiB,
     at most an eighth of /dev/shm); freed memory beyond it is given back to the system at once.
     ``backend="memfd"`` keeps the pool's segments out of /dev/shm (see :func:`configure`).
-    ``process_slots`` is how many processes may use the pool at once (default and most 4,096;
-    about 1,000 can in practice, see the guide); one more raises :class:`PoolFullError`.
+    ``process_slots`` is how many processes may use the pool at once (default 255, at most
+    4,096; about 1,000 can map one pool at once for now, see the guide); one more raises
+    :class:`PoolFullError`.
 
     Used as a context manager, the pool is closed on exit (see :meth:`close`). It has the
     module's constructors as methods: ``pool.empty(...)``, ``pool.zeros(...)``, and so on.

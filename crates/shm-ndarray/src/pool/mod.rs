@@ -99,7 +99,7 @@ pub use admin::{clean_dead_pools, clean_pools, list_pools, CleanReport, PoolInfo
 pub use backend::Backend;
 pub use collect::CollectReport;
 pub use names::NameError;
-pub use options::{default_keep, PoolOptions};
+pub use options::{default_keep, PoolOptions, DEFAULT_PROCESS_SLOTS};
 pub use shared_array::SharedArray;
 
 use local_array::LocalArray;

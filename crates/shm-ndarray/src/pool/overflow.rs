@@ -13,8 +13,9 @@
 //!    point. A block the link refused (another was linked first, or the record died) is freed
 //!    by its allocator at once. A block whose allocator died between the disown and the link is
 //!    an orphan: no record links it and its allocator is dead; `collect`'s sweep frees it
-//!    (`sweep_overflows`). A block whose allocator is alive is never an orphan: it may be about
-//!    to link it.
+//!    (`sweep_overflows`), after adopting it in the arena (only a disowned block can be
+//!    adopted, and only once). A block whose allocator is alive is never an orphan: it may be
+//!    about to link it.
 //! 3. A linked block lives as long as its array: `free_array` frees it, before the header,
 //!    once the refcount is dead and nobody reads the holder set any more.
 //! 4. The id a record links is `(segment + 1) << 48 | block bits`; ids are resolved only through
@@ -236,8 +237,6 @@ impl PoolShared {
     /// Frees the orphans among the overflow blocks of metadata segment `meta` (invariant 2):
     /// no header links them and their allocator is dead. Returns how many.
     pub(super) fn sweep_overflows(&self, meta: MetaSegment<'_>) -> u64 {
-        use core::sync::atomic::Ordering::{AcqRel, Relaxed};
-        let Ok(me) = ProcessIdentity::current().map(ProcessIdentity::to_bits) else { return 0 };
         let mut freed = 0;
         for block in meta.arena.blocks_in_use() {
             if block.size() < OVERFLOW_BYTES || (meta.index == 0 && block == self.dir_block) {
@@ -260,12 +259,11 @@ impl PoolShared {
             if linked || alive {
                 continue;
             }
-            // One sweeper frees it: the one whose CAS puts its own (live) identity where the
-            // dead allocator's was. A sweeper that read this block before it was freed and
-            // reused finds another allocator there and fails; one that dies after claiming
-            // leaves its own identity, dead, for the next sweep.
-            // AcqRel: pairs with other sweepers' claims; the block is ours after it.
-            if o.allocator.compare_exchange(allocator, me, AcqRel, Relaxed).is_err() {
+            // One sweeper frees it: the one whose adoption (the arena's CAS of the block's owner
+            // from nobody to itself) succeeds. A block being written by a live process is owned
+            // by it, not disowned, so a stale magic seen in a block just reallocated is never
+            // taken; a sweeper that dies after adopting leaves it to the arena's recovery.
+            if meta.arena.adopt(block).is_err() {
                 continue;
             }
             if free_overflow_block(meta.arena, block) {
