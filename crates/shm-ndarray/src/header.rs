@@ -3,10 +3,11 @@
 //! # Invariants
 //!
 //! 1. Every block of a metadata segment starts with a kind magic ([`ARRAY_MAGIC`] for headers,
-//!    the pool directory's own magic for the directory), and user data lives there only inside
-//!    a header's own block, after the header (a small array's data, "inline"): a sweep that
-//!    finds a block there can trust what its magic says, and no handle can name the inline data
-//!    as a block (the arena only resolves allocated blocks, and the data is part of one).
+//!    the pool directory's own magic for the directory, `pool::overflow`'s for holder overflow
+//!    blocks), and user data lives there only inside a header's own block, after the header (a
+//!    small array's data, "inline"): a sweep that finds a block there can trust what its magic
+//!    says, and no handle can name the inline data as a block (the arena only resolves
+//!    allocated blocks, and the data is part of one).
 //! 2. A header is written completely by its creator before any handle to it exists; after
 //!    that only its [`RefCount`] changes (under its lock) until the array dies. Readers that
 //!    have pinned the array (they hold it, or claimed a token) and found its refcount's target

@@ -7,10 +7,11 @@
 //!    `pyshm-<pool>-<suffix>`, where the suffix is 16 hex digits from `getrandom` recorded in
 //!    the segment's directory entry (directory invariant 4): nobody can pre-create the name of
 //!    a segment the pool will grow into. Pool names have no `-`, so a file name says which
-//!    pool it belongs to ([`parse_segment_name`]). Metadata segments hold only the directory
-//!    and array headers; data segments hold only array data (see `header`, invariant 1).
+//!    pool it belongs to ([`parse_segment_name`]). Metadata segments hold only the directory,
+//!    array headers and their holder overflow blocks; data segments hold only array data (see
+//!    `header`, invariant 1).
 //! 2. A process is a member of the pool while it holds a slot of the directory's process
-//!    table; that slot's index is its holder bit in every array's refcount. A forked child
+//!    table; that slot's index is its holder slot in every array's refcount. A forked child
 //!    takes a slot of its own before its first operation and re-acquires, under its own slot,
 //!    every array it inherited that is still there (checked as a first pin checks a handle).
 //! 3. An array is freed when its refcount dies (no holder process, no pending token, no name);
