@@ -36,7 +36,7 @@ use super::{PoolShared, ORD};
 use crate::directory::MAX_SEGMENTS;
 use crate::header::{ArrayHeader, ARRAY_MAGIC};
 
-/// What [`Pool::collect`] did.
+/// What [`Pool::collect`](super::Pool::collect) did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CollectReport {
     /// Dead processes whose slots were recycled.
