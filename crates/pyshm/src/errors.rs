@@ -212,8 +212,9 @@ fn open_err(e: OpenError) -> PyErr {
 
 fn register_err(e: RegisterError, msg: String) -> PyErr {
     match e {
-        // The arena's owner table has room for every process slot and a few more: full only
-        // when the pool is, and the same outcome for the caller.
+        // The arena's owner table has room for every process slot and a few more up to 1,022
+        // (shm-ndarray's `owner_slots`): full when the pool is, or when more than about 1,014
+        // processes map one segment; the same outcome for the caller.
         RegisterError::Full { .. } => PoolFullError::new_err(msg),
         RegisterError::Identity(_) => os_error(None, msg),
     }
@@ -244,6 +245,7 @@ fn handle_err(e: HandleError) -> PyErr {
         HandleError::Stranger { .. } => PoolCorruptError::new_err(msg),
         HandleError::TokensFull { .. } | HandleError::SenderQuota { .. } => TokenTableFullError::new_err(msg),
         HandleError::PoolFull { .. } => PoolFullError::new_err(msg),
+        HandleError::NoHolderRoom { .. } => PoolMemoryError::new_err(msg),
         HandleError::OtherNamespace { .. } => os_error(Some(EPERM), msg),
         // A segment the pool does not have: the handle is corrupt (a pool that is gone fails
         // earlier, when it is opened by name).

@@ -127,7 +127,7 @@ impl NativePool {
     /// Creates a pool (or opens the one of that name); the pool registered under that name in
     /// this process if there is one (invariant 1).
     #[staticmethod]
-    #[pyo3(signature = (name=None, size=None, max_size=None, wait=None, persistent=None, persist_while_named=false, keep=None, backend=None))]
+    #[pyo3(signature = (name=None, size=None, max_size=None, wait=None, persistent=None, persist_while_named=false, keep=None, backend=None, process_slots=None))]
     #[allow(clippy::too_many_arguments)] // one argument per option, as pyshm.Pool passes them
     fn create(
         py: Python<'_>,
@@ -139,8 +139,12 @@ impl NativePool {
         persist_while_named: bool,
         keep: Option<u64>,
         backend: Option<&str>,
+        process_slots: Option<u32>,
     ) -> Result<Py<Self>> {
         let mut o = PoolOptions::new().wait(duration(wait)?).persist_while_named(persist_while_named);
+        if let Some(n) = process_slots {
+            o = o.process_slots(n);
+        }
         if let Some(b) = backend {
             o = o.backend(b.parse::<Backend>()?);
         }

@@ -172,7 +172,10 @@ def _child_until_released(release: tuple[int, int], report_fd: int, job) -> None
 
 
 def test_a_process_beyond_the_pools_process_slots_gets_pool_full_error_from_every_entry_point():
-    with pyshm.Pool() as pool:
+    # 300 slots, so that slots beyond 255 hold `a` (every child inherits it and holds it once
+    # it joins: twelve inline holders, the rest in its overflow block); every process of the
+    # full table is a forked interpreter (4,096 would be too many for a test).
+    with pyshm.Pool(process_slots=300) as pool:
         a = pool.zeros(4)
         h = pool.handle(a)
         message = ForkingPickler.dumps(a)
@@ -200,7 +203,7 @@ def test_a_process_beyond_the_pools_process_slots_gets_pool_full_error_from_ever
             return b"Y" if seen == ["full"] * 3 else b"N"
 
         try:
-            while len(children) < 300:  # 255 slots by default; the parent holds one
+            while len(children) < 320:  # 300 slots; the parent holds one
                 pid = os.fork()
                 if pid == 0:
                     _child_until_released((release_r, release_w), report_w, join)
@@ -210,7 +213,7 @@ def test_a_process_beyond_the_pools_process_slots_gets_pool_full_error_from_ever
                 if os.read(report_r, 1) == b"F":
                     break
             assert pool.stats().processes == len(children), "the parent and all but the last child joined"
-            assert len(children) >= 255, "at least 255 processes per pool: the parent and 254 children"
+            assert len(children) == 300, "300 processes in the pool: the parent and 299 children"
             pid = os.fork()
             if pid == 0:
                 _child_until_released((release_r, release_w), report_w, every_entry_point)
@@ -229,3 +232,46 @@ def test_a_process_beyond_the_pools_process_slots_gets_pool_full_error_from_ever
         pyshm._handles.cancel(h)
         assert pool.stats().handles_in_flight == 1, "the message's token"
         assert np.shares_memory(ForkingPickler.loads(message), a)
+
+
+def test_process_slots_are_configurable_and_checked():
+    import subprocess
+    import sys
+
+    for bad in (0, -1, "9"):
+        with pytest.raises(ValueError, match="process_slots"):
+            pyshm.Pool(process_slots=bad)
+        with pytest.raises(ValueError, match="process_slots"):
+            pyshm.configure(process_slots=bad)
+    with pytest.raises(ValueError, match="process_slots"):
+        pyshm.Pool(process_slots=4097)  # beyond MAX_PROCESSES
+    # PYSHM_PROCESS_SLOTS sizes the default pool: with 2, the parent and one child fit, and a
+    # second child (while the first still holds its slot) gets PoolFullError.
+    code = (
+        "import os, pyshm\n"
+        "pyshm.zeros(1)\n"
+        "r, w = os.pipe()\n"
+        "first = os.fork()\n"
+        "if first == 0:\n"
+        "    pyshm.zeros(1); os.close(w); os.read(r, 1); os._exit(0)\n"
+        "while pyshm.stats().processes < 2: pass\n"
+        "second = os.fork()\n"
+        "if second == 0:\n"
+        "    try:\n"
+        "        pyshm.zeros(1)\n"
+        "    except pyshm.PoolFullError:\n"
+        "        os._exit(7)\n"
+        "    os._exit(0)\n"
+        "_, status = os.waitpid(second, 0)\n"
+        "os.close(w); os.waitpid(first, 0)\n"
+        "print(os.waitstatus_to_exitcode(status))\n"
+    )
+    env = {**os.environ, "PYSHM_PROCESS_SLOTS": "2"}
+    env.pop("PYSHM_POOL", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "7", "the third process got PoolFullError"
+    env["PYSHM_PROCESS_SLOTS"] = "many"
+    code = "import pyshm; pyshm.zeros(1)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "PYSHM_PROCESS_SLOTS" in out.stderr

@@ -39,8 +39,11 @@ use crate::sync::SharedU64;
 pub(crate) const DIR_MAGIC: u64 = u64::from_le_bytes(*b"PYSHMPOL");
 /// Version 2: segment entries record their file's random suffix (invariant 4). Version 3: the
 /// creator's pid namespace (invariant 5); a version-2 reader, which would not check it, refuses.
-/// Version 4: the growable name table (invariant 6).
-pub(crate) const DIR_VERSION: u64 = 4;
+/// Version 4: the growable name table (invariant 6). Version 5: array headers keep twelve
+/// holders inline and the rest in overflow blocks of the metadata segments (`pool::overflow`),
+/// for up to 4,096 process slots; an older reader, which would read the lanes as a bitmap,
+/// refuses.
+pub(crate) const DIR_VERSION: u64 = 5;
 /// Most segments a pool can have.
 pub const MAX_SEGMENTS: usize = 256;
 /// Most bytes of an array name.

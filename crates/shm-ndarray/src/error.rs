@@ -161,6 +161,14 @@ pub enum HandleError {
     /// The pool's segment could not be opened.
     #[error("cannot open the pool segment the handle names: {0}")]
     Segment(String),
+    /// This process could not start holding the array: more than twelve processes hold it, so
+    /// its holders need an overflow block in the pool's metadata, and none could be allocated
+    /// (the pool is at its `max_size`, or out of segments). Nothing was taken.
+    #[error("cannot hold the array: pool {pool:?} has no metadata memory left for the block that records more than twelve holders of an array")]
+    NoHolderRoom {
+        /// The pool name.
+        pool: String,
+    },
     /// No handle could be made: every transfer token slot of the pool is taken by a handle
     /// sent and not attached yet. Nothing was taken; the sender may send the data instead,
     /// wait for receivers to attach, or reclaim old tokens (`Pool::reclaim_tokens_older_than`).

@@ -3,10 +3,11 @@
 //! # Invariants
 //!
 //! 1. Every block of a metadata segment starts with a kind magic ([`ARRAY_MAGIC`] for headers,
-//!    the pool directory's own magic for the directory), and user data lives there only inside
-//!    a header's own block, after the header (a small array's data, "inline"): a sweep that
-//!    finds a block there can trust what its magic says, and no handle can name the inline data
-//!    as a block (the arena only resolves allocated blocks, and the data is part of one).
+//!    the pool directory's own magic for the directory, `pool::overflow`'s for holder overflow
+//!    blocks), and user data lives there only inside a header's own block, after the header (a
+//!    small array's data, "inline"): a sweep that finds a block there can trust what its magic
+//!    says, and no handle can name the inline data as a block (the arena only resolves
+//!    allocated blocks, and the data is part of one).
 //! 2. A header is written completely by its creator before any handle to it exists; after
 //!    that only its [`RefCount`] changes (under its lock) until the array dies. Readers that
 //!    have pinned the array (they hold it, or claimed a token) and found its refcount's target
@@ -24,7 +25,9 @@
 //! ```text
 //! 0    magic            "PYSHMARR"
 //! 8    nonce
-//! 16   refcount         RefCount<4>: lock, state, target (= nonce), 256 holder bits
+//! 16   refcount         RefCount<HolderList>: lock, state (dead and its freer, holders,
+//!                        tokens), target (= nonce), 12 inline holder slots, the overflow
+//!                        block's id (`pool::overflow`)
 //! 80   data segment     u32, then u32: how far the array's freer got (`FREEING_DATA`,
 //!                        `DATA_FREED`; 0 while it lives)
 //! 88   data block       Block::to_bits
@@ -38,6 +41,7 @@
 //!      descr            descr length bytes (numpy's description)
 //! ```
 
+use shm_sync::holders::HolderList;
 use shm_sync::RefCount;
 
 use crate::dtype::{DType, DTypeKind};
@@ -60,10 +64,9 @@ pub(crate) fn field_ptr<T, F>(p: *mut u8, _field: fn(&T) -> &F) -> *mut F {
 
 /// Magic of an array header.
 pub(crate) const ARRAY_MAGIC: u64 = u64::from_le_bytes(*b"PYSHMARR");
-/// Words of holder bits in a header's refcount: 256 holders (255 processes and the directory).
-pub(crate) const HOLDER_WORDS: usize = 4;
-/// The refcount of an array.
-pub(crate) type ArrayRefCount = RefCount<HOLDER_WORDS>;
+/// The refcount of an array: twelve holders inline, the rest in an overflow block of the
+/// pool's metadata (`pool::overflow`), so up to `MAX_PROCESSES` processes and the directory.
+pub(crate) type ArrayRefCount = RefCount<HolderList>;
 /// Largest number of dimensions (numpy 2's `NPY_MAXDIMS`).
 pub const MAX_DIMS: usize = 64;
 /// Bytes of the fixed part.

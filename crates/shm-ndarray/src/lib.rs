@@ -64,8 +64,7 @@ pub use handle::{Handle, HANDLE_FIXED_LEN};
 pub use header::{view_fits, MAX_DIMS};
 pub use pool::{
     clean_dead_pools, clean_pools, default_keep, list_pools, Backend, CleanReport, CollectReport, NameError, Pool,
-    PoolInfo, PoolOptions, PoolStats, SharedArray, SkipReason, SkippedFile, MAX_NAMES, MAX_PROCESSES,
+    PoolInfo, PoolOptions, PoolStats, SharedArray, SkipReason, SkippedFile, DEFAULT_PROCESS_SLOTS, MAX_NAMES,
+    MAX_PROCESSES,
 };
-/// Test hook: SIGKILL this process at a point of the name protocol (`pool::name_index`).
-#[doc(hidden)]
 pub use typed::{ShmArray, SliceMut, SliceRef, TypedError};

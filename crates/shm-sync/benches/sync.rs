@@ -4,7 +4,8 @@
 #![allow(unsafe_code)] // the pthread mutex comparison
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use shm_sync::{AnyProcess, Event, RefCount, RobustMutex, TokenSlot, TokenTable};
+use shm_sync::holders::{HolderBitmap, HolderList, Holders};
+use shm_sync::{AnyProcess, AtomicU64, Event, Holder, Members, RefCount, RobustMutex, Standing, TokenSlot, TokenTable};
 use std::hint::black_box;
 
 struct PthreadShared(Box<libc::pthread_mutex_t>);
@@ -48,7 +49,7 @@ fn lock_unlock(c: &mut Criterion) {
 fn refcount(c: &mut Criterion) {
     let slots: Vec<TokenSlot> = (0..64).map(|_| TokenSlot::new()).collect();
     let tokens = TokenTable::new(&slots);
-    let rc: RefCount<4> = RefCount::new();
+    let rc: RefCount<HolderBitmap<4>> = RefCount::new();
     rc.init(1, 0);
     let mut g = c.benchmark_group("refcount");
     g.bench_function("acquire+release (second holder)", |b| {
@@ -70,34 +71,77 @@ fn refcount(c: &mut Criterion) {
     c.bench_function("event/notify_if_waiting (nobody waits)", |b| b.iter(|| black_box(&e).notify_if_waiting()));
 }
 
-/// Today's header record (256 holders, 4 words) beside one with 4,096 holders (64 words, the
-/// bitmap issue 13 item 6 would need), in one run: a second holder's acquire+release, and the
-/// last holder's release that must scan every word to learn it was the last (then re-init).
+/// A group whose holder-overflow id 1 is a 4,160-bit bitmap on the heap (a pool's would be a
+/// block of its metadata): enough for 4,096 process slots and a directory holder.
+struct OverflowGroup(Vec<AtomicU64>);
+
+impl Members for OverflowGroup {
+    fn standing(&self, _holder: Holder) -> Standing {
+        Standing::Member
+    }
+    fn holder_overflow(&self, id: u64) -> Option<&[AtomicU64]> {
+        (id == 1).then_some(&self.0[..])
+    }
+}
+
+/// Today's header record (a 256-slot bitmap, 4 words) beside the 4,096-slot candidates, in one
+/// run: a 4,096-slot bitmap (64 words, 512 bytes), and the `HolderList` (the same 32 bytes as
+/// today's bitmap: twelve inline holders, then an overflow bitmap). For each: a second
+/// holder's acquire+release, the last holder's release (with a re-init), and `collect`'s sweep
+/// (`drop_holder` of a dead slot, which usually held nothing, and of one that held it).
 fn holder_capacity(c: &mut Criterion, tokens: &TokenTable<'_>) {
-    fn bench<const W: usize>(
+    /// `rc` is held by slot 0 (and more), `second` a slot that does not hold it.
+    fn bench<H: Holders>(
         g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+        name: &str,
+        (rc, second): (&RefCount<H>, u32),
         tokens: &TokenTable<'_>,
+        group: &impl Members,
     ) {
-        let holders = 64 * W as u32;
-        let rc: RefCount<W> = RefCount::new();
-        rc.init(1, 0);
-        g.bench_function(format!("{holders} holders: acquire+release (second holder, slot {})", holders - 5), |b| {
+        g.bench_function(format!("{name}: acquire+release (second holder, slot {second})"), |b| {
             b.iter(|| {
-                rc.acquire(black_box(holders - 5), tokens, &AnyProcess).unwrap();
-                rc.release(black_box(holders - 5), tokens, &AnyProcess).unwrap();
+                rc.acquire(black_box(second), tokens, group).unwrap();
+                rc.release(black_box(second), tokens, group).unwrap();
             })
         });
-        let last: RefCount<W> = RefCount::new();
-        g.bench_function(format!("{holders} holders: init+release (the last holder)"), |b| {
+        let last: RefCount<H> = RefCount::new();
+        g.bench_function(format!("{name}: init+release (the last holder)"), |b| {
             b.iter(|| {
                 last.init(1, black_box(3));
-                black_box(last.release(3, tokens, &AnyProcess).unwrap());
+                black_box(last.release(3, tokens, group).unwrap());
+            })
+        });
+        // `collect`'s sweep: every header is asked to drop a dead slot; most did not hold it.
+        g.bench_function(format!("{name}: drop_holder of a slot that does not hold it (a sweep)"), |b| {
+            b.iter(|| black_box(rc.drop_holder(black_box(second), tokens, group).unwrap()))
+        });
+        g.bench_function(format!("{name}: acquire+drop_holder (a dead holder swept)"), |b| {
+            b.iter(|| {
+                rc.acquire(black_box(second), tokens, group).unwrap();
+                black_box(rc.drop_holder(black_box(second), tokens, group).unwrap())
             })
         });
     }
     let mut g = c.benchmark_group("refcount_holders");
-    bench::<4>(&mut g, tokens);
-    bench::<64>(&mut g, tokens);
+    let today: RefCount<HolderBitmap<4>> = RefCount::new();
+    today.init(1, 0);
+    bench(&mut g, "256-slot bitmap (today)", (&today, 251), tokens, &AnyProcess);
+    let wide: RefCount<HolderBitmap<64>> = RefCount::new();
+    wide.init(1, 0);
+    bench(&mut g, "4,096-slot bitmap", (&wide, 4091), tokens, &AnyProcess);
+    // The list: slot 0 alone, so a second holder takes a lane.
+    let group = OverflowGroup((0..65).map(|_| AtomicU64::new(0)).collect());
+    let inline: RefCount<HolderList> = RefCount::new();
+    inline.init(1, 0);
+    bench(&mut g, "4,096-slot list, a lane", (&inline, 251), tokens, &group);
+    // Its lanes full (slots 0..12) and an overflow linked: a second holder goes to the overflow.
+    let full: RefCount<HolderList> = RefCount::new();
+    full.init(1, 0);
+    for slot in 1..12 {
+        full.acquire(slot, tokens, &group).unwrap();
+    }
+    full.link_overflow(1, tokens, &group).unwrap();
+    bench(&mut g, "4,096-slot list, the overflow", (&full, 4091), tokens, &group);
     g.finish();
 }
 

@@ -30,6 +30,7 @@
 
 mod event;
 mod flag;
+pub mod holders;
 mod mutex;
 mod process_table;
 mod refcount;
@@ -46,6 +47,9 @@ pub use mutex::{
 pub use process_table::{DeadProcess, ProcessSlot, ProcessTable, Registration, SlotState, TableFull};
 pub use refcount::{Acquired, RefCount, RefError, Released, NO_FREER};
 pub use semaphore::Semaphore;
+/// The atomic word of shared memory that [`Members::holder_overflow`] resolves to (loom's
+/// under the model).
+pub use shm_platform::sync::primitive::AtomicU64;
 pub use transfer::{PendingToken, Token, TokenError, TokenSlot, TokenTable};
 
 /// Support for loom models: declare the calling model thread's process dead, and let timed

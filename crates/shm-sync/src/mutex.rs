@@ -108,6 +108,16 @@ pub enum Standing {
 pub trait Members {
     /// Whether `holder`, alive, may hold the mutex.
     fn standing(&self, holder: Holder) -> Standing;
+
+    /// The holder-overflow bitmap that a [`RefCount`](crate::RefCount) of this group links by
+    /// `id` ([`HolderList`](crate::holders::HolderList)), or `None` when the group knows no
+    /// such block. The group of a record is also where its overflow blocks live (a pool's
+    /// metadata); a group without any (the default) resolves nothing, so its records hold at
+    /// most their inline holders.
+    fn holder_overflow(&self, id: u64) -> Option<&[AtomicU64]> {
+        let _ = id;
+        None
+    }
 }
 
 /// Every live process may hold the mutex: waiters wait as long as the holder lives (what

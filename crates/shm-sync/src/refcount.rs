@@ -3,8 +3,9 @@
 //! # Why not one shared integer
 //!
 //! A single shared count cannot be repaired after a holder dies: nobody knows how much of it
-//! was the dead process's. Here every process that holds a block has one bit in the record's
-//! holder bitmap (its [`ProcessTable`](crate::ProcessTable) slot), and references in flight are
+//! was the dead process's. Here every process that holds a block is named in the record's
+//! holder set by its [`ProcessTable`](crate::ProcessTable) slot (a bit of a bitmap, or a lane
+//! or overflow bit of a [`HolderList`]: the `holders` module), and references in flight are
 //! tokens in a [`TokenTable`]. Counting within a process stays in that process; the shared
 //! record changes only when a process starts or stops holding the block, or a token is sent,
 //! claimed or cancelled.
@@ -13,21 +14,16 @@
 //!
 //! 1. Every change happens under the record's [`RobustMutex`], so the bitmap, the token count,
 //!    the `DEAD` flag and the record's token slots move together.
-//! 2. The bitmap and the token table are the truth; the token count is derived. Whoever takes
-//!    the lock over from a holder that died mid-change ([`Locked::OwnerDied`]) recomputes the
-//!    count from the table and marks the state consistent, so the lock is never left poisoned.
+//! 2. The holder set (`holders`) and the token table are the truth; the holder count and the
+//!    token count in the state word are derived. Whoever takes the lock over from a holder that
+//!    died mid-change ([`Locked::OwnerDied`]) recomputes both from the set and the table and
+//!    marks the state consistent, so the lock is never left poisoned. Because the holder count
+//!    is kept, no operation scans the set to learn whether the record is still held.
 //! 3. A record is `DEAD` exactly when it has no holder and no pending token, and it never
 //!    comes back: acquire, send and claim refuse a dead record, so nobody can revive a block
 //!    that is being freed. Exactly one caller learns that the record died ([`Released::Last`],
 //!    or [`RefError::Orphaned`] for the one whose repair found it dead), and that caller frees
 //!    the block.
-//! 7. The dead record names its freer: the process slot of the caller that learned of the
-//!    death (the `holder` of the operation, the dead slot for [`RefCount::drop_holder`], the
-//!    `freer` given to [`RefCount::cancel`]), written with `DEAD` in the same store. If the freer
-//!    dies before it is done, [`RefCount::drop_holder`] for its slot returns
-//!    [`Released::FreerDied`] (every time, until the block is gone): the one process recovering
-//!    that slot finishes the free. Without this a freer killed between its `Last` and the end
-//!    of its free left the block to nobody (found by a kill test, session 6).
 //! 4. A dead process's references are dropped by [`RefCount::drop_holder`] for its slot; its
 //!    tokens stay pending until claimed or reclaimed, because a receiver may still claim them.
 //! 5. The target changes only under the lock, and only while its one reference is the holder
@@ -39,26 +35,44 @@
 //!    [`ProcessTable`](crate::ProcessTable)), passed to every operation as `members`: a waiter
 //!    refuses a live holder outside it with [`RefError::Stranger`] instead of waiting forever
 //!    (mutex invariant 5). [`AnyProcess`](crate::AnyProcess) waits for any live holder.
+//! 7. The dead record names its freer: the process slot of the caller that learned of the
+//!    death (the `holder` of the operation, the dead slot for [`RefCount::drop_holder`], the
+//!    `freer` given to [`RefCount::cancel`] and [`RefCount::release_as`]), written with `DEAD`
+//!    in the same store. If the freer dies before it is done, [`RefCount::drop_holder`] for its
+//!    slot returns [`Released::FreerDied`] (every time, until the block is gone): the one
+//!    process recovering that slot finishes the free. Without this a freer killed between its
+//!    `Last` and the end of its free left the block to nobody (found by a kill test, session 6).
 //!
 //! Fields under the lock are `Relaxed`: the lock's Acquire/Release orders them. Readers outside
 //! the lock ([`RefCount::is_dead`], [`RefCount::holders`]) get a racy snapshot.
 
+use crate::holders::{Change, HolderBitmap, HolderList, Holders, NoRoom};
+use crate::mutex::AnyProcess;
 use crate::mutex::{LockError, Locked, Members, RobustMutex};
 use crate::sync::{AtomicU64, Ordering};
 use crate::transfer::{Token, TokenError, TokenTable};
 
 const DEAD: u64 = 1 << 63;
 const TOKENS: u64 = u32::MAX as u64;
+/// The holder count's lowest bit in the state word.
+const HOLDERS_SHIFT: u32 = 32;
+/// One holder, as counted in the state word.
+const ONE_HOLDER: u64 = 1 << HOLDERS_SHIFT;
+/// The holder count's bits (16: room for 65,535 holders).
+const HOLDERS: u64 = 0xFFFF << HOLDERS_SHIFT;
 /// Bits 48..63 of a dead record's state: its freer's slot + 1 (invariant 7); 0 = no slot.
 const FREER_SHIFT: u32 = 48;
 const FREER_MASK: u64 = 0x7FFF << FREER_SHIFT;
 
 /// The freer of a record that dies in an operation whose caller has no process slot to name
-/// (a pending token's cancel by a process outside the pool): if it dies before it is done,
-/// the block leaks (invariant 7 covers every other caller).
+/// (a process that cannot join its pool): if it dies before it is done, the block leaks
+/// (invariant 7 covers every other caller).
 pub const NO_FREER: u32 = u32::MAX;
 
-/// A reference-count record with room for `64 * W` holder processes.
+/// A reference-count record whose holder processes are kept in `H` (the `holders` module):
+/// [`HolderBitmap<W>`] names `64 * W` slots; [`HolderList`] names twelve in the same 32 bytes
+/// as a 256-slot bitmap, and up to 65,535 with an overflow bitmap its group resolves
+/// ([`RefCount::link_overflow`]).
 ///
 /// Lives in shared memory beside the data it counts (zeroed memory is a record with no holder
 /// that is not dead; [`RefCount::init`] makes the creator its first holder).
@@ -79,14 +93,23 @@ pub const NO_FREER: u32 = u32::MAX;
 /// assert!(rc.is_dead());
 /// ```
 #[repr(C)]
-pub struct RefCount<const W: usize = 2> {
+pub struct RefCount<H: Holders = HolderBitmap<2>> {
     lock: RobustMutex,
-    /// Bit 63: `DEAD`; bits 48..63: the freer's slot + 1 once dead (invariant 7); bits
-    /// 0..32: pending tokens.
+    /// Changed only under the lock (invariant 1).
+    ///
+    /// | bits | meaning |
+    /// |---|---|
+    /// | 63 | `DEAD` (invariant 3): set once, never cleared |
+    /// | 48..63 | zero while alive; once dead, the freer's slot + 1 (invariant 7) |
+    /// | 32..48 | holders: how many slots `holders` names (derived, invariant 2) |
+    /// | 0..32 | pending tokens of this record in the table (derived, invariant 2) |
+    ///
+    /// Unreferenced (no holder, no token) exactly when the low 48 bits are zero.
     state: AtomicU64,
     /// The caller's id for this record, as stored in its tokens.
     target: AtomicU64,
-    holders: [AtomicU64; W],
+    /// Which process slots hold the record (`holders` module).
+    holders: H,
 }
 
 /// What [`RefCount::acquire`] or [`RefCount::claim`] did.
@@ -140,6 +163,17 @@ pub enum RefError {
         /// Holders the record can name.
         capacity: u32,
     },
+    /// The record's inline holders are full and it links no overflow ([`HolderList`]):
+    /// allocate a zeroed bitmap the group resolves, link it with
+    /// [`RefCount::link_overflow`], and try again. Nothing was changed.
+    #[error("the reference count's inline holders are full: link an overflow bitmap and try again")]
+    NeedsOverflow,
+    /// The record links an overflow its group does not resolve.
+    #[error("the reference count links holder overflow {id}, which its group does not know")]
+    OverflowUnavailable {
+        /// The id the record links.
+        id: u64,
+    },
     /// A token problem (stale, table full).
     #[error(transparent)]
     Token(#[from] TokenError),
@@ -155,15 +189,17 @@ pub enum RefError {
     ForeignToken,
 }
 
-impl<const W: usize> RefCount<W> {
+impl<H: Holders> RefCount<H> {
+    /// Holders the record could ever name: slots `0..CAPACITY` (a [`HolderList`] names those
+    /// beyond its lanes only within its overflow's bits).
+    pub const CAPACITY: u32 = H::LIMIT;
+    // The holder count's 16 bits hold every holder.
+    const FITS: () = assert!(H::LIMIT as u64 <= HOLDERS >> HOLDERS_SHIFT);
+
     /// A record with no holder.
     pub fn new() -> Self {
-        Self {
-            lock: RobustMutex::new(),
-            state: AtomicU64::new(0),
-            target: AtomicU64::new(0),
-            holders: core::array::from_fn(|_| AtomicU64::new(0)),
-        }
+        let () = Self::FITS;
+        Self { lock: RobustMutex::new(), state: AtomicU64::new(0), target: AtomicU64::new(0), holders: H::empty() }
     }
 
     /// Makes a fresh record (not yet visible to others) held by `holder`, known to tokens as
@@ -173,15 +209,13 @@ impl<const W: usize> RefCount<W> {
     ///
     /// # Panics
     ///
-    /// If `holder >= 64 * W` (a caller bug: slots come from a table the caller sized).
+    /// If `holder` does not fit the storage without an overflow (a caller bug: slots come
+    /// from a table the caller sized).
     pub fn init(&self, target: u64, holder: u32) {
-        assert!((holder as usize) < 64 * W, "holder slot {holder} beyond {} holders", 64 * W);
         self.lock.reset();
         self.target.store(target, Ordering::Relaxed);
-        self.state.store(0, Ordering::Relaxed);
-        for (i, w) in self.holders.iter().enumerate() {
-            w.store(if i == holder as usize / 64 { 1 << (holder % 64) } else { 0 }, Ordering::Relaxed);
-        }
+        self.state.store(ONE_HOLDER, Ordering::Relaxed);
+        self.holders.reset(holder);
     }
 
     /// Starts holding the record for process slot `holder`.
@@ -191,13 +225,12 @@ impl<const W: usize> RefCount<W> {
     /// [`RefError::Dead`], [`RefError::Orphaned`], [`RefError::HolderOutOfRange`].
     /// Also [`RefError::Stranger`] when a live non-member holds the lock (invariant 6).
     pub fn acquire(&self, holder: u32, tokens: &TokenTable<'_>, members: &impl Members) -> Result<Acquired, RefError> {
-        let (word, bit) = self.bit(holder)?;
+        let slot = self.bit(holder)?;
         self.locked(tokens, members, holder, |s| {
             if s.state.load(Ordering::Relaxed) & DEAD != 0 {
                 return Err(RefError::Dead);
             }
-            let before = s.holders[word].fetch_or(bit, Ordering::Relaxed);
-            Ok(if before & bit == 0 { Acquired::First } else { Acquired::Already })
+            s.add_holder(slot, members)
         })
     }
 
@@ -226,12 +259,12 @@ impl<const W: usize> RefCount<W> {
         tokens: &TokenTable<'_>,
         members: &impl Members,
     ) -> Result<Released, RefError> {
-        let (word, bit) = self.bit(holder)?;
+        let slot = self.bit(holder)?;
         self.locked(tokens, members, freer, |s| {
             if s.state.load(Ordering::Relaxed) & DEAD != 0 {
                 return Err(RefError::Dead);
             }
-            if s.holders[word].fetch_and(!bit, Ordering::Relaxed) & bit == 0 {
+            if s.remove_holder(slot, members) == Change::Unchanged {
                 return Err(RefError::NotHolder { holder });
             }
             Ok(s.die_if_unreferenced(freer))
@@ -274,23 +307,21 @@ impl<const W: usize> RefCount<W> {
         new_target: u64,
         members: &impl Members,
     ) -> Result<Released, RefError> {
-        let (word, bit) = self.bit(holder)?;
+        let slot = self.bit(holder)?;
         self.locked(tokens, members, holder, |s| {
-            if s.state.load(Ordering::Relaxed) & DEAD != 0 {
+            let state = s.state.load(Ordering::Relaxed);
+            if state & DEAD != 0 {
                 return Err(RefError::Dead);
             }
-            let mine = s.holders[word].load(Ordering::Relaxed);
-            if mine & bit == 0 {
+            if !s.holders.contains(slot, members) {
                 return Err(RefError::NotHolder { holder });
             }
-            let alone = mine == bit
-                && s.holders.iter().enumerate().all(|(i, w)| i == word || w.load(Ordering::Relaxed) == 0)
-                && s.state.load(Ordering::Relaxed) & TOKENS == 0;
-            if alone {
+            // We hold it: alone when we are the one holder and no token is pending.
+            if state & (HOLDERS | TOKENS) == ONE_HOLDER {
                 s.target.store(new_target, Ordering::Relaxed);
                 return Ok(Released::Renewed);
             }
-            s.holders[word].fetch_and(!bit, Ordering::Relaxed);
+            s.remove_holder(slot, members);
             Ok(s.die_if_unreferenced(holder))
         })
     }
@@ -322,13 +353,13 @@ impl<const W: usize> RefCount<W> {
         tokens: &TokenTable<'_>,
         members: &impl Members,
     ) -> Result<Released, RefError> {
-        let (word, bit) = self.bit(holder)?;
+        let slot = self.bit(holder)?;
         self.locked(tokens, members, holder, |s| {
             let state = s.state.load(Ordering::Relaxed);
             if state & DEAD != 0 {
                 return Ok(if freer_of(state) == Some(holder) { Released::FreerDied } else { Released::NotHeld });
             }
-            if s.holders[word].fetch_and(!bit, Ordering::Relaxed) & bit == 0 {
+            if s.remove_holder(slot, members) == Change::Unchanged {
                 return Ok(Released::NotHeld);
             }
             Ok(s.die_if_unreferenced(holder))
@@ -382,11 +413,13 @@ impl<const W: usize> RefCount<W> {
         tokens: &TokenTable<'_>,
         members: &impl Members,
     ) -> Result<Acquired, RefError> {
-        let (word, bit) = self.bit(holder)?;
+        let slot = self.bit(holder)?;
         self.locked(tokens, members, holder, |s| {
+            // Room first: a claim refused for want of room keeps its token (the caller links
+            // an overflow and claims again).
+            s.holders.room_for(slot, members).map_err(|e| no_room(holder, e))?;
             s.take_token(token, tokens)?;
-            let before = s.holders[word].fetch_or(bit, Ordering::Relaxed);
-            Ok(if before & bit == 0 { Acquired::First } else { Acquired::Already })
+            s.add_holder(slot, members)
         })
     }
 
@@ -446,29 +479,61 @@ impl<const W: usize> RefCount<W> {
         freer_of(state)
     }
 
-    /// Process slots holding the record (a snapshot).
+    /// Process slots holding the record (a snapshot). A [`HolderList`] record's overflow
+    /// holders are listed only by [`RefCount::holders_among`], which can resolve it.
     pub fn holders(&self) -> Vec<u32> {
-        let mut out = Vec::new();
-        for (i, w) in self.holders.iter().enumerate() {
-            let mut bits = w.load(Ordering::Acquire);
-            while bits != 0 {
-                out.push(i as u32 * 64 + bits.trailing_zeros());
-                bits &= bits - 1;
-            }
-        }
-        out
+        self.holders.collect(&AnyProcess)
+    }
+
+    /// Process slots holding the record, its overflow resolved by `group` (a snapshot).
+    pub fn holders_among(&self, group: &impl Members) -> Vec<u32> {
+        self.holders.collect(group)
+    }
+
+    /// How many process slots hold the record (a snapshot of the derived count, invariant 2).
+    pub fn holder_count(&self) -> u32 {
+        ((self.state.load(Ordering::Acquire) & HOLDERS) >> HOLDERS_SHIFT) as u32
     }
 
     /// Whether slot `holder` holds the record (a snapshot).
     pub fn is_held_by(&self, holder: u32) -> bool {
-        self.bit(holder).is_ok_and(|(w, b)| self.holders[w].load(Ordering::Acquire) & b != 0)
+        self.holders.contains_snapshot(holder, &AnyProcess)
     }
 
-    fn bit(&self, holder: u32) -> Result<(usize, u64), RefError> {
-        if holder as usize >= 64 * W {
-            return Err(RefError::HolderOutOfRange { holder, capacity: 64 * W as u32 });
+    /// Whether slot `holder` holds the record, its overflow resolved by `group` (a snapshot).
+    pub fn is_held_by_among(&self, holder: u32, group: &impl Members) -> bool {
+        self.holders.contains_snapshot(holder, group)
+    }
+
+    fn bit(&self, holder: u32) -> Result<u32, RefError> {
+        if holder < H::LIMIT {
+            Ok(holder)
+        } else {
+            Err(RefError::HolderOutOfRange { holder, capacity: Self::CAPACITY })
         }
-        Ok((holder as usize / 64, 1 << (holder % 64)))
+    }
+
+    /// Under the lock: `slot` holds the record; the count follows the set (invariant 2: a
+    /// death between the two is repaired from the set).
+    #[inline]
+    fn add_holder(&self, slot: u32, members: &impl Members) -> Result<Acquired, RefError> {
+        match self.holders.insert(slot, members).map_err(|e| no_room(slot, e))? {
+            Change::Changed => {
+                self.state.fetch_add(ONE_HOLDER, Ordering::Relaxed);
+                Ok(Acquired::First)
+            }
+            Change::Unchanged => Ok(Acquired::Already),
+        }
+    }
+
+    /// Under the lock: `slot` no longer holds the record; the count follows (as `add_holder`).
+    #[inline]
+    fn remove_holder(&self, slot: u32, members: &impl Members) -> Change {
+        let change = self.holders.remove(slot, members);
+        if change == Change::Changed {
+            self.state.fetch_sub(ONE_HOLDER, Ordering::Relaxed);
+        }
+        change
     }
 
     fn take_token(&self, token: Token, tokens: &TokenTable<'_>) -> Result<(), RefError> {
@@ -492,12 +557,13 @@ impl<const W: usize> RefCount<W> {
         Ok(())
     }
 
-    /// Under the lock: if nothing references the record any more, it dies (invariant 3), naming
-    /// `freer` (invariant 7).
+    /// Under the lock: if nothing references the record any more, it dies (invariant 3),
+    /// naming `freer` (invariant 7). The counts decide, without a scan of the holder set
+    /// (invariant 2).
+    #[inline]
     fn die_if_unreferenced(&self, freer: u32) -> Released {
-        let unheld = self.holders.iter().all(|w| w.load(Ordering::Relaxed) == 0);
-        if unheld && self.state.load(Ordering::Relaxed) & TOKENS == 0 {
-            // No token is pending: the state was 0, and becomes DEAD with its freer.
+        if self.state.load(Ordering::Relaxed) & (HOLDERS | TOKENS) == 0 {
+            // Nothing counted: the state was 0, and becomes DEAD with its freer.
             let named = if u64::from(freer) < FREER_MASK >> FREER_SHIFT { u64::from(freer) + 1 } else { 0 };
             self.state.store(DEAD | named << FREER_SHIFT, Ordering::Relaxed);
             Released::Last
@@ -520,7 +586,7 @@ impl<const W: usize> RefCount<W> {
             match self.lock.lock_among(members) {
                 Ok(Locked::Acquired(g)) => break g,
                 Ok(Locked::OwnerDied(mut g)) => {
-                    let orphaned = self.repair(tokens, freer);
+                    let orphaned = self.repair(tokens, members, freer);
                     g.mark_consistent();
                     if orphaned {
                         return Err(RefError::Orphaned);
@@ -543,14 +609,17 @@ impl<const W: usize> RefCount<W> {
         result
     }
 
-    /// Rebuilds the token count from the table; returns whether the record died of it.
-    fn repair(&self, tokens: &TokenTable<'_>, freer: u32) -> bool {
+    /// Rebuilds both counts from the truth, the holder set and the token table (invariant 2);
+    /// returns whether the record died of it.
+    #[cold]
+    fn repair(&self, tokens: &TokenTable<'_>, members: &impl Members, freer: u32) -> bool {
         let state = self.state.load(Ordering::Relaxed);
         if state & DEAD != 0 {
             return false;
         }
         let pending = tokens.count_pending(self.target.load(Ordering::Relaxed));
-        self.state.store(pending.min(TOKENS), Ordering::Relaxed);
+        let held = u64::from(self.holders.count(members)) << HOLDERS_SHIFT;
+        self.state.store(held | pending.min(TOKENS), Ordering::Relaxed);
         self.die_if_unreferenced(freer) == Released::Last
     }
 }
@@ -563,23 +632,113 @@ fn freer_of(state: u64) -> Option<u32> {
     }
 }
 
+/// The refcount error for a slot the holder set has no room for.
+fn no_room(holder: u32, e: NoRoom) -> RefError {
+    match e {
+        NoRoom::OutOfRange { capacity } => RefError::HolderOutOfRange { holder, capacity },
+        NoRoom::NeedsOverflow => RefError::NeedsOverflow,
+        NoRoom::OverflowUnavailable { id } => RefError::OverflowUnavailable { id },
+    }
+}
+
+impl RefCount<HolderList> {
+    /// Links overflow bitmap `id` (which `members` resolves to zeroed words) for holders
+    /// beyond the twelve inline ones, after [`RefError::NeedsOverflow`]. The link is one store
+    /// under the lock, never undone (holders invariant 4): [`Change::Unchanged`] when another
+    /// process linked one first, and then `id` is still the caller's to free.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shm_sync::holders::{Change, HolderList};
+    /// use shm_sync::{AtomicU64, Holder, Members, RefCount, RefError, Standing, TokenSlot, TokenTable};
+    ///
+    /// struct Pool(Vec<AtomicU64>); // resolves overflow id 1 to 4,096 bits
+    /// impl Members for Pool {
+    ///     fn standing(&self, _: Holder) -> Standing { Standing::Member }
+    ///     fn holder_overflow(&self, id: u64) -> Option<&[AtomicU64]> { (id == 1).then_some(&self.0[..]) }
+    /// }
+    /// let pool = Pool((0..64).map(|_| AtomicU64::new(0)).collect());
+    /// let slots: Vec<TokenSlot> = (0..8).map(|_| TokenSlot::new()).collect();
+    /// let tokens = TokenTable::new(&slots);
+    /// let rc: RefCount<HolderList> = RefCount::new();
+    /// rc.init(42, 0);
+    /// for slot in 1..12 {
+    ///     rc.acquire(slot, &tokens, &pool).unwrap();
+    /// }
+    /// assert_eq!(rc.acquire(4000, &tokens, &pool), Err(RefError::NeedsOverflow));
+    /// assert_eq!(rc.link_overflow(1, &tokens, &pool).unwrap(), Change::Changed);
+    /// rc.acquire(4000, &tokens, &pool).unwrap();
+    /// assert_eq!((rc.holder_count(), rc.is_held_by_among(4000, &pool)), (13, true));
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`RefError::Dead`] (the caller frees `id`), [`RefError::Orphaned`],
+    /// [`RefError::Stranger`].
+    pub fn link_overflow(&self, id: u64, tokens: &TokenTable<'_>, members: &impl Members) -> Result<Change, RefError> {
+        assert_ne!(id, 0, "overflow id 0 means none");
+        self.locked(tokens, members, NO_FREER, |s| {
+            if s.state.load(Ordering::Relaxed) & DEAD != 0 {
+                return Err(RefError::Dead);
+            }
+            Ok(s.holders.link(id))
+        })
+    }
+
+    /// The linked overflow's id, 0 when none (a snapshot; once linked it stays, so the one
+    /// that frees what the record counts frees it too).
+    pub fn overflow_id(&self) -> u64 {
+        self.holders.overflow_id()
+    }
+}
+
 #[cfg(all(shm_loom, feature = "loom"))]
-impl<const W: usize> RefCount<W> {
+impl RefCount<HolderList> {
+    /// Model support: take the lock, link overflow `id`, and die there, lock held.
+    #[doc(hidden)]
+    pub fn link_overflow_and_abandon(&self, id: u64) {
+        let guard = self.lock.lock().map(Locked::into_guard);
+        self.holders.link(id);
+        std::mem::forget(guard);
+    }
+}
+
+#[cfg(all(shm_loom, feature = "loom"))]
+impl<H: Holders> RefCount<H> {
     /// Model support: take the record's lock and never release it, as a process killed inside
     /// a change would.
     #[doc(hidden)]
     pub fn lock_and_abandon(&self) {
         std::mem::forget(self.lock.lock().map(Locked::into_guard));
     }
+
+    /// Model support: take the lock, add `holder` to the holder set but not to the count, and
+    /// die there, lock held (a process killed between the two steps of `add_holder`).
+    #[doc(hidden)]
+    pub fn insert_holder_and_abandon(&self, holder: u32, members: &impl Members) {
+        let guard = self.lock.lock().map(Locked::into_guard);
+        let _ = self.holders.insert(holder, members);
+        std::mem::forget(guard);
+    }
+
+    /// Model support: as [`RefCount::insert_holder_and_abandon`], removing `holder` from the
+    /// set but not from the count (killed inside `remove_holder`).
+    #[doc(hidden)]
+    pub fn remove_holder_and_abandon(&self, holder: u32, members: &impl Members) {
+        let guard = self.lock.lock().map(Locked::into_guard);
+        self.holders.remove(holder, members);
+        std::mem::forget(guard);
+    }
 }
 
-impl<const W: usize> Default for RefCount<W> {
+impl<H: Holders> Default for RefCount<H> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<const W: usize> core::fmt::Debug for RefCount<W> {
+impl<H: Holders> core::fmt::Debug for RefCount<H> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("RefCount")
             .field("holders", &self.holders())

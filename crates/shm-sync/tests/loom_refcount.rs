@@ -1,5 +1,6 @@
 //! loom models of the holder-tracked refcount: exactly one last release, repair after a
-//! holder dies inside a change, renewal, no revival of a record released last, and a dead
+//! holder dies inside a change, renewal, no revival of a record released last, the holder
+//! count following the holder set (also when a holder is killed between the two), and a dead
 //! record naming its freer to the rescuer of that slot alone.
 //!
 //! Run by `cargo xtask test` with `RUSTFLAGS="--cfg shm_loom" LOOM_MAX_PREEMPTIONS=2`.
@@ -93,6 +94,74 @@ fn a_record_released_last_is_never_revived() {
             (Released::Last, Err(RefError::Dead)) => {}
             (Released::Remaining, Ok(Acquired::First)) => assert!(!f.rc.is_dead()),
             other => panic!("a freed block was revived, or a held one freed: {other:?}"),
+        }
+    });
+}
+
+#[test]
+fn a_holder_killed_between_the_set_and_the_count_is_counted_by_the_repair() {
+    // Slot 1 is added to the holder set but dies before its count follows: the next taker of
+    // the lock rebuilds the count from the set (invariant 2), so holder 0's release is not the
+    // last while slot 1 is named, and the sweep of slot 1 is.
+    model(|| {
+        shm_sync::loom_support::timeouts_fire(true);
+        let f = fixture(&[0]);
+        let f1 = f.clone();
+        let dying = thread::spawn(move || {
+            f1.rc.insert_holder_and_abandon(1, &AnyProcess);
+            shm_sync::loom_support::die();
+        });
+        dying.join().unwrap();
+        let t = TokenTable::new(&f.slots);
+        assert_eq!(f.rc.release(0, &t, &AnyProcess).unwrap(), Released::Remaining);
+        assert_eq!((f.rc.holders(), f.rc.holder_count()), (vec![1], 1));
+        assert_eq!(f.rc.drop_holder(1, &t, &AnyProcess).unwrap(), Released::Last);
+    });
+}
+
+#[test]
+fn a_holder_killed_between_removal_and_the_count_is_not_counted_twice() {
+    model(|| {
+        shm_sync::loom_support::timeouts_fire(true);
+        let f = fixture(&[0, 1]);
+        let f1 = f.clone();
+        let dying = thread::spawn(move || {
+            f1.rc.remove_holder_and_abandon(1, &AnyProcess);
+            shm_sync::loom_support::die();
+        });
+        dying.join().unwrap();
+        let t = TokenTable::new(&f.slots);
+        assert_eq!(f.rc.drop_holder(1, &t, &AnyProcess).unwrap(), Released::NotHeld);
+        assert_eq!(f.rc.holder_count(), 1);
+        assert_eq!(f.rc.release(0, &t, &AnyProcess).unwrap(), Released::Last);
+    });
+}
+
+#[test]
+fn the_holder_count_follows_the_set_under_concurrent_changes() {
+    model(|| {
+        let f = fixture(&[0]);
+        let (f1, f2) = (f.clone(), f.clone());
+        let passing = thread::spawn(move || {
+            let t = TokenTable::new(&f1.slots);
+            f1.rc.acquire(1, &t, &AnyProcess).map(|_| f1.rc.release(1, &t, &AnyProcess).unwrap())
+        });
+        let staying = thread::spawn(move || f2.rc.acquire(2, &TokenTable::new(&f2.slots), &AnyProcess));
+        let mine = f.rc.release(0, &TokenTable::new(&f.slots), &AnyProcess).unwrap();
+        let (passing, staying) = (passing.join().unwrap(), staying.join().unwrap());
+        match staying {
+            // Slot 2 came in before the record died: it holds it alone at the end.
+            Ok(Acquired::First) => {
+                assert_eq!((f.rc.holders(), f.rc.holder_count(), f.rc.is_dead()), (vec![2], 1, false));
+                assert_ne!(mine, Released::Last);
+                assert!(!matches!(passing, Ok(Released::Last)));
+            }
+            // The record died before slot 2 came: exactly one release learned it.
+            Err(RefError::Dead) => {
+                let lasts = [Ok(mine), passing].iter().filter(|r| matches!(r, Ok(Released::Last))).count();
+                assert_eq!((lasts, f.rc.holder_count(), f.rc.is_dead()), (1, 0, true));
+            }
+            other => panic!("{other:?}"),
         }
     });
 }

@@ -212,12 +212,13 @@ fn a_dead_process_is_found_and_its_slot_recycled() {
 
 mod refcounts {
     use super::*;
+    use shm_sync::holders::HolderBitmap;
     use shm_sync::{Acquired, AnyProcess, RefCount, RefError, Released, Token, TokenError, TokenSlot, TokenTable};
 
     struct Layout<'a> {
         table: ProcessTable<'a>,
         tokens: TokenTable<'a>,
-        rc: &'a RefCount<1>,
+        rc: &'a RefCount<HolderBitmap<1>>,
     }
 
     fn layout(mem: &Shared) -> Layout<'_> {

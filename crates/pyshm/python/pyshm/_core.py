@@ -225,6 +225,9 @@ class Pool(_Constructors):
     ``keep`` bounds the warm reserve: bytes of freed arrays kept for reuse (default 512 MiB,
     at most an eighth of /dev/shm); freed memory beyond it is given back to the system at once.
     ``backend="memfd"`` keeps the pool's segments out of /dev/shm (see :func:`configure`).
+    ``process_slots`` is how many processes may use the pool at once (default 255, at most
+    4,096; about 1,000 can map one pool at once for now, see the guide); one more raises
+    :class:`PoolFullError`.
 
     Used as a context manager, the pool is closed on exit (see :meth:`close`). It has the
     module's constructors as methods: ``pool.empty(...)``, ``pool.zeros(...)``, and so on.
@@ -240,13 +243,19 @@ class Pool(_Constructors):
         persistent: Optional[bool] = None,
         keep: Optional[int] = None,
         backend: Optional[str] = None,
+        process_slots: Optional[int] = None,
     ) -> None:
         if keep is not None and (not isinstance(keep, (int, np.integer)) or keep < 0):
             raise ValueError(f"keep must be a non-negative number of bytes, not {keep!r}")
         if backend is not None and backend not in _pools.BACKENDS:
             raise ValueError(f"backend must be 'shm' or 'memfd', not {backend!r}")
         keep = None if keep is None else int(keep)
-        self._native = _pools.track(NativePool.create(name, size, max_size, wait, persistent, keep=keep, backend=backend))
+        if process_slots is not None and (not isinstance(process_slots, (int, np.integer)) or process_slots < 1):
+            raise ValueError(f"process_slots must be a positive number of processes, not {process_slots!r}")
+        slots = None if process_slots is None else int(process_slots)
+        self._native = _pools.track(
+            NativePool.create(name, size, max_size, wait, persistent, keep=keep, backend=backend, process_slots=slots)
+        )
         if wait is not None:
             self._native.wait = float(wait)
         self._closed = False

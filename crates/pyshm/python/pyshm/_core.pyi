@@ -365,6 +365,7 @@ class Pool(_Constructors):
         persistent: Optional[bool] = None,
         keep: Optional[int] = None,
         backend: Optional[str] = None,
+        process_slots: Optional[int] = None,
     ) -> None: ...
     @classmethod
     def open(cls, name: str) -> Pool:

@@ -251,6 +251,7 @@ class NativePool:
         persist_while_named: bool = False,
         keep: Optional[int] = None,
         backend: Optional[str] = None,
+        process_slots: Optional[int] = None,
     ) -> NativePool:
         """Create a pool (or open the one of that name); the one registered here if there is one."""
     @staticmethod

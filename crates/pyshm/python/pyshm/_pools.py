@@ -41,7 +41,14 @@ lock = threading.RLock()
 default: Optional[NativePool] = None
 """The default pool once it exists (read without the lock on the hot path)."""
 
-_config: dict[str, Any] = {"size": None, "max_size": None, "wait": None, "keep": None, "backend": None}
+_config: dict[str, Any] = {
+    "size": None,
+    "max_size": None,
+    "wait": None,
+    "keep": None,
+    "backend": None,
+    "process_slots": None,
+}
 
 BACKENDS = ("shm", "memfd")
 """Where the default pool's growth segments live: files in /dev/shm, or memfds."""
@@ -90,6 +97,11 @@ def env_config() -> dict[str, Any]:
         if backend not in BACKENDS:
             raise ValueError(f"PYSHM_BACKEND={os.environ['PYSHM_BACKEND']!r}: expected 'shm' or 'memfd'")
         cfg["backend"] = backend
+    if cfg["process_slots"] is None and os.environ.get("PYSHM_PROCESS_SLOTS"):
+        text = os.environ["PYSHM_PROCESS_SLOTS"]
+        if not text.strip().isdigit() or int(text) < 1:
+            raise ValueError(f"PYSHM_PROCESS_SLOTS={text!r}: expected a positive number of processes")
+        cfg["process_slots"] = int(text)
     return cfg
 
 
@@ -99,6 +111,7 @@ def configure(
     wait: Optional[float] = None,
     keep: Optional[int] = None,
     backend: Optional[str] = None,
+    process_slots: Optional[int] = None,
 ) -> None:
     """Set up the default pool before its first use.
 
@@ -111,12 +124,14 @@ def configure(
     ``backend`` says where the pool's segments live: ``"shm"`` (default), files in /dev/shm, or
     ``"memfd"``, anonymous memory shared with the program's other processes by descriptor,
     which does not count against /dev/shm (for containers with a small /dev/shm; only the
-    pool's first segment, about 1.4 MiB, stays there). The environment variables
-    ``PYSHM_SIZE``, ``PYSHM_MAX_SIZE``, ``PYSHM_KEEP`` (``512M``, ``2G``, ...), ``PYSHM_WAIT``
-    and ``PYSHM_BACKEND`` do the same.
+    pool's first segment, about 1.4 MiB, stays there). ``process_slots`` is how many processes
+    may use the pool at once (default 255, at most 4,096; about 1,000 can map one pool at once
+    for now); one more raises ``PoolFullError``. The environment variables ``PYSHM_SIZE``,
+    ``PYSHM_MAX_SIZE``, ``PYSHM_KEEP`` (``512M``, ``2G``, ...), ``PYSHM_WAIT``,
+    ``PYSHM_BACKEND`` and ``PYSHM_PROCESS_SLOTS`` do the same.
 
     Once the default pool exists only ``wait`` can change; changing ``size``, ``max_size``,
-    ``keep`` or ``backend`` then raises ``RuntimeError``.
+    ``keep``, ``backend`` or ``process_slots`` then raises ``RuntimeError``.
     """
     for what, v in (("size", size), ("max_size", max_size)):
         if v is not None and (not isinstance(v, (int, np.integer)) or v <= 0):
@@ -127,14 +142,23 @@ def configure(
         raise ValueError(f"wait must be a non-negative number of seconds, not {wait!r}")
     if backend is not None and backend not in BACKENDS:
         raise ValueError(f"backend must be 'shm' or 'memfd', not {backend!r}")
+    if process_slots is not None and (not isinstance(process_slots, (int, np.integer)) or process_slots < 1):
+        raise ValueError(f"process_slots must be a positive number of processes, not {process_slots!r}")
     with lock:
         if default is not None and (
-            size is not None or max_size is not None or keep is not None or backend is not None
+            size is not None
+            or max_size is not None
+            or keep is not None
+            or backend is not None
+            or process_slots is not None
         ):
             raise RuntimeError(
                 "the default pool exists already; call pyshm.configure() before the first array, "
-                "or set PYSHM_SIZE / PYSHM_MAX_SIZE / PYSHM_KEEP / PYSHM_BACKEND in the environment"
+                "or set PYSHM_SIZE / PYSHM_MAX_SIZE / PYSHM_KEEP / PYSHM_BACKEND / PYSHM_PROCESS_SLOTS "
+                "in the environment"
             )
+        if process_slots is not None:
+            _config["process_slots"] = int(process_slots)
         if backend is not None:
             _config["backend"] = backend
         if size is not None:
@@ -249,6 +273,7 @@ def create_default() -> NativePool:
                 persistent=False,
                 keep=cfg["keep"],
                 backend=cfg["backend"],
+                process_slots=cfg["process_slots"],
             )
             os.environ["PYSHM_POOL"] = native.name
         elif cfg["wait"] is not None:

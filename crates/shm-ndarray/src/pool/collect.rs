@@ -26,6 +26,9 @@
 //!    found disowned (a `SeqCst` load after the disowner's CAS), its header is the published
 //!    one, and it cannot be freed and reused under the sweep while a dead slot it acts for
 //!    holds it or is its freer.
+//! 6. Holder overflow blocks that no header links and whose allocator is dead (it died between
+//!    allocating and linking) are freed by the same sweep (`overflow` invariant 2); a dead
+//!    process's holds in a linked overflow are dropped like its inline ones, at any slot.
 //!
 //! Protocol: `collect` runs when a process joins or leaves, when an allocation would otherwise
 //! fail, and on request; pending tokens of dead senders stay claimable until
@@ -41,7 +44,7 @@ use super::{PoolShared, ORD};
 use crate::directory::MAX_SEGMENTS;
 use crate::header::{ArrayHeader, ARRAY_MAGIC};
 
-/// What [`Pool::collect`] did.
+/// What [`Pool::collect`](super::Pool::collect) did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CollectReport {
     /// Dead processes whose slots were recycled.
@@ -74,16 +77,18 @@ impl PoolShared {
     pub(super) fn collect(&self) -> CollectReport {
         let mut report = CollectReport::default();
         let table = self.processes();
+        let group = self.group();
         let tokens = self.tokens();
         let segments = self.open_segments();
         let dead: Vec<_> = table.find_dead().into_iter().filter_map(|i| table.claim_dead(i)).collect();
         for (i, arena, kind) in &segments {
             report.blocks_recovered += arena.recover_dead_owners().blocks_freed;
             let Some(meta) = MetaSegment::of(*i, arena, *kind) else { continue };
+            report.blocks_recovered += self.sweep_overflows(meta);
             for (block, h) in self.headers(meta) {
                 let (mut freed, mut finish) = (false, false);
                 for d in &dead {
-                    match h.refcount.drop_holder(d.index, &tokens, &table) {
+                    match h.refcount.drop_holder(d.index, &tokens, &group) {
                         Ok(Released::Last) | Err(RefError::Orphaned) => freed = true,
                         Ok(Released::FreerDied) => finish = true,
                         _ => {}
@@ -132,7 +137,7 @@ impl PoolShared {
                 let Some(meta) = MetaSegment::of(i, arena, kind) else { continue };
                 for (block, h) in self.headers(meta) {
                     if h.nonce.load(ORD) == p.target {
-                        match h.refcount.cancel(p.token, freer, &tokens, &self.processes()) {
+                        match h.refcount.cancel(p.token, freer, &tokens, &self.group()) {
                             Ok(Released::Last) | Err(RefError::Orphaned) => {
                                 cancelled += 1;
                                 self.free_array(i, block, h);

@@ -7,10 +7,11 @@
 //!    `pyshm-<pool>-<suffix>`, where the suffix is 16 hex digits from `getrandom` recorded in
 //!    the segment's directory entry (directory invariant 4): nobody can pre-create the name of
 //!    a segment the pool will grow into. Pool names have no `-`, so a file name says which
-//!    pool it belongs to ([`parse_segment_name`]). Metadata segments hold only the directory
-//!    and array headers; data segments hold only array data (see `header`, invariant 1).
+//!    pool it belongs to ([`parse_segment_name`]). Metadata segments hold only the directory,
+//!    array headers and their holder overflow blocks; data segments hold only array data (see
+//!    `header`, invariant 1).
 //! 2. A process is a member of the pool while it holds a slot of the directory's process
-//!    table; that slot's index is its holder bit in every array's refcount. A forked child
+//!    table; that slot's index is its holder slot in every array's refcount. A forked child
 //!    takes a slot of its own before its first operation and re-acquires, under its own slot,
 //!    every array it inherited that is still there (checked as a first pin checks a handle).
 //! 3. An array is freed when its refcount dies (no holder process, no pending token, no name);
@@ -56,6 +57,7 @@
 //!   (invariant 3).
 //! - `collect`: what happens when a process dies holding an array (invariant 4), and lost
 //!   tokens.
+//! - `overflow`: the blocks where an array's refcount keeps its holders beyond twelve.
 //! - `names`: named arrays; `name_index`: the growable hash index of names behind them.
 //! - `admin`: listing and cleaning pools in /dev/shm without joining them.
 //! - `backend`: where growth segments live (/dev/shm files or memfds) and how a process
@@ -88,6 +90,7 @@ mod name_index;
 mod names;
 mod open;
 mod options;
+mod overflow;
 mod pin;
 mod release;
 mod reserve;
@@ -99,7 +102,7 @@ pub use backend::Backend;
 pub use collect::CollectReport;
 pub use name_index::MAX_NAMES;
 pub use names::NameError;
-pub use options::{default_keep, PoolOptions};
+pub use options::{default_keep, PoolOptions, DEFAULT_PROCESS_SLOTS};
 pub use shared_array::SharedArray;
 
 use local_array::LocalArray;
@@ -107,10 +110,13 @@ use membership::Membership;
 use options::{wait_to_ns, NO_WAIT};
 use segments::MetaSegment;
 
-/// Holder bit of the named-array directory (never a process slot).
-pub(crate) const DIRECTORY_HOLDER: u32 = 255;
-/// Most processes a pool can have at once.
-pub const MAX_PROCESSES: u32 = 255;
+/// Holder slot of the named-array directory (never a process slot).
+pub(crate) const DIRECTORY_HOLDER: u32 = MAX_PROCESSES;
+/// Most processes a pool can have at once: its process table's slots (every array's refcount
+/// can name them all: `overflow`). Every process also takes an owner slot in each arena
+/// segment it maps, of which a segment has at most 1,022 (`open::ARENA_OWNER_SLOTS_MAX`), so a pool
+/// has room for about 1,000 processes at once until the arena's owner table grows too.
+pub const MAX_PROCESSES: u32 = 4096;
 const ORD: core::sync::atomic::Ordering = core::sync::atomic::Ordering::Relaxed;
 
 /// The /dev/shm name of segment 0 of `pool` (invariant 1).
@@ -248,6 +254,11 @@ fn ref_to_handle(e: RefError) -> HandleError {
     match e {
         RefError::Dead | RefError::Orphaned | RefError::Token(_) | RefError::ForeignToken => HandleError::Stale,
         RefError::NotHolder { .. } | RefError::HolderOutOfRange { .. } => HandleError::Invalid("bad holder slot"),
+        // `with_holder_room` links an overflow on NeedsOverflow; an id nothing resolves is
+        // memory written outside the protocol.
+        RefError::NeedsOverflow | RefError::OverflowUnavailable { .. } => {
+            HandleError::Invalid("the array's holder overflow block is missing")
+        }
         RefError::Stranger { holder } => HandleError::Stranger { pid: holder, lock: "an array's reference count" },
     }
 }

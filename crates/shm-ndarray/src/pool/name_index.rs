@@ -350,11 +350,11 @@ impl PoolShared {
     /// array (`nonce`) and the directory still holds it; frees it if that was the last.
     fn drop_directory_reference(&self, seg: u16, header: Block, nonce: u64, freer: u32) {
         let Ok((_, h)) = self.meta_segment(seg).and_then(|meta| meta.header(header)) else { return };
-        if h.nonce.load(ORD) != nonce || !h.refcount.is_held_by(DIRECTORY_HOLDER) {
+        if h.nonce.load(ORD) != nonce || !h.refcount.is_held_by_among(DIRECTORY_HOLDER, &self.group()) {
             return;
         }
         if let Ok(Released::Last) | Err(shm_sync::RefError::Orphaned) =
-            h.refcount.release_as(DIRECTORY_HOLDER, freer, &self.tokens(), &self.processes())
+            h.refcount.release_as(DIRECTORY_HOLDER, freer, &self.tokens(), &self.group())
         {
             self.free_array(seg, header, h);
         }
@@ -449,10 +449,9 @@ impl PoolShared {
         match root.op.load(ORD) {
             OP_PUBLISH => {
                 let (seg, header, nonce) = (args[1] as u16, Block::from_bits(args[2]), args[3]);
-                let referenced = self
-                    .meta_segment(seg)
-                    .and_then(|meta| meta.header(header))
-                    .is_ok_and(|(_, h)| h.nonce.load(ORD) == nonce && h.refcount.is_held_by(DIRECTORY_HOLDER));
+                let referenced = self.meta_segment(seg).and_then(|meta| meta.header(header)).is_ok_and(|(_, h)| {
+                    h.nonce.load(ORD) == nonce && h.refcount.is_held_by_among(DIRECTORY_HOLDER, &self.group())
+                });
                 let in_index = self.index().is_some_and(|i| i.live().any(|(_, _, p)| p == args[0]));
                 let entry = Place::from_word(args[0]).and_then(|p| self.entry_at(p).map(|e| (p, load_name(e))));
                 self.recount_names();

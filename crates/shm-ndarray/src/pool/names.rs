@@ -23,9 +23,10 @@
 use std::sync::Arc;
 
 use shm_arena::Block;
-use shm_sync::{LockError, Locked};
+use shm_sync::{LockError, Locked, RefError};
 
 use super::name_index::{root_has_names, Place, MAX_NAMES};
+use super::overflow::LinkError;
 use super::pin::Pin;
 use super::{ref_to_handle, PoolShared, SharedArray, DIRECTORY_HOLDER, ORD};
 use crate::directory::{Directory, MAX_NAME_LEN};
@@ -138,38 +139,57 @@ impl PoolShared {
         array.ensure_held()?;
         let local = &array.local;
         let place = (local.meta_segment, local.header_block, local.nonce);
-        let entry = self.new_entry(name, place)?;
-        let guard = match self.fit_index(1) {
-            Ok(g) => g,
-            Err(e) => {
+        loop {
+            let entry = self.new_entry(name, place)?;
+            let guard = match self.fit_index(1) {
+                Ok(g) => g,
+                Err(e) => {
+                    self.free_name_block(entry);
+                    return Err(e);
+                }
+            };
+            let refused = if self.find_name(name).is_some() {
+                Some(NameError::Exists(name.to_owned()))
+            } else if local.header().refcount.is_held_by_among(DIRECTORY_HOLDER, &self.group()) {
+                // One name per array (found in review), checked before the intent (name_index
+                // invariant 5): under the lock, only names set or clear this bit.
+                Some(NameError::AlreadyNamed)
+            } else if !self.names_fit(1) {
+                Some(NameError::Full)
+            } else {
+                None
+            };
+            if let Some(e) = refused {
                 self.free_name_block(entry);
                 return Err(e);
             }
-        };
-        let refused = if self.find_name(name).is_some() {
-            Some(NameError::Exists(name.to_owned()))
-        } else if local.header().refcount.is_held_by(DIRECTORY_HOLDER) {
-            // One name per array (found in review), checked before the intent (name_index
-            // invariant 5): under the lock, only names set or clear this bit.
-            Some(NameError::AlreadyNamed)
-        } else if !self.names_fit(1) {
-            Some(NameError::Full)
-        } else {
-            None
-        };
-        if let Some(e) = refused {
-            self.free_name_block(entry);
-            return Err(e);
-        }
-        let result = self.insert_name(name, entry, place, || {
-            match local.header().refcount.acquire(DIRECTORY_HOLDER, &self.tokens(), &self.processes()) {
-                Ok(shm_sync::Acquired::First) => Ok(()),
-                Ok(shm_sync::Acquired::Already) => Err(NameError::AlreadyNamed),
-                Err(e) => Err(NameError::Handle(ref_to_handle(e))),
+            let mut needs_overflow = false;
+            let result = self.insert_name(name, entry, place, || {
+                match local.header().refcount.acquire(DIRECTORY_HOLDER, &self.tokens(), &self.group()) {
+                    Ok(shm_sync::Acquired::First) => Ok(()),
+                    Ok(shm_sync::Acquired::Already) => Err(NameError::AlreadyNamed),
+                    Err(RefError::NeedsOverflow) => {
+                        needs_overflow = true;
+                        Err(NameError::Handle(ref_to_handle(RefError::NeedsOverflow)))
+                    }
+                    Err(e) => Err(NameError::Handle(ref_to_handle(e))),
+                }
+            });
+            drop(guard);
+            if !needs_overflow {
+                return result;
             }
-        });
-        drop(guard);
-        result
+            // More than twelve holders and no overflow yet: the publish was undone; link one
+            // outside the name lock (the allocation may grow the pool, which takes the same
+            // lock), then publish again.
+            let at = (local.meta_segment, local.header_block);
+            self.link_overflow(at, local.header()).map_err(|e| {
+                NameError::Handle(match e {
+                    LinkError::Ref(e) => ref_to_handle(e),
+                    LinkError::NoMemory => HandleError::NoHolderRoom { pool: self.name.clone() },
+                })
+            })?;
+        }
     }
 
     pub(super) fn lookup(self: &Arc<Self>, name: &str) -> Result<SharedArray, NameError> {

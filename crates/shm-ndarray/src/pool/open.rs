@@ -47,6 +47,18 @@ pub(super) fn registry() -> &'static Mutex<HashMap<String, Weak<PoolShared>>> {
 /// Checks the directory block that `root` (segment 0's root word) names: a block of segment 0,
 /// the magic and version, counts in range before any arithmetic on them, and a layout that fits
 /// the block (directory invariant 1). The one place `Pool::open` and `inspect` validate it.
+/// Most owner slots an arena segment can have (shm-arena's 10-bit owner tags; its
+/// `OWNER_SLOTS_MAX`, checked by a test below).
+pub(super) const ARENA_OWNER_SLOTS_MAX: u32 = 1022;
+
+/// Owner slots of each arena segment of a pool with `process_slots` slots: every process of the
+/// pool may map every segment, so one per process slot and a few spare, up to what an arena
+/// can have ([`ARENA_OWNER_SLOTS_MAX`]): beyond that, a process that maps a segment whose owner
+/// table is full gets an error from opening it (issue 13 item 6, not done).
+pub(super) fn owner_slots(process_slots: u32) -> u32 {
+    (process_slots + 8).min(ARENA_OWNER_SLOTS_MAX)
+}
+
 pub(super) fn read_directory(seg0: &Arena, root: u64) -> Result<(Block, NonNull<u8>, DirLayout), &'static str> {
     let block = Block::from_bits(root);
     let base = seg0.as_ptr(block).map_err(|_| "its root word names no block")?;
@@ -93,14 +105,14 @@ impl Pool {
             return Ok(existing);
         }
         if options.process_slots == 0 || options.process_slots > MAX_PROCESSES {
-            return Err(PoolError::Options("process_slots must be 1..=255"));
+            return Err(PoolError::Options("process_slots must be 1..=4096"));
         }
         if options.token_slots == 0 {
             return Err(PoolError::Options("token_slots must be positive"));
         }
         let layout = DirLayout::new(options.process_slots as usize, options.token_slots as usize);
         let meta_capacity = options.meta_capacity.max((layout.size as u64 * 2).next_power_of_two());
-        let owner_slots = options.process_slots + 8;
+        let owner_slots = owner_slots(options.process_slots);
         let seg0 = match ArenaOptions::new(meta_capacity)
             .min_block(128)
             .owner_slots(owner_slots)
@@ -241,5 +253,17 @@ impl Pool {
         pool.collect();
         registry().lock().unwrap_or_else(|p| p.into_inner()).insert(name, Arc::downgrade(&pool.shared));
         Ok(pool)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_slots_stop_at_the_arenas_limit() {
+        assert_eq!((owner_slots(255), owner_slots(4096)), (263, ARENA_OWNER_SLOTS_MAX));
+        assert!(ArenaOptions::new(1 << 20).owner_slots(ARENA_OWNER_SLOTS_MAX).held_at_creation().is_ok());
+        assert!(ArenaOptions::new(1 << 20).owner_slots(ARENA_OWNER_SLOTS_MAX + 1).held_at_creation().is_err());
     }
 }

@@ -13,7 +13,10 @@
 
 use std::time::Duration;
 
-use super::MAX_PROCESSES;
+/// Process slots of a pool unless [`PoolOptions::process_slots`] says otherwise: what a pool had
+/// before pools could have more (every segment's owner table, and segment 0's process table,
+/// stay as small as they were).
+pub const DEFAULT_PROCESS_SLOTS: u32 = 255;
 use crate::directory::KEEP_SET;
 
 /// How to create (or open) a pool.
@@ -43,7 +46,7 @@ impl Default for PoolOptions {
             max_size_set: false,
             min_block: 256,
             meta_capacity: 16 << 20,
-            process_slots: MAX_PROCESSES,
+            process_slots: DEFAULT_PROCESS_SLOTS,
             token_slots: 8192,
             persistent: None,
             persist_while_named: false,
@@ -107,7 +110,11 @@ impl PoolOptions {
         self.min_block = bytes;
         self
     }
-    /// Process slots (at most 255).
+    /// Process slots: how many processes may use the pool at once (default
+    /// [`DEFAULT_PROCESS_SLOTS`], at most [`MAX_PROCESSES`](super::MAX_PROCESSES)). Each slot
+    /// costs 64 bytes in segment 0 and, up to about 1,000, an owner slot of 128 bytes in every
+    /// segment; and at most about 1,014 processes can map one segment (see
+    /// [`MAX_PROCESSES`](super::MAX_PROCESSES)).
     pub fn process_slots(mut self, slots: u32) -> Self {
         self.process_slots = slots;
         self

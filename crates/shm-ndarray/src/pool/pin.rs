@@ -27,6 +27,7 @@ use shm_arena::Block;
 use shm_sync::{RefError, Released};
 
 use super::local_array::{held_slot, holder_word, LocalArray, LocalRef};
+use super::overflow::LinkError;
 use super::segments::MetaSegment;
 use super::{hex, ref_to_handle, PoolShared, SharedArray, ORD};
 use crate::directory::KIND_DATA;
@@ -95,7 +96,10 @@ impl PoolShared {
                     // We hold it already: the token is consumed, our hold stays single. A token
                     // that is no longer pending (the handle was attached before) changes
                     // nothing: our hold keeps the array alive.
-                    let _ = existing.header().refcount.claim(token, slot, &self.tokens(), &self.processes());
+                    let h = existing.header();
+                    let at = (existing.meta_segment, existing.header_block);
+                    let _ =
+                        self.with_holder_room(at, h, || h.refcount.claim(token, slot, &self.tokens(), &self.group()));
                 }
                 return Ok(existing.clone());
             }
@@ -150,18 +154,20 @@ impl PoolShared {
         let meta_seg = meta.index;
         let (ptr, h) = first_look(meta, header, nonce)?;
         let tokens = self.tokens();
-        let acquired = match how {
-            Pin::Token(token) => h.refcount.claim(token, slot, &tokens, &self.processes()),
-            Pin::Acquire => h.refcount.acquire(slot, &tokens, &self.processes()),
-        };
+        // More than twelve holders: an overflow block is linked first (`overflow`).
+        let acquired = self.with_holder_room((meta_seg, header), h, || match how {
+            Pin::Token(token) => h.refcount.claim(token, slot, &tokens, &self.group()),
+            Pin::Acquire => h.refcount.acquire(slot, &tokens, &self.group()),
+        });
         let acquired = match acquired {
             Ok(a) => a,
-            Err(RefError::Orphaned) => {
+            Err(LinkError::Ref(RefError::Orphaned)) => {
                 // Our repair found it unreferenced: we are the one to free it (pool invariant 3).
                 self.free_array(meta_seg, header, h);
                 return Err(HandleError::Stale);
             }
-            Err(e) => return Err(ref_to_handle(e)),
+            Err(LinkError::Ref(e)) => return Err(ref_to_handle(e)),
+            Err(LinkError::NoMemory) => return Err(HandleError::NoHolderRoom { pool: self.name.clone() }),
         };
         // Pinned: the fields are stable now if the refcount's target is our nonce (header
         // invariant 2): the place may have been freed and reused, or renewed for another array
@@ -177,7 +183,7 @@ impl PoolShared {
     /// belongs to another `LocalArray` of this process; found in review).
     fn unpin(&self, h: &ArrayHeader, acquired: shm_sync::Acquired, slot: u32, meta_seg: u16, header: Block) {
         if acquired == shm_sync::Acquired::First
-            && h.refcount.release(slot, &self.tokens(), &self.processes()) == Ok(Released::Last)
+            && h.refcount.release(slot, &self.tokens(), &self.group()) == Ok(Released::Last)
         {
             self.free_array(meta_seg, header, h);
         }
@@ -216,7 +222,7 @@ impl PoolShared {
         let (_, h) = first_look(self.meta_segment(handle.meta_segment)?, handle.header, handle.nonce)?;
         // A pending token keeps its record alive (refcount invariant), and `take_token` checks
         // that the token is this record's: a token of another array is refused.
-        match h.refcount.cancel(token, self.freer_slot(), &self.tokens(), &self.processes()) {
+        match h.refcount.cancel(token, self.freer_slot(), &self.tokens(), &self.group()) {
             Ok(Released::Last) => {
                 self.free_array(handle.meta_segment, handle.header, h);
                 Ok(())

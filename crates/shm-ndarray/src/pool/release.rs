@@ -4,8 +4,8 @@
 //! # Invariants
 //!
 //! 1. Only the one process that learned an array died (`Released::Last`, or `Orphaned` from a
-//!    repair) frees it: its data block (unless inline), its magic cleared, then its header
-//!    block (pool invariant 3).
+//!    repair) frees it: its holder overflow block (if linked: `overflow` invariant 3), its data
+//!    block (unless inline), its magic cleared, then its header block (pool invariant 3).
 //! 2. While anyone waits on `freed`, frees bypass this process's caches (its arenas' and its
 //!    renewed blocks) so the memory reaches the shared tree at once, and `freed` is notified.
 //! 3. A block is renewed only under the slot this process holds now, for a small array whose
@@ -62,6 +62,9 @@ impl PoolShared {
         // Someone waits for memory: free straight to the shared tree, not into this process's
         // cache, where a waiter in another process could not reach it (found in review).
         let waiting = self.dir().header().freed.has_listeners();
+        // First: the record is dead, nobody reads its holders; a death after this leaves the
+        // header without an overflow, never an overflow without a header (`overflow`, 3).
+        self.free_overflow(h);
         let mut parked = None;
         if h.inline_offset.load(ORD) == 0 {
             let word = h.data_segment.load(ORD);
@@ -130,9 +133,9 @@ impl PoolShared {
             && Renewed::caches(local.meta_segment, local.header_block)
             && self.fast_slot.load(ORD) == fork_generation() << 16 | u64::from(slot + 1);
         let result = if renewable && !waiting {
-            h.refcount.release_or_renew(slot, &tokens, self.next_nonce(), &self.processes())
+            h.refcount.release_or_renew(slot, &tokens, self.next_nonce(), &self.group())
         } else {
-            h.refcount.release(slot, &tokens, &self.processes())
+            h.refcount.release(slot, &tokens, &self.group())
         };
         match result {
             Ok(Released::Renewed) => {
@@ -170,7 +173,7 @@ impl PoolShared {
 
     /// Releases our hold on a renewed block (it is freed: we were its one reference).
     fn release_renewed(&self, slot: u32, seg: u16, block: Block, h: &ArrayHeader) {
-        match h.refcount.release(slot, &self.tokens(), &self.processes()) {
+        match h.refcount.release(slot, &self.tokens(), &self.group()) {
             Ok(Released::Last) | Err(RefError::Orphaned) => self.free_array(seg, block, h),
             _ => {}
         }

@@ -308,8 +308,7 @@ impl PoolShared {
         let used: u64 = (1..count)
             .map(|i| self.segment(i as u16).map_or(dir.segments()[i].capacity.load(ORD), |a| a.held_bytes()))
             .sum();
-        // Every process of the pool may map every segment: as many owner slots as process slots.
-        let owner_slots = h.process_slots.load(ORD) as u32 + 8;
+        let owner_slots = super::open::owner_slots(h.process_slots.load(ORD) as u32);
         let options = ArenaOptions::new(capacity).min_block(min_block).owner_slots(owner_slots);
         let metadata = options.held_at_creation().unwrap_or(capacity);
         if used + metadata + size > h.max_size.load(ORD) {

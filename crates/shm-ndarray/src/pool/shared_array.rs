@@ -166,18 +166,15 @@ impl SharedArray {
     /// (`Pool::leave`, or inherited across a fork) and it is gone.
     pub fn handle(&self) -> Result<Handle, HandleError> {
         self.ensure_held()?;
-        let token = self
-            .local
-            .header()
-            .refcount
-            .send(&self.local.pool.tokens(), &self.local.pool.processes())
-            .map_err(|e| match e {
+        let token = self.local.header().refcount.send(&self.local.pool.tokens(), &self.local.pool.group()).map_err(
+            |e| match e {
                 shm_sync::RefError::Token(shm_sync::TokenError::Full { slots }) => HandleError::TokensFull { slots },
                 shm_sync::RefError::Token(shm_sync::TokenError::SenderQuota { quota, slots }) => {
                     HandleError::SenderQuota { quota, slots }
                 }
                 _ => super::ref_to_handle(e),
-            })?;
+            },
+        )?;
         Ok(self.handle_with(Some(token)))
     }
 

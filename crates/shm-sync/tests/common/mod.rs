@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use loom::sync::Arc;
+use shm_sync::holders::HolderBitmap;
 use shm_sync::{AnyProcess, RefCount, TokenSlot, TokenTable};
 
 /// Runs `f` under loom, with the preemption bound fixed at 2 unless `LOOM_MAX_PREEMPTIONS`
@@ -19,7 +20,7 @@ pub(crate) fn model(f: impl Fn() + Sync + Send + 'static) {
 /// A refcount on target 7 with two token slots.
 pub(crate) struct Fixture {
     /// The record under test.
-    pub(crate) rc: RefCount<1>,
+    pub(crate) rc: RefCount<HolderBitmap<1>>,
     /// Its token slots.
     pub(crate) slots: Vec<TokenSlot>,
 }
