@@ -5,6 +5,8 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use shm_arena::sync::SharedU64;
+use shm_arena::{Arena, Block};
 use shm_ndarray::kill_points::{arm, KillPoint};
 use shm_ndarray::{NameError, Pool, PoolOptions, ShmArray};
 use shm_testkit::fork;
@@ -248,4 +250,52 @@ fn concurrent_creators_some_killed_mid_way_leave_every_name_once() {
     }
     assert_eq!(pool.stats().arrays as usize, names.len(), "an array without a name was kept");
     delete_all(&pool);
+}
+
+/// The blocks of segment 0 that hold no array header: name entries, an index, or a block left
+/// behind with its magic cleared. Everything of the table is there in these small pools.
+fn name_table_blocks(pool: &Pool) -> Vec<(Block, u64)> {
+    use std::sync::atomic::Ordering;
+    let seg0 = Arena::open(&format!("pyshm-{}", pool.name())).unwrap();
+    let dir = Block::from_bits(seg0.root_word().load(Ordering::Acquire));
+    let array_magic = u64::from_le_bytes(*b"PYSHMARR");
+    seg0.blocks_in_use()
+        .into_iter()
+        .filter(|b| *b != dir)
+        .filter_map(|b| {
+            let ptr = seg0.as_ptr(b).ok()?;
+            // SAFETY: a block in use of at least 128 bytes, 8-aligned, mapped while `seg0` lives;
+            // its first word is an atomic of every block kind of a metadata segment.
+            let magic = unsafe { &*ptr.as_ptr().cast::<SharedU64>() }.load(Ordering::Relaxed);
+            (magic != array_magic).then_some((b, magic))
+        })
+        .collect()
+}
+
+#[test]
+fn a_process_killed_inside_the_free_of_a_name_block_leaks_no_block() {
+    use KillPoint::*;
+    let pool = Pool::create(&options()).unwrap();
+    publish(&pool, "n0", 0).unwrap();
+    delete_all(&pool);
+    assert_eq!(name_table_blocks(&pool), vec![], "the control: no name, no name table block");
+    for i in 1..4 {
+        publish(&pool, &format!("n{i}"), i).unwrap();
+    }
+    // The deleter dies between clearing the entry's magic and freeing it.
+    killed_at(&pool, NameBlockCleared, |p| {
+        let _ = p.unpublish("n1");
+    });
+    assert_eq!(consistent_names(&pool), ["n2", "n3"].map(String::from).into());
+    // A repairer dies the same way: the delete stopped before the entry's free, and the
+    // repairer freeing it in turn dies between the two steps.
+    killed_at(&pool, DeleteRemoved, |p| {
+        let _ = p.unpublish("n2");
+    });
+    killed_at(&pool, NameBlockCleared, |p| {
+        let _ = p.names();
+    });
+    assert_eq!(consistent_names(&pool), ["n3"].map(String::from).into());
+    delete_all(&pool);
+    assert_eq!(name_table_blocks(&pool), vec![], "entry blocks leaked (magic 0: a free cut short)");
 }

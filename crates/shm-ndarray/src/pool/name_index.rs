@@ -34,7 +34,8 @@
 //!    process's arena tag until the intent names it (a death before that gives it back through
 //!    arena recovery); it is disowned only after, and only a repair or the operation frees it.
 //!    A free of a block already freed (and perhaps reused, with another generation) fails on the
-//!    block's generation and is ignored.
+//!    block's generation and is ignored; an entry whose free was cut short (magic cleared, not
+//!    freed) is freed by the repair.
 //! 4. A slot is written place first, hash last; the hash word is its commit (0 empty, 1
 //!    deleted, else a hash with its top bit set). `count` and `tombstones` count the slots and
 //!    are recounted from them by a repair.
@@ -265,7 +266,19 @@ impl PoolShared {
         if let Some(words) = self.block_words(place) {
             words[0].store(0, ORD);
         }
+        kill_points::reached(KillPoint::NameBlockCleared);
         let _ = meta.arena.free_and_release(place.block);
+    }
+
+    /// Frees the entry block a dead holder's intent names, if it is still that allocation (its
+    /// generation) and an entry, or an entry whose free was cut short: [`Self::free_name_block`]
+    /// clears the magic before the free, so a death between the two leaves magic 0, and the
+    /// block, disowned, would leak (found in review). A block of another kind is never freed.
+    fn free_entry_left(&self, place: Place) {
+        let Some(words) = self.block_words(place) else { return };
+        if matches!(words[0].load(ORD), NAME_ENTRY_MAGIC | 0) {
+            self.free_name_block(place);
+        }
     }
 
     /// Records an intent (invariant 2): arguments first, then the operation.
@@ -466,9 +479,9 @@ impl PoolShared {
                     (true, false, Some((_, name))) if room => self.put_in_index(hash(&name), args[0]),
                     // Undone: the entry freed (if the dead process disowned it: arena recovery
                     // freed it otherwise), the reference dropped if it was taken.
-                    (_, false, entry) => {
-                        if let Some((place, _)) = entry {
-                            self.free_name_block(place);
+                    (_, false, _) => {
+                        if let Some(place) = Place::from_word(args[0]) {
+                            self.free_entry_left(place);
                         }
                         self.drop_directory_reference(seg, header, nonce);
                     }
@@ -481,9 +494,7 @@ impl PoolShared {
                     }
                 }
                 if let Some(place) = Place::from_word(args[0]) {
-                    if self.entry_at(place).is_some() {
-                        self.free_name_block(place);
-                    }
+                    self.free_entry_left(place);
                 }
                 self.drop_directory_reference(args[1] as u16, Block::from_bits(args[2]), args[3]);
             }
