@@ -299,3 +299,47 @@ fn a_process_killed_inside_the_free_of_a_name_block_leaks_no_block() {
     delete_all(&pool);
     assert_eq!(name_table_blocks(&pool), vec![], "entry blocks leaked (magic 0: a free cut short)");
 }
+
+const SMALL_SHM_CHILD: &str = "PYSHM_NAME_TABLE_SMALL_SHM_CHILD";
+
+#[test]
+fn names_running_out_of_a_64_mib_dev_shm_fail_with_an_error_and_the_table_works_on() {
+    if std::env::var_os(SMALL_SHM_CHILD).is_none() {
+        shm_testkit::run_in_small_dev_shm(
+            "names_running_out_of_a_64_mib_dev_shm_fail_with_an_error_and_the_table_works_on",
+            SMALL_SHM_CHILD,
+        );
+        return;
+    }
+    let pool = Pool::create(&options()).unwrap();
+    let mut made = 0u64;
+    let mut arrays = Vec::new();
+    let error = loop {
+        let a = match ShmArray::<u64>::from_slice(&pool, &[1], &[made]) {
+            Ok(a) => a,
+            Err(e) => break format!("array: {e}"),
+        };
+        match pool.publish(&format!("n{made}"), a.as_shared()) {
+            Ok(()) => made += 1,
+            Err(NameError::Memory(e)) => break format!("name: {e}"),
+            Err(e) => panic!("after {made} names: {e}"),
+        }
+        arrays.push(a);
+    };
+    eprintln!("{made} names in a 64 MiB /dev/shm, then {error}");
+    drop(arrays);
+    assert!(made > 1000, "{made} names");
+    assert_eq!(pool.names().len() as u64, made);
+    for i in [0, made / 2, made - 1] {
+        let a = ShmArray::<u64>::try_from(pool.lookup(&format!("n{i}")).unwrap()).unwrap();
+        assert_eq!(a.to_vec(), vec![i]);
+    }
+    // Deleting them all: /dev/shm is still full (metadata pages stay reserved), so a smaller
+    // index cannot be had. Each delete retried the shrink, about 150 ms each below 32,768
+    // names: the watchdog's 60 s ran out (found in review).
+    delete_all(&pool);
+    for i in 0..1000 {
+        publish(&pool, &format!("n{i}"), i).unwrap();
+    }
+    delete_all(&pool);
+}

@@ -384,6 +384,11 @@ impl PoolShared {
         rebuild.then_some(want)
     }
 
+    /// Names in the index (under the lock).
+    pub(super) fn name_count(&self) -> u64 {
+        self.name_root().count.load(ORD)
+    }
+
     /// Whether `extra` more names fit under [`MAX_NAMES`].
     pub(super) fn names_fit(&self, extra: u64) -> bool {
         self.name_root().count.load(ORD).saturating_add(extra) <= MAX_NAMES
