@@ -311,6 +311,10 @@ fn names_running_out_of_a_64_mib_dev_shm_fail_with_an_error_and_the_table_works_
         );
         return;
     }
+    // 44 MiB of the 64 taken first, so that /dev/shm fills after some 35,000 names, not 150,000.
+    let filler = std::fs::File::create("/dev/shm/filler").unwrap();
+    // SAFETY: a valid fd of a file we own; reserves its blocks (tmpfs pages).
+    assert_eq!(unsafe { libc::posix_fallocate(std::os::fd::AsRawFd::as_raw_fd(&filler), 0, 44 << 20) }, 0);
     let pool = Pool::create(&options()).unwrap();
     let mut made = 0u64;
     let mut arrays = Vec::new();
@@ -335,8 +339,9 @@ fn names_running_out_of_a_64_mib_dev_shm_fail_with_an_error_and_the_table_works_
         assert_eq!(a.to_vec(), vec![i]);
     }
     // Deleting them all: /dev/shm is still full (metadata pages stay reserved), so a smaller
-    // index cannot be had. Each delete retried the shrink, about 150 ms each below 32,768
-    // names: the watchdog's 60 s ran out (found in review).
+    // index cannot be had. Each delete below an eighth retried the shrink through the
+    // allocator's slow path (150 ms each at 150,000 names): the watchdog's 60 s ran out (found
+    // in review).
     delete_all(&pool);
     for i in 0..1000 {
         publish(&pool, &format!("n{i}"), i).unwrap();
