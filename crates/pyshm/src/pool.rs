@@ -312,28 +312,33 @@ impl NativePool {
         Ok(gil::detach(py, || self.pool.check())?)
     }
 
+    // The name operations wait for the pool's directory lock, which another process may hold
+    // for long (stopped, or listing half a million names): detached, or every thread of this
+    // interpreter would stop with the one that waits (found in review).
+
     /// Registers `arr` (a pooled array) under `name`.
-    fn publish(&self, name: &str, arr: &Bound<'_, PyAny>) -> Result<()> {
+    fn publish(&self, py: Python<'_>, name: &str, arr: &Bound<'_, PyAny>) -> Result<()> {
         let g = geometry(arr).ok_or_else(|| PyTypeError::new_err("expected a numpy array"))?;
         let block = block_of(arr, &g).ok_or_else(|| PyValueError::new_err("the array does not live in a pool"))?;
-        Ok(self.pool.publish(name, &block.get().array)?)
+        let array = &block.get().array;
+        Ok(gil::detach(py, || self.pool.publish(name, array))?)
     }
 
     /// The array registered under `name`.
     fn lookup<'py>(&self, py: Python<'py>, name: &str) -> Result<Bound<'py, PyAny>> {
-        let array = self.pool.lookup(name)?;
+        let array = gil::detach(py, || self.pool.lookup(name))?;
         let descr = numpy_dtype(py, array.dtype())?;
         Ok(self.wrap(py, array, &descr)?)
     }
 
     /// Removes `name`.
-    fn unpublish(&self, name: &str) -> Result<()> {
-        Ok(self.pool.unpublish(name)?)
+    fn unpublish(&self, py: Python<'_>, name: &str) -> Result<()> {
+        Ok(gil::detach(py, || self.pool.unpublish(name))?)
     }
 
     /// Every registered name.
-    fn names(&self) -> Vec<String> {
-        self.pool.names()
+    fn names(&self, py: Python<'_>) -> Vec<String> {
+        gil::detach(py, || self.pool.names())
     }
 
     /// Registers this process now (after a fork: re-acquires inherited arrays).

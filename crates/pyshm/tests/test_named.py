@@ -218,11 +218,19 @@ def assert_table_back(before: "pyshm.PoolStats") -> None:
         assert after.name_table == 0, after
 
 
+# The value is written before the name is published: `pyshm.create(...)[0] = v` publishes a
+# zero and writes after, and a creator killed in between left a name attaching 0 (a flaky
+# failure, 2 runs in 12 in review).
 CREATOR = """
 import sys, numpy as np, pyshm
+from pyshm import _named
+pool = _named.named_pool()
 k = int(sys.argv[1])
 for i in range(100_000):
-    pyshm.create(f"c{k}_{i}", 1, np.int64)[0] = k * 1_000_000 + i
+    a = pool.empty((1,), np.int64, "C", True)
+    a[0] = k * 1_000_000 + i
+    pool.publish(f"c{k}_{i}", a)
+    del a
     if i % 2:
         pyshm.delete(f"c{k}_{i - 1}")
     if i == 3_000:
@@ -260,3 +268,65 @@ def test_concurrent_creators_some_killed_mid_way_leave_every_name_once():
     for n in names:
         pyshm.delete(n)
     assert_table_back(before)
+
+
+
+LISTER = """
+from pyshm import _named
+pool = _named.named_pool()
+print("listing", flush=True)
+while True:
+    pool.names()
+"""
+
+WAITER = """
+import os, signal, sys, threading, time
+import pyshm
+lister = int(sys.argv[1])
+ticks = [0]
+
+def tick():
+    while True:
+        ticks[0] += 1
+        time.sleep(0.001)
+
+threading.Thread(target=tick, daemon=True).start()
+for _ in range(200):
+    os.kill(lister, signal.SIGSTOP)
+    waiter = threading.Thread(target=pyshm.attach, args=("gil5",), daemon=True)
+    waiter.start()
+    waiter.join(0.5)  # with the GIL held by the waiter, this never returns
+    if waiter.is_alive():  # the lister was stopped holding the lock: the waiter waits for it
+        seen = ticks[0]
+        time.sleep(0.3)
+        still_waiting, advanced = waiter.is_alive(), ticks[0] - seen
+        os.kill(lister, signal.SIGCONT)
+        waiter.join(60)
+        if still_waiting:
+            print("ticks", advanced)
+            break
+    else:
+        os.kill(lister, signal.SIGCONT)
+"""
+
+
+def test_a_thread_waiting_for_a_name_lets_the_others_run():
+    # Another process holds the pool's directory lock for long: stopped while it lists names.
+    # A thread waiting in `attach` must not hold the GIL meanwhile (found in review: the whole
+    # interpreter stopped until the lister was continued; `run`'s timeout is the watchdog).
+    import signal
+
+    n = 50_000
+    for i in range(n):
+        pyshm.create(f"gil{i}", 1, np.uint8)
+    lister = subprocess.Popen([PYTHON, "-c", LISTER], stdout=subprocess.PIPE, text=True)
+    try:
+        assert lister.stdout is not None and lister.stdout.readline().strip() == "listing"
+        out = run(WAITER.replace("sys.argv[1]", str(lister.pid)))
+        assert out.startswith("ticks ") and int(out.split()[1]) > 0, out
+    finally:
+        os.kill(lister.pid, signal.SIGCONT)
+        lister.kill()
+        lister.wait(60)
+        for i in range(n):
+            pyshm.delete(f"gil{i}")

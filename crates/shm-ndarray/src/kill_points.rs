@@ -49,6 +49,8 @@ pub enum KillPoint {
     FreeDataFreed,
     /// Array free: the header block is the freer's, its magic still set.
     FreeHeaderAdopted,
+    /// Name table: an entry or index block's magic cleared, the block not freed yet.
+    NameBlockCleared,
 }
 
 /// The armed point, as its number (0: none).

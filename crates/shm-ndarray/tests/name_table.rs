@@ -5,6 +5,8 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use shm_arena::sync::SharedU64;
+use shm_arena::{Arena, Block};
 use shm_ndarray::kill_points::{arm, KillPoint};
 use shm_ndarray::{NameError, Pool, PoolOptions, ShmArray};
 use shm_testkit::fork;
@@ -247,5 +249,102 @@ fn concurrent_creators_some_killed_mid_way_leave_every_name_once() {
         assert_eq!(theirs, PER_CHILD / 2, "every name of a creator that finished");
     }
     assert_eq!(pool.stats().arrays as usize, names.len(), "an array without a name was kept");
+    delete_all(&pool);
+}
+
+/// The blocks of segment 0 that hold no array header: name entries, an index, or a block left
+/// behind with its magic cleared. Everything of the table is there in these small pools.
+fn name_table_blocks(pool: &Pool) -> Vec<(Block, u64)> {
+    use std::sync::atomic::Ordering;
+    let seg0 = Arena::open(&format!("pyshm-{}", pool.name())).unwrap();
+    let dir = Block::from_bits(seg0.root_word().load(Ordering::Acquire));
+    let array_magic = u64::from_le_bytes(*b"PYSHMARR");
+    seg0.blocks_in_use()
+        .into_iter()
+        .filter(|b| *b != dir)
+        .filter_map(|b| {
+            let ptr = seg0.as_ptr(b).ok()?;
+            // SAFETY: a block in use of at least 128 bytes, 8-aligned, mapped while `seg0` lives;
+            // its first word is an atomic of every block kind of a metadata segment.
+            let magic = unsafe { &*ptr.as_ptr().cast::<SharedU64>() }.load(Ordering::Relaxed);
+            (magic != array_magic).then_some((b, magic))
+        })
+        .collect()
+}
+
+#[test]
+fn a_process_killed_inside_the_free_of_a_name_block_leaks_no_block() {
+    use KillPoint::*;
+    let pool = Pool::create(&options()).unwrap();
+    publish(&pool, "n0", 0).unwrap();
+    delete_all(&pool);
+    assert_eq!(name_table_blocks(&pool), vec![], "the control: no name, no name table block");
+    for i in 1..4 {
+        publish(&pool, &format!("n{i}"), i).unwrap();
+    }
+    // The deleter dies between clearing the entry's magic and freeing it.
+    killed_at(&pool, NameBlockCleared, |p| {
+        let _ = p.unpublish("n1");
+    });
+    assert_eq!(consistent_names(&pool), ["n2", "n3"].map(String::from).into());
+    // A repairer dies the same way: the delete stopped before the entry's free, and the
+    // repairer freeing it in turn dies between the two steps.
+    killed_at(&pool, DeleteRemoved, |p| {
+        let _ = p.unpublish("n2");
+    });
+    killed_at(&pool, NameBlockCleared, |p| {
+        let _ = p.names();
+    });
+    assert_eq!(consistent_names(&pool), ["n3"].map(String::from).into());
+    delete_all(&pool);
+    assert_eq!(name_table_blocks(&pool), vec![], "entry blocks leaked (magic 0: a free cut short)");
+}
+
+const SMALL_SHM_CHILD: &str = "PYSHM_NAME_TABLE_SMALL_SHM_CHILD";
+
+#[test]
+fn names_running_out_of_a_64_mib_dev_shm_fail_with_an_error_and_the_table_works_on() {
+    if std::env::var_os(SMALL_SHM_CHILD).is_none() {
+        shm_testkit::run_in_small_dev_shm(
+            "names_running_out_of_a_64_mib_dev_shm_fail_with_an_error_and_the_table_works_on",
+            SMALL_SHM_CHILD,
+        );
+        return;
+    }
+    // 44 MiB of the 64 taken first, so that /dev/shm fills after some 35,000 names, not 150,000.
+    let filler = std::fs::File::create("/dev/shm/filler").unwrap();
+    // SAFETY: a valid fd of a file we own; reserves its blocks (tmpfs pages).
+    assert_eq!(unsafe { libc::posix_fallocate(std::os::fd::AsRawFd::as_raw_fd(&filler), 0, 44 << 20) }, 0);
+    let pool = Pool::create(&options()).unwrap();
+    let mut made = 0u64;
+    let mut arrays = Vec::new();
+    let error = loop {
+        let a = match ShmArray::<u64>::from_slice(&pool, &[1], &[made]) {
+            Ok(a) => a,
+            Err(e) => break format!("array: {e}"),
+        };
+        match pool.publish(&format!("n{made}"), a.as_shared()) {
+            Ok(()) => made += 1,
+            Err(NameError::Memory(e)) => break format!("name: {e}"),
+            Err(e) => panic!("after {made} names: {e}"),
+        }
+        arrays.push(a);
+    };
+    eprintln!("{made} names in a 64 MiB /dev/shm, then {error}");
+    drop(arrays);
+    assert!(made > 1000, "{made} names");
+    assert_eq!(pool.names().len() as u64, made);
+    for i in [0, made / 2, made - 1] {
+        let a = ShmArray::<u64>::try_from(pool.lookup(&format!("n{i}")).unwrap()).unwrap();
+        assert_eq!(a.to_vec(), vec![i]);
+    }
+    // Deleting them all: /dev/shm is still full (metadata pages stay reserved), so a smaller
+    // index cannot be had. Each delete below an eighth retried the shrink through the
+    // allocator's slow path (150 ms each at 150,000 names): the watchdog's 60 s ran out (found
+    // in review).
+    delete_all(&pool);
+    for i in 0..1000 {
+        publish(&pool, &format!("n{i}"), i).unwrap();
+    }
     delete_all(&pool);
 }

@@ -186,6 +186,9 @@ pub(crate) struct PoolShared {
     renewed: Renewed,
     /// Spare `LocalArray` allocations.
     spares: Spares<LocalArray>,
+    /// The count of names when this process last failed to allocate a smaller name index (0:
+    /// never): the shrink is tried again only once the names halved (`names`, a hint).
+    name_shrink_failed: crate::sync::SharedU64,
 }
 
 // SAFETY: `dir_ptr` points into segment 0's mapping, owned by `segments[0]` for as long as the

@@ -34,7 +34,8 @@
 //!    process's arena tag until the intent names it (a death before that gives it back through
 //!    arena recovery); it is disowned only after, and only a repair or the operation frees it.
 //!    A free of a block already freed (and perhaps reused, with another generation) fails on the
-//!    block's generation and is ignored.
+//!    block's generation and is ignored; an entry whose free was cut short (magic cleared, not
+//!    freed) is freed by the repair.
 //! 4. A slot is written place first, hash last; the hash word is its commit (0 empty, 1
 //!    deleted, else a hash with its top bit set). `count` and `tombstones` count the slots and
 //!    are recounted from them by a repair.
@@ -119,12 +120,14 @@ fn wanted_slots(names: u64, tombstones: u64, slots: u64) -> (u64, bool) {
     if names == 0 {
         return (0, slots != 0);
     }
-    let fits = slots != 0 && (names + tombstones) * 4 <= slots * 3;
-    let too_empty = slots > MIN_SLOTS && names * 8 < slots;
+    // Saturating: the counts come from shared memory, which a buggy process may have written.
+    let fits = slots != 0 && names.saturating_add(tombstones).saturating_mul(4) <= slots * 3;
+    let too_empty = slots > MIN_SLOTS && names.saturating_mul(8) < slots;
     if fits && !too_empty {
         return (slots, false);
     }
-    ((names * 2).next_power_of_two().clamp(MIN_SLOTS, MAX_SLOTS), true)
+    // Clamped first (the bounds are powers of two, so this is the clamp of the power).
+    (names.saturating_mul(2).clamp(MIN_SLOTS, MAX_SLOTS).next_power_of_two(), true)
 }
 
 /// An index block's slots, as pairs of words.
@@ -265,7 +268,19 @@ impl PoolShared {
         if let Some(words) = self.block_words(place) {
             words[0].store(0, ORD);
         }
+        kill_points::reached(KillPoint::NameBlockCleared);
         let _ = meta.arena.free_and_release(place.block);
+    }
+
+    /// Frees the entry block a dead holder's intent names, if it is still that allocation (its
+    /// generation) and an entry, or an entry whose free was cut short: [`Self::free_name_block`]
+    /// clears the magic before the free, so a death between the two leaves magic 0, and the
+    /// block, disowned, would leak (found in review). A block of another kind is never freed.
+    fn free_entry_left(&self, place: Place) {
+        let Some(words) = self.block_words(place) else { return };
+        if matches!(words[0].load(ORD), NAME_ENTRY_MAGIC | 0) {
+            self.free_name_block(place);
+        }
     }
 
     /// Records an intent (invariant 2): arguments first, then the operation.
@@ -318,7 +333,7 @@ impl PoolShared {
             root.tombstones.store(root.tombstones.load(ORD).saturating_sub(1), ORD);
         }
         index.put(slot, h, entry_word);
-        root.count.store(root.count.load(ORD) + 1, ORD);
+        root.count.store(root.count.load(ORD).saturating_add(1), ORD);
     }
 
     /// Deletes a found name, under the lock: intent, slot, entry, then the directory's reference
@@ -336,7 +351,7 @@ impl PoolShared {
         if let Some(index) = self.index() {
             index.words[2 * found.slot].store(TOMBSTONE, ORD);
             root.count.store(root.count.load(ORD).saturating_sub(1), ORD);
-            root.tombstones.store(root.tombstones.load(ORD) + 1, ORD);
+            root.tombstones.store(root.tombstones.load(ORD).saturating_add(1), ORD);
         }
         kill_points::reached(KillPoint::DeleteRemoved);
         self.free_name_block(found.place);
@@ -364,13 +379,19 @@ impl PoolShared {
     pub(super) fn index_refit(&self, extra: u64) -> Option<u64> {
         let root = self.name_root();
         let slots = self.index().map_or(0, |i| i.slots() as u64);
-        let (want, rebuild) = wanted_slots(root.count.load(ORD) + extra, root.tombstones.load(ORD), slots);
+        let (want, rebuild) =
+            wanted_slots(root.count.load(ORD).saturating_add(extra), root.tombstones.load(ORD), slots);
         rebuild.then_some(want)
+    }
+
+    /// Names in the index (under the lock).
+    pub(super) fn name_count(&self) -> u64 {
+        self.name_root().count.load(ORD)
     }
 
     /// Whether `extra` more names fit under [`MAX_NAMES`].
     pub(super) fn names_fit(&self, extra: u64) -> bool {
-        self.name_root().count.load(ORD) + extra <= MAX_NAMES
+        self.name_root().count.load(ORD).saturating_add(extra) <= MAX_NAMES
     }
 
     /// Allocates an index block of `slots` slots, outside the lock (it may grow the pool), its
@@ -396,7 +417,16 @@ impl PoolShared {
     /// (invariant 6): intent, copy of the live slots, disown, the commit store, the old one freed.
     pub(super) fn resize_index(&self, new: Option<Place>) {
         let root = self.name_root();
-        let old = root.index.load(ORD);
+        // Only an index is freed: a root word that names another block (written by a buggy or
+        // hostile process) is dropped, never freed (found in review: it freed an array header).
+        let old = if self.index().is_some() { root.index.load(ORD) } else { 0 };
+        if new.is_none() && self.index().is_some_and(|i| i.live().next().is_some()) {
+            // `count` said no name but the slots hold some (a count a buggy process wrote):
+            // the index stays, recounted.
+            self.recount_names();
+            return;
+        }
+        let mut live = 0;
         let new_word = new.and_then(Place::to_word).unwrap_or(0);
         self.intend(OP_RESIZE, [old, new_word, 0, 0]);
         kill_points::reached(KillPoint::ResizeIntent);
@@ -412,6 +442,7 @@ impl PoolShared {
                 for (_, h, place) in current.live() {
                     if let Some(slot) = fresh.probe(h).find(|s| fresh.hash_at(*s) == EMPTY) {
                         fresh.put(slot, h, place);
+                        live += 1;
                     }
                 }
             }
@@ -422,6 +453,8 @@ impl PoolShared {
         kill_points::reached(KillPoint::ResizeFilled);
         // The commit (invariant 6).
         root.index.store(new_word, ORD);
+        // Recounted from the copy (invariant 4), so a count a buggy process wrote heals here.
+        root.count.store(live, ORD);
         root.tombstones.store(0, ORD);
         kill_points::reached(KillPoint::ResizeCommitted);
         if let Some(old) = Place::from_word(old) {
@@ -456,7 +489,8 @@ impl PoolShared {
                 let entry = Place::from_word(args[0]).and_then(|p| self.entry_at(p).map(|e| (p, load_name(e))));
                 self.recount_names();
                 let room = self.index().is_some_and(|i| {
-                    (root.count.load(ORD) + root.tombstones.load(ORD) + 1) * 4 <= i.slots() as u64 * 3
+                    root.count.load(ORD).saturating_add(root.tombstones.load(ORD)).saturating_add(1).saturating_mul(4)
+                        <= i.slots() as u64 * 3
                 });
                 match (referenced, in_index, entry) {
                     (_, true, _) => {}
@@ -465,9 +499,9 @@ impl PoolShared {
                     (true, false, Some((_, name))) if room => self.put_in_index(hash(&name), args[0]),
                     // Undone: the entry freed (if the dead process disowned it: arena recovery
                     // freed it otherwise), the reference dropped if it was taken.
-                    (_, false, entry) => {
-                        if let Some((place, _)) = entry {
-                            self.free_name_block(place);
+                    (_, false, _) => {
+                        if let Some(place) = Place::from_word(args[0]) {
+                            self.free_entry_left(place);
                         }
                         self.drop_directory_reference(seg, header, nonce, self.registered_slot());
                     }
@@ -480,9 +514,7 @@ impl PoolShared {
                     }
                 }
                 if let Some(place) = Place::from_word(args[0]) {
-                    if self.entry_at(place).is_some() {
-                        self.free_name_block(place);
-                    }
+                    self.free_entry_left(place);
                 }
                 self.drop_directory_reference(
                     args[1] as u16,
@@ -532,7 +564,7 @@ impl PoolShared {
     pub(super) fn name_table_bytes(&self) -> u64 {
         let root = self.name_root();
         let index = Place::from_word(root.index.load(ORD)).map_or(0, |p| p.block.size());
-        index + root.count.load(ORD) * core::mem::size_of::<NameEntry>() as u64
+        index.saturating_add(root.count.load(ORD).saturating_mul(core::mem::size_of::<NameEntry>() as u64))
     }
 }
 
@@ -545,6 +577,42 @@ pub(super) fn root_has_names(root: &NameRoot) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{Pool, PoolOptions, ShmArray};
+
+    fn one(pool: &Pool, value: u64) -> ShmArray<u64> {
+        ShmArray::<u64>::from_slice(pool, &[1], &[value]).unwrap()
+    }
+
+    #[test]
+    fn a_root_naming_a_block_that_is_no_index_never_frees_it() {
+        // A buggy or hostile process of the same user writes the root: its index names a live
+        // array's header block.
+        let pool = Pool::create(&PoolOptions::new()).unwrap();
+        let victim = one(&pool, 7);
+        let local = &victim.as_shared().local;
+        let place = Place { segment: local.meta_segment, block: local.header_block };
+        pool.shared.name_root().index.store(place.to_word().unwrap(), ORD);
+        pool.publish("x", one(&pool, 8).as_shared()).unwrap();
+        let meta = pool.shared.meta_segment(place.segment).unwrap();
+        assert!(meta.arena.validate(place.block).is_ok(), "the victim's header was freed");
+        assert_eq!(victim.to_vec(), vec![7]);
+        assert_eq!(pool.names(), vec!["x".to_owned()]);
+    }
+
+    #[test]
+    fn counts_out_of_range_never_panic() {
+        let pool = Pool::create(&PoolOptions::new()).unwrap();
+        pool.publish("x", one(&pool, 1).as_shared()).unwrap();
+        let root = pool.shared.name_root();
+        for bad in [u64::MAX, u64::MAX / 2, 1 << 40, 0] {
+            root.count.store(bad, ORD);
+            root.tombstones.store(bad, ORD);
+            let _ = pool.stats();
+            let _ = pool.publish("y", one(&pool, 2).as_shared());
+            let _ = pool.unpublish("y");
+            assert!(pool.lookup("x").is_ok(), "count {bad}: the name x was lost");
+        }
+    }
 
     #[test]
     fn the_index_grows_at_three_quarters_and_shrinks_below_an_eighth() {

@@ -211,13 +211,22 @@ impl PoolShared {
             self.remove_name(found, freer);
         }
         // Shrink (or free) the index if it became too empty; a failure to allocate a smaller
-        // one only leaves the larger.
-        let refit = {
+        // one only leaves the larger, and is not tried again before the names halve: each try
+        // runs the allocator's slow path (a collect, a grow), about 150 ms at 150,000 names,
+        // which every delete paid once /dev/shm was full (found in review).
+        let (refit, count) = {
             let _guard = self.name_lock()?;
-            self.index_refit(0)
+            (self.index_refit(0), self.name_count())
         };
-        if refit.is_some() {
-            let _ = self.fit_index(0);
+        let failed = self.name_shrink_failed.load(ORD);
+        let retry = failed == 0 || count.saturating_mul(2) <= failed;
+        match refit {
+            Some(0) => drop(self.fit_index(0)),
+            Some(_) if retry => {
+                let fitted = self.fit_index(0).is_ok();
+                self.name_shrink_failed.store(if fitted { 0 } else { count.max(1) }, ORD);
+            }
+            _ => {}
         }
         Ok(())
     }

@@ -247,6 +247,7 @@ impl Pool {
             wait_ns: crate::sync::SharedU64::new(wait_to_ns(wait)),
             renewed: Renewed::new(),
             spares: Spares::new(),
+            name_shrink_failed: crate::sync::SharedU64::new(0),
         });
         let pool = Pool { shared };
         pool.shared.slot()?;
