@@ -82,6 +82,14 @@ impl Arena {
         }
     }
 
+    /// Asks every handle of this arena, in every process, to empty its cache at its next
+    /// allocation or free (the trim epoch, which an allocation that finds no block bumps too),
+    /// so that a later trim of the shared tree ([`Arena::release_free`]) finds those blocks free.
+    pub fn ask_caches_back(&self) {
+        // Relaxed: a request, as in `trim_if_asked`.
+        self.segment.trim_word().fetch_add(1, Relaxed);
+    }
+
     /// Empties our cache if some allocation asked every handle to (the segment's trim epoch).
     #[inline]
     pub(crate) fn trim_if_asked(&self, tag: u16) {

@@ -9,10 +9,15 @@
 //!    `segment_count` publishes it (`Release`), and never under a torn-down pool's name.
 //! 3. A segment, once mapped by this process, stays mapped while the pool lives (`segments` is
 //!    a set of `OnceLock`s): references into it live as long as `&PoolShared`.
-//! 4. `max_size` bounds the bytes held by every segment after segment 0 when the pool grows: a
-//!    segment is added only if their held bytes plus the request fit. Allocations inside
-//!    existing segments reserve pages without this check (at most a data segment's capacity,
-//!    64 MiB by default, beyond the bound).
+//! 4. `max_size` bounds the bytes held from the system by every segment after segment 0
+//!    (`Arena::held_bytes`: metadata plus reserved pages; segment 0, the directory, is the
+//!    pool's fixed floor). Every path that adds held bytes checks it first: growth (a segment is
+//!    added only if their held bytes, the new segment's metadata and the request fit, whatever
+//!    its size, so also an oversized array's own segment), and reserving pages inside an
+//!    existing segment (`Arena::alloc_admitting` asks `admits` with the bytes it would reserve;
+//!    the warm path reserves nothing and asks nothing). The check reads counts and reserves
+//!    nothing: processes reserving at the same moment may each pass it, so the bound can be
+//!    exceeded by what they reserve at once, never by more.
 //!
 //! Protocol: `alloc_in` tries the segment that served the last allocation of the kind; the
 //! slow path tries every segment of the kind, gives back this process's renewed blocks and
@@ -136,7 +141,7 @@ impl PoolShared {
         let hint = self.last_segment[kind as usize].load(ORD) as u16;
         if let Some(arena) = self.segments.get(hint as usize).and_then(OnceLock::get) {
             if self.dir().segments()[hint as usize].kind.load(ORD) == kind && arena.max_block() >= size {
-                if let Ok((b, p)) = arena.alloc_with_ptr(size) {
+                if let Ok((b, p)) = arena.alloc_admitting(size, &|bytes| self.admits(hint, bytes)) {
                     return Ok((hint, b, p));
                 }
             }
@@ -165,13 +170,17 @@ impl PoolShared {
         loop {
             // /dev/shm itself is full: a new segment would not help, only freed memory would.
             let mut no_space = None;
+            let mut over_limit = false;
             for (i, arena, k) in self.open_segments() {
                 if k == kind && arena.max_block() >= size {
-                    match arena.alloc_with_ptr(size) {
+                    match arena.alloc_admitting(size, &|bytes| self.admits(i, bytes)) {
                         Ok((b, p)) => {
                             self.last_segment[kind as usize].store(u64::from(i), ORD);
                             return Ok((i, b, p));
                         }
+                        // Over `max_size` (invariant 4): growing would not help either (`grow`
+                        // checks the same bound), only a free or a trim.
+                        Err(AllocError::OverLimit { .. }) => over_limit = true,
                         Err(AllocError::Exhausted { .. } | AllocError::TooLarge { .. }) => {}
                         Err(AllocError::NoSpace { reserving, available, .. }) => {
                             no_space = Some((reserving, available.unwrap_or(0)));
@@ -214,16 +223,41 @@ impl PoolShared {
             match left {
                 Some(left) if !left.is_zero() => {
                     // Look once more after registering (the Event's invariant 2), then sleep.
-                    if self.open_segments().iter().any(|(_, a, k)| *k == kind && a.stats().largest_free_block >= size) {
+                    // Over `max_size`, free blocks are there but their pages may not be
+                    // reserved: only a free of a warm block helps, so look again often instead.
+                    if !over_limit
+                        && self
+                            .open_segments()
+                            .iter()
+                            .any(|(_, a, k)| *k == kind && a.stats().largest_free_block >= size)
+                    {
                         continue;
                     }
-                    listener.wait(seen, Some(left));
+                    let nap = if over_limit { left.min(std::time::Duration::from_millis(10)) } else { left };
+                    listener.wait(seen, Some(nap));
                     collected = false;
                     grows = 0;
                 }
                 _ => return Err(self.out_of_memory(size)),
             }
         }
+    }
+
+    /// Bytes held from the system by the segments after segment 0 (invariant 4), by their
+    /// counts (one load each for the segments this process has mapped).
+    fn held_after_root(&self) -> u64 {
+        let dir = self.dir();
+        let count = (dir.header().segment_count.load(core::sync::atomic::Ordering::Acquire) as usize).min(MAX_SEGMENTS);
+        (1..count)
+            .map(|i| self.segment(i as u16).map_or(dir.segments()[i].capacity.load(ORD), |a| a.held_bytes()))
+            .sum()
+    }
+
+    /// Whether reserving `bytes` more pages in segment `index` keeps the pool within
+    /// `max_size` (invariant 4). Asked only when an allocation needs pages it does not have.
+    #[cold]
+    fn admits(&self, index: u16, bytes: u64) -> bool {
+        index == 0 || self.held_after_root() + bytes <= self.dir().header().max_size.load(ORD)
     }
 
     fn out_of_memory(&self, requested: u64) -> ArrayError {
@@ -305,9 +339,7 @@ impl PoolShared {
         // `max_size` bounds what the segments after segment 0 hold from the system (invariant
         // 4; small arrays live in metadata segments, so those count too): their held bytes
         // and the request, not their address space.
-        let used: u64 = (1..count)
-            .map(|i| self.segment(i as u16).map_or(dir.segments()[i].capacity.load(ORD), |a| a.held_bytes()))
-            .sum();
+        let used = self.held_after_root();
         // Every process of the pool may map every segment: as many owner slots as process slots.
         let owner_slots = h.process_slots.load(ORD) as u32 + 8;
         let options = ArenaOptions::new(capacity).min_block(min_block).owner_slots(owner_slots);
