@@ -113,7 +113,7 @@ fn whole_reservation_is_still_available() {
     assert_eq!(other.stats().reserved_data_bytes, a.stats().reserved_data_bytes);
 }
 
-/// Memory invariant 6: with a warm block free, a new block never takes pages given back. Here
+/// `memory.rs` invariant 6: with a warm block free, a new block never takes pages given back. Here
 /// the block freed last (the first hint) is the punched one; the allocation takes the warm one.
 #[test]
 fn a_free_warm_block_is_preferred_to_one_whose_pages_were_given_back() {
@@ -136,7 +136,7 @@ fn a_free_warm_block_is_preferred_to_one_whose_pages_were_given_back() {
     a.check().unwrap();
 }
 
-/// Memory invariant 5: pages are reserved only with the caller's consent; a refusal gives the
+/// `memory.rs` invariant 5: pages are reserved only with the caller's consent; a refusal gives the
 /// block back and reserves nothing.
 #[test]
 fn admit_bounds_what_an_allocation_reserves() {
