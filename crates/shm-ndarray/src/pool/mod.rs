@@ -166,7 +166,9 @@ pub(crate) struct PoolShared {
     last_segment: [crate::sync::SharedU64; 3],
     layout: DirLayout,
     segments: Box<[OnceLock<Arena>]>,
-    open_lock: Mutex<()>,
+    /// Serialises mapping segments; holds when each memfd segment that no live member could
+    /// give us was last looked for (segments.rs: looked for again at most once a second).
+    open_lock: Mutex<std::collections::HashMap<u16, std::time::Instant>>,
     membership: Mutex<Membership>,
     /// `fork_generation << 16 | slot + 1` of the current membership; 0 when none.
     fast_slot: crate::sync::SharedU64,

@@ -18,6 +18,10 @@
 //!    the warm path reserves nothing and asks nothing). The check reads counts and reserves
 //!    nothing: processes reserving at the same moment may each pass it, so the bound can be
 //!    exceeded by what they reserve at once, never by more.
+//! 5. A memfd segment that no live member could give us (backend.rs: gone with its last
+//!    holder) is looked for again at most once a second (`LOOK_AGAIN`, the map under
+//!    `open_lock`): the paths that read every segment's count (each data free, each cold
+//!    reservation) never walk the members' `/proc` on every call. It counts as holding nothing.
 //!
 //! Protocol: `alloc_in` tries the segment that served the last allocation of the kind; the
 //! slow path tries every segment of the kind, gives back this process's renewed blocks and
@@ -26,7 +30,7 @@
 
 use std::ptr::NonNull;
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use shm_arena::{AllocError, Arena, ArenaOptions, Block, OpenOptions};
 use shm_sync::{LockError, Locked};
@@ -35,6 +39,10 @@ use super::{root_segment_name, CollectReport, PoolShared, ORD};
 use crate::directory::{FLAG_TORN_DOWN, KIND_META, MAX_SEGMENTS};
 use crate::error::{ArrayError, HandleError, PoolError};
 use crate::header::{ArrayHeader, FIXED};
+
+/// How long a memfd segment that no live member could give us is taken as gone before the
+/// members are asked again.
+const LOOK_AGAIN: Duration = Duration::from_secs(1);
 
 /// A metadata segment of the pool, its kind checked against the directory (invariant 1): the
 /// start of every block in it is the directory or an array header (pool invariant 1), so
@@ -94,17 +102,38 @@ impl PoolShared {
         {
             return Err(PoolError::NotFound { name: format!("segment {i} of pool {}", self.name) });
         }
-        let _guard = self.open_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut lost = self.open_lock.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(a) = self.segments[i].get() {
             return Ok(a);
+        }
+        // A memfd segment no live member held a moment ago is almost surely gone for good
+        // (backend.rs): asking every member's /proc again on each call would put a directory
+        // walk into every free (the warm reserve's count) and every cold allocation
+        // (`admits`), so look again at most once a second.
+        if let Some(when) = lost.get(&index) {
+            if when.elapsed() < LOOK_AGAIN {
+                return Err(PoolError::SegmentUnreachable {
+                    pool: self.name.clone(),
+                    index: i,
+                    why: "no live process of the pool held its memfd at the last look".into(),
+                });
+            }
         }
         // Pool invariant 1: by the name its entry records (published by the count read above).
         // Backend invariant 2: by name, or a memfd through a live member.
         let arena = if i == 0 {
             Arena::open_with(&self.segment_file_name(i), &OpenOptions::new())?
         } else {
-            self.open_growth_segment(i)?
+            match self.open_growth_segment(i) {
+                Ok(a) => a,
+                Err(e @ PoolError::SegmentUnreachable { .. }) => {
+                    lost.insert(index, Instant::now());
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            }
         };
+        lost.remove(&index);
         let _ = self.segments[i].set(arena);
         Ok(self.segments[i].get().expect("just set"))
     }
@@ -244,12 +273,18 @@ impl PoolShared {
     }
 
     /// Bytes held from the system by the segments after segment 0 (invariant 4), by their
-    /// counts (one load each for the segments this process has mapped).
+    /// counts (one load each for the segments this process has mapped). A named segment that
+    /// cannot be opened counts its whole capacity; a memfd segment no live member holds counts
+    /// nothing (the kernel freed it with its last holder).
     fn held_after_root(&self) -> u64 {
         let dir = self.dir();
         let count = (dir.header().segment_count.load(core::sync::atomic::Ordering::Acquire) as usize).min(MAX_SEGMENTS);
         (1..count)
-            .map(|i| self.segment(i as u16).map_or(dir.segments()[i].capacity.load(ORD), |a| a.held_bytes()))
+            .map(|i| match self.segment(i as u16) {
+                Ok(a) => a.held_bytes(),
+                Err(PoolError::SegmentUnreachable { .. }) => 0,
+                Err(_) => dir.segments()[i].capacity.load(ORD),
+            })
             .sum()
     }
 
