@@ -12,8 +12,13 @@ after the other (never both holding memory at once):
 - after deleting every array of the mix: what the pool holds after 1 s with no call (the warm
   reserve, ``keep``), and after ``trim()``.
 
-Held bytes are the allocated blocks of the files in /dev/shm (``st_blocks``), for both; pyshm's
-own ``stats().held`` is shown beside them.
+Each pyshm figure is measured with both segment backends: ``shm`` (files in /dev/shm, pages
+reserved with ``fallocate`` as blocks are handed out) and ``memfd`` (segment 0 a file, the rest
+memfds, nothing reserved ahead).
+
+Held bytes are the allocated blocks (``st_blocks``) of the files in /dev/shm, plus, for the
+memfd backend, of the memfds this process holds (``/proc/self/fd``, one count per inode); the
+same for the stdlib. pyshm's own ``stats().held`` is shown beside them.
 """
 
 from __future__ import annotations
@@ -51,12 +56,30 @@ def files_held(prefix: str) -> int:
     return total
 
 
+def memfds_held() -> int:
+    """Bytes allocated to the pyshm memfds this process holds (each inode once)."""
+    seen, total = set(), 0
+    for fd in os.listdir("/proc/self/fd"):
+        path = os.path.join("/proc/self/fd", fd)
+        try:
+            if not os.readlink(path).startswith("/memfd:pyshm"):
+                continue
+            st = os.stat(path)
+        except OSError:
+            continue
+        if st.st_ino not in seen:
+            seen.add(st.st_ino)
+            total += st.st_blocks * 512
+    return total
+
+
 def pool_held(pool: pyshm.Pool) -> int:
-    return files_held("pyshm-" + pool.name)
+    held = files_held("pyshm-" + pool.name)
+    return held + memfds_held() if pool.backend == "memfd" else held
 
 
-def mix_pyshm() -> dict:
-    with pyshm.Pool() as pool:
+def mix_pyshm(backend: str) -> dict:
+    with pyshm.Pool(backend=backend) as pool:
         arrays = []
         for size, count in MIX:
             for _ in range(count):
@@ -100,10 +123,10 @@ def mix_stdlib() -> dict:
     return {"live": live, "held": held, "after_1s": 0, "after_trim": 0}
 
 
-def big_pyshm(repeat: int) -> dict:
+def big_pyshm(backend: str, repeat: int) -> dict:
     cold, warm, filled, ratio = [], [], [], 0.0
     for _ in range(repeat):
-        with pyshm.Pool() as pool:
+        with pyshm.Pool(backend=backend) as pool:
             t = time.perf_counter()
             a = pool.empty(BIG, dtype=np.uint8)
             cold.append(time.perf_counter() - t)
@@ -150,26 +173,38 @@ def main() -> int:
     args = ap.parse_args()
     print(machine_line())
     figures = {
-        "mix": {"pyshm": mix_pyshm(), "stdlib": mix_stdlib()},
-        "big": {"pyshm": big_pyshm(args.repeat), "stdlib": big_stdlib(args.repeat)},
+        "mix": {"shm": mix_pyshm("shm"), "memfd": mix_pyshm("memfd"), "stdlib": mix_stdlib()},
+        "big": {
+            "shm": big_pyshm("shm", args.repeat),
+            "memfd": big_pyshm("memfd", args.repeat),
+            "stdlib": big_stdlib(args.repeat),
+        },
     }
     m, b = figures["mix"], figures["big"]
-    p, s = m["pyshm"], m["stdlib"]
-    print("\n| | pyshm | stdlib SharedMemory | target |")
-    print("|---|---|---|---|")
-    print(f"| the mix: held / live ({mb(p['live'])} live) | {p['held'] / p['live']:.3f}x "
-          f"({mb(p['held'])}; stats().held {mb(p['stats_held'])}) | {s['held'] / s['live']:.3f}x | <= 1.05x |")
-    print(f"| one 600 MB array: held / live | {b['pyshm']['held_ratio']:.4f}x | {b['stdlib']['held_ratio']:.4f}x "
-          "| <= 1.01x |")
-    print(f"| one 600 MB array: creation (fresh pool) | {b['pyshm']['create_cold'] * 1e3:.1f} ms "
-          f"| {b['stdlib']['create'] * 1e3:.1f} ms | within 2x of the stdlib |")
-    print(f"| one 600 MB array: creation and writing every page | {b['pyshm']['create_fill'] * 1e3:.1f} ms "
-          f"| {b['stdlib']['create_fill'] * 1e3:.1f} ms | |")
-    print(f"| one 600 MB array: creation (warm: after one was freed) | {b['pyshm']['create_warm'] * 1e3:.2f} ms "
-          f"| {b['stdlib']['create'] * 1e3:.1f} ms (always fresh) | |")
-    print(f"| the mix deleted, 1 s later, no call | {mb(p['after_1s'])} (warm {mb(p['warm_after_1s'])}, "
-          f"keep {mb(p['keep'])}) | 0 (unlinked) | the warm reserve |")
-    print(f"| the mix deleted, after trim() | {mb(p['after_trim'])} | 0 | <= 4 MiB |")
+    s, bs = m["stdlib"], b["stdlib"]
+    pools = ("shm", "memfd")
+    print("\n| | pyshm, /dev/shm backend | pyshm, memfd backend | stdlib SharedMemory | target |")
+    print("|---|---|---|---|---|")
+
+    def row(what: str, cells: list[str], stdlib: str, target: str) -> None:
+        print(f"| {what} | {' | '.join(cells)} | {stdlib} | {target} |")
+
+    row(f"the mix: held / live ({mb(s['live'])} live)",
+        [f"{m[k]['held'] / m[k]['live']:.3f}x ({mb(m[k]['held'])}; stats().held {mb(m[k]['stats_held'])})"
+         for k in pools], f"{s['held'] / s['live']:.3f}x", "<= 1.05x")
+    row("one 600 MB array: held / live", [f"{b[k]['held_ratio']:.4f}x" for k in pools],
+        f"{bs['held_ratio']:.4f}x", "<= 1.01x")
+    row("one 600 MB array: creation (fresh pool)",
+        [f"{b[k]['create_cold'] * 1e3:.2f} ms ({b[k]['create_cold'] / bs['create']:.2f}x the stdlib)" for k in pools],
+        f"{bs['create'] * 1e3:.2f} ms", "within 2x of the stdlib")
+    row("one 600 MB array: creation and writing every page",
+        [f"{b[k]['create_fill'] * 1e3:.1f} ms" for k in pools], f"{bs['create_fill'] * 1e3:.1f} ms", "")
+    row("one 600 MB array: creation (warm: after one was freed)",
+        [f"{b[k]['create_warm'] * 1e3:.2f} ms" for k in pools], f"{bs['create'] * 1e3:.2f} ms (always fresh)", "")
+    row("the mix deleted, 1 s later, no call",
+        [f"{mb(m[k]['after_1s'])} (warm {mb(m[k]['warm_after_1s'])}, keep {mb(m[k]['keep'])})" for k in pools],
+        "0 (unlinked)", "the warm reserve")
+    row("the mix deleted, after trim()", [mb(m[k]["after_trim"]) for k in pools], "0", "<= 4 MiB")
     if args.json:
         os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
         with open(args.json, "w") as f:

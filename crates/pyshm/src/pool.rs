@@ -302,7 +302,7 @@ impl NativePool {
         }
     }
 
-    /// Gives the free pages of the data segments back to the system; returns the bytes.
+    /// Gives every free page of the pool back to the system; returns the bytes.
     fn trim(&self, py: Python<'_>) -> u64 {
         gil::detach(py, || self.pool.trim())
     }

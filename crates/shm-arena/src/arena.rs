@@ -23,6 +23,7 @@ use core::sync::atomic::Ordering::Relaxed;
 use crate::block::Block;
 use crate::cache::LocalCache;
 use crate::error::{AllocError, BlockError, OpenError, RegisterError};
+use crate::memory::Admit;
 use crate::options::OpenOptions;
 use crate::owners::{OwnerInfo, OwnerSlot, OwnerTable};
 use crate::process::{fork_generation, ProcessIdentity};
@@ -71,7 +72,7 @@ pub struct Arena {
     identity: Mutex<Registration>,
     pub(crate) cache: LocalCache,
     /// The segment's trim epoch as this handle last saw it.
-    seen_trim: crate::sync::local::AtomicU32,
+    pub(crate) seen_trim: crate::sync::local::AtomicU32,
 }
 
 pub(crate) fn tree_of(segment: &Segment) -> BuddyTree<'_, [SharedU32]> {
@@ -337,6 +338,27 @@ impl Arena {
     ///
     /// As for [`Arena::alloc`], plus [`AllocError::BadAlignment`].
     pub fn alloc_aligned(&self, size: u64, align: u64) -> Result<Block, AllocError> {
+        self.alloc_within(size, align, &|_| true)
+    }
+
+    /// Allocates like [`Arena::alloc_with_ptr`], asking `admit` before reserving pages the
+    /// block does not have yet (with the bytes it would reserve; never on the warm path, where
+    /// they are all reserved). A caller bounds what the arena holds this way.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Arena::alloc`], plus [`AllocError::OverLimit`] when `admit` refuses (the block
+    /// was given back).
+    pub fn alloc_admitting(&self, size: u64, admit: Admit<'_>) -> Result<(Block, NonNull<u8>), AllocError> {
+        let block = self.alloc_within(size, 1, admit)?;
+        let offset = self.segment.layout().data_offset + block.offset();
+        // SAFETY: a block the tree just handed out lies inside the capacity, and the data region
+        // of `capacity` bytes starts at `data_offset` inside the mapping (layout invariant 1).
+        Ok((block, unsafe { self.segment.base().add(offset as usize) }))
+    }
+
+    #[inline]
+    fn alloc_within(&self, size: u64, align: u64, admit: Admit<'_>) -> Result<Block, AllocError> {
         if !align.is_power_of_two() {
             return Err(AllocError::BadAlignment(align));
         }
@@ -360,22 +382,16 @@ impl Arena {
                     if block.size() <= crate::layout::PAGE {
                         return Ok(block);
                     }
-                    return self.reserve_pages(block, want, tag);
+                    return self.reserve_pages(block, want, tag, admit);
                 }
             }
         }
         if let Some(r) = tree.alloc(l.depth - order, tag) {
             self.owners().account(tag, block_size as i64);
-            return self.reserved(r, want, tag);
+            return self.reserve_pages(self.block_of(r), want, tag, admit);
         }
         let block = self.alloc_slow(size, order, tag)?;
-        self.reserve_pages(block, want, tag)
-    }
-
-    /// The block of `r`, its first `want` bytes' pages reserved (memory model invariant 1).
-    #[inline]
-    fn reserved(&self, r: NodeRef, want: u64, tag: u16) -> Result<Block, AllocError> {
-        self.reserve_pages(self.block_of(r), want, tag)
+        self.reserve_pages(block, want, tag, admit)
     }
 
     #[cold]
@@ -402,6 +418,10 @@ impl Arena {
             if let Some(b) = retry() {
                 return Ok(b);
             }
+        }
+        // A trim may hold the block we need for a moment (`trim` invariant 3): wait it out.
+        if let Some(b) = self.wait_out_trim(retry) {
+            return Ok(b);
         }
         // Other handles may have memory parked in their caches: ask them to give it back at
         // their next operation (a caller that can wait will find it then).
@@ -473,11 +493,7 @@ impl Arena {
     ///
     /// As for [`Arena::alloc`].
     pub fn alloc_with_ptr(&self, size: u64) -> Result<(Block, NonNull<u8>), AllocError> {
-        let block = self.alloc(size)?;
-        let offset = self.segment.layout().data_offset + block.offset();
-        // SAFETY: a block the tree just handed out lies inside the capacity, and the data region
-        // of `capacity` bytes starts at `data_offset` inside the mapping (layout invariant 1).
-        Ok((block, unsafe { self.segment.base().add(offset as usize) }))
+        self.alloc_admitting(size, &|_| true)
     }
 
     /// Pointer to the first byte of a validated `block` in this process's mapping.
@@ -575,44 +591,6 @@ impl Arena {
         self.tree().change_owner(r, SHARED_OWNER, tag)?;
         self.owners().account(tag, block.size() as i64);
         Ok(())
-    }
-
-    /// Returns the small blocks this process keeps cached after frees to the shared tree, so
-    /// that they coalesce and other processes can use them (like `malloc_trim`).
-    ///
-    /// The allocator does this by itself before it reports exhaustion.
-    pub fn trim(&self) {
-        if let Ok(tag) = self.tag() {
-            self.flush_cache(tag);
-        }
-    }
-
-    /// Empties our cache if some allocation asked every handle to (the segment's trim epoch).
-    #[inline]
-    fn trim_if_asked(&self, tag: u16) {
-        // Relaxed: a request, not a hand-over of data; the blocks themselves synchronise through
-        // their node words when they are freed to the tree.
-        let epoch = self.segment.trim_word().load(Relaxed);
-        if epoch != self.seen_trim.load(Relaxed) {
-            self.trim_slow(tag, epoch);
-        }
-    }
-
-    #[cold]
-    fn trim_slow(&self, tag: u16, epoch: u32) {
-        self.seen_trim.store(epoch, Relaxed);
-        self.flush_cache(tag);
-    }
-
-    pub(crate) fn flush_cache(&self, tag: u16) {
-        let tree = self.tree();
-        let owners = self.owners();
-        let min_shift = self.segment.layout().min_block_shift;
-        self.cache.drain(|order, r| {
-            if tree.free_parked(r, tag).is_ok() {
-                owners.account(tag, -(1i64 << (order + min_shift)));
-            }
-        });
     }
 
     /// Frees everything held by owners whose processes are dead, then repairs the tree.

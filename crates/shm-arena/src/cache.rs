@@ -15,6 +15,9 @@
 //! handed out is the one freed last, whose pages are warm. The slots are a
 //! [`LocalSlots`](crate::local_slots::LocalSlots), sharded by thread.
 
+use core::sync::atomic::Ordering::Relaxed;
+
+use crate::arena::Arena;
 use crate::local_slots::LocalSlots;
 use crate::tree::NodeRef;
 
@@ -64,6 +67,55 @@ impl<const SLOTS: usize> LocalCache<SLOTS> {
     /// Forgets every entry without touching the tree (invariant 3: after a fork).
     pub(crate) fn forget_all(&self) {
         self.drain(|_, _| {});
+    }
+}
+
+/// Emptying caches: on request, and when an allocation asked every handle to (the trim epoch).
+impl Arena {
+    /// Returns the small blocks this process keeps cached after frees to the shared tree, so
+    /// that they coalesce and other processes can use them (like `malloc_trim`).
+    ///
+    /// The allocator does this by itself before it reports exhaustion.
+    pub fn trim(&self) {
+        if let Ok(tag) = self.tag() {
+            self.flush_cache(tag);
+        }
+    }
+
+    /// Asks every handle of this arena, in every process, to empty its cache at its next
+    /// allocation or free (the trim epoch, which an allocation that finds no block bumps too),
+    /// so that a later trim of the shared tree ([`Arena::release_free`]) finds those blocks free.
+    pub fn ask_caches_back(&self) {
+        // Relaxed: a request, as in `trim_if_asked`.
+        self.segment.trim_word().fetch_add(1, Relaxed);
+    }
+
+    /// Empties our cache if some allocation asked every handle to (the segment's trim epoch).
+    #[inline]
+    pub(crate) fn trim_if_asked(&self, tag: u16) {
+        // Relaxed: a request, not a hand-over of data; the blocks themselves synchronise through
+        // their node words when they are freed to the tree.
+        let epoch = self.segment.trim_word().load(Relaxed);
+        if epoch != self.seen_trim.load(Relaxed) {
+            self.trim_slow(tag, epoch);
+        }
+    }
+
+    #[cold]
+    fn trim_slow(&self, tag: u16, epoch: u32) {
+        self.seen_trim.store(epoch, Relaxed);
+        self.flush_cache(tag);
+    }
+
+    pub(crate) fn flush_cache(&self, tag: u16) {
+        let tree = self.tree();
+        let owners = self.owners();
+        let min_shift = self.segment.layout().min_block_shift;
+        self.cache.drain(|order, r| {
+            if tree.free_parked(r, tag).is_ok() {
+                owners.account(tag, -(1i64 << (order + min_shift)));
+            }
+        });
     }
 }
 

@@ -261,6 +261,15 @@ pub enum AllocError {
         /// Bytes free in /dev/shm when it failed, if known.
         available: Option<u64>,
     },
+    /// The caller's limit refused the pages the block needs (see
+    /// [`Arena::alloc_admitting`](crate::Arena::alloc_admitting)); the block was given back.
+    #[error("{requested} bytes requested, but reserving {reserving} bytes of pages for them would exceed the caller's limit")]
+    OverLimit {
+        /// Bytes requested.
+        requested: u64,
+        /// Bytes of pages that had to be reserved.
+        reserving: u64,
+    },
     /// Reserving the block's pages failed for another reason (`fallocate(2)`); the block was
     /// given back.
     #[error("fallocate of {bytes} bytes at segment offset {offset} failed: {source}")]

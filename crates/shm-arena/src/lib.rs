@@ -102,6 +102,7 @@ pub mod tree;
 #[cfg(not(feature = "internals"))]
 #[allow(unreachable_pub)] // its `pub` items are the `internals` API
 mod tree;
+mod trim;
 
 pub use shm_platform::process;
 
@@ -109,7 +110,7 @@ pub use arena::{Arena, ArenaStats, CheckError, Recovery};
 pub use block::Block;
 pub use error::{AllocError, BlockError, CreateError, OpenError, RegisterError};
 pub use layout::LayoutError;
-pub use memory::ParkedBlock;
+pub use memory::{Admit, ParkedBlock};
 pub use options::{
     ArenaOptions, OpenOptions, DEFAULT_MIN_BLOCK, DEFAULT_NAME_PREFIX, DEFAULT_OPEN_WAIT, DEFAULT_OWNER_SLOTS,
 };
@@ -118,6 +119,7 @@ pub use segment::{
     list_segments, random_u64, shm_free_bytes, unlink, Ownership, SegmentFile, SegmentName, LAYOUT_VERSION, MAGIC,
 };
 pub use tree::{BlockStateError, TreeReport, TreeViolation};
+pub use trim::TRIM_CHUNK;
 
 /// The README's two-process example, run as a doctest so that it cannot rot.
 #[cfg(doctest)]

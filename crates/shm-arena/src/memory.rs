@@ -11,6 +11,13 @@
 //! 3. When reserving fails, the block goes back to the tree before the error is returned.
 //! 4. Pages are given back only by a holder of a block covering them, between claiming the
 //!    block and freeing it (`pages` invariant 3): no other process can be using them.
+//! 5. Pages are reserved only with the caller's consent: the allocation asks its `admit`
+//!    ([`Admit`]) with the bytes it would reserve, and a refusal gives the block back
+//!    ([`AllocError::OverLimit`]). The pool bounds its held bytes this way (`max_size`).
+//! 6. Warm blocks first: an allocation whose block needs pages reserved first looks for a
+//!    vacant block of the same size whose pages are reserved (the bitmap, a bounded number of
+//!    candidates) and takes it instead. The warm path (the block's bits already set) is
+//!    unchanged: the search runs only where a syscall would.
 
 use crate::arena::Arena;
 use crate::block::Block;
@@ -22,6 +29,15 @@ use crate::sys;
 use crate::tree::{BlockStateError, NodeRef};
 use core::sync::atomic::Ordering::Relaxed;
 use std::os::fd::AsFd;
+
+/// Asked before an allocation reserves pages it does not have yet, with the bytes it would
+/// reserve; `false` refuses them (invariant 5).
+pub type Admit<'a> = &'a dyn Fn(u64) -> bool;
+
+/// Candidates [`Arena::swap_for_warm`] tries before it settles for the cold block: each is a
+/// load of a node word and maybe a claim, so a cold allocation (which makes a syscall anyway)
+/// pays at most a few microseconds for the search.
+const WARM_LOOKS: u32 = 64;
 
 /// A block parked by [`Arena::park_to_release`], to be given back by [`Arena::release_parked`]
 /// (if dropped instead, it stays parked until this process's blocks are recovered).
@@ -49,9 +65,17 @@ impl Arena {
         (first, end.div_ceil(PAGE) - first)
     }
 
-    /// Makes sure the pages `block` needs for `want` bytes are reserved (invariants 1-3).
+    /// Makes sure the pages `block` needs for `want` bytes are reserved (invariants 1-3),
+    /// asking `admit` first for any it must reserve (invariant 5): a block of ours, or a warm
+    /// one in its place (invariant 6).
     #[inline]
-    pub(crate) fn reserve_pages(&self, block: Block, want: u64, tag: u16) -> Result<Block, AllocError> {
+    pub(crate) fn reserve_pages(
+        &self,
+        block: Block,
+        want: u64,
+        tag: u16,
+        admit: Admit<'_>,
+    ) -> Result<Block, AllocError> {
         if self.segment.whole_reserved() {
             return Ok(block);
         }
@@ -59,11 +83,22 @@ impl Arena {
         if self.page_bits().all_set(first, count) {
             return Ok(block);
         }
-        self.reserve_slow(block, want, first, count, tag)
+        self.reserve_slow(block, want, tag, admit)
     }
 
     #[cold]
-    fn reserve_slow(&self, block: Block, want: u64, first: u64, count: u64, tag: u16) -> Result<Block, AllocError> {
+    fn reserve_slow(&self, block: Block, want: u64, tag: u16, admit: Admit<'_>) -> Result<Block, AllocError> {
+        // Invariant 6: a free block whose pages are still reserved serves as well, without
+        // a syscall, and keeps the warm reserve from holding pages nobody uses.
+        if let Some(warm) = self.swap_for_warm(block, want, tag) {
+            return Ok(warm);
+        }
+        let (first, count) = Self::pages_of(block, want);
+        let missing = count - self.page_bits().count_range(first, count);
+        if !admit(missing * PAGE) {
+            self.give_up(block, tag);
+            return Err(AllocError::OverLimit { requested: want, reserving: missing * PAGE });
+        }
         let offset = self.segment.layout().data_offset + first * PAGE;
         // A memfd is not in /dev/shm: nothing to reserve there (`FLAG_LAZY_PAGES`).
         let reserved = if self.segment.lazy_pages() {
@@ -80,11 +115,7 @@ impl Arena {
             }
             Err(e) => {
                 // Invariant 3: the block was ours alone; give it back before reporting.
-                if let Ok(r) = self.node_of(block) {
-                    if let Ok(freed) = self.tree().free(r, tag) {
-                        self.owners().account(freed.previous_owner, -(block.size() as i64));
-                    }
-                }
+                self.give_up(block, tag);
                 Err(if e == rustix::io::Errno::NOSPC {
                     AllocError::NoSpace {
                         requested: want,
@@ -98,10 +129,59 @@ impl Arena {
         }
     }
 
+    /// Frees a block we just claimed and cannot hand out.
+    fn give_up(&self, block: Block, tag: u16) {
+        if let Ok(r) = self.node_of(block) {
+            if let Ok(freed) = self.tree().free(r, tag) {
+                self.owners().account(freed.previous_owner, -(block.size() as i64));
+            }
+        }
+    }
+
+    /// A vacant block of `cold`'s size whose first `want` bytes' pages are all reserved,
+    /// claimed for `tag` in place of `cold` (which is freed), if one is found among the first
+    /// [`WARM_LOOKS`] candidates the bitmap shows (invariant 6). Only for blocks of a page or
+    /// more: smaller blocks share their pages.
+    fn swap_for_warm(&self, cold: Block, want: u64, tag: u16) -> Option<Block> {
+        let size = cold.size();
+        if size < PAGE || self.segment.layout().capacity < 2 * size {
+            return None;
+        }
+        let l = *self.segment.layout();
+        let tree = self.tree();
+        let bits = self.page_bits();
+        let block_pages = size / PAGE;
+        let want_pages = want.min(size).div_ceil(PAGE);
+        let level = l.depth - (size.trailing_zeros() - l.min_block_shift);
+        let data_pages = l.capacity / PAGE;
+        let mut looks = 0;
+        let mut first = 0;
+        while first + want_pages <= data_pages && looks < WARM_LOOKS {
+            // A zero bitmap word: 32 pages nobody reserved, no candidate starts there.
+            if block_pages < 32 && first % 32 == 0 && !bits.any_set(first, 32) {
+                first += 32;
+                continue;
+            }
+            if first != cold.offset() / PAGE && bits.all_set(first, want_pages) {
+                looks += 1;
+                let node = tree.node_at(level, (first * PAGE) >> l.min_block_shift);
+                if let Some(r) = node.and_then(|n| tree.try_claim(n, tag).ok()) {
+                    // Same size, same tag: the owner's byte count is unchanged.
+                    if let Ok(c) = self.node_of(cold) {
+                        let _ = tree.free(c, tag);
+                    }
+                    return Some(self.block_of(r));
+                }
+            }
+            first += block_pages;
+        }
+        None
+    }
+
     /// Clears the bits of a block we hold (of at least a page) and punches its pages.
     /// Returns the bytes given back: the pages whose bits were set (pages reserved with a
     /// clear bit, left by a death, are punched too but not counted).
-    fn give_back(&self, block: Block) -> u64 {
+    pub(crate) fn give_back(&self, block: Block) -> u64 {
         let (first, count) = Self::pages_of(block, block.size());
         // `pages` invariant 3: clear first, then punch; a crash in between costs a
         // re-reservation later, never a SIGBUS.
@@ -185,44 +265,6 @@ impl Arena {
         let punched = self.give_back(block);
         if self.tree().free_parked(node, tag).is_ok() {
             self.owners().account(tag, -(block.size() as i64));
-        }
-        punched
-    }
-
-    /// Gives back to the system every free page of the arena: claims each vacant block of a
-    /// page or more through the ordinary allocation path (largest first, so nobody else can
-    /// use it meanwhile), punches it and frees it again. Returns the bytes given back (pages
-    /// that were marked reserved).
-    ///
-    /// Also empties this handle's cache. While it runs, allocations by others may find the
-    /// arena full (their slow path retries after recovering and asking caches back).
-    pub fn release_free(&self) -> u64 {
-        if self.segment.whole_reserved() {
-            return 0;
-        }
-        let Ok(tag) = self.tag() else { return 0 };
-        self.flush_cache(tag);
-        let l = *self.segment.layout();
-        let tree = self.tree();
-        let owners = self.owners();
-        let page_order = (PAGE.max(l.min_block()).trailing_zeros() - l.min_block_shift).min(l.depth);
-        let top = l.max_block().trailing_zeros() - l.min_block_shift;
-        let mut claimed = Vec::new();
-        for order in (page_order..=top).rev() {
-            while let Some(r) = tree.alloc(l.depth - order, tag) {
-                owners.account(tag, 1i64 << (order + l.min_block_shift));
-                claimed.push(r);
-            }
-        }
-        let mut punched = 0;
-        for r in claimed {
-            let block = self.block_of(r);
-            if block.size() >= PAGE {
-                punched += self.give_back(block);
-            }
-            if tree.free(r, tag).is_ok() {
-                owners.account(tag, -(block.size() as i64));
-            }
         }
         punched
     }

@@ -147,6 +147,16 @@ impl<'a> OwnerTable<'a> {
         slot.state.compare_exchange(word, encode(RECOVERING, me), AcqRel, Relaxed).ok().map(|_| dead)
     }
 
+    /// Whether the process holding `tag` is gone: its slot is free, or names a dead process
+    /// (a syscall or two: for slow paths that wait on another owner).
+    pub(crate) fn is_gone(&self, tag: u16) -> bool {
+        let Some(slot) = self.slot(tag) else { return true };
+        match SlotState::decode(slot.state.load(Acquire)) {
+            SlotState::Free | SlotState::Corrupt(_) => true,
+            SlotState::Live(p) | SlotState::Recovering(p) => p.liveness() == Liveness::Dead,
+        }
+    }
+
     /// Ends the recovery of `tag` by `me`: the slot is free again.
     pub(crate) fn finish_recovery(&self, tag: u16, me: ProcessIdentity) {
         if let Some(slot) = self.slot(tag) {

@@ -88,6 +88,16 @@ impl<'a, W: AtomicWords + ?Sized> PageBits<'a, W> {
         masks(first, count).map(|(w, m)| u64::from((self.words.fetch_and(w, !m, Relaxed) & m).count_ones())).sum()
     }
 
+    /// Whether any page of `[first, first + count)` is marked reserved.
+    pub fn any_set(&self, first: u64, count: u64) -> bool {
+        masks(first, count).any(|(w, m)| self.words.load(w, Acquire) & m != 0)
+    }
+
+    /// Pages of `[first, first + count)` marked reserved.
+    pub fn count_range(&self, first: u64, count: u64) -> u64 {
+        masks(first, count).map(|(w, m)| u64::from((self.words.load(w, Relaxed) & m).count_ones())).sum()
+    }
+
     /// Pages marked reserved among the first `pages` (a walk; approximate while others work).
     pub fn count(&self, pages: u64) -> u64 {
         masks(0, pages).map(|(w, m)| u64::from((self.words.load(w, Relaxed) & m).count_ones())).sum()

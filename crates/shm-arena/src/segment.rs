@@ -33,6 +33,9 @@
 //!      when it sees a new value (zero in a new segment)
 //! 536  reserved-page count (u64): the bitmap's set bits, counted as they flip (zero in a new
 //!      segment; a hint for give-back policy, the bitmap stays the truth: `pages` invariant 5)
+//! 544  trim state (u32): the tag of the arena running `release_free` (0: none), the
+//!      allocations waiting for it and a release sequence (`crate::trim`; zero in a new
+//!      segment, and never written by earlier versions of this layout, which read it as "no trim")
 //! ```
 
 use std::os::fd::{AsFd, OwnedFd};
@@ -63,6 +66,7 @@ const INIT_OFFSET: usize = 512;
 const ROOT_OFFSET: usize = 520;
 const TRIM_OFFSET: usize = 528;
 const RESERVED_OFFSET: usize = 536;
+const TRIM_STATE_OFFSET: usize = 544;
 /// Longest name: `NAME_MAX`, the longest file name in `/dev/shm`.
 const MAX_NAME_LEN: usize = 255;
 
@@ -94,7 +98,7 @@ const _: () = assert!(std::mem::size_of::<ImmutableHeader>() == 112);
 const _: () =
     assert!(ROOT_OFFSET % 8 == 0 && ROOT_OFFSET + 8 <= TRIM_OFFSET && TRIM_OFFSET + 4 <= HEADER_SIZE as usize);
 const _: () = assert!(RESERVED_OFFSET % 8 == 0 && TRIM_OFFSET + 4 <= RESERVED_OFFSET);
-const _: () = assert!(RESERVED_OFFSET + 8 <= HEADER_SIZE as usize);
+const _: () = assert!(RESERVED_OFFSET + 8 <= TRIM_STATE_OFFSET && TRIM_STATE_OFFSET + 4 <= HEADER_SIZE as usize);
 
 impl ImmutableHeader {
     fn new(layout: &Layout, segment_id: [u8; 16], creator: u64, flags: u32) -> Self {
@@ -526,6 +530,12 @@ impl Segment {
     pub(crate) fn reserved_pages_word(&self) -> &SharedU64 {
         // SAFETY: as for `init_word`, at RESERVED_OFFSET (8-byte aligned, inside the header page).
         unsafe { &*self.base().as_ptr().wrapping_add(RESERVED_OFFSET).cast::<SharedU64>() }
+    }
+
+    /// The trim state (see the module doc's header page and `crate::trim`).
+    pub(crate) fn trim_state_word(&self) -> &SharedU32 {
+        // SAFETY: as for `init_word`, at TRIM_STATE_OFFSET (4-byte aligned, inside the header page).
+        unsafe { &*self.base().as_ptr().wrapping_add(TRIM_STATE_OFFSET).cast::<SharedU32>() }
     }
 
     /// `count` atomic words of `T` at `offset`.

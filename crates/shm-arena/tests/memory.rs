@@ -113,6 +113,55 @@ fn whole_reservation_is_still_available() {
     assert_eq!(other.stats().reserved_data_bytes, a.stats().reserved_data_bytes);
 }
 
+/// `memory.rs` invariant 6: with a warm block free, a new block never takes pages given back. Here
+/// the block freed last (the first hint) is the punched one; the allocation takes the warm one.
+#[test]
+fn a_free_warm_block_is_preferred_to_one_whose_pages_were_given_back() {
+    let a = ArenaOptions::new(16 << 20).cache_max_block(0).create().unwrap();
+    let _g = Unlink(a.name().unwrap().to_owned());
+    let blocks: Vec<_> = (0..4).map(|_| a.alloc(1 << 20).unwrap()).collect();
+    for b in &blocks {
+        touch(&a, *b, 1 << 20);
+    }
+    a.free(blocks[1]).unwrap(); // warm: its pages stay reserved
+    a.free_and_release(blocks[0]).unwrap(); // given back, and freed last
+    let held_before = held(&a);
+    let again = a.alloc(1 << 20).unwrap();
+    assert_eq!(again.offset(), blocks[1].offset(), "the warm block, not the punched one");
+    assert_eq!(held(&a), held_before, "no page reserved");
+    // The warm path asks no limit: a refusing `admit` is not consulted.
+    a.free(again).unwrap();
+    let (warm, _) = a.alloc_admitting(1 << 20, &|_| false).unwrap();
+    assert_eq!(warm.offset(), blocks[1].offset());
+    a.check().unwrap();
+}
+
+/// `memory.rs` invariant 5: pages are reserved only with the caller's consent; a refusal gives the
+/// block back and reserves nothing.
+#[test]
+fn admit_bounds_what_an_allocation_reserves() {
+    let a = ArenaOptions::new(16 << 20).cache_max_block(0).create().unwrap();
+    let _g = Unlink(a.name().unwrap().to_owned());
+    let asked = std::cell::Cell::new(0);
+    let admit = |bytes: u64| {
+        asked.set(bytes);
+        bytes <= 1 << 20
+    };
+    match a.alloc_admitting(3 << 20, &admit) {
+        Err(AllocError::OverLimit { requested, reserving }) => {
+            assert_eq!((requested, reserving), (3 << 20, 3 << 20));
+        }
+        other => panic!("expected OverLimit, got {other:?}"),
+    }
+    assert_eq!(asked.get(), 3 << 20, "asked with the bytes it would reserve");
+    assert_eq!(a.stats().in_use_bytes, 0, "the block went back");
+    assert_eq!(a.stats().reserved_data_bytes, 0);
+    let (b, _) = a.alloc_admitting(1 << 20, &admit).unwrap();
+    assert_eq!(a.stats().reserved_data_bytes, 1 << 20);
+    a.free(b).unwrap();
+    a.check().unwrap();
+}
+
 const CHILD: &str = "PYSHM_TEST_SMALL_SHM_CHILD";
 
 /// The body, run in the child with a 64 MiB /dev/shm of its own.

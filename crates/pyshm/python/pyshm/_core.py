@@ -296,8 +296,11 @@ class Pool(_Constructors):
     def trim(self) -> int:
         """Give the pool's free memory back to the system.
 
-        Freed arrays' memory stays with the pool for fast reuse; this returns the pages of
-        every free block of a page or more in the data segments to ``/dev/shm``.
+        Freed arrays' memory stays with the pool for fast reuse; this returns every free page
+        to the system: freed arrays' pages, the blocks this process keeps for its next small
+        arrays, and the free pages of the pool's metadata (other processes are asked to hand
+        back the blocks they keep at their next operation). An allocation in another process
+        meanwhile waits for the trim rather than failing.
 
         Returns
         -------

@@ -290,7 +290,7 @@ class NativePool:
     def collect(self) -> CollectReport:
         """Free what dead processes held; return what it did."""
     def trim(self) -> int:
-        """Give the free pages of the data segments back to the system; return the bytes."""
+        """Give every free page of the pool back to the system; return the bytes."""
     def check(self) -> None:
         """Check every segment's allocator; RuntimeError on a violation."""
     def publish(self, name: str, arr: NDArray[Any]) -> None:

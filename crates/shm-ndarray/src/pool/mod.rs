@@ -174,7 +174,9 @@ pub(crate) struct PoolShared {
     last_segment: [crate::sync::SharedU64; 3],
     layout: DirLayout,
     segments: Box<[OnceLock<Arena>]>,
-    open_lock: Mutex<()>,
+    /// Serialises mapping segments; holds when each memfd segment that no live member could
+    /// give us was last looked for (segments.rs: looked for again at most once a second).
+    open_lock: Mutex<std::collections::HashMap<u16, std::time::Instant>>,
     membership: Mutex<Membership>,
     /// `fork_generation << 16 | slot + 1` of the current membership; 0 when none.
     fast_slot: crate::sync::SharedU64,
@@ -232,8 +234,10 @@ pub struct PoolStats {
     /// blocks and pages, and metadata excluded). `held / live` is the pool's overhead
     /// ([`PoolStats::overhead`]).
     pub live: u64,
-    /// The warm reserve now: bytes of data pages held beyond the pages live arrays use (freed
-    /// arrays' pages kept for reuse), at most about `keep` (pool invariant 8).
+    /// The warm reserve now: bytes of pages held beyond the pages live arrays use (freed
+    /// arrays' pages kept for reuse, in data segments, and in metadata segments the pages of
+    /// free, cached and renewed small-array blocks), at most about `keep` plus the metadata
+    /// segments' share (pool invariant 8); `trim` gives it back.
     pub warm: u64,
     /// The warm reserve's bound (`PoolOptions::keep`).
     pub keep: u64,
@@ -317,20 +321,16 @@ impl Pool {
         self.shared.collect()
     }
 
-    /// Gives the free pages of the data segments back to the system (`Arena::release_free`
-    /// on each: free blocks of a page or more are claimed, punched and freed). Returns the
-    /// bytes given back (pages that were reserved). Metadata segments are left alone (their
-    /// blocks are swept for headers).
+    /// Gives every free page of the pool back to the system: this process's cached small-array
+    /// blocks first, then every segment's free pages, data and metadata (`Arena::release_free`:
+    /// free regions of a page or more are claimed a chunk at a time, punched and freed). Other
+    /// processes are asked to empty their caches at their next operation. Returns the bytes
+    /// given back (pages that were reserved). See `reserve.rs`.
     ///
-    /// While it runs, an allocation in another process may find a data segment full and grow
-    /// the pool by a segment (sparse: a few MiB of metadata).
+    /// An allocation in another process that meets the trim waits for it (a chunk's punch)
+    /// rather than failing or growing the pool.
     pub fn trim(&self) -> u64 {
-        self.shared
-            .open_segments()
-            .into_iter()
-            .filter(|(_, _, k)| *k == KIND_DATA)
-            .map(|(_, a, _)| a.release_free())
-            .sum()
+        self.shared.trim()
     }
 
     /// Usage figures (walks the trees of every segment).
@@ -499,6 +499,7 @@ impl PoolShared {
         // directory's count, which is a hint: reserve invariant 3).
         let mut live_pages = 0;
         let mut data_reserved = 0;
+        let mut meta_warm = 0;
         for (i, arena, kind) in self.open_segments() {
             s.segments += 1;
             let a = arena.stats();
@@ -510,6 +511,11 @@ impl PoolShared {
                 s.free += a.free_bytes + a.cached_bytes;
                 s.largest_free = s.largest_free.max(a.largest_free_block);
             } else if let Some(meta) = MetaSegment::of(i, arena, kind) {
+                // The pages live headers (and small arrays) use; the rest is warm (reserve.rs).
+                let mut live_meta = reserve::PageSet::default();
+                if i == 0 {
+                    live_meta.add(self.dir_block.offset(), self.layout.size as u64);
+                }
                 // Headers with their magic: a freed header parked in a cache is not an array,
                 // nor is a renewed one (header invariant 4).
                 for (block, h) in self.headers(meta) {
@@ -517,6 +523,7 @@ impl PoolShared {
                         s.reserved += block.size();
                         continue;
                     }
+                    live_meta.add(block.offset(), block.size());
                     s.arrays += 1;
                     let data_len = h.data_len.load(ORD);
                     s.live += data_len;
@@ -526,9 +533,10 @@ impl PoolShared {
                         live_pages += data_len.max(1).div_ceil(4096) * 4096;
                     }
                 }
+                meta_warm += a.reserved_data_bytes.saturating_sub(live_meta.bytes());
             }
         }
-        s.warm = data_reserved.saturating_sub(live_pages);
+        s.warm = data_reserved.saturating_sub(live_pages) + meta_warm;
         s
     }
 }

@@ -238,7 +238,7 @@ impl Pool {
             last_segment: Default::default(),
             layout,
             segments,
-            open_lock: Mutex::new(()),
+            open_lock: Mutex::new(Default::default()),
             membership: Mutex::new(Membership { registration, fork_generation: fork_generation() }),
             fast_slot: crate::sync::SharedU64::new(
                 registration.map_or(0, |r| fork_generation() << 16 | u64::from(r.index + 1)),

@@ -18,6 +18,20 @@
 //!    hints (a process killed between the two steps leaves them off): they decide when to
 //!    punch, never whether memory is safe to use (that is the arena's bitmap).
 //!
+//! 4. `trim` gives back everything the counts cannot see: this process's renewed small-array
+//!    blocks go back to their arenas, every arena's cache in this process is emptied (and every
+//!    other process is asked to empty its own at its next operation, the arenas' trim epoch),
+//!    then every segment, data and metadata, has its free pages punched (`Arena::release_free`,
+//!    one chunk at a time, allocations meeting it wait instead of failing). A block a trim has
+//!    claimed in a metadata segment is a block in use to a sweep for headers; its start reads as
+//!    no header (a freed header's magic was cleared before its free, `release` invariant 1, and
+//!    a punched page reads zeros), like a header block just allocated and not yet written.
+//! 5. Caches count toward the warm reserve in `PoolStats::warm`: free, cached and renewed
+//!    blocks' pages in metadata segments are warm there (the metadata segments' reserved pages
+//!    minus the pages live headers and the directory use). The give-back policy of invariant 2
+//!    reads data segments only (one load per segment on every free); metadata segments hold
+//!    at most their capacity (16 MiB each) of such pages, and `trim` gives them back.
+//!
 //! Layout: the directory's `keep` word (`KEEP_SET | bytes`) and `live_data` word.
 
 use core::sync::atomic::Ordering::Relaxed;
@@ -30,6 +44,26 @@ use super::options::default_keep;
 const PAGE: u64 = 4096;
 use super::PoolShared;
 use crate::directory::{KEEP_SET, KIND_DATA, MAX_SEGMENTS};
+
+/// The distinct pages a set of blocks covers (a metadata segment's live headers share pages),
+/// for `PoolStats::warm`.
+#[derive(Default)]
+pub(super) struct PageSet(std::collections::BTreeSet<u64>);
+
+impl PageSet {
+    /// Adds the pages the first `len` bytes at `offset` cover (for a block, the pages its
+    /// holder reserved: `shm_arena`'s memory invariant 1).
+    pub(super) fn add(&mut self, offset: u64, len: u64) {
+        let first = offset / PAGE;
+        let end = (offset + len.max(1)).div_ceil(PAGE);
+        self.0.extend(first..end);
+    }
+
+    /// Bytes of the pages added.
+    pub(super) fn bytes(&self) -> u64 {
+        self.0.len() as u64 * PAGE
+    }
+}
 
 /// `data_len` rounded up to a page: what an array's data block reserves.
 fn pages_of(data_len: u64) -> u64 {
@@ -67,6 +101,22 @@ impl PoolShared {
             .map(|a| a.held_bytes().saturating_sub(a.metadata_bytes()))
             .sum();
         reserved.saturating_sub(h.live_data.load(Relaxed))
+    }
+
+    /// `Pool::trim` (invariant 4): this process's renewed blocks go back to their arenas, every
+    /// arena's cache in this process is emptied (and the others' asked back), then every
+    /// segment's free pages are given back.
+    pub(super) fn trim(&self) -> u64 {
+        if !self.renewed.is_empty() {
+            if let Ok(slot) = self.slot() {
+                self.give_back_renewed(slot);
+            }
+        }
+        let segments = self.open_segments();
+        for (_, arena, _) in &segments {
+            arena.ask_caches_back();
+        }
+        segments.iter().map(|(_, arena, _)| arena.release_free()).sum()
     }
 
     /// Frees an array's data block of `data_len` bytes: kept warm, or, when the warm reserve

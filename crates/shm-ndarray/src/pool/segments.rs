@@ -9,10 +9,19 @@
 //!    `segment_count` publishes it (`Release`), and never under a torn-down pool's name.
 //! 3. A segment, once mapped by this process, stays mapped while the pool lives (`segments` is
 //!    a set of `OnceLock`s): references into it live as long as `&PoolShared`.
-//! 4. `max_size` bounds the bytes held by every segment after segment 0 when the pool grows: a
-//!    segment is added only if their held bytes plus the request fit. Allocations inside
-//!    existing segments reserve pages without this check (at most a data segment's capacity,
-//!    64 MiB by default, beyond the bound).
+//! 4. `max_size` bounds the bytes held from the system by every segment after segment 0
+//!    (`Arena::held_bytes`: metadata plus reserved pages; segment 0, the directory, is the
+//!    pool's fixed floor). Every path that adds held bytes checks it first: growth (a segment is
+//!    added only if their held bytes, the new segment's metadata and the request fit, whatever
+//!    its size, so also an oversized array's own segment), and reserving pages inside an
+//!    existing segment (`Arena::alloc_admitting` asks `admits` with the bytes it would reserve;
+//!    the warm path reserves nothing and asks nothing). The check reads counts and reserves
+//!    nothing: processes reserving at the same moment may each pass it, so the bound can be
+//!    exceeded by what they reserve at once, never by more.
+//! 5. A memfd segment that no live member could give us (backend.rs: gone with its last
+//!    holder) is looked for again at most once a second (`LOOK_AGAIN`, the map under
+//!    `open_lock`): the paths that read every segment's count (each data free, each cold
+//!    reservation) never walk the members' `/proc` on every call. It counts as holding nothing.
 //!
 //! Protocol: `alloc_in` tries the segment that served the last allocation of the kind; the
 //! slow path tries every segment of the kind, gives back this process's renewed blocks and
@@ -21,7 +30,7 @@
 
 use std::ptr::NonNull;
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use shm_arena::{AllocError, Arena, ArenaOptions, Block, OpenOptions};
 use shm_sync::{LockError, Locked};
@@ -30,6 +39,10 @@ use super::{root_segment_name, CollectReport, PoolShared, ORD};
 use crate::directory::{FLAG_TORN_DOWN, KIND_META, MAX_SEGMENTS};
 use crate::error::{ArrayError, HandleError, PoolError};
 use crate::header::{ArrayHeader, FIXED};
+
+/// How long a memfd segment that no live member could give us is taken as gone before the
+/// members are asked again.
+const LOOK_AGAIN: Duration = Duration::from_secs(1);
 
 /// A metadata segment of the pool, its kind checked against the directory (invariant 1): the
 /// start of every block in it is the directory or an array header (pool invariant 1), so
@@ -89,17 +102,38 @@ impl PoolShared {
         {
             return Err(PoolError::NotFound { name: format!("segment {i} of pool {}", self.name) });
         }
-        let _guard = self.open_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut lost = self.open_lock.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(a) = self.segments[i].get() {
             return Ok(a);
+        }
+        // A memfd segment no live member held a moment ago is almost surely gone for good
+        // (backend.rs): asking every member's /proc again on each call would put a directory
+        // walk into every free (the warm reserve's count) and every cold allocation
+        // (`admits`), so look again at most once a second.
+        if let Some(when) = lost.get(&index) {
+            if when.elapsed() < LOOK_AGAIN {
+                return Err(PoolError::SegmentUnreachable {
+                    pool: self.name.clone(),
+                    index: i,
+                    why: "no live process of the pool held its memfd at the last look".into(),
+                });
+            }
         }
         // Pool invariant 1: by the name its entry records (published by the count read above).
         // Backend invariant 2: by name, or a memfd through a live member.
         let arena = if i == 0 {
             Arena::open_with(&self.segment_file_name(i), &OpenOptions::new())?
         } else {
-            self.open_growth_segment(i)?
+            match self.open_growth_segment(i) {
+                Ok(a) => a,
+                Err(e @ PoolError::SegmentUnreachable { .. }) => {
+                    lost.insert(index, Instant::now());
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            }
         };
+        lost.remove(&index);
         let _ = self.segments[i].set(arena);
         Ok(self.segments[i].get().expect("just set"))
     }
@@ -136,7 +170,7 @@ impl PoolShared {
         let hint = self.last_segment[kind as usize].load(ORD) as u16;
         if let Some(arena) = self.segments.get(hint as usize).and_then(OnceLock::get) {
             if self.dir().segments()[hint as usize].kind.load(ORD) == kind && arena.max_block() >= size {
-                if let Ok((b, p)) = arena.alloc_with_ptr(size) {
+                if let Ok((b, p)) = arena.alloc_admitting(size, &|bytes| self.admits(hint, bytes)) {
                     return Ok((hint, b, p));
                 }
             }
@@ -165,13 +199,17 @@ impl PoolShared {
         loop {
             // /dev/shm itself is full: a new segment would not help, only freed memory would.
             let mut no_space = None;
+            let mut over_limit = false;
             for (i, arena, k) in self.open_segments() {
                 if k == kind && arena.max_block() >= size {
-                    match arena.alloc_with_ptr(size) {
+                    match arena.alloc_admitting(size, &|bytes| self.admits(i, bytes)) {
                         Ok((b, p)) => {
                             self.last_segment[kind as usize].store(u64::from(i), ORD);
                             return Ok((i, b, p));
                         }
+                        // Over `max_size` (invariant 4): growing would not help either (`grow`
+                        // checks the same bound), only a free or a trim.
+                        Err(AllocError::OverLimit { .. }) => over_limit = true,
                         Err(AllocError::Exhausted { .. } | AllocError::TooLarge { .. }) => {}
                         Err(AllocError::NoSpace { reserving, available, .. }) => {
                             no_space = Some((reserving, available.unwrap_or(0)));
@@ -214,16 +252,47 @@ impl PoolShared {
             match left {
                 Some(left) if !left.is_zero() => {
                     // Look once more after registering (the Event's invariant 2), then sleep.
-                    if self.open_segments().iter().any(|(_, a, k)| *k == kind && a.stats().largest_free_block >= size) {
+                    // Over `max_size`, free blocks are there but their pages may not be
+                    // reserved: only a free of a warm block helps, so look again often instead.
+                    if !over_limit
+                        && self
+                            .open_segments()
+                            .iter()
+                            .any(|(_, a, k)| *k == kind && a.stats().largest_free_block >= size)
+                    {
                         continue;
                     }
-                    listener.wait(seen, Some(left));
+                    let nap = if over_limit { left.min(std::time::Duration::from_millis(10)) } else { left };
+                    listener.wait(seen, Some(nap));
                     collected = false;
                     grows = 0;
                 }
                 _ => return Err(self.out_of_memory(size)),
             }
         }
+    }
+
+    /// Bytes held from the system by the segments after segment 0 (invariant 4), by their
+    /// counts (one load each for the segments this process has mapped). A named segment that
+    /// cannot be opened counts its whole capacity; a memfd segment no live member holds counts
+    /// nothing (the kernel freed it with its last holder).
+    fn held_after_root(&self) -> u64 {
+        let dir = self.dir();
+        let count = (dir.header().segment_count.load(core::sync::atomic::Ordering::Acquire) as usize).min(MAX_SEGMENTS);
+        (1..count)
+            .map(|i| match self.segment(i as u16) {
+                Ok(a) => a.held_bytes(),
+                Err(PoolError::SegmentUnreachable { .. }) => 0,
+                Err(_) => dir.segments()[i].capacity.load(ORD),
+            })
+            .sum()
+    }
+
+    /// Whether reserving `bytes` more pages in segment `index` keeps the pool within
+    /// `max_size` (invariant 4). Asked only when an allocation needs pages it does not have.
+    #[cold]
+    fn admits(&self, index: u16, bytes: u64) -> bool {
+        index == 0 || self.held_after_root() + bytes <= self.dir().header().max_size.load(ORD)
     }
 
     fn out_of_memory(&self, requested: u64) -> ArrayError {
@@ -305,9 +374,9 @@ impl PoolShared {
         // `max_size` bounds what the segments after segment 0 hold from the system (invariant
         // 4; small arrays live in metadata segments, so those count too): their held bytes
         // and the request, not their address space.
-        let used: u64 = (1..count)
-            .map(|i| self.segment(i as u16).map_or(dir.segments()[i].capacity.load(ORD), |a| a.held_bytes()))
-            .sum();
+        let used = self.held_after_root();
+        // Every process of the pool may map every segment: an owner slot per process slot, up
+        // to the arena's limit.
         let owner_slots = super::open::owner_slots(h.process_slots.load(ORD) as u32);
         let options = ArenaOptions::new(capacity).min_block(min_block).owner_slots(owner_slots);
         let metadata = options.held_at_creation().unwrap_or(capacity);
