@@ -31,7 +31,11 @@ Invariants:
    pickling attempt that Dask discards (plain pickle failed and it retries, or it switches to
    cloudpickle) gives back the tokens it made. A message lost on the wire keeps its arrays until
    ``Pool.reclaim_handles`` or the pool's end.
-5. **Relays.** The scheduler forwards ``gather``/``scatter`` data without deserializing it. In a
+5. **Dask's message log holds no arrays.** ``BatchedSend`` keeps the last messages under 1 MB
+   it wrote (``recent_message_log``, for debugging); a message with handles is that small, so it
+   would keep the arrays of the last thousand tasks alive. The log keeps such messages with
+   their ``ToPickle``/``Serialize`` parts replaced by their class name.
+6. **Relays.** The scheduler forwards ``gather``/``scatter`` data without deserializing it. In a
    process that runs a scheduler, a message to a peer not on this host is first rid of handles:
    each is attached here (the scheduler received it, so it is on the sender's host) and sent by
    value.
@@ -55,7 +59,14 @@ from distributed.comm.core import Comm
 from distributed.protocol import core as dcore
 from distributed.protocol import numpy as dnumpy  # noqa: F401 (registers Dask's numpy serializer first)
 from distributed.protocol import pickle as dpickle
-from distributed.protocol.serialize import Serialize, Serialized, dask_deserialize, dask_serialize
+from distributed.protocol.serialize import (
+    Pickled,
+    Serialize,
+    Serialized,
+    ToPickle,
+    dask_deserialize,
+    dask_serialize,
+)
 
 from . import _handles, _native, _pickle
 from ._native import PoolNotFoundError, TokenTableFullError
@@ -337,6 +348,46 @@ def _handshake_info(self: Comm) -> dict:
     return info
 
 
+class _LogWithoutData:
+    """``BatchedSend.recent_message_log`` seen through this: ``append`` strips the payload's
+    data parts (invariant 5); everything else is the deque's."""
+
+    __slots__ = ("log",)
+
+    def __init__(self, log: Any) -> None:
+        self.log = log
+
+    def append(self, payload: Any) -> None:
+        if type(payload) is list:
+            payload = [_strip(m) for m in payload]
+        self.log.append(payload)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.log, name)
+
+    def __iter__(self) -> Any:
+        return iter(self.log)
+
+    def __len__(self) -> int:
+        return len(self.log)
+
+
+def _strip(msg: Any) -> Any:
+    if type(msg) is not dict:
+        return msg
+    return {k: (f"<{type(v).__name__}>" if isinstance(v, (Serialize, Serialized, ToPickle, Pickled)) else v) for k, v in msg.items()}
+
+
+def _log_property() -> property:
+    def get(self: Any) -> Any:
+        return _LogWithoutData(self.__dict__["recent_message_log"])
+
+    def put(self: Any, value: Any) -> None:
+        self.__dict__["recent_message_log"] = value
+
+    return property(get, put)
+
+
 # --- installing ----------------------------------------------------------------------------------
 
 
@@ -355,7 +406,10 @@ def install_here() -> None:
         dcore.dumps = _dumps
         dprotocol.dumps = _dumps
         Comm.handshake_info = _handshake_info  # type: ignore[method-assign]
+        from distributed.batched import BatchedSend
         from distributed.client import Client
+
+        BatchedSend.recent_message_log = _log_property()  # type: ignore[assignment]
 
         if not getattr(Client._graph_to_futures, "_pyshm", False):
             Client._graph_to_futures = _client_sends(Client._graph_to_futures)  # type: ignore[method-assign]
