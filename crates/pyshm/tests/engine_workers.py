@@ -80,3 +80,9 @@ def dask_pool_arrays() -> int:
     import pyshm
 
     return pyshm.stats().arrays
+
+
+def joblib_fail_on_zero(i: int) -> int:
+    if i == 0:
+        raise ValueError("task 0 fails")
+    return i
