@@ -145,7 +145,7 @@ def pool_of_or_none(a):
 def test_a_killed_worker_is_recovered_by_dask_and_reclaimed_by_pyshm(client):
     pool = pyshm.default_pool()
     before = pool.stats().arrays
-    w = sorted(client.scheduler_info()["workers"])[0]
+    w, *survivors = sorted(client.scheduler_info()["workers"])
     held = [
         client.submit(ew.dask_full, 100_000, float(i), workers=[w], allow_other_workers=True, pure=False)
         for i in range(3)
@@ -158,6 +158,12 @@ def test_a_killed_worker_is_recovered_by_dask_and_reclaimed_by_pyshm(client):
     assert [float(h.result(timeout=T)[0]) for h in held] == [0.0, 1.0, 2.0]  # recomputed
     del held
     _until(lambda: pool.collect() is not None and pool.stats().arrays <= before, "the dead worker's arrays reclaimed")
+    # The worker the nanny started in its place was hooked by the plugin too.
+    _until(lambda: len(client.scheduler_info()["workers"]) == 2, "a replacement worker")
+    new = sorted(set(client.scheduler_info()["workers"]) - {w} - set(survivors))
+    a = pyshm.zeros(10_000)
+    for addr in new:
+        assert client.submit(ew.dask_write_first, a, workers=[addr], pure=False).result(timeout=T)[0]
 
 
 def _gone(pid: int) -> bool:
@@ -170,3 +176,39 @@ def _gone(pid: int) -> bool:
             return f.read().split(") ")[-1].startswith("Z")
     except OSError:
         return True
+
+
+RELAYED_CLIENT = """
+import sys
+from distributed import Client
+import pyshm.dask
+with Client(sys.argv[1], timeout=60) as c:
+    pyshm.dask.install(c)
+    r = c.get_dataset("pyshm-relayed").result(timeout=60)
+    print(float(r.sum()), r.shape, pyshm.is_shared(r))
+"""
+
+
+def test_the_scheduler_relays_values_to_a_client_on_another_host(client):
+    """gather goes worker -> scheduler (this host: a handle) -> client elsewhere: the scheduler
+    turns the handle into a value for that hop."""
+    import subprocess
+    import sys
+
+    f = client.submit(ew.dask_full, 50_000, 2.5, pure=False)
+    f.result(timeout=T)
+    client.publish_dataset(f, name="pyshm-relayed")
+    try:
+        env = {**os.environ, "PYSHM_HOST_TAG": "elsewhere"}
+        env.pop("PYSHM_POOL", None)
+        out = subprocess.run(
+            [sys.executable, "-c", RELAYED_CLIENT, client.scheduler.address],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=T,
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert out.stdout.split()[-3:] == ["125000.0", "(50000,)", "False"]
+    finally:
+        client.unpublish_dataset("pyshm-relayed")
