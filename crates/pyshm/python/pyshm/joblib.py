@@ -81,6 +81,8 @@ class PyshmBackend(LokyBackend):
         joblib's loky backend arguments (``idle_worker_timeout``, ``max_nbytes``, ...).
     """
 
+    _first_done: Optional[threading.Event] = None  # the first job's of this call (invariant 4)
+
     def __init__(self, *args: Any, allocator_min_bytes: Optional[int] = DEFAULT_MIN_BYTES, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.allocator_min_bytes = allocator_min_bytes
@@ -95,14 +97,14 @@ class PyshmBackend(LokyBackend):
             finally:
                 done.set()  # after joblib's callback: its status is set (invariant 4)
 
-        if getattr(self, "_first_done", None) is None:
+        if self._first_done is None:
             self._first_done = done
         return super().submit(func, callback=completed)
 
     @contextlib.contextmanager
     def retrieval_context(self) -> Iterator[None]:
         with super().retrieval_context():
-            first, self._first_done = getattr(self, "_first_done", None), None
+            first, self._first_done = self._first_done, None
             if first is not None:
                 first.wait(getattr(getattr(self, "parallel", None), "timeout", None))
             yield
