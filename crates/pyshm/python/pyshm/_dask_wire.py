@@ -9,7 +9,9 @@ Dask moves data two ways, and both are hooked here, per connection:
   ``distributed.protocol.pickle.dumps`` runs without the connection, so the comm's message encoder
   (``distributed.protocol.dumps``) is wrapped to record, in a context variable, whether the peer
   is on this host, and the pickle ``dumps`` uses a pickler with a ``reducer_override`` for pooled
-  arrays only while it is set.
+  arrays only while it is set. The client pickles its graph (``Client._graph_to_futures``)
+  before it has a connection; that method is wrapped to set the variable from the key of the
+  client's scheduler, its only recipient.
 
 Invariants:
 
@@ -33,8 +35,8 @@ Invariants:
    ``Pool.reclaim_handles`` or the pool's end.
 5. **Dask's message log holds no arrays.** ``BatchedSend`` keeps the last messages under 1 MB
    it wrote (``recent_message_log``, for debugging); a message with handles is that small, so it
-   would keep the arrays of the last thousand tasks alive. The log keeps such messages with
-   their ``ToPickle``/``Serialize`` parts replaced by their class name.
+   would keep the arrays of the last thousand tasks alive. In a hooked process the log keeps
+   every message with its ``ToPickle``/``Serialize`` parts replaced by their class name.
 6. **Relays.** The scheduler forwards ``gather``/``scatter`` data without deserializing it. In a
    process that runs a scheduler, a message to a peer not on this host is first rid of handles:
    each is attached here (the scheduler received it, so it is on the sender's host) and sent by
@@ -68,7 +70,7 @@ from distributed.protocol.serialize import (
     dask_serialize,
 )
 
-from . import _handles, _native, _pickle
+from . import _by_handle, _handles, _native, _pickle
 from ._native import PoolNotFoundError, TokenTableFullError
 
 __all__ = ["host_key", "install_here", "learn", "learn_scheduler", "identity", "install_task_allocator"]
@@ -92,11 +94,7 @@ def host_key() -> str:
     """This process's host identity (invariant 1), read once."""
     global _key
     if _key is None:
-        try:
-            with open("/proc/sys/kernel/random/boot_id") as f:
-                boot = f.read().strip()
-        except OSError:
-            boot = "?"
+        boot = _by_handle.host_identity()[1] or "?"
         try:
             st = os.stat("/dev/shm")
             shm = f"{st.st_dev}.{st.st_ino}"
