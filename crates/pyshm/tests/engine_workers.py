@@ -86,3 +86,9 @@ def joblib_fail_on_zero(i: int) -> int:
     if i == 0:
         raise ValueError("task 0 fails")
     return i
+
+
+def dask_default_pool_name() -> str:
+    import pyshm
+
+    return pyshm.default_pool().name

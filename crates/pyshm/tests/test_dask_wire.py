@@ -120,8 +120,10 @@ def test_spilled_values_are_written_and_come_back_right(client):
 def test_another_host_gets_values_and_nothing_leaks():
     pool = pyshm.default_pool()
     before = pool.stats().arrays
-    with _cluster(n_workers=1, env={"PYSHM_HOST_TAG": "elsewhere"}) as cluster, Client(cluster) as c:
+    # PYSHM_POOL emptied: a worker on another host cannot inherit our pool's name.
+    with _cluster(n_workers=1, env={"PYSHM_HOST_TAG": "elsewhere", "PYSHM_POOL": ""}) as cluster, Client(cluster) as c:
         pyshm.dask.install(c)
+        assert pool.name not in c.run(ew.dask_default_pool_name).values()
         a = pyshm.full(100_000, 1.5)
         shared, _, size = c.submit(ew.dask_write_first, a, pure=False).result(timeout=T)
         assert not shared and size == a.nbytes and a[0] == 1.5  # a copy went
