@@ -165,7 +165,14 @@ def test_a_killed_worker_is_recovered_by_dask_and_reclaimed_by_pyshm(client):
     new = sorted(set(client.scheduler_info()["workers"]) - {w} - set(survivors))
     a = pyshm.zeros(10_000)
     for addr in new:
+        # Tasks that reach it before its setup told the scheduler its key go by value (correct,
+        # slower): wait for that first.
+        _until(lambda: client.run_on_scheduler(_knows, addr), "the scheduler knows the new worker's key")
         assert client.submit(ew.dask_write_first, a, workers=[addr], pure=False).result(timeout=T)[0]
+
+
+def _knows(addr: str) -> bool:
+    return _dask_wire._known.get(addr) is not None
 
 
 def _gone(pid: int) -> bool:

@@ -232,6 +232,15 @@ class _CloudPickler(_Sent, cloudpickle.Pickler):
         return super().reducer_override(obj) if r is None else r
 
 
+def _give_back(handles: list) -> None:
+    """Cancel the tokens of handles a discarded pickle made (invariant 4)."""
+    for h in handles:
+        try:
+            _handles.cancel(h)
+        except (ValueError, OSError):  # attached or cancelled already, or the pool is gone here
+            pass
+
+
 _dask_pickle_dumps = dpickle.dumps
 
 
@@ -247,7 +256,7 @@ def _pickle_dumps(x: Any, *, buffer_callback: Any = None, protocol: int = dpickl
     sent: list = []
 
     def attempt(cls: Any) -> bytes:
-        _pickle._give_back(sent)  # a discarded earlier attempt's tokens
+        _give_back(sent)  # a discarded earlier attempt's tokens
         sent.clear()
         buffers.clear()
         f = io.BytesIO()
@@ -270,7 +279,7 @@ def _pickle_dumps(x: Any, *, buffer_callback: Any = None, protocol: int = dpickl
         try:
             result = attempt(_CloudPickler)
         except BaseException:
-            _pickle._give_back(sent)
+            _give_back(sent)
             raise
     if buffer_callback is not None:
         for b in buffers:

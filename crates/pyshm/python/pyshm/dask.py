@@ -29,7 +29,7 @@ from typing import Any, Optional
 from distributed.diagnostics.plugin import WorkerPlugin
 from distributed.protocol.serialize import dask_deserialize, dask_serialize
 
-from . import _allocator, _core, _dask_wire, _pools
+from . import _core, _dask_wire, _native, _pools
 from ._allocator import DEFAULT_MIN_BYTES
 from ._by_handle import ByHandle
 
@@ -71,12 +71,12 @@ class _Setup(WorkerPlugin):
     async def setup(self, worker: Any) -> None:
         _dask_wire.install_here()
         if self.min_bytes is not None:
-            pool = None
             if self.pool is not None and _dask_wire.host_key() == self.client_key:
                 native = _pools.pool_named(self.pool)
                 _pools.adopt_default(native)
-                pool = _core.wrap_native(native)
-            _dask_wire.install_task_allocator(_allocator._make(self.min_bytes, pool))
+            else:  # another host: its own pool
+                native = _core.native_of(_core.default_pool())
+            _dask_wire.install_task_allocator(_native.make_allocator(native, self.min_bytes))
         _dask_wire.learn(self.keys)
         # The scheduler's comm to this worker was opened before the hooks: tell it who we are.
         await worker.scheduler.run_function(
@@ -101,6 +101,11 @@ def install(client: Any, min_bytes: Optional[int] = DEFAULT_MIN_BYTES) -> None:
         (default 64 KiB) from the client's default pool, so their large results are born there
         and come back by handle; ``None`` leaves numpy's allocator alone.
 
+    Raises
+    ------
+    ValueError
+        For a ``min_bytes`` that is not a non-negative int or None.
+
     Notes
     -----
     "This host" means: the same kernel boot, the same /dev/shm (tmpfs instance), the same pid
@@ -117,6 +122,8 @@ def install(client: Any, min_bytes: Optional[int] = DEFAULT_MIN_BYTES) -> None:
     >>> x = pyshm.zeros(20_000_000)  # doctest: +SKIP
     >>> y = client.submit(lambda a: a + 1, x).result()  # by handle both ways  # doctest: +SKIP
     """
+    if min_bytes is not None and (isinstance(min_bytes, bool) or not isinstance(min_bytes, int) or min_bytes < 0):
+        raise ValueError(f"min_bytes must be an int >= 0 or None, not {min_bytes!r}")
     _dask_wire.install_here()
     pool = _pools.default_native().name if min_bytes is not None else None
     mine = _dask_wire.identity()
