@@ -47,3 +47,48 @@ def pool_of(a: np.ndarray) -> str:
     from pyshm import _native
 
     return _native.pooled_handle(a, False).pool
+
+
+def dask_write_first(x: np.ndarray) -> tuple:
+    """Writes into ``x`` and says how it arrived: (shared, type name, dask's sizeof of it)."""
+    import dask.sizeof
+
+    import pyshm
+
+    x[0] = 5.0
+    return (bool(pyshm.is_shared(x)), type(x).__name__, int(dask.sizeof.sizeof(x)))
+
+
+def dask_full(n: int, value: float) -> np.ndarray:
+    return np.full(n, value)  # born in the pool by pyshm.dask's allocator on this host
+
+
+def dask_shared_sum(x: np.ndarray) -> tuple:
+    import pyshm
+
+    return (bool(pyshm.is_shared(x)), float(x.sum()))
+
+
+def dask_pid() -> int:
+    import os
+
+    return os.getpid()
+
+
+def dask_pool_arrays() -> int:
+    """Arrays live in this worker's default pool (its own, on another host)."""
+    import pyshm
+
+    return pyshm.stats().arrays
+
+
+def joblib_fail_on_zero(i: int) -> int:
+    if i == 0:
+        raise ValueError("task 0 fails")
+    return i
+
+
+def dask_default_pool_name() -> str:
+    import pyshm
+
+    return pyshm.default_pool().name

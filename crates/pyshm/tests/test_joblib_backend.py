@@ -59,3 +59,12 @@ def test_register_is_idempotent_and_import_pyshm_registers_nothing():
     from joblib.parallel import BACKENDS
 
     assert BACKENDS["pyshm"] is pyshm.joblib.PyshmBackend
+
+
+def test_a_failing_first_task_surfaces_and_the_next_call_does_not_wait_for_it(backend):
+    from engine_workers import joblib_fail_on_zero
+
+    with pytest.raises(ValueError, match="task 0 fails"):
+        Parallel(timeout=120)(delayed(joblib_fail_on_zero)(i) for i in range(4))
+    assert Parallel(timeout=120)(delayed(joblib_fail_on_zero)(i) for i in range(1, 6)) == [1, 2, 3, 4, 5]
+    assert sorted(Parallel(timeout=120, return_as="generator_unordered")(delayed(abs)(-i) for i in range(3))) == [0, 1, 2]

@@ -1,0 +1,223 @@
+"""pyshm.dask.install: every pooled array goes by handle between processes of this host (task
+arguments, results, worker-to-worker dependencies, scatter, gather), by value to another host
+(a worker told so by PYSHM_HOST_TAG), by value to disk when spilled; blocks are freed when
+nothing holds them, and a SIGKILLed worker is recovered by Dask and reclaimed by pyshm."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+from distributed import Client, LocalCluster, wait
+
+import engine_workers as ew
+from engine_workers import pool_of
+import pyshm
+import pyshm.dask
+from pyshm import _dask_wire
+
+T = 120  # every wait on Dask is bounded
+
+
+def _cluster(**kwargs):
+    here = os.path.dirname(__file__)
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [here, saved]))  # engine_workers
+    try:
+        return LocalCluster(threads_per_worker=1, processes=True, dashboard_address=":0", **kwargs)
+    finally:
+        if saved is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = saved
+
+
+@pytest.fixture(scope="module")
+def client():
+    pyshm.zeros(1)
+    with _cluster(n_workers=2) as cluster, Client(cluster) as c:
+        pyshm.dask.install(c)
+        yield c
+
+
+def _until(predicate, what: str, deadline: float = 60.0) -> None:
+    end = time.monotonic() + deadline
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError(f"not within {deadline} s: {what}")
+        time.sleep(0.05)
+
+
+def test_a_plain_pooled_argument_arrives_by_handle_and_the_result_comes_back_by_handle(client):
+    a = pyshm.zeros(100_000)
+    shared, typ, size = client.submit(ew.dask_write_first, a, pure=False).result(timeout=T)
+    assert (shared, typ) == (True, "ndarray") and a[0] == 5.0  # the worker wrote our memory
+    assert size == _dask_wire.HANDLE_SIZE  # the block is not counted again by the worker
+    r = client.submit(ew.dask_full, 100_000, 2.0, pure=False).result(timeout=T)
+    assert pyshm.is_shared(r) and (r == 2.0).all() and pool_of(r) == pool_of(a)
+
+
+def test_views_go_by_handle_too(client):
+    a = pyshm.zeros((300, 400))
+    shared, typ, _ = client.submit(ew.dask_write_first, a[10, 50:], pure=False).result(timeout=T)
+    assert shared and a[10, 50] == 5.0
+
+
+def test_worker_to_worker_dependencies_scatter_and_gather(client):
+    w1, w2 = sorted(client.scheduler_info()["workers"])
+    made = client.submit(ew.dask_full, 50_000, 3.0, workers=[w1], pure=False)
+    used = client.submit(ew.dask_shared_sum, made, workers=[w2], pure=False)
+    assert used.result(timeout=T) == (True, 150_000.0)
+    a = pyshm.full(50_000, 1.0)
+    [s] = client.scatter([a])
+    assert client.submit(ew.dask_shared_sum, s, pure=False).result(timeout=T) == (True, 50_000.0)
+    back = client.gather(s)
+    assert pyshm.is_shared(back) and pool_of(back) == pool_of(a)
+
+
+def test_plain_arrays_keep_dasks_path(client):
+    x = np.arange(50_000.0)
+    shared, _, size = client.submit(ew.dask_write_first, x, pure=False).result(timeout=T)
+    assert not shared and size == x.nbytes and x[0] == 0.0  # a copy, counted in full
+
+
+def test_del_and_cancel_free_the_block(client):
+    pool = pyshm.default_pool()
+    before = pool.stats().arrays
+    f = client.submit(ew.dask_full, 200_000, 4.0, pure=False)
+    r = f.result(timeout=T)
+    assert pool.stats().arrays > before
+    del f, r
+    _until(lambda: pool.stats().arrays == before, "the result's block freed after del")
+    a = pyshm.zeros(200_000)
+    g = client.submit(ew.dask_shared_sum, a, pure=False)
+    g.cancel()
+    del g, a
+    _until(lambda: pool.stats().arrays == before, "the argument's block freed after cancel")
+
+
+def test_spilled_values_are_written_and_come_back_right(client):
+    f = client.submit(ew.dask_full, 100_000, 6.0, pure=False)
+    f.result(timeout=T)
+
+    def spill(dask_worker, key=f.key):
+        data = dask_worker.data
+        if key not in data:
+            return None
+        while key in data.fast:
+            data.evict()
+        return key in data.slow
+
+    assert True in client.run(spill).values()
+    r = f.result(timeout=T)
+    assert (r == 6.0).all() and r.shape == (100_000,)
+    assert client.submit(ew.dask_shared_sum, f, pure=False).result(timeout=T)[1] == 600_000.0
+
+
+def test_another_host_gets_values_and_nothing_leaks():
+    pool = pyshm.default_pool()
+    before = pool.stats().arrays
+    # PYSHM_POOL emptied: a worker on another host cannot inherit our pool's name.
+    with _cluster(n_workers=1, env={"PYSHM_HOST_TAG": "elsewhere", "PYSHM_POOL": ""}) as cluster, Client(cluster) as c:
+        pyshm.dask.install(c)
+        assert pool.name not in c.run(ew.dask_default_pool_name).values()
+        a = pyshm.full(100_000, 1.5)
+        shared, _, size = c.submit(ew.dask_write_first, a, pure=False).result(timeout=T)
+        assert not shared and size == a.nbytes and a[0] == 1.5  # a copy went
+        r = c.submit(ew.dask_full, 100_000, 7.0, pure=False).result(timeout=T)
+        assert (r == 7.0).all() and pool_of_or_none(r) != pool_of(a)
+        [s] = c.scatter([a])
+        assert c.submit(ew.dask_shared_sum, s, pure=False).result(timeout=T) == (False, 150_000.0)
+        del s, r, a
+        _until(lambda: sum(c.run(ew.dask_pool_arrays).values()) == 0, "the other host's arrays freed")
+    _until(lambda: pool.stats().arrays == before, "our arrays freed")
+    assert pool.reclaim_handles(0.0) == 0  # no token was left pending on our side
+
+
+def pool_of_or_none(a):
+    from pyshm import _native
+
+    h = _native.pooled_handle(a, False)
+    return None if h is None else h.pool
+
+
+def test_a_killed_worker_is_recovered_by_dask_and_reclaimed_by_pyshm(client):
+    pool = pyshm.default_pool()
+    before = pool.stats().arrays
+    w, *survivors = sorted(client.scheduler_info()["workers"])
+    held = [
+        client.submit(ew.dask_full, 100_000, float(i), workers=[w], allow_other_workers=True, pure=False)
+        for i in range(3)
+    ]
+    wait(held, timeout=T)
+    assert pool.stats().arrays >= before + 3
+    pid = client.submit(ew.dask_pid, workers=[w], pure=False).result(timeout=T)
+    os.kill(pid, signal.SIGKILL)
+    _until(lambda: _gone(pid), "the worker process is gone")
+    assert [float(h.result(timeout=T)[0]) for h in held] == [0.0, 1.0, 2.0]  # recomputed
+    del held
+    _until(lambda: pool.collect() is not None and pool.stats().arrays <= before, "the dead worker's arrays reclaimed")
+    # The worker the nanny started in its place was hooked by the plugin too.
+    _until(lambda: len(client.scheduler_info()["workers"]) == 2, "a replacement worker")
+    new = sorted(set(client.scheduler_info()["workers"]) - {w} - set(survivors))
+    a = pyshm.zeros(10_000)
+    for addr in new:
+        # Tasks that reach it before its setup told the scheduler its key go by value (correct,
+        # slower): wait for that first.
+        _until(lambda: client.run_on_scheduler(_knows, addr), "the scheduler knows the new worker's key")
+        assert client.submit(ew.dask_write_first, a, workers=[addr], pure=False).result(timeout=T)[0]
+
+
+def _knows(addr: str) -> bool:
+    return _dask_wire._known.get(addr) is not None
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1].startswith("Z")
+    except OSError:
+        return True
+
+
+RELAYED_CLIENT = """
+import sys
+from distributed import Client
+import pyshm.dask
+with Client(sys.argv[1], timeout=60) as c:
+    pyshm.dask.install(c)
+    r = c.get_dataset("pyshm-relayed").result(timeout=60)
+    print(float(r.sum()), r.shape, pyshm.is_shared(r))
+"""
+
+
+def test_the_scheduler_relays_values_to_a_client_on_another_host(client):
+    """gather goes worker -> scheduler (this host: a handle) -> client elsewhere: the scheduler
+    turns the handle into a value for that hop."""
+    import subprocess
+    import sys
+
+    f = client.submit(ew.dask_full, 50_000, 2.5, pure=False)
+    f.result(timeout=T)
+    client.publish_dataset(f, name="pyshm-relayed")
+    try:
+        env = {**os.environ, "PYSHM_HOST_TAG": "elsewhere"}
+        env.pop("PYSHM_POOL", None)
+        out = subprocess.run(
+            [sys.executable, "-c", RELAYED_CLIENT, client.scheduler.address],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=T,
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert out.stdout.split()[-3:] == ["125000.0", "(50000,)", "False"]
+    finally:
+        client.unpublish_dataset("pyshm-relayed")
