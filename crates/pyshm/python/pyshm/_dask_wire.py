@@ -464,7 +464,11 @@ def install_task_allocator(handler: Any) -> None:
     import distributed.worker as dworker
 
     _task_handler = handler
-    run = dworker._run_task_simple
+    # The function a worker runs each task through, in its executor thread, looked up by name
+    # at every call: `_run_task_simple` in recent distributed, `apply_function_simple` in older
+    # ones (such as 2024.8.0, the newest for Python 3.9).
+    name = "_run_task_simple" if hasattr(dworker, "_run_task_simple") else "apply_function_simple"
+    run = getattr(dworker, name)
     if getattr(run, "_pyshm", False):
         return
 
@@ -478,4 +482,4 @@ def install_task_allocator(handler: Any) -> None:
             _native.set_handler(previous)
 
     run_task_simple._pyshm = True  # type: ignore[attr-defined]
-    dworker._run_task_simple = run_task_simple
+    setattr(dworker, name, run_task_simple)
