@@ -92,3 +92,18 @@ def dask_default_pool_name() -> str:
     import pyshm
 
     return pyshm.default_pool().name
+
+
+def joblib_wait_for(marker: str, deadline: float) -> str:
+    """Waits up to ``deadline`` seconds for the file ``marker``: "seen", or "timed out" (then
+    also creates ``marker + ".timed-out"``, so the caller can tell afterwards)."""
+    import os
+    import time
+
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if os.path.exists(marker):
+            return "seen"
+        time.sleep(0.01)
+    open(marker + ".timed-out", "w").close()
+    return "timed out"
