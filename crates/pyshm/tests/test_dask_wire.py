@@ -221,3 +221,20 @@ def test_the_scheduler_relays_values_to_a_client_on_another_host(client):
         assert out.stdout.split()[-3:] == ["125000.0", "(50000,)", "False"]
     finally:
         client.unpublish_dataset("pyshm-relayed")
+
+
+def test_a_learnt_address_does_not_make_a_later_peer_without_a_key_local():
+    """Addresses learnt by ``learn`` include the ephemeral ports of comms that close; a process
+    that later connects from a reused port and announces no host key (one without pyshm.dask,
+    whose numpy deserializer cannot read a handle) must get values."""
+    addr = "tcp://127.0.0.1:1"
+    _dask_wire.learn({addr: _dask_wire.host_key()})
+    try:
+        a = pyshm.zeros(1000)
+        header, frames = _dask_wire._serialize(a, context={"recipient": {"address": addr}})
+        assert _dask_wire.KEY not in header and bytes(frames[-1]) == a.tobytes()
+        here = {"recipient": {"address": addr, _dask_wire.KEY: _dask_wire.host_key()}}
+        assert _dask_wire.KEY in _dask_wire._serialize(a, context=here)[0]  # announced: a handle
+        assert pyshm.default_pool().reclaim_handles(0.0) == 1  # that handle's token, never sent
+    finally:
+        _dask_wire._known.pop(addr, None)

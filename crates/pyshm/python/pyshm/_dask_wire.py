@@ -24,8 +24,10 @@ Invariants:
    (pools are 0600). No nonce is needed: nothing in it is chosen by a process.
 2. **Per connection.** A peer is on this host when its key, learnt in the comm handshake
    (``Comm.handshake_info`` is extended, so both ends of every comm opened after
-   :func:`install_here` carry it) or recorded for its address by :func:`learn` (comms opened
-   before), equals ours. Unknown means another host: by value.
+   :func:`install_here` carry it) or set by :func:`learn` on the comms open when it runs (comms
+   opened before), equals ours. Unknown means another host: by value. An address alone never
+   makes a later comm local: addresses learnt include ephemeral ports, which the kernel gives
+   again to other processes, perhaps ones without these hooks that cannot read a handle.
 3. **Plain arrays are untouched.** An array not in a pool, and every array sent to another host
    or written without a connection (spilling to disk, ``serialize_bytelist``), is serialized by
    Dask's own numpy serializer or plain pickle, called unchanged.
@@ -85,7 +87,7 @@ pickle. Its block is counted once, by the process it was made in."""
 _lock = threading.Lock()
 _installed = False
 _key: Optional[str] = None
-_known: dict[str, str] = {}  # comm address -> host key, for comms opened before install_here
+_known: dict[str, str] = {}  # comm address -> host key, as learnt (a record: invariant 2)
 _to_this_host = contextvars.ContextVar("pyshm_dask_to_this_host", default=False)
 _received: dict[int, weakref.ref] = {}  # id -> arrays attached from a handle here (sizeof)
 
@@ -114,7 +116,7 @@ def _peer_key(context: Optional[dict]) -> Optional[str]:
     r = context.get("recipient")
     if not r:
         return None
-    return r.get(KEY) or _known.get(r.get("address", ""))
+    return r.get(KEY)  # never _known by address (invariant 2)
 
 
 def _to_peer_here(context: Optional[dict]) -> bool:
