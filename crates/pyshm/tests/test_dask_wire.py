@@ -238,3 +238,73 @@ def test_a_learnt_address_does_not_make_a_later_peer_without_a_key_local():
         assert pyshm.default_pool().reclaim_handles(0.0) == 1  # that handle's token, never sent
     finally:
         _dask_wire._known.pop(addr, None)
+
+
+RELAYED_KINDS = """
+import sys
+from distributed import Client
+import pyshm.dask
+with Client(sys.argv[1], timeout=60) as c:
+    pyshm.dask.install(c)
+    for kind in sys.argv[2:]:
+        try:
+            r = c.get_dataset("pyshm-relayed-" + kind).result(timeout=60)
+            a = {"list": lambda: r[0], "dict": lambda: r["a"], "box": lambda: r.array}[kind]()
+            print(kind, float(a.sum()), pyshm.is_shared(a))
+        except Exception as e:
+            print(kind, "failed:", type(e).__name__)
+"""
+
+
+@pytest.mark.parametrize("kinds", [("list", "dict", "box")])
+def test_the_scheduler_relays_values_inside_collections_to_another_host(client, kinds):
+    """A result that is a list or dict holding a pooled array is serialized element by element
+    (sub-headers): the relay must find the handles there too."""
+    import subprocess
+    import sys
+
+    fs = {k: client.submit(ew.dask_full_in, k, 50_000, 2.5, pure=False) for k in kinds}
+    for k, f in fs.items():
+        f.result(timeout=T)
+        client.publish_dataset(f, name="pyshm-relayed-" + k)
+    try:
+        here = os.path.dirname(__file__)
+        env = {**os.environ, "PYSHM_HOST_TAG": "elsewhere", "PYTHONPATH": here}
+        env.pop("PYSHM_POOL", None)
+        out = subprocess.run(
+            [sys.executable, "-c", RELAYED_KINDS, client.scheduler.address, *kinds],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=T,
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert out.stdout.splitlines()[-len(kinds) :] == [f"{k} 125000.0 False" for k in kinds], out.stderr[-3000:]
+    finally:
+        for k in kinds:
+            client.unpublish_dataset("pyshm-relayed-" + k)
+
+
+def test_a_published_pooled_array_can_be_got_again_and_unpublishing_frees_it(client):
+    """The scheduler keeps a published value (``publish_dataset``) as received and sends it to
+    every ``get_dataset``: it must not keep a one-use handle."""
+    import gc
+
+    pool = pyshm.default_pool()
+    _until(lambda: pool.stats().handles_in_flight == 0, "no handle in flight before")
+    before = pool.stats().arrays
+    a = pyshm.full(10_000, 3.0)
+    client.publish_dataset(a, name="pyshm-published")
+    del a
+    try:
+        for _ in range(2):
+            r = client.get_dataset("pyshm-published")
+            assert pyshm.is_shared(r) and float(r.sum()) == 30_000.0
+            del r
+            gc.collect()
+    finally:
+        client.unpublish_dataset("pyshm-published")
+    client.publish_dataset(pyshm.full(10_000, 4.0), name="pyshm-never-read")
+    client.unpublish_dataset("pyshm-never-read")
+    _until(lambda: pool.stats().arrays <= before, f"the published arrays freed after unpublish ({before} before, {pool.stats().arrays} now)")
+    assert pool.stats().handles_in_flight == 0

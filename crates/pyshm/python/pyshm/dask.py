@@ -49,6 +49,7 @@ def _deserialize(header: dict, frames: list) -> Any:
 def _install_on_scheduler(client_keys: dict[str, str], dask_scheduler: Any = None) -> dict[str, str]:
     """Runs in the scheduler: hooks it, learns the client's comms, returns its identity."""
     _dask_wire.install_here()
+    _dask_wire.hold_published(dask_scheduler)
     _dask_wire.learn(client_keys)
     return _dask_wire.identity(dask_scheduler)
 
