@@ -308,3 +308,14 @@ def test_a_published_pooled_array_can_be_got_again_and_unpublishing_frees_it(cli
     client.unpublish_dataset("pyshm-never-read")
     _until(lambda: pool.stats().arrays <= before, f"the published arrays freed after unpublish ({before} before, {pool.stats().arrays} now)")
     assert pool.stats().handles_in_flight == 0
+
+
+def test_installing_again_with_min_bytes_none_turns_the_workers_allocator_off(client):
+    try:
+        pyshm.dask.install(client, min_bytes=None)
+        r = client.submit(ew.dask_full, 100_000, 1.0, pure=False).result(timeout=T)
+        assert not pyshm.is_shared(r) and (r == 1.0).all()
+    finally:
+        pyshm.dask.install(client)
+    r = client.submit(ew.dask_full, 100_000, 1.0, pure=False).result(timeout=T)
+    assert pyshm.is_shared(r)

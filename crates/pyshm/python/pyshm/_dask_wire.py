@@ -531,7 +531,7 @@ _task_handler: Any = None
 
 def install_task_allocator(handler: Any) -> None:
     """Run every task of this worker with ``handler`` (a pyshm allocator capsule) as numpy's
-    allocator, so that its large results are born in the pool."""
+    allocator, so that its large results are born in the pool; ``None``: numpy's own again."""
     global _task_handler
     import distributed.worker as dworker
 
