@@ -319,3 +319,39 @@ def test_installing_again_with_min_bytes_none_turns_the_workers_allocator_off(cl
         pyshm.dask.install(client)
     r = client.submit(ew.dask_full, 100_000, 1.0, pure=False).result(timeout=T)
     assert pyshm.is_shared(r)
+
+
+def test_a_worker_with_its_own_dev_shm_on_this_machine_gets_values():
+    """Two containers of one machine (one boot id, one hostname) with separate /dev/shm: a
+    worker in a private mount namespace with its own tmpfs on /dev/shm (as root, like CI)."""
+    import subprocess
+    import sys
+
+    with _cluster(n_workers=0) as cluster, Client(cluster) as c:
+        env = {**os.environ, "PYTHONPATH": os.path.dirname(__file__)}
+        env.pop("PYSHM_POOL", None)
+        env.pop("PYSHM_HOST_TAG", None)
+        worker = (
+            f"mount -t tmpfs -o size=64m tmpfs /dev/shm && exec {sys.executable} -m distributed.cli.dask_worker "
+            f"{cluster.scheduler_address} --nthreads 1 --no-nanny --no-dashboard"
+        )
+        proc = subprocess.Popen(
+            ["unshare", "-m", "--propagation", "private", "sh", "-c", worker],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            c.wait_for_workers(1, timeout=T)
+            pyshm.dask.install(c)
+            [theirs] = c.run(_dask_wire.host_key).values()
+            ours = _dask_wire.host_key()
+            assert theirs != ours and theirs.split(":")[0] == ours.split(":")[0]  # one boot
+            a = pyshm.full(100_000, 1.5)
+            shared, _, size = c.submit(ew.dask_write_first, a, pure=False).result(timeout=T)
+            assert not shared and size == a.nbytes and a[0] == 1.5  # a copy went
+            r = c.submit(ew.dask_full, 100_000, 7.0, pure=False).result(timeout=T)
+            assert (r == 7.0).all() and not pyshm.is_shared(r)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
