@@ -19,7 +19,18 @@ import pyshm
 import pyshm.dask
 from pyshm import _dask_wire
 
-T = 120  # every wait on Dask is bounded
+T = 120  # every wait on Dask that takes a timeout is bounded
+
+
+@pytest.fixture(autouse=True)
+def _watchdog():
+    """scatter, gather and run take no timeout: a hang ends the run with every thread's
+    traceback instead of blocking CI."""
+    import faulthandler
+
+    faulthandler.dump_traceback_later(600, exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()
 
 
 def _cluster(**kwargs):
