@@ -92,3 +92,31 @@ def dask_default_pool_name() -> str:
     import pyshm
 
     return pyshm.default_pool().name
+
+
+def joblib_wait_for(marker: str, deadline: float) -> str:
+    """Waits up to ``deadline`` seconds for the file ``marker``: "seen", or "timed out" (then
+    also creates ``marker + ".timed-out"``, so the caller can tell afterwards)."""
+    import os
+    import time
+
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if os.path.exists(marker):
+            return "seen"
+        time.sleep(0.01)
+    open(marker + ".timed-out", "w").close()
+    return "timed out"
+
+
+class Box:
+    """A user object holding an array (Dask pickles it whole, not as a collection)."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+
+
+def dask_full_in(kind: str, n: int, value: float) -> object:
+    """``np.full(n, value)`` (born in the pool on this host) inside a list, a dict or a Box."""
+    a = np.full(n, value)
+    return {"list": lambda: [a, "tag"], "dict": lambda: {"a": a}, "box": lambda: Box(a)}[kind]()

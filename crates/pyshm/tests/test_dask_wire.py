@@ -19,7 +19,18 @@ import pyshm
 import pyshm.dask
 from pyshm import _dask_wire
 
-T = 120  # every wait on Dask is bounded
+T = 120  # every wait on Dask that takes a timeout is bounded
+
+
+@pytest.fixture(autouse=True)
+def _watchdog():
+    """scatter, gather and run take no timeout: a hang ends the run with every thread's
+    traceback instead of blocking CI."""
+    import faulthandler
+
+    faulthandler.dump_traceback_later(600, exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()
 
 
 def _cluster(**kwargs):
@@ -221,3 +232,137 @@ def test_the_scheduler_relays_values_to_a_client_on_another_host(client):
         assert out.stdout.split()[-3:] == ["125000.0", "(50000,)", "False"]
     finally:
         client.unpublish_dataset("pyshm-relayed")
+
+
+def test_a_learnt_address_does_not_make_a_later_peer_without_a_key_local():
+    """Addresses learnt by ``learn`` include the ephemeral ports of comms that close; a process
+    that later connects from a reused port and announces no host key (one without pyshm.dask,
+    whose numpy deserializer cannot read a handle) must get values."""
+    addr = "tcp://127.0.0.1:1"
+    _dask_wire.learn({addr: _dask_wire.host_key()})
+    try:
+        a = pyshm.zeros(1000)
+        header, frames = _dask_wire._serialize(a, context={"recipient": {"address": addr}})
+        assert _dask_wire.KEY not in header and bytes(frames[-1]) == a.tobytes()
+        here = {"recipient": {"address": addr, _dask_wire.KEY: _dask_wire.host_key()}}
+        assert _dask_wire.KEY in _dask_wire._serialize(a, context=here)[0]  # announced: a handle
+        assert pyshm.default_pool().reclaim_handles(0.0) == 1  # that handle's token, never sent
+    finally:
+        _dask_wire._known.pop(addr, None)
+
+
+RELAYED_KINDS = """
+import sys
+from distributed import Client
+import pyshm.dask
+with Client(sys.argv[1], timeout=60) as c:
+    pyshm.dask.install(c)
+    for kind in sys.argv[2:]:
+        try:
+            r = c.get_dataset("pyshm-relayed-" + kind).result(timeout=60)
+            a = {"list": lambda: r[0], "dict": lambda: r["a"], "box": lambda: r.array}[kind]()
+            print(kind, float(a.sum()), pyshm.is_shared(a))
+        except Exception as e:
+            print(kind, "failed:", type(e).__name__)
+"""
+
+
+@pytest.mark.parametrize("kinds", [("list", "dict", "box")])
+def test_the_scheduler_relays_values_inside_collections_to_another_host(client, kinds):
+    """A result that is a list or dict holding a pooled array is serialized element by element
+    (sub-headers): the relay must find the handles there too."""
+    import subprocess
+    import sys
+
+    fs = {k: client.submit(ew.dask_full_in, k, 50_000, 2.5, pure=False) for k in kinds}
+    for k, f in fs.items():
+        f.result(timeout=T)
+        client.publish_dataset(f, name="pyshm-relayed-" + k)
+    try:
+        here = os.path.dirname(__file__)
+        env = {**os.environ, "PYSHM_HOST_TAG": "elsewhere", "PYTHONPATH": here}
+        env.pop("PYSHM_POOL", None)
+        out = subprocess.run(
+            [sys.executable, "-c", RELAYED_KINDS, client.scheduler.address, *kinds],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=T,
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert out.stdout.splitlines()[-len(kinds) :] == [f"{k} 125000.0 False" for k in kinds], out.stderr[-3000:]
+    finally:
+        for k in kinds:
+            client.unpublish_dataset("pyshm-relayed-" + k)
+
+
+def test_a_published_pooled_array_can_be_got_again_and_unpublishing_frees_it(client):
+    """The scheduler keeps a published value (``publish_dataset``) as received and sends it to
+    every ``get_dataset``: it must not keep a one-use handle."""
+    import gc
+
+    pool = pyshm.default_pool()
+    _until(lambda: pool.stats().handles_in_flight == 0, "no handle in flight before")
+    before = pool.stats().arrays
+    a = pyshm.full(10_000, 3.0)
+    client.publish_dataset(a, name="pyshm-published")
+    del a
+    try:
+        for _ in range(2):
+            r = client.get_dataset("pyshm-published")
+            assert pyshm.is_shared(r) and float(r.sum()) == 30_000.0
+            del r
+            gc.collect()
+    finally:
+        client.unpublish_dataset("pyshm-published")
+    client.publish_dataset(pyshm.full(10_000, 4.0), name="pyshm-never-read")
+    client.unpublish_dataset("pyshm-never-read")
+    _until(lambda: pool.stats().arrays <= before, f"the published arrays freed after unpublish ({before} before, {pool.stats().arrays} now)")
+    assert pool.stats().handles_in_flight == 0
+
+
+def test_installing_again_with_min_bytes_none_turns_the_workers_allocator_off(client):
+    try:
+        pyshm.dask.install(client, min_bytes=None)
+        r = client.submit(ew.dask_full, 100_000, 1.0, pure=False).result(timeout=T)
+        assert not pyshm.is_shared(r) and (r == 1.0).all()
+    finally:
+        pyshm.dask.install(client)
+    r = client.submit(ew.dask_full, 100_000, 1.0, pure=False).result(timeout=T)
+    assert pyshm.is_shared(r)
+
+
+def test_a_worker_with_its_own_dev_shm_on_this_machine_gets_values():
+    """Two containers of one machine (one boot id, one hostname) with separate /dev/shm: a
+    worker in a private mount namespace with its own tmpfs on /dev/shm (as root, like CI)."""
+    import subprocess
+    import sys
+
+    with _cluster(n_workers=0) as cluster, Client(cluster) as c:
+        env = {**os.environ, "PYTHONPATH": os.path.dirname(__file__)}
+        env.pop("PYSHM_POOL", None)
+        env.pop("PYSHM_HOST_TAG", None)
+        worker = (
+            f"mount -t tmpfs -o size=64m tmpfs /dev/shm && exec {sys.executable} -m distributed.cli.dask_worker "
+            f"{cluster.scheduler_address} --nthreads 1 --no-nanny --no-dashboard"
+        )
+        proc = subprocess.Popen(
+            ["unshare", "-m", "--propagation", "private", "sh", "-c", worker],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            c.wait_for_workers(1, timeout=T)
+            pyshm.dask.install(c)
+            [theirs] = c.run(_dask_wire.host_key).values()
+            ours = _dask_wire.host_key()
+            assert theirs != ours and theirs.split(":")[0] == ours.split(":")[0]  # one boot
+            a = pyshm.full(100_000, 1.5)
+            shared, _, size = c.submit(ew.dask_write_first, a, pure=False).result(timeout=T)
+            assert not shared and size == a.nbytes and a[0] == 1.5  # a copy went
+            r = c.submit(ew.dask_full, 100_000, 7.0, pure=False).result(timeout=T)
+            assert (r == 7.0).all() and not pyshm.is_shared(r)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)

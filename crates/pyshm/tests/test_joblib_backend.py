@@ -68,3 +68,30 @@ def test_a_failing_first_task_surfaces_and_the_next_call_does_not_wait_for_it(ba
         Parallel(timeout=120)(delayed(joblib_fail_on_zero)(i) for i in range(4))
     assert Parallel(timeout=120)(delayed(joblib_fail_on_zero)(i) for i in range(1, 6)) == [1, 2, 3, 4, 5]
     assert sorted(Parallel(timeout=120, return_as="generator_unordered")(delayed(abs)(-i) for i in range(3))) == [0, 1, 2]
+
+
+def test_unordered_results_come_as_they_complete_not_after_the_first_submitted(backend, tmp_path):
+    """Job 0 waits (60 s at most) until the caller has received another result: under
+    ``generator_unordered`` the backend must not hold results back until job 0 is done."""
+    from engine_workers import joblib_wait_for
+
+    marker = str(tmp_path / "got-one")
+    jobs = [delayed(joblib_wait_for)(marker, 60.0)] + [delayed(abs)(-i) for i in range(1, 3)]
+    out = []
+    for r in Parallel(timeout=120, return_as="generator_unordered")(jobs):
+        out.append(r)
+        open(marker, "a").close()
+    assert sorted(map(str, out)) == ["1", "2", "seen"]
+
+
+def test_an_error_in_a_later_task_surfaces_without_waiting_for_the_first(backend, tmp_path):
+    """joblib raises a task's error as soon as it is known; job 0 (waiting 60 s at most for a
+    marker made only afterwards) must not be waited for first."""
+    from engine_workers import joblib_fail_on_zero, joblib_wait_for
+
+    marker = str(tmp_path / "raised")
+    with pytest.raises(ValueError, match="task 0 fails"):
+        Parallel(timeout=120)([delayed(joblib_wait_for)(marker, 60.0), delayed(joblib_fail_on_zero)(0)])
+    timed_out = (tmp_path / "raised.timed-out").exists()
+    open(marker, "a").close()
+    assert not timed_out

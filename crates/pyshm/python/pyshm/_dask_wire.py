@@ -24,8 +24,10 @@ Invariants:
    (pools are 0600). No nonce is needed: nothing in it is chosen by a process.
 2. **Per connection.** A peer is on this host when its key, learnt in the comm handshake
    (``Comm.handshake_info`` is extended, so both ends of every comm opened after
-   :func:`install_here` carry it) or recorded for its address by :func:`learn` (comms opened
-   before), equals ours. Unknown means another host: by value.
+   :func:`install_here` carry it) or set by :func:`learn` on the comms open when it runs (comms
+   opened before), equals ours. Unknown means another host: by value. An address alone never
+   makes a later comm local: addresses learnt include ephemeral ports, which the kernel gives
+   again to other processes, perhaps ones without these hooks that cannot read a handle.
 3. **Plain arrays are untouched.** An array not in a pool, and every array sent to another host
    or written without a connection (spilling to disk, ``serialize_bytelist``), is serialized by
    Dask's own numpy serializer or plain pickle, called unchanged.
@@ -39,8 +41,16 @@ Invariants:
    every message with its ``ToPickle``/``Serialize`` parts replaced by their class name.
 6. **Relays.** The scheduler forwards ``gather``/``scatter`` data without deserializing it. In a
    process that runs a scheduler, a message to a peer not on this host is first rid of handles:
-   each is attached here (the scheduler received it, so it is on the sender's host) and sent by
-   value.
+   each ``Serialized`` whose header tree (``sub-header``, a collection's ``sub-headers``) names
+   a host key is deserialized here (the scheduler received it, so it is on the sender's host)
+   and sent by value. A handle can hide in two places of that tree: an ndarray's sub-header
+   (:func:`_serialize`), and a part Dask pickled whole (an object holding a pooled array), whose
+   header gets the key from the wrapped ``pickle`` family when its pickle made a handle.
+7. **What the scheduler keeps holds no handles.** A handle is good for one receiver while the
+   sender holds its array; ``publish_dataset`` values are kept by the scheduler as received and
+   sent to every ``get_dataset``. :func:`hold_published` attaches them on arrival (the
+   scheduler then holds the array until ``unpublish_dataset``), so each reader gets a handle of
+   its own, or a value on another host.
 """
 
 from __future__ import annotations
@@ -73,7 +83,15 @@ from distributed.protocol.serialize import (
 from . import _by_handle, _handles, _native, _pickle
 from ._native import PoolNotFoundError, TokenTableFullError
 
-__all__ = ["host_key", "install_here", "learn", "learn_scheduler", "identity", "install_task_allocator"]
+__all__ = [
+    "host_key",
+    "install_here",
+    "learn",
+    "learn_scheduler",
+    "identity",
+    "install_task_allocator",
+    "hold_published",
+]
 
 KEY = "pyshm-host"
 """The handshake entry (and ``_serialize``'s sub-header entry) that carries a host key."""
@@ -85,9 +103,10 @@ pickle. Its block is counted once, by the process it was made in."""
 _lock = threading.Lock()
 _installed = False
 _key: Optional[str] = None
-_known: dict[str, str] = {}  # comm address -> host key, for comms opened before install_here
+_known: dict[str, str] = {}  # comm address -> host key, as learnt (a record: invariant 2)
 _to_this_host = contextvars.ContextVar("pyshm_dask_to_this_host", default=False)
 _received: dict[int, weakref.ref] = {}  # id -> arrays attached from a handle here (sizeof)
+_made: contextvars.ContextVar[Optional[list]] = contextvars.ContextVar("pyshm_dask_made", default=None)
 
 
 def host_key() -> str:
@@ -114,7 +133,7 @@ def _peer_key(context: Optional[dict]) -> Optional[str]:
     r = context.get("recipient")
     if not r:
         return None
-    return r.get(KEY) or _known.get(r.get("address", ""))
+    return r.get(KEY)  # never _known by address (invariant 2)
 
 
 def _to_peer_here(context: Optional[dict]) -> bool:
@@ -211,6 +230,9 @@ class _Sent:
         if r is None:
             return None
         self.sent.append(r[0])
+        made = _made.get()
+        if made is not None:  # inside the pickle family's dumps (invariant 6)
+            made.append(r[0])
         return (_rebuild, r[1])
 
 
@@ -290,19 +312,65 @@ def _pickle_dumps(x: Any, *, buffer_callback: Any = None, protocol: int = dpickl
 _dask_dumps = dcore.dumps
 
 
+_dask_pickle_family: Any = None
+
+
+def _pickle_family_dumps(x: Any, context: Optional[dict] = None) -> tuple[dict, list]:
+    """Dask's ``pickle`` serialization family; a header whose pickle made handles names this
+    host's key (invariant 6)."""
+    made: list = []
+    token = _made.set(made)
+    try:
+        header, frames = _dask_pickle_family(x, context=context)
+    finally:
+        _made.reset(token)
+    if made:
+        header[KEY] = host_key()
+    return header, frames
+
+
+def _has_handles(header: Any) -> bool:
+    """Whether a ``Serialized`` header tree names a host key (invariant 6)."""
+    if not isinstance(header, dict):
+        return False
+    if KEY in header or _has_handles(header.get("sub-header")):
+        return True
+    subs = header.get("sub-headers")
+    return isinstance(subs, (list, tuple)) and any(_has_handles(h) for h in subs)
+
+
 def _values_for_relay(msg: Any) -> Any:
-    """``msg`` with every handle in a ``Serialized`` attached and made a value (invariant 5)."""
+    """``msg`` with every handle in a ``Serialized`` attached and made a value (invariant 6)."""
     if isinstance(msg, Serialized):
-        if isinstance(msg.header.get("sub-header"), dict) and KEY in msg.header["sub-header"]:
+        if _has_handles(msg.header):
             from distributed.protocol.serialize import merge_and_deserialize
 
-            return Serialize(merge_and_deserialize(msg.header, msg.frames))
+            try:
+                return Serialize(merge_and_deserialize(msg.header, msg.frames))
+            except Exception:  # e.g. a class the scheduler cannot import: the far end says why
+                return msg
         return msg
     if type(msg) is dict:
         return {k: _values_for_relay(v) for k, v in msg.items()}
     if type(msg) in (list, tuple):
         return type(msg)(_values_for_relay(v) for v in msg)
     return msg
+
+
+def hold_published(scheduler: Any) -> None:
+    """Make ``scheduler``'s ``publish_put`` keep attached arrays, not handles (invariant 7)."""
+    put = scheduler.handlers.get("publish_put")
+    if put is None or getattr(put, "_pyshm", False):
+        return
+
+    def publish_put(**kwargs: Any) -> Any:
+        data = kwargs.get("data")
+        if data is not None:
+            kwargs["data"] = type(data)(_values_for_relay(d) for d in data)
+        return put(**kwargs)
+
+    publish_put._pyshm = True  # type: ignore[attr-defined]
+    scheduler.handlers["publish_put"] = publish_put
 
 
 def _runs_scheduler() -> bool:
@@ -400,13 +468,17 @@ def _log_property() -> property:
 
 def install_here() -> None:
     """Hook this process's Dask (the module's docstring); idempotent."""
-    global _installed
+    global _installed, _dask_pickle_family
     with _lock:
         if _installed:
             return
         import distributed.protocol as dprotocol
 
+        from distributed.protocol.serialize import families
+
         dask_serialize.register(np.ndarray)(_serialize)
+        _dask_pickle_family = families["pickle"][0]
+        families["pickle"] = (_pickle_family_dumps, families["pickle"][1], True)
         dask_deserialize.register(np.ndarray)(_deserialize)
         sizeof.register(np.ndarray)(_sizeof)
         dpickle.dumps = _pickle_dumps
@@ -459,7 +531,7 @@ _task_handler: Any = None
 
 def install_task_allocator(handler: Any) -> None:
     """Run every task of this worker with ``handler`` (a pyshm allocator capsule) as numpy's
-    allocator, so that its large results are born in the pool."""
+    allocator, so that its large results are born in the pool; ``None``: numpy's own again."""
     global _task_handler
     import distributed.worker as dworker
 

@@ -49,6 +49,7 @@ def _deserialize(header: dict, frames: list) -> Any:
 def _install_on_scheduler(client_keys: dict[str, str], dask_scheduler: Any = None) -> dict[str, str]:
     """Runs in the scheduler: hooks it, learns the client's comms, returns its identity."""
     _dask_wire.install_here()
+    _dask_wire.hold_published(dask_scheduler)
     _dask_wire.learn(client_keys)
     return _dask_wire.identity(dask_scheduler)
 
@@ -70,7 +71,9 @@ class _Setup(WorkerPlugin):
 
     async def setup(self, worker: Any) -> None:
         _dask_wire.install_here()
-        if self.min_bytes is not None:
+        if self.min_bytes is None:
+            _dask_wire.install_task_allocator(None)  # an earlier install's allocator is let go
+        else:
             if self.pool is not None and _dask_wire.host_key() == self.client_key:
                 native = _pools.pool_named(self.pool)
                 _pools.adopt_default(native)
@@ -99,7 +102,8 @@ def install(client: Any, min_bytes: Optional[int] = DEFAULT_MIN_BYTES) -> None:
     min_bytes : int or None, optional
         Tasks on workers of this host take numpy allocations of at least this many bytes
         (default 64 KiB) from the client's default pool, so their large results are born there
-        and come back by handle; ``None`` leaves numpy's allocator alone.
+        and come back by handle; ``None`` leaves numpy's allocator alone (and turns off the
+        allocator of an earlier ``install``).
 
     Raises
     ------

@@ -16,8 +16,10 @@ Invariants:
 4. joblib's retrieval loop polls the next job's status with ``time.sleep(0.01)``, which for a
    task of a few tens of milliseconds adds up to 10 ms (most of the backend's gap to
    ``pyshm.ProcessPoolExecutor``). Before that loop starts (``retrieval_context``), the backend
-   waits on an event that the first job's completion callback sets after joblib's own callback
-   ran, so the loop's first look finds it done. Later jobs are polled as joblib does.
+   waits on an event that is set, after joblib's own callback ran, by the completion of the
+   first job, of any job that failed (joblib raises a task's error as soon as it is known), or
+   of any job under ``return_as="generator_unordered"`` (whose results come in completion
+   order), so the loop's first look finds something to do. Later jobs are polled as joblib does.
 """
 
 from __future__ import annotations
@@ -63,6 +65,14 @@ def _wrap(reducers: Optional[dict]) -> None:
             reducers[cls] = _PooledFirst(r)
 
 
+def _failed(out: Any) -> bool:
+    """Whether a finished loky future ended in an error (joblib then aborts the call)."""
+    try:
+        return out.exception(timeout=0) is not None
+    except Exception:  # cancelled, or not a future: count it as an error, the wait ends
+        return True
+
+
 def _worker_init(min_bytes: Optional[int]) -> None:
     """Runs first in each worker: joins the default pool and installs the allocator."""
     if min_bytes is not None:
@@ -81,24 +91,28 @@ class PyshmBackend(LokyBackend):
         joblib's loky backend arguments (``idle_worker_timeout``, ``max_nbytes``, ...).
     """
 
-    _first_done: Optional[threading.Event] = None  # the first job's of this call (invariant 4)
+    _first_done: Optional[threading.Event] = None  # what retrieval waits for (invariant 4)
 
     def __init__(self, *args: Any, allocator_min_bytes: Optional[int] = DEFAULT_MIN_BYTES, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.allocator_min_bytes = allocator_min_bytes
 
     def submit(self, func: Any, callback: Any = None) -> Any:
-        done = threading.Event()
+        ready = self._first_done
+        first = ready is None
+        if ready is None:
+            ready = self._first_done = threading.Event()
+        ordered = getattr(getattr(self, "parallel", None), "return_ordered", True)
 
         def completed(out: Any) -> None:
             try:
                 if callback is not None:
                     callback(out)
             finally:
-                done.set()  # after joblib's callback: its status is set (invariant 4)
+                # After joblib's callback: its status is set (invariant 4).
+                if first or not ordered or _failed(out):
+                    ready.set()
 
-        if self._first_done is None:
-            self._first_done = done
         return super().submit(func, callback=completed)
 
     @contextlib.contextmanager
