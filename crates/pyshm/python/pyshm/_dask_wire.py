@@ -366,7 +366,11 @@ def hold_published(scheduler: Any) -> None:
     def publish_put(**kwargs: Any) -> Any:
         data = kwargs.get("data")
         if data is not None:
-            kwargs["data"] = type(data)(_values_for_relay(d) for d in data)
+            # A list of Serialized values; one Serialized in older distributed (2024.8).
+            if type(data) in (list, tuple):
+                kwargs["data"] = type(data)(_values_for_relay(d) for d in data)
+            else:
+                kwargs["data"] = _values_for_relay(data)
         return put(**kwargs)
 
     publish_put._pyshm = True  # type: ignore[attr-defined]
