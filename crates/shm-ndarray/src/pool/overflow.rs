@@ -15,7 +15,8 @@
 //!    an orphan: no record links it and its allocator is dead; `collect`'s sweep frees it
 //!    (`sweep_overflows`), after adopting it in the arena (only a disowned block can be
 //!    adopted, and only once). A block whose allocator is alive is never an orphan: it may be
-//!    about to link it.
+//!    about to link it. The sweep learns that the allocator is dead before it looks for the
+//!    link: a dead allocator links nothing more.
 //! 3. A linked block lives as long as its array: `free_array` frees it, before the header,
 //!    once the refcount is dead and nobody reads the holder set any more. It adopts the block
 //!    first, so a freer killed half-way leaves it either disowned (the rescuer finishing the
@@ -242,6 +243,14 @@ impl PoolShared {
     /// Frees the orphans among the overflow blocks of metadata segment `meta` (invariant 2):
     /// no header links them and their allocator is dead. Returns how many.
     pub(super) fn sweep_overflows(&self, meta: MetaSegment<'_>) -> u64 {
+        self.sweep_overflows_with(meta, &|allocator| {
+            ProcessIdentity::from_bits(allocator).is_some_and(|p| p.liveness() != Liveness::Dead)
+        })
+    }
+
+    /// [`Self::sweep_overflows`], asking `allocator_alive` whether the process of an identity
+    /// is alive (a test stands in for a process that links its block as it dies).
+    fn sweep_overflows_with(&self, meta: MetaSegment<'_>, allocator_alive: &dyn Fn(u64) -> bool) -> u64 {
         let mut freed = 0;
         for block in meta.arena.blocks_in_use() {
             if block.size() < OVERFLOW_BYTES || (meta.index == 0 && block == self.dir_block) {
@@ -255,13 +264,18 @@ impl PoolShared {
                 continue;
             }
             let Some(id) = make_id(meta.index, block) else { continue };
+            // The allocator's death first, the link after: a dead allocator links nothing any
+            // more, so a block it left unlinked stays unlinked. Read the other way round, an
+            // allocator that linked its block and died between the two reads made a linked block
+            // look like an orphan, and the sweep freed it under a live array (found in review).
+            if allocator_alive(o.allocator.load(ORD)) {
+                continue;
+            }
             let at = (o.header_segment.load(ORD) as u16, Block::from_bits(o.header_block.load(ORD)));
             let linked = self.meta_segment(at.0).ok().and_then(|m| m.header(at.1).ok()).is_some_and(|(_, h)| {
                 h.magic.load(core::sync::atomic::Ordering::Acquire) == ARRAY_MAGIC && h.refcount.overflow_id() == id
             });
-            let allocator = o.allocator.load(ORD);
-            let alive = ProcessIdentity::from_bits(allocator).is_some_and(|p| p.liveness() != Liveness::Dead);
-            if linked || alive {
+            if linked {
                 continue;
             }
             // One sweeper frees it: the one whose adoption (the arena's CAS of the block's owner
@@ -330,6 +344,32 @@ mod tests {
         // The linked one goes with its array.
         drop(a);
         assert_eq!(blocks(shared), before - 1, "the array's header and its overflow are freed");
+        pool.check().unwrap();
+    }
+
+    #[test]
+    fn a_block_linked_by_an_allocator_that_dies_during_the_sweep_is_not_freed() {
+        let pool = Pool::create(&PoolOptions::new().max_size(64 << 20)).unwrap();
+        let shared = &pool.shared;
+        let a = ShmArray::<u8>::zeros(&pool, &[8192]).unwrap();
+        let local = &a.as_shared().local;
+        let at = (local.meta_segment, local.header_block);
+        let h = local.header();
+        let me = ProcessIdentity::current().unwrap().to_bits();
+        let (_, _, id) = shared.new_overflow(at, me).unwrap();
+        let overflow_meta = shared.meta_segment((id >> 48) as u16 - 1).unwrap();
+        // The allocator links its block and dies while the sweeper looks at it: asked about
+        // its liveness, it links first, then is dead.
+        let freed = shared.sweep_overflows_with(overflow_meta, &|allocator| {
+            if allocator == me && h.refcount.overflow_id() == 0 {
+                assert_eq!(h.refcount.link_overflow(id, &shared.tokens(), &shared.group()), Ok(Change::Changed));
+            }
+            false
+        });
+        assert_eq!(freed, 0, "a linked block is not an orphan");
+        assert_eq!(h.refcount.overflow_id(), id);
+        assert!(shared.group().holder_overflow(id).is_some(), "the array's overflow is still there");
+        drop(a);
         pool.check().unwrap();
     }
 }
