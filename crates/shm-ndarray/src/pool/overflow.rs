@@ -177,7 +177,9 @@ impl PoolShared {
     pub(super) fn link_overflow(&self, at: (u16, Block), h: &ArrayHeader) -> Result<(), LinkError> {
         let identity = ProcessIdentity::current().map_err(|_| LinkError::NoMemory)?;
         let (arena, block, id) = self.new_overflow(at, identity.to_bits()).ok_or(LinkError::NoMemory)?;
-        match h.refcount.link_overflow(id, &self.tokens(), &self.group()) {
+        // Our slot as the freer: a repair here may find the array dead, and we free it
+        // (shm-sync refcount invariant 7). Every linker is registered: it is about to hold.
+        match h.refcount.link_overflow(id, self.registered_slot(), &self.tokens(), &self.group()) {
             Ok(Change::Changed) => Ok(()),
             refused => {
                 // Invariant 2: refused, still ours: free it (a disowned block any process may
@@ -362,7 +364,8 @@ mod tests {
         // its liveness, it links first, then is dead.
         let freed = shared.sweep_overflows_with(overflow_meta, &|allocator| {
             if allocator == me && h.refcount.overflow_id() == 0 {
-                assert_eq!(h.refcount.link_overflow(id, &shared.tokens(), &shared.group()), Ok(Change::Changed));
+                let freer = shared.registered_slot();
+                assert_eq!(h.refcount.link_overflow(id, freer, &shared.tokens(), &shared.group()), Ok(Change::Changed));
             }
             false
         });
