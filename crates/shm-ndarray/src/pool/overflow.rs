@@ -24,6 +24,11 @@
 //! 4. The id a record links is `(segment + 1) << 48 | block bits`; ids are resolved only through
 //!    the arena of that metadata segment and only to a block with the magic and room for the
 //!    bitmap ([`PoolGroup`]), so a corrupt id resolves to nothing rather than to foreign memory.
+//! 5. An overflow is allocated in its header's metadata segment when that has room. With the
+//!    memfd backend a segment lives while a member has it mapped, and every holder of the array
+//!    has the header's mapped: an overflow in a segment that only its allocator had mapped was
+//!    gone with it, the dead holder's bit unreadable, and the array held forever (found in
+//!    review). When the header's segment is full it goes elsewhere, and that case remains.
 //!
 //! ```text
 //! 0    magic            "PYSHMHOV"
@@ -196,7 +201,13 @@ impl PoolShared {
     /// An overflow block for the header at `at`, written and disowned, not linked (invariant
     /// 1), naming `allocator` as the process that allocated it: its arena, block and id.
     fn new_overflow(&self, at: (u16, Block), allocator: u64) -> Option<(&shm_arena::Arena, Block, u64)> {
-        let (seg, block, ptr) = self.alloc_in(KIND_META, OVERFLOW_BYTES).ok()?;
+        // Beside the header when its segment has room: every holder of the array has that
+        // segment mapped, so with the memfd backend the overflow stays reachable as long as the
+        // header (invariant 5). Elsewhere only when it is full.
+        let (seg, block, ptr) = match self.alloc_in_meta(at.0, OVERFLOW_BYTES) {
+            Some((block, ptr)) => (at.0, block, ptr),
+            None => self.alloc_in(KIND_META, OVERFLOW_BYTES).ok()?,
+        };
         let arena = self.segment(seg).ok()?;
         let Some(id) = make_id(seg, block) else {
             let _ = arena.free(block);
@@ -346,6 +357,31 @@ mod tests {
         // The linked one goes with its array.
         drop(a);
         assert_eq!(blocks(shared), before - 1, "the array's header and its overflow are freed");
+        pool.check().unwrap();
+    }
+
+    #[test]
+    fn an_overflow_goes_beside_its_header_while_that_segment_has_room() {
+        let mut options = PoolOptions::new().max_size(1 << 30);
+        options.meta_capacity = 1; // the least the directory allows
+        let pool = Pool::create(&options).unwrap();
+        let shared = &pool.shared;
+        let u8s = crate::DType::of::<u8>();
+        // Arrays with data of their own (never renewed: their headers are freed with them).
+        let array = || pool.empty(&u8s, &[8192], false).unwrap();
+        let a = array();
+        let at = (a.local.meta_segment, a.local.header_block);
+        // Headers until the metadata go on in another segment, which then serves the next
+        // allocations; then room again beside `a`'s header.
+        let mut fill = vec![array()];
+        while fill.last().is_some_and(|f| f.local.meta_segment == at.0) {
+            fill.push(array());
+        }
+        fill.retain(|f| f.local.meta_segment != at.0);
+        shared.link_overflow(at, a.local.header()).unwrap();
+        let id = a.local.header().refcount.overflow_id();
+        assert_eq!(split_id(id).map(|(seg, _)| seg), Some(at.0), "the overflow is in its header's segment");
+        drop((a, fill));
         pool.check().unwrap();
     }
 
