@@ -15,8 +15,8 @@
 //!    an orphan: no record links it and its allocator is dead; `collect`'s sweep frees it
 //!    (`sweep_overflows`), after adopting it in the arena (only a disowned block can be
 //!    adopted, and only once). A block whose allocator is alive is never an orphan: it may be
-//!    about to link it. The sweep learns that the allocator is dead before it looks for the
-//!    link: a dead allocator links nothing more.
+//!    about to link it. The sweep looks for the link again after it learned that the allocator
+//!    is dead: a dead allocator links nothing more.
 //! 3. A linked block lives as long as its array: `free_array` frees it, before the header,
 //!    once the refcount is dead and nobody reads the holder set any more. It adopts the block
 //!    first, so a freer killed half-way leaves it either disowned (the rescuer finishing the
@@ -277,18 +277,18 @@ impl PoolShared {
                 continue;
             }
             let Some(id) = make_id(meta.index, block) else { continue };
-            // The allocator's death first, the link after: a dead allocator links nothing any
-            // more, so a block it left unlinked stays unlinked. Read the other way round, an
-            // allocator that linked its block and died between the two reads made a linked block
-            // look like an orphan, and the sweep freed it under a live array (found in review).
-            if allocator_alive(o.allocator.load(ORD)) {
-                continue;
-            }
             let at = (o.header_segment.load(ORD) as u16, Block::from_bits(o.header_block.load(ORD)));
-            let linked = self.meta_segment(at.0).ok().and_then(|m| m.header(at.1).ok()).is_some_and(|(_, h)| {
-                h.magic.load(core::sync::atomic::Ordering::Acquire) == ARRAY_MAGIC && h.refcount.overflow_id() == id
-            });
-            if linked {
+            let linked = || {
+                self.meta_segment(at.0).ok().and_then(|m| m.header(at.1).ok()).is_some_and(|(_, h)| {
+                    h.magic.load(core::sync::atomic::Ordering::Acquire) == ARRAY_MAGIC && h.refcount.overflow_id() == id
+                })
+            };
+            // Linked (most blocks): no liveness check, which reads /proc. Otherwise the
+            // allocator's death, then the link again: a dead allocator links nothing any more,
+            // so a block it left unlinked stays unlinked. Without the second look, an allocator
+            // that linked its block and died between the two reads made a linked block look like
+            // an orphan, and the sweep freed it under a live array (found in review).
+            if linked() || allocator_alive(o.allocator.load(ORD)) || linked() {
                 continue;
             }
             // One sweeper frees it: the one whose adoption (the arena's CAS of the block's owner
