@@ -140,7 +140,7 @@ fn holder_capacity(c: &mut Criterion, tokens: &TokenTable<'_>) {
     for slot in 1..12 {
         full.acquire(slot, tokens, &group).unwrap();
     }
-    full.link_overflow(1, tokens, &group).unwrap();
+    full.link_overflow(1, 0, tokens, &group).unwrap();
     bench(&mut g, "4,096-slot list, the overflow", (&full, 4091), tokens, &group);
     g.finish();
 }

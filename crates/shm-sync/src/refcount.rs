@@ -645,7 +645,9 @@ impl RefCount<HolderList> {
     /// Links overflow bitmap `id` (which `members` resolves to zeroed words) for holders
     /// beyond the twelve inline ones, after [`RefError::NeedsOverflow`]. The link is one store
     /// under the lock, never undone (holders invariant 4): [`Change::Unchanged`] when another
-    /// process linked one first, and then `id` is still the caller's to free.
+    /// process linked one first, and then `id` is still the caller's to free. `freer` is the
+    /// caller's process slot: the freer the record names if the repair of a holder's
+    /// half-done release finds it dead here (invariant 7; [`RefError::Orphaned`]).
     ///
     /// # Examples
     ///
@@ -667,18 +669,26 @@ impl RefCount<HolderList> {
     ///     rc.acquire(slot, &tokens, &pool).unwrap();
     /// }
     /// assert_eq!(rc.acquire(4000, &tokens, &pool), Err(RefError::NeedsOverflow));
-    /// assert_eq!(rc.link_overflow(1, &tokens, &pool).unwrap(), Change::Changed);
+    /// assert_eq!(rc.link_overflow(1, 0, &tokens, &pool).unwrap(), Change::Changed);
     /// rc.acquire(4000, &tokens, &pool).unwrap();
     /// assert_eq!((rc.holder_count(), rc.is_held_by_among(4000, &pool)), (13, true));
     /// ```
     ///
     /// # Errors
     ///
-    /// [`RefError::Dead`] (the caller frees `id`), [`RefError::Orphaned`],
-    /// [`RefError::Stranger`].
-    pub fn link_overflow(&self, id: u64, tokens: &TokenTable<'_>, members: &impl Members) -> Result<Change, RefError> {
+    /// [`RefError::Dead`] (the caller frees `id`), [`RefError::Orphaned`] (the caller frees
+    /// `id` and what the record counts), [`RefError::Stranger`].
+    pub fn link_overflow(
+        &self,
+        id: u64,
+        freer: u32,
+        tokens: &TokenTable<'_>,
+        members: &impl Members,
+    ) -> Result<Change, RefError> {
         assert_ne!(id, 0, "overflow id 0 means none");
-        self.locked(tokens, members, NO_FREER, |s| {
+        // Not `NO_FREER`: a repair here can find the record dead, and then the caller frees it
+        // (found in review: a linker killed in that free leaked the array).
+        self.locked(tokens, members, freer, |s| {
             if s.state.load(Ordering::Relaxed) & DEAD != 0 {
                 return Err(RefError::Dead);
             }

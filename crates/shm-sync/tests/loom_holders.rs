@@ -2,7 +2,7 @@
 //! bitmap): two processes that both need the overflow link exactly one and both end up
 //! holding; a process killed right after linking leaves an overflow the next one uses; a
 //! holder killed in the overflow between the set and the count is counted by the repair, and
-//! swept.
+//! swept; a linker whose repair finds the record dead is named its freer.
 //!
 //! Run by `cargo xtask test` with `RUSTFLAGS="--cfg shm_loom" LOOM_MAX_PREEMPTIONS=2`.
 #![cfg(all(shm_loom, feature = "loom"))]
@@ -56,7 +56,7 @@ fn acquire_linking(f: &Fixture, slot: u32, id: u64) -> bool {
     match f.rc.acquire(slot, &t, f) {
         Ok(_) => false,
         Err(RefError::NeedsOverflow) => {
-            let linked = f.rc.link_overflow(id, &t, f).unwrap() == Change::Changed;
+            let linked = f.rc.link_overflow(id, slot, &t, f).unwrap() == Change::Changed;
             f.rc.acquire(slot, &t, f).unwrap();
             linked
         }
@@ -107,7 +107,7 @@ fn a_holder_killed_in_the_overflow_between_the_set_and_the_count_is_counted_and_
         shm_sync::loom_support::timeouts_fire(true);
         let f = fixture();
         let t = TokenTable::new(&f.slots);
-        f.rc.link_overflow(1, &t, &*f).unwrap();
+        f.rc.link_overflow(1, 0, &t, &*f).unwrap();
         f.rc.acquire(BEYOND[0], &t, &*f).unwrap();
         // Slot BEYOND[1] sets its overflow bit and is killed before its count follows, while
         // slot BEYOND[0] lets go at the same time.
@@ -126,5 +126,30 @@ fn a_holder_killed_in_the_overflow_between_the_set_and_the_count_is_counted_and_
             assert_eq!(f.rc.release(slot, &t, &*f).unwrap(), Released::Remaining);
         }
         assert_eq!(f.rc.release(0, &t, &*f).unwrap(), Released::Last);
+    });
+}
+
+#[test]
+fn a_linker_whose_repair_finds_the_record_dead_is_named_its_freer() {
+    model(|| {
+        shm_sync::loom_support::timeouts_fire(true);
+        let f = Arc::new(Fixture {
+            rc: RefCount::new(),
+            slots: (0..2).map(|_| TokenSlot::new()).collect(),
+            overflows: [0, 1].map(|_| (0..2).map(|_| AtomicU64::new(0)).collect()),
+        });
+        f.rc.init(7, 0);
+        // The last holder is killed releasing, between the set and the count.
+        let f1 = f.clone();
+        let dying = thread::spawn(move || {
+            f1.rc.remove_holder_and_abandon(0, &*f1);
+            shm_sync::loom_support::die();
+        });
+        dying.join().unwrap();
+        let t = TokenTable::new(&f.slots);
+        // A process linking an overflow (it needed one a moment ago) repairs it: dead, ours to free.
+        assert_eq!(f.rc.link_overflow(1, 5, &t, &*f), Err(RefError::Orphaned));
+        assert_eq!(f.rc.freer(), Some(5), "the linker is named: its rescuer finishes the free");
+        assert_eq!(f.rc.drop_holder(5, &t, &*f).unwrap(), Released::FreerDied);
     });
 }

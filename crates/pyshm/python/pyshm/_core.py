@@ -250,9 +250,7 @@ class Pool(_Constructors):
         if backend is not None and backend not in _pools.BACKENDS:
             raise ValueError(f"backend must be 'shm' or 'memfd', not {backend!r}")
         keep = None if keep is None else int(keep)
-        if process_slots is not None and (not isinstance(process_slots, (int, np.integer)) or process_slots < 1):
-            raise ValueError(f"process_slots must be a positive number of processes, not {process_slots!r}")
-        slots = None if process_slots is None else int(process_slots)
+        slots = _pools.check_process_slots(process_slots)
         self._native = _pools.track(
             NativePool.create(name, size, max_size, wait, persistent, keep=keep, backend=backend, process_slots=slots)
         )

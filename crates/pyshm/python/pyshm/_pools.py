@@ -51,6 +51,17 @@ _config: dict[str, Any] = {
 }
 
 BACKENDS = ("shm", "memfd")
+#: The most process slots a pool can have (the native library's ``MAX_PROCESSES``).
+MAX_PROCESSES = 4096
+
+
+def check_process_slots(value: Any) -> Optional[int]:
+    """``process_slots`` as an int, or None; ValueError unless it is a number of processes from 1 to 4,096."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= MAX_PROCESSES:
+        raise ValueError(f"process_slots must be a number of processes from 1 to {MAX_PROCESSES}, not {value!r}")
+    return int(value)
 """Where the default pool's growth segments live: files in /dev/shm, or memfds."""
 
 new_pool_hooks: list[Callable[[], None]] = []
@@ -99,8 +110,8 @@ def env_config() -> dict[str, Any]:
         cfg["backend"] = backend
     if cfg["process_slots"] is None and os.environ.get("PYSHM_PROCESS_SLOTS"):
         text = os.environ["PYSHM_PROCESS_SLOTS"]
-        if not text.strip().isdigit() or int(text) < 1:
-            raise ValueError(f"PYSHM_PROCESS_SLOTS={text!r}: expected a positive number of processes")
+        if not text.strip().isdigit() or not 1 <= int(text) <= MAX_PROCESSES:
+            raise ValueError(f"PYSHM_PROCESS_SLOTS={text!r}: expected a number of processes from 1 to {MAX_PROCESSES}")
         cfg["process_slots"] = int(text)
     return cfg
 
@@ -142,8 +153,7 @@ def configure(
         raise ValueError(f"wait must be a non-negative number of seconds, not {wait!r}")
     if backend is not None and backend not in BACKENDS:
         raise ValueError(f"backend must be 'shm' or 'memfd', not {backend!r}")
-    if process_slots is not None and (not isinstance(process_slots, (int, np.integer)) or process_slots < 1):
-        raise ValueError(f"process_slots must be a positive number of processes, not {process_slots!r}")
+    process_slots = check_process_slots(process_slots)
     with lock:
         if default is not None and (
             size is not None

@@ -15,7 +15,8 @@
 //!    an orphan: no record links it and its allocator is dead; `collect`'s sweep frees it
 //!    (`sweep_overflows`), after adopting it in the arena (only a disowned block can be
 //!    adopted, and only once). A block whose allocator is alive is never an orphan: it may be
-//!    about to link it.
+//!    about to link it. The sweep looks for the link again after it learned that the allocator
+//!    is dead: a dead allocator links nothing more.
 //! 3. A linked block lives as long as its array: `free_array` frees it, before the header,
 //!    once the refcount is dead and nobody reads the holder set any more. It adopts the block
 //!    first, so a freer killed half-way leaves it either disowned (the rescuer finishing the
@@ -23,6 +24,11 @@
 //! 4. The id a record links is `(segment + 1) << 48 | block bits`; ids are resolved only through
 //!    the arena of that metadata segment and only to a block with the magic and room for the
 //!    bitmap ([`PoolGroup`]), so a corrupt id resolves to nothing rather than to foreign memory.
+//! 5. An overflow is allocated in its header's metadata segment when that has room. With the
+//!    memfd backend a segment lives while a member has it mapped, and every holder of the array
+//!    has the header's mapped: an overflow in a segment that only its allocator had mapped was
+//!    gone with it, the dead holder's bit unreadable, and the array held forever (found in
+//!    review). When the header's segment is full it goes elsewhere, and that case remains.
 //!
 //! ```text
 //! 0    magic            "PYSHMHOV"
@@ -176,7 +182,9 @@ impl PoolShared {
     pub(super) fn link_overflow(&self, at: (u16, Block), h: &ArrayHeader) -> Result<(), LinkError> {
         let identity = ProcessIdentity::current().map_err(|_| LinkError::NoMemory)?;
         let (arena, block, id) = self.new_overflow(at, identity.to_bits()).ok_or(LinkError::NoMemory)?;
-        match h.refcount.link_overflow(id, &self.tokens(), &self.group()) {
+        // Our slot as the freer: a repair here may find the array dead, and we free it
+        // (shm-sync refcount invariant 7). Every linker is registered: it is about to hold.
+        match h.refcount.link_overflow(id, self.registered_slot(), &self.tokens(), &self.group()) {
             Ok(Change::Changed) => Ok(()),
             refused => {
                 // Invariant 2: refused, still ours: free it (a disowned block any process may
@@ -193,7 +201,13 @@ impl PoolShared {
     /// An overflow block for the header at `at`, written and disowned, not linked (invariant
     /// 1), naming `allocator` as the process that allocated it: its arena, block and id.
     fn new_overflow(&self, at: (u16, Block), allocator: u64) -> Option<(&shm_arena::Arena, Block, u64)> {
-        let (seg, block, ptr) = self.alloc_in(KIND_META, OVERFLOW_BYTES).ok()?;
+        // Beside the header when its segment has room: every holder of the array has that
+        // segment mapped, so with the memfd backend the overflow stays reachable as long as the
+        // header (invariant 5). Elsewhere only when it is full.
+        let (seg, block, ptr) = match self.alloc_in_meta(at.0, OVERFLOW_BYTES) {
+            Some((block, ptr)) => (at.0, block, ptr),
+            None => self.alloc_in(KIND_META, OVERFLOW_BYTES).ok()?,
+        };
         let arena = self.segment(seg).ok()?;
         let Some(id) = make_id(seg, block) else {
             let _ = arena.free(block);
@@ -242,6 +256,14 @@ impl PoolShared {
     /// Frees the orphans among the overflow blocks of metadata segment `meta` (invariant 2):
     /// no header links them and their allocator is dead. Returns how many.
     pub(super) fn sweep_overflows(&self, meta: MetaSegment<'_>) -> u64 {
+        self.sweep_overflows_with(meta, &|allocator| {
+            ProcessIdentity::from_bits(allocator).is_some_and(|p| p.liveness() != Liveness::Dead)
+        })
+    }
+
+    /// [`Self::sweep_overflows`], asking `allocator_alive` whether the process of an identity
+    /// is alive (a test stands in for a process that links its block as it dies).
+    fn sweep_overflows_with(&self, meta: MetaSegment<'_>, allocator_alive: &dyn Fn(u64) -> bool) -> u64 {
         let mut freed = 0;
         for block in meta.arena.blocks_in_use() {
             if block.size() < OVERFLOW_BYTES || (meta.index == 0 && block == self.dir_block) {
@@ -256,12 +278,17 @@ impl PoolShared {
             }
             let Some(id) = make_id(meta.index, block) else { continue };
             let at = (o.header_segment.load(ORD) as u16, Block::from_bits(o.header_block.load(ORD)));
-            let linked = self.meta_segment(at.0).ok().and_then(|m| m.header(at.1).ok()).is_some_and(|(_, h)| {
-                h.magic.load(core::sync::atomic::Ordering::Acquire) == ARRAY_MAGIC && h.refcount.overflow_id() == id
-            });
-            let allocator = o.allocator.load(ORD);
-            let alive = ProcessIdentity::from_bits(allocator).is_some_and(|p| p.liveness() != Liveness::Dead);
-            if linked || alive {
+            let linked = || {
+                self.meta_segment(at.0).ok().and_then(|m| m.header(at.1).ok()).is_some_and(|(_, h)| {
+                    h.magic.load(core::sync::atomic::Ordering::Acquire) == ARRAY_MAGIC && h.refcount.overflow_id() == id
+                })
+            };
+            // Linked (most blocks): no liveness check, which reads /proc. Otherwise the
+            // allocator's death, then the link again: a dead allocator links nothing any more,
+            // so a block it left unlinked stays unlinked. Without the second look, an allocator
+            // that linked its block and died between the two reads made a linked block look like
+            // an orphan, and the sweep freed it under a live array (found in review).
+            if linked() || allocator_alive(o.allocator.load(ORD)) || linked() {
                 continue;
             }
             // One sweeper frees it: the one whose adoption (the arena's CAS of the block's owner
@@ -330,6 +357,58 @@ mod tests {
         // The linked one goes with its array.
         drop(a);
         assert_eq!(blocks(shared), before - 1, "the array's header and its overflow are freed");
+        pool.check().unwrap();
+    }
+
+    #[test]
+    fn an_overflow_goes_beside_its_header_while_that_segment_has_room() {
+        let mut options = PoolOptions::new().max_size(1 << 30);
+        options.meta_capacity = 1; // the least the directory allows
+        let pool = Pool::create(&options).unwrap();
+        let shared = &pool.shared;
+        let u8s = crate::DType::of::<u8>();
+        // Arrays with data of their own (never renewed: their headers are freed with them).
+        let array = || pool.empty(&u8s, &[8192], false).unwrap();
+        let a = array();
+        let at = (a.local.meta_segment, a.local.header_block);
+        // Headers until the metadata go on in another segment, which then serves the next
+        // allocations; then room again beside `a`'s header.
+        let mut fill = vec![array()];
+        while fill.last().is_some_and(|f| f.local.meta_segment == at.0) {
+            fill.push(array());
+        }
+        fill.retain(|f| f.local.meta_segment != at.0);
+        shared.link_overflow(at, a.local.header()).unwrap();
+        let id = a.local.header().refcount.overflow_id();
+        assert_eq!(split_id(id).map(|(seg, _)| seg), Some(at.0), "the overflow is in its header's segment");
+        drop((a, fill));
+        pool.check().unwrap();
+    }
+
+    #[test]
+    fn a_block_linked_by_an_allocator_that_dies_during_the_sweep_is_not_freed() {
+        let pool = Pool::create(&PoolOptions::new().max_size(64 << 20)).unwrap();
+        let shared = &pool.shared;
+        let a = ShmArray::<u8>::zeros(&pool, &[8192]).unwrap();
+        let local = &a.as_shared().local;
+        let at = (local.meta_segment, local.header_block);
+        let h = local.header();
+        let me = ProcessIdentity::current().unwrap().to_bits();
+        let (_, _, id) = shared.new_overflow(at, me).unwrap();
+        let overflow_meta = shared.meta_segment((id >> 48) as u16 - 1).unwrap();
+        // The allocator links its block and dies while the sweeper looks at it: asked about
+        // its liveness, it links first, then is dead.
+        let freed = shared.sweep_overflows_with(overflow_meta, &|allocator| {
+            if allocator == me && h.refcount.overflow_id() == 0 {
+                let freer = shared.registered_slot();
+                assert_eq!(h.refcount.link_overflow(id, freer, &shared.tokens(), &shared.group()), Ok(Change::Changed));
+            }
+            false
+        });
+        assert_eq!(freed, 0, "a linked block is not an orphan");
+        assert_eq!(h.refcount.overflow_id(), id);
+        assert!(shared.group().holder_overflow(id).is_some(), "the array's overflow is still there");
+        drop(a);
         pool.check().unwrap();
     }
 }

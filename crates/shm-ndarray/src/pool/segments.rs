@@ -178,6 +178,16 @@ impl PoolShared {
         self.alloc_in_slow(kind, size)
     }
 
+    /// Allocates `size` bytes in metadata segment `index` if it has room now (no collect, no
+    /// grow, no wait): `None` otherwise.
+    pub(super) fn alloc_in_meta(&self, index: u16, size: u64) -> Option<(Block, NonNull<u8>)> {
+        let meta = self.meta_segment(index).ok()?;
+        if meta.arena.max_block() < size {
+            return None;
+        }
+        meta.arena.alloc_admitting(size, &|bytes| self.admits(index, bytes)).ok()
+    }
+
     /// Allocates a block of `size` bytes (a header's size or more) in a metadata segment for a
     /// new array's header: (segment, block, address, the header at its start, for the caller
     /// to initialise before anyone else can see it).
