@@ -49,6 +49,7 @@ use shm_sync::{Holder, Members, ProcessTable, RefError, Standing};
 use super::segments::MetaSegment;
 use super::{PoolShared, DIRECTORY_HOLDER, ORD};
 use crate::directory::KIND_META;
+use crate::error::PoolError;
 use crate::header::{ArrayHeader, ARRAY_MAGIC};
 use crate::sync::SharedU64;
 
@@ -278,10 +279,15 @@ impl PoolShared {
             }
             let Some(id) = make_id(meta.index, block) else { continue };
             let at = (o.header_segment.load(ORD) as u16, Block::from_bits(o.header_block.load(ORD)));
-            let linked = || {
-                self.meta_segment(at.0).ok().and_then(|m| m.header(at.1).ok()).is_some_and(|(_, h)| {
+            let linked = || match self.segment(at.0) {
+                Ok(_) => self.meta_segment(at.0).ok().and_then(|m| m.header(at.1).ok()).is_some_and(|(_, h)| {
                     h.magic.load(core::sync::atomic::Ordering::Acquire) == ARRAY_MAGIC && h.refcount.overflow_id() == id
-                })
+                }),
+                // Gone for good (a memfd segment nobody holds): nothing can link it any more.
+                Err(PoolError::SegmentUnreachable { .. }) => false,
+                // Not openable now (out of descriptors, say): it may be linked; keep it (found
+                // in review, session 7).
+                Err(_) => true,
             };
             // Linked (most blocks): no liveness check, which reads /proc. Otherwise the
             // allocator's death, then the link again: a dead allocator links nothing any more,
