@@ -108,20 +108,28 @@ pub(crate) fn recover_in(segment: &Segment, me: ProcessIdentity, rescuer_tag: Op
     let owners = owners_of(segment);
     let tree = tree_of(segment);
     let mut out = Recovery::default();
+    // Every dead owner claimed first, then one walk of the tree for all of them (a walk per
+    // owner made a pool's collect after a thousand deaths cost a thousand walks).
+    let mut claimed = vec![false; owners.len() + 1];
     for tag in 1..=owners.len() as u16 {
         if let Some(dead) = owners.claim_dead(tag, me) {
-            // Without a tag of our own (registration pending), act under the dead tag itself.
-            let r = tree.recover_owner(tag, rescuer_tag.unwrap_or(tag));
+            claimed[usize::from(tag)] = true;
             out.owners += 1;
             out.dead.push(dead);
-            out.blocks_freed += r.blocks_freed;
-            out.frees_finished += r.frees_finished;
-            out.claims_undone += r.claims_undone;
-            out.bytes_freed += r.leaves_freed << segment.layout().min_block_shift;
-            owners.finish_recovery(tag, me);
         }
     }
     if out.owners > 0 {
+        // Without a tag of our own, act under each dead tag itself (its slot now names us).
+        let r = tree.recover_owners(&|owner| claimed.get(usize::from(owner)).copied().unwrap_or(false), rescuer_tag);
+        out.blocks_freed += r.blocks_freed;
+        out.frees_finished += r.frees_finished;
+        out.claims_undone += r.claims_undone;
+        out.bytes_freed += r.leaves_freed << segment.layout().min_block_shift;
+        for tag in 1..=owners.len() as u16 {
+            if claimed[usize::from(tag)] {
+                owners.finish_recovery(tag, me);
+            }
+        }
         out.marks_repaired = tree.repair();
     }
     out

@@ -176,7 +176,12 @@ impl PoolShared {
         // The common case: the segment that served the last allocation of this kind.
         let hint = self.last_segment[kind as usize].load(ORD) as u16;
         if let Some(arena) = self.segments.get(hint as usize).and_then(OnceLock::get) {
-            if self.dir().segments()[hint as usize].kind.load(ORD) == kind && arena.max_block() >= size {
+            // Invariant 5: a segment whose owner table is full for us is passed over before the
+            // arena tries to register (which would look at the liveness of every holder).
+            if self.dir().segments()[hint as usize].kind.load(ORD) == kind
+                && arena.max_block() >= size
+                && (arena.is_registered() || arena.has_owner_room())
+            {
                 if let Ok((b, p)) = arena.alloc_admitting(size, &|bytes| self.admits(hint, bytes)) {
                     return Ok((hint, b, p));
                 }
@@ -208,7 +213,7 @@ impl PoolShared {
             let mut no_space = None;
             let mut over_limit = false;
             for (i, arena, k) in self.open_segments() {
-                if k == kind && arena.max_block() >= size {
+                if k == kind && arena.max_block() >= size && arena.has_owner_room() {
                     match arena.alloc_admitting(size, &|bytes| self.admits(i, bytes)) {
                         Ok((b, p)) => {
                             self.last_segment[kind as usize].store(u64::from(i), ORD);
