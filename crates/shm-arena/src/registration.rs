@@ -195,3 +195,53 @@ impl Arena {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::{Arena, ArenaOptions, OpenOptions};
+
+    /// The identity of a process that has exited (a forked child, reaped).
+    fn dead_identity() -> crate::process::ProcessIdentity {
+        let pid = shm_testkit::fork(|| 0);
+        assert_eq!(shm_testkit::wait(pid), 0);
+        // Its pid (bits 0..22) with our start time: `kill` finds no such process.
+        let me = crate::process::ProcessIdentity::current().unwrap().to_bits();
+        crate::process::ProcessIdentity::from_bits((me & !((1 << 22) - 1)) | pid as u64).unwrap()
+    }
+
+    #[test]
+    fn a_transient_slot_whose_holder_died_mid_free_is_recovered_and_reused() {
+        // 16 slots: 14 lasting, 2 transient.
+        let a = ArenaOptions::new(1 << 20).owner_slots(16).cache_max_block(0).create_anonymous().unwrap();
+        let open = || Arena::open_fd(a.fd().try_clone().unwrap(), &OpenOptions::new()).unwrap();
+        let mut blocks = vec![a.alloc(256).unwrap()];
+        let holders: Vec<Arena> = (0..13).map(|_| open()).collect();
+        for h in &holders {
+            blocks.push(h.alloc(256).unwrap());
+        }
+        // Both transient slots taken by a process that died holding them, `blocks[0]` tagged
+        // with the first (a free it began: the tree's own tests cover each state a death can
+        // leave a block in; here, that the slot is found and its blocks recovered).
+        let dead = dead_identity();
+        let owners = a.owners();
+        let t1 = owners.register_transient(dead, 0).unwrap();
+        let t2 = owners.register_transient(dead, 0).unwrap();
+        assert!(t1 > 14 && t2 > 14 && owners.register_transient(dead, 0).is_none(), "the table is full");
+        let r = a.node_of(blocks[0]).unwrap();
+        a.tree().change_owner(r, a.registered_tag().unwrap(), t1).unwrap();
+        owners.account(a.registered_tag().unwrap(), -256);
+        owners.account(t1, 256);
+        // A handle with no slot frees another block: it waits for a transient slot, recovers
+        // the dead holder's (finishing its free), and frees through it.
+        let reader = open();
+        reader.free(blocks[1]).unwrap();
+        assert!(!reader.is_registered());
+        assert!(a.validate(blocks[0]).is_err() && a.validate(blocks[1]).is_err());
+        for b in &blocks[2..] {
+            reader.free(*b).unwrap();
+        }
+        drop(holders);
+        a.check().unwrap();
+        assert_eq!(a.stats().in_use_bytes, 0);
+    }
+}
