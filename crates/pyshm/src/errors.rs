@@ -212,9 +212,9 @@ fn open_err(e: OpenError) -> PyErr {
 
 fn register_err(e: RegisterError, msg: String) -> PyErr {
     match e {
-        // The arena's owner table has room for every process slot and a few more up to 1,022
-        // (shm-ndarray's `owner_slots`): full when the pool is, or when more than about 1,014
-        // processes map one segment; the same outcome for the caller.
+        // An arena's owner table is full only when more than about 1,014 processes allocate in
+        // one segment at once, and a pool then goes on to another segment: left for a
+        // standalone arena, and the same outcome for the caller as a full pool.
         RegisterError::Full { .. } => PoolFullError::new_err(msg),
         RegisterError::Identity(_) => os_error(None, msg),
     }

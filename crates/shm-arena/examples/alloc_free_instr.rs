@@ -9,22 +9,28 @@
 //! ```
 //!
 //! (the first count minus the second, divided by 10,000: instructions per alloc + free).
+//! With `noslot` as the third argument, a second handle that holds no owner slot frees each
+//! block (through a transient slot, straight to the tree).
 
 use std::hint::black_box;
 
-use shm_arena::ArenaOptions;
+use shm_arena::{Arena, ArenaOptions, OpenOptions};
 
 fn main() {
     let mut args = std::env::args().skip(1);
     let size: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(1 << 20);
     let rounds: u32 = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_200);
     let mut options = ArenaOptions::new(64 << 20).min_block(64);
-    if args.next().as_deref() == Some("nocache") {
+    let mode = args.next();
+    if mode.as_deref() == Some("nocache") {
         options = options.cache_max_block(0);
     }
     let arena = options.create_anonymous().expect("an arena");
+    let other = (mode.as_deref() == Some("noslot"))
+        .then(|| Arena::open_fd(arena.fd().try_clone().expect("a descriptor"), &OpenOptions::new()).expect("a handle"));
+    let freer = other.as_ref().unwrap_or(&arena);
     for _ in 0..rounds {
         let block = arena.alloc(black_box(size)).expect("a block");
-        arena.free(black_box(block)).expect("ours");
+        freer.free(black_box(block)).expect("ours");
     }
 }

@@ -1,10 +1,12 @@
 //! [`Arena`]: a segment, its buddy tree, its owner table and this process's block cache.
 //!
 //! Invariants:
-//! 1. Each `Arena` value holds one owner slot of its segment, registered by the process using
-//!    it. A forked child notices (through [`crate::process::fork_generation`]) before its first
-//!    operation, forgets the parent's cache and takes a slot of its own: parent and child never
-//!    act under one tag.
+//! 1. Each `Arena` value holds at most one owner slot of its segment, taken by the process
+//!    using it on its first allocation (`registration`: lazily, so a process that only maps,
+//!    reads and frees holds none). A forked child notices (through
+//!    [`crate::process::fork_generation`]) before its first operation, forgets the parent's
+//!    cache and takes a slot of its own when it needs one: parent and child never act under
+//!    one tag.
 //! 2. Blocks this arena allocates carry its tag until freed, [`Arena::disown`]ed, or recovered;
 //!    when the arena is dropped (or its process dies) every block still tagged with it is freed.
 //!    A block meant to outlive its allocator must be disowned (or adopted by another arena).
@@ -27,6 +29,7 @@ use crate::memory::Admit;
 use crate::options::OpenOptions;
 use crate::owners::{OwnerInfo, OwnerSlot, OwnerTable};
 use crate::process::{fork_generation, ProcessIdentity};
+use crate::registration::Registration;
 use crate::segment::{Segment, SegmentName};
 use crate::sync::local::AtomicU64;
 use crate::sync::{SharedU32, SharedU64};
@@ -35,11 +38,6 @@ use crate::tree::{BuddyTree, NodeRef, TreeReport, TreeViolation};
 
 const CACHE_SHARDS: usize = 8;
 pub(crate) const CACHE_SLOTS: usize = 8;
-
-/// This process's registration: its tag and the fork generation it was taken in.
-struct Registration {
-    identity: ProcessIdentity,
-}
 
 /// A shared-memory arena as seen by this process.
 ///
@@ -67,9 +65,10 @@ struct Registration {
 /// ```
 pub struct Arena {
     pub(crate) segment: Segment,
-    /// `fork_generation << 16 | tag` of the current registration; 0 when none.
-    registration: AtomicU64,
-    identity: Mutex<Registration>,
+    /// `fork_generation << 16 | tag` of the current registration; 0 when none
+    /// (`registration` invariant 2).
+    pub(crate) registration: AtomicU64,
+    pub(crate) identity: Mutex<Registration>,
     pub(crate) cache: LocalCache,
     /// The segment's trim epoch as this handle last saw it.
     pub(crate) seen_trim: crate::sync::local::AtomicU32,
@@ -87,7 +86,7 @@ pub(crate) fn tree_of(segment: &Segment) -> BuddyTree<'_, [SharedU32]> {
     BuddyTree::new(nodes, search, l.depth).expect("layout sized the stores for this depth")
 }
 
-fn owners_of(segment: &Segment) -> OwnerTable<'_> {
+pub(crate) fn owners_of(segment: &Segment) -> OwnerTable<'_> {
     let l = segment.layout();
     // SAFETY: the owner region lies inside the validated layout, 128-byte aligned, and
     // `OwnerSlot` is a repr(C) struct of atomics accessed only atomically.
@@ -95,7 +94,7 @@ fn owners_of(segment: &Segment) -> OwnerTable<'_> {
 }
 
 /// Takes a slot for `identity`, recovering dead owners if the table is full.
-fn register_in(segment: &Segment, identity: ProcessIdentity) -> Result<u16, RegisterError> {
+pub(crate) fn register_in(segment: &Segment, identity: ProcessIdentity) -> Result<u16, RegisterError> {
     let owners = owners_of(segment);
     if let Some(tag) = owners.register(identity) {
         return Ok(tag);
@@ -105,24 +104,32 @@ fn register_in(segment: &Segment, identity: ProcessIdentity) -> Result<u16, Regi
 }
 
 /// Recovers every dead owner of `segment`, acting as `me` (with `rescuer_tag` when we have one).
-fn recover_in(segment: &Segment, me: ProcessIdentity, rescuer_tag: Option<u16>) -> Recovery {
+pub(crate) fn recover_in(segment: &Segment, me: ProcessIdentity, rescuer_tag: Option<u16>) -> Recovery {
     let owners = owners_of(segment);
     let tree = tree_of(segment);
     let mut out = Recovery::default();
+    // Every dead owner claimed first, then one walk of the tree for all of them (a walk per
+    // owner made a pool's collect after a thousand deaths cost a thousand walks).
+    let mut claimed = vec![false; owners.len() + 1];
     for tag in 1..=owners.len() as u16 {
         if let Some(dead) = owners.claim_dead(tag, me) {
-            // Without a tag of our own (registration pending), act under the dead tag itself.
-            let r = tree.recover_owner(tag, rescuer_tag.unwrap_or(tag));
+            claimed[usize::from(tag)] = true;
             out.owners += 1;
             out.dead.push(dead);
-            out.blocks_freed += r.blocks_freed;
-            out.frees_finished += r.frees_finished;
-            out.claims_undone += r.claims_undone;
-            out.bytes_freed += r.leaves_freed << segment.layout().min_block_shift;
-            owners.finish_recovery(tag, me);
         }
     }
     if out.owners > 0 {
+        // Without a tag of our own, act under each dead tag itself (its slot now names us).
+        let r = tree.recover_owners(&|owner| claimed.get(usize::from(owner)).copied().unwrap_or(false), rescuer_tag);
+        out.blocks_freed += r.blocks_freed;
+        out.frees_finished += r.frees_finished;
+        out.claims_undone += r.claims_undone;
+        out.bytes_freed += r.leaves_freed << segment.layout().min_block_shift;
+        for tag in 1..=owners.len() as u16 {
+            if claimed[usize::from(tag)] {
+                owners.finish_recovery(tag, me);
+            }
+        }
         out.marks_repaired = tree.repair();
     }
     out
@@ -168,18 +175,11 @@ impl Arena {
         let layout = *segment.layout();
         let max = cache_max_block.unwrap_or_else(|| 4096.min(layout.capacity >> 12));
         let orders = if max < layout.min_block() { 0 } else { (63 - max.leading_zeros()) - layout.min_block_shift + 1 };
-        let identity = match ProcessIdentity::current() {
-            Ok(i) => i,
-            Err(e) => return Err((segment, e.into())),
-        };
-        let tag = match register_in(&segment, identity) {
-            Ok(tag) => tag,
-            Err(e) => return Err((segment, e)),
-        };
+        // Invariant 1: no owner slot until the first allocation.
         Ok(Arena {
             segment,
-            registration: AtomicU64::new((fork_generation() << 16) | u64::from(tag)),
-            identity: Mutex::new(Registration { identity }),
+            registration: AtomicU64::new(0),
+            identity: Mutex::new(Registration::new()),
             cache: LocalCache::new(orders.min(layout.depth + 1), CACHE_SHARDS),
             seen_trim: crate::sync::local::AtomicU32::new(0),
         })
@@ -193,39 +193,12 @@ impl Arena {
         owners_of(&self.segment)
     }
 
-    /// This arena's owner tag, registering again first if we are a forked child (invariant 1).
-    #[inline]
-    pub(crate) fn tag(&self) -> Result<u16, RegisterError> {
-        // Relaxed: written by this process only (registration), read by its threads; a stale
-        // read only sends us to the locked slow path, which reads again.
-        let r = self.registration.load(Relaxed);
-        if r >> 16 == fork_generation() && r != 0 {
-            return Ok((r & 0xFFFF) as u16);
-        }
-        self.reregister()
-    }
-
-    #[cold]
-    fn reregister(&self) -> Result<u16, RegisterError> {
-        let mut reg = self.identity.lock().unwrap_or_else(|p| p.into_inner());
-        let r = self.registration.load(Relaxed);
-        if r >> 16 == fork_generation() && r != 0 {
-            return Ok((r & 0xFFFF) as u16);
-        }
-        // A forked child: the cache entries and the tag are the parent's.
-        self.cache.forget_all();
-        self.registration.store(0, Relaxed);
-        reg.identity = ProcessIdentity::current()?;
-        let tag = register_in(&self.segment, reg.identity)?;
-        self.registration.store((fork_generation() << 16) | u64::from(tag), Relaxed);
-        Ok(tag)
-    }
-
-    /// The owner tag this arena allocates under (1-based slot number).
+    /// The owner tag this arena allocates under (1-based slot number), taking a slot first if
+    /// this process holds none here yet (module invariant 1).
     ///
     /// # Errors
     ///
-    /// [`RegisterError`] if, in a forked child, no slot could be taken.
+    /// [`RegisterError`] if no slot could be taken (every one is held by a live process).
     pub fn owner_tag(&self) -> Result<u16, RegisterError> {
         self.tag()
     }
@@ -436,7 +409,9 @@ impl Arena {
         })
     }
 
-    /// Frees `block`. Any process may free any block it has a valid reference to.
+    /// Frees `block`. Any process may free any block it has a valid reference to, whether or
+    /// not it holds an owner slot here (one that holds none frees through a transient slot,
+    /// straight to the tree: `registration` invariant 3).
     ///
     /// # Errors
     ///
@@ -444,8 +419,7 @@ impl Arena {
     /// already; nothing is changed then.
     pub fn free(&self, block: Block) -> Result<(), BlockError> {
         let r = self.node_of(block)?;
-        let tag =
-            self.tag().map_err(|_| BlockError::State(crate::tree::BlockStateError::NotAllocated { index: r.index }))?;
+        let Some(tag) = self.registered_tag() else { return self.free_unregistered(r, block.size()) };
         self.trim_if_asked(tag);
         let tree = self.tree();
         let order = block.size_log2() - self.segment.layout().min_block_shift;
@@ -569,25 +543,30 @@ impl Arena {
     ///
     /// # Errors
     ///
-    /// [`BlockError`]; `WrongOwner` inside it if this arena does not own the block.
+    /// [`BlockError`]; `WrongOwner` inside it if this arena does not own the block (also when
+    /// this process holds no owner slot here).
     pub fn disown(&self, block: Block) -> Result<(), BlockError> {
         let r = self.node_of(block)?;
-        let tag =
-            self.tag().map_err(|_| BlockError::State(crate::tree::BlockStateError::NotAllocated { index: r.index }))?;
+        let tag = self.registered_tag().unwrap_or(SHARED_OWNER);
+        if tag == SHARED_OWNER {
+            let found = self.tree().validate(r)?.owner();
+            return Err(crate::tree::BlockStateError::WrongOwner { index: r.index, expected: tag, found }.into());
+        }
         self.tree().change_owner(r, tag, SHARED_OWNER)?;
         self.owners().account(tag, -(block.size() as i64));
         Ok(())
     }
 
-    /// Takes ownership of a disowned `block`: it is freed if this arena goes away.
+    /// Takes ownership of a disowned `block`: it is freed if this arena goes away. Takes an
+    /// owner slot first if this process holds none here.
     ///
     /// # Errors
     ///
-    /// [`BlockError`]; `WrongOwner` inside it if the block has an owner already.
+    /// [`BlockError`]; `WrongOwner` inside it if the block has an owner already,
+    /// [`BlockError::NoOwnerSlot`] if this process holds no slot and none is free.
     pub fn adopt(&self, block: Block) -> Result<(), BlockError> {
         let r = self.node_of(block)?;
-        let tag =
-            self.tag().map_err(|_| BlockError::State(crate::tree::BlockStateError::NotAllocated { index: r.index }))?;
+        let tag = self.tag().map_err(|_| BlockError::NoOwnerSlot { slots: self.owners().len() as u32 })?;
         self.tree().change_owner(r, SHARED_OWNER, tag)?;
         self.owners().account(tag, block.size() as i64);
         Ok(())
@@ -598,9 +577,8 @@ impl Arena {
     /// Runs by itself when an allocation would otherwise fail and when the owner table is
     /// full. Linear in the size of the tree per dead owner found.
     pub fn recover_dead_owners(&self) -> Recovery {
-        let me = self.identity.lock().unwrap_or_else(|p| p.into_inner()).identity;
-        let tag = self.tag().ok();
-        recover_in(&self.segment, me, tag)
+        let Ok(me) = self.me() else { return Recovery::default() };
+        recover_in(&self.segment, me, self.registered_tag())
     }
 
     /// Usage of the arena (a walk of the tree; safe while others allocate, then approximate).
@@ -696,8 +674,9 @@ impl Drop for Arena {
             // Invariant 2: what we still own dies with us.
             self.tree().recover_owner(tag, tag);
         }
-        let me = self.identity.lock().unwrap_or_else(|p| p.into_inner()).identity;
-        owners.unregister(tag, me);
+        if let Ok(me) = self.me() {
+            owners.unregister(tag, me);
+        }
     }
 }
 

@@ -77,7 +77,7 @@ impl Arena {
     ///
     /// The allocator does this by itself before it reports exhaustion.
     pub fn trim(&self) {
-        if let Ok(tag) = self.tag() {
+        if let Some(tag) = self.registered_tag() {
             self.flush_cache(tag);
         }
     }

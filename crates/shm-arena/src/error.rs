@@ -334,4 +334,11 @@ pub enum BlockError {
     /// The tree says the block is not there as described.
     #[error(transparent)]
     State(#[from] BlockStateError),
+    /// Taking ownership of the block needs an owner slot, and every slot of the arena is
+    /// held by a live process (or this process cannot be identified).
+    #[error("no owner slot free among the arena's {slots} for this process to take the block")]
+    NoOwnerSlot {
+        /// Slots of the arena's owner table.
+        slots: u32,
+    },
 }

@@ -92,6 +92,7 @@ pub mod pages;
 #[cfg(not(feature = "internals"))]
 #[allow(unreachable_pub)] // its `pub` items are the `internals` API
 mod pages;
+mod registration;
 #[allow(unsafe_code)] // the mapping and the typed views into it
 mod segment;
 pub mod sync;

@@ -11,6 +11,11 @@
 //!    live rescuer works on a slot, and a rescuer's death hands the job on. A slot becomes
 //!    `Free` only after every block tagged with it was freed, so a new process taking the slot
 //!    never inherits blocks.
+//! 4. The last [`transient_band`] slots are never taken by [`OwnerTable::register`]: a process
+//!    with no slot of its own frees through one of them ([`OwnerTable::register_transient`],
+//!    given back right after the free), so a free never waits on a slot that only a process's
+//!    exit gives back. A transient slot owns no block once its free is done; one held by a dead
+//!    process is recovered like any other (its free is finished).
 //!
 //! | state        | word                           | next states |
 //! |--------------|--------------------------------|-------------|
@@ -77,6 +82,17 @@ fn encode(kind: u64, who: ProcessIdentity) -> u64 {
     (kind << KIND_SHIFT) | (who.to_bits() & IDENTITY_MASK)
 }
 
+/// Slots of a table of `len` kept for transient frees (invariant 4): an eighth, at most 8
+/// (none in a table of fewer than 8 slots, whose transient frees take any free slot).
+pub(crate) const fn transient_band(len: usize) -> usize {
+    let band = len / 8;
+    if band > 8 {
+        8
+    } else {
+        band
+    }
+}
+
 /// A slot described for [`crate::Arena::owner_slots`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OwnerInfo {
@@ -102,17 +118,38 @@ impl<'a> OwnerTable<'a> {
         self.slots.get(usize::from(tag).checked_sub(1)?)
     }
 
-    /// Claims a free slot for `me` (invariant 1); `None` when every slot is taken.
+    /// Claims a free slot for `me` (invariant 1), outside the transient band (invariant 4);
+    /// `None` when every such slot is taken.
     pub(crate) fn register(&self, me: ProcessIdentity) -> Option<u16> {
-        let word = encode(LIVE, me);
-        for (i, slot) in self.slots.iter().enumerate() {
-            if slot.state.load(Relaxed) == 0 && slot.state.compare_exchange(0, word, AcqRel, Relaxed).is_ok() {
-                slot.owned_bytes.store(0, Relaxed);
-                slot.registrations.fetch_add(1, Relaxed);
-                return Some(i as u16 + 1);
-            }
+        let lasting = self.slots.len() - transient_band(self.slots.len());
+        (0..lasting).find_map(|i| self.try_take(i, me))
+    }
+
+    /// Claims a slot for one free by `me`, who has no slot of its own (invariant 4): the
+    /// transient band first, from `start` on (so that processes spread over it), then any free
+    /// slot. `None` when every slot is taken.
+    pub(crate) fn register_transient(&self, me: ProcessIdentity, start: usize) -> Option<u16> {
+        let len = self.slots.len();
+        let band = transient_band(len);
+        (0..band).map(|k| len - band + (start + k) % band).chain(0..len).find_map(|i| self.try_take(i, me))
+    }
+
+    fn try_take(&self, i: usize, me: ProcessIdentity) -> Option<u16> {
+        let slot = &self.slots[i];
+        // Invariant 1: one CAS from `Free` records who took the slot.
+        if slot.state.load(Relaxed) == 0 && slot.state.compare_exchange(0, encode(LIVE, me), AcqRel, Relaxed).is_ok() {
+            slot.owned_bytes.store(0, Relaxed);
+            slot.registrations.fetch_add(1, Relaxed);
+            return Some(i as u16 + 1);
         }
         None
+    }
+
+    /// Whether [`OwnerTable::register`] would find a free slot now: a look, for a caller
+    /// choosing between segments.
+    pub(crate) fn has_free_slot(&self) -> bool {
+        let lasting = self.slots.len() - transient_band(self.slots.len());
+        self.slots[..lasting].iter().any(|s| s.state.load(Relaxed) == 0)
     }
 
     /// Gives `tag` back; the caller has freed every block tagged with it.

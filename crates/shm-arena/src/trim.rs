@@ -124,8 +124,13 @@ impl Arena {
         if self.segment.whole_reserved() {
             return 0;
         }
-        let Ok(tag) = self.tag() else { return 0 };
-        self.flush_cache(tag);
+        // Our own slot, or a transient one for the walk (`registration` invariant 3): the
+        // blocks the walk claims are recovered with it if we die.
+        let Ok(acting) = self.acting_owner() else { return 0 };
+        let tag = acting.tag();
+        if matches!(acting, crate::registration::ActingOwner::Registered(_)) {
+            self.flush_cache(tag);
+        }
         let Some(_guard) = self.begin_trim(tag) else { return 0 };
         self.trim_walk(tag)
     }

@@ -362,6 +362,7 @@ fn blocks_in_use_lists_exactly_the_live_blocks_in_address_order() {
 fn memory_parked_in_another_handles_cache_comes_back_after_a_failed_allocation() {
     let a = ArenaOptions::new(1 << 20).cache_max_block(1 << 20).create_anonymous().unwrap();
     let b = Arena::open_fd(a.fd().try_clone().unwrap(), &OpenOptions::new().cache_max_block(1 << 20)).unwrap();
+    b.owner_tag().unwrap(); // a handle caches frees only once it holds an owner slot
     let x = a.alloc(1 << 20).unwrap();
     b.free(x).unwrap(); // parked in b's cache
     match a.alloc(64) {
@@ -375,4 +376,43 @@ fn memory_parked_in_another_handles_cache_comes_back_after_a_failed_allocation()
     let y = b.alloc(64).unwrap();
     b.free(y).unwrap();
     assert!(a.alloc(64).is_ok());
+}
+
+#[test]
+fn owner_slots_are_taken_by_allocations_only_and_frees_need_none() {
+    // 16 slots: 14 for allocating handles, 2 kept for frees by handles holding none.
+    let a = ArenaOptions::new(1 << 20).owner_slots(16).create_anonymous().unwrap();
+    let open = || Arena::open_fd(a.fd().try_clone().unwrap(), &OpenOptions::new()).unwrap();
+    let readers: Vec<Arena> = (0..40).map(|_| open()).collect();
+    assert!(readers.iter().all(|r| !r.is_registered()), "mapping takes no slot");
+    assert_eq!(a.stats().live_owners, 0);
+    let mut blocks = vec![a.alloc(64).unwrap()];
+    let allocators: Vec<Arena> = (0..13).map(|_| open()).collect();
+    for h in &allocators {
+        blocks.push(h.alloc(64).unwrap());
+    }
+    assert_eq!(a.stats().live_owners, 14);
+    let last = open();
+    assert!(!last.has_owner_room() && matches!(last.alloc(64), Err(AllocError::Register(_))));
+    // A handle with no slot frees anything (through a transient slot, straight to the tree),
+    // and cannot adopt.
+    let shared = a.alloc(256).unwrap();
+    a.disown(shared).unwrap();
+    assert!(matches!(last.adopt(shared), Err(BlockError::NoOwnerSlot { slots: 16 })));
+    assert!(matches!(last.disown(blocks[1]), Err(BlockError::State(BlockStateError::WrongOwner { .. }))));
+    last.free(shared).unwrap();
+    for (r, b) in readers.iter().zip(blocks.drain(..)) {
+        r.free(b).unwrap();
+    }
+    assert!(readers.iter().all(|r| !r.is_registered()) && !last.is_registered());
+    assert!(matches!(last.free(shared), Err(BlockError::State(_))), "a second free is refused");
+    // The slots of allocating handles come back when they are dropped.
+    drop(allocators);
+    assert!(last.has_owner_room());
+    let b = last.alloc(64).unwrap();
+    assert!(last.is_registered());
+    last.free(b).unwrap();
+    drop(last);
+    a.check().unwrap();
+    assert_eq!(a.stats().in_use_bytes, 0);
 }

@@ -5,9 +5,11 @@
 //! `PoolError::Full`; and 1,024 short-lived processes going through one pool in batches, slots
 //! recycled.
 //!
-//! Not 4,096 live processes: each process also takes an owner slot in every arena segment it
-//! maps, and an arena has at most 1,022 (`shm_arena`'s 10-bit owner tags), so a pool cannot have
-//! more than about 1,014 processes at once yet; and 4,096 forked children are too many for CI.
+//! And 4,096 processes alive in one pool at once (`process_slots` = 4,096), every one of them
+//! holding an array of its own: an arena has at most 1,022 owner slots, so their arrays' headers
+//! spread over several metadata segments (a process takes an owner slot in a segment only when it
+//! allocates there); the 4,097th process is refused, and `collect` reclaims what SIGKILLed ones
+//! held.
 //!
 //! Every child is a fork of this test (`shm_testkit::fork`) that blocks on a pipe only the
 //! parent writes, so it exits when the parent closes it or dies; a watchdog thread SIGKILLs every
@@ -230,6 +232,102 @@ fn a_thousand_short_lived_processes_go_through_one_pool_in_batches() {
     assert_eq!(shared.to_vec(), [7; 8]);
     drop(shared);
     pool.check().unwrap();
+    close(report_r);
+    close(report_w);
+}
+
+#[test]
+fn four_thousand_ninety_six_processes_live_at_once_each_with_an_array_of_its_own() {
+    /// Every slot: ours and 4,095 children's.
+    const LIVE: u32 = 4096;
+    /// Children forked before their reports are read.
+    const BATCH: u32 = 128;
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let children = Children::new("the 4,096 live processes test");
+    let started = Instant::now();
+    let pool = Pool::create(&PoolOptions::new().process_slots(LIVE)).unwrap();
+    let shared = ShmArray::<u64>::from_slice(&pool, &[8], &[7; 8]).unwrap();
+    let base = pool.stats();
+    let (release_r, release_w) = pipe();
+    let (report_r, report_w) = pipe();
+    let mut pids = vec![0];
+    let mut forked = 1;
+    while forked < LIVE {
+        let batch = BATCH.min(LIVE - forked);
+        for _ in 0..batch {
+            let n = u64::from(forked);
+            let pid = fork(|| {
+                close(release_w);
+                // Joining holds `shared` under our own slot; then an array of our own: 8 bytes,
+                // inline in its header, so in a metadata segment whose owner table has room.
+                pool.join().unwrap();
+                let mine = ShmArray::<u64>::from_slice(&pool, &[1], &[n]).unwrap();
+                let ok = shared.to_vec() == [7; 8] && mine.to_vec() == [n];
+                write_byte(report_w, if ok { b'Y' } else { b'N' });
+                let _ = read_byte(release_r); // until the parent closes the pipe
+                let ok = mine.to_vec() == [n];
+                // Freed by us (a free needs no owner slot in its segment), then gone without
+                // leaving: a leave collects, and 4,095 collects over 4,096 slots take minutes.
+                drop(mine);
+                i32::from(!ok)
+            });
+            children.add(pid);
+            pids.push(pid);
+            forked += 1;
+        }
+        for _ in 0..batch {
+            assert_eq!(read_byte(report_r), Some(b'Y'), "a child of the batch ending at {forked}");
+        }
+        if (forked - 1) % 1024 == 0 {
+            eprintln!("{forked} processes live after {:?}", started.elapsed());
+        }
+    }
+    let s = pool.stats();
+    assert_eq!((s.processes, s.arrays), (LIVE as usize, base.arrays + u64::from(LIVE) - 1));
+    // At most 1,014 processes allocate in one segment (1,022 owner slots, 8 kept for frees): the
+    // headers went on to metadata segments grown for them.
+    assert!(s.segments >= (LIVE as usize).div_ceil(1014), "{} segments", s.segments);
+    eprintln!("{LIVE} processes live after {:?}, {} segments", started.elapsed(), s.segments);
+
+    // One process too many is refused.
+    let extra = fork(|| {
+        close(release_w);
+        i32::from(!matches!(pool.join(), Err(PoolError::Full { slots, .. }) if slots == LIVE))
+    });
+    children.add(extra);
+    assert_eq!(wait(extra), 0, "the extra process was not refused with PoolError::Full");
+
+    // SIGKILL a few, spread over the slots (and so over the metadata segments their arrays live
+    // in): collect frees exactly the arrays they held alone.
+    let killed: Vec<usize> = (7..LIVE as usize).step_by(511).collect();
+    for child in &killed {
+        kill(pids[*child]);
+    }
+    let r = pool.collect();
+    assert_eq!((r.dead_processes, r.arrays_freed), (killed.len(), killed.len()));
+    let s = pool.stats();
+    assert_eq!(s.processes, LIVE as usize - killed.len());
+    assert_eq!(s.arrays, base.arrays + u64::from(LIVE) - 1 - killed.len() as u64);
+    assert_eq!(shared.to_vec(), [7; 8]);
+
+    close(release_w);
+    for (child, pid) in pids.iter().enumerate().skip(1) {
+        if !killed.contains(&child) {
+            assert_eq!(wait(*pid), 0, "child {child}");
+        }
+    }
+    eprintln!("all exited after {:?}", started.elapsed());
+    // Their slots come back (and the blocks a process keeps for reuse after a drop, held by
+    // its slot, are freed with them).
+    let r = pool.collect();
+    assert_eq!(r.dead_processes, LIVE as usize - 1 - killed.len());
+    let end = pool.stats();
+    assert_eq!((end.arrays, end.processes), (base.arrays, 1));
+    drop(shared);
+    pool.check().unwrap();
+    eprintln!("done after {:?}", started.elapsed());
+    drop(children);
+    close(release_r);
     close(report_r);
     close(report_w);
 }

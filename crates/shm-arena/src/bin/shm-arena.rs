@@ -67,7 +67,7 @@ fn info(name: &str) -> Result<ExitCode> {
     println!("in use          {} bytes in {} blocks", s.in_use_bytes, s.blocks_in_use);
     println!("cached          {} bytes", s.cached_bytes);
     println!("free            {} bytes, largest block {}", s.free_bytes, s.largest_free_block);
-    println!("live owners     {} (this tool included)", s.live_owners);
+    println!("live owners     {} (processes holding an owner slot)", s.live_owners);
     for o in a.owner_slots().iter().filter(|o| !matches!(o.state, shm_arena::SlotState::Free)) {
         println!("  owner {:4}    {:?}, {} bytes", o.tag, o.state, o.owned_bytes);
     }

@@ -44,23 +44,31 @@ impl<N: ?Sized + AtomicWords, S: ?Sized + AtomicWords> BuddyTree<'_, N, S> {
     /// afterwards (once, after any number of owners) to clear marks a cut phase 2 left.
     /// `dead == rescuer` frees every block of `rescuer` itself (a clean exit).
     pub fn recover_owner(&self, dead: u16, rescuer: u16) -> RecoveryReport {
+        self.recover_owners(&|owner| owner == dead, Some(rescuer))
+    }
+
+    /// Frees or undoes everything tagged with an owner for which `is_dead` holds, in one walk
+    /// of the tree whatever their number, acting as `rescuer`, or, with `None`, as each block's
+    /// dead owner itself (a rescuer with no tag of its own: its slot `Recovering` names it,
+    /// so if it dies too, the next rescuer takes the same blocks over). The caller guarantees
+    /// the same as for [`BuddyTree::recover_owner`], for every owner `is_dead` accepts.
+    pub fn recover_owners(&self, is_dead: &dyn Fn(u16) -> bool, rescuer: Option<u16>) -> RecoveryReport {
         let mut report = RecoveryReport::default();
-        if dead == RESERVED_OWNER {
-            return report;
-        }
         for index in 1..Self::node_words(self.depth) {
             let mut w = self.word(index);
             // Invariant 1: take the block over before acting on it.
             let taken = loop {
-                if !w.is_block() || w.owner() != dead {
+                if !w.is_block() || w.owner() == RESERVED_OWNER || !is_dead(w.owner()) {
                     break None;
                 }
-                match self.nodes.compare_exchange(index, w.0, w.with_owner(rescuer).0, SeqCst, SeqCst) {
+                let to = rescuer.unwrap_or(w.owner());
+                match self.nodes.compare_exchange(index, w.0, w.with_owner(to).0, SeqCst, SeqCst) {
                     Ok(_) => break Some(w),
                     Err(now) => w = NodeWord(now),
                 }
             };
             let Some(w) = taken else { continue };
+            let w = w.with_owner(rescuer.unwrap_or(w.owner()));
             let leaves = 1u64 << self.order_of(index);
             if w.is_freeing() {
                 self.finish_free(index);
@@ -70,7 +78,7 @@ impl<N: ?Sized + AtomicWords, S: ?Sized + AtomicWords> BuddyTree<'_, N, S> {
             }
             match self.climb(index) {
                 Ok(()) => {
-                    let mine = w.with_owner(rescuer);
+                    let mine = w;
                     let freeing = mine.without_flags(CACHED).with_flags(FREEING);
                     if self.nodes.compare_exchange(index, mine.0, freeing.0, SeqCst, SeqCst).is_ok() {
                         self.finish_free(index);

@@ -221,6 +221,29 @@ fn recovery_frees_blocks_finishes_frees_and_undoes_claims() {
 }
 
 #[test]
+fn one_walk_recovers_several_dead_owners_each_under_its_own_tag_without_a_rescuer_tag() {
+    let s = Stores::new(6);
+    let t = s.tree();
+    let keep = t.alloc(6, 1).unwrap();
+    let a = t.alloc(4, 5).unwrap();
+    let b = t.alloc(6, 7).unwrap();
+    let c = t.alloc(5, 7).unwrap();
+    t.park(c, 7).unwrap();
+    // A free by owner 9 cut short after FREEING.
+    let d = t.alloc(6, 9).unwrap();
+    let w = t.word(d.index);
+    s.nodes[d.index].store(w.with_flags(FREEING).0, SeqCst);
+    let report = t.recover_owners(&|o| [5, 7, 9].contains(&o), None);
+    assert_eq!((report.blocks_freed, report.frees_finished, report.claims_undone), (3, 1, 0));
+    t.repair();
+    let after = t.check().unwrap();
+    assert_eq!(after.leaves_by_owner.keys().copied().collect::<Vec<_>>(), vec![1], "only owner 1's block remains");
+    assert!(t.validate(keep).is_ok() && t.validate(a).is_err() && t.validate(b).is_err());
+    t.free(keep, 1).unwrap();
+    assert_eq!(t.check().unwrap().largest_free_order, Some(6));
+}
+
+#[test]
 fn repair_clears_marks_left_by_a_cut_phase_two() {
     let s = Stores::new(4);
     let t = s.tree();

@@ -113,9 +113,10 @@ use segments::MetaSegment;
 /// Holder slot of the named-array directory (never a process slot).
 pub(crate) const DIRECTORY_HOLDER: u32 = MAX_PROCESSES;
 /// Most processes a pool can have at once: its process table's slots (every array's refcount
-/// can name them all: `overflow`). Every process also takes an owner slot in each arena
-/// segment it maps, of which a segment has at most 1,022 (`open::ARENA_OWNER_SLOTS_MAX`), so a pool
-/// has room for about 1,000 processes at once until the arena's owner table grows too.
+/// can name them all: `overflow`). A process also takes an owner slot in each arena segment it
+/// allocates in (not in those it only maps), of which a segment has at most 1,022
+/// (`open::ARENA_OWNER_SLOTS_MAX`): more allocating processes than that go on to other
+/// segments (`segments` invariant 5), so all 4,096 can allocate at once.
 pub const MAX_PROCESSES: u32 = 4096;
 const ORD: core::sync::atomic::Ordering = core::sync::atomic::Ordering::Relaxed;
 

@@ -51,10 +51,11 @@ pub(super) fn registry() -> &'static Mutex<HashMap<String, Weak<PoolShared>>> {
 /// `OWNER_SLOTS_MAX`, checked by a test below).
 pub(super) const ARENA_OWNER_SLOTS_MAX: u32 = 1022;
 
-/// Owner slots of each arena segment of a pool with `process_slots` slots: every process of the
-/// pool may map every segment, so one per process slot and a few spare, up to what an arena
-/// can have ([`ARENA_OWNER_SLOTS_MAX`]): beyond that, a process that maps a segment whose owner
-/// table is full gets an error from opening it (issue 13 item 6, not done).
+/// Owner slots of each arena segment of a pool with `process_slots` slots: one per process
+/// slot and eight for frees by processes holding none (shm-arena's transient band), up to what
+/// an arena can have ([`ARENA_OWNER_SLOTS_MAX`]). A process takes a slot in a segment only when
+/// it first allocates there; when more processes allocate than a table holds, allocations move
+/// to (or grow) another segment of the kind (segments invariant 5).
 pub(super) fn owner_slots(process_slots: u32) -> u32 {
     (process_slots + 8).min(ARENA_OWNER_SLOTS_MAX)
 }

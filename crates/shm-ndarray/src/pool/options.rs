@@ -113,7 +113,7 @@ impl PoolOptions {
     /// Process slots: how many processes may use the pool at once (default
     /// [`DEFAULT_PROCESS_SLOTS`], at most [`MAX_PROCESSES`](super::MAX_PROCESSES)). Each slot
     /// costs 64 bytes in segment 0 and, up to about 1,000, an owner slot of 128 bytes in every
-    /// segment; and at most about 1,014 processes can map one segment (see
+    /// segment (a process takes one only in the segments it allocates in; see
     /// [`MAX_PROCESSES`](super::MAX_PROCESSES)).
     pub fn process_slots(mut self, slots: u32) -> Self {
         self.process_slots = slots;

@@ -248,8 +248,11 @@ impl PoolShared {
         let o = unsafe { OverflowBlock::at(ptr) };
         // Adopted first (release invariant 5): a freer killed after this leaves the block to
         // the arena's recovery, and the rescuer that finishes its free finds it no longer
-        // disowned and leaves it alone, so it is never freed twice.
-        if o.magic.load(core::sync::atomic::Ordering::Acquire) == OVERFLOW_MAGIC && meta.arena.adopt(block).is_ok() {
+        // disowned and leaves it alone, so it is never freed twice. (Without an owner slot in
+        // the segment, checked disowned instead: release invariant 5.)
+        if o.magic.load(core::sync::atomic::Ordering::Acquire) == OVERFLOW_MAGIC
+            && super::release::take_for_free(meta.arena, block)
+        {
             free_overflow_block(meta.arena, block);
         }
     }

@@ -26,6 +26,11 @@
 //!    The live-data count (a hint: reserve invariant 3) may end one array low when a freer dies
 //!    inside `free_data` after taking the count off and before the arena took the block: the
 //!    finisher adopts it and takes the count off again (found in review, session 7).
+//!    A process that cannot adopt because it has no owner slot in the segment and none is free
+//!    (more than about 1,014 processes allocate there: segments invariant 5) goes on when the
+//!    block is still the disowned one (`take_for_free`), without the ownership that would hand
+//!    it to recovery if it died in the next steps: a death there can leak that block, never
+//!    free it twice (the arena refuses a free of a block not allocated with its generation).
 //!
 //! Protocol: the last `LocalRef` of an array calls `release_local`; `leave` calls
 //! `release_hold` for every array still held; renewed blocks go back (`give_back_renewed`)
@@ -72,7 +77,7 @@ impl PoolShared {
             let data_block = Block::from_bits(h.data_block.load(ORD));
             // A finisher frees the data only if nobody did: the block is still disowned, with
             // its generation (invariant 5).
-            let ours = |a: &shm_arena::Arena| !finishing || (word & DATA_FREED == 0 && a.adopt(data_block).is_ok());
+            let ours = |a: &shm_arena::Arena| !finishing || (word & DATA_FREED == 0 && take_for_free(a, data_block));
             if let Some(a) = self.segment(data_seg).ok().filter(|a| ours(a)) {
                 h.data_segment.store(word | FREEING_DATA, ORD);
                 kill_points::reached(KillPoint::FreeDataMarked);
@@ -89,7 +94,7 @@ impl PoolShared {
             // recovery (invariant 5). A finisher that cannot adopt it finds it owned by the dead
             // freer already: recovery frees it. (The freer itself goes on either way, as it
             // always did: it is the array's one freer.)
-            if a.adopt(header_block).is_ok() || !finishing {
+            if take_for_free(a, header_block) || !finishing {
                 kill_points::reached(KillPoint::FreeHeaderAdopted);
                 h.magic.store(0, ORD);
                 let _ = a.free(header_block);
@@ -187,5 +192,15 @@ impl PoolShared {
                 self.release_renewed(slot, seg, block, h);
             }
         });
+    }
+}
+
+/// Adopts `block` before freeing it (invariant 5), or, with no owner slot for this process in
+/// the segment, checks that it is still the disowned block the adoption would have taken.
+pub(super) fn take_for_free(arena: &shm_arena::Arena, block: Block) -> bool {
+    match arena.adopt(block) {
+        Ok(()) => true,
+        Err(shm_arena::BlockError::NoOwnerSlot { .. }) => arena.is_disowned(block),
+        Err(_) => false,
     }
 }

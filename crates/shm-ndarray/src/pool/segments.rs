@@ -18,7 +18,14 @@
 //!    the warm path reserves nothing and asks nothing). The check reads counts and reserves
 //!    nothing: processes reserving at the same moment may each pass it, so the bound can be
 //!    exceeded by what they reserve at once, never by more.
-//! 5. A memfd segment that no live member could give us (backend.rs: gone with its last
+//! 5. A process takes an owner slot in a segment's arena on its first allocation there, not
+//!    when it maps it (shm-arena's `registration`), and an arena has at most 1,022 slots. An
+//!    allocation that finds a segment's owner table full (`AllocError::Register`) goes on to the
+//!    next segment of its kind, and growth counts a segment as room only if this process could
+//!    allocate in it (`Arena::has_owner_room`): with more processes allocating than one table
+//!    holds, the pool grows another segment of the kind. Everything else (attach, read, write,
+//!    free, collect, recovery, the name table's reads) needs no slot.
+//! 6. A memfd segment that no live member could give us (backend.rs: gone with its last
 //!    holder) is looked for again at most once a second (`LOOK_AGAIN`, the map under
 //!    `open_lock`): the paths that read every segment's count (each data free, each cold
 //!    reservation) never walk the members' `/proc` on every call. It counts as holding nothing.
@@ -169,7 +176,12 @@ impl PoolShared {
         // The common case: the segment that served the last allocation of this kind.
         let hint = self.last_segment[kind as usize].load(ORD) as u16;
         if let Some(arena) = self.segments.get(hint as usize).and_then(OnceLock::get) {
-            if self.dir().segments()[hint as usize].kind.load(ORD) == kind && arena.max_block() >= size {
+            // Invariant 5: a segment whose owner table is full for us is passed over before the
+            // arena tries to register (which would look at the liveness of every holder).
+            if self.dir().segments()[hint as usize].kind.load(ORD) == kind
+                && arena.max_block() >= size
+                && (arena.is_registered() || arena.has_owner_room())
+            {
                 if let Ok((b, p)) = arena.alloc_admitting(size, &|bytes| self.admits(hint, bytes)) {
                     return Ok((hint, b, p));
                 }
@@ -211,7 +223,7 @@ impl PoolShared {
             let mut no_space = None;
             let mut over_limit = false;
             for (i, arena, k) in self.open_segments() {
-                if k == kind && arena.max_block() >= size {
+                if k == kind && arena.max_block() >= size && arena.has_owner_room() {
                     match arena.alloc_admitting(size, &|bytes| self.admits(i, bytes)) {
                         Ok((b, p)) => {
                             self.last_segment[kind as usize].store(u64::from(i), ORD);
@@ -220,7 +232,8 @@ impl PoolShared {
                         // Over `max_size` (invariant 4): growing would not help either (`grow`
                         // checks the same bound), only a free or a trim.
                         Err(AllocError::OverLimit { .. }) => over_limit = true,
-                        Err(AllocError::Exhausted { .. } | AllocError::TooLarge { .. }) => {}
+                        // Invariant 5: no owner slot for us here; another segment may have one.
+                        Err(AllocError::Exhausted { .. } | AllocError::TooLarge { .. } | AllocError::Register(_)) => {}
                         Err(AllocError::NoSpace { reserving, available, .. }) => {
                             no_space = Some((reserving, available.unwrap_or(0)));
                         }
@@ -268,7 +281,7 @@ impl PoolShared {
                         && self
                             .open_segments()
                             .iter()
-                            .any(|(_, a, k)| *k == kind && a.stats().largest_free_block >= size)
+                            .any(|(_, a, k)| *k == kind && a.has_owner_room() && a.stats().largest_free_block >= size)
                     {
                         continue;
                     }
@@ -353,7 +366,8 @@ impl PoolShared {
             let e = &dir.segments()[i];
             if e.kind.load(ORD) == kind {
                 if let Ok(a) = self.segment(i as u16) {
-                    if a.stats().largest_free_block >= size {
+                    // Invariant 5: room only if we could take an owner slot there.
+                    if a.has_owner_room() && a.stats().largest_free_block >= size {
                         return Ok(true);
                     }
                 }
@@ -385,8 +399,8 @@ impl PoolShared {
         // 4; small arrays live in metadata segments, so those count too): their held bytes
         // and the request, not their address space.
         let used = self.held_after_root();
-        // Every process of the pool may map every segment: an owner slot per process slot, up
-        // to the arena's limit.
+        // An owner slot per process slot, up to the arena's limit (invariant 5: beyond it, the
+        // pool grows another segment for the processes that allocate).
         let owner_slots = super::open::owner_slots(h.process_slots.load(ORD) as u32);
         let options = ArenaOptions::new(capacity).min_block(min_block).owner_slots(owner_slots);
         let metadata = options.held_at_creation().unwrap_or(capacity);
