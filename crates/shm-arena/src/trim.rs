@@ -49,8 +49,8 @@ use core::sync::atomic::Ordering::{AcqRel, Acquire};
 use crate::arena::Arena;
 use crate::block::Block;
 use crate::layout::PAGE;
-use crate::sync::SharedU32;
-use shm_platform::futex;
+use crate::sync::{AtomicWords, FutexWord, SharedU32, Waited};
+use crate::tree::{BuddyTree, NodeRef};
 
 /// The largest block a trim claims at once (invariant 1): 2 MiB, punched in well under a
 /// millisecond on this VM (a touched MiB takes about 370 us), so that is all a waiter waits.
@@ -80,22 +80,215 @@ fn sequence(word: u32) -> u32 {
     word >> 20
 }
 
+/// What the protocol asks of the arena around it: the arena implements it over its mapped
+/// header word, the loom models (`tests/loom_trim.rs`) over loom's atomics, so both run the
+/// code below unchanged (`sync` invariant 1).
+pub trait TrimHost {
+    /// The trim state word's type.
+    type Word: FutexWord + ?Sized;
+    /// The trim state word (module doc).
+    fn state_word(&self) -> &Self::Word;
+    /// Whether owner `tag` is gone: its slot free, or its process dead (invariant 2).
+    fn is_gone(&self, tag: u16) -> bool;
+    /// Frees what dead owners held; called by a waiter that cleared a dead trimmer, whose
+    /// claimed chunk is freed with the rest of what it owned.
+    fn recover_dead(&self);
+    /// A monotonic clock (for [`PAUSE_MAX`] and [`WAIT_MAX`]).
+    fn now(&self) -> Duration;
+}
+
+/// The protocol of the module doc, on one host's trim state word.
+pub struct TrimState<'a, H: ?Sized> {
+    host: &'a H,
+}
+
 /// Ends a trim when dropped (invariant 2), waking whoever waits on the word.
-struct TrimGuard<'a> {
-    word: &'a SharedU32,
+#[must_use = "dropping the guard ends the trim"]
+pub struct TrimGuard<'a, H: TrimHost + ?Sized> {
+    host: &'a H,
     tag: u16,
 }
 
-impl Drop for TrimGuard<'_> {
+impl<H: TrimHost + ?Sized> Drop for TrimGuard<'_, H> {
     fn drop(&mut self) {
+        let word = self.host.state_word();
         let tag = u32::from(self.tag);
         // AcqRel: ordered after our last release (a waiter that sees the tag gone looks again).
-        let _ = self.word.fetch_update(AcqRel, Acquire, |w| (w & TAG_MASK == tag).then_some(w & !TAG_MASK));
-        futex::wake(self.word, u32::MAX);
+        let _ = word.fetch_update(AcqRel, Acquire, |w| (w & TAG_MASK == tag).then_some(w & !TAG_MASK));
+        word.wake_all();
+    }
+}
+
+impl<'a, H: TrimHost + ?Sized> TrimState<'a, H> {
+    /// The protocol on `host`'s word.
+    pub fn new(host: &'a H) -> Self {
+        Self { host }
+    }
+
+    /// Takes the trim state's tag field for `tag` (invariant 2), waiting for a running trim to
+    /// end; `None` if it does not end within [`WAIT_MAX`].
+    pub fn begin(&self, tag: u16) -> Option<TrimGuard<'a, H>> {
+        let word = self.host.state_word();
+        let deadline = self.host.now() + WAIT_MAX;
+        loop {
+            let w = word.load(Acquire);
+            let other = trimmer(w);
+            if other == 0 {
+                if word.compare_exchange(w, w | u32::from(tag), AcqRel, Acquire).is_ok() {
+                    return Some(TrimGuard { host: self.host, tag });
+                }
+                continue;
+            }
+            if self.host.now() >= deadline {
+                return None;
+            }
+            if word.wait(w, TICK) == Waited::TimedOut {
+                self.clear_gone_trimmer(w);
+            }
+        }
+    }
+
+    /// Clears the tag field if the trimmer it names is gone (invariant 2).
+    fn clear_gone_trimmer(&self, w: u32) -> bool {
+        let other = trimmer(w);
+        if other == 0 || !self.host.is_gone(other) {
+            return false;
+        }
+        let word = self.host.state_word();
+        let _ = word.fetch_update(AcqRel, Acquire, |now| (trimmer(now) == other).then_some(now & !TAG_MASK));
+        word.wake_all();
+        true
+    }
+
+    /// The walk of invariant 1, by the holder of the trim (`begin`): claims each vacant node
+    /// of order at most `chunk_order` (and at least `page_order`: nodes below it are not
+    /// visited) for `tag`, and hands it to `chunk`, which gives its pages back and frees it.
+    /// Returns the sum of what `chunk` returned.
+    pub fn walk<N, S>(
+        &self,
+        tree: &BuddyTree<'_, N, S>,
+        tag: u16,
+        page_order: u32,
+        chunk_order: u32,
+        mut chunk: impl FnMut(NodeRef) -> u64,
+    ) -> u64
+    where
+        N: AtomicWords + ?Sized,
+        S: AtomicWords + ?Sized,
+    {
+        let word = self.host.state_word();
+        let mut paused = Duration::ZERO;
+        let mut punched = 0;
+        // Depth first, left child on top: address order, so a node is never visited twice.
+        let mut stack = vec![1usize];
+        while let Some(node) = stack.pop() {
+            let order = tree.order_of(node);
+            if tree.word(node).is_block() {
+                continue; // in use, cached, parked or being freed: not ours to give back
+            }
+            if order <= chunk_order && tree.word(node).is_vacant() {
+                self.pause_for_waiters(&mut paused);
+                if let Ok(r) = tree.try_claim(node, tag) {
+                    punched += chunk(r);
+                    // Invariant 3: a release; wake the waiters so they look again.
+                    if waiters(word.fetch_add(SEQ_ONE, AcqRel)) > 0 {
+                        word.wake_all();
+                    }
+                    continue;
+                }
+                // Taken meanwhile (or an ancestor was): look below it as for a busy node.
+                if tree.word(node).is_block() {
+                    continue;
+                }
+            }
+            if order > page_order {
+                stack.push(2 * node + 1);
+                stack.push(2 * node);
+            }
+        }
+        punched
+    }
+
+    /// Waits while allocations wait for this trim, at most [`PAUSE_MAX`] in all (invariant 3).
+    fn pause_for_waiters(&self, paused: &mut Duration) {
+        let word = self.host.state_word();
+        loop {
+            let w = word.load(Acquire);
+            if waiters(w) == 0 || *paused >= PAUSE_MAX {
+                return;
+            }
+            let t = self.host.now();
+            word.wait(w, TICK);
+            *paused += self.host.now().saturating_sub(t);
+        }
+    }
+
+    /// For an allocation that found no block: registers as a waiter and looks again with
+    /// `retry` until a look is conclusive (invariant 3: no trim runs, or the trim has released
+    /// a block since we registered). `None` when that look found nothing either.
+    #[cold]
+    pub fn wait_out<T>(&self, mut retry: impl FnMut() -> Option<T>) -> Option<T> {
+        let word = self.host.state_word();
+        // Register even when no trim seems to run: one may have held our block during our last
+        // look and ended since, and another may start before our next one. Registered, any trim
+        // that starts later sees us before its first claim (AcqRel: ordered before our next
+        // look, and seen by the trim's next pause check).
+        let registered = word.fetch_update(AcqRel, Acquire, |w| (waiters(w) < TAG_MASK).then_some(w + WAITER_ONE));
+        let after = registered.map_or_else(|w| w, |w| w + WAITER_ONE);
+        let deadline = self.host.now() + WAIT_MAX;
+        let found = loop {
+            if let Some(b) = retry() {
+                break Some(b);
+            }
+            let w = word.load(Acquire);
+            if trimmer(w) == 0 || sequence(w) != sequence(after) {
+                break retry(); // the trim holds nothing now (invariant 3): a conclusive look
+            }
+            if self.host.now() >= deadline {
+                break None;
+            }
+            if word.wait(w, TICK) == Waited::TimedOut && self.clear_gone_trimmer(w) {
+                // Its claimed block is freed with the rest of what it owned.
+                self.host.recover_dead();
+                break retry();
+            }
+        };
+        // A trim paused for us sleeps on the word: wake it.
+        if registered.is_ok() && trimmer(word.fetch_sub(WAITER_ONE, AcqRel)) != 0 {
+            word.wake_all();
+        }
+        found
+    }
+}
+
+/// The arena as the protocol's host: its header word, its owner table, the real clock.
+struct ArenaHost<'a> {
+    arena: &'a Arena,
+    start: Instant,
+}
+
+impl TrimHost for ArenaHost<'_> {
+    type Word = SharedU32;
+    #[inline]
+    fn state_word(&self) -> &SharedU32 {
+        self.arena.segment.trim_state_word()
+    }
+    fn is_gone(&self, tag: u16) -> bool {
+        self.arena.owners().is_gone(tag)
+    }
+    fn recover_dead(&self) {
+        self.arena.recover_dead_owners();
+    }
+    fn now(&self) -> Duration {
+        self.start.elapsed()
     }
 }
 
 impl Arena {
+    fn trim_host(&self) -> ArenaHost<'_> {
+        ArenaHost { arena: self, start: Instant::now() }
+    }
+
     /// Gives back to the system every free page of the arena: walks the tree in address
     /// order, and claims each vacant region of a page or more (at most 2 MiB at a time), clears
     /// its bits, punches it and frees it again. Returns the bytes given back (pages that were
@@ -126,138 +319,30 @@ impl Arena {
         }
         let Ok(tag) = self.tag() else { return 0 };
         self.flush_cache(tag);
-        let Some(_guard) = self.begin_trim(tag) else { return 0 };
-        self.trim_walk(tag)
-    }
-
-    /// Takes the trim state's tag field for `tag` (invariant 2), waiting for a running trim to
-    /// end; `None` if it does not end within [`WAIT_MAX`].
-    fn begin_trim(&self, tag: u16) -> Option<TrimGuard<'_>> {
-        let word = self.segment.trim_state_word();
-        let deadline = Instant::now() + WAIT_MAX;
-        loop {
-            let w = word.load(Acquire);
-            let other = trimmer(w);
-            if other == 0 {
-                if word.compare_exchange(w, w | u32::from(tag), AcqRel, Acquire).is_ok() {
-                    return Some(TrimGuard { word, tag });
-                }
-                continue;
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            if futex::wait(word, w, TICK) == futex::WaitOutcome::TimedOut {
-                self.clear_gone_trimmer(w);
-            }
-        }
-    }
-
-    /// Clears the tag field if the trimmer it names is gone (invariant 2).
-    fn clear_gone_trimmer(&self, w: u32) -> bool {
-        let other = trimmer(w);
-        if other == 0 || !self.owners().is_gone(other) {
-            return false;
-        }
-        let word = self.segment.trim_state_word();
-        let _ = word.fetch_update(AcqRel, Acquire, |now| (trimmer(now) == other).then_some(now & !TAG_MASK));
-        futex::wake(word, u32::MAX);
-        true
-    }
-
-    /// The walk of invariant 1. Returns the bytes given back.
-    fn trim_walk(&self, tag: u16) -> u64 {
+        let host = self.trim_host();
+        let state = TrimState::new(&host);
+        let Some(_guard) = state.begin(tag) else { return 0 };
         let l = *self.segment.layout();
-        let tree = self.tree();
-        let owners = self.owners();
-        let word = self.segment.trim_state_word();
         let page_order = (PAGE.max(l.min_block()).trailing_zeros() - l.min_block_shift).min(l.depth);
         let chunk_order = (TRIM_CHUNK.trailing_zeros().saturating_sub(l.min_block_shift)).clamp(page_order, l.depth);
-        let mut paused = Duration::ZERO;
-        let mut punched = 0;
-        // Depth first, left child on top: address order, so a node is never visited twice.
-        let mut stack = vec![1usize];
-        while let Some(node) = stack.pop() {
-            let order = tree.order_of(node);
-            if tree.word(node).is_block() {
-                continue; // in use, cached, parked or being freed: not ours to give back
+        let tree = self.tree();
+        let owners = self.owners();
+        state.walk(&tree, tag, page_order, chunk_order, |r| {
+            let block = self.block_of(r);
+            owners.account(tag, block.size() as i64);
+            let punched = self.give_back(block);
+            if tree.free(r, tag).is_ok() {
+                owners.account(tag, -(block.size() as i64));
             }
-            if order <= chunk_order && tree.word(node).is_vacant() {
-                self.pause_for_waiters(word, &mut paused);
-                if let Ok(r) = tree.try_claim(node, tag) {
-                    let block = self.block_of(r);
-                    owners.account(tag, block.size() as i64);
-                    punched += self.give_back(block);
-                    if tree.free(r, tag).is_ok() {
-                        owners.account(tag, -(block.size() as i64));
-                    }
-                    // Invariant 3: a release; wake the waiters so they look again.
-                    if waiters(word.fetch_add(SEQ_ONE, AcqRel)) > 0 {
-                        futex::wake(word, u32::MAX);
-                    }
-                    continue;
-                }
-                // Taken meanwhile (or an ancestor was): look below it as for a busy node.
-                if tree.word(node).is_block() {
-                    continue;
-                }
-            }
-            if order > page_order {
-                stack.push(2 * node + 1);
-                stack.push(2 * node);
-            }
-        }
-        punched
+            punched
+        })
     }
 
-    /// Waits while allocations wait for this trim, at most [`PAUSE_MAX`] in all (invariant 3).
-    fn pause_for_waiters(&self, word: &SharedU32, paused: &mut Duration) {
-        loop {
-            let w = word.load(Acquire);
-            if waiters(w) == 0 || *paused >= PAUSE_MAX {
-                return;
-            }
-            let t = Instant::now();
-            futex::wait(word, w, TICK);
-            *paused += t.elapsed();
-        }
-    }
-
-    /// For an allocation that found no block: registers as a waiter and looks again with
-    /// `retry` until a look is conclusive (invariant 3: no trim runs, or the trim has released
-    /// a block since we registered). `None` when that look found nothing either.
+    /// For an allocation that found no block: waits out a trim that may hold it
+    /// ([`TrimState::wait_out`]).
     #[cold]
     pub(crate) fn wait_out_trim(&self, retry: impl Fn() -> Option<Block>) -> Option<Block> {
-        let word = self.segment.trim_state_word();
-        // Register even when no trim seems to run: one may have held our block during our last
-        // look and ended since, and another may start before our next one. Registered, any trim
-        // that starts later sees us before its first claim (AcqRel: ordered before our next
-        // look, and seen by the trim's next pause check).
-        let registered = word.fetch_update(AcqRel, Acquire, |w| (waiters(w) < TAG_MASK).then_some(w + WAITER_ONE));
-        let after = registered.map_or_else(|w| w, |w| w + WAITER_ONE);
-        let deadline = Instant::now() + WAIT_MAX;
-        let found = loop {
-            if let Some(b) = retry() {
-                break Some(b);
-            }
-            let w = word.load(Acquire);
-            if trimmer(w) == 0 || sequence(w) != sequence(after) {
-                break retry(); // the trim holds nothing now (invariant 3): a conclusive look
-            }
-            if Instant::now() >= deadline {
-                break None;
-            }
-            if futex::wait(word, w, TICK) == futex::WaitOutcome::TimedOut && self.clear_gone_trimmer(w) {
-                // Its claimed block is freed with the rest of what it owned.
-                self.recover_dead_owners();
-                break retry();
-            }
-        };
-        // A trim paused for us sleeps on the word: wake it.
-        if registered.is_ok() && trimmer(word.fetch_sub(WAITER_ONE, AcqRel)) != 0 {
-            futex::wake(word, u32::MAX);
-        }
-        found
+        TrimState::new(&self.trim_host()).wait_out(retry)
     }
 }
 
