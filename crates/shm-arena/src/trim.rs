@@ -19,28 +19,42 @@
 //!    tag running it (0: none), set by a CAS from 0 and cleared by the trim when it ends.
 //!    Whoever finds the named owner gone (`OwnerTable::is_gone`) clears the field.
 //! 3. An allocation that finds no block while a trim runs registers as a waiter (the waiter
-//!    field) before it looks again; a trim does not claim while waiters are registered (it
-//!    pauses, at most [`PAUSE_MAX`] per trim, so a waiter that died cannot stall it). After its
-//!    registration, the first release by the trim (the sequence field changes) or its end
-//!    leaves the trim holding nothing until the waiter leaves: the waiter's look then sees
-//!    every free block, as if no trim ran. A trim therefore delays an allocation by at most one
-//!    chunk's punch; it never makes it fail.
+//!    field) before it looks again; a trim does not claim while waiters are registered: it
+//!    pauses, holding nothing, with the paused flag set, which it clears only in a word with no
+//!    waiter (or when its budget of [`PAUSE_MAX`] per trim is spent, so a waiter that died
+//!    cannot stall it). After its registration, the first release by the trim (the sequence
+//!    field changes), the paused flag or the trim's end leaves the trim holding nothing until
+//!    the waiter leaves: the waiter's look then sees every free block, as if no trim ran, and
+//!    it looks at once. A trim therefore delays an allocation by at most one chunk's punch; it
+//!    never makes it fail, and an allocation that cannot fit fails without waiting out the
+//!    pause (before the flag, it waited for a release while the paused trim waited for it).
 //! 4. Every wait is a shared futex wait with a timeout (`shm_platform::futex` invariant 2),
 //!    and each side gives up after a bound ([`PAUSE_MAX`], [`WAIT_MAX`]): a dead or stopped
-//!    process on the other side costs time, never a hang.
+//!    process on the other side costs time, never a hang. Inside those bounds no wait relies
+//!    on a timeout: every change the other side waits for comes with a wake. The loom models
+//!    (`tests/loom_trim.rs`) run this code with untimed waits and a frozen clock, so a lost
+//!    wakeup or a mutual wait shows as a deadlock.
 //!
 //! The trim state word (a `u32` in the segment header, offset 544; zero in a new segment):
 //!
 //! | bits | field | written by |
 //! |---|---|---|
-//! | 0-9 | tag of the trimming arena, 0 for none | the trim (begin: CAS from 0; end: `fetch_and`), or whoever finds it gone |
+//! | 0-9 | tag of the trimming arena, 0 for none | the trim (begin: CAS from 0; end: `fetch_update`, with bit 20), or whoever finds it gone |
 //! | 10-19 | allocations waiting for the trim | the waiters (`fetch_update` +1 below the maximum, `fetch_sub` 1) |
-//! | 20-31 | release sequence (wraps) | the trim, `fetch_add` after each block it frees |
+//! | 20 | paused: the trim holds nothing and waits for the waiters | the trim (set when it pauses; cleared by a `fetch_update` only where bits 10-19 are 0, unless its budget is spent) |
+//! | 21-31 | release sequence (wraps at 2,048) | the trim, `fetch_add` after each block it frees |
+//!
+//! (Bit 20 was the sequence's lowest bit in the first version of this layout, never released.)
 //!
 //! Orderings: the word carries no data (the blocks synchronise through their node words,
 //! `SeqCst`); its read-modify-writes are `AcqRel` and its loads `Acquire` so that each side's
 //! decision is ordered after the other's last step on the word (a waiter's registration before
-//! the trim's next pause check, which follows its own release in the word's modification order).
+//! the trim's next pause check, which follows its own release in the word's modification order;
+//! the paused flag after the trim's last free, so a waiter that sees it sees the block free).
+//!
+//! The protocol is written against [`TrimHost`] (the word, liveness, recovery, a clock) and
+//! the tree's word store, so the arena and the loom models run the same [`TrimState`] code
+//! (`sync` invariant 1).
 
 use std::time::{Duration, Instant};
 
@@ -66,7 +80,9 @@ const TICK: Duration = Duration::from_millis(1);
 const TAG_MASK: u32 = (1 << 10) - 1;
 const WAITER_ONE: u32 = 1 << 10;
 const WAITER_MASK: u32 = TAG_MASK << 10;
-const SEQ_ONE: u32 = 1 << 20;
+/// Set by a trim that pauses for waiters (holding nothing), cleared when none is left.
+const PAUSED: u32 = 1 << 20;
+const SEQ_ONE: u32 = 1 << 21;
 
 fn trimmer(word: u32) -> u16 {
     (word & TAG_MASK) as u16
@@ -77,7 +93,7 @@ fn waiters(word: u32) -> u32 {
 }
 
 fn sequence(word: u32) -> u32 {
-    word >> 20
+    word >> 21
 }
 
 /// What the protocol asks of the arena around it: the arena implements it over its mapped
@@ -114,7 +130,7 @@ impl<H: TrimHost + ?Sized> Drop for TrimGuard<'_, H> {
         let word = self.host.state_word();
         let tag = u32::from(self.tag);
         // AcqRel: ordered after our last release (a waiter that sees the tag gone looks again).
-        let _ = word.fetch_update(AcqRel, Acquire, |w| (w & TAG_MASK == tag).then_some(w & !TAG_MASK));
+        let _ = word.fetch_update(AcqRel, Acquire, |w| (w & TAG_MASK == tag).then_some(w & !(TAG_MASK | PAUSED)));
         word.wake_all();
     }
 }
@@ -155,7 +171,7 @@ impl<'a, H: TrimHost + ?Sized> TrimState<'a, H> {
             return false;
         }
         let word = self.host.state_word();
-        let _ = word.fetch_update(AcqRel, Acquire, |now| (trimmer(now) == other).then_some(now & !TAG_MASK));
+        let _ = word.fetch_update(AcqRel, Acquire, |now| (trimmer(now) == other).then_some(now & !(TAG_MASK | PAUSED)));
         word.wake_all();
         true
     }
@@ -210,12 +226,36 @@ impl<'a, H: TrimHost + ?Sized> TrimState<'a, H> {
     }
 
     /// Waits while allocations wait for this trim, at most [`PAUSE_MAX`] in all (invariant 3).
+    ///
+    /// Paused, the trim holds nothing (it pauses only between chunks), and says so with the
+    /// paused flag, which it clears only when no waiter is registered: a waiter that sees the
+    /// flag knows its look is conclusive. Before the flag, a waiter whose look found nothing
+    /// (memory held by live owners) waited for a release while the trim waited for it to
+    /// leave, each for the other, until the pause budget ran out: 100 ms, and the budget gone
+    /// for the rest of the trim (found by the loom model
+    /// `a_trim_and_an_allocation_that_cannot_fit_finish_without_waiting_on_each_other`). A flag,
+    /// not a bump of the sequence: a waiter that comes as another leaves restores the word's
+    /// value, so a trim cannot tell from the word that a new waiter needs telling (tried first;
+    /// `two_waiters_that_cannot_fit_and_a_trim_all_finish` deadlocked).
     fn pause_for_waiters(&self, paused: &mut Duration) {
         let word = self.host.state_word();
+        if *paused >= PAUSE_MAX || waiters(word.load(Acquire)) == 0 {
+            return; // budget spent (a dead waiter's count): no flag a waiter could rely on
+        }
+        // AcqRel: after our last release, so a waiter that sees the flag sees our frees.
+        let _ = word.fetch_update(AcqRel, Acquire, |w| Some(w | PAUSED));
+        word.wake_all();
         loop {
             let w = word.load(Acquire);
-            if waiters(w) == 0 || *paused >= PAUSE_MAX {
-                return;
+            let give_up = *paused >= PAUSE_MAX;
+            if waiters(w) == 0 || give_up {
+                // Clear the flag only in a word with no waiter (or once the budget is spent):
+                // a waiter registered now may have seen it and be looking.
+                let clear = |w: u32| (waiters(w) == 0 || give_up).then_some(w & !PAUSED);
+                if word.fetch_update(AcqRel, Acquire, clear).is_ok() {
+                    return;
+                }
+                continue;
             }
             let t = self.host.now();
             word.wait(w, TICK);
@@ -224,8 +264,8 @@ impl<'a, H: TrimHost + ?Sized> TrimState<'a, H> {
     }
 
     /// For an allocation that found no block: registers as a waiter and looks again with
-    /// `retry` until a look is conclusive (invariant 3: no trim runs, or the trim has released
-    /// a block since we registered). `None` when that look found nothing either.
+    /// `retry` until a look is conclusive (invariant 3: no trim runs, the trim pauses, or it
+    /// has released a block since we registered). `None` when that look found nothing either.
     #[cold]
     pub fn wait_out<T>(&self, mut retry: impl FnMut() -> Option<T>) -> Option<T> {
         let word = self.host.state_word();
@@ -241,7 +281,7 @@ impl<'a, H: TrimHost + ?Sized> TrimState<'a, H> {
                 break Some(b);
             }
             let w = word.load(Acquire);
-            if trimmer(w) == 0 || sequence(w) != sequence(after) {
+            if trimmer(w) == 0 || w & PAUSED != 0 || sequence(w) != sequence(after) {
                 break retry(); // the trim holds nothing now (invariant 3): a conclusive look
             }
             if self.host.now() >= deadline {
@@ -352,11 +392,12 @@ mod tests {
 
     #[test]
     fn fields_do_not_overlap() {
-        let w = 5 | (3 * WAITER_ONE) | (7 * SEQ_ONE);
-        assert_eq!((trimmer(w), waiters(w), sequence(w)), (5, 3, 7));
+        let w = 5 | (3 * WAITER_ONE) | PAUSED | (7 * SEQ_ONE);
+        assert_eq!((trimmer(w), waiters(w), w & PAUSED != 0, sequence(w)), (5, 3, true, 7));
         // The sequence wraps within its field and leaves the others alone.
-        let w = (0..4096).fold(w, |w, _| w.wrapping_add(SEQ_ONE));
-        assert_eq!((trimmer(w), waiters(w), sequence(w)), (5, 3, 7));
+        let w = (0..2048).fold(w, |w, _| w.wrapping_add(SEQ_ONE));
+        assert_eq!((trimmer(w), waiters(w), w & PAUSED != 0, sequence(w)), (5, 3, true, 7));
+        assert_eq!(WAITER_MASK & PAUSED, 0);
         assert!(u32::from(crate::tree::node::MAX_OWNER_TAG) <= TAG_MASK, "every tag fits its field");
     }
 }

@@ -32,8 +32,8 @@ type Tree<'a> = BuddyTree<'a, [AtomicU32]>;
 
 /// Owner tags used by the models (index into `World::owners`).
 const TAGS: usize = 4;
-/// The trim state's tag and waiter fields (its sequence field may hold anything at the end).
-const TAG_AND_WAITERS: u32 = (1 << 20) - 1;
+/// The trim state's tag and waiter fields and paused flag (its sequence field may hold anything at the end).
+const TAG_AND_WAITERS: u32 = (1 << 21) - 1;
 
 /// A depth-1 tree, the trim state word, who acts as each owner tag, and who holds each leaf.
 struct World {
@@ -172,6 +172,25 @@ fn an_allocation_of_the_whole_arena_racing_a_trim_waits_and_gets_it() {
 }
 
 #[test]
+fn a_trim_and_an_allocation_that_cannot_fit_finish_without_waiting_on_each_other() {
+    // Leaf 0 is held by a live owner: the root cannot be had, trim or no trim. The allocation
+    // must report exhaustion and the trim must finish; with the clock frozen, a trim paused for
+    // a waiter that waits for the trim would be a loom deadlock.
+    model(|| {
+        let w = World::new();
+        let held = w.host(3).alloc(1).unwrap();
+        let w1 = w.clone();
+        let trimmer = thread::spawn(move || w1.host(1).trim());
+        let got = w.host(2).alloc(0);
+        assert!(got.is_none(), "the root was handed out while leaf 0 is held");
+        assert_eq!(trimmer.join().unwrap(), Some(1), "the trim gives back the one free leaf");
+        w.host(3).free(held);
+        assert_eq!(w.state.load(SeqCst) & TAG_AND_WAITERS, 0);
+        w.tree().check().unwrap();
+    });
+}
+
+#[test]
 fn a_trimmer_that_dies_holding_a_chunk_is_cleared_and_the_waiter_gets_the_block() {
     // Timeouts fire, so the waiter can look at the trimmer's liveness; nothing else ends its
     // wait (the clock is frozen). The recovery frees the dead trimmer's chunk.
@@ -233,6 +252,55 @@ fn a_dead_trimmer_is_cleared_by_the_next_trim_and_trims_never_share_a_chunk() {
         dying.join().unwrap();
         assert!(next.join().unwrap().is_some(), "the next trim began once the dead one was cleared");
         assert_eq!(w.state.load(SeqCst) & TAG_AND_WAITERS, 0, "no trimmer or waiter left registered");
+        w.tree().check().unwrap();
+    });
+}
+
+#[test]
+fn two_allocations_of_a_leaf_racing_a_trim_both_get_one() {
+    // Two leaves, two allocations of one leaf each, and a trim claiming each leaf in turn: the
+    // memory suffices, so neither may report exhaustion, however the trim's chunk and the
+    // other allocation's leaf together block one of them for a while.
+    model(|| {
+        let w = World::new();
+        let w1 = w.clone();
+        let trimmer = thread::spawn(move || w1.host(1).trim());
+        let w2 = w.clone();
+        let other = thread::spawn(move || {
+            let h = w2.host(2);
+            let got = h.alloc(1);
+            assert!(got.is_some(), "exhaustion reported with a leaf for each allocation");
+            got
+        });
+        let h = w.host(3);
+        let got = h.alloc(1);
+        assert!(got.is_some(), "exhaustion reported with a leaf for each allocation");
+        let theirs = other.join().unwrap();
+        h.free(got.unwrap());
+        w.host(2).free(theirs.unwrap());
+        assert!(trimmer.join().unwrap().is_some());
+        assert_eq!(w.state.load(SeqCst) & TAG_AND_WAITERS, 0);
+        w.tree().check().unwrap();
+    });
+}
+
+#[test]
+fn two_waiters_that_cannot_fit_and_a_trim_all_finish() {
+    // As the model above with leaf 0 held, with a second waiter that registers while the trim
+    // already pauses for the first: the trim announces its pause again, so neither waiter
+    // waits for a release that never comes (a loom deadlock with the clock frozen).
+    model(|| {
+        let w = World::new();
+        let held = w.host(3).alloc(1).unwrap();
+        let w1 = w.clone();
+        let trimmer = thread::spawn(move || w1.host(1).trim());
+        let w2 = w.clone();
+        let other = thread::spawn(move || w2.host(2).alloc(0).is_none());
+        assert!(w.host(3).alloc(0).is_none(), "the root was handed out while leaf 0 is held");
+        assert!(other.join().unwrap(), "the root was handed out while leaf 0 is held");
+        assert_eq!(trimmer.join().unwrap(), Some(1));
+        w.host(3).free(held);
+        assert_eq!(w.state.load(SeqCst) & TAG_AND_WAITERS, 0);
         w.tree().check().unwrap();
     });
 }
