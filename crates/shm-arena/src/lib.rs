@@ -66,9 +66,10 @@
 //! # Features
 //!
 //! - `internals`: makes the building blocks public (`tree`, the lock-free buddy tree; `layout`,
-//!   the segment layout; `pages`, the reserved-page bitmap; `sync::AtomicWords`). For the fuzz targets, the loom models and the
+//!   the segment layout; `pages`, the reserved-page bitmap; `trim`, the trim protocol;
+//!   `sync::AtomicWords`, `sync::FutexWord`). For the fuzz targets, the loom models and the
 //!   benches; outside semver, they change with the protocols.
-//! - `loom`: with `RUSTFLAGS="--cfg shm_loom"`, runs the tree on loom's atomics (and turns on
+//! - `loom`: with `RUSTFLAGS="--cfg shm_loom"`, runs the tree and the trim protocol on loom's atomics (and turns on
 //!   `internals`, which the models need).
 #![deny(unsafe_code)]
 
@@ -103,7 +104,35 @@ pub mod tree;
 #[cfg(not(feature = "internals"))]
 #[allow(unreachable_pub)] // its `pub` items are the `internals` API
 mod tree;
+#[cfg(feature = "internals")]
+pub mod trim;
+#[cfg(not(feature = "internals"))]
+#[allow(unreachable_pub)] // its `pub` items are the `internals` API
 mod trim;
+
+/// Support for the loom models (`tests/loom_*.rs`): declare the calling model thread's process
+/// dead, let timed futex waits time out at once, and name the thread's fake process.
+#[cfg(all(shm_loom, feature = "loom"))]
+pub mod loom_support {
+    pub use shm_platform::sync::primitive::IdentityBits;
+
+    /// The calling loom thread's fake process is dead from now on.
+    pub fn die() {
+        shm_platform::sync::primitive::die();
+    }
+    /// Whether timed futex waits return `TimedOut` at once (after a yield).
+    pub fn timeouts_fire(on: bool) {
+        shm_platform::sync::primitive::set_timeouts_fire(on);
+    }
+    /// The calling loom thread's fake process.
+    pub fn current_identity() -> IdentityBits {
+        shm_platform::sync::primitive::current_identity()
+    }
+    /// Whether the model declared `who` dead.
+    pub fn is_dead(who: IdentityBits) -> bool {
+        shm_platform::sync::primitive::is_dead(who)
+    }
+}
 
 pub use shm_platform::process;
 
