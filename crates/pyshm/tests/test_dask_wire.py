@@ -131,6 +131,9 @@ def test_spilled_values_are_written_and_come_back_right(client):
 def test_another_host_gets_values_and_nothing_leaks():
     pool = pyshm.default_pool()
     before = pool.stats().arrays
+    # Handles other tests left in flight are theirs (with Python 3.9's distributed 2024.8,
+    # test_dask.py's ByHandle scatter leaves one, reclaimed by age): count only ours.
+    pending = pool.stats().handles_in_flight
     # PYSHM_POOL emptied: a worker on another host cannot inherit our pool's name.
     with _cluster(n_workers=1, env={"PYSHM_HOST_TAG": "elsewhere", "PYSHM_POOL": ""}) as cluster, Client(cluster) as c:
         pyshm.dask.install(c)
@@ -145,7 +148,7 @@ def test_another_host_gets_values_and_nothing_leaks():
         del s, r, a
         _until(lambda: sum(c.run(ew.dask_pool_arrays).values()) == 0, "the other host's arrays freed")
     _until(lambda: pool.stats().arrays == before, "our arrays freed")
-    assert pool.reclaim_handles(0.0) == 0  # no token was left pending on our side
+    assert pool.stats().handles_in_flight == pending  # no token was left pending on our side
 
 
 def pool_of_or_none(a):
