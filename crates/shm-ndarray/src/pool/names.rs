@@ -193,6 +193,10 @@ impl PoolShared {
     }
 
     pub(super) fn lookup(self: &Arc<Self>, name: &str) -> Result<SharedArray, NameError> {
+        // Registered before the lock (pool invariant 7: only members hold the pool's locks; a
+        // waiter may call a non-member holding it a stranger: found by a flaky test, session 7).
+        // A process that cannot register still looks, as before.
+        let _ = self.slot();
         let (seg, header, nonce) = {
             let _guard = self.name_lock()?;
             let e = self.find_name(name).ok_or_else(|| NameError::NotFound(name.to_owned()))?.entry;
@@ -232,6 +236,8 @@ impl PoolShared {
     }
 
     pub(super) fn names(&self) -> Vec<String> {
+        // Registered before the lock, as in `lookup`.
+        let _ = self.slot();
         match self.name_lock() {
             Ok(_guard) => self.all_names(),
             Err(_) => Vec::new(),
