@@ -42,11 +42,17 @@ impl PoolShared {
     /// This process's slot, registering first (and re-acquiring inherited arrays) after a fork.
     #[inline]
     pub(super) fn slot(&self) -> Result<u32, PoolError> {
-        let fast = self.fast_slot.load(ORD);
-        if fast != 0 && fast >> 16 == fork_generation() {
-            return Ok((fast & 0xFFFF) as u32 - 1);
+        match self.current_slot() {
+            Some(slot) => Ok(slot),
+            None => self.register_slow(),
         }
-        self.register_slow()
+    }
+
+    /// This process's slot if it is registered on this side of every fork (`fast_slot`).
+    #[inline]
+    fn current_slot(&self) -> Option<u32> {
+        let fast = self.fast_slot.load(ORD);
+        (fast != 0 && fast >> 16 == fork_generation()).then(|| (fast & 0xFFFF) as u32 - 1)
     }
 
     /// This process's slot, registering first as every operation does (`NO_FREER` only if it
@@ -62,12 +68,7 @@ impl PoolShared {
     /// without registering: the freer for a free that runs under a pool lock (a name table
     /// repair), where registering (which may collect) must not happen.
     pub(super) fn registered_slot(&self) -> u32 {
-        let fast = self.fast_slot.load(ORD);
-        if fast != 0 && fast >> 16 == fork_generation() {
-            (fast & 0xFFFF) as u32 - 1
-        } else {
-            shm_sync::NO_FREER
-        }
+        self.current_slot().unwrap_or(shm_sync::NO_FREER)
     }
 
     #[cold]
