@@ -391,6 +391,13 @@ impl NativePool {
         Ok(gil::detach(py, || self.pool.reclaim_tokens_older_than(age)))
     }
 
+    /// Cancels transfer tokens that the processes `pids`, all dead now, sent at most
+    /// `seconds` ago (their unread messages are being discarded).
+    fn reclaim_tokens_of_dead(&self, py: Python<'_>, pids: Vec<u32>, seconds: f64) -> PyResult<usize> {
+        let age = duration(Some(seconds))?.unwrap_or_default();
+        Ok(gil::detach(py, || self.pool.reclaim_tokens_of_dead(&pids, age)))
+    }
+
     fn __repr__(&self) -> String {
         format!("<pyshm pool {:?}>", self.pool.name())
     }

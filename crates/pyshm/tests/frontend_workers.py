@@ -80,6 +80,13 @@ def hold_then_die(x) -> None:
     return keep
 
 
+def send_then_die(n: int) -> None:
+    """Make a handle to a new array of ``n`` ones, as a result written to a pipe nobody will
+    read again, then die by SIGKILL."""
+    pyshm.handle(pyshm.ones(n))
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def sleep_then(seconds: float, value):
     time.sleep(seconds)
     return value

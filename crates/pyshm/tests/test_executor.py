@@ -160,6 +160,24 @@ def test_a_dead_worker_breaks_the_pool_promptly_and_what_it_held_is_reclaimed(ct
     assert x[0] == 1
 
 
+def test_the_handles_dead_workers_sent_and_nobody_read_are_dropped_when_the_pool_breaks(ctx):
+    # A result a worker wrote and the owner never read (the manager stops reading when the
+    # pool breaks; a terminated worker may leave half a message) keeps its array alive by its
+    # handle's token: the broken pool discards it. A handle made and sent nowhere stands for it.
+    pool = pyshm.default_pool()
+    gc.collect()
+    before, in_flight = pool.stats().arrays, pool.stats().handles_in_flight
+    ex = pyshm.ProcessPoolExecutor(1, mp_context=ctx)
+    try:
+        with pytest.raises(BrokenProcessPool):
+            ex.submit(fw.send_then_die, 1000).result(timeout=60)
+    finally:
+        ex.shutdown(wait=True)
+    assert _settled_arrays(pool, before) == before
+    assert pool.stats().handles_in_flight == in_flight
+    pool.check()
+
+
 def _settled_arrays(pool, expected, timeout=60.0):
     """The pool's array count once it reaches `expected` (or the deadline passes)."""
     deadline = time.monotonic() + timeout

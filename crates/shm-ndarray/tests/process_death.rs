@@ -46,6 +46,45 @@ fn a_process_killed_holding_arrays_is_collected_and_every_byte_comes_back() {
 }
 
 #[test]
+fn the_tokens_of_named_dead_senders_are_reclaimed_and_no_others() {
+    let pool = Pool::create(&small()).unwrap();
+    let before = pool.stats();
+    let started = std::time::Instant::now();
+    // Two dead senders with two handles in flight each, and ours (alive) with one.
+    let mut pids = Vec::new();
+    for _ in 0..2 {
+        let mut child = Command::new(TOOL).args(["hold", pool.name(), "2"]).stdout(Stdio::piped()).spawn().unwrap();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        for _ in 0..2 {
+            lines.next().unwrap().unwrap();
+        }
+        pids.push(child.id());
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let ours = ShmArray::<f64>::zeros(&pool, &[8]).unwrap();
+    let ours_handle = ours.handle().unwrap();
+    drop(ours);
+    let me = std::process::id();
+    pool.collect(); // the second child's join collected the first already
+    let arrays = pool.stats().arrays;
+    assert_eq!(arrays, before.arrays + 5, "four held by the dead senders' tokens, one by ours");
+    // A live sender is never chosen, nor a pid not named, nor a token older than asked.
+    assert_eq!(pool.reclaim_tokens_of_dead(&[me], Duration::from_secs(3600)), 0);
+    assert_eq!(pool.reclaim_tokens_of_dead(&[pids[1]], Duration::ZERO), 0, "sent earlier than that");
+    assert_eq!(pool.reclaim_tokens_of_dead(&[pids[0]], started.elapsed()), 2);
+    assert_eq!(pool.stats().arrays, before.arrays + 3);
+    assert_eq!(pool.reclaim_tokens_of_dead(&pids, started.elapsed()), 2);
+    assert_eq!(pool.stats().arrays, before.arrays + 1);
+    let back = ShmArray::<f64>::attach(&pool, &ours_handle).unwrap();
+    assert_eq!(back.to_vec(), vec![0.0; 8], "our handle is still attachable");
+    drop(back);
+    let after = pool.stats();
+    assert_eq!((after.used, after.arrays), (before.used, before.arrays), "every byte came back");
+    pool.check().unwrap();
+}
+
+#[test]
 fn small_arrays_live_inline_and_come_back_when_their_holder_dies() {
     let pool = Pool::create(&small()).unwrap();
     let before = pool.stats();

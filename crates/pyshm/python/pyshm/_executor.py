@@ -11,7 +11,9 @@ shutdown behaviour), with these additions:
    pool and ``return x + 1`` sends a handle, not a copy.
 3. When a worker dies, the standard library fails every pending future with
    ``BrokenProcessPool`` (at once, never a hang). pyshm then waits for the pool's workers to
-   exit, collects what they held, and drops the handles of calls no worker attached.
+   exit, collects what they held, and drops the handles of calls no worker attached and of
+   results no one read (a broken pool's unread results are discarded: the handles the dead
+   workers sent and nobody attached are cancelled, including any a task passed on elsewhere).
 4. A worker unpickles its task inside the task (not in multiprocessing's queue), so a task it
    cannot unpickle fails with :class:`~pyshm.PayloadError` and the worker lives on; the
    handles that task carried are dropped. This holds for any exception the unpickling raises,
@@ -231,7 +233,9 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
             raise ValueError(f"allocator_min_bytes must be None or a byte count >= 0, not {allocator_min_bytes!r}")
         # The pool exists before any worker starts, and its name is in the environment, so
         # workers of every start method join this pool rather than making their own.
-        pool = _core.default_pool().name
+        self._pyshm_pool = _core.default_pool()
+        self._pyshm_started = time.monotonic()
+        pool = self._pyshm_pool.name
         extra = {} if max_tasks_per_child is None else {"max_tasks_per_child": max_tasks_per_child}
         super().__init__(
             max_workers,
@@ -336,6 +340,16 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
         for p in processes:
             p.join(timeout=30)
         _core.collect()
+        # The results the workers sent and the owner never read (the manager stops reading
+        # when it breaks the pool; a worker terminated while writing leaves half a message)
+        # are discarded with the pipe: their handles would keep the arrays alive.
+        # Every worker's pid: the pool checks that each is dead (`exitcode` can still say None
+        # here when the manager thread reaped the worker while this thread waited on it).
+        pids = [p.pid for p in processes if p.pid is not None]
+        try:
+            self._pyshm_pool._native.reclaim_tokens_of_dead(pids, time.monotonic() - self._pyshm_started + 1.0)
+        except (ValueError, OSError):  # the pool is closed already (interpreter exit)
+            pass
         with self._pyshm_broken_lock:
             payloads, self._pyshm_to_release = self._pyshm_to_release, []
             self._pyshm_reclaim_state = "done"

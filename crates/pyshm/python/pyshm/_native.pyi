@@ -309,6 +309,9 @@ class NativePool:
         """Unlink the pool's files now."""
     def reclaim_tokens(self, seconds: float) -> int:
         """Cancel transfer tokens older than ``seconds`` (handles never attached); return how many."""
+    def reclaim_tokens_of_dead(self, pids: list[int], seconds: float) -> int:
+        """Cancel transfer tokens that the processes ``pids``, all dead now, sent at most
+        ``seconds`` ago; return how many."""
 
 def pooled_handle(arr: object, tracked: bool = True) -> Optional[Handle]:
     """A handle to ``arr`` if it is a pooled array or view, else None."""

@@ -31,13 +31,13 @@
 //!    process's holds in a linked overflow are dropped like its inline ones, at any slot.
 //!
 //! Protocol: `collect` runs when a process joins or leaves, when an allocation would otherwise
-//! fail, and on request; pending tokens of dead senders stay claimable until
-//! `reclaim_tokens` cancels those older than an age.
-
-use std::time::Duration;
+//! fail, and on request; pending tokens of dead senders stay claimable (the handle may still
+//! sit in a pipe or a file some live process will read) until `reclaim_tokens` cancels them:
+//! those older than an age, or those of dead senders that a caller knows nobody will read
+//! (an executor's workers killed when its pool broke: their unread results are discarded).
 
 use shm_arena::Block;
-use shm_sync::{RefError, Released};
+use shm_sync::{PendingToken, RefError, Released};
 
 use super::segments::MetaSegment;
 use super::{PoolShared, ORD};
@@ -123,12 +123,13 @@ impl PoolShared {
         report
     }
 
-    pub(super) fn reclaim_tokens(&self, age: Duration) -> usize {
+    /// Cancels every pending token `chosen` picks (protocol above); returns how many.
+    pub(super) fn reclaim_tokens(&self, chosen: impl Fn(&PendingToken) -> bool) -> usize {
         let tokens = self.tokens();
         let freer = self.freer_slot();
         let mut cancelled = 0;
         'token: for p in tokens.pending() {
-            if p.age_ns < age.as_nanos() as u64 {
+            if !chosen(&p) {
                 continue;
             }
             // Find the header the token keeps alive: a sweep of the metadata segments. Stop at

@@ -446,7 +446,23 @@ impl Pool {
 
     /// Cancels tokens older than `age` (handles sent and never attached); returns how many.
     pub fn reclaim_tokens_older_than(&self, age: Duration) -> usize {
-        self.shared.reclaim_tokens(age)
+        let age = u64::try_from(age.as_nanos()).unwrap_or(u64::MAX);
+        self.shared.reclaim_tokens(|p| p.age_ns >= age)
+    }
+
+    /// Cancels the tokens (handles sent and never attached) that processes with these `pids`
+    /// sent at most `max_age` ago and that are provably dead now; returns how many. For a
+    /// caller that knows nobody will read what those processes sent: an executor whose
+    /// workers were killed when its pool broke discards their unread results. `max_age` (the
+    /// time since the first of them started) keeps a token of an older process that had the
+    /// same pid out.
+    pub fn reclaim_tokens_of_dead(&self, pids: &[u32], max_age: Duration) -> usize {
+        let max_age = u64::try_from(max_age.as_nanos()).unwrap_or(u64::MAX);
+        self.shared.reclaim_tokens(|p| {
+            p.age_ns <= max_age
+                && pids.contains(&shm_platform::sync::primitive::pid_of(p.sender))
+                && shm_platform::sync::primitive::is_dead(p.sender)
+        })
     }
 }
 
