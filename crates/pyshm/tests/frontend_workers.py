@@ -92,6 +92,12 @@ def sleep_then(seconds: float, value):
     return value
 
 
+def announce_then_wait(flag, timeout: float) -> bool:
+    """Set ``flag[1]``, then wait until ``flag[0]`` is set by another process."""
+    flag[1] = 1
+    return wait_for_flag(flag, timeout)
+
+
 def wait_for_flag(flag, timeout: float) -> bool:
     """Wait until ``flag[0]`` is set by another process; False if it never is."""
     deadline = time.monotonic() + timeout
@@ -223,3 +229,14 @@ def die_mid_result() -> None:
     results._wlock.acquire()
     os.write(results._writer.fileno(), struct.pack("!i", 1 << 20))
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+_calls_here = 0
+
+
+def call_number(_payload=None) -> int:
+    """How many calls of this function this worker ran before this one (its execution order)."""
+    global _calls_here
+    _calls_here += 1
+    return _calls_here - 1
+

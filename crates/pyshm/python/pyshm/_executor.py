@@ -35,6 +35,11 @@ shutdown behaviour), with these additions:
    are terminated and this process's write end of the result pipe is closed; the manager then
    reads EOF and breaks the pool (``BrokenProcessPool`` for every pending future), its joins
    return, and what the workers held is collected.
+7. A call that can go to a worker at once is written to the call pipe by the submitting
+   thread (``_direct_calls``: no hand-off to the manager and feeder threads), under a dispatch
+   lock that the manager's ``add_call_item_to_queue`` holds too, so calls still leave in
+   order; the future is running from then on, as when the manager sends it. Any other call
+   takes the standard library's path, and pickles when it is sent.
 """
 
 from __future__ import annotations
@@ -43,12 +48,14 @@ import concurrent.futures
 import concurrent.futures.process as _stdlib
 import multiprocessing.connection
 import os
+import queue
 import threading
 import time
 import weakref
 from typing import Any, Callable, Iterable, Iterator, Optional
 
 from . import _allocator, _core, _mainref, _parentwatch, _pools
+from ._direct_calls import DirectCalls
 from ._native import NativePool
 from ._transfer import ATOMIC, Packed, Payload, PayloadError
 
@@ -143,6 +150,23 @@ class _ManagerThread(_stdlib._ExecutorManagerThread):
     def __init__(self, executor: "ProcessPoolExecutor") -> None:
         super().__init__(executor)
         self.pipe_lock = executor._pyshm_pipe_lock
+        self.direct: DirectCalls = executor._pyshm_direct
+
+    def add_call_item_to_queue(self) -> None:
+        # The standard library's (identical in CPython 3.9-3.13), under the dispatch lock
+        # (invariant 7), and a call that `submit` already started (a direct write that found the
+        # pipe full hands it over) is queued without being started again.
+        with self.direct.lock:
+            while not self.call_queue.full():
+                try:
+                    work_id = self.work_ids_queue.get(block=False)
+                except queue.Empty:
+                    return
+                item = self.pending_work_items[work_id]
+                if item.future.running() or item.future.set_running_or_notify_cancel():
+                    self.call_queue.put(_stdlib._CallItem(work_id, item.fn, item.args, item.kwargs), block=True)
+                else:
+                    del self.pending_work_items[work_id]
 
     def start(self) -> None:
         super().start()
@@ -248,19 +272,58 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
         self._pyshm_pipe_lock = threading.Lock()  # invariant 6
         self._pyshm_reclaim_state: Optional[str] = None  # None, "waiting", "done"
         self._pyshm_to_release: list[Payload] = []
+        call_queue: Any = self._call_queue  # the standard library's _SafeQueue
+        self._pyshm_direct: DirectCalls = DirectCalls(call_queue)  # invariant 7
         # Which functions and classes of __main__ the workers find by name (see _mainref).
         context = self._mp_context
         self._pyshm_by_reference = _mainref.by_reference_rule(None if context is None else context.get_start_method())
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
         payload = Payload((fn, args, kwargs), lazy=True, by_reference=self._pyshm_by_reference)
-        future = super().submit(_run_task, payload)
+        direct = self._pyshm_direct
+        if direct.may_send(self._call_queue, self._work_ids):
+            # Pickled here only when it will be sent at once: a call queued behind others is
+            # pickled (and its plain arrays copied into the pool) when it is sent.
+            try:
+                payload.freeze()
+            except Exception:  # the feeder pickles it again and fails the future as the stdlib does
+                pass
+        future = self._pyshm_submit(payload)
         # Weakly: a future that outlives its executor must not keep it (and its workers) alive.
         executor = weakref.ref(self)
         future.add_done_callback(lambda f: _after(executor, f, payload))
         return future
 
     submit.__doc__ = concurrent.futures.ProcessPoolExecutor.submit.__doc__
+
+    def _pyshm_submit(self, payload: Payload) -> concurrent.futures.Future:
+        # The standard library's submit (identical in CPython 3.9-3.13) of `_run_task(payload)`,
+        # which writes the call to the workers itself when it can (invariant 7).
+        with self._shutdown_lock:
+            if self._broken:
+                raise BrokenProcessPool(self._broken)
+            if self._shutdown_thread:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            if _stdlib._global_shutdown:
+                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+            f: concurrent.futures.Future = concurrent.futures.Future()
+            work_id = self._queue_count
+            self._queue_count += 1
+            self._pending_work_items[work_id] = _stdlib._WorkItem(f, _run_task, (payload,), {})
+            sent: Optional[bool] = False
+            if payload.data is not None:
+                item = _stdlib._CallItem(work_id, _run_task, (payload,), {})
+                sent = self._pyshm_direct.send(self._call_queue, self._work_ids, item, f)
+            if sent is None:  # nobody reads the call pipe: the pool broke or shut down meanwhile
+                del self._pending_work_items[work_id]
+                f.set_exception(BrokenProcessPool("the pool broke or shut down while the call was sent"))
+            elif not sent:
+                self._work_ids.put(work_id)
+                self._executor_manager_thread_wakeup.wakeup()
+            if self._safe_to_dynamically_spawn_children:
+                self._adjust_process_count()
+            self._start_executor_manager_thread()
+            return f
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         # The standard library's (identical in CPython 3.9-3.13), except that the result pipe
@@ -269,6 +332,7 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
         with self._shutdown_lock:
             self._cancel_pending_futures = cancel_futures
             self._shutdown_thread = True
+            self._pyshm_direct.close()
             if self._executor_manager_thread_wakeup is not None:
                 self._executor_manager_thread_wakeup.wakeup()
         if self._executor_manager_thread is not None and wait:
@@ -321,6 +385,7 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
             payload.release()
         if not isinstance(error, BrokenProcessPool):
             return
+        self._pyshm_direct.close()
         with self._pyshm_broken_lock:
             state = self._pyshm_reclaim_state
             if state != "done":
