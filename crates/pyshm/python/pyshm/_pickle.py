@@ -12,15 +12,32 @@ Invariants:
 3. A handle sent this way carries a transfer token, so the array outlives the sender's
    references until the receiver attaches it.
 4. ``handles()`` changes the process only while some thread is inside a block: its ``copyreg``
-   reducer is registered when the first block opens and removed (the previous reducer, if
-   any, put back) when the last one closes, whatever happened inside.
-5. A ``ForkingPickler`` or loky pickle that fails at any point gives back the token of every
-   handle it made: ``ForkingPickler.dump`` (which ``ForkingPickler.dumps``, multiprocessing's
-   queues, pipes and process start all go through) and the ``dump`` of loky's pickler class
-   (once registered, also classes ``set_loky_pickler`` makes later) are wrapped to record the
-   handles made inside them (``_Sends``) and cancel them when they raise. A pickle inside another's (a payload's) hands
-   its handles on to the outer one when it succeeds, so the outer one's failure gives them back
-   too. The wrapper changes nothing else: it calls the ``dump`` it replaced.
+   reducer is registered, and the module functions ``pickle.dumps`` and ``pickle.dump`` are
+   replaced by tracking ones (invariant 5), when the first block opens; when the last one
+   closes, whatever happened inside, each is put back as it was (the previous reducer, or none;
+   the functions it replaced), unless someone replaced it meanwhile: then theirs stays. A
+   tracking function someone took while a block was open (``from pickle import dumps``) still
+   works after it: it calls the function it replaced.
+5. A pickle that fails at any point gives back the token of every handle it made, wherever its
+   pickler is entered through a hook: ``ForkingPickler.dump`` (which ``ForkingPickler.dumps``,
+   multiprocessing's queues, pipes and process start all go through) and the ``dump`` of loky's
+   pickler class (once registered, also classes ``set_loky_pickler`` makes later) are wrapped
+   for good, and ``pickle.dumps`` and ``pickle.dump`` while a ``handles()`` block is open
+   (invariant 4). Each wrapper records the handles made inside its call (``_Sends``) and
+   cancels them when it raises (any ``BaseException``). A pickle inside another's (a payload's,
+   or a plain one inside a ``ForkingPickler`` one, and the reverse) hands its handles on to the
+   outer one when it succeeds, so the outer one's failure gives them back too. A wrapper
+   changes nothing else: it calls the function it replaced. Not covered: a ``pickle.Pickler``
+   used directly (``pickle.Pickler(f).dump(x)``, and any other pickler class, cloudpickle's or
+   dill's) and ``dumps``/``dump`` taken while no block was open (``from pickle import dumps``
+   at import, ``_pickle.dumps``); their failures inside a block leave tokens pending until
+   ``Pool.reclaim_handles``. ``pickle.Pickler`` itself is not
+   swapped for a tracking subclass during a block: a class that subclasses it while a block
+   is open (cloudpickle's or dill's pickler imported then, a user's pickler) would keep that
+   subclass as its base for good, which breaks invariant 4; code that checks
+   ``type(p) is pickle.Pickler`` or ``isinstance(p, pickle.Pickler)`` would answer otherwise
+   for picklers made on either side of the block's edges. (Speed is not the reason: like the
+   function wrappers it would cost one Python call per pickle, not per object.)
 6. When the pool's token table is full, ``ForkingPickler`` and loky send that array by value
    (numpy's own pickle, a copy), so a message is never dropped for want of a token; the
    receiver's unpickling of the handles before it gives their tokens back. Only where a handle
@@ -72,33 +89,53 @@ def _give_back(handles: list[Handle]) -> None:
             pass
 
 
+def _tracked(call: Any, *args: Any, **kwargs: Any) -> Any:
+    """``call(*args, **kwargs)``, a pickle, giving back the handles made inside it when it
+    raises, and handing them on to the pickle it runs inside when it succeeds (invariant 5)."""
+    frames = _sends.frames
+    frame: list[Handle] = []
+    frames.append(frame)
+    try:
+        result = call(*args, **kwargs)
+    except BaseException:
+        frames.pop()
+        _give_back(frame)
+        raise
+    frames.pop()
+    if frames:  # a pickle inside another: its handles travel with the outer one
+        frames[-1].extend(frame)
+    return result
+
+
 def _tracking_dump(previous: Any) -> Any:
-    """``ForkingPickler.dump`` that gives back the handles it made when it fails (invariant 5)."""
+    """A pickler class's ``dump`` that gives back the handles it made when it fails (invariant
+    5)."""
 
     @functools.wraps(previous)
     def dump(self: Any, obj: Any) -> Any:
-        frame: list[Handle] = []
-        _sends.frames.append(frame)
-        try:
-            result = previous(self, obj)
-        except BaseException:
-            _sends.frames.pop()
-            _give_back(frame)
-            raise
-        _sends.frames.pop()
-        if _sends.frames:  # a pickle inside another: its handles travel with the outer one
-            _sends.frames[-1].extend(frame)
-        return result
+        return _tracked(previous, self, obj)
 
     dump._pyshm_tracking = True  # type: ignore[attr-defined]
     return dump
+
+
+def _tracking_function(previous: Any) -> Any:
+    """``pickle.dumps`` or ``pickle.dump`` that gives back the handles it made when it fails,
+    in place while a ``handles()`` block is open (invariants 4 and 5)."""
+
+    @functools.wraps(previous)
+    def function(*args: Any, **kwargs: Any) -> Any:
+        return _tracked(previous, *args, **kwargs)
+
+    function._pyshm_tracking = True  # type: ignore[attr-defined]
+    return function
 
 
 def pooled_reduction(a: np.ndarray) -> Optional[tuple[Handle, Any]]:
     """``(handle, reduction)`` for a pooled array, or ``None``: the :class:`Handle` made (with
     its transfer token) and ``(rebuild, args)``, whose args are the handle's own pickle
     arguments (pool, bytes[, retype]) then ``default`` and ``readonly`` when set. The handle is
-    recorded with the ``ForkingPickler.dump`` running in this thread, if any (invariant 5).
+    recorded with the tracked pickle running in this thread, if any (invariant 5).
     Raises ``TokenTableFullError`` when the pool's token table is full."""
     h = _native.pooled_handle(a)
     if h is None:
@@ -171,21 +208,30 @@ def _reduce_in_context(a: np.ndarray) -> Any:
 
 
 class _Registration:
-    """The ``copyreg`` reducer for ``numpy.ndarray``, present while some thread is inside
-    ``handles()`` (invariant 4): ``depths`` counts the open blocks of each thread (by thread
-    id), ``previous`` is the reducer it replaced (``None`` for none). A forked child keeps only
-    the blocks of the thread that forked, the only thread it has."""
+    """What ``handles()`` changes while some thread is inside a block (invariant 4): the
+    ``copyreg`` reducer for ``numpy.ndarray`` and the tracking ``pickle.dumps`` and
+    ``pickle.dump``. ``depths`` counts the open blocks of each thread (by thread id),
+    ``previous`` is the reducer it replaced (``None`` for none), ``functions`` maps each
+    replaced name of ``pickle`` to ``(the function it replaced, its tracking function)``. A
+    forked child keeps only the blocks of the thread that forked, the only thread it has."""
+
+    _FUNCTIONS = ("dumps", "dump")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.depths: dict[int, int] = {}
         self.previous: Any = None
+        self.functions: dict[str, tuple[Any, Any]] = {}
 
     def enter(self) -> None:
         with self.lock:
             if not self.depths:
                 self.previous = copyreg.dispatch_table.get(np.ndarray)
                 copyreg.dispatch_table[np.ndarray] = _reduce_in_context
+                for name in self._FUNCTIONS:
+                    replaced = getattr(pickle, name)
+                    self.functions[name] = (replaced, _tracking_function(replaced))
+                    setattr(pickle, name, self.functions[name][1])
             me = threading.get_ident()
             self.depths[me] = self.depths.get(me, 0) + 1
 
@@ -202,14 +248,17 @@ class _Registration:
     def _unregister_if_unused(self) -> None:
         if self.depths:
             return
-        # Put back what was there, unless someone replaced our reducer meanwhile: then theirs
-        # stays.
+        # Put back what was there, unless someone replaced ours meanwhile: then theirs stays.
         if copyreg.dispatch_table.get(np.ndarray) is _reduce_in_context:
             if self.previous is None:
                 del copyreg.dispatch_table[np.ndarray]
             else:
                 copyreg.dispatch_table[np.ndarray] = self.previous
         self.previous = None
+        for name, (replaced, tracking) in self.functions.items():
+            if getattr(pickle, name, None) is tracking:
+                setattr(pickle, name, replaced)
+        self.functions = {}
 
     def after_fork_in_child(self) -> None:
         # The lock may have been held by a thread the child does not have.
@@ -240,6 +289,18 @@ def handles() -> Iterator[None]:
     by other threads meanwhile, are reduced by numpy at the pickler's protocol (protocol 5 keeps
     their buffer out of band) and wrapped in ``numpy.asarray``, a few bytes more. After the
     last block, ``numpy.ndarray`` pickles exactly as before the first.
+
+    A ``pickle.dumps`` or ``pickle.dump`` that raises part-way (something unpicklable after a
+    pooled array, a ``KeyboardInterrupt`` from a ``__reduce__``, a full disk) gives back the
+    handles it already made, so their arrays are freed as usual: during the same window the
+    functions ``pickle.dumps`` and ``pickle.dump`` are replaced by wrappers that track them
+    (for every thread: outside a block they still give the data), and the last block to exit
+    puts the originals back (a replacement made meanwhile stays). Only calls that look the function up on the ``pickle`` module
+    while a block is open are covered. Not covered, so their failures leave the tokens of the
+    arrays pickled before them taken until ``Pool.reclaim_handles``: a pickler used directly
+    (``pickle.Pickler(f).dump(x)``, or any other pickler class such as cloudpickle's), and a
+    function bound while no block was open (``from pickle import dumps`` at import,
+    ``_pickle.dumps``), which is the original, untracked one.
     """
     _registration.enter()
     try:
