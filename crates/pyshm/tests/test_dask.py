@@ -46,3 +46,26 @@ def test_scatter_and_plain_arrays(client):
     assert client.submit(engine_workers.dask_describe, s).result(timeout=120) == (True, True, "ByHandle")
     plain = client.submit(engine_workers.dask_describe, np.zeros(1000), pure=False).result(timeout=120)
     assert plain[1:] == (False, "ndarray")
+
+
+def test_naming_a_by_handle_array_takes_no_token(client):
+    # Dask names an argument of a pure call, a scattered or delayed value, by a hash of it;
+    # dask before 2024.12 hashed arrays by pickling them, and a pickle never loaded keeps its
+    # array alive through its token.
+    from dask.base import tokenize
+
+    pool = pyshm.default_pool()
+    a = pyshm.zeros(1000)
+    in_flight = pool.stats().handles_in_flight
+    name = tokenize(pyshm.by_handle(a))
+    assert pool.stats().handles_in_flight == in_flight
+    assert tokenize(pyshm.by_handle(a)) == name, "the same data, the same name"
+    a[0] = 1
+    assert tokenize(pyshm.by_handle(a)) != name, "other data, another name"
+    [s] = client.scatter([pyshm.by_handle(a)])
+    assert client.submit(engine_workers.dask_describe, s).result(timeout=120)[:2] == (True, True)
+    del s
+    r = client.submit(engine_workers.dask_describe, pyshm.by_handle(a)).result(timeout=120)  # pure
+    assert r[:2] == (True, True)
+    assert pool.stats().handles_in_flight == in_flight, "every handle sent was attached"
+

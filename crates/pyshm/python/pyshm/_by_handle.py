@@ -17,7 +17,10 @@ Invariants:
    kernel's boot id (two containers of one machine share it) plus the hostname for the message;
    reachability of the pool's name in this process's /dev/shm decides the rest.
 4. A pickle that is never unpickled keeps its array alive until the pool ends or
-   ``Pool.reclaim_handles`` gives its token back (as for every handle sent with a token).
+   ``Pool.reclaim_handles`` gives its token back (as for every handle sent with a token). So
+   hashing a by-handle array must not pickle it: Dask's ``tokenize`` uses
+   ``__dask_tokenize__`` (joblib's hasher and newer Dask hash the data of any ndarray
+   themselves).
 """
 
 from __future__ import annotations
@@ -63,6 +66,15 @@ class ByHandle(np.ndarray):
 
     def __reduce__(self) -> Any:
         return self.__reduce_ex__(pickle.DEFAULT_PROTOCOL)
+
+    def __dask_tokenize__(self) -> Any:
+        # Dask names data by a hash of it (`tokenize`: `client.submit` of a pure function,
+        # `scatter`, `delayed`), and dask before 2024.12 hashes an array by pickling it: a
+        # pickle never loaded, whose token would keep the array alive (invariant 4). The plain
+        # view pickles as data, so the name is the one dask gives the same plain array.
+        from dask.base import normalize_token
+
+        return ("pyshm.ByHandle", normalize_token(self.view(np.ndarray)))
 
     def __array_wrap__(self, arr: Any, context: Any = None, return_scalar: bool = False) -> Any:
         # What a ufunc computes from a by-handle array is a new, plain array (invariant 1).
