@@ -258,6 +258,16 @@ impl<'a> ProcessTable<'a> {
         slot.state.compare_exchange(word, 0, Ordering::AcqRel, Ordering::Relaxed).is_ok()
     }
 
+    /// Whether a process other than this one is registered and not provably dead (`Live` or
+    /// `Recovering`). Stops at the first such slot: liveness checks of the slots before it only.
+    pub fn another_live(&self) -> bool {
+        let me = sync::current_identity() & IDENTITY_MASK;
+        self.slots.iter().any(|slot| match SlotState::decode(slot.state.load(Ordering::Acquire)) {
+            SlotState::Live(p) | SlotState::Recovering(p) => p & IDENTITY_MASK != me && !sync::is_dead(p),
+            _ => false,
+        })
+    }
+
     /// Slots in use (live or recovering).
     pub fn occupied(&self) -> usize {
         self.slots.iter().filter(|s| s.state.load(Ordering::Relaxed) != 0).count()

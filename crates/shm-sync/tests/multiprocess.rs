@@ -183,6 +183,7 @@ fn a_dead_process_is_found_and_its_slot_recycled() {
     let slots: &[ProcessSlot; 4] = mem.at(0);
     let table = ProcessTable::new(slots);
     let me = table.register().unwrap();
+    assert!(!table.another_live(), "only we are registered");
     let pid = fork(|| {
         let t = ProcessTable::new(slots);
         let r = t.register().unwrap();
@@ -193,7 +194,9 @@ fn a_dead_process_is_found_and_its_slot_recycled() {
     });
     until("child registers", || table.occupied() == 2);
     assert!(table.find_dead().is_empty(), "the child is alive");
+    assert!(table.another_live(), "the child is another live member");
     kill(pid);
+    assert!(!table.another_live(), "a dead member is not a live one");
     let dead = table.find_dead();
     assert_eq!(dead.len(), 1);
     let claimed = table.claim_dead(dead[0]).unwrap();
