@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import frontend_workers as fw
+from quiet import quiet_arrays
 import pyshm
 from concurrent.futures.process import BrokenProcessPool
 
@@ -130,8 +131,7 @@ def test_max_tasks_per_child_replaces_workers():
 def test_a_dead_worker_breaks_the_pool_promptly_and_what_it_held_is_reclaimed(ctx):
     pool = pyshm.default_pool()
     x = pyshm.zeros(1000)
-    gc.collect()  # earlier tests' garbage goes now, not during the count
-    before = pool.stats().arrays
+    before = quiet_arrays(pool)  # earlier tests' garbage goes now, not during the count
     ex = pyshm.ProcessPoolExecutor(2, mp_context=ctx)
     try:
         assert ex.submit(fw.report, x).result()[0]
@@ -165,8 +165,7 @@ def test_the_handles_dead_workers_sent_and_nobody_read_are_dropped_when_the_pool
     # pool breaks; a terminated worker may leave half a message) keeps its array alive by its
     # handle's token: the broken pool discards it. A handle made and sent nowhere stands for it.
     pool = pyshm.default_pool()
-    gc.collect()
-    before, in_flight = pool.stats().arrays, pool.stats().handles_in_flight
+    before, in_flight = quiet_arrays(pool), pool.stats().handles_in_flight
     ex = pyshm.ProcessPoolExecutor(1, mp_context=ctx)
     try:
         with pytest.raises(BrokenProcessPool):
@@ -191,8 +190,7 @@ def test_failures_to_pickle_or_unpickle_leak_nothing_and_keep_the_worker(ctx):
     import threading
 
     pool = pyshm.default_pool()
-    gc.collect()
-    before = pool.stats().arrays
+    before = quiet_arrays(pool)
     with pyshm.ProcessPoolExecutor(1, mp_context=ctx) as ex:
         worker = ex.submit(fw.pid).result()
         for _ in range(3):  # the arrays are handles already when the lock fails to pickle
@@ -208,8 +206,7 @@ def test_failures_to_pickle_or_unpickle_leak_nothing_and_keep_the_worker(ctx):
 
 def test_a_task_whose_unpickling_raises_system_exit_fails_with_payload_error(ctx):
     pool = pyshm.default_pool()
-    gc.collect()
-    before = pool.stats().arrays
+    before = quiet_arrays(pool)
     with pyshm.ProcessPoolExecutor(1, mp_context=ctx) as ex:
         worker = ex.submit(fw.pid).result()
         for bad, name in ((fw.ExitsWhenLoaded(), "SystemExit"), (fw.InterruptsWhenLoaded(), "KeyboardInterrupt")):

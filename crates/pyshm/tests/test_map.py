@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import pyshm
+from quiet import quiet_arrays
 from concurrent.futures.process import BrokenProcessPool
 
 PASHA_EXAMPLE = """\
@@ -265,8 +266,7 @@ def test_a_dead_worker_leaves_no_share_behind(pctx):
     import time
 
     pool = pyshm.default_pool()
-    gc.collect()
-    before = pool.stats().arrays
+    before = quiet_arrays(pool)
 
     def dying(worker_id, index, value):
         if worker_id == 0:

@@ -267,8 +267,8 @@ fn four_thousand_ninety_six_processes_live_at_once_each_with_an_array_of_its_own
                 let _ = read_byte(release_r); // until the parent closes the pipe
                 let ok = mine.to_vec() == [n];
                 // Freed by us (a free needs no owner slot in its segment), then we leave: a
-                // leave that finds another member alive does not collect (4,095 collects over
-                // 4,096 slots took minutes).
+                // leave from a pool of more than 64 members that finds another one alive does
+                // not collect (4,095 collects over 4,096 slots took minutes).
                 drop(mine);
                 pool.leave();
                 i32::from(!ok)

@@ -13,7 +13,8 @@ shutdown behaviour), with these additions:
    ``BrokenProcessPool`` (at once, never a hang). pyshm then waits for the pool's workers to
    exit, collects what they held, and drops the handles of calls no worker attached and of
    results no one read (a broken pool's unread results are discarded: the handles the dead
-   workers sent and nobody attached are cancelled, including any a task passed on elsewhere).
+   workers sent since the first failed call was submitted and nobody attached are cancelled,
+   including any such a task passed on elsewhere).
 4. A worker unpickles its task inside the task (not in multiprocessing's queue), so a task it
    cannot unpickle fails with :class:`~pyshm.PayloadError` and the worker lives on; the
    handles that task carried are dropped. This holds for any exception the unpickling raises,
@@ -215,7 +216,9 @@ def _guard_manager(manager: _ManagerThread) -> None:
         return
 
 
-def _after(executor: "weakref.ref[ProcessPoolExecutor]", future: concurrent.futures.Future, payload: Payload) -> None:
+def _after(
+    executor: "weakref.ref[ProcessPoolExecutor]", future: concurrent.futures.Future, payload: Payload, submitted: float
+) -> None:
     """A call is over. Its arguments and their pickle are not needed any more, even if it was
     never sent (the future keeps this callback, and so the payload, for as long as it lives);
     its handles are, if no worker will attach them."""
@@ -223,7 +226,7 @@ def _after(executor: "weakref.ref[ProcessPoolExecutor]", future: concurrent.futu
     payload.data = None
     ex = executor()
     if ex is not None:
-        ex._after(future, payload)
+        ex._after(future, payload, submitted)
     elif not future.cancelled() and isinstance(future.exception(), (BrokenProcessPool, PayloadError)):
         payload.release()
 
@@ -258,7 +261,6 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
         # The pool exists before any worker starts, and its name is in the environment, so
         # workers of every start method join this pool rather than making their own.
         self._pyshm_pool = _core.default_pool()
-        self._pyshm_started = time.monotonic()
         pool = self._pyshm_pool.name
         extra = {} if max_tasks_per_child is None else {"max_tasks_per_child": max_tasks_per_child}
         super().__init__(
@@ -272,6 +274,7 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
         self._pyshm_pipe_lock = threading.Lock()  # invariant 6
         self._pyshm_reclaim_state: Optional[str] = None  # None, "waiting", "done"
         self._pyshm_to_release: list[Payload] = []
+        self._pyshm_failed_since = float("inf")  # when the first call the break failed was submitted
         call_queue: Any = self._call_queue  # the standard library's _SafeQueue
         self._pyshm_direct: DirectCalls = DirectCalls(call_queue)  # invariant 7
         # Which functions and classes of __main__ the workers find by name (see _mainref).
@@ -279,6 +282,7 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
         self._pyshm_by_reference = _mainref.by_reference_rule(None if context is None else context.get_start_method())
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
+        submitted = time.monotonic()
         payload = Payload((fn, args, kwargs), lazy=True, by_reference=self._pyshm_by_reference)
         direct = self._pyshm_direct
         if direct.may_send(self._call_queue, self._work_ids):
@@ -291,7 +295,7 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
         future = self._pyshm_submit(payload)
         # Weakly: a future that outlives its executor must not keep it (and its workers) alive.
         executor = weakref.ref(self)
-        future.add_done_callback(lambda f: _after(executor, f, payload))
+        future.add_done_callback(lambda f: _after(executor, f, payload, submitted))
         return future
 
     submit.__doc__ = concurrent.futures.ProcessPoolExecutor.submit.__doc__
@@ -377,7 +381,7 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
 
     # -- a worker died ----------------------------------------------------------------------
 
-    def _after(self, future: concurrent.futures.Future, payload: Payload) -> None:
+    def _after(self, future: concurrent.futures.Future, payload: Payload, submitted: float) -> None:
         if future.cancelled():
             return
         error = future.exception()
@@ -390,6 +394,7 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
             state = self._pyshm_reclaim_state
             if state != "done":
                 self._pyshm_to_release.append(payload)
+                self._pyshm_failed_since = min(self._pyshm_failed_since, submitted)
             if state is None:
                 self._pyshm_reclaim_state = "waiting"
                 processes = list((self._processes or {}).values())
@@ -405,18 +410,22 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
         for p in processes:
             p.join(timeout=30)
         _core.collect()
-        # The results the workers sent and the owner never read (the manager stops reading
-        # when it breaks the pool; a worker terminated while writing leaves half a message)
-        # are discarded with the pipe: their handles would keep the arrays alive.
-        # Every worker's pid: the pool checks that each is dead (`exitcode` can still say None
-        # here when the manager thread reaped the worker while this thread waited on it).
-        pids = [p.pid for p in processes if p.pid is not None]
-        try:
-            self._pyshm_pool._native.reclaim_tokens_of_dead(pids, time.monotonic() - self._pyshm_started + 1.0)
-        except (ValueError, OSError):  # the pool is closed already (interpreter exit)
-            pass
         with self._pyshm_broken_lock:
             payloads, self._pyshm_to_release = self._pyshm_to_release, []
             self._pyshm_reclaim_state = "done"
+            since = self._pyshm_failed_since
+        # The results the workers sent and the owner never read (the manager stops reading
+        # when it breaks the pool; a worker terminated while writing leaves half a message)
+        # are discarded with the pipe: their handles would keep the arrays alive. Only the
+        # handles sent since the first failed call was submitted: those are the failed calls'
+        # (a handle a worker made in an earlier call and passed on elsewhere is left alone).
+        # Every worker's pid: the pool checks that each is dead (`exitcode` can still say None
+        # here when the manager thread reaped the worker while this thread waited on it).
+        pids = [p.pid for p in processes if p.pid is not None]
+        if since != float("inf"):
+            try:
+                self._pyshm_pool._native.reclaim_tokens_of_dead(pids, time.monotonic() - since + 0.001)
+            except (ValueError, OSError):  # the pool is closed already (interpreter exit)
+                pass
         for payload in payloads:
             payload.release()

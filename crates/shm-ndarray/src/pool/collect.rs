@@ -30,8 +30,9 @@
 //!    allocating and linking) are freed by the same sweep (`overflow` invariant 2); a dead
 //!    process's holds in a linked overflow are dropped like its inline ones, at any slot.
 //!
-//! Protocol: `collect` runs when a process joins, when it leaves and no other member lives
-//! (pool invariant 4), when an allocation would otherwise fail, and on request; pending tokens
+//! Protocol: `collect` runs when a process joins or leaves (a leave of a pool of more than 64
+//! processes only if no other member lives: pool invariant 4), when an allocation would
+//! otherwise fail, and on request; pending tokens
 //! of dead senders stay claimable (the handle may still sit in a pipe or a file some live
 //! process will read) until `reclaim_tokens` cancels them: those older than an age, or those of
 //! dead senders that a caller knows nobody will read (an executor's workers killed when its

@@ -32,6 +32,11 @@ use super::{PoolShared, ORD};
 use crate::directory::{FLAG_PERSISTENT, FLAG_PERSIST_NAMED, FLAG_TORN_DOWN, MAX_SEGMENTS};
 use crate::error::PoolError;
 
+/// A leave collects (pool invariant 4) when at most this many process slots are occupied, or
+/// when no other member is alive: the cost of a leave stays bounded by this many liveness
+/// checks and one sweep in a big pool.
+const LEAVE_COLLECTS_UP_TO: usize = 64;
+
 /// What this process knows of its membership.
 pub(super) struct Membership {
     pub(super) registration: Option<Registration>,
@@ -164,12 +169,14 @@ impl PoolShared {
         drop(m);
         let dir = self.dir();
         let h = dir.header();
-        // Dead members do not count: recycle their slots first (pool invariant 4), when they
-        // could decide it, that is when no other member is alive (one live member is found in
-        // a liveness check or a few; a collect checks every member and sweeps every segment:
-        // 4,095 leaves of a full 4,096-slot pool took minutes when each collected). Still
+        // Dead members do not count: recycle their slots first (pool invariant 4), and give
+        // back what they held. In a big pool only when no other member is alive (then they
+        // could keep it from its teardown): a collect checks every member's liveness and
+        // sweeps every segment, and 4,095 leaves of a full 4,096-slot pool took minutes when
+        // each collected; a live member is found in one liveness check or a few. Still
         // registered, as anyone who takes the pool's locks must be (pool invariant 7).
-        if !self.processes().another_live() {
+        let table = self.processes();
+        if table.occupied() <= LEAVE_COLLECTS_UP_TO || !table.another_live() {
             self.collect();
         }
         // Invariant 4: the decision and our unregistration happen under the directory lock, so

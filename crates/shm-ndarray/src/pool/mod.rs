@@ -20,8 +20,9 @@
 //!    `recycle`): the process keeps the block for its next small array.
 //! 4. `collect` drops everything dead processes held (their holder bits, their arena blocks),
 //!    frees orphaned arrays, and recycles their slots. It runs by itself when an allocation
-//!    would otherwise fail, when a process joins the pool, and when one leaves it and finds no
-//!    other member alive (then the dead do not keep the pool from its teardown).
+//!    would otherwise fail, when a process joins the pool, and when one leaves it (in a pool
+//!    of more than 64 processes only if it finds no other member alive: then the dead do not
+//!    keep the pool from its teardown).
 //! 5. A pool that is not persistent is torn down (every segment unlinked) by the last process
 //!    that leaves it; a process opening it afterwards gets [`PoolError::Gone`].
 //! 6. In the common case, creating an array, making a handle and attaching one make no
