@@ -9,14 +9,13 @@ import time
 
 
 def quiet_arrays(pool, timeout: float = 60.0) -> int:
-    """The pool's array count once no earlier executor's reclaim thread runs and no process
-    but this one is in the pool (earlier tests' workers exit, and a broken pool's reclaim
-    frees what they held, after those tests end), bounded by ``timeout``."""
+    """The pool's array count once no earlier executor's reclaim thread runs (a broken pool's
+    reclaim frees what its workers held after the test that broke it ended), bounded by
+    ``timeout``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         gc.collect()
-        busy = any(t.name == "pyshm-reclaim" and t.is_alive() for t in threading.enumerate())
-        if not busy and pool.stats().processes == 1:
+        if not any(t.name == "pyshm-reclaim" and t.is_alive() for t in threading.enumerate()):
             break
         time.sleep(0.02)
     gc.collect()
