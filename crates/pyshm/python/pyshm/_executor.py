@@ -13,7 +13,9 @@ shutdown behaviour), with these additions:
    ``BrokenProcessPool`` (at once, never a hang). pyshm then waits for the pool's workers to
    exit, collects what they held, and drops the handles of calls no worker attached and of
    results no one read (a broken pool's unread results are discarded: the handles the dead
-   workers sent and nobody attached are cancelled, including any a task passed on elsewhere).
+   workers made after the last result the manager read and nobody attached are cancelled,
+   including any a task passed on elsewhere; a handle in a result that was read stays
+   attachable).
 4. A worker unpickles its task inside the task (not in multiprocessing's queue), so a task it
    cannot unpickle fails with :class:`~pyshm.PayloadError` and the worker lives on; the
    handles that task carried are dropped. This holds for any exception the unpickling raises,
@@ -168,6 +170,15 @@ class _ManagerThread(_stdlib._ExecutorManagerThread):
                 else:
                     del self.pending_work_items[work_id]
 
+    def process_result_item(self, result_item: Any) -> None:
+        # A result read: every token in it was made before now. The broken pool's reclaim
+        # cancels only tokens made after the last result read (invariant 3).
+        executor = self.executor_reference()
+        if executor is not None:
+            executor._pyshm_last_read = time.monotonic()
+        del executor
+        super().process_result_item(result_item)
+
     def start(self) -> None:
         super().start()
         guard = threading.Thread(target=_guard_manager, args=(self,), name="pyshm-stall-guard", daemon=True)
@@ -258,7 +269,9 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
         # The pool exists before any worker starts, and its name is in the environment, so
         # workers of every start method join this pool rather than making their own.
         self._pyshm_pool = _core.default_pool()
-        self._pyshm_started = time.monotonic()
+        # When the manager last read a result (the executor's start before the first one): the
+        # tokens the workers made before that may be in a result the caller holds (invariant 3).
+        self._pyshm_last_read = time.monotonic()
         pool = self._pyshm_pool.name
         extra = {} if max_tasks_per_child is None else {"max_tasks_per_child": max_tasks_per_child}
         super().__init__(
@@ -407,12 +420,14 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
         _core.collect()
         # The results the workers sent and the owner never read (the manager stops reading
         # when it breaks the pool; a worker terminated while writing leaves half a message)
-        # are discarded with the pipe: their handles would keep the arrays alive.
+        # are discarded with the pipe: their handles would keep the arrays alive. Only tokens
+        # made after the last result the manager read: a token made before it may be in a
+        # result the caller holds (a task that returns `pyshm.handle(a)`), and is kept.
         # Every worker's pid: the pool checks that each is dead (`exitcode` can still say None
         # here when the manager thread reaped the worker while this thread waited on it).
         pids = [p.pid for p in processes if p.pid is not None]
         try:
-            self._pyshm_pool._native.reclaim_tokens_of_dead(pids, time.monotonic() - self._pyshm_started + 1.0)
+            self._pyshm_pool._native.reclaim_tokens_of_dead(pids, time.monotonic() - self._pyshm_last_read)
         except (ValueError, OSError):  # the pool is closed already (interpreter exit)
             pass
         with self._pyshm_broken_lock:
