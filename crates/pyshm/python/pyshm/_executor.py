@@ -313,12 +313,16 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
         # The standard library's submit (identical in CPython 3.9-3.13) of `_run_task(payload)`,
         # which writes the call to the workers itself when it can (invariant 7).
         with self._shutdown_lock:
+            refusal: Optional[Exception] = None
             if self._broken:
-                raise BrokenProcessPool(self._broken)
-            if self._shutdown_thread:
-                raise RuntimeError("cannot schedule new futures after shutdown")
-            if _stdlib._global_shutdown:
-                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+                refusal = BrokenProcessPool(self._broken)
+            elif self._shutdown_thread:
+                refusal = RuntimeError("cannot schedule new futures after shutdown")
+            elif _stdlib._global_shutdown:
+                refusal = RuntimeError("cannot schedule new futures after interpreter shutdown")
+            if refusal is not None:
+                payload.release()  # the handles `submit` froze for a direct write go back
+                raise refusal
             f: concurrent.futures.Future = concurrent.futures.Future()
             work_id = self._queue_count
             self._queue_count += 1
