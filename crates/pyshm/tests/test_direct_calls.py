@@ -10,6 +10,7 @@ import os
 import signal
 import threading
 import time
+import weakref
 
 import pytest
 
@@ -123,3 +124,25 @@ def test_a_submit_refused_by_a_broken_pool_leaves_no_handle_in_flight(ctx):
         assert pool.stats().handles_in_flight == in_flight
     finally:
         ex.shutdown(wait=True)
+
+
+def test_the_descriptor_is_closed_when_an_executor_that_was_not_shut_down_is_garbage(ctx):
+    # Like the standard library's own pipe ends, the direct writes' descriptor goes once the
+    # manager thread has ended (the executor was collected), without waiting for a collection
+    # of reference cycles.
+    gc.collect()
+    gc.disable()
+    try:
+        ex = pyshm.ProcessPoolExecutor(1, mp_context=ctx)
+        assert ex.submit(fw.add_one, 1).result(timeout=60) == 2
+        fd = ex._pyshm_direct.fd
+        pipe = _link(fd)
+        manager = ex._executor_manager_thread
+        ref = weakref.ref(ex)
+        del ex
+        assert ref() is None
+        manager.join(60)
+        assert not manager.is_alive()
+        assert _link(fd) != pipe, "the descriptor of the direct writes is closed"
+    finally:
+        gc.enable()
