@@ -170,6 +170,12 @@ class _ManagerThread(_stdlib._ExecutorManagerThread):
                 else:
                     del self.pending_work_items[work_id]
 
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:  # shut down, broken, or the executor is garbage: no more direct writes
+            self.direct.close()
+
     def process_result_item(self, result_item: Any) -> None:
         # A result read: every token in it was made before now. The broken pool's reclaim
         # cancels only tokens made after the last result read (invariant 3).
