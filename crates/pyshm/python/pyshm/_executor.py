@@ -36,7 +36,9 @@ shutdown behaviour), with these additions:
    the pool (or finish its shutdown) within ``STALL_GRACE_SECONDS``, or the remaining workers
    are terminated and this process's write end of the result pipe is closed; the manager then
    reads EOF and breaks the pool (``BrokenProcessPool`` for every pending future), its joins
-   return, and what the workers held is collected.
+   return, and what the workers held is collected. If it still waits, it is joining a feeder
+   stuck writing to a full call pipe (CPython before 3.12, gh-94777): the call pipe's read end
+   is closed too, and the feeder's write fails.
 7. A call that can go to a worker at once is written to the call pipe by the submitting
    thread (``_direct_calls``: no hand-off to the manager and feeder threads), under a dispatch
    lock that the manager's ``add_call_item_to_queue`` holds too, so calls still leave in
@@ -224,6 +226,11 @@ def _guard_manager(manager: _ManagerThread) -> None:
         with manager.pipe_lock:  # shutdown() closes the pipe only after the manager ended
             if manager.is_alive():  # reading a message whose writer died
                 manager.result_queue._writer.close()
+        manager.join(STALL_GRACE_SECONDS)
+        if manager.is_alive():  # joining a feeder stuck writing a call nobody will read
+            # CPython before 3.12 closes the call pipe's read end only after that join
+            # (gh-94777): close it, and the feeder's write fails (EPIPE) and it ends.
+            manager.call_queue._reader.close()
         manager.join()
         try:
             _core.collect()  # what the terminated workers held
