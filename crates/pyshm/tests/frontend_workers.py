@@ -87,6 +87,12 @@ def send_then_die(n: int) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def handle_to_full(n: int, value: float):
+    """A handle to a new array of ``n`` times ``value``, as the task's result (the caller
+    attaches it when it wants)."""
+    return pyshm.handle(pyshm.full(n, value))
+
+
 def sleep_then(seconds: float, value):
     time.sleep(seconds)
     return value

@@ -5,14 +5,18 @@ the workers or the futures."""
 from __future__ import annotations
 
 import fcntl
+import gc
 import os
+import signal
 import threading
 import time
+import weakref
 
 import pytest
 
 import frontend_workers as fw
 import pyshm
+from concurrent.futures.process import BrokenProcessPool
 
 F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ from Python 3.10
 
@@ -97,3 +101,48 @@ def test_threads_submitting_at_once_each_get_their_own_results(ctx):
         for th in threads:
             th.join(120)
     assert all(results[t] == [t * 1000 + i + 1 for i in range(100)] for t in range(4))
+
+
+def test_a_submit_refused_by_a_broken_pool_leaves_no_handle_in_flight(ctx):
+    # An idle worker dies: the pool breaks with no future to fail. A later submit that could go
+    # direct pickles its call first (a pooled argument becomes a handle); the refusal
+    # (BrokenProcessPool) must give that handle back.
+    pool = pyshm.default_pool()
+    x = pyshm.ones(10)
+    ex = pyshm.ProcessPoolExecutor(1, mp_context=ctx)
+    try:
+        worker = ex.submit(fw.pid).result(timeout=60)
+        gc.collect()
+        in_flight = pool.stats().handles_in_flight
+        os.kill(worker, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while not ex._broken and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for _ in range(3):
+            with pytest.raises(BrokenProcessPool):
+                ex.submit(fw.add_one, x)
+        assert pool.stats().handles_in_flight == in_flight
+    finally:
+        ex.shutdown(wait=True)
+
+
+def test_the_descriptor_is_closed_when_an_executor_that_was_not_shut_down_is_garbage(ctx):
+    # Like the standard library's own pipe ends, the direct writes' descriptor goes once the
+    # manager thread has ended (the executor was collected), without waiting for a collection
+    # of reference cycles.
+    gc.collect()
+    gc.disable()
+    try:
+        ex = pyshm.ProcessPoolExecutor(1, mp_context=ctx)
+        assert ex.submit(fw.add_one, 1).result(timeout=60) == 2
+        fd = ex._pyshm_direct.fd
+        pipe = _link(fd)
+        manager = ex._executor_manager_thread
+        ref = weakref.ref(ex)
+        del ex
+        assert ref() is None
+        manager.join(60)
+        assert not manager.is_alive()
+        assert _link(fd) != pipe, "the descriptor of the direct writes is closed"
+    finally:
+        gc.enable()

@@ -177,6 +177,24 @@ def test_the_handles_dead_workers_sent_and_nobody_read_are_dropped_when_the_pool
     pool.check()
 
 
+def test_a_handle_in_a_result_the_owner_read_stays_attachable_when_the_pool_breaks(ctx):
+    # The broken pool discards what the dead workers sent and nobody read, not what was
+    # delivered: a task's result that is a handle stays the caller's to attach.
+    ex = pyshm.ProcessPoolExecutor(2, mp_context=ctx)
+    try:
+        h = ex.submit(fw.handle_to_full, 10, 7.0).result(timeout=60)
+        with pytest.raises(BrokenProcessPool):
+            ex.submit(fw.send_then_die, 1000).result(timeout=60)
+    finally:
+        ex.shutdown(wait=True)
+    deadline = time.monotonic() + 60
+    while ex._pyshm_reclaim_state != "done" and time.monotonic() < deadline:  # the reclaim ran
+        time.sleep(0.02)
+    assert ex._pyshm_reclaim_state == "done"
+    a = pyshm.attach(h)
+    assert (a == 7.0).all() and a.shape == (10,)
+
+
 def _settled_arrays(pool, expected, timeout=60.0):
     """The pool's array count once it reaches `expected` (or the deadline passes)."""
     deadline = time.monotonic() + timeout

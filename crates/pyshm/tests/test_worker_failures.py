@@ -201,3 +201,52 @@ def test_a_worker_killed_while_sending_its_result_breaks_the_pool(method):
         pytest.fail(f"result() or shutdown hung after a worker died mid-result: {lines}")
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[-3:] == ["broken", "broken", "done"], out.stdout
+
+
+FULL_CALL_PIPE = textwrap.dedent(
+    """
+    import fcntl, os, signal, sys, time
+    import multiprocessing as mp
+    from concurrent.futures.process import BrokenProcessPool
+    import pyshm
+    import frontend_workers as fw
+
+    ex = pyshm.ProcessPoolExecutor(1, mp_context=mp.get_context(sys.argv[1]))
+    worker = ex.submit(fw.pid).result()
+    print("pids", worker, flush=True)
+    fcntl.fcntl(ex._call_queue._writer.fileno(), 1031, 4096)  # F_SETPIPE_SZ: one page
+    flag = pyshm.zeros(2)
+    busy = ex.submit(fw.announce_then_wait, flag, 60.0)
+    while flag[1] == 0:  # the worker took it: the next calls stay in the pipe
+        time.sleep(0.001)
+    calls = [ex.submit(fw.call_number, b"y" * 3000) for _ in range(3)]  # the feeder writes the 2nd
+    time.sleep(0.2)
+    os.kill(worker, signal.SIGKILL)
+    for f in [busy] + calls:
+        try:
+            f.result()
+        except BrokenProcessPool:
+            print("broken", flush=True)
+    ex.shutdown(wait=True)
+    print("done", flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_worker_killed_while_the_feeder_writes_to_a_full_call_pipe_breaks_the_pool(method):
+    # A call the pipe cannot take (a direct write handed it to the feeder) blocks the feeder in
+    # its write; the worker dies. The manager breaks the pool and joins the feeder, which CPython
+    # before 3.12 (gh-94777) left writing to a pipe whose read end only this process holds.
+    try:
+        out = subprocess.run(
+            [PYTHON, "-c", FULL_CALL_PIPE, method], capture_output=True, text=True, timeout=90, env=_env()
+        )
+    except subprocess.TimeoutExpired as e:  # the watchdog
+        lines = [ln.split() for ln in (e.stdout or b"").decode().splitlines()]
+        for pid in {int(p) for ln in lines if ln[0] == "pids" for p in ln[1:]}:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        pytest.fail(f"shutdown hung after a worker died with the call pipe full: {lines}")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-5:] == ["broken"] * 4 + ["done"], out.stdout

@@ -32,7 +32,8 @@ Invariants:
    The stdlib keeps one worker's calls in submission order, so ``max_workers=1`` runs them in
    order with pyshm too.
 4. The descriptor is closed once, under the dispatch lock: at ``shutdown``, when the pool
-   breaks, or when the executor is garbage; after that every call goes the standard way.
+   breaks, or when the manager thread ends (also when the executor is garbage); after that
+   every call goes the standard way.
 5. A write that fails for any other reason than a full pipe means nobody reads the pipe any
    more (the pool broke or shut down meanwhile): the future fails with ``BrokenProcessPool``.
 """

@@ -13,8 +13,9 @@ shutdown behaviour), with these additions:
    ``BrokenProcessPool`` (at once, never a hang). pyshm then waits for the pool's workers to
    exit, collects what they held, and drops the handles of calls no worker attached and of
    results no one read (a broken pool's unread results are discarded: the handles the dead
-   workers sent since the first failed call was submitted and nobody attached are cancelled,
-   including any such a task passed on elsewhere).
+   workers made after both the submission of the first failed call and the last result the
+   manager read, and that nobody attached, are cancelled, including any such a task passed on
+   elsewhere; a handle in a result that was read stays attachable).
 4. A worker unpickles its task inside the task (not in multiprocessing's queue), so a task it
    cannot unpickle fails with :class:`~pyshm.PayloadError` and the worker lives on; the
    handles that task carried are dropped. This holds for any exception the unpickling raises,
@@ -35,7 +36,9 @@ shutdown behaviour), with these additions:
    the pool (or finish its shutdown) within ``STALL_GRACE_SECONDS``, or the remaining workers
    are terminated and this process's write end of the result pipe is closed; the manager then
    reads EOF and breaks the pool (``BrokenProcessPool`` for every pending future), its joins
-   return, and what the workers held is collected.
+   return, and what the workers held is collected. If it still waits, it is joining a feeder
+   stuck writing to a full call pipe (CPython before 3.12, gh-94777): the call pipe's read end
+   is closed too, and the feeder's write fails.
 7. A call that can go to a worker at once is written to the call pipe by the submitting
    thread (``_direct_calls``: no hand-off to the manager and feeder threads), under a dispatch
    lock that the manager's ``add_call_item_to_queue`` holds too, so calls still leave in
@@ -169,6 +172,21 @@ class _ManagerThread(_stdlib._ExecutorManagerThread):
                 else:
                     del self.pending_work_items[work_id]
 
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:  # shut down, broken, or the executor is garbage: no more direct writes
+            self.direct.close()
+
+    def process_result_item(self, result_item: Any) -> None:
+        # A result read: every token in it was made before now. The broken pool's reclaim
+        # cancels only tokens made after the last result read (invariant 3).
+        executor = self.executor_reference()
+        if executor is not None:
+            executor._pyshm_last_read = time.monotonic()
+        del executor
+        super().process_result_item(result_item)
+
     def start(self) -> None:
         super().start()
         guard = threading.Thread(target=_guard_manager, args=(self,), name="pyshm-stall-guard", daemon=True)
@@ -208,6 +226,11 @@ def _guard_manager(manager: _ManagerThread) -> None:
         with manager.pipe_lock:  # shutdown() closes the pipe only after the manager ended
             if manager.is_alive():  # reading a message whose writer died
                 manager.result_queue._writer.close()
+        manager.join(STALL_GRACE_SECONDS)
+        if manager.is_alive():  # joining a feeder stuck writing a call nobody will read
+            # CPython before 3.12 closes the call pipe's read end only after that join
+            # (gh-94777): close it, and the feeder's write fails (EPIPE) and it ends.
+            manager.call_queue._reader.close()
         manager.join()
         try:
             _core.collect()  # what the terminated workers held
@@ -261,6 +284,9 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
         # The pool exists before any worker starts, and its name is in the environment, so
         # workers of every start method join this pool rather than making their own.
         self._pyshm_pool = _core.default_pool()
+        # When the manager last read a result (the executor's start before the first one): the
+        # tokens the workers made before that may be in a result the caller holds (invariant 3).
+        self._pyshm_last_read = time.monotonic()
         pool = self._pyshm_pool.name
         extra = {} if max_tasks_per_child is None else {"max_tasks_per_child": max_tasks_per_child}
         super().__init__(
@@ -304,12 +330,16 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
         # The standard library's submit (identical in CPython 3.9-3.13) of `_run_task(payload)`,
         # which writes the call to the workers itself when it can (invariant 7).
         with self._shutdown_lock:
+            refusal: Optional[Exception] = None
             if self._broken:
-                raise BrokenProcessPool(self._broken)
-            if self._shutdown_thread:
-                raise RuntimeError("cannot schedule new futures after shutdown")
-            if _stdlib._global_shutdown:
-                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+                refusal = BrokenProcessPool(self._broken)
+            elif self._shutdown_thread:
+                refusal = RuntimeError("cannot schedule new futures after shutdown")
+            elif _stdlib._global_shutdown:
+                refusal = RuntimeError("cannot schedule new futures after interpreter shutdown")
+            if refusal is not None:
+                payload.release()  # the handles `submit` froze for a direct write go back
+                raise refusal
             f: concurrent.futures.Future = concurrent.futures.Future()
             work_id = self._queue_count
             self._queue_count += 1
@@ -416,15 +446,18 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
             since = self._pyshm_failed_since
         # The results the workers sent and the owner never read (the manager stops reading
         # when it breaks the pool; a worker terminated while writing leaves half a message)
-        # are discarded with the pipe: their handles would keep the arrays alive. Only the
-        # handles sent since the first failed call was submitted: those are the failed calls'
-        # (a handle a worker made in an earlier call and passed on elsewhere is left alone).
+        # are discarded with the pipe: their handles would keep the arrays alive. Only tokens
+        # made after the first failed call was submitted (a handle a worker made in an earlier
+        # call and passed on elsewhere is left alone) and after the last result the manager
+        # read (a token made before it may be in a result the caller holds, a task that
+        # returns `pyshm.handle(a)`, and is kept).
         # Every worker's pid: the pool checks that each is dead (`exitcode` can still say None
         # here when the manager thread reaped the worker while this thread waited on it).
         pids = [p.pid for p in processes if p.pid is not None]
+        since = max(since, self._pyshm_last_read)
         if since != float("inf"):
             try:
-                self._pyshm_pool._native.reclaim_tokens_of_dead(pids, time.monotonic() - since + 0.001)
+                self._pyshm_pool._native.reclaim_tokens_of_dead(pids, time.monotonic() - since)
             except (ValueError, OSError):  # the pool is closed already (interpreter exit)
                 pass
         for payload in payloads:

@@ -455,9 +455,10 @@ impl Pool {
     /// Cancels the tokens (handles sent and never attached) that processes with these `pids`
     /// sent at most `max_age` ago and that are provably dead now; returns how many. For a
     /// caller that knows nobody will read what those processes sent: an executor whose
-    /// workers were killed when its pool broke discards their unread results. `max_age` (the
-    /// time since the first of them started) keeps a token of an older process that had the
-    /// same pid out.
+    /// workers were killed when its pool broke discards their unread results. `max_age` (at
+    /// most the time since the first of them started) keeps a token of an older process that
+    /// had the same pid out; the executor passes the time since it last read a result, so a
+    /// token in a result it delivered is kept too.
     pub fn reclaim_tokens_of_dead(&self, pids: &[u32], max_age: Duration) -> usize {
         let max_age = u64::try_from(max_age.as_nanos()).unwrap_or(u64::MAX);
         self.shared.reclaim_tokens(|p| {
