@@ -93,6 +93,15 @@ def handle_to_full(n: int, value: float):
     return pyshm.handle(pyshm.full(n, value))
 
 
+def handle_wait_then_die(flag, n: int) -> None:
+    """Make a handle to a new array of ``n`` ones (as a result pickled and not written yet),
+    set ``flag[1]``, wait for ``flag[0]``, then die by SIGKILL."""
+    pyshm.handle(pyshm.ones(n))
+    flag[1] = 1
+    wait_for_flag(flag, 60.0)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def sleep_then(seconds: float, value):
     time.sleep(seconds)
     return value

@@ -195,6 +195,33 @@ def test_a_handle_in_a_result_the_owner_read_stays_attachable_when_the_pool_brea
     assert (a == 7.0).all() and a.shape == (10,)
 
 
+def test_a_dead_workers_handle_made_before_another_workers_result_was_read_is_dropped(ctx):
+    # Worker B has pickled a result (its handle made) and not written it when worker A's result
+    # is read; then B dies. B's handle is in a result nobody will read: the broken pool drops
+    # it, though it was made before the manager's last read (that read was of A's result).
+    pool = pyshm.default_pool()
+    before, in_flight = quiet_arrays(pool), pool.stats().handles_in_flight
+    flag = pyshm.zeros(2)
+    ex = pyshm.ProcessPoolExecutor(2, mp_context=ctx)
+    try:
+        assert ex.submit(fw.add_one, 1).result() == 2
+        dying = ex.submit(fw.handle_wait_then_die, flag, 1000)
+        deadline = time.monotonic() + 60
+        while flag[1] == 0 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        y, _ = ex.submit(fw.add_one_and_report, pyshm.ones(10)).result(timeout=60)  # read now
+        assert (y == 2).all()
+        del y
+        flag[0] = 1
+        with pytest.raises(BrokenProcessPool):
+            dying.result(timeout=60)
+    finally:
+        ex.shutdown(wait=True)
+    del flag
+    assert _settled_arrays(pool, before) == before
+    assert pool.stats().handles_in_flight == in_flight
+
+
 def _settled_arrays(pool, expected, timeout=60.0):
     """The pool's array count once it reaches `expected` (or the deadline passes)."""
     deadline = time.monotonic() + timeout

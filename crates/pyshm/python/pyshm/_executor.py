@@ -12,10 +12,11 @@ shutdown behaviour), with these additions:
 3. When a worker dies, the standard library fails every pending future with
    ``BrokenProcessPool`` (at once, never a hang). pyshm then waits for the pool's workers to
    exit, collects what they held, and drops the handles of calls no worker attached and of
-   results no one read (a broken pool's unread results are discarded: the handles the dead
-   workers made after both the submission of the first failed call and the last result the
-   manager read, and that nobody attached, are cancelled, including any such a task passed on
-   elsewhere; a handle in a result that was read stays attachable).
+   results no one read (a broken pool's unread results are discarded: the handles each dead
+   worker made after both the submission of the first failed call and the making of the last
+   of its results the manager read (a result carries its worker's pid and that time), and that
+   nobody attached, are cancelled, including any such a task passed on elsewhere; a handle in a
+   result that was read stays attachable).
 4. A worker unpickles its task inside the task (not in multiprocessing's queue), so a task it
    cannot unpickle fails with :class:`~pyshm.PayloadError` and the worker lives on; the
    handles that task carried are dropped. This holds for any exception the unpickling raises,
@@ -144,7 +145,25 @@ def _run_task(task: Packed) -> Any:
         result = fn(*args, **kwargs)
         if type(result) in ATOMIC:  # nothing of the pool's in it: as the standard library sends it
             return result
-        return Payload(result, compact=True, by_reference=_mainref.result_rule).freeze()
+        payload = Payload(result, compact=True, by_reference=_mainref.result_rule).freeze()
+        return _Made(os.getpid(), time.monotonic(), payload)
+
+
+class _Made:
+    """A task's result as its worker sends it: the worker's pid and when the result's pickling
+    ended (``CLOCK_MONOTONIC``, every process's clock) around the payload. The manager unwraps
+    it and notes the time (invariant 3): that worker's tokens made before it may be in a result
+    the caller holds, those made after it in a result nobody read."""
+
+    __slots__ = ("pid", "made", "value")
+
+    def __init__(self, pid: int, made: float, value: Any) -> None:
+        self.pid = pid
+        self.made = made
+        self.value = value
+
+    def __reduce__(self) -> Any:
+        return (_Made, (self.pid, self.made, self.value))
 
 
 class _ManagerThread(_stdlib._ExecutorManagerThread):
@@ -179,12 +198,17 @@ class _ManagerThread(_stdlib._ExecutorManagerThread):
             self.direct.close()
 
     def process_result_item(self, result_item: Any) -> None:
-        # A result read: every token in it was made before now. The broken pool's reclaim
-        # cancels only tokens made after the last result read (invariant 3).
-        executor = self.executor_reference()
-        if executor is not None:
-            executor._pyshm_last_read = time.monotonic()
-        del executor
+        # A result read: every token in it was made before its worker finished pickling it.
+        # The broken pool's reclaim cancels only a worker's tokens made after the last of its
+        # results read (invariant 3).
+        made = getattr(result_item, "result", None)
+        if type(made) is _Made:
+            executor = self.executor_reference()
+            if executor is not None:
+                last = executor._pyshm_last_read
+                last[made.pid] = max(last.get(made.pid, made.made), made.made)
+            del executor
+            result_item.result = made.value
         super().process_result_item(result_item)
 
     def start(self) -> None:
@@ -284,9 +308,9 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
         # The pool exists before any worker starts, and its name is in the environment, so
         # workers of every start method join this pool rather than making their own.
         self._pyshm_pool = _core.default_pool()
-        # When the manager last read a result (the executor's start before the first one): the
-        # tokens the workers made before that may be in a result the caller holds (invariant 3).
-        self._pyshm_last_read = time.monotonic()
+        # Per worker pid, when the last result the manager read from it was made: the tokens
+        # that worker made before that may be in a result the caller holds (invariant 3).
+        self._pyshm_last_read: dict[int, float] = {}
         pool = self._pyshm_pool.name
         extra = {} if max_tasks_per_child is None else {"max_tasks_per_child": max_tasks_per_child}
         super().__init__(
@@ -446,19 +470,24 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
             since = self._pyshm_failed_since
         # The results the workers sent and the owner never read (the manager stops reading
         # when it breaks the pool; a worker terminated while writing leaves half a message)
-        # are discarded with the pipe: their handles would keep the arrays alive. Only tokens
-        # made after the first failed call was submitted (a handle a worker made in an earlier
-        # call and passed on elsewhere is left alone) and after the last result the manager
-        # read (a token made before it may be in a result the caller holds, a task that
-        # returns `pyshm.handle(a)`, and is kept).
+        # are discarded with the pipe: their handles would keep the arrays alive. Per worker,
+        # only tokens made after the first failed call was submitted (a handle a worker made in
+        # an earlier call and passed on elsewhere is left alone) and after that worker finished
+        # pickling the last of its results the manager read (a token made before may be in a
+        # result the caller holds, a task that returns `pyshm.handle(a)`, and is kept).
         # Every worker's pid: the pool checks that each is dead (`exitcode` can still say None
         # here when the manager thread reaped the worker while this thread waited on it).
-        pids = [p.pid for p in processes if p.pid is not None]
-        since = max(since, self._pyshm_last_read)
-        if since != float("inf"):
+        if since == float("inf"):
+            return self._release(payloads)
+        for pid in (p.pid for p in processes if p.pid is not None):
+            cutoff = max(since, self._pyshm_last_read.get(pid, since))
             try:
-                self._pyshm_pool._native.reclaim_tokens_of_dead(pids, time.monotonic() - since)
+                self._pyshm_pool._native.reclaim_tokens_of_dead([pid], time.monotonic() - cutoff)
             except (ValueError, OSError):  # the pool is closed already (interpreter exit)
-                pass
+                break
+        self._release(payloads)
+
+    @staticmethod
+    def _release(payloads: list[Payload]) -> None:
         for payload in payloads:
             payload.release()
