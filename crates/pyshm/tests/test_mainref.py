@@ -125,6 +125,39 @@ def test_script_functions(method, tmp_path):
     assert "script ok" in r.stdout
 
 
+FREED_SCRIPT = textwrap.dedent(
+    """
+    import gc, sys, weakref
+    import multiprocessing as mp
+    import numpy as np
+    import pyshm
+
+    def twice(x):
+        return 2 * x
+
+    if __name__ == "__main__":
+        big = np.ones(1000)
+        probe = weakref.ref(big)
+        with pyshm.ProcessPoolExecutor(1, mp_context=mp.get_context("fork")) as ex:
+            assert ex.submit(twice, 1).result() == 2
+        del big
+        gc.collect()
+        print("freed" if probe() is None else "kept")
+    """
+)
+
+
+def test_a_main_global_deleted_after_a_fork_is_freed(tmp_path):
+    # The fork record (which names of __main__ go by reference) must not hold __main__'s
+    # globals: it held every one, so an array or an executor in a global of a script that forks
+    # was never freed after `del`.
+    path = tmp_path / "freed_script.py"
+    path.write_text(FREED_SCRIPT)
+    r = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "freed"
+
+
 def test_unknown_start_method_goes_by_value():
     from pyshm import _mainref
 

@@ -40,6 +40,7 @@ import os
 import sys
 import threading
 import types
+import weakref
 from typing import Any, Callable, Optional
 
 __all__ = ["by_reference_rule", "result_rule"]
@@ -48,52 +49,60 @@ Rule = Callable[[Any], bool]
 
 
 class _ForkRecord:
-    """Names of ``__main__`` bound to the same object at every fork of this process so far
-    (``None`` before the first fork: nothing recorded, nothing goes by reference)."""
+    """Names of ``__main__`` bound to the same function or class at every fork of this process
+    so far (``None`` before the first fork: nothing recorded, nothing goes by reference). Held
+    by weak reference, and only functions and classes (the only objects that go by name): the
+    record must not keep a ``__main__`` global alive after the script deletes it (an array or
+    an executor in a global of a script that forks was never freed after ``del``: found in
+    review, session 8)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.stable: Optional[dict[str, Any]] = None
-        self.born: Optional[dict[str, Any]] = None  # __main__ when this process was forked
+        self.stable: Optional[dict[str, weakref.ref]] = None
+        self.born: Optional[dict[str, weakref.ref]] = None  # __main__ when this process was forked
 
     def before_fork(self) -> None:
-        main = sys.modules.get("__main__")
-        now = dict(getattr(main, "__dict__", {}))
+        now = _named_in_main()
         with self.lock:
             if self.stable is None:
                 self.stable = now
             else:
-                self.stable = {k: v for k, v in self.stable.items() if now.get(k) is v}
+                self.stable = {k: r for k, r in self.stable.items() if k in now and now[k]() is r()}
 
     def after_fork_in_child(self) -> None:
         self.lock = threading.Lock()
         self.stable = None  # this process's own forks start a new record
-        main = sys.modules.get("__main__")
-        self.born = dict(getattr(main, "__dict__", {}))
+        self.born = _named_in_main()
 
     def born_rule(self, obj: Any) -> bool:
         """In a forked process: whether ``__main__`` bound the object's name to it when this
         process was forked, and still does (rule 3 of the module doc)."""
-        born = self.born
-        if born is None:
-            return False
-        name = getattr(obj, "__qualname__", None)
-        return (
-            isinstance(name, str)
-            and born.get(name) is obj
-            and getattr(sys.modules.get("__main__"), name, None) is obj
-        )
+        return _recorded(self.born, obj)
 
     def rule(self, obj: Any) -> bool:
-        stable = self.stable
-        if stable is None:
-            return False
-        name = getattr(obj, "__qualname__", None)
-        return (
-            isinstance(name, str)
-            and stable.get(name) is obj
-            and getattr(sys.modules.get("__main__"), name, None) is obj
-        )
+        return _recorded(self.stable, obj)
+
+
+def _named_in_main() -> dict[str, weakref.ref]:
+    """Weak references to the functions and classes ``__main__`` binds now, by name."""
+    main = sys.modules.get("__main__")
+    return {
+        k: weakref.ref(v)
+        for k, v in list(getattr(main, "__dict__", {}).items())
+        if isinstance(v, (types.FunctionType, type))
+    }
+
+
+def _recorded(record: Optional[dict[str, weakref.ref]], obj: Any) -> bool:
+    """Whether ``record`` has the object under its qualified name, and ``__main__`` still binds
+    that name to it."""
+    if record is None:
+        return False
+    name = getattr(obj, "__qualname__", None)
+    if not isinstance(name, str):
+        return False
+    r = record.get(name)
+    return r is not None and r() is obj and getattr(sys.modules.get("__main__"), name, None) is obj
 
 
 _fork_record = _ForkRecord()
