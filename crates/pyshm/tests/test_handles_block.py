@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import pyshm
+from open_block import block_open_in_another_thread
 
 
 def out_of_band(a, protocol=5):
@@ -156,17 +157,7 @@ def test_a_child_forked_while_another_thread_is_inside_is_left_unchanged(plain):
     before = out_of_band(plain)
     registered = copyreg.dispatch_table.get(np.ndarray)
     functions = (pickle.dumps, pickle.dump)
-    inside, leave = threading.Event(), threading.Event()
-
-    def holder():
-        with pyshm.handles():
-            inside.set()
-            leave.wait(60)
-
-    t = threading.Thread(target=holder)
-    t.start()
-    try:
-        assert inside.wait(60)
+    with block_open_in_another_thread():
         r, w = os.pipe()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork with threads
@@ -184,9 +175,6 @@ def test_a_child_forked_while_another_thread_is_inside_is_left_unchanged(plain):
         with os.fdopen(r, "rb") as f:
             assert f.read() == b"ok"
         assert os.waitpid(pid, 0)[1] == 0
-    finally:
-        leave.set()
-        t.join(60)
 
 
 def test_an_object_array_that_contains_itself_pickles_inside_a_block_as_outside():

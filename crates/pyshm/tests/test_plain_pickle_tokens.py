@@ -11,13 +11,13 @@ import gc
 import io
 import multiprocessing
 import pickle
-import threading
 from multiprocessing.reduction import ForkingPickler
 
 import numpy as np
 import pytest
 
 import pyshm
+from open_block import block_open_in_another_thread
 from pyshm._transfer import Payload
 
 ORIGINAL_DUMPS, ORIGINAL_DUMP = pickle.dumps, pickle.dump
@@ -171,42 +171,18 @@ def test_a_failing_plain_pickle_outside_any_block_gives_back_what_a_pickle_insid
     # none, so its own arrays go by value, but a ForkingPickler pickle inside sends handles.
     with pyshm.Pool() as pool:
         a = pool.zeros(10)
-        inside, leave = threading.Event(), threading.Event()
-
-        def holder():
-            with pyshm.handles():
-                inside.set()
-                leave.wait(60)
-
-        t = threading.Thread(target=holder)
-        t.start()
-        try:
-            assert inside.wait(60)
+        with block_open_in_another_thread():
             with pytest.raises(RuntimeError, match="refuses"):
                 pickle.dumps((a, PicklesInside(a, ForkingPickler.dumps), Unpicklable()))
             assert in_flight(pool) == 0
-        finally:
-            leave.set()
-            t.join(60)
-        assert not t.is_alive()
 
 
 def test_another_threads_plain_pickle_gives_data_while_a_block_is_open():
     with pyshm.Pool() as pool:
         a = pool.full(1000, 3.0)
-        inside, leave = threading.Event(), threading.Event()
         seen = {}
 
-        def holder():
-            with pyshm.handles():
-                seen["handle"] = pickle.dumps(a)
-                inside.set()
-                leave.wait(60)
-
-        t = threading.Thread(target=holder)
-        t.start()
-        try:
-            assert inside.wait(60)
+        with block_open_in_another_thread(lambda: seen.update(handle=pickle.dumps(a))):
             assert pickle.dumps is not ORIGINAL_DUMPS, "the tracking function is in place"
             data = pickle.dumps(a)
             f = io.BytesIO()
@@ -219,10 +195,6 @@ def test_another_threads_plain_pickle_gives_data_while_a_block_is_open():
             with pytest.raises(RuntimeError, match="refuses"):
                 pickle.dumps((a, Unpicklable()))
             assert in_flight(pool) == 1, "a failure outside the block takes nothing"
-        finally:
-            leave.set()
-            t.join(60)
-        assert not t.is_alive()
         assert pickle.dumps is ORIGINAL_DUMPS
         assert np.shares_memory(pickle.loads(seen["handle"]), a)
         assert in_flight(pool) == 0

@@ -186,19 +186,25 @@ MID_RESULT = textwrap.dedent(
 )
 
 
+def _run_watched(script: str, method: str, timeout: float, hung: str) -> subprocess.CompletedProcess:
+    """Run ``script`` with ``method``; past ``timeout`` (the watchdog) kill the workers whose
+    pids it printed on a ``pids`` line, and fail with ``hung``."""
+    try:
+        return subprocess.run([PYTHON, "-c", script, method], capture_output=True, text=True, timeout=timeout, env=_env())
+    except subprocess.TimeoutExpired as e:
+        lines = [ln.split() for ln in (e.stdout or b"").decode().splitlines()]
+        for pid in {int(p) for ln in lines if ln and ln[0] == "pids" for p in ln[1:]}:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        pytest.fail(f"{hung}: {lines}")
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_a_worker_killed_while_sending_its_result_breaks_the_pool(method):
     # The manager thread reads the result pipe: a message that stops after its length header
     # (the writer died) would keep it reading forever, every other worker blocked on the write
     # lock the dead one held, and every future pending.
-    try:
-        out = subprocess.run([PYTHON, "-c", MID_RESULT, method], capture_output=True, text=True, timeout=60, env=_env())
-    except subprocess.TimeoutExpired as e:  # the watchdog
-        lines = [ln.split() for ln in (e.stdout or b"").decode().splitlines()]
-        for pid in {int(p) for ln in lines if ln[0] == "pids" for p in ln[1:]}:
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
-        pytest.fail(f"result() or shutdown hung after a worker died mid-result: {lines}")
+    out = _run_watched(MID_RESULT, method, 60, "result() or shutdown hung after a worker died mid-result")
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[-3:] == ["broken", "broken", "done"], out.stdout
 
@@ -238,15 +244,6 @@ def test_a_worker_killed_while_the_feeder_writes_to_a_full_call_pipe_breaks_the_
     # A call the pipe cannot take (a direct write handed it to the feeder) blocks the feeder in
     # its write; the worker dies. The manager breaks the pool and joins the feeder, which CPython
     # before 3.12 (gh-94777) left writing to a pipe whose read end only this process holds.
-    try:
-        out = subprocess.run(
-            [PYTHON, "-c", FULL_CALL_PIPE, method], capture_output=True, text=True, timeout=90, env=_env()
-        )
-    except subprocess.TimeoutExpired as e:  # the watchdog
-        lines = [ln.split() for ln in (e.stdout or b"").decode().splitlines()]
-        for pid in {int(p) for ln in lines if ln[0] == "pids" for p in ln[1:]}:
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
-        pytest.fail(f"shutdown hung after a worker died with the call pipe full: {lines}")
+    out = _run_watched(FULL_CALL_PIPE, method, 90, "shutdown hung after a worker died with the call pipe full")
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[-5:] == ["broken"] * 4 + ["done"], out.stdout
