@@ -280,7 +280,7 @@ while True:
 """
 
 WAITER = """
-import os, signal, sys, threading, time
+import os, random, signal, sys, threading, time
 import pyshm
 lister = int(sys.argv[1])
 ticks = [0]
@@ -307,6 +307,9 @@ for _ in range(200):
             break
     else:
         os.kill(lister, signal.SIGCONT)
+        # Let the lister run a while before the next stop: stopped again at once, it had no
+        # time to move and was caught outside the lock 200 times in a row (CI, Python 3.13).
+        time.sleep(random.uniform(0.001, 0.02))
 """
 
 
