@@ -231,9 +231,10 @@ def rendezvous(flags, i: int, then_sleep: float) -> int:
     return os.getpid()
 
 
-def die_mid_result() -> None:
+def die_mid_result(flag=None) -> None:
     """Die by SIGKILL in the middle of sending a result: holding the result queue's write lock,
-    after a length header announcing 1 MiB that never comes."""
+    after a length header announcing 1 MiB that never comes. Sets ``flag[0]`` (if given) once
+    the lock is held."""
     import struct
     import sys
 
@@ -243,6 +244,8 @@ def die_mid_result() -> None:
     results = frame.f_locals["result_queue"]  # the standard library's worker loop
     results._wlock.acquire()
     os.write(results._writer.fileno(), struct.pack("!i", 1 << 20))
+    if flag is not None:
+        flag[0] = 1
     os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import gc
 import sys
+import threading
 import time
 
 import numpy as np
@@ -102,13 +103,25 @@ def test_exceptions_and_shutdown_with_cancel_futures(ctx):
     ex = pyshm.ProcessPoolExecutor(1, mp_context=ctx)
     with pytest.raises(ValueError, match="boom"):
         ex.submit(fw.fail, "boom").result()
-    first = ex.submit(fw.sleep_then, 0.5, 1)
+    flag = pyshm.zeros(1, dtype=np.int8)
+    first = ex.submit(fw.wait_for_flag, flag, 60.0)
     deadline = time.monotonic() + 30
     while not first.running() and time.monotonic() < deadline:  # handed to the worker
         time.sleep(0.01)
     rest = [ex.submit(fw.sleep_then, 0, i) for i in range(20)]
+
+    def release_first_once_cancelled() -> None:
+        # The worker stays busy until the shutdown has cancelled what it could (bounded).
+        deadline = time.monotonic() + 60
+        while not any(f.cancelled() for f in rest) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        flag[0] = 1
+
+    releaser = threading.Thread(target=release_first_once_cancelled)
+    releaser.start()
     ex.shutdown(wait=True, cancel_futures=True)
-    assert first.result() == 1
+    releaser.join()
+    assert first.result() is True
     assert any(f.cancelled() for f in rest)
     with pytest.raises(RuntimeError):
         ex.submit(fw.pid)

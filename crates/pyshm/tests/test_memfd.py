@@ -102,11 +102,14 @@ def test_the_default_pool_follows_pyshm_backend():
     assert pyshm._pools.create_default().backend == os.environ.get("PYSHM_BACKEND", "shm")
 
 
-def test_constructors_transfer_executor_and_map_pass_with_the_memfd_backend():
-    files = ["test_constructors.py", "test_transfer.py", "test_executor.py", "test_map.py", "test_memfd.py"]
+@pytest.mark.parametrize(
+    "file", ["test_constructors.py", "test_transfer.py", "test_executor.py", "test_map.py", "test_memfd.py"]
+)
+def test_constructors_transfer_executor_and_map_pass_with_the_memfd_backend(file):
+    # One file per run, each with its own watchdog (one for all five left a slow CI little room).
     r = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-k", "not with_the_memfd_backend"]
-        + [os.path.join(HERE, f) for f in files],
+        + [os.path.join(HERE, file)],
         env=child_env(PYSHM_BACKEND="memfd"),
         capture_output=True,
         text=True,

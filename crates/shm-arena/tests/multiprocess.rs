@@ -43,6 +43,23 @@ fn stress(name: &str, seconds: u64, seed: u64) -> Reap {
     Reap(Some(child))
 }
 
+/// A stress process that has allocated its first block (it prints `started` then): killed from
+/// now on, it always leaves an owner slot to recover.
+fn started_stress(name: &str, seconds: u64, seed: u64) -> Reap {
+    let child = Command::new(TOOL)
+        .args(["stress", name, "--seconds", &seconds.to_string(), "--seed", &seed.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn shm-arena stress");
+    let mut r = Reap(Some(child));
+    let out = r.0.as_mut().unwrap().stdout.take().unwrap();
+    let mut line = String::new();
+    // Bounded: the tool prints this line or exits (after `seconds` at most), closing the pipe.
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line).unwrap();
+    assert_eq!(line, "started\n", "the stress process never allocated");
+    r
+}
+
 fn finish(mut r: Reap) -> i32 {
     let status = r.0.take().unwrap().wait().unwrap();
     status.code().unwrap_or(-1)
@@ -90,8 +107,8 @@ fn processes_killed_at_random_are_recovered_while_survivors_go_on() {
     let mut recovered = 0;
     let deadline = Instant::now() + Duration::from_millis(2500);
     while Instant::now() < deadline {
-        let mut victim = stress(&name, 60, 1000 + kills);
-        std::thread::sleep(Duration::from_micros(2000 + rng.below(40_000)));
+        let mut victim = started_stress(&name, 60, 1000 + kills);
+        std::thread::sleep(Duration::from_micros(rng.below(20_000)));
         victim.0.as_mut().unwrap().kill().unwrap(); // SIGKILL
         victim.0.take().unwrap().wait().unwrap();
         kills += 1;
@@ -103,8 +120,8 @@ fn processes_killed_at_random_are_recovered_while_survivors_go_on() {
     }
     recovered += a.recover_dead_owners().owners;
     assert!(kills >= 10, "only {kills} kills");
-    // A victim killed before it opened the arena never registered: nothing to recover.
-    assert!(recovered as u64 <= kills && recovered as u64 >= kills / 2, "{recovered} recovered of {kills} killed");
+    // Every victim was killed after its first allocation: each left its owner slot.
+    assert_eq!(recovered as u64, kills, "{recovered} recovered of {kills} killed");
     assert_empty(&a);
     let s = a.stats();
     assert_eq!(s.free_bytes, s.capacity, "every byte came back");
@@ -179,13 +196,23 @@ fn children_killed_mid_operation_never_corrupt_the_tree() {
     }
     let mut recovered = 0;
     for round in 0..25u64 {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` is a valid array of two descriptors.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
         let pid = fork(|| {
             let mut r = Rng(round * 7919 + 1);
             let mut live = Vec::new();
+            let mut announced = false;
             loop {
                 if live.len() < 64 && r.below(2) == 0 {
                     if let Ok(b) = a.alloc(16 + r.below(20_000)) {
                         live.push(b);
+                        if !announced {
+                            // Registered: the parent kills us at a random moment from now on.
+                            // SAFETY: writes 1 byte from a valid buffer to the pipe.
+                            unsafe { libc::write(fds[1], [1u8].as_ptr().cast(), 1) };
+                            announced = true;
+                        }
                     }
                 } else if !live.is_empty() {
                     let b = live.swap_remove(r.below(live.len() as u64) as usize);
@@ -193,17 +220,25 @@ fn children_killed_mid_operation_never_corrupt_the_tree() {
                 }
             }
         });
-        std::thread::sleep(Duration::from_micros(200 + rng.below(8_000)));
+        let mut ready = libc::pollfd { fd: fds[0], events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd; a bounded wait for the child's first allocation.
+        let polled = unsafe { libc::poll(&mut ready, 1, 60_000) };
+        std::thread::sleep(Duration::from_micros(rng.below(8_000)));
         // SAFETY: `pid` is our child.
         unsafe { libc::kill(pid, libc::SIGKILL) };
         assert_eq!(wait(pid), -libc::SIGKILL);
+        // SAFETY: closing our pipe descriptors (the child is gone).
+        unsafe { libc::close(fds[0]) };
+        // SAFETY: as above.
+        unsafe { libc::close(fds[1]) };
+        assert_eq!(polled, 1, "round {round}: the child never allocated");
         let r = a.recover_dead_owners();
-        assert!(r.owners <= 1, "one child per round");
-        recovered += r.owners; // 0 when the kill came before the child's first operation
+        assert_eq!(r.owners, 1, "round {round}: the child was killed after registering");
+        recovered += r.owners;
         let report = a.check().unwrap_or_else(|e| panic!("round {round}: {e}: {:?}", e.violations));
         assert_eq!(report.blocks_in_use, keep.len() as u64, "round {round}: only the parent's blocks remain");
     }
-    assert!(recovered >= 10, "only {recovered} of 25 children had started when killed");
+    assert_eq!(recovered, 25);
     for (i, b) in keep.iter().enumerate() {
         // SAFETY: as above.
         assert!(unsafe { a.bytes(*b).unwrap() }.iter().all(|x| *x == i as u8), "a child wrote into the parent's block");

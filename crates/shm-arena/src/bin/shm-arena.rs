@@ -10,7 +10,8 @@
 //!                                                random allocs and frees (some giving pages
 //!                                                back, some trims), every block filled with
 //!                                                a pattern and verified (exit 3 on a pattern
-//!                                                broken by someone else)
+//!                                                broken by someone else); prints `started`
+//!                                                once its first block is allocated
 //! ```
 
 use std::process::ExitCode;
@@ -167,6 +168,12 @@ fn stress(name: &str, args: &[String]) -> Result<ExitCode> {
                         fill(&a, b, me | seq)?;
                         live.push((b, me | seq));
                         allocs += 1;
+                        if allocs == 1 {
+                            // Registered and working: a test that kills us at a random moment
+                            // waits for this line first.
+                            println!("started");
+                            std::io::Write::flush(&mut std::io::stdout())?;
+                        }
                     }
                     Err(AllocError::Exhausted { .. } | AllocError::NoSpace { .. }) => full += 1,
                     Err(e) => return Err(e.into()),
