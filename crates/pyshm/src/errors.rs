@@ -226,9 +226,10 @@ fn pool_err(e: PoolError) -> PyErr {
         PoolError::NotFound { .. } | PoolError::Gone { .. } | PoolError::SegmentUnreachable { .. } => {
             PoolNotFoundError::new_err((ENOENT, msg))
         }
-        PoolError::InvalidName { .. } | PoolError::Options(_) | PoolError::NotAPool { .. } => {
-            PyValueError::new_err(msg)
-        }
+        PoolError::InvalidName { .. }
+        | PoolError::Options(_)
+        | PoolError::NotAPool { .. }
+        | PoolError::OtherVersion { .. } => PyValueError::new_err(msg),
         PoolError::Full { .. } => PoolFullError::new_err(msg),
         // Joining is not permitted across pid namespaces (EPERM): a PoolPermissionError.
         PoolError::OtherNamespace { .. } => os_error(Some(EPERM), msg),

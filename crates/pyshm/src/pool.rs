@@ -337,8 +337,8 @@ impl NativePool {
     }
 
     /// Every registered name.
-    fn names(&self, py: Python<'_>) -> Vec<String> {
-        gil::detach(py, || self.pool.names())
+    fn names(&self, py: Python<'_>) -> Result<Vec<String>> {
+        Ok(gil::detach(py, || self.pool.names())?)
     }
 
     /// Registers this process now (after a fork: re-acquires inherited arrays).
@@ -578,6 +578,8 @@ pub(crate) fn clean_pools(py: Python<'_>, include_persistent: bool) -> (Vec<Stri
                 SkipReason::Live { .. } => "live",
                 SkipReason::Persistent => "persistent",
                 SkipReason::NotAPool { .. } => "not_a_pool",
+                SkipReason::OtherVersion { mapped_by: 0, .. } => "other_version",
+                SkipReason::OtherVersion { .. } => "other_version_in_use",
                 SkipReason::OtherNamespace { .. } => "other_namespace",
             }
             .to_owned(),

@@ -77,3 +77,79 @@ def test_clean_tells_how_to_remove_a_dead_persistent_pool_with_the_clis_own_opti
         for f in os.listdir("/dev/shm"):
             if f == f"pyshm-{name}" or f.startswith(f"pyshm-{name}-"):
                 os.unlink(os.path.join("/dev/shm", f))
+
+
+
+# Run in a private /dev/shm (`unshare -m` and a tmpfs, as root): `clean --persistent` removes
+# every dead persistent pool of the user, which must not reach other tests' (or a developer's).
+OTHER_VERSION = r"""
+import os, struct, subprocess, sys
+from pyshm import __main__ as cli
+
+def set_directory_version(pool, version):
+    # The directory is found by its magic in segment 0's data extents; its second word is the
+    # version.
+    fd = os.open(f"/dev/shm/pyshm-{pool}", os.O_RDWR)
+    try:
+        off, size = 0, os.fstat(fd).st_size
+        while off < size:
+            start = os.lseek(fd, off, os.SEEK_DATA)
+            end = os.lseek(fd, start, os.SEEK_HOLE)
+            at = os.pread(fd, end - start, start).find(b"PYSHMPOL")
+            if at >= 0:
+                os.pwrite(fd, struct.pack("<Q", version), start + at + 8)
+                return
+            off = end
+        raise AssertionError("no directory found")
+    finally:
+        os.close(fd)
+
+def clean(*args):
+    out = subprocess.run([sys.executable, "-m", "pyshm", "clean", *args], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+name = "oldversion"
+env = {**os.environ, "PYSHM_NAMED_POOL": name}
+holder = subprocess.Popen(
+    [sys.executable, "-c", "import sys, pyshm; a = pyshm.create('kept', 3); print('ready', flush=True); sys.stdin.read()"],
+    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+)
+try:
+    assert holder.stdout.readline().strip() == "ready"
+    set_directory_version(name, 4)
+    # Mapped by a program of that version: left, even with --persistent.
+    out = clean("--persistent")
+    (line,) = [ln for ln in out.splitlines() if ln.startswith(f"left pyshm-{name}:")]
+    assert "another version of pyshm (directory version 4)" in line and "mapped by 1 live process" in line, out
+    code = "import pyshm\ntry:\n    pyshm.create('new', 3)\nexcept ValueError as e:\n    print(e)\n"
+    msg = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env).stdout
+    assert "made by another version of pyshm (directory version 4; this pyshm reads version" in msg, msg
+    assert "python -m pyshm clean --persistent" in msg, msg
+finally:
+    holder.communicate("", timeout=60)
+assert holder.returncode == 0
+# Mapped by nobody: it may hold that version's named arrays, so it goes only with --persistent.
+out = clean()
+(line,) = [ln for ln in out.splitlines() if ln.startswith(f"left pyshm-{name}:")]
+assert "mapped by no process" in line and "clean it with --persistent" in line, line
+assert os.path.exists(f"/dev/shm/pyshm-{name}")
+assert f"removed {name}" in clean("--persistent").splitlines()
+assert not [f for f in os.listdir("/dev/shm") if f.startswith(f"pyshm-{name}")], os.listdir("/dev/shm")
+print("ok")
+"""
+
+
+def test_a_named_pool_left_by_another_version_is_refused_clearly_and_cleaned_when_asked(tmp_path):
+    # An upgrade that left a named pool behind: pyshm.create says what it is and how to remove
+    # it; `clean` leaves it while a program of that version maps it, then names --persistent.
+    script = tmp_path / "other_version.py"
+    script.write_text(OTHER_VERSION)
+    mount = f"mount -t tmpfs -o size=64m tmpfs /dev/shm && exec {sys.executable} {script}"
+    r = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", mount],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0 and r.stdout.split()[-1:] == ["ok"], r.stdout[-3000:] + r.stderr[-3000:]

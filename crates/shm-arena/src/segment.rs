@@ -600,6 +600,8 @@ pub struct SegmentFile {
     pub len: u64,
     /// Its owner's uid.
     pub owner_uid: u32,
+    /// Its inode number (how `/proc/<pid>/maps` names a process's mapping of it).
+    pub inode: u64,
     /// Whether this process may trust it (invariant 5), as `lstat` saw it when listed. Only
     /// [`Ownership::Ours`] files can be opened; only they should be removed.
     pub ownership: Ownership,
@@ -621,6 +623,7 @@ pub fn list_segments(prefix: &str) -> std::io::Result<Vec<SegmentFile>> {
             name,
             len: stat.len,
             owner_uid: stat.uid,
+            inode: stat.inode,
             ownership: Ownership::judge(&stat, euid),
         })
         .collect())
@@ -687,7 +690,7 @@ mod tests {
 
     #[test]
     fn ownership_is_judged_on_type_owner_and_mode() {
-        let file = |uid, mode| FileStat { len: 0, uid, mode };
+        let file = |uid, mode| FileStat { len: 0, uid, mode, inode: 0 };
         assert_eq!(Ownership::judge(&file(1000, 0o100_600), 1000), Ownership::Ours);
         assert_eq!(Ownership::judge(&file(1000, 0o100_400), 1000), Ownership::Ours);
         assert_eq!(Ownership::judge(&file(65534, 0o100_600), 1000), Ownership::NotOwned { owner_uid: 65534 });

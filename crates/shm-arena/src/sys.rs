@@ -222,6 +222,8 @@ pub(crate) struct FileStat {
     pub(crate) uid: u32,
     /// `st_mode`: file type and permission bits.
     pub(crate) mode: u32,
+    /// `st_ino`: the inode, which `/proc/<pid>/maps` names a mapped file by.
+    pub(crate) inode: u64,
 }
 
 /// `fstat(2)` on an open descriptor: size, owner and mode of the file it refers to, read from
@@ -241,6 +243,7 @@ pub(crate) fn file_stat(fd: BorrowedFd<'_>) -> io::Result<FileStat> {
         len: u64::try_from(stat.st_size).map_err(|_| Errno::OVERFLOW)?,
         uid: stat.st_uid,
         mode: stat.st_mode,
+        inode: stat.st_ino,
     })
 }
 
@@ -320,7 +323,10 @@ pub(crate) fn list_shm_objects(prefix: &str) -> std::io::Result<Vec<(String, Fil
             if name.starts_with(prefix) {
                 // `DirEntry::metadata` is an `lstat`: a symlink is described, not followed.
                 if let Ok(meta) = entry.metadata() {
-                    objects.push((name, FileStat { len: meta.len(), uid: meta.uid(), mode: meta.mode() }));
+                    objects.push((
+                        name,
+                        FileStat { len: meta.len(), uid: meta.uid(), mode: meta.mode(), inode: meta.ino() },
+                    ));
                 }
             }
         }
@@ -342,7 +348,7 @@ pub(crate) fn list_shm_objects(prefix: &str) -> std::io::Result<Vec<(String, Fil
 pub(crate) fn entry_stat(name: &str) -> std::io::Result<FileStat> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::symlink_metadata(std::path::Path::new(SHM_DIR).join(name))?;
-    Ok(FileStat { len: meta.len(), uid: meta.uid(), mode: meta.mode() })
+    Ok(FileStat { len: meta.len(), uid: meta.uid(), mode: meta.mode(), inode: meta.ino() })
 }
 
 /// `getrandom(2)` with no flags: fills `buf` with bytes from the kernel's CSPRNG.

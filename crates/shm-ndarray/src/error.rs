@@ -25,7 +25,20 @@ pub enum PoolError {
         /// The pool name.
         name: String,
     },
-    /// The segment exists but is not a pyshm pool (or another version).
+    /// The pool was made by another version of pyshm, whose layout this one cannot read (an
+    /// upgrade that left a persistent pool behind, or two installations sharing /dev/shm).
+    #[error("{name:?} was made by another version of pyshm ({what} version {found}; this pyshm reads version {ours}): use it from that version, or remove it with `python -m pyshm clean --persistent` once no program of that version runs (its arrays are lost)")]
+    OtherVersion {
+        /// The segment name.
+        name: String,
+        /// Which layout differs: `"directory"` or `"segment layout"`.
+        what: &'static str,
+        /// The version found.
+        found: u64,
+        /// The version this library reads.
+        ours: u64,
+    },
+    /// The segment exists but is not a pyshm pool.
     #[error("{name:?} is not a pyshm pool: {why}")]
     NotAPool {
         /// The segment name.

@@ -49,7 +49,7 @@ fn value_of(name: &str) -> u64 {
 
 /// Every listed name once, each attaching to its own value; returns them.
 fn consistent_names(pool: &Pool) -> HashSet<String> {
-    let names = pool.names();
+    let names = pool.names().unwrap();
     let set: HashSet<String> = names.iter().cloned().collect();
     assert_eq!(set.len(), names.len(), "a name listed twice");
     for n in &names {
@@ -61,13 +61,13 @@ fn consistent_names(pool: &Pool) -> HashSet<String> {
 
 /// Deletes every name and checks that the table and the arrays are all gone.
 fn delete_all(pool: &Pool) {
-    for n in pool.names() {
+    for n in pool.names().unwrap() {
         pool.unpublish(&n).unwrap();
     }
     pool.collect();
     let s = pool.stats();
     assert_eq!((s.arrays, s.name_table), (0, 0), "arrays or name table left: {s:?}");
-    assert!(pool.names().is_empty());
+    assert!(pool.names().unwrap().is_empty());
     pool.check().unwrap();
 }
 
@@ -112,7 +112,7 @@ fn sixty_five_thousand_names_are_created_listed_attached_and_deleted() {
     }
     let created = t.elapsed();
     let t = Instant::now();
-    let names = pool.names();
+    let names = pool.names().unwrap();
     let listed = t.elapsed();
     assert_eq!(names.len() as u64, N);
     let t = Instant::now();
@@ -148,7 +148,7 @@ fn a_process_killed_at_any_point_of_a_publish_or_delete_leaves_a_consistent_tabl
     for i in 0..20 {
         publish(&pool, &format!("n{i}"), i).unwrap();
     }
-    let before: HashSet<String> = pool.names().into_iter().collect();
+    let before: HashSet<String> = pool.names().unwrap().into_iter().collect();
     for point in [PublishIntent, PublishDisowned, PublishReferenced, PublishInserted] {
         killed_at(&pool, point, |p| {
             let _ = publish(p, "n100", 100);
@@ -235,7 +235,7 @@ fn concurrent_creators_some_killed_mid_way_leave_every_name_once() {
         })
         .collect();
     // Two of them are killed mid-way, at whatever point they are.
-    shm_testkit::until("the creators to publish", || pool.names().len() > 200);
+    shm_testkit::until("the creators to publish", || pool.names().unwrap().len() > 200);
     for pid in &children[..2] {
         // SAFETY: our child.
         unsafe { libc::kill(*pid, libc::SIGKILL) };
@@ -333,7 +333,7 @@ fn names_running_out_of_a_64_mib_dev_shm_fail_with_an_error_and_the_table_works_
     eprintln!("{made} names in a 64 MiB /dev/shm, then {error}");
     drop(arrays);
     assert!(made > 1000, "{made} names");
-    assert_eq!(pool.names().len() as u64, made);
+    assert_eq!(pool.names().unwrap().len() as u64, made);
     for i in [0, made / 2, made - 1] {
         let a = ShmArray::<u64>::try_from(pool.lookup(&format!("n{i}")).unwrap()).unwrap();
         assert_eq!(a.to_vec(), vec![i]);

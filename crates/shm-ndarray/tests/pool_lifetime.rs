@@ -193,3 +193,56 @@ fn clean_never_removes_a_live_arena_that_is_not_a_pool() {
     let _ = arena.unlink();
     assert!(still_there, "clean unlinked a live arena's file (reported as {removed:?})");
 }
+
+#[test]
+fn a_pool_of_another_version_is_refused_clearly_and_cleaned_only_when_asked() {
+    use shm_arena::sync::SharedU64;
+    use shm_ndarray::{clean_pools, SkipReason};
+    use std::sync::atomic::Ordering;
+    let name = format!("oldversion{}", std::process::id());
+    let pool = Pool::create(&small().name(name.clone()).persistent(true)).unwrap();
+    let a = ShmArray::<u8>::zeros(&pool, &[100]).unwrap();
+    // What another pyshm would have left: the directory (segment 0's root block) says another
+    // version in its second word.
+    let seg0 = shm_arena::Arena::open(&format!("pyshm-{name}")).unwrap();
+    let dir = shm_arena::Block::from_bits(seg0.root_word().load(Ordering::Acquire));
+    let base = seg0.as_ptr(dir).unwrap().as_ptr().cast::<SharedU64>();
+    // SAFETY: the directory block is mapped while `seg0` lives, 8-aligned and longer than two
+    // words; its words are atomics, and only this test writes the version.
+    let version = unsafe { &*base.wrapping_add(1) };
+    let ours = version.load(Ordering::Relaxed);
+    version.store(ours - 1, Ordering::Relaxed);
+    let skipped = |report: &shm_ndarray::CleanReport| {
+        report.skipped.iter().find(|s| s.pool == name).map(|s| s.reason).expect("listed as skipped")
+    };
+    // Mapped (by us): left. (`clean_pools(true)` is not called here: it would remove the dead
+    // persistent pools of every other test running now; test_cli.py runs it in a private
+    // /dev/shm.)
+    let report = clean_pools(false);
+    assert!(!report.removed.contains(&name));
+    let reason = skipped(&report);
+    assert!(
+        matches!(reason, SkipReason::OtherVersion { what: "directory", found, mapped_by } if found == ours - 1 && mapped_by >= 1),
+        "{reason:?}"
+    );
+    assert!(reason.to_string().contains("in use"), "{reason}");
+    drop((a, pool, seg0));
+    // Opening or creating it by name says what it is and what to do.
+    for result in [Pool::open(&name), Pool::create(&small().name(name.clone()))] {
+        let e = result.map(|_| ()).unwrap_err();
+        assert!(
+            matches!(e, PoolError::OtherVersion { what: "directory", found, ours: o, .. } if found == ours - 1 && o == ours),
+            "{e:?}"
+        );
+        let msg = e.to_string();
+        assert!(msg.contains("another version of pyshm") && msg.contains("clean --persistent"), "{msg}");
+    }
+    // Mapped by nobody: it may hold that version's named arrays, so it goes only when asked.
+    let report = clean_pools(false);
+    assert!(matches!(skipped(&report), SkipReason::OtherVersion { mapped_by: 0, .. }), "{:?}", skipped(&report));
+    let files = leftovers(&name);
+    assert!(!files.is_empty());
+    for f in files {
+        shm_arena::unlink(&f).unwrap();
+    }
+}

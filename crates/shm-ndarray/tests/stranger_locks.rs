@@ -135,6 +135,10 @@ fn a_planted_directory_lock_is_refused(pid: u32) {
     let p = pool.clone();
     let found = within("lookup", move || p.lookup("x").map(|_| ()));
     assert!(matches!(found, Err(NameError::Handle(HandleError::Stranger { .. }))), "{found:?}");
+    // Listing says so too, rather than answer "no names".
+    let p = pool.clone();
+    let listed = within("names", move || p.names());
+    assert!(matches!(listed, Err(NameError::Handle(HandleError::Stranger { .. }))), "{listed:?}");
     // Growing the pool takes it too: a 2 MiB array needs a new data segment.
     let p = pool.clone();
     let grown = within("create a big array", move || f64s_or(&p, 1 << 18).map(|_| ()));

@@ -74,6 +74,9 @@ def cmd_clean(include_persistent: bool) -> int:
         if s.kind == "persistent":
             print(f"left {s.file}: persistent, its processes are all dead (clean it with --persistent)")
             continue
+        if s.kind == "other_version":
+            print(f"left {s.file}: {s.reason} (clean it with --persistent; its arrays are lost)")
+            continue
         whose = f" (owned by uid {s.owner_uid}: ask its owner or root)" if s.owner_uid is not None else ""
         print(f"left {s.file}: {s.reason}{whose}")
     if not removed and all(s.kind == "live" for s in skipped):

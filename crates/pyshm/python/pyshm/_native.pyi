@@ -224,7 +224,9 @@ class SkippedPoolFile:
         """The file's owner when that is why it was left; else None."""
     @property
     def kind(self) -> str:
-        """Why, as a word: not_owned, permissions, not_a_file, live, persistent or not_a_pool."""
+        """Why, as a word: not_owned, permissions, not_a_file, live, persistent, not_a_pool,
+        other_namespace, other_version (made by another pyshm version, mapped by no process) or
+        other_version_in_use."""
 
 @final
 class Block:

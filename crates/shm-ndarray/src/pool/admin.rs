@@ -26,7 +26,7 @@ use shm_sync::ProcessTable;
 
 use super::backend::Backend;
 use super::names::has_names;
-use super::open::read_directory;
+use super::open::{read_directory, DirectoryFault};
 use super::{growth_segment_name, parse_segment_name, root_segment_name, SegmentFileName, ORD};
 use crate::directory::{Directory, FLAG_PERSISTENT, FLAG_PERSIST_NAMED, KIND_DATA, MAX_SEGMENTS};
 
@@ -113,9 +113,20 @@ pub enum SkipReason {
         /// The pool's pid namespace (inode number).
         namespace: u64,
     },
+    /// Segment 0 of a pool made by another version of pyshm: its process table cannot be read
+    /// here, so whether its processes live is judged by who maps its files (`/proc/*/maps`, the
+    /// processes this one can see). Left while a process maps it; otherwise removed only with
+    /// `include_persistent` (it may hold another installation's named arrays).
+    OtherVersion {
+        /// Which layout differs: `"directory"` or `"segment layout"`.
+        what: &'static str,
+        /// The version found.
+        found: u64,
+        /// Processes seen mapping one of its files.
+        mapped_by: usize,
+    },
     /// Our file, named as a pool's segment 0, that cannot be read as a pool: a pool being
-    /// created right now, one of another pyshm version, a corrupt one, or an arena that only
-    /// shares the prefix. Whether a process uses it cannot be told, so it is left; remove it by
+    /// created right now, a corrupt one, or an arena that only shares the prefix. Whether a process uses it cannot be told, so it is left; remove it by
     /// hand if you know it is garbage.
     NotAPool {
         /// What is wrong with it.
@@ -134,6 +145,15 @@ impl core::fmt::Display for SkipReason {
             SkipReason::OtherNamespace { namespace } => {
                 write!(f, "made in another pid namespace (pid:[{namespace}]): clean it from there")
             }
+            SkipReason::OtherVersion { what, found, mapped_by: 0 } => write!(
+                f,
+                "made by another version of pyshm ({what} version {found}), mapped by no process; \
+                 it may hold that version's named arrays, so it goes only with the persistent pools"
+            ),
+            SkipReason::OtherVersion { what, found, mapped_by } => write!(
+                f,
+                "made by another version of pyshm ({what} version {found}), in use: mapped by {mapped_by} live process(es)"
+            ),
             SkipReason::NotAPool { why } => write!(f, "not a pool this pyshm can read: {why}"),
         }
     }
@@ -159,6 +179,8 @@ struct PoolFile {
     /// Metadata segment 0 (`pyshm-<pool>`), not a growth segment (`pyshm-<pool>-<suffix>`).
     is_root: bool,
     len: u64,
+    /// Its inode, as listed.
+    inode: u64,
     /// Whose file it is (invariant 4).
     ownership: Ownership,
 }
@@ -174,7 +196,7 @@ fn pool_files() -> Vec<PoolFile> {
                 SegmentFileName::Root(p) => (p.to_owned(), true),
                 SegmentFileName::Growth(p) => (p.to_owned(), false),
             };
-            Some(PoolFile { pool, is_root, len: f.len, ownership: f.ownership, name: f.name })
+            Some(PoolFile { pool, is_root, len: f.len, inode: f.inode, ownership: f.ownership, name: f.name })
         })
         .collect()
 }
@@ -183,6 +205,8 @@ fn pool_files() -> Vec<PoolFile> {
 enum Unreadable {
     /// Its segment 0 was removed meanwhile.
     Gone,
+    /// Made by another version of pyshm: which layout, and the version found.
+    OtherVersion(&'static str, u64),
     /// What is wrong with it.
     Why(&'static str),
 }
@@ -194,7 +218,7 @@ fn inspect(name: &str, bytes: u64) -> Result<PoolInfo, Unreadable> {
         .map_err(|e| match e {
             OpenError::NotFound { .. } => Unreadable::Gone,
             OpenError::Foreign { .. } => Unreadable::Why("not a pyshm segment"),
-            OpenError::Version { .. } => Unreadable::Why("another segment layout version"),
+            OpenError::Version { found, .. } => Unreadable::OtherVersion("segment layout", found.into()),
             OpenError::Truncated { .. } | OpenError::Corrupt { .. } => Unreadable::Why("truncated or corrupt"),
             OpenError::NotInitialized { .. } => {
                 Unreadable::Why("not initialised (being created, or its creator died doing so)")
@@ -202,7 +226,10 @@ fn inspect(name: &str, bytes: u64) -> Result<PoolInfo, Unreadable> {
             _ => Unreadable::Why("cannot be opened"),
         })?;
     let root = seg0.root_word().load(core::sync::atomic::Ordering::Acquire);
-    let (_, base, layout) = read_directory(&seg0, root).map_err(Unreadable::Why)?;
+    let (_, base, layout) = read_directory(&seg0, root).map_err(|fault| match fault {
+        DirectoryFault::OtherVersion { found } => Unreadable::OtherVersion("directory", found),
+        DirectoryFault::Bad(why) => Unreadable::Why(why),
+    })?;
     // SAFETY: `read_directory` validated the block, its size and the layout.
     let dir = unsafe { Directory::new(base.as_ptr(), layout) };
     let h = dir.header();
@@ -282,6 +309,17 @@ pub fn clean_pools(include_persistent: bool) -> CleanReport {
                 report.skip(f, SkipReason::NotAPool { why });
                 continue;
             }
+            Err(Unreadable::OtherVersion(what, found)) => {
+                let files: Vec<&PoolFile> = ours.iter().filter(|g| g.pool == f.pool).collect();
+                let mapped_by = processes_mapping(&files);
+                if mapped_by == 0 && include_persistent {
+                    remove_segments(&f.pool);
+                    report.removed.push(f.pool.clone());
+                } else {
+                    report.skip(f, SkipReason::OtherVersion { what, found, mapped_by });
+                }
+                continue;
+            }
         };
         let reason = if let Some(namespace) = info.other_namespace {
             Some(SkipReason::OtherNamespace { namespace })
@@ -355,6 +393,28 @@ fn orphan_in_use(file: &str) -> Option<SkipReason> {
         return Some(SkipReason::Live { processes: live.max(1) });
     }
     None
+}
+
+/// How many processes this one can see map one of `files` (matched by inode: a process of
+/// another mount namespace names the file differently; a file of another filesystem with the
+/// same inode number counts too, which errs on the side of leaving the pool). Processes whose
+/// maps cannot be read (another user's, without privilege) are not counted, and another pid
+/// namespace's are not seen: hence removal only when asked (`include_persistent`).
+fn processes_mapping(files: &[&PoolFile]) -> usize {
+    let inodes: HashSet<u64> = files.iter().map(|f| f.inode).collect();
+    let Ok(procs) = std::fs::read_dir("/proc") else { return 0 };
+    procs
+        .filter_map(Result::ok)
+        .filter(|p| p.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())))
+        .filter(|p| {
+            std::fs::read_to_string(p.path().join("maps")).is_ok_and(|maps| {
+                // "address perms offset dev inode path": the fifth field.
+                maps.lines()
+                    .filter_map(|l| l.split_ascii_whitespace().nth(4)?.parse::<u64>().ok())
+                    .any(|ino| ino != 0 && inodes.contains(&ino))
+            })
+        })
+        .count()
 }
 
 impl CleanReport {

@@ -418,9 +418,13 @@ impl Pool {
     }
 
     /// Every registered name, in no particular order (names starting with a NUL byte, which
-    /// pyshm's named locks and events use, included). Empty if the directory lock is held by
-    /// a live process outside the pool (pool invariant 7).
-    pub fn names(&self) -> Vec<String> {
+    /// pyshm's named locks and events use, included).
+    ///
+    /// # Errors
+    ///
+    /// [`NameError::Handle`] with [`HandleError::Stranger`] if the directory lock is held by a
+    /// live process outside the pool (pool invariant 7).
+    pub fn names(&self) -> Result<Vec<String>, NameError> {
         self.shared.names()
     }
 

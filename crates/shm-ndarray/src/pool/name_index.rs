@@ -596,7 +596,7 @@ mod tests {
         let meta = pool.shared.meta_segment(place.segment).unwrap();
         assert!(meta.arena.validate(place.block).is_ok(), "the victim's header was freed");
         assert_eq!(victim.to_vec(), vec![7]);
-        assert_eq!(pool.names(), vec!["x".to_owned()]);
+        assert_eq!(pool.names().unwrap(), vec!["x".to_owned()]);
     }
 
     #[test]

@@ -235,12 +235,10 @@ impl PoolShared {
         Ok(())
     }
 
-    pub(super) fn names(&self) -> Vec<String> {
+    pub(super) fn names(&self) -> Result<Vec<String>, NameError> {
         // Registered before the lock, as in `lookup`.
         let _ = self.slot();
-        match self.name_lock() {
-            Ok(_guard) => self.all_names(),
-            Err(_) => Vec::new(),
-        }
+        let _guard = self.name_lock()?;
+        Ok(self.all_names())
     }
 }

@@ -60,29 +60,59 @@ pub(super) fn owner_slots(process_slots: u32) -> u32 {
     (process_slots + 8).min(ARENA_OWNER_SLOTS_MAX)
 }
 
-pub(super) fn read_directory(seg0: &Arena, root: u64) -> Result<(Block, NonNull<u8>, DirLayout), &'static str> {
+/// Why a segment 0 holds no directory this library can use.
+pub(super) enum DirectoryFault {
+    /// A directory of another version ([`DIR_VERSION`] is ours).
+    OtherVersion {
+        /// The version it says.
+        found: u64,
+    },
+    /// Not a directory, or a corrupt one.
+    Bad(&'static str),
+}
+
+impl From<&'static str> for DirectoryFault {
+    fn from(why: &'static str) -> Self {
+        DirectoryFault::Bad(why)
+    }
+}
+
+impl DirectoryFault {
+    /// The pool error for segment 0 `file`.
+    pub(super) fn into_pool_error(self, file: String) -> PoolError {
+        match self {
+            DirectoryFault::OtherVersion { found } => {
+                PoolError::OtherVersion { name: file, what: "directory", found, ours: DIR_VERSION }
+            }
+            DirectoryFault::Bad(why) => PoolError::NotAPool { name: file, why },
+        }
+    }
+}
+
+pub(super) fn read_directory(seg0: &Arena, root: u64) -> Result<(Block, NonNull<u8>, DirLayout), DirectoryFault> {
     let block = Block::from_bits(root);
     let base = seg0.as_ptr(block).map_err(|_| "its root word names no block")?;
     if block.size() < 256 {
-        return Err("its directory block is too small");
+        return Err("its directory block is too small".into());
     }
     // SAFETY: a validated block of at least 256 bytes (the header), mapped while `seg0` lives;
     // only the header, all atomics, is read through this view.
     let probe = unsafe { Directory::new(base.as_ptr(), DirLayout::new(0, 0)) };
     let h = probe.header();
     if h.magic.load(core::sync::atomic::Ordering::Acquire) != DIR_MAGIC {
-        return Err("no directory magic");
+        return Err("no directory magic".into());
     }
-    if h.version.load(ORD) != DIR_VERSION {
-        return Err("another directory version");
+    let version = h.version.load(ORD);
+    if version != DIR_VERSION {
+        return Err(DirectoryFault::OtherVersion { found: version });
     }
     let counts = (h.process_slots.load(ORD), h.token_slots.load(ORD));
     if counts.0 == 0 || counts.0 > u64::from(MAX_PROCESSES) || counts.1 > 1 << 24 {
-        return Err("directory counts out of range");
+        return Err("directory counts out of range".into());
     }
     let layout = DirLayout::new(counts.0 as usize, counts.1 as usize);
     if layout.size as u64 > block.size() {
-        return Err("directory larger than its block");
+        return Err("directory larger than its block".into());
     }
     Ok((block, base, layout))
 }
@@ -183,6 +213,9 @@ impl Pool {
         }
         let seg0 = Arena::open(&root_segment_name(name)).map_err(|e| match e {
             OpenError::NotFound { .. } => PoolError::NotFound { name: name.to_owned() },
+            OpenError::Version { name, found, expected } => {
+                PoolError::OtherVersion { name, what: "segment layout", found: found.into(), ours: expected.into() }
+            }
             e => PoolError::Open(e),
         })?;
         let not_a_pool = |why| PoolError::NotAPool { name: root_segment_name(name), why };
@@ -198,7 +231,8 @@ impl Pool {
             }
             std::thread::sleep(Duration::from_millis(1));
         };
-        let (dir_block, base, layout) = read_directory(&seg0, root).map_err(not_a_pool)?;
+        let (dir_block, base, layout) =
+            read_directory(&seg0, root).map_err(|fault| fault.into_pool_error(root_segment_name(name)))?;
         // SAFETY: `read_directory` validated the block, its size and the layout.
         let h = unsafe { Directory::new(base.as_ptr(), layout) }.header();
         if h.flags.load(ORD) & FLAG_TORN_DOWN != 0 {
