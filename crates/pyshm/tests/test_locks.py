@@ -138,6 +138,27 @@ def test_named_ones_are_found_by_unrelated_programs():
         pyshm.Lock.unlink(name)
 
 
+def test_array_names_cannot_reach_the_names_of_locks_and_events():
+    # A lock's name is hidden behind a NUL byte: no array function may create, attach or delete
+    # one (an array published there would be taken for the lock's state by the next Lock(name)).
+    name = f"hidden{uuid.uuid4().hex[:8]}"
+    lock = pyshm.Lock(name)
+    try:
+        for call in (
+            lambda: pyshm.create(f"\x00lock:{name}", 4, np.uint64),
+            lambda: pyshm.attach(f"\x00lock:{name}"),
+            lambda: pyshm.delete(f"\x00lock:{name}"),
+            lambda: pyshm.create(f"shm://\x00lock:{name}", 4),
+        ):
+            with pytest.raises(ValueError, match="NUL byte"):
+                call()
+        with lock:  # untouched
+            assert lock.holder == os.getpid()
+        assert pyshm.Lock(name).holder is None
+    finally:
+        pyshm.Lock.unlink(name)
+
+
 class Interrupted(Exception):
     pass
 

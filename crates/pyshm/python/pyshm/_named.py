@@ -50,7 +50,15 @@ def named_pool() -> NativePool:
 def _strip(name: str) -> str:
     if not isinstance(name, str):
         raise TypeError(f"an array name is a str, not {type(name).__name__}")
-    return name[len("shm://") :] if name.startswith("shm://") else name
+    name = name[len("shm://") :] if name.startswith("shm://") else name
+    if name.startswith("\x00"):
+        # The names of named locks and events (`_locks.HIDDEN`): no array name can take,
+        # reach or delete one.
+        raise ValueError(
+            f"array names cannot start with a NUL byte ({name!r}): those are the names of "
+            "pyshm's named locks and events (remove one with pyshm.Lock.unlink or pyshm.Event.unlink)"
+        )
+    return name
 
 
 def create(name: str, shape: ShapeLike, dtype: DTypeSpec = float) -> NDArray[Any]:
