@@ -82,9 +82,8 @@ def test_clean_tells_how_to_remove_a_dead_persistent_pool_with_the_clis_own_opti
 
 # Run in a private /dev/shm (`unshare -m` and a tmpfs, as root): `clean --persistent` removes
 # every dead persistent pool of the user, which must not reach other tests' (or a developer's).
-OTHER_VERSION = r"""
+OTHER_VERSION_TOOLS = r"""
 import os, struct, subprocess, sys
-from pyshm import __main__ as cli
 
 def set_directory_version(pool, version):
     # The directory is found by its magic in segment 0's data extents; its second word is the
@@ -108,7 +107,9 @@ def clean(*args):
     out = subprocess.run([sys.executable, "-m", "pyshm", "clean", *args], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     return out.stdout
+"""
 
+OTHER_VERSION = OTHER_VERSION_TOOLS + r"""
 name = "oldversion"
 env = {**os.environ, "PYSHM_NAMED_POOL": name}
 holder = subprocess.Popen(
@@ -143,8 +144,13 @@ print("ok")
 def test_a_named_pool_left_by_another_version_is_refused_clearly_and_cleaned_when_asked(tmp_path):
     # An upgrade that left a named pool behind: pyshm.create says what it is and how to remove
     # it; `clean` leaves it while a program of that version maps it, then names --persistent.
-    script = tmp_path / "other_version.py"
-    script.write_text(OTHER_VERSION)
+    in_private_dev_shm(tmp_path, OTHER_VERSION)
+
+
+def in_private_dev_shm(tmp_path, code: str) -> None:
+    """Runs ``code`` in a private /dev/shm; it prints ``ok`` last when it passes."""
+    script = tmp_path / "script.py"
+    script.write_text(code)
     mount = f"mount -t tmpfs -o size=64m tmpfs /dev/shm && exec {sys.executable} {script}"
     r = subprocess.run(
         ["unshare", "-m", "--propagation", "private", "sh", "-c", mount],
@@ -153,3 +159,40 @@ def test_a_named_pool_left_by_another_version_is_refused_clearly_and_cleaned_whe
         timeout=300,
     )
     assert r.returncode == 0 and r.stdout.split()[-1:] == ["ok"], r.stdout[-3000:] + r.stderr[-3000:]
+
+
+# A program of that version that also maps a file whose name is not UTF-8 (a Latin-1 file
+# name; here a memfd's name, which /proc/<pid>/maps shows byte for byte).
+ODD_FILE_NAME = OTHER_VERSION_TOOLS + r"""
+name = "oddnames"
+env = {**os.environ, "PYSHM_NAMED_POOL": name}
+code = (
+    "import mmap, os, sys, pyshm\n"
+    "fd = os.memfd_create('caf\\udce9')\n"  # b'caf\xe9'
+    "os.ftruncate(fd, 4096)\n"
+    "m = mmap.mmap(fd, 4096)\n"
+    "a = pyshm.create('kept', 3)\n"
+    "print('ready', flush=True)\n"
+    "sys.stdin.read()\n"
+)
+holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+try:
+    assert holder.stdout.readline().strip() == b"ready"
+    with open(f"/proc/{holder.pid}/maps", "rb") as f:
+        assert b"/memfd:caf\xe9" in f.read()
+    set_directory_version(name, 4)
+    out = clean("--persistent")
+    assert f"removed {name}" not in out.splitlines(), "clean removed a pool a live program maps"
+    (line,) = [ln for ln in out.splitlines() if ln.startswith(f"left pyshm-{name}:")]
+    assert "mapped by 1 live process" in line, out
+    assert os.path.exists(f"/dev/shm/pyshm-{name}")
+finally:
+    holder.communicate(b"", timeout=60)
+assert holder.returncode == 0
+print("ok")
+"""
+
+
+def test_a_pool_of_another_version_mapped_by_a_program_that_maps_odd_file_names_is_in_use(tmp_path):
+    # /proc/<pid>/maps is bytes: a file name that is not UTF-8 in it must not hide the process.
+    in_private_dev_shm(tmp_path, ODD_FILE_NAME)
