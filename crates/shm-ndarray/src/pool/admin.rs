@@ -407,10 +407,15 @@ fn processes_mapping(files: &[&PoolFile]) -> usize {
         .filter_map(Result::ok)
         .filter(|p| p.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())))
         .filter(|p| {
-            std::fs::read_to_string(p.path().join("maps")).is_ok_and(|maps| {
+            // Bytes, not text: a mapped file's name need not be UTF-8, and a process that maps
+            // one was not counted (its pool removed under it; found in review).
+            std::fs::read(p.path().join("maps")).is_ok_and(|maps| {
                 // "address perms offset dev inode path": the fifth field.
-                maps.lines()
-                    .filter_map(|l| l.split_ascii_whitespace().nth(4)?.parse::<u64>().ok())
+                maps.split(|b| *b == b'\n')
+                    .filter_map(|l| {
+                        let field = l.split(u8::is_ascii_whitespace).filter(|f| !f.is_empty()).nth(4)?;
+                        std::str::from_utf8(field).ok()?.parse::<u64>().ok()
+                    })
                     .any(|ino| ino != 0 && inodes.contains(&ino))
             })
         })
