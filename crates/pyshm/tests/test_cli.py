@@ -196,3 +196,36 @@ print("ok")
 def test_a_pool_of_another_version_mapped_by_a_program_that_maps_odd_file_names_is_in_use(tmp_path):
     # /proc/<pid>/maps is bytes: a file name that is not UTF-8 in it must not hide the process.
     in_private_dev_shm(tmp_path, ODD_FILE_NAME)
+
+
+# `clean --persistent` run where /proc is not procfs (a chroot or sandbox that shares /dev/shm
+# but mounts no /proc; here a tmpfs over it): who maps the pool cannot be told.
+NO_PROC = OTHER_VERSION_TOOLS + r"""
+name = "noproc"
+env = {**os.environ, "PYSHM_NAMED_POOL": name}
+holder = subprocess.Popen(
+    [sys.executable, "-c", "import sys, pyshm; a = pyshm.create('kept', 3); print('ready', flush=True); sys.stdin.read()"],
+    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+)
+try:
+    assert holder.stdout.readline().strip() == "ready"
+    set_directory_version(name, 4)
+    blind = f"mount -t tmpfs tmpfs /proc && exec {sys.executable} -m pyshm clean --persistent"
+    r = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", blind], capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0, r.stderr
+    assert f"removed {name}" not in r.stdout.splitlines(), "clean removed a pool a live program maps"
+    (line,) = [ln for ln in r.stdout.splitlines() if ln.startswith(f"left pyshm-{name}:")]
+    assert "/proc" in line, line
+    assert os.path.exists(f"/dev/shm/pyshm-{name}")
+finally:
+    holder.communicate("", timeout=60)
+assert holder.returncode == 0
+print("ok")
+"""
+
+
+def test_a_pool_of_another_version_is_left_when_proc_cannot_be_read(tmp_path):
+    # Without /proc, no process can be seen mapping the pool: that is "cannot tell", not "none".
+    in_private_dev_shm(tmp_path, NO_PROC)
