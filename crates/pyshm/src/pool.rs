@@ -550,8 +550,9 @@ figures! {
         /// The file's owner when that is why it was left (another uid, or not a regular file); else None.
         owner_uid: Option<u32>,
         /// Why, as a word: "not_owned", "permissions", "not_a_file", "live", "persistent",
-        /// "not_a_pool" or "other_namespace" (so a program or the command line can word it its
-        /// own way).
+        /// "not_a_pool", "other_namespace", "other_version" (made by another pyshm version,
+        /// mapped by no process) or "other_version_in_use" (so a program or the command line
+        /// can word it its own way).
         kind: String,
     }
 }

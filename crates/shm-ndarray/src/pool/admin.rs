@@ -126,8 +126,9 @@ pub enum SkipReason {
         mapped_by: usize,
     },
     /// Our file, named as a pool's segment 0, that cannot be read as a pool: a pool being
-    /// created right now, a corrupt one, or an arena that only shares the prefix. Whether a process uses it cannot be told, so it is left; remove it by
-    /// hand if you know it is garbage.
+    /// created right now, a corrupt one, or an arena that only shares the prefix (or one of
+    /// another version where /proc cannot show who maps it). Whether a process uses it cannot
+    /// be told, so it is left; remove it by hand if you know it is garbage.
     NotAPool {
         /// What is wrong with it.
         why: &'static str,
@@ -311,12 +312,13 @@ pub fn clean_pools(include_persistent: bool) -> CleanReport {
             }
             Err(Unreadable::OtherVersion(what, found)) => {
                 let files: Vec<&PoolFile> = ours.iter().filter(|g| g.pool == f.pool).collect();
-                let mapped_by = processes_mapping(&files);
-                if mapped_by == 0 && include_persistent {
-                    remove_segments(&f.pool);
-                    report.removed.push(f.pool.clone());
-                } else {
-                    report.skip(f, SkipReason::OtherVersion { what, found, mapped_by });
+                match processes_mapping(&files) {
+                    Some(0) if include_persistent => {
+                        remove_segments(&f.pool);
+                        report.removed.push(f.pool.clone());
+                    }
+                    Some(mapped_by) => report.skip(f, SkipReason::OtherVersion { what, found, mapped_by }),
+                    None => report.skip(f, SkipReason::NotAPool { why: OTHER_VERSION_UNSEEN }),
                 }
                 continue;
             }
@@ -395,15 +397,22 @@ fn orphan_in_use(file: &str) -> Option<SkipReason> {
     None
 }
 
+/// Why a pool of another version is left when [`processes_mapping`] cannot tell.
+const OTHER_VERSION_UNSEEN: &str =
+    "made by another version of pyshm, and /proc cannot be read here to tell whether a process maps it";
+
 /// How many processes this one can see map one of `files` (matched by inode: a process of
 /// another mount namespace names the file differently; a file of another filesystem with the
 /// same inode number counts too, which errs on the side of leaving the pool). Processes whose
 /// maps cannot be read (another user's, without privilege) are not counted, and another pid
-/// namespace's are not seen: hence removal only when asked (`include_persistent`).
-fn processes_mapping(files: &[&PoolFile]) -> usize {
+/// namespace's are not seen: hence removal only when asked (`include_persistent`). `None` when
+/// /proc does not even show this process (not mounted, or not procfs: a sandbox that shares
+/// /dev/shm): seeing no process there says nothing (found in review).
+fn processes_mapping(files: &[&PoolFile]) -> Option<usize> {
+    std::fs::read("/proc/self/maps").ok().filter(|maps| !maps.is_empty())?;
     let inodes: HashSet<u64> = files.iter().map(|f| f.inode).collect();
-    let Ok(procs) = std::fs::read_dir("/proc") else { return 0 };
-    procs
+    let procs = std::fs::read_dir("/proc").ok()?;
+    let mapping = procs
         .filter_map(Result::ok)
         .filter(|p| p.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())))
         .filter(|p| {
@@ -419,7 +428,8 @@ fn processes_mapping(files: &[&PoolFile]) -> usize {
                     .any(|ino| ino != 0 && inodes.contains(&ino))
             })
         })
-        .count()
+        .count();
+    Some(mapping)
 }
 
 impl CleanReport {
