@@ -229,3 +229,52 @@ print("ok")
 def test_a_pool_of_another_version_is_left_when_proc_cannot_be_read(tmp_path):
     # Without /proc, no process can be seen mapping the pool: that is "cannot tell", not "none".
     in_private_dev_shm(tmp_path, NO_PROC)
+
+
+# Every way into a pool of another version says so: the named-array functions, the default pool
+# (PYSHM_POOL), pyshm.Pool(name=...), and a handle or a pickle made in a handles() block.
+ENTRY_POINTS = OTHER_VERSION_TOOLS + r"""
+import shutil, tempfile
+env = {**os.environ, "PYSHM_NAMED_POOL": "namedx", "PYSHM_POOL": "defaultx", "OUT": tempfile.mkdtemp()}
+code = '''
+import os, pickle, sys, pyshm
+a = pyshm.create("kept", 3)
+b = pyshm.Pool(name="explicit", persistent=True).zeros(5)
+d = pyshm.zeros(7)
+with pyshm.handles():
+    sent = pickle.dumps(d)
+open(os.path.join(os.environ["OUT"], "sent"), "wb").write(sent)
+open(os.path.join(os.environ["OUT"], "handle"), "wb").write(pickle.dumps(pyshm.handle(d)))
+print("ready", flush=True)
+sys.stdin.read()
+'''
+holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+try:
+    assert holder.stdout.readline().strip() == "ready"
+    for pool in ("namedx", "defaultx", "explicit"):
+        set_directory_version(pool, 4)
+    load = "pickle.loads(open(os.path.join(os.environ['OUT'], {!r}), 'rb').read())"
+    for call in [
+        "pyshm.create('new', 3)",
+        "pyshm.attach('kept')",
+        "pyshm.list()",
+        "pyshm.delete('kept')",
+        "pyshm.Lock('l')",
+        "pyshm.zeros(3)",
+        "pyshm.Pool(name='explicit')",
+        load.format("sent"),
+        "pyshm.attach({})".format(load.format("handle")),
+    ]:
+        probe = f"import os, pickle, pyshm\ntry:\n    {call}\nexcept ValueError as e:\n    print('ValueError', e)\n"
+        r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env)
+        assert r.stdout.startswith("ValueError ") and "made by another version of pyshm" in r.stdout, (call, r)
+finally:
+    holder.communicate("", timeout=60)
+    shutil.rmtree(env["OUT"])
+assert holder.returncode == 0
+print("ok")
+"""
+
+
+def test_every_way_into_a_pool_of_another_version_raises_the_clear_value_error(tmp_path):
+    in_private_dev_shm(tmp_path, ENTRY_POINTS)

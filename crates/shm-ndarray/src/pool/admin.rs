@@ -297,8 +297,9 @@ pub fn clean_dead_pools(include_persistent: bool) -> Vec<String> {
 
 /// [`clean_dead_pools`], reporting every pool file it did not remove and why: another user's
 /// ([`SkipReason::NotOwned`]), opened up to others ([`SkipReason::Permissions`]), not a file,
-/// segment 0 of a live or persistent pool, or one of ours that cannot be read as a pool
-/// ([`SkipReason::NotAPool`]).
+/// segment 0 of a live or persistent pool, one of another pyshm version still mapped (or any
+/// without `include_persistent`: [`SkipReason::OtherVersion`]), or one of ours that cannot be
+/// read as a pool ([`SkipReason::NotAPool`]).
 pub fn clean_pools(include_persistent: bool) -> CleanReport {
     let mut report = CleanReport::default();
     let ours: Vec<PoolFile> = pool_files().into_iter().filter(|f| f.ownership == Ownership::Ours).collect();

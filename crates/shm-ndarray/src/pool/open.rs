@@ -203,7 +203,8 @@ impl Pool {
     ///
     /// # Errors
     ///
-    /// [`PoolError::NotFound`], [`PoolError::NotAPool`], [`PoolError::Gone`], [`PoolError::Full`].
+    /// [`PoolError::NotFound`], [`PoolError::NotAPool`], [`PoolError::OtherVersion`], [`PoolError::Gone`],
+    /// [`PoolError::Full`].
     pub fn open(name: &str) -> Result<Pool, PoolError> {
         if !valid_pool_name(name) {
             return Err(PoolError::InvalidName { name: name.to_owned() });
