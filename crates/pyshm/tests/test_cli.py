@@ -278,3 +278,63 @@ print("ok")
 
 def test_every_way_into_a_pool_of_another_version_raises_the_clear_value_error(tmp_path):
     in_private_dev_shm(tmp_path, ENTRY_POINTS)
+
+
+# A pool of another version that nobody maps, replaced (same name, new files) by a program of
+# that version after `clean` listed /dev/shm: clean must judge the files it removes, not the
+# ones it listed. Files clean reads first (sorted by name, never initialised: it waits 10 ms on
+# each) give a window to stop it in once it has listed.
+REPLACED = OTHER_VERSION_TOOLS + r"""
+import signal, time
+name = "zzreplaced"
+env = {**os.environ, "PYSHM_NAMED_POOL": name}
+hold = "import sys, pyshm; a = pyshm.create('kept', 3); print('ready', flush=True); sys.stdin.read()"
+
+def holder():
+    h = subprocess.Popen([sys.executable, "-c", hold], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    assert h.stdout.readline().strip() == "ready"
+    set_directory_version(name, 4)
+    return h
+
+def reading_a_slow_file(pid):
+    try:
+        return any(os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/dev/shm/pyshm-aaslow") for fd in os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return False
+
+gone = holder()
+gone.communicate("", timeout=60)
+for i in range(500):
+    fd = os.open(f"/dev/shm/pyshm-aaslow{i:04}", os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    os.ftruncate(fd, 1 << 16)
+    os.close(fd)
+cleaner = subprocess.Popen([sys.executable, "-m", "pyshm", "clean", "--persistent"], stdout=subprocess.PIPE, text=True)
+second = None
+try:
+    deadline = time.monotonic() + 120
+    while not reading_a_slow_file(cleaner.pid):
+        assert time.monotonic() < deadline and cleaner.poll() is None, "clean never read the slow files"
+        time.sleep(0.001)
+    os.kill(cleaner.pid, signal.SIGSTOP)
+    assert reading_a_slow_file(cleaner.pid), "stopped past the slow files"
+    for f in os.listdir("/dev/shm"):
+        if f == f"pyshm-{name}" or f.startswith(f"pyshm-{name}-"):
+            os.unlink(f"/dev/shm/{f}")
+    second = holder()
+    os.kill(cleaner.pid, signal.SIGCONT)
+    out = cleaner.communicate(timeout=120)[0]
+    assert f"removed {name}" not in out.splitlines(), "clean removed a pool a live program maps"
+    assert os.path.exists(f"/dev/shm/pyshm-{name}")
+finally:
+    if cleaner.poll() is None:
+        os.kill(cleaner.pid, signal.SIGCONT)
+        cleaner.kill()
+        cleaner.wait(60)
+    if second is not None:
+        second.communicate("", timeout=60)
+print("ok")
+"""
+
+
+def test_a_pool_of_another_version_replaced_after_clean_listed_it_is_judged_by_its_new_files(tmp_path):
+    in_private_dev_shm(tmp_path, REPLACED)
