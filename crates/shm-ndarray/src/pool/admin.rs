@@ -312,10 +312,14 @@ pub fn clean_pools(include_persistent: bool) -> CleanReport {
                 continue;
             }
             Err(Unreadable::OtherVersion(what, found)) => {
-                let files: Vec<&PoolFile> = ours.iter().filter(|g| g.pool == f.pool).collect();
+                // Its files as they are now, not as listed: a pool replaced meanwhile by a
+                // program of that version has new files, which that program maps (found in
+                // review). Only the files judged are removed.
+                let files: Vec<PoolFile> =
+                    pool_files().into_iter().filter(|g| g.pool == f.pool && g.ownership == Ownership::Ours).collect();
                 match processes_mapping(&files) {
                     Some(0) if include_persistent => {
-                        remove_segments(&f.pool);
+                        remove_judged(&files);
                         report.removed.push(f.pool.clone());
                     }
                     Some(mapped_by) => report.skip(f, SkipReason::OtherVersion { what, found, mapped_by }),
@@ -409,7 +413,7 @@ const OTHER_VERSION_UNSEEN: &str =
 /// namespace's are not seen: hence removal only when asked (`include_persistent`). `None` when
 /// /proc does not even show this process (not mounted, or not procfs: a sandbox that shares
 /// /dev/shm): seeing no process there says nothing (found in review).
-fn processes_mapping(files: &[&PoolFile]) -> Option<usize> {
+fn processes_mapping(files: &[PoolFile]) -> Option<usize> {
     std::fs::read("/proc/self/maps").ok().filter(|maps| !maps.is_empty())?;
     let inodes: HashSet<u64> = files.iter().map(|f| f.inode).collect();
     let procs = std::fs::read_dir("/proc").ok()?;
@@ -436,6 +440,16 @@ fn processes_mapping(files: &[&PoolFile]) -> Option<usize> {
 impl CleanReport {
     fn skip(&mut self, f: &PoolFile, reason: SkipReason) {
         self.skipped.push(SkippedFile { file: f.name.clone(), pool: f.pool.clone(), reason });
+    }
+}
+
+/// Unlinks those of `judged` still in /dev/shm as they were judged (same name and inode, ours):
+/// not a file that replaced one meanwhile (without opening any; invariant 4).
+fn remove_judged(judged: &[PoolFile]) {
+    for f in pool_files().iter().filter(|f| f.ownership == Ownership::Ours) {
+        if judged.iter().any(|j| j.name == f.name && j.inode == f.inode) {
+            let _ = shm_arena::unlink(&f.name);
+        }
     }
 }
 
