@@ -302,6 +302,14 @@ def reading_a_slow_file(pid):
     except OSError:
         return False
 
+def stopped(pid):
+    # True once stopped, None if gone (then `poll` says so).
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()[0] == b"T"
+    except OSError:
+        return None
+
 gone = holder()
 gone.communicate("", timeout=60)
 for i in range(500):
@@ -312,11 +320,16 @@ cleaner = subprocess.Popen([sys.executable, "-m", "pyshm", "clean", "--persisten
 second = None
 try:
     deadline = time.monotonic() + 120
-    while not reading_a_slow_file(cleaner.pid):
-        assert time.monotonic() < deadline and cleaner.poll() is None, "clean never read the slow files"
+    while True:
+        assert time.monotonic() < deadline and cleaner.poll() is None, "clean was never stopped among the slow files"
+        if reading_a_slow_file(cleaner.pid):
+            os.kill(cleaner.pid, signal.SIGSTOP)
+            while stopped(cleaner.pid) is False and time.monotonic() < deadline:
+                time.sleep(0.001)
+            if reading_a_slow_file(cleaner.pid):
+                break
+            os.kill(cleaner.pid, signal.SIGCONT)  # caught between two of them: again
         time.sleep(0.001)
-    os.kill(cleaner.pid, signal.SIGSTOP)
-    assert reading_a_slow_file(cleaner.pid), "stopped past the slow files"
     for f in os.listdir("/dev/shm"):
         if f == f"pyshm-{name}" or f.startswith(f"pyshm-{name}-"):
             os.unlink(f"/dev/shm/{f}")
