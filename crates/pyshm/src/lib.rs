@@ -59,6 +59,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(ndarray::is_pooled, m)?)?;
     m.add_function(wrap_pyfunction!(ndarray::pool_name_of, m)?)?;
     m.add_function(wrap_pyfunction!(pool::list_pools, m)?)?;
+    m.add_function(wrap_pyfunction!(pool::list_unreadable_pools, m)?)?;
     m.add_function(wrap_pyfunction!(pool::clean_dead_pools, m)?)?;
     m.add_function(wrap_pyfunction!(pool::clean_pools, m)?)?;
     m.add_function(wrap_pyfunction!(pool::shm_free_bytes, m)?)?;

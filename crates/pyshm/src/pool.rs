@@ -562,12 +562,21 @@ figures! {
 #[pyfunction]
 #[pyo3(signature = (include_persistent=false))]
 pub(crate) fn clean_pools(py: Python<'_>, include_persistent: bool) -> (Vec<String>, Vec<SkippedPoolFile>) {
-    use shm_ndarray::SkipReason;
     let report = gil::detach(py, || shm_ndarray::clean_pools(include_persistent));
-    let skipped = report
-        .skipped
-        .into_iter()
-        .map(|s| SkippedPoolFile {
+    (report.removed, report.skipped.into_iter().map(SkippedPoolFile::from).collect())
+}
+
+/// Our pools in /dev/shm that `list_pools` cannot read (another pyshm version, being created,
+/// corrupt), each with why; nothing is removed.
+#[pyfunction]
+pub(crate) fn list_unreadable_pools(py: Python<'_>) -> Vec<SkippedPoolFile> {
+    gil::detach(py, shm_ndarray::list_unreadable_pools).into_iter().map(SkippedPoolFile::from).collect()
+}
+
+impl From<shm_ndarray::SkippedFile> for SkippedPoolFile {
+    fn from(s: shm_ndarray::SkippedFile) -> Self {
+        use shm_ndarray::SkipReason;
+        SkippedPoolFile {
             owner_uid: match s.reason {
                 SkipReason::NotOwned { owner_uid } | SkipReason::NotAFile { owner_uid } => Some(owner_uid),
                 _ => None,
@@ -587,9 +596,8 @@ pub(crate) fn clean_pools(py: Python<'_>, include_persistent: bool) -> (Vec<Stri
             reason: s.reason.to_string(),
             file: s.file,
             pool: s.pool,
-        })
-        .collect();
-    (report.removed, skipped)
+        }
+    }
 }
 
 /// Removes pools whose processes are all dead; returns their names.

@@ -107,6 +107,11 @@ def clean(*args):
     out = subprocess.run([sys.executable, "-m", "pyshm", "clean", *args], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     return out.stdout
+
+def ls():
+    out = subprocess.run([sys.executable, "-m", "pyshm", "ls"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
 """
 
 OTHER_VERSION = OTHER_VERSION_TOOLS + r"""
@@ -118,7 +123,13 @@ holder = subprocess.Popen(
 )
 try:
     assert holder.stdout.readline().strip() == "ready"
+    assert any(ln.split()[:1] == [name] for ln in ls().splitlines())  # a row of the table
     set_directory_version(name, 4)
+    # `ls` cannot read it any more, and says so instead of "no pools".
+    listed = ls()
+    assert "not readable by this pyshm:" in listed.splitlines(), listed
+    assert not any(ln.split()[:1] == [name] for ln in listed.splitlines()), listed
+    assert f"  pyshm-{name}: made by another version of pyshm (directory version 4), in use: mapped by 1" in listed
     # Mapped by a program of that version: left, even with --persistent.
     out = clean("--persistent")
     (line,) = [ln for ln in out.splitlines() if ln.startswith(f"left pyshm-{name}:")]
@@ -137,6 +148,7 @@ assert "mapped by no process" in line and "clean it with --persistent" in line, 
 assert os.path.exists(f"/dev/shm/pyshm-{name}")
 assert f"removed {name}" in clean("--persistent").splitlines()
 assert not [f for f in os.listdir("/dev/shm") if f.startswith(f"pyshm-{name}")], os.listdir("/dev/shm")
+assert ls().strip() == "no pyshm pools in /dev/shm"
 print("ok")
 """
 

@@ -63,8 +63,8 @@ pub use error::{ArrayError, HandleError, PoolError};
 pub use handle::{Handle, HANDLE_FIXED_LEN};
 pub use header::{view_fits, MAX_DIMS};
 pub use pool::{
-    clean_dead_pools, clean_pools, default_keep, list_pools, Backend, CleanReport, CollectReport, NameError, Pool,
-    PoolInfo, PoolOptions, PoolStats, SharedArray, SkipReason, SkippedFile, DEFAULT_PROCESS_SLOTS, MAX_NAMES,
-    MAX_PROCESSES,
+    clean_dead_pools, clean_pools, default_keep, list_pools, list_unreadable_pools, Backend, CleanReport,
+    CollectReport, NameError, Pool, PoolInfo, PoolOptions, PoolStats, SharedArray, SkipReason, SkippedFile,
+    DEFAULT_PROCESS_SLOTS, MAX_NAMES, MAX_PROCESSES,
 };
 pub use typed::{ShmArray, SliceMut, SliceRef, TypedError};

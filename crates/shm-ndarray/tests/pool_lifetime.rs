@@ -240,6 +240,12 @@ fn a_pool_of_another_version_is_refused_clearly_and_cleaned_only_when_asked() {
     // Mapped by nobody: it may hold that version's named arrays, so it goes only when asked.
     let report = clean_pools(false);
     assert!(matches!(skipped(&report), SkipReason::OtherVersion { mapped_by: 0, .. }), "{:?}", skipped(&report));
+    // Listing shows it among the pools it cannot read, with the same judgement, not in the table.
+    assert!(shm_ndarray::list_pools().iter().all(|p| p.name != name));
+    let unreadable = shm_ndarray::list_unreadable_pools();
+    let listed = unreadable.iter().find(|s| s.pool == name).expect("listed as unreadable");
+    assert_eq!(listed.reason, skipped(&report));
+    assert_eq!(listed.file, format!("pyshm-{name}"));
     let files = leftovers(&name);
     assert!(!files.is_empty());
     for f in files {

@@ -44,9 +44,24 @@ def _size(n: int) -> str:
 
 def cmd_ls() -> int:
     pools = _native.list_pools()
-    if not pools:
+    unreadable = _native.list_unreadable_pools()
+    if not pools and not unreadable:
         print("no pyshm pools in /dev/shm")
         return 0
+    if pools:
+        _print_pools(pools)
+    if unreadable:
+        # Pools of ours this pyshm cannot read (another version, being created, corrupt): not
+        # in the table, but there, and `clean` says what it would do with them.
+        if pools:
+            print()
+        print("not readable by this pyshm:")
+        for s in unreadable:
+            print(f"  {s.file}: {s.reason}")
+    return 0
+
+
+def _print_pools(pools: list) -> None:
     # HELD is what the pool costs /dev/shm; SIZE (its files' length) is sparse address space. A
     # memfd pool's growth segments live in the memory of its processes, are not files, and vanish
     # with the last process that holds them: HELD, USED and SIZE count /dev/shm only.
@@ -61,7 +76,6 @@ def cmd_ls() -> int:
             f"{p.name:<34} {_size(p.held):>10} {_size(p.used):>10} {_size(p.warm):>10} {_size(p.keep):>10} "
             f"{ratio:>9} {_size(p.bytes):>10} {p.live_processes:>5}  {'yes' if p.persistent else 'no':<10}  {backend}"
         )
-    return 0
 
 
 def cmd_clean(include_persistent: bool) -> int:

@@ -327,6 +327,10 @@ def pool_name_of(arr: object) -> Optional[str]:
 def list_pools() -> list[PoolInfo]:
     """Every pool in /dev/shm."""
 
+def list_unreadable_pools() -> list[SkippedPoolFile]:
+    """Our pools in /dev/shm that ``list_pools`` cannot read (another pyshm version, being
+    created, corrupt), each with why; nothing is removed."""
+
 def clean_dead_pools(include_persistent: bool = False) -> list[str]:
     """Remove pools whose processes are all dead; return their names."""
 

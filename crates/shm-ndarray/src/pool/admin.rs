@@ -161,7 +161,8 @@ impl core::fmt::Display for SkipReason {
 }
 
 /// Every pool of ours in /dev/shm, without joining any of them. Pools made by other users are
-/// not opened (invariant 4), so not listed.
+/// not opened (invariant 4), so not listed; pools of ours it cannot read are listed by
+/// [`list_unreadable_pools`].
 pub fn list_pools() -> Vec<PoolInfo> {
     let files: Vec<PoolFile> = pool_files().into_iter().filter(|f| f.ownership == Ownership::Ours).collect();
     let mut sizes: HashMap<&str, u64> = HashMap::new();
@@ -312,18 +313,12 @@ pub fn clean_pools(include_persistent: bool) -> CleanReport {
                 continue;
             }
             Err(Unreadable::OtherVersion(what, found)) => {
-                // Its files as they are now, not as listed: a pool replaced meanwhile by a
-                // program of that version has new files, which that program maps (found in
-                // review). Only the files judged are removed.
-                let files: Vec<PoolFile> =
-                    pool_files().into_iter().filter(|g| g.pool == f.pool && g.ownership == Ownership::Ours).collect();
-                match processes_mapping(&files) {
-                    Some(0) if include_persistent => {
+                match judge_other_version(&f.pool, what, found) {
+                    (SkipReason::OtherVersion { mapped_by: 0, .. }, files) if include_persistent => {
                         remove_judged(&files);
                         report.removed.push(f.pool.clone());
                     }
-                    Some(mapped_by) => report.skip(f, SkipReason::OtherVersion { what, found, mapped_by }),
-                    None => report.skip(f, SkipReason::NotAPool { why: OTHER_VERSION_UNSEEN }),
+                    (reason, _) => report.skip(f, reason),
                 }
                 continue;
             }
@@ -400,6 +395,37 @@ fn orphan_in_use(file: &str) -> Option<SkipReason> {
         return Some(SkipReason::Live { processes: live.max(1) });
     }
     None
+}
+
+/// Why pool `pool` of another version (`what` layout, version `found`) is left, judged on its
+/// files as they are now, which are returned: not as first listed, since a pool replaced
+/// meanwhile by a program of that version has new files, which that program maps (found in
+/// review). Only those files may be removed.
+fn judge_other_version(pool: &str, what: &'static str, found: u64) -> (SkipReason, Vec<PoolFile>) {
+    let files: Vec<PoolFile> =
+        pool_files().into_iter().filter(|g| g.pool == pool && g.ownership == Ownership::Ours).collect();
+    let reason = match processes_mapping(&files) {
+        Some(mapped_by) => SkipReason::OtherVersion { what, found, mapped_by },
+        None => SkipReason::NotAPool { why: OTHER_VERSION_UNSEEN },
+    };
+    (reason, files)
+}
+
+/// Our pools in /dev/shm that [`list_pools`] cannot read, each with why (as `clean_pools`
+/// would leave it without `include_persistent`): one of another pyshm version (and who maps
+/// it), one being created, a corrupt one. Nothing is removed.
+pub fn list_unreadable_pools() -> Vec<SkippedFile> {
+    let ours: Vec<PoolFile> = pool_files().into_iter().filter(|f| f.ownership == Ownership::Ours).collect();
+    let mut unreadable = Vec::new();
+    for f in ours.iter().filter(|f| f.is_root) {
+        let reason = match inspect(&f.pool, 0) {
+            Ok(_) | Err(Unreadable::Gone) => continue,
+            Err(Unreadable::Why(why)) => SkipReason::NotAPool { why },
+            Err(Unreadable::OtherVersion(what, found)) => judge_other_version(&f.pool, what, found).0,
+        };
+        unreadable.push(SkippedFile { file: f.name.clone(), pool: f.pool.clone(), reason });
+    }
+    unreadable
 }
 
 /// Why a pool of another version is left when [`processes_mapping`] cannot tell.

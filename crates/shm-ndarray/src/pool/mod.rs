@@ -99,7 +99,9 @@ mod reserve;
 mod segments;
 mod shared_array;
 
-pub use admin::{clean_dead_pools, clean_pools, list_pools, CleanReport, PoolInfo, SkipReason, SkippedFile};
+pub use admin::{
+    clean_dead_pools, clean_pools, list_pools, list_unreadable_pools, CleanReport, PoolInfo, SkipReason, SkippedFile,
+};
 pub use backend::Backend;
 pub use collect::CollectReport;
 pub use name_index::MAX_NAMES;
