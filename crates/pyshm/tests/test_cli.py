@@ -112,17 +112,22 @@ def ls():
     out = subprocess.run([sys.executable, "-m", "pyshm", "ls"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     return out.stdout
+
+HOLD = "import sys, pyshm; a = pyshm.create('kept', 3); print('ready', flush=True); sys.stdin.read()"
+
+def start_holder(name, code=HOLD):
+    # A program that holds a named array in pool `name` (its named pool) until its stdin
+    # closes; returns it, once ready, and its environment.
+    env = {**os.environ, "PYSHM_NAMED_POOL": name}
+    holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    assert holder.stdout.readline().strip() == "ready"
+    return holder, env
 """
 
 OTHER_VERSION = OTHER_VERSION_TOOLS + r"""
 name = "oldversion"
-env = {**os.environ, "PYSHM_NAMED_POOL": name}
-holder = subprocess.Popen(
-    [sys.executable, "-c", "import sys, pyshm; a = pyshm.create('kept', 3); print('ready', flush=True); sys.stdin.read()"],
-    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
-)
+holder, env = start_holder(name)
 try:
-    assert holder.stdout.readline().strip() == "ready"
     assert any(ln.split()[:1] == [name] for ln in ls().splitlines())  # a row of the table
     set_directory_version(name, 4)
     # `ls` cannot read it any more, and says so instead of "no pools".
@@ -177,7 +182,6 @@ def in_private_dev_shm(tmp_path, code: str) -> None:
 # name; here a memfd's name, which /proc/<pid>/maps shows byte for byte).
 ODD_FILE_NAME = OTHER_VERSION_TOOLS + r"""
 name = "oddnames"
-env = {**os.environ, "PYSHM_NAMED_POOL": name}
 code = (
     "import mmap, os, sys, pyshm\n"
     "fd = os.memfd_create('caf\\udce9')\n"  # b'caf\xe9'
@@ -187,9 +191,8 @@ code = (
     "print('ready', flush=True)\n"
     "sys.stdin.read()\n"
 )
-holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+holder, env = start_holder(name, code)
 try:
-    assert holder.stdout.readline().strip() == b"ready"
     with open(f"/proc/{holder.pid}/maps", "rb") as f:
         assert b"/memfd:caf\xe9" in f.read()
     set_directory_version(name, 4)
@@ -199,7 +202,7 @@ try:
     assert "mapped by 1 live process" in line, out
     assert os.path.exists(f"/dev/shm/pyshm-{name}")
 finally:
-    holder.communicate(b"", timeout=60)
+    holder.communicate("", timeout=60)
 assert holder.returncode == 0
 print("ok")
 """
@@ -214,13 +217,8 @@ def test_a_pool_of_another_version_mapped_by_a_program_that_maps_odd_file_names_
 # but mounts no /proc; here a tmpfs over it): who maps the pool cannot be told.
 NO_PROC = OTHER_VERSION_TOOLS + r"""
 name = "noproc"
-env = {**os.environ, "PYSHM_NAMED_POOL": name}
-holder = subprocess.Popen(
-    [sys.executable, "-c", "import sys, pyshm; a = pyshm.create('kept', 3); print('ready', flush=True); sys.stdin.read()"],
-    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
-)
+holder, env = start_holder(name)
 try:
-    assert holder.stdout.readline().strip() == "ready"
     set_directory_version(name, 4)
     blind = f"mount -t tmpfs tmpfs /proc && exec {sys.executable} -m pyshm clean --persistent"
     r = subprocess.run(
@@ -299,12 +297,9 @@ def test_every_way_into_a_pool_of_another_version_raises_the_clear_value_error(t
 REPLACED = OTHER_VERSION_TOOLS + r"""
 import signal, time
 name = "zzreplaced"
-env = {**os.environ, "PYSHM_NAMED_POOL": name}
-hold = "import sys, pyshm; a = pyshm.create('kept', 3); print('ready', flush=True); sys.stdin.read()"
 
 def holder():
-    h = subprocess.Popen([sys.executable, "-c", hold], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-    assert h.stdout.readline().strip() == "ready"
+    h, _ = start_holder(name)
     set_directory_version(name, 4)
     return h
 
