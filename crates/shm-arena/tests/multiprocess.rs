@@ -34,24 +34,23 @@ impl Drop for Reap {
     }
 }
 
-fn stress(name: &str, seconds: u64, seed: u64) -> Reap {
+fn spawn_stress(name: &str, seconds: u64, seed: u64, stdout: std::process::Stdio) -> Reap {
     let child = Command::new(TOOL)
         .args(["stress", name, "--seconds", &seconds.to_string(), "--seed", &seed.to_string()])
-        .stdout(std::process::Stdio::null())
+        .stdout(stdout)
         .spawn()
         .expect("spawn shm-arena stress");
     Reap(Some(child))
 }
 
+fn stress(name: &str, seconds: u64, seed: u64) -> Reap {
+    spawn_stress(name, seconds, seed, std::process::Stdio::null())
+}
+
 /// A stress process that has allocated its first block (it prints `started` then): killed from
 /// now on, it always leaves an owner slot to recover.
 fn started_stress(name: &str, seconds: u64, seed: u64) -> Reap {
-    let child = Command::new(TOOL)
-        .args(["stress", name, "--seconds", &seconds.to_string(), "--seed", &seed.to_string()])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn shm-arena stress");
-    let mut r = Reap(Some(child));
+    let mut r = spawn_stress(name, seconds, seed, std::process::Stdio::piped());
     let out = r.0.as_mut().unwrap().stdout.take().unwrap();
     let mut line = String::new();
     // Bounded: the tool prints this line or exits (after `seconds` at most), closing the pipe.
